@@ -1,0 +1,37 @@
+//! authentik's Captcha Stage API: the client, and what the server version allows.
+
+pub mod version;
+
+pub use version::{Capabilities, ServerVersion};
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::secret::Token;
+
+/// How to reach authentik, as resolved from flags and environment.
+///
+/// `url` is the install's root as the user gave it (`https://auth.example.com`,
+/// with or without a trailing slash or `/api/v3`); the client normalises it.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    pub url: String,
+    pub token: Token,
+    /// Extra root certificate (PEM) for a private CA.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Dangerous; warned about loudly.
+    pub insecure_skip_tls_verify: bool,
+    /// Allow `http://` to hosts other than loopback.
+    pub allow_http: bool,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+impl ClientSettings {
+    /// Default connect timeout: long enough for a slow TLS handshake, short
+    /// enough that a wrong host fails fast.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default per-request timeout: a list of 100 stages takes ~200 ms on a real
+    /// server; 30 s leaves room for a loaded one without hanging forever.
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+}

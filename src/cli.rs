@@ -1,0 +1,510 @@
+//! The command line, turned once into a resolved [`Config`].
+//!
+//! Nothing downstream sees clap types: each subcommand gets a plain config
+//! struct of decisions (paths, durations, a [`ClientSettings`] with the token
+//! already read). Reading the token and the defaults of paths happen here so that
+//! a configuration mistake is reported before anything is contacted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::authentik::ClientSettings;
+use crate::secret::{SecretString, Token};
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success / in sync, 1 runtime error, 2 changes pending (plan),
+3 invalid manifests or configuration, 64 usage error.
+
+Examples:
+  stagesync demo                         # try it: built-in simulator, no setup
+  stagesync validate stages/             # offline check of the manifests
+  AUTHENTIK_URL=https://auth.example.com AUTHENTIK_TOKEN=... stagesync plan
+  stagesync apply --yes stages/          # converge authentik
+  stagesync run --interval 5m stages/    # keep it converged";
+
+#[derive(Debug, Parser)]
+#[command(name = "stagesync", version, about = "Keeps authentik's Captcha Stages exactly as a directory of YAML manifests says", after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: CommandArgs,
+
+    /// Log format on stderr; RUST_LOG sets the level (default: info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// When to colour output (NO_COLOR is honoured with `auto`).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+}
+
+#[derive(Debug, Subcommand)]
+enum CommandArgs {
+    /// Check the manifests offline: syntax, fields, duplicates, secret references.
+    #[command(
+        after_help = "Example:\n  stagesync validate stages/\n\nExit codes: 0 valid, 3 invalid."
+    )]
+    Validate {
+        /// Directory of manifests (searched recursively for *.yaml / *.yml).
+        #[arg(default_value = "stages")]
+        dir: PathBuf,
+    },
+    /// Show what apply would change (dry run). Exit 2 when changes are pending.
+    #[command(
+        after_help = "Examples:\n  stagesync plan stages/\n  stagesync plan --format markdown > plan.md\n\nExit codes: 0 in sync, 2 changes pending, 1 error, 3 invalid manifests."
+    )]
+    Plan {
+        #[arg(default_value = "stages")]
+        dir: PathBuf,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        /// Output format of the plan.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Converge authentik to the manifests: create what is missing, update what drifted.
+    #[command(
+        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied)."
+    )]
+    Apply {
+        #[arg(default_value = "stages")]
+        dir: PathBuf,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// Apply without asking (required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// How many writes run at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+    },
+    /// Keep authentik converged: reconcile on every change and every interval.
+    #[command(
+        after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT finish in-flight writes and exit 0."
+    )]
+    Run {
+        #[arg(default_value = "stages")]
+        dir: PathBuf,
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Try stagesync without an authentik: a built-in simulator, plan, apply, then the daemon.
+    #[command(
+        after_help = "Example:\n  stagesync demo\n  # then edit stages/recaptcha-login.yaml and watch it converge"
+    )]
+    Demo {
+        /// Manifests to demonstrate with.
+        #[arg(default_value = "stages")]
+        dir: PathBuf,
+        /// Address for the daemon's health and metrics endpoints (`off` to disable).
+        #[arg(long, default_value = "127.0.0.1:9810", value_parser = parse_listen)]
+        listen: Listen,
+        /// Stop after the plan / apply / plan phase instead of running the daemon.
+        #[arg(long)]
+        no_daemon: bool,
+    },
+    /// Write one manifest per live captcha stage, to adopt existing stages.
+    #[command(
+        after_help = "Example:\n  stagesync export --dir stages/\n\nPrivate keys are written as `!Env STAGESYNC_<NAME>_PRIVATE_KEY` references."
+    )]
+    Export {
+        #[command(flatten)]
+        connection: ConnectionArgs,
+        /// Where to write the manifests.
+        #[arg(long, default_value = "stages")]
+        dir: PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  stagesync completions bash > /etc/bash_completion.d/stagesync"
+    )]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// How to reach authentik. The token is read from AUTHENTIK_TOKEN or a file,
+/// never from a flag (flags end up in shell history and `ps`).
+#[derive(Debug, Args)]
+struct ConnectionArgs {
+    /// authentik's root URL, e.g. https://auth.example.com
+    #[arg(long, env = "AUTHENTIK_URL")]
+    url: Option<String>,
+    /// Read the API token from this file (default: the AUTHENTIK_TOKEN variable).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM file with the root certificate of a private CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Accept any TLS certificate. Dangerous: only for a throwaway test install.
+    #[arg(long)]
+    insecure_skip_tls_verify: bool,
+    /// Allow plain http:// to a host that is not loopback.
+    #[arg(long)]
+    allow_http: bool,
+    /// Connect timeout, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    connect_timeout: Duration,
+    /// Timeout of one request, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+struct StateArgs {
+    /// Where fingerprints of the written private keys are kept
+    /// (default: $XDG_STATE_HOME/stagesync/state.json or ~/.local/state/stagesync/state.json).
+    #[arg(long, env = "STAGESYNC_STATE_FILE")]
+    state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// Full reconcile at least this often (±10% jitter), reverting edits made in the UI.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    interval: Duration,
+    /// Quiet time after a file change before reconciling.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    debounce: Duration,
+    /// Report drift (logs and metrics) but never write.
+    #[arg(long)]
+    dry_run: bool,
+    /// Address for /healthz, /readyz and /metrics, or `off`.
+    #[arg(long, default_value = "127.0.0.1:9810", value_parser = parse_listen)]
+    listen: Listen,
+    /// How many writes run at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    concurrency: u16,
+}
+
+/// Output format of a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+/// An HTTP listen address, or none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::Off => None,
+            Listen::On(addr) => Some(addr),
+        }
+    }
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::On)
+        .map_err(|_| format!("expected an address such as 127.0.0.1:9810, or `off`; got {s:?}"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// Everything a run of stagesync decided from its command line and environment.
+#[derive(Debug)]
+pub struct Config {
+    pub command: Command,
+    pub log_format: LogFormat,
+    pub color: ColorChoice,
+}
+
+#[derive(Debug)]
+pub enum Command {
+    Validate(ValidateConfig),
+    Plan(PlanConfig),
+    Apply(ApplyConfig),
+    Run(RunConfig),
+    Demo(DemoConfig),
+    Export(ExportConfig),
+    Completions(clap_complete::Shell),
+}
+
+#[derive(Debug)]
+pub struct ValidateConfig {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct PlanConfig {
+    pub dir: PathBuf,
+    pub client: ClientSettings,
+    pub state_file: PathBuf,
+    pub format: Format,
+}
+
+#[derive(Debug)]
+pub struct ApplyConfig {
+    pub dir: PathBuf,
+    pub client: ClientSettings,
+    pub state_file: PathBuf,
+    pub format: Format,
+    pub yes: bool,
+    pub concurrency: usize,
+}
+
+#[derive(Debug)]
+pub struct RunConfig {
+    pub dir: PathBuf,
+    pub client: ClientSettings,
+    pub state_file: PathBuf,
+    pub interval: Duration,
+    pub debounce: Duration,
+    pub dry_run: bool,
+    pub listen: Option<SocketAddr>,
+    pub concurrency: usize,
+}
+
+#[derive(Debug)]
+pub struct DemoConfig {
+    pub dir: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub daemon: bool,
+}
+
+#[derive(Debug)]
+pub struct ExportConfig {
+    pub client: ClientSettings,
+    pub dir: PathBuf,
+    pub force: bool,
+}
+
+/// A configuration that cannot work; reported with exit code 3.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no authentik URL: pass --url or set AUTHENTIK_URL")]
+    MissingUrl,
+    #[error("no API token: set AUTHENTIK_TOKEN or pass --token-file PATH")]
+    MissingToken,
+    #[error("cannot read the token file {path}: {source}")]
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the token file {0} is empty")]
+    EmptyTokenFile(PathBuf),
+    #[error("AUTHENTIK_TOKEN is set but empty")]
+    EmptyTokenVar,
+    #[error(
+        "no default state file location: set STAGESYNC_STATE_FILE, XDG_STATE_HOME or HOME, or pass --state-file"
+    )]
+    NoStateDir,
+}
+
+impl Cli {
+    /// Resolves flags and environment into decisions. Reads the token file.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let env = |name: &str| std::env::var_os(name);
+        let command = match self.command {
+            CommandArgs::Validate { dir } => Command::Validate(ValidateConfig { dir }),
+            CommandArgs::Plan {
+                dir,
+                connection,
+                state,
+                format,
+            } => Command::Plan(PlanConfig {
+                dir,
+                client: connection.resolve()?,
+                state_file: state.resolve(env)?,
+                format,
+            }),
+            CommandArgs::Apply {
+                dir,
+                connection,
+                state,
+                format,
+                yes,
+                concurrency,
+            } => Command::Apply(ApplyConfig {
+                dir,
+                client: connection.resolve()?,
+                state_file: state.resolve(env)?,
+                format,
+                yes,
+                concurrency: concurrency.into(),
+            }),
+            CommandArgs::Run {
+                dir,
+                connection,
+                state,
+                daemon,
+            } => Command::Run(RunConfig {
+                dir,
+                client: connection.resolve()?,
+                state_file: state.resolve(env)?,
+                interval: daemon.interval,
+                debounce: daemon.debounce,
+                dry_run: daemon.dry_run,
+                listen: daemon.listen.addr(),
+                concurrency: daemon.concurrency.into(),
+            }),
+            CommandArgs::Demo {
+                dir,
+                listen,
+                no_daemon,
+            } => Command::Demo(DemoConfig {
+                dir,
+                listen: listen.addr(),
+                daemon: !no_daemon,
+            }),
+            CommandArgs::Export {
+                connection,
+                dir,
+                force,
+            } => Command::Export(ExportConfig {
+                client: connection.resolve()?,
+                dir,
+                force,
+            }),
+            CommandArgs::Completions { shell } => Command::Completions(shell),
+        };
+        Ok(Config {
+            command,
+            log_format: self.log_format,
+            color: self.color,
+        })
+    }
+}
+
+impl ConnectionArgs {
+    fn resolve(self) -> Result<ClientSettings, ConfigError> {
+        let url = self
+            .url
+            .filter(|u| !u.trim().is_empty())
+            .ok_or(ConfigError::MissingUrl)?;
+        let token = match &self.token_file {
+            Some(path) => read_token_file(path)?,
+            None => match std::env::var("AUTHENTIK_TOKEN") {
+                Ok(t) if t.trim().is_empty() => return Err(ConfigError::EmptyTokenVar),
+                Ok(t) => SecretString::from(t.trim().to_owned()),
+                Err(_) => return Err(ConfigError::MissingToken),
+            },
+        };
+        Ok(ClientSettings {
+            url: url.trim().to_owned(),
+            token,
+            ca_file: self.ca_file,
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            allow_http: self.allow_http,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.timeout,
+        })
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<Token, ConfigError> {
+    let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err(ConfigError::EmptyTokenFile(path.to_owned()));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+impl StateArgs {
+    fn resolve(
+        self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<PathBuf, ConfigError> {
+        if let Some(path) = self.state_file {
+            return Ok(path);
+        }
+        default_state_file(env).ok_or(ConfigError::NoStateDir)
+    }
+}
+
+/// `$XDG_STATE_HOME/stagesync/state.json`, else `~/.local/state/stagesync/state.json`.
+pub fn default_state_file(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let non_empty = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    let base = non_empty(env("XDG_STATE_HOME"))
+        .or_else(|| non_empty(env("HOME")).map(|home| home.join(".local").join("state")))?;
+    Some(base.join("stagesync").join("state.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_defaults_follow_xdg_then_home() {
+        let xdg = |k: &str| match k {
+            "XDG_STATE_HOME" => Some("/x".into()),
+            "HOME" => Some("/h".into()),
+            _ => None,
+        };
+        assert_eq!(
+            default_state_file(xdg),
+            Some(PathBuf::from("/x/stagesync/state.json"))
+        );
+        let home = |k: &str| (k == "HOME").then(|| "/h".into());
+        assert_eq!(
+            default_state_file(home),
+            Some(PathBuf::from("/h/.local/state/stagesync/state.json"))
+        );
+        assert_eq!(default_state_file(|_| None), None);
+    }
+
+    #[test]
+    fn listen_accepts_off_and_addresses() {
+        assert_eq!(parse_listen("off"), Ok(Listen::Off));
+        assert!(matches!(parse_listen("127.0.0.1:9810"), Ok(Listen::On(_))));
+        assert!(parse_listen("localhost").is_err());
+    }
+
+    #[test]
+    fn durations_are_human() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}

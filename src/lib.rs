@@ -1,0 +1,35 @@
+//! stagesync keeps authentik's Captcha Stages exactly as a directory of YAML
+//! manifests says.
+//!
+//! # Architecture
+//!
+//! The flow is `manifests -> plan <- live state`, then `plan -> apply`; the daemon
+//! wraps the same path in a loop. Loading, fetching and writing are I/O at the
+//! edges; comparing and rendering are pure functions of their inputs.
+//!
+//! - [`stage`]: the one domain type ([`stage::StageFields`]) for a stage's desired
+//!   and live fields, with authentik's defaults and normalisation.
+//! - [`secret`]: private keys and tokens as types that cannot be printed, and the
+//!   `!Env` / `!File` references manifests use instead of values.
+//! - `manifest`: finds `*.yaml` files under a directory, parses and checks them
+//!   (with file, line and column for every problem) and resolves secret references.
+//! - [`authentik`]: the API client (pagination, retries, errors in the user's
+//!   words) and the version-dependent [`authentik::Capabilities`].
+//! - `simulator`: an in-memory authentik that answers as the real one does; the
+//!   demo, the tests and the benchmarks share it.
+//! - `plan`: a pure function of (desired, live, recorded key fingerprints) to a
+//!   plan, and its renderings as text, JSON and Markdown.
+//! - `state`: the state file of salted fingerprints of the keys stagesync wrote.
+//! - `apply`: executes a plan with bounded concurrency; it does not decide one.
+//! - `daemon`: `stagesync run`: watcher, periodic resync, health and metrics.
+//! - `cli`: the command line, turned once into resolved configuration.
+//! - [`exit`]: every exit code.
+
+pub mod authentik;
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod logging;
+pub mod output;
+pub mod secret;
+pub mod stage;
