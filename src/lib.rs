@@ -17,9 +17,9 @@
 //!   words) and the version-dependent [`authentik::Capabilities`].
 //! - `simulator`: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
-//! - `plan`: a pure function of (desired, live, recorded key fingerprints) to a
+//! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
 //!   plan, and its renderings as text, JSON and Markdown.
-//! - `state`: the state file of salted fingerprints of the keys stagesync wrote.
+//! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
 //! - `apply`: executes a plan with bounded concurrency; it does not decide one.
 //! - `daemon`: `stagesync run`: watcher, periodic resync, health and metrics.
 //! - `cli`: the command line, turned once into resolved configuration.
@@ -31,5 +31,7 @@ pub mod commands;
 pub mod exit;
 pub mod logging;
 pub mod output;
+pub mod plan;
 pub mod secret;
 pub mod stage;
+pub mod state;

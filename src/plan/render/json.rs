@@ -1,0 +1,120 @@
+//! The JSON plan: stable, versioned, documented in the README ("JSON format").
+//!
+//! Every stage object has every key (`null` or `[]` when not applicable), so
+//! consumers need no per-action schema. A breaking change bumps
+//! [`JSON_FORMAT_VERSION`]; adding keys does not.
+
+use serde::Serialize;
+
+use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged};
+use crate::stage::{FieldChange, StageFields};
+
+/// `format_version` of [`render_json`]'s output.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize)]
+struct JsonPlan<'a> {
+    format_version: u32,
+    summary: Summary,
+    has_changes: bool,
+    known_fields: Vec<&'static str>,
+    stages: Vec<JsonStage<'a>>,
+    unmanaged: &'a [Unmanaged],
+}
+
+#[derive(Serialize)]
+struct JsonOrigin {
+    file: String,
+    line: usize,
+    column: usize,
+}
+
+#[derive(Serialize)]
+struct JsonStage<'a> {
+    action: &'static str,
+    name: &'a str,
+    origin: JsonOrigin,
+    uuid: Option<uuid::Uuid>,
+    after: Option<uuid::Uuid>,
+    key_source: String,
+    private_key: Option<KeyStatus>,
+    changes: &'a [FieldChange],
+    fields: Option<&'a StageFields>,
+    message: Option<&'a str>,
+}
+
+/// The plan as one pretty-printed JSON document, with a trailing newline.
+pub fn render_json(plan: &Plan) -> String {
+    let stages = plan
+        .stages
+        .iter()
+        .map(|s| {
+            let (action, uuid, key, changes, fields, message): (_, _, _, &[FieldChange], _, _) =
+                match &s.action {
+                    Action::Create { fields, key } => {
+                        ("create", None, Some(*key), &[], Some(fields), None)
+                    }
+                    Action::Update {
+                        uuid,
+                        changes,
+                        fields,
+                        key,
+                    } => (
+                        "update",
+                        Some(*uuid),
+                        Some(*key),
+                        changes,
+                        Some(fields),
+                        None,
+                    ),
+                    Action::InSync { uuid } => (
+                        "in_sync",
+                        Some(*uuid),
+                        Some(KeyStatus::Unchanged),
+                        &[],
+                        None,
+                        None,
+                    ),
+                    Action::Error { uuid, message } => {
+                        ("error", *uuid, None, &[], None, Some(message.as_str()))
+                    }
+                };
+            JsonStage {
+                action,
+                name: &s.name,
+                origin: JsonOrigin {
+                    file: s.origin.file.display().to_string(),
+                    line: s.origin.line,
+                    column: s.origin.column,
+                },
+                uuid,
+                after: s.after,
+                key_source: s.key_source.to_string(),
+                private_key: key,
+                changes,
+                fields,
+                message,
+            }
+        })
+        .collect();
+    let doc = JsonPlan {
+        format_version: JSON_FORMAT_VERSION,
+        summary: plan.summary(),
+        has_changes: plan.has_changes(),
+        known_fields: plan.known_fields.iter().map(|f| f.key()).collect(),
+        stages,
+        unmanaged: &plan.unmanaged,
+    };
+    match serde_json::to_string_pretty(&doc) {
+        Ok(mut s) => {
+            s.push('\n');
+            s
+        }
+        // Every map key is a string and every value serialisable; keep the
+        // promise of valid JSON anyway rather than panic.
+        Err(e) => format!(
+            "{{\"format_version\": {JSON_FORMAT_VERSION}, \"error\": {}}}\n",
+            serde_json::Value::String(e.to_string())
+        ),
+    }
+}

@@ -1,0 +1,123 @@
+//! Renderings of a [`Plan`]: text for terminals, JSON for tools, Markdown for
+//! pull-request comments. All pure `Plan -> String`.
+//!
+//! None of them can print a private key: a [`Plan`] holds none (only the
+//! [`KeyStatus`] and the [`crate::secret::KeySource`], which names a variable or
+//! a file). Names and values come from manifests and from authentik, so the text
+//! and Markdown renderers pass them through [`crate::output::escape`] (JSON
+//! escapes control characters itself).
+
+mod json;
+mod markdown;
+mod text;
+
+pub use json::{JSON_FORMAT_VERSION, render_json};
+pub use markdown::render_markdown;
+pub use text::render_text;
+
+use similar::TextDiff;
+
+use super::{Action, KeyStatus, Plan, Summary};
+use crate::output::escape;
+use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
+
+/// `Plan: 1 to create, 2 to update, 5 in sync, 1 unmanaged.`, with
+/// `, 1 error` / `, 2 errors` before the full stop when there are errors.
+pub(crate) fn summary_line(summary: &Summary) -> String {
+    let mut line = format!(
+        "Plan: {} to create, {} to update, {} in sync, {} unmanaged",
+        summary.create, summary.update, summary.in_sync, summary.unmanaged
+    );
+    match summary.error {
+        0 => {}
+        1 => line.push_str(", 1 error"),
+        n => line.push_str(&format!(", {n} errors")),
+    }
+    line.push('.');
+    line
+}
+
+fn key_phrase(key: KeyStatus) -> &'static str {
+    match key {
+        KeyStatus::Unchanged => "unchanged",
+        KeyStatus::Rotated => "will be updated",
+        KeyStatus::Unknown => "unknown, will be written",
+    }
+}
+
+/// `private_key: (sensitive) will be updated`.
+fn key_line(key: KeyStatus) -> String {
+    format!("private_key: (sensitive) {}", key_phrase(key))
+}
+
+/// `stages/login.yaml:3`, escaped.
+fn origin_short(origin: &Origin) -> String {
+    escape(&format!("{}:{}", origin.file.display(), origin.line)).into_owned()
+}
+
+fn field_line(field: Field, value: &Value) -> String {
+    escape(&format!("{field}: {value}")).into_owned()
+}
+
+/// One YAML-ish `field: value` line per known field.
+fn field_lines(fields: &StageFields, known: &[Field]) -> Vec<String> {
+    known
+        .iter()
+        .map(|&f| field_line(f, &fields.get(f)))
+        .collect()
+}
+
+/// A unified diff (live -> manifest) of the known fields of an update, with
+/// every field as context so the reviewer sees the whole stage.
+fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[Field]) -> String {
+    let line_of = |f: Field, live: bool| {
+        let value = changes
+            .iter()
+            .find(|c| c.field == f)
+            .map(|c| if live { c.old.clone() } else { c.new.clone() })
+            .unwrap_or_else(|| desired.get(f));
+        field_line(f, &value) + "\n"
+    };
+    let old: String = known.iter().map(|&f| line_of(f, true)).collect();
+    let new: String = known.iter().map(|&f| line_of(f, false)).collect();
+    TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(known.len())
+        .header("live", "manifest")
+        .to_string()
+}
+
+/// The lines of the body shown under an entry's header (without indentation),
+/// shared by the text and Markdown renderers. Diff lines start with their
+/// unified-diff marker.
+fn body_lines(action: &Action, known: &[Field]) -> Vec<String> {
+    match action {
+        Action::Create { fields, key } => field_lines(fields, known)
+            .into_iter()
+            .map(|l| format!("+{l}"))
+            .chain(std::iter::once(format!(" {}", key_line(*key))))
+            .collect(),
+        Action::Update {
+            changes,
+            fields,
+            key,
+            ..
+        } => {
+            let mut lines: Vec<String> = if changes.is_empty() {
+                vec![" (no field changes)".to_owned()]
+            } else {
+                update_diff(fields, changes, known)
+                    .lines()
+                    .map(str::to_owned)
+                    .collect()
+            };
+            lines.push(format!(" {}", key_line(*key)));
+            lines
+        }
+        Action::InSync { .. } | Action::Error { .. } => Vec::new(),
+    }
+}
+
+fn has_any(plan: &Plan, pred: impl Fn(&Action) -> bool) -> bool {
+    plan.stages.iter().any(|s| pred(&s.action))
+}

@@ -1,0 +1,128 @@
+//! The text plan, for terminals and logs.
+//!
+//! ```text
+//! ~ update rec-login (stages/login.yaml:1)
+//!     --- live
+//!     +++ manifest
+//!     @@ -1,9 +1,9 @@
+//!      name: "rec-login"
+//!     -score_min_threshold: 0.5
+//!     +score_min_threshold: 0.7
+//!     ...
+//!      private_key: (sensitive) unchanged
+//!
+//! Plan: 0 to create, 1 to update, 0 in sync, 0 unmanaged.
+//! ```
+//!
+//! Colour (ANSI, via anstyle) only when the caller says so: it decides from the
+//! terminal and `NO_COLOR`, not this module.
+
+use std::fmt::Write as _;
+
+use anstyle::{AnsiColor, Style};
+
+use super::{body_lines, origin_short, summary_line};
+use crate::output::escape;
+use crate::plan::{Action, Plan, StagePlan};
+
+const INDENT: &str = "    ";
+
+struct Painter {
+    color: bool,
+}
+
+impl Painter {
+    fn paint(&self, style: Style, text: &str) -> String {
+        if self.color {
+            format!("{}{text}{}", style.render(), style.render_reset())
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn diff_line(&self, line: &str) -> String {
+        let style = if line.starts_with("---") || line.starts_with("+++") {
+            Style::new().bold()
+        } else if line.starts_with("@@") {
+            AnsiColor::Cyan.on_default()
+        } else if line.starts_with('+') {
+            AnsiColor::Green.on_default()
+        } else if line.starts_with('-') {
+            AnsiColor::Red.on_default()
+        } else {
+            Style::new()
+        };
+        self.paint(style, line)
+    }
+}
+
+fn header(stage: &StagePlan) -> (&'static str, Style) {
+    match stage.action {
+        Action::Create { .. } => ("+ create", AnsiColor::Green.on_default().bold()),
+        Action::Update { .. } => ("~ update", AnsiColor::Yellow.on_default().bold()),
+        Action::InSync { .. } => ("= in sync", Style::new().dimmed()),
+        Action::Error { .. } => ("! error", AnsiColor::Red.on_default().bold()),
+    }
+}
+
+/// The plan as text; `color` adds ANSI colours. Ends with the summary line and a newline.
+pub fn render_text(plan: &Plan, color: bool) -> String {
+    let painter = Painter { color };
+    let mut out = String::new();
+    let mut previous_in_sync = None;
+    for stage in &plan.stages {
+        let in_sync = matches!(stage.action, Action::InSync { .. });
+        // A blank line between entries; consecutive in-sync entries stay compact.
+        if previous_in_sync.is_some_and(|prev| !(prev && in_sync)) {
+            out.push('\n');
+        }
+        previous_in_sync = Some(in_sync);
+        let (label, style) = header(stage);
+        let _ = writeln!(
+            out,
+            "{} {} ({})",
+            painter.paint(style, label),
+            painter.paint(Style::new().bold(), &escape(&stage.name)),
+            origin_short(&stage.origin),
+        );
+        if let Some(after) = stage.after {
+            let _ = writeln!(
+                out,
+                "{INDENT}waits for stage {after} to be renamed away from this name"
+            );
+        }
+        if let Action::Error { message, .. } = &stage.action {
+            let _ = writeln!(
+                out,
+                "{INDENT}{}",
+                painter.paint(AnsiColor::Red.on_default(), &escape(message))
+            );
+        }
+        for line in body_lines(&stage.action, &plan.known_fields) {
+            let _ = writeln!(out, "{INDENT}{}", painter.diff_line(&line));
+        }
+    }
+    if !plan.stages.is_empty() {
+        out.push('\n');
+    }
+    if !plan.unmanaged.is_empty() {
+        let _ = writeln!(
+            out,
+            "{}",
+            painter.paint(
+                Style::new().bold(),
+                "Unmanaged captcha stages (no manifest names them; never touched):"
+            )
+        );
+        for u in &plan.unmanaged {
+            let _ = writeln!(out, "{INDENT}? {} ({})", escape(&u.name), u.uuid);
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        painter.paint(Style::new().bold(), &summary_line(&plan.summary()))
+    );
+    out
+}
