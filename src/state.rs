@@ -268,11 +268,8 @@ impl StateFile {
             version: STATE_FORMAT_VERSION,
             stages: self.keys.stages.clone(),
         };
-        let mut text =
-            serde_json::to_string_pretty(&on_disk).map_err(|source| StateError::Corrupt {
-                path: self.path.clone(),
-                source,
-            })?;
+        let mut text = serde_json::to_string_pretty(&on_disk)
+            .map_err(|e| io_error(&self.path)(io::Error::other(e)))?;
         text.push('\n');
 
         let dir = parent_dir(&self.path).unwrap_or(Path::new("."));
