@@ -15,7 +15,7 @@
 //!   (with file, line and column for every problem) and resolves secret references.
 //! - [`authentik`]: the API client (pagination, retries, errors in the user's
 //!   words) and the version-dependent [`authentik::Capabilities`].
-//! - `simulator`: an in-memory authentik that answers as the real one does; the
+//! - [`simulator`]: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
 //! - `plan`: a pure function of (desired, live, recorded key fingerprints) to a
 //!   plan, and its renderings as text, JSON and Markdown.
@@ -32,4 +32,5 @@ pub mod exit;
 pub mod logging;
 pub mod output;
 pub mod secret;
+pub mod simulator;
 pub mod stage;
