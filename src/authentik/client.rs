@@ -274,10 +274,10 @@ impl Client {
         match outcome {
             Executed::Found(stage) => Ok(stage),
             Executed::Answer(answer, attempts) => {
-                if answer.status >= 500 {
-                    if let Ok(Some(stage)) = self.find_captcha_by_name(name).await {
-                        return Ok(stage);
-                    }
+                if answer.status >= 500
+                    && let Ok(Some(stage)) = self.find_captcha_by_name(name).await
+                {
+                    return Ok(stage);
                 }
                 let answer = self.check(answer, None, attempts)?;
                 parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
@@ -371,17 +371,16 @@ impl Client {
         let mut attempts: u32 = 0;
         loop {
             attempts += 1;
-            if attempts > 1 {
-                if let Some(name) = lost_create {
-                    // Boxed: the lookup goes through this same loop.
-                    if let Some(stage) = Box::pin(self.find_captcha_by_name(name)).await? {
-                        tracing::info!(
-                            stage = %crate::output::escape(name),
-                            "the create's answer was lost but the stage exists: not creating it again"
-                        );
-                        return Ok(Executed::Found(stage));
-                    }
-                }
+            if attempts > 1
+                && let Some(name) = lost_create
+                // Boxed: the lookup goes through this same loop.
+                && let Some(stage) = Box::pin(self.find_captcha_by_name(name)).await?
+            {
+                tracing::info!(
+                    stage = %crate::output::escape(name),
+                    "the create's answer was lost but the stage exists: not creating it again"
+                );
+                return Ok(Executed::Found(stage));
             }
             let (failure, retry_after) = match self.attempt(call).await {
                 Ok(answer) if is_retryable_status(answer.status, answer.empty_html()) => {

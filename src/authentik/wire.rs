@@ -191,7 +191,10 @@ fn finite(field: Field, n: f64) -> Result<Value, ApiError> {
 
 /// The field messages of a 400 body: `{"field": ["msg", ..], ..}` or
 /// `{"detail": "..."}`. `None` when the body has neither shape.
-pub fn validation_errors(body: &Value) -> Option<(Vec<(String, Vec<String>)>, Option<String>)> {
+/// Field messages and the `detail`, as a 400 body lists them.
+pub type ValidationBody = (Vec<(String, Vec<String>)>, Option<String>);
+
+pub fn validation_errors(body: &Value) -> Option<ValidationBody> {
     let map = body.as_object()?;
     let mut fields = Vec::new();
     let mut detail = None;

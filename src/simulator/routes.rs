@@ -500,7 +500,7 @@ fn paginate(
         json!({
             "pagination": {
                 "next": if page < total_pages { page + 1 } else { 0 },
-                "previous": if page > 1 { page - 1 } else { 0 },
+                "previous": page.saturating_sub(1),
                 "count": count,
                 "current": page,
                 "total_pages": total_pages,

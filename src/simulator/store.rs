@@ -133,11 +133,11 @@ impl Store {
             };
         }
         out.name = field!("name", char_field, required);
-        if let Some(name) = &out.name {
-            if self.name_taken(name, except) {
-                fail("name", "stage with this name already exists.".into());
-                out.name = None;
-            }
+        if let Some(name) = &out.name
+            && self.name_taken(name, except)
+        {
+            fail("name", "stage with this name already exists.".into());
+            out.name = None;
         }
         out.public_key = field!("public_key", char_field, required);
         out.private_key = field!("private_key", char_field, required);
