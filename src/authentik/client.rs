@@ -524,16 +524,17 @@ impl Client {
 
     fn transport_error(&self, e: &reqwest::Error) -> ApiError {
         let url = self.inner.base.clone();
-        let reason = error_chain(e);
+        // reqwest's own message only repeats the URL; its causes say what happened.
+        let reason = match std::error::Error::source(e) {
+            Some(cause) => error_chain(cause),
+            None => error_chain(e),
+        };
         let lower = reason.to_ascii_lowercase();
         if e.is_timeout() {
             ApiError::Timeout { url, reason }
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
             ApiError::Dns { url, reason }
-        } else if lower.contains("certificate")
-            || lower.contains("tls")
-            || lower.contains("handshake")
-        {
+        } else if is_tls_failure(e) {
             ApiError::Tls { url, reason }
         } else if e.is_connect() {
             ApiError::Connect { url, reason }
@@ -609,6 +610,28 @@ fn method_name(m: &Method) -> &'static str {
         Method::DELETE => "DELETE",
         _ => "OTHER",
     }
+}
+
+/// Whether rustls (or the certificate verifier) is among the causes.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // An io::Error's `source()` skips the error it wraps, and rustls' error
+        // sits inside io::Errors nested two deep: unwrap them by hand.
+        let mut io = err.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+            io = inner.downcast_ref::<std::io::Error>();
+        }
+        current = err.source();
+    }
+    let text = error_chain(e).to_ascii_lowercase();
+    text.contains("certificate") || text.contains("tls handshake")
 }
 
 /// The messages of an error and its sources, deduplicated, on one line.
