@@ -612,3 +612,21 @@ async fn thresholds_stored_as_nan_read_as_nan_and_are_never_sent() {
     ));
     assert_eq!(sim.request_counts().writes(), 0);
 }
+
+#[tokio::test]
+async fn the_simulator_adds_the_latency_it_is_given() {
+    let sim = sim().await;
+    let c = client(&sim.url());
+    sim.set_latency(Duration::from_millis(150));
+    let started = Instant::now();
+    c.version().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    sim.set_latency(Duration::ZERO);
+    sim.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = c.version().await.unwrap_err();
+    assert!(
+        err.is_transient(),
+        "a stopped simulator refuses connections: {err}"
+    );
+}
