@@ -201,7 +201,7 @@ impl Client {
     /// `GET /api/v3/admin/version/`.
     pub async fn version(&self) -> Result<ServerVersion, ApiError> {
         let url = self.endpoint("admin/version/")?;
-        let v: WireVersion = self.get_json(url, ROUTE_VERSION, None).await?;
+        let v: WireVersion = self.get_json(url, ROUTE_VERSION).await?;
         ServerVersion::parse(&v.version_current).ok_or_else(|| ApiError::UnexpectedResponse {
             status: 200,
             excerpt: format!(
@@ -220,7 +220,7 @@ impl Client {
             url.query_pairs_mut()
                 .append_pair("page_size", &LIST_PAGE_SIZE.to_string())
                 .append_pair("page", &page.to_string());
-            let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST, None).await?;
+            let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
             stages.extend(list.results.into_iter().map(WireCaptchaStage::into_live));
             let next = list.pagination.next;
             if next == 0.0 {
@@ -241,7 +241,7 @@ impl Client {
         let name = name.trim();
         let mut url = self.endpoint("stages/all/")?;
         url.query_pairs_mut().append_pair("name", name);
-        let list: Page<WireAnyStage> = self.get_json(url, ROUTE_STAGES_ALL, None).await?;
+        let list: Page<WireAnyStage> = self.get_json(url, ROUTE_STAGES_ALL).await?;
         Ok(list
             .results
             .into_iter()
@@ -299,15 +299,14 @@ impl Client {
             url: self.endpoint(&format!("stages/captcha/{uuid}/"))?,
             body: Some(&body),
         };
-        let answer = self.execute_plain(&call).await?;
-        let answer = self.check_final(answer, Some(uuid))?;
+        let answer = self.execute_checked(&call, Some(uuid)).await?;
         parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
     }
 
     async fn find_captcha_by_name(&self, name: &str) -> Result<Option<LiveStage>, ApiError> {
         let mut url = self.endpoint("stages/captcha/")?;
         url.query_pairs_mut().append_pair("name", name);
-        let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST, None).await?;
+        let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
         Ok(list
             .results
             .into_iter()
@@ -326,7 +325,6 @@ impl Client {
         &self,
         url: Url,
         route: &'static str,
-        uuid: Option<Uuid>,
     ) -> Result<T, ApiError> {
         let call = Call {
             method: Method::GET,
@@ -334,27 +332,21 @@ impl Client {
             url,
             body: None,
         };
-        let answer = self.execute_plain(&call).await?;
-        let answer = self.check_final(answer, uuid)?;
+        let answer = self.execute_checked(&call, None).await?;
         parse_json(&answer)
     }
 
-    async fn execute_plain(&self, call: &Call<'_>) -> Result<(Answer, u32), ApiError> {
-        match self.execute(call, None).await? {
-            Executed::Answer(answer, attempts) => Ok((answer, attempts)),
-            Executed::Found(_) => Err(ApiError::UnexpectedResponse {
-                status: 0,
-                excerpt: "internal: lookup outside a create".into(),
-            }),
-        }
-    }
-
-    fn check_final(
+    /// [`Self::execute`] for anything but a create, with the answer checked.
+    async fn execute_checked(
         &self,
-        (answer, attempts): (Answer, u32),
+        call: &Call<'_>,
         uuid: Option<Uuid>,
     ) -> Result<Answer, ApiError> {
-        self.check(answer, uuid, attempts)
+        match self.execute(call, None).await? {
+            Executed::Answer(answer, attempts) => self.check(answer, uuid, attempts),
+            // Only a create (`lost_create` given) looks names up.
+            Executed::Found(_) => unreachable!("no lookup without a create"),
+        }
     }
 
     /// The retry loop. Returns the first answer that is not retryable, or an
