@@ -749,6 +749,88 @@ mod tests {
         assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
     }
 
+    fn answer(status: u16, content_type: &str, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: content_type.to_owned(),
+            retry_after: None,
+            location: None,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn test_client() -> Client {
+        Client::new(&ClientSettings {
+            url: "https://auth.example.com/api/v3/".into(),
+            token: crate::secret::SecretString::from("t".to_owned()),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            allow_http: false,
+            connect_timeout: ClientSettings::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: ClientSettings::DEFAULT_REQUEST_TIMEOUT,
+        })
+        .expect("valid settings")
+    }
+
+    #[test]
+    fn statuses_become_errors_in_the_users_words() {
+        let c = test_client();
+        let json = "application/json";
+        let id = Uuid::nil();
+        let err = |a, uuid| {
+            c.check(a, uuid, 1)
+                .err()
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_default()
+        };
+        assert!(c.check(answer(200, json, "{}"), None, 1).is_ok());
+        assert!(
+            err(
+                answer(403, json, r#"{"detail":"Token invalid/expired"}"#),
+                None
+            )
+            .starts_with("Forbidden")
+        );
+        assert!(err(answer(403, "text/html", "<html>"), None).starts_with("Forbidden"));
+        assert!(
+            err(answer(404, "text/html; charset=utf-8", "<html>"), Some(id))
+                .starts_with("NotAnApi")
+        );
+        assert!(err(answer(200, "text/html", "<html>"), None).starts_with("NotAnApi"));
+        assert!(
+            err(answer(404, json, r#"{"detail":"Not found."}"#), Some(id))
+                .starts_with("StageNotFound")
+        );
+        assert!(
+            err(answer(404, json, r#"{"detail":"Invalid page."}"#), None)
+                .starts_with("UnexpectedResponse")
+        );
+        assert!(err(answer(400, json, r#"{"name":["x"]}"#), None).starts_with("Validation"));
+        assert!(err(answer(400, "text/plain", "bad"), None).starts_with("UnexpectedResponse"));
+        assert!(err(answer(500, "text/html", ""), None).starts_with("Server"));
+        assert!(
+            err(
+                answer(405, json, r#"{"detail":"Method \"GET\" not allowed."}"#),
+                None
+            )
+            .starts_with("UnexpectedResponse")
+        );
+        assert!(err(answer(301, "", ""), None).starts_with("UnexpectedResponse"));
+        assert_eq!(c.base_url(), "https://auth.example.com");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalising_never_panics_and_is_idempotent(raw in "\\PC{0,40}", path in "(/[a-z0-9]{0,5}x){0,3}(/api/v3)?/?") {
+            let _ = normalise_url(&raw);
+            let first = normalise_url(&format!("https://auth.example.com{path}")).expect("a valid URL");
+            let again = normalise_url(first.as_str()).expect("still valid");
+            proptest::prop_assert_eq!(first.as_str(), again.as_str());
+            proptest::prop_assert!(first.path().ends_with('/'));
+            proptest::prop_assert!(!first.path().ends_with("/api/v3/"));
+        }
+    }
+
     #[test]
     fn http_only_to_loopback_unless_allowed() {
         let ok = |s: &str, allow| check_http_policy(&normalise_url(s).unwrap(), allow).is_ok();
