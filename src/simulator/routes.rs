@@ -376,11 +376,12 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-/// One listed row: name and public key for filters, the rendered JSON.
-struct Row {
-    name: String,
-    public_key: Option<String>,
-    json: Value,
+/// One listed row: name and public key for filters; rendered only when it
+/// lands on the requested page (lists of thousands stay cheap).
+struct Row<'a> {
+    name: &'a str,
+    public_key: Option<&'a str>,
+    render: Box<dyn Fn() -> Value + 'a>,
 }
 
 fn list_captcha(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply {
@@ -388,44 +389,45 @@ fn list_captcha(store: &Store, route: &Route, q: &HashMap<String, String>) -> Re
         .captcha
         .iter()
         .map(|rec| Row {
-            name: rec.fields.name.clone(),
-            public_key: Some(rec.fields.public_key.clone()),
-            json: store.render(rec),
+            name: &rec.fields.name,
+            public_key: Some(&rec.fields.public_key),
+            render: Box::new(move || store.render(rec)),
         })
         .collect();
     paginate(store, route, q, rows)
 }
 
+/// Every stage type, with the fields of authentik's `Stage` only.
 fn list_all(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply {
     let mut rows: Vec<Row> = store
         .captcha
         .iter()
-        .map(|rec| {
-            let mut json = store.render(rec);
-            if let Some(o) = json.as_object_mut() {
-                o.retain(|k, _| {
-                    matches!(
-                        k.as_str(),
-                        "pk" | "name"
-                            | "component"
-                            | "verbose_name"
-                            | "verbose_name_plural"
-                            | "meta_model_name"
-                            | "flow_set"
-                    )
-                });
-            }
-            Row {
-                name: rec.fields.name.clone(),
-                public_key: None,
-                json,
-            }
+        .map(|rec| Row {
+            name: &rec.fields.name,
+            public_key: None,
+            render: Box::new(move || {
+                let mut json = store.render(rec);
+                if let Some(o) = json.as_object_mut() {
+                    o.retain(|k, _| {
+                        matches!(
+                            k.as_str(),
+                            "pk" | "name"
+                                | "component"
+                                | "verbose_name"
+                                | "verbose_name_plural"
+                                | "meta_model_name"
+                                | "flow_set"
+                        )
+                    });
+                }
+                json
+            }),
         })
         .collect();
     rows.extend(store.others.iter().map(|rec| Row {
-        name: rec.name.clone(),
+        name: &rec.name,
         public_key: None,
-        json: store.render_other(rec),
+        render: Box::new(move || store.render_other(rec)),
     }));
     paginate(store, route, q, rows)
 }
@@ -439,10 +441,10 @@ fn paginate(
     mut rows: Vec<Row>,
 ) -> Reply {
     if let Some(name) = q.get("name") {
-        rows.retain(|r| &r.name == name);
+        rows.retain(|r| r.name == name.as_str());
     }
     if let Some(pk) = q.get("public_key") {
-        rows.retain(|r| r.public_key.as_ref() == Some(pk));
+        rows.retain(|r| r.public_key == Some(pk.as_str()));
     }
     if let Some(search) = q.get("search") {
         let terms: Vec<String> = search
@@ -487,7 +489,7 @@ fn paginate(
         .into_iter()
         .skip(start)
         .take(size)
-        .map(|r| r.json)
+        .map(|r| (r.render)())
         .collect();
     let (start_index, end_index) = if count == 0 {
         (0, 0)
