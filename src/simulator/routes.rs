@@ -1,4 +1,4 @@
-//! authentik's HTTP behaviour in front of the [`Store`]: routing (trailing slash
+//! authentik's HTTP behaviour in front of the in-memory store: routing (trailing slash
 //! required, HTML 404 otherwise), content negotiation (406 before auth), auth
 //! (403 without `WWW-Authenticate`, no 401), body parsing (415, empty = `{}`,
 //! JSON parse errors, invalid UTF-8 as the empty 405), lists with pagination,
