@@ -15,7 +15,7 @@
 //!   (with file, line and column for every problem) and resolves secret references.
 //! - [`authentik`]: the API client (pagination, retries, errors in the user's
 //!   words) and the version-dependent [`authentik::Capabilities`].
-//! - `simulator`: an in-memory authentik that answers as the real one does; the
+//! - [`simulator`]: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
 //! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
 //!   plan, and its renderings as text, JSON and Markdown.
@@ -33,5 +33,6 @@ pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod secret;
+pub mod simulator;
 pub mod stage;
 pub mod state;

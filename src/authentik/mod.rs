@@ -1,8 +1,16 @@
 //! authentik's Captcha Stage API: the client, and what the server version allows.
 
+pub mod client;
+pub mod error;
+pub mod retry;
 pub mod version;
+pub mod wire;
 
+pub use client::{Client, RequestRecord};
+pub use error::ApiError;
+pub use retry::RetryPolicy;
 pub use version::{Capabilities, ServerVersion};
+pub use wire::{NamedStage, StageWrite};
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,845 @@
+//! The HTTP client for authentik's Captcha Stage API.
+//!
+//! One [`Client`] per run; cloning is cheap. Every call goes through one retry
+//! loop ([`super::retry`]) and one place that turns a status into an
+//! [`ApiError`] in the user's words. Traps handled here:
+//!
+//! - the trailing slash is required: a path without it is an HTML 404, so every
+//!   route below ends with `/`;
+//! - an HTML page (404 or even 200) means there is no authentik API at the URL;
+//! - a create whose answer was lost may have succeeded: before sending it again
+//!   the client looks the name up and returns the stage it finds;
+//! - redirects are not followed: a POST would silently turn into a GET, and the
+//!   token must not follow a redirect to another host;
+//! - the token lives in a sensitive header built once; it never reaches a log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RETRY_AFTER,
+};
+use reqwest::{Method, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::error::excerpt;
+use super::retry::{RetryPolicy, is_retryable_status, parse_retry_after};
+use super::wire::{
+    self, NamedStage, Page, StageWrite, WireAnyStage, WireCaptchaStage, WireVersion,
+};
+use super::{ApiError, ClientSettings, ServerVersion};
+use crate::secret::ExposeSecret;
+use crate::stage::LiveStage;
+
+/// Route patterns, as reported to the observer (low cardinality, no uuids).
+pub const ROUTE_VERSION: &str = "/api/v3/admin/version/";
+pub const ROUTE_CAPTCHA_LIST: &str = "/api/v3/stages/captcha/";
+pub const ROUTE_CAPTCHA_ONE: &str = "/api/v3/stages/captcha/{uuid}/";
+pub const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
+
+/// Page size asked for when listing: authentik's default cap.
+pub const LIST_PAGE_SIZE: u32 = 100;
+/// Pages followed before the answer is deemed broken (a million stages).
+const MAX_PAGES: u64 = 10_000;
+
+/// One HTTP attempt, as the observer sees it (the daemon feeds metrics from it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub method: &'static str,
+    /// The route pattern, e.g. `/api/v3/stages/captcha/{uuid}/`.
+    pub path: &'static str,
+    /// `None` when no response arrived (connect error, timeout, reset).
+    pub status: Option<u16>,
+    pub elapsed: Duration,
+}
+
+type Observer = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
+
+/// A connection to one authentik install.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    observer: Option<Observer>,
+    retry: RetryPolicy,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    /// `<root>/api/v3/`.
+    api: Url,
+    /// The root for messages, without a trailing slash.
+    base: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response as read off the wire.
+struct Answer {
+    status: u16,
+    content_type: String,
+    retry_after: Option<Duration>,
+    location: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn is_html(&self) -> bool {
+        self.content_type.to_ascii_lowercase().contains("text/html")
+    }
+    fn is_json(&self) -> bool {
+        self.content_type.to_ascii_lowercase().contains("json")
+    }
+    fn empty_html(&self) -> bool {
+        self.is_html() && self.body.iter().all(u8::is_ascii_whitespace)
+    }
+}
+
+/// One logical request.
+struct Call<'a> {
+    method: Method,
+    route: &'static str,
+    url: Url,
+    body: Option<&'a Value>,
+}
+
+/// What the retry loop ends with.
+enum Executed {
+    Answer(Answer, u32),
+    /// A create's answer was lost, and the stage was found by name.
+    Found(LiveStage),
+}
+
+impl Client {
+    /// Builds a client: normalises the URL, enforces the http policy, loads the
+    /// CA file. Nothing is contacted yet.
+    pub fn new(settings: &ClientSettings) -> Result<Client, ApiError> {
+        let root = normalise_url(&settings.url)?;
+        check_http_policy(&root, settings.allow_http)?;
+        let base = root.as_str().trim_end_matches('/').to_owned();
+        let api = root.join("api/v3/").map_err(|e| ApiError::BadUrl {
+            url: base.clone(),
+            reason: e.to_string(),
+        })?;
+
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", settings.token.expose_secret()))
+            .map_err(|_| ApiError::ClientSetup {
+                reason: "the API token contains characters that cannot be sent in an HTTP header"
+                    .into(),
+            })?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .user_agent(concat!("stagesync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &settings.ca_file {
+            let pem = std::fs::read(path).map_err(|e| ApiError::CaFile {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ApiError::CaFile {
+                    path: path.clone(),
+                    reason: format!("not a PEM certificate bundle ({e})"),
+                })?;
+            if certs.is_empty() {
+                return Err(ApiError::CaFile {
+                    path: path.clone(),
+                    reason: "no PEM certificate in it".into(),
+                });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if settings.insecure_skip_tls_verify {
+            tracing::warn!(
+                url = %base,
+                "TLS CERTIFICATE VERIFICATION IS DISABLED (--insecure-skip-tls-verify): anyone on the network path can read the API token and the private keys; use --ca-file instead"
+            );
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| ApiError::ClientSetup {
+            reason: error_chain(&e),
+        })?;
+        Ok(Client {
+            inner: Arc::new(Inner { http, api, base }),
+            observer: None,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The normalised root of the install (no `/api/v3`, no trailing slash).
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Calls `observer` once per HTTP attempt (retries included).
+    pub fn with_observer(mut self, observer: Arc<dyn Fn(&RequestRecord) + Send + Sync>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Replaces the retry numbers (tests and benchmarks shrink the delays).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// `GET /api/v3/admin/version/`.
+    pub async fn version(&self) -> Result<ServerVersion, ApiError> {
+        let url = self.endpoint("admin/version/")?;
+        let v: WireVersion = self.get_json(url, ROUTE_VERSION).await?;
+        ServerVersion::parse(&v.version_current).ok_or_else(|| ApiError::UnexpectedResponse {
+            status: 200,
+            excerpt: format!(
+                "version_current {:?} is not a version",
+                crate::output::escape(&v.version_current)
+            ),
+        })
+    }
+
+    /// Every captcha stage, following `pagination.next` until it is 0.
+    pub async fn list_captcha_stages(&self) -> Result<Vec<LiveStage>, ApiError> {
+        let mut stages = Vec::new();
+        let mut page: u64 = 1;
+        loop {
+            let mut url = self.endpoint("stages/captcha/")?;
+            url.query_pairs_mut()
+                .append_pair("page_size", &LIST_PAGE_SIZE.to_string())
+                .append_pair("page", &page.to_string());
+            let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
+            stages.extend(list.results.into_iter().map(WireCaptchaStage::into_live));
+            let next = list.pagination.next;
+            if next == 0.0 {
+                return Ok(stages);
+            }
+            if next.fract() != 0.0 || next <= page as f64 || page >= MAX_PAGES {
+                return Err(ApiError::UnexpectedResponse {
+                    status: 200,
+                    excerpt: format!("pagination.next is {next} on page {page}"),
+                });
+            }
+            page = next as u64;
+        }
+    }
+
+    /// The stage of any type that holds `name` (names are unique across types).
+    pub async fn find_stage_by_name(&self, name: &str) -> Result<Option<NamedStage>, ApiError> {
+        let name = name.trim();
+        let mut url = self.endpoint("stages/all/")?;
+        url.query_pairs_mut().append_pair("name", name);
+        let list: Page<WireAnyStage> = self.get_json(url, ROUTE_STAGES_ALL).await?;
+        Ok(list
+            .results
+            .into_iter()
+            .map(WireAnyStage::into_named)
+            .find(|s| s.name == name))
+    }
+
+    /// `POST` a new stage. A create whose answer was lost (broken connection,
+    /// 5xx, authentik's empty 405) is not sent again blindly: the name is looked
+    /// up first and the stage returned if the first attempt did create it.
+    pub async fn create_stage(&self, write: &StageWrite<'_>) -> Result<LiveStage, ApiError> {
+        let body = wire::write_body(write)?;
+        let name = write.fields.name.trim();
+        let call = Call {
+            method: Method::POST,
+            route: ROUTE_CAPTCHA_LIST,
+            url: self.endpoint("stages/captcha/")?,
+            body: Some(&body),
+        };
+        let outcome = match self.execute(&call, Some(name)).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_transient() => {
+                return match self.find_captcha_by_name(name).await {
+                    Ok(Some(stage)) => Ok(stage),
+                    _ => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        match outcome {
+            Executed::Found(stage) => Ok(stage),
+            Executed::Answer(answer, attempts) => {
+                if answer.status >= 500
+                    && let Ok(Some(stage)) = self.find_captcha_by_name(name).await
+                {
+                    return Ok(stage);
+                }
+                let answer = self.check(answer, None, attempts)?;
+                parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
+            }
+        }
+    }
+
+    /// `PUT` every managed field and the private key (PUT keeps omitted
+    /// optional fields, so everything is sent to converge).
+    pub async fn update_stage(
+        &self,
+        uuid: Uuid,
+        write: &StageWrite<'_>,
+    ) -> Result<LiveStage, ApiError> {
+        let body = wire::write_body(write)?;
+        let call = Call {
+            method: Method::PUT,
+            route: ROUTE_CAPTCHA_ONE,
+            url: self.endpoint(&format!("stages/captcha/{uuid}/"))?,
+            body: Some(&body),
+        };
+        let answer = self.execute_checked(&call, Some(uuid)).await?;
+        parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
+    }
+
+    async fn find_captcha_by_name(&self, name: &str) -> Result<Option<LiveStage>, ApiError> {
+        let mut url = self.endpoint("stages/captcha/")?;
+        url.query_pairs_mut().append_pair("name", name);
+        let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
+        Ok(list
+            .results
+            .into_iter()
+            .map(WireCaptchaStage::into_live)
+            .find(|s| s.fields.name == name))
+    }
+
+    fn endpoint(&self, path: &str) -> Result<Url, ApiError> {
+        self.inner.api.join(path).map_err(|e| ApiError::BadUrl {
+            url: self.inner.base.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        url: Url,
+        route: &'static str,
+    ) -> Result<T, ApiError> {
+        let call = Call {
+            method: Method::GET,
+            route,
+            url,
+            body: None,
+        };
+        let answer = self.execute_checked(&call, None).await?;
+        parse_json(&answer)
+    }
+
+    /// [`Self::execute`] for anything but a create, with the answer checked.
+    async fn execute_checked(
+        &self,
+        call: &Call<'_>,
+        uuid: Option<Uuid>,
+    ) -> Result<Answer, ApiError> {
+        match self.execute(call, None).await? {
+            Executed::Answer(answer, attempts) => self.check(answer, uuid, attempts),
+            // Only a create (`lost_create` given) looks names up.
+            Executed::Found(_) => unreachable!("no lookup without a create"),
+        }
+    }
+
+    /// The retry loop. Returns the first answer that is not retryable, or an
+    /// error once attempts or time are used up. With `lost_create`, a retry is
+    /// preceded by a lookup of that name.
+    async fn execute(
+        &self,
+        call: &Call<'_>,
+        lost_create: Option<&str>,
+    ) -> Result<Executed, ApiError> {
+        let policy = &self.retry;
+        let mut delays = policy.delays();
+        let mut waited = Duration::ZERO;
+        let mut attempts: u32 = 0;
+        loop {
+            attempts += 1;
+            if attempts > 1
+                && let Some(name) = lost_create
+                // Boxed: the lookup goes through this same loop.
+                && let Some(stage) = Box::pin(self.find_captcha_by_name(name)).await?
+            {
+                tracing::info!(
+                    stage = %crate::output::escape(name),
+                    "the create's answer was lost but the stage exists: not creating it again"
+                );
+                return Ok(Executed::Found(stage));
+            }
+            let (failure, retry_after) = match self.attempt(call).await {
+                Ok(answer) if is_retryable_status(answer.status, answer.empty_html()) => {
+                    let after = answer.retry_after;
+                    (Failure::Status(answer), after)
+                }
+                Ok(answer) => return Ok(Executed::Answer(answer, attempts)),
+                Err(e) if retryable_transport(&e) => (Failure::Transport(e), None),
+                Err(e) => return Err(e),
+            };
+            let give_up = |failure: Failure| failure.into_error(attempts);
+            let Some(backoff) = delays.next() else {
+                return Err(give_up(failure));
+            };
+            let wait = policy.wait(backoff, retry_after);
+            if waited + wait > policy.max_total_wait {
+                return Err(give_up(failure));
+            }
+            waited += wait;
+            tracing::warn!(
+                method = %call.method,
+                path = call.route,
+                attempt = attempts,
+                max_attempts = policy.max_attempts,
+                wait_ms = wait.as_millis() as u64,
+                "retrying after {}",
+                failure.describe()
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One HTTP exchange, reported to the observer.
+    async fn attempt(&self, call: &Call<'_>) -> Result<Answer, ApiError> {
+        let started = Instant::now();
+        let mut request = self
+            .inner
+            .http
+            .request(call.method.clone(), call.url.clone());
+        if let Some(body) = call.body {
+            let bytes = serde_json::to_vec(body).map_err(|e| ApiError::ClientSetup {
+                reason: format!("cannot encode the request body: {e}"),
+            })?;
+            request = request.header(CONTENT_TYPE, "application/json").body(bytes);
+        }
+        let result = async {
+            let response = request.send().await.map_err(|e| (None, e))?;
+            let status = response.status().as_u16();
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let content_type = header(CONTENT_TYPE).unwrap_or_default();
+            let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v));
+            let location = header(LOCATION);
+            let body = response.bytes().await.map_err(|e| (Some(status), e))?;
+            Ok::<_, (Option<u16>, reqwest::Error)>(Answer {
+                status,
+                content_type,
+                retry_after,
+                location,
+                body: body.to_vec(),
+            })
+        }
+        .await;
+        let elapsed = started.elapsed();
+        let status = match &result {
+            Ok(a) => Some(a.status),
+            Err((status, _)) => *status,
+        };
+        tracing::debug!(
+            method = %call.method,
+            path = call.route,
+            status = status.map(|s| s as i64).unwrap_or(-1),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "authentik request"
+        );
+        if let Some(observer) = &self.observer {
+            observer(&RequestRecord {
+                method: method_name(&call.method),
+                path: call.route,
+                status,
+                elapsed,
+            });
+        }
+        result.map_err(|(_, e)| self.transport_error(&e))
+    }
+
+    /// Turns a final answer into the body or an error in the user's words.
+    fn check(&self, answer: Answer, uuid: Option<Uuid>, attempts: u32) -> Result<Answer, ApiError> {
+        let status = answer.status;
+        let json = || serde_json::from_slice::<Value>(&answer.body).ok();
+        match status {
+            200..=299 if answer.is_html() => Err(self.not_an_api()),
+            200..=299 => Ok(answer),
+            300..=399 => Err(ApiError::UnexpectedResponse {
+                status,
+                excerpt: match &answer.location {
+                    Some(to) => format!(
+                        "redirected to {}: pass the install's final URL with --url",
+                        crate::output::escape(to)
+                    ),
+                    None => excerpt(&answer.body),
+                },
+            }),
+            400 => match json().as_ref().and_then(wire::validation_errors) {
+                Some((fields, detail)) => Err(ApiError::Validation { fields, detail }),
+                None => Err(unexpected(&answer)),
+            },
+            403 => Err(ApiError::Forbidden {
+                detail: json()
+                    .as_ref()
+                    .and_then(wire::detail)
+                    .map(|d| crate::output::escape(&d).into_owned())
+                    .unwrap_or_else(|| excerpt(&answer.body)),
+            }),
+            404 if !answer.is_json() || json().is_none() => Err(self.not_an_api()),
+            404 => match uuid {
+                Some(uuid) => Err(ApiError::StageNotFound { uuid }),
+                None => Err(unexpected(&answer)),
+            },
+            _ if is_retryable_status(status, answer.empty_html()) || status >= 500 => {
+                Err(ApiError::Server {
+                    status,
+                    attempts,
+                    excerpt: excerpt(&answer.body),
+                })
+            }
+            _ => Err(unexpected(&answer)),
+        }
+    }
+
+    fn not_an_api(&self) -> ApiError {
+        ApiError::NotAnApi {
+            url: self.inner.base.clone(),
+        }
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> ApiError {
+        let url = self.inner.base.clone();
+        // reqwest's own message only repeats the URL; its causes say what happened.
+        let reason = match std::error::Error::source(e) {
+            Some(cause) => error_chain(cause),
+            None => error_chain(e),
+        };
+        let lower = reason.to_ascii_lowercase();
+        if e.is_timeout() {
+            ApiError::Timeout { url, reason }
+        } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+            ApiError::Dns { url, reason }
+        } else if is_tls_failure(e) {
+            ApiError::Tls { url, reason }
+        } else if e.is_connect() {
+            ApiError::Connect { url, reason }
+        } else {
+            ApiError::Transport { url, reason }
+        }
+    }
+}
+
+/// What made an attempt worth retrying.
+enum Failure {
+    Status(Answer),
+    Transport(ApiError),
+}
+
+impl Failure {
+    fn describe(&self) -> String {
+        match self {
+            Failure::Status(a) if a.status == 405 => {
+                "authentik's internal error (empty HTTP 405)".to_owned()
+            }
+            Failure::Status(a) => format!("HTTP {}", a.status),
+            Failure::Transport(e) => e.to_string(),
+        }
+    }
+
+    fn into_error(self, attempts: u32) -> ApiError {
+        match self {
+            Failure::Status(a) => ApiError::Server {
+                status: a.status,
+                attempts,
+                excerpt: if a.empty_html() && a.status == 405 {
+                    "empty text/html answer (authentik's internal server error)".to_owned()
+                } else {
+                    excerpt(&a.body)
+                },
+            },
+            Failure::Transport(e) => e,
+        }
+    }
+}
+
+/// Transport failures worth another attempt. A DNS failure is not: a misspelt
+/// host is far likelier than a resolver blip, and the next run retries anyway.
+/// Neither is TLS: a certificate does not fix itself in seconds.
+fn retryable_transport(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Connect { .. } | ApiError::Timeout { .. } | ApiError::Transport { .. }
+    )
+}
+
+fn unexpected(answer: &Answer) -> ApiError {
+    ApiError::UnexpectedResponse {
+        status: answer.status,
+        excerpt: excerpt(&answer.body),
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(answer: &Answer) -> Result<T, ApiError> {
+    serde_json::from_slice(&answer.body).map_err(|e| ApiError::UnexpectedResponse {
+        status: answer.status,
+        excerpt: format!("not the expected JSON ({e}): {}", excerpt(&answer.body)),
+    })
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Whether rustls (or the certificate verifier) is among the causes.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        if err.is::<rustls::Error>() {
+            return true;
+        }
+        // An io::Error's `source()` skips the error it wraps, and rustls' error
+        // sits inside io::Errors nested two deep: unwrap them by hand.
+        let mut io = err.downcast_ref::<std::io::Error>();
+        while let Some(inner) = io.and_then(std::io::Error::get_ref) {
+            if inner.is::<rustls::Error>() {
+                return true;
+            }
+            io = inner.downcast_ref::<std::io::Error>();
+        }
+        current = err.source();
+    }
+    let text = error_chain(e).to_ascii_lowercase();
+    text.contains("certificate") || text.contains("tls handshake")
+}
+
+/// The messages of an error and its sources, deduplicated, on one line.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = current {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = err.source();
+    }
+    crate::output::escape(&parts.join(": ")).into_owned()
+}
+
+/// The install's root as a URL ending in `/`: tolerates a trailing slash and an
+/// included `/api/v3`; refuses credentials, queries and fragments.
+pub fn normalise_url(raw: &str) -> Result<Url, ApiError> {
+    let raw = raw.trim();
+    let bad = |url: String, reason: &str| ApiError::BadUrl {
+        url,
+        reason: reason.to_owned(),
+    };
+    let mut url = Url::parse(raw).map_err(|e| {
+        let shown = crate::output::escape(raw).into_owned();
+        match e {
+            url::ParseError::RelativeUrlWithoutBase => {
+                bad(shown, "it needs a scheme, e.g. https://auth.example.com")
+            }
+            other => bad(shown, &other.to_string()),
+        }
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        return Err(bad(
+            url.to_string(),
+            "credentials in the URL are not supported: put the token in AUTHENTIK_TOKEN or --token-file",
+        ));
+    }
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(bad(
+            url.to_string(),
+            "only https:// and http:// are supported",
+        ));
+    }
+    if url.host().is_none() {
+        return Err(bad(url.to_string(), "it has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(
+            url.to_string(),
+            "it must not have a query or a fragment",
+        ));
+    }
+    let path = url.path().trim_end_matches('/');
+    let path = path
+        .strip_suffix("/api/v3")
+        .unwrap_or(path)
+        .trim_end_matches('/');
+    let path = format!("{path}/");
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// `http://` only to loopback, unless allowed: the token travels in every request.
+pub fn check_http_policy(url: &Url, allow_http: bool) -> Result<(), ApiError> {
+    if url.scheme() != "http" || allow_http || is_loopback(url) {
+        return Ok(());
+    }
+    Err(ApiError::HttpNotAllowed {
+        host: url.host_str().unwrap_or_default().to_owned(),
+    })
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => {
+            let d = d.to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost")
+        }
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(s: &str) -> String {
+        normalise_url(s)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|e| format!("ERR {e}"))
+    }
+
+    #[test]
+    fn urls_are_normalised_to_the_root() {
+        for given in [
+            "https://auth.example.com",
+            "https://auth.example.com/",
+            " https://auth.example.com/api/v3 ",
+            "https://auth.example.com/api/v3/",
+            "https://auth.example.com//",
+        ] {
+            assert_eq!(norm(given), "https://auth.example.com/", "{given}");
+        }
+        assert_eq!(
+            norm("https://example.com/authentik/api/v3/"),
+            "https://example.com/authentik/"
+        );
+        assert_eq!(norm("http://127.0.0.1:9000"), "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_credentials() {
+        assert!(norm("auth.example.com").contains("needs a scheme"));
+        assert!(norm("ftp://auth.example.com").contains("only https://"));
+        assert!(norm("https://auth.example.com/?x=1").contains("query"));
+        let e = norm("https://user:hunter2@auth.example.com");
+        assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
+    }
+
+    fn answer(status: u16, content_type: &str, body: &str) -> Answer {
+        Answer {
+            status,
+            content_type: content_type.to_owned(),
+            retry_after: None,
+            location: None,
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    fn test_client() -> Client {
+        Client::new(&ClientSettings {
+            url: "https://auth.example.com/api/v3/".into(),
+            token: crate::secret::SecretString::from("t".to_owned()),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            allow_http: false,
+            connect_timeout: ClientSettings::DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: ClientSettings::DEFAULT_REQUEST_TIMEOUT,
+        })
+        .expect("valid settings")
+    }
+
+    #[test]
+    fn statuses_become_errors_in_the_users_words() {
+        let c = test_client();
+        let json = "application/json";
+        let id = Uuid::nil();
+        let err = |a, uuid| {
+            c.check(a, uuid, 1)
+                .err()
+                .map(|e| format!("{e:?}"))
+                .unwrap_or_default()
+        };
+        assert!(c.check(answer(200, json, "{}"), None, 1).is_ok());
+        assert!(
+            err(
+                answer(403, json, r#"{"detail":"Token invalid/expired"}"#),
+                None
+            )
+            .starts_with("Forbidden")
+        );
+        assert!(err(answer(403, "text/html", "<html>"), None).starts_with("Forbidden"));
+        assert!(
+            err(answer(404, "text/html; charset=utf-8", "<html>"), Some(id))
+                .starts_with("NotAnApi")
+        );
+        assert!(err(answer(200, "text/html", "<html>"), None).starts_with("NotAnApi"));
+        assert!(
+            err(answer(404, json, r#"{"detail":"Not found."}"#), Some(id))
+                .starts_with("StageNotFound")
+        );
+        assert!(
+            err(answer(404, json, r#"{"detail":"Invalid page."}"#), None)
+                .starts_with("UnexpectedResponse")
+        );
+        assert!(err(answer(400, json, r#"{"name":["x"]}"#), None).starts_with("Validation"));
+        assert!(err(answer(400, "text/plain", "bad"), None).starts_with("UnexpectedResponse"));
+        assert!(err(answer(500, "text/html", ""), None).starts_with("Server"));
+        assert!(
+            err(
+                answer(405, json, r#"{"detail":"Method \"GET\" not allowed."}"#),
+                None
+            )
+            .starts_with("UnexpectedResponse")
+        );
+        assert!(err(answer(301, "", ""), None).starts_with("UnexpectedResponse"));
+        assert_eq!(c.base_url(), "https://auth.example.com");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn normalising_never_panics_and_is_idempotent(raw in "\\PC{0,40}", path in "(/[a-z0-9]{0,5}x){0,3}(/api/v3)?/?") {
+            let _ = normalise_url(&raw);
+            let first = normalise_url(&format!("https://auth.example.com{path}")).expect("a valid URL");
+            let again = normalise_url(first.as_str()).expect("still valid");
+            proptest::prop_assert_eq!(first.as_str(), again.as_str());
+            proptest::prop_assert!(first.path().ends_with('/'));
+            proptest::prop_assert!(!first.path().ends_with("/api/v3/"));
+        }
+    }
+
+    #[test]
+    fn http_only_to_loopback_unless_allowed() {
+        let ok = |s: &str, allow| check_http_policy(&normalise_url(s).unwrap(), allow).is_ok();
+        assert!(ok("http://127.0.0.1:9000", false));
+        assert!(ok("http://localhost:9000", false));
+        assert!(ok("http://[::1]:9000", false));
+        assert!(ok("https://auth.example.com", false));
+        assert!(!ok("http://auth.example.com", false));
+        assert!(!ok("http://10.0.0.1", false));
+        assert!(ok("http://auth.example.com", true));
+    }
+}

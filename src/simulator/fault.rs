@@ -1,0 +1,180 @@
+//! Injected faults and request counting.
+//!
+//! A fault is queued with a matcher (method, path prefix) and a count; each
+//! matching request consumes one, in queue order. Counting happens before
+//! faults are applied, so a request that gets a fault is still counted.
+
+use std::collections::BTreeMap;
+
+/// What goes wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FaultKind {
+    /// Answer with this status (and `Retry-After` seconds), without processing.
+    Status {
+        status: u16,
+        retry_after: Option<u64>,
+        body: String,
+    },
+    /// Close the connection without an answer, without processing.
+    Reset,
+    /// Never answer (the client's timeout must fire).
+    Hang,
+    /// Process the request, then send only half of the JSON body and close the
+    /// connection: for a create, the stage exists but the answer is lost.
+    Truncated,
+    /// authentik's internal error: an empty `405 text/html`, without processing.
+    EmptyHtml405,
+}
+
+/// A queued fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// `None` matches every method.
+    pub method: Option<String>,
+    /// `None` matches every path.
+    pub path_prefix: Option<String>,
+    /// How many matching requests it hits.
+    pub times: usize,
+}
+
+impl Fault {
+    /// A fault hitting the next request, whatever it is.
+    pub fn new(kind: FaultKind) -> Self {
+        Fault {
+            kind,
+            method: None,
+            path_prefix: None,
+            times: 1,
+        }
+    }
+
+    /// A status answer with a small JSON body.
+    pub fn status(status: u16) -> Self {
+        Fault::new(FaultKind::Status {
+            status,
+            retry_after: None,
+            body: format!("{{\"detail\": \"injected HTTP {status}\"}}"),
+        })
+    }
+
+    /// A status answer with `Retry-After: secs`.
+    pub fn status_retry_after(status: u16, secs: u64) -> Self {
+        let mut fault = Fault::status(status);
+        if let FaultKind::Status { retry_after, .. } = &mut fault.kind {
+            *retry_after = Some(secs);
+        }
+        fault
+    }
+
+    /// Only requests with this method and a path starting with `path_prefix`.
+    pub fn on(mut self, method: &str, path_prefix: &str) -> Self {
+        self.method = Some(method.to_ascii_uppercase());
+        self.path_prefix = Some(path_prefix.to_owned());
+        self
+    }
+
+    /// Hit `n` matching requests instead of one.
+    pub fn times(mut self, n: usize) -> Self {
+        self.times = n;
+        self
+    }
+
+    pub(crate) fn matches(&self, method: &str, path: &str) -> bool {
+        self.times > 0
+            && self.method.as_deref().is_none_or(|m| m == method)
+            && self
+                .path_prefix
+                .as_deref()
+                .is_none_or(|p| path.starts_with(p))
+    }
+}
+
+/// Takes one hit of the first matching fault.
+pub(crate) fn take(queue: &mut Vec<Fault>, method: &str, path: &str) -> Option<FaultKind> {
+    let index = queue.iter().position(|f| f.matches(method, path))?;
+    let fault = &mut queue[index];
+    fault.times -= 1;
+    let kind = fault.kind.clone();
+    if fault.times == 0 {
+        queue.remove(index);
+    }
+    Some(kind)
+}
+
+/// Requests received, by method and route pattern
+/// (e.g. `("GET", "/api/v3/stages/captcha/")`, `("PUT", "/api/v3/stages/captcha/{uuid}/")`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    by_route: BTreeMap<(String, String), u64>,
+}
+
+impl RequestCounts {
+    pub(crate) fn record(&mut self, method: &str, pattern: &str) {
+        *self
+            .by_route
+            .entry((method.to_owned(), pattern.to_owned()))
+            .or_default() += 1;
+    }
+
+    pub fn get(&self, method: &str, pattern: &str) -> u64 {
+        self.by_route
+            .get(&(method.to_owned(), pattern.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_route.values().sum()
+    }
+
+    /// POST, PUT, PATCH and DELETE requests.
+    pub fn writes(&self) -> u64 {
+        self.by_route
+            .iter()
+            .filter(|((m, _), _)| matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.by_route
+            .iter()
+            .map(|((m, p), n)| (m.as_str(), p.as_str(), *n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_consumed_in_order_and_by_matcher() {
+        let mut q = vec![
+            Fault::status(503).on("GET", "/api/v3/stages/").times(2),
+            Fault::new(FaultKind::Reset),
+        ];
+        assert_eq!(
+            take(&mut q, "PUT", "/api/v3/stages/captcha/x/"),
+            Some(FaultKind::Reset)
+        );
+        assert!(matches!(
+            take(&mut q, "GET", "/api/v3/stages/captcha/"),
+            Some(FaultKind::Status { status: 503, .. })
+        ));
+        assert!(take(&mut q, "GET", "/api/v3/admin/version/").is_none());
+        assert!(take(&mut q, "GET", "/api/v3/stages/all/").is_some());
+        assert!(take(&mut q, "GET", "/api/v3/stages/all/").is_none());
+    }
+
+    #[test]
+    fn counts_by_route() {
+        let mut c = RequestCounts::default();
+        c.record("GET", "/a/");
+        c.record("GET", "/a/");
+        c.record("PUT", "/b/");
+        assert_eq!(c.get("GET", "/a/"), 2);
+        assert_eq!(c.total(), 3);
+        assert_eq!(c.writes(), 1);
+    }
+}

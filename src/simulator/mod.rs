@@ -1,0 +1,415 @@
+//! An in-memory authentik that answers the Captcha Stage API as the real one
+//! does (recorded from 2025.12.4), served on a loopback port. The demo, the
+//! tests and the benchmarks share it.
+//!
+//! - `store`: the data and the write semantics (validation, coercion,
+//!   trimming, write-only `private_key`, PUT keeping omitted fields).
+//! - [`routes`]: the HTTP behaviour (routing with the required trailing slash,
+//!   406 before auth, 403 without `WWW-Authenticate`, 415, pagination).
+//! - [`fault`]: injected faults and request counts.
+//!
+//! Served by hyper's HTTP/1 connection driver around an axum router rather than
+//! `axum::serve`, because a [`FaultKind::Reset`] must close the connection
+//! without any answer, which only the connection level can do.
+//!
+//! The state sits behind a `std::sync::Mutex`, not a tokio one: no `.await`
+//! happens while it is held.
+
+pub mod fault;
+pub mod routes;
+mod store;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body as AxumBody;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use fault::{Fault, FaultKind, RequestCounts};
+
+use crate::stage::{LiveStage, StageFields};
+use store::{CaptchaRecord, FlowBinding, OtherRecord, Store};
+
+/// How the simulator starts.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub addr: SocketAddr,
+    /// The version `/admin/version/` reports; decides `request_content_type`.
+    pub version: String,
+    /// The one bearer token accepted.
+    pub token: String,
+    /// Added before every answer.
+    pub latency: Duration,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            version: "2025.12.4".to_owned(),
+            token: "simulator-token".to_owned(),
+            latency: Duration::ZERO,
+            default_page_size: 20,
+            max_page_size: 100,
+        }
+    }
+}
+
+struct Shared {
+    store: Mutex<Store>,
+    counts: Mutex<RequestCounts>,
+    faults: Mutex<Vec<Fault>>,
+    latency: Mutex<Duration>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the data half-written in a
+    // way that matters to a simulator; keep serving.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running simulator. Cloning shares it.
+#[derive(Clone)]
+pub struct SimHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    cancel: CancellationToken,
+}
+
+/// Starts serving on `config.addr` (port 0 picks a free one).
+pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = TcpListener::bind(config.addr).await?;
+    let addr = listener.local_addr()?;
+    let shared = Arc::new(Shared {
+        store: Mutex::new(Store {
+            version: config.version,
+            token: config.token,
+            default_page_size: config.default_page_size.max(1),
+            max_page_size: config.max_page_size.max(1),
+            captcha: Vec::new(),
+            others: Vec::new(),
+            bindings: Vec::new(),
+        }),
+        counts: Mutex::new(RequestCounts::default()),
+        faults: Mutex::new(Vec::new()),
+        latency: Mutex::new(config.latency),
+    });
+    let cancel = CancellationToken::new();
+    let router = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&shared));
+    tokio::spawn(accept_loop(listener, router, cancel.clone()));
+    tracing::debug!(%addr, "simulator listening");
+    Ok(SimHandle {
+        shared,
+        addr,
+        cancel,
+    })
+}
+
+impl SimHandle {
+    /// The install's root, e.g. `http://127.0.0.1:PORT` (no `/api/v3`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Adds a captcha stage directly (no request counted).
+    pub fn seed_captcha(&self, fields: StageFields, private_key: &str) -> Uuid {
+        let uuid = Uuid::new_v4();
+        let mut fields = fields.normalized();
+        if fields.request_content_type.is_none() {
+            fields.request_content_type = Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE.into());
+        }
+        lock(&self.shared.store).captcha.push(CaptchaRecord {
+            uuid,
+            fields,
+            private_key: private_key.trim().to_owned(),
+        });
+        uuid
+    }
+
+    /// Adds a stage of another type holding `name` (e.g. component
+    /// `ak-stage-identification-form`).
+    pub fn seed_other_stage(&self, name: &str, component: &str) -> Uuid {
+        let uuid = Uuid::new_v4();
+        lock(&self.shared.store).others.push(OtherRecord {
+            uuid,
+            name: name.trim().to_owned(),
+            component: component.to_owned(),
+        });
+        uuid
+    }
+
+    /// Binds a captcha stage to a new flow (`slug`) at `order`: fills its
+    /// `flow_set` and `used_by`. Returns the flow's uuid.
+    pub fn seed_flow_binding(&self, stage: Uuid, slug: &str, title: &str, order: i64) -> Uuid {
+        let flow_uuid = Uuid::new_v4();
+        lock(&self.shared.store).bindings.push(FlowBinding {
+            flow_uuid,
+            flow_ptr: Uuid::new_v4(),
+            binding_uuid: Uuid::new_v4(),
+            slug: slug.to_owned(),
+            title: title.to_owned(),
+            stage,
+            order,
+        });
+        flow_uuid
+    }
+
+    /// Every captcha stage as a client of this version reads it.
+    pub fn captcha_stages(&self) -> Vec<LiveStage> {
+        lock(&self.shared.store).live_stages()
+    }
+
+    /// The private key last written to a stage (tests only).
+    pub fn private_key_of(&self, uuid: Uuid) -> Option<String> {
+        lock(&self.shared.store)
+            .find(uuid)
+            .map(|r| r.private_key.clone())
+    }
+
+    /// An out-of-band edit, as someone in the UI would make it.
+    pub fn edit(&self, uuid: Uuid, f: impl FnOnce(&mut StageFields)) {
+        let mut store = lock(&self.shared.store);
+        if let Some(rec) = store.captcha.iter_mut().find(|r| r.uuid == uuid) {
+            f(&mut rec.fields);
+            if rec.fields.request_content_type.is_none() {
+                rec.fields.request_content_type =
+                    Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE.into());
+            }
+        }
+    }
+
+    /// Removes a stage out of band.
+    pub fn delete(&self, uuid: Uuid) -> bool {
+        lock(&self.shared.store).delete(uuid)
+    }
+
+    pub fn request_counts(&self) -> RequestCounts {
+        lock(&self.shared.counts).clone()
+    }
+
+    pub fn reset_counts(&self) {
+        *lock(&self.shared.counts) = RequestCounts::default();
+    }
+
+    /// Queues a fault; faults hit matching requests in queue order.
+    pub fn inject(&self, fault: Fault) {
+        lock(&self.shared.faults).push(fault);
+    }
+
+    pub fn clear_faults(&self) {
+        lock(&self.shared.faults).clear();
+    }
+
+    pub fn set_latency(&self, d: Duration) {
+        *lock(&self.shared.latency) = d;
+    }
+
+    pub fn set_version(&self, v: &str) {
+        lock(&self.shared.store).version = v.to_owned();
+    }
+
+    /// Stops accepting and drops open connections.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Marks a response the connection driver must replace by closing the socket.
+#[derive(Clone, Copy)]
+struct ResetConnection;
+
+async fn accept_loop(listener: TcpListener, router: Router, cancel: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            _ = cancel.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "simulator accept failed");
+                    continue;
+                }
+            },
+        };
+        let service = TowerToHyperService::new(router.clone());
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let service = service.clone();
+                async move {
+                    let response = match hyper::service::Service::call(&service, req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    };
+                    if response.extensions().get::<ResetConnection>().is_some() {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "injected connection reset",
+                        ));
+                    }
+                    Ok::<_, std::io::Error>(response)
+                }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = connection => {}
+                _ = cancel.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// Upper bound on request bodies (authentik's own limit is larger; a captcha
+/// stage is a few hundred bytes).
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    request: Request<AxumBody>,
+) -> Response<AxumBody> {
+    let (parts, body) = request.into_parts();
+    let latency = *lock(&shared.latency);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let method = parts.method.as_str().to_owned();
+    let path = parts.uri.path().to_owned();
+    let route = routes::Route::resolve(&path);
+    lock(&shared.counts).record(&method, route.pattern());
+    let fault = fault::take(&mut lock(&shared.faults), &method, &path);
+    match &fault {
+        Some(FaultKind::Reset) => {
+            let mut response = Response::new(AxumBody::empty());
+            response.extensions_mut().insert(ResetConnection);
+            return response;
+        }
+        Some(FaultKind::Hang) => std::future::pending::<()>().await,
+        Some(FaultKind::Status {
+            status,
+            retry_after,
+            body,
+        }) => return status_fault(*status, *retry_after, body),
+        Some(FaultKind::EmptyHtml405) => {
+            return into_response(&routes::Reply::internal_error(), false);
+        }
+        Some(FaultKind::Truncated) | None => {}
+    }
+    let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return into_response(&routes::Reply::internal_error(), false),
+    };
+    let header = |name: header::HeaderName| {
+        parts
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let accept = header(header::ACCEPT);
+    let authorization = header(header::AUTHORIZATION);
+    let content_type = header(header::CONTENT_TYPE);
+    let incoming = routes::Incoming {
+        method: &method,
+        path: &path,
+        query: parts.uri.query(),
+        accept: accept.as_deref(),
+        authorization: authorization.as_deref(),
+        content_type: content_type.as_deref(),
+        body: &body,
+    };
+    let reply = routes::answer(&mut lock(&shared.store), &incoming);
+    into_response(&reply, fault == Some(FaultKind::Truncated))
+}
+
+fn status_fault(status: u16, retry_after: Option<u64>, body: &str) -> Response<AxumBody> {
+    let mut response = Response::new(AxumBody::from(body.to_owned()));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if serde_json::from_str::<serde_json::Value>(body).is_ok() {
+        "application/json; charset=utf-8"
+    } else {
+        "text/html; charset=utf-8"
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(secs) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn into_response(reply: &routes::Reply, truncate: bool) -> Response<AxumBody> {
+    let (content_type, bytes) = reply.encode();
+    let full_len = bytes.len();
+    let body = if truncate {
+        AxumBody::new(Truncated {
+            half: Some(Bytes::from(bytes[..full_len / 2].to_vec())),
+        })
+    } else {
+        AxumBody::from(bytes)
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    if let Some(ct) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Some(allow) = reply.allow {
+        headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept-Language, Cookie"),
+    );
+    if truncate {
+        // The full length is announced; half is sent, then the connection breaks.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
+    }
+    response
+}
+
+/// A body that yields its first half and then fails, so the connection is
+/// closed mid-body.
+struct Truncated {
+    half: Option<Bytes>,
+}
+
+impl http_body::Body for Truncated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        match self.half.take() {
+            Some(half) => Poll::Ready(Some(Ok(http_body::Frame::data(half)))),
+            None => Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "injected truncated body",
+            )))),
+        }
+    }
+}

@@ -1,0 +1,584 @@
+//! The simulator's data and authentik's write semantics, without HTTP.
+//!
+//! What it reproduces (see CONTRACT.md and the recorded exchanges): DRF's field
+//! validation and lenient coercion, trimming, write-only `private_key`, PUT
+//! keeping omitted optional fields, names unique across every stage type,
+//! server-chosen uuids, thresholds stored as NaN read back as `null`, and
+//! `request_content_type` only from 2026.8.
+
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::authentik::{Capabilities, ServerVersion};
+use crate::stage::{self, Field, LiveStage, StageFields};
+
+/// Names longer than this (bytes) overflow authentik's unique index: the real
+/// server answers with its empty 405 internal error.
+pub const NAME_INDEX_LIMIT: usize = 2700;
+/// DRF's FloatField refuses longer strings.
+const FLOAT_STRING_LIMIT: usize = 1000;
+
+pub const CONTENT_TYPES: [&str; 2] = ["application/x-www-form-urlencoded", "application/json"];
+
+#[derive(Clone, Debug)]
+pub(crate) struct CaptchaRecord {
+    pub uuid: Uuid,
+    /// `request_content_type` is always `Some` here; it is shown only from 2026.8.
+    pub fields: StageFields,
+    pub private_key: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct OtherRecord {
+    pub uuid: Uuid,
+    pub name: String,
+    pub component: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct FlowBinding {
+    pub flow_uuid: Uuid,
+    pub flow_ptr: Uuid,
+    pub binding_uuid: Uuid,
+    pub slug: String,
+    pub title: String,
+    pub stage: Uuid,
+    pub order: i64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub version: String,
+    pub token: String,
+    pub default_page_size: usize,
+    pub max_page_size: usize,
+    pub captcha: Vec<CaptchaRecord>,
+    pub others: Vec<OtherRecord>,
+    pub bindings: Vec<FlowBinding>,
+}
+
+/// How a write validates its body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    Create,
+    Replace,
+    Partial,
+}
+
+/// Validated values of a write; `None` = not given.
+#[derive(Debug, Default)]
+pub(crate) struct Validated {
+    pub name: Option<String>,
+    pub public_key: Option<String>,
+    pub private_key: Option<String>,
+    pub js_url: Option<String>,
+    pub api_url: Option<String>,
+    pub interactive: Option<bool>,
+    pub score_min_threshold: Option<f64>,
+    pub score_max_threshold: Option<f64>,
+    pub error_on_invalid_score: Option<bool>,
+    pub request_content_type: Option<String>,
+}
+
+pub(crate) type FieldErrors = Map<String, Value>;
+
+impl Store {
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities::for_version(
+            ServerVersion::parse(&self.version).unwrap_or(ServerVersion::new(2025, 12, 4)),
+        )
+    }
+
+    fn name_taken(&self, name: &str, except: Option<Uuid>) -> bool {
+        self.captcha
+            .iter()
+            .any(|s| s.fields.name == name && Some(s.uuid) != except)
+            || self.others.iter().any(|s| s.name == name)
+    }
+
+    /// DRF's validation of a `CaptchaStageRequest`, field errors in
+    /// declaration order.
+    pub fn validate(
+        &self,
+        body: &Map<String, Value>,
+        mode: WriteMode,
+        except: Option<Uuid>,
+    ) -> Result<Validated, FieldErrors> {
+        let mut errors = Map::new();
+        let mut out = Validated::default();
+        let required = mode != WriteMode::Partial;
+        let mut fail = |key: &str, msg: String| {
+            errors.insert(key.to_owned(), json!([msg]));
+        };
+        macro_rules! field {
+            ($key:literal, $parse:expr, $req:expr) => {
+                match body.get($key) {
+                    None if $req => {
+                        fail($key, "This field is required.".into());
+                        None
+                    }
+                    None => None,
+                    Some(Value::Null) => {
+                        fail($key, "This field may not be null.".into());
+                        None
+                    }
+                    Some(v) => match $parse(v) {
+                        Ok(x) => Some(x),
+                        Err(msg) => {
+                            fail($key, msg);
+                            None
+                        }
+                    },
+                }
+            };
+        }
+        out.name = field!("name", char_field, required);
+        if let Some(name) = &out.name
+            && self.name_taken(name, except)
+        {
+            fail("name", "stage with this name already exists.".into());
+            out.name = None;
+        }
+        out.public_key = field!("public_key", char_field, required);
+        out.private_key = field!("private_key", char_field, required);
+        out.js_url = field!("js_url", char_field, false);
+        out.api_url = field!("api_url", char_field, false);
+        out.interactive = field!("interactive", boolean_field, false);
+        out.score_min_threshold = field!("score_min_threshold", float_field, false);
+        out.score_max_threshold = field!("score_max_threshold", float_field, false);
+        out.error_on_invalid_score = field!("error_on_invalid_score", boolean_field, false);
+        if self.capabilities().knows(Field::RequestContentType) {
+            out.request_content_type = field!("request_content_type", choice_field, false);
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Creates a stage from validated values (defaults for what is missing).
+    pub fn create(&mut self, v: Validated) -> Uuid {
+        let fields = StageFields {
+            name: v.name.unwrap_or_default(),
+            public_key: v.public_key.unwrap_or_default(),
+            js_url: v.js_url.unwrap_or_else(|| stage::DEFAULT_JS_URL.into()),
+            api_url: v.api_url.unwrap_or_else(|| stage::DEFAULT_API_URL.into()),
+            interactive: v.interactive.unwrap_or(stage::DEFAULT_INTERACTIVE),
+            score_min_threshold: v
+                .score_min_threshold
+                .unwrap_or(stage::DEFAULT_SCORE_MIN_THRESHOLD),
+            score_max_threshold: v
+                .score_max_threshold
+                .unwrap_or(stage::DEFAULT_SCORE_MAX_THRESHOLD),
+            error_on_invalid_score: v
+                .error_on_invalid_score
+                .unwrap_or(stage::DEFAULT_ERROR_ON_INVALID_SCORE),
+            request_content_type: Some(
+                v.request_content_type
+                    .unwrap_or_else(|| stage::DEFAULT_REQUEST_CONTENT_TYPE.into()),
+            ),
+        };
+        let uuid = Uuid::new_v4();
+        self.captcha.push(CaptchaRecord {
+            uuid,
+            fields,
+            private_key: v.private_key.unwrap_or_default(),
+        });
+        uuid
+    }
+
+    /// Applies given values; omitted ones keep their current value (PUT too).
+    pub fn update(&mut self, uuid: Uuid, v: Validated) {
+        let Some(rec) = self.captcha.iter_mut().find(|s| s.uuid == uuid) else {
+            return;
+        };
+        let f = &mut rec.fields;
+        if let Some(x) = v.name {
+            f.name = x;
+        }
+        if let Some(x) = v.public_key {
+            f.public_key = x;
+        }
+        if let Some(x) = v.private_key {
+            rec.private_key = x;
+        }
+        if let Some(x) = v.js_url {
+            f.js_url = x;
+        }
+        if let Some(x) = v.api_url {
+            f.api_url = x;
+        }
+        if let Some(x) = v.interactive {
+            f.interactive = x;
+        }
+        if let Some(x) = v.score_min_threshold {
+            f.score_min_threshold = x;
+        }
+        if let Some(x) = v.score_max_threshold {
+            f.score_max_threshold = x;
+        }
+        if let Some(x) = v.error_on_invalid_score {
+            f.error_on_invalid_score = x;
+        }
+        if let Some(x) = v.request_content_type {
+            f.request_content_type = Some(x);
+        }
+    }
+
+    pub fn delete(&mut self, uuid: Uuid) -> bool {
+        let before = self.captcha.len();
+        self.captcha.retain(|s| s.uuid != uuid);
+        self.bindings.retain(|b| b.stage != uuid);
+        before != self.captcha.len()
+    }
+
+    pub fn find(&self, uuid: Uuid) -> Option<&CaptchaRecord> {
+        self.captcha.iter().find(|s| s.uuid == uuid)
+    }
+
+    /// A captcha stage as the API shows it.
+    pub fn render(&self, rec: &CaptchaRecord) -> Value {
+        let f = &rec.fields;
+        let mut v = self.stage_base(
+            rec.uuid,
+            &f.name,
+            "ak-stage-captcha-form",
+            "Captcha Stage",
+            "authentik_stages_captcha.captchastage",
+        );
+        let o = v.as_object_mut().expect("stage_base builds an object");
+        o.insert("public_key".into(), json!(f.public_key));
+        o.insert("js_url".into(), json!(f.js_url));
+        o.insert("api_url".into(), json!(f.api_url));
+        o.insert("interactive".into(), json!(f.interactive));
+        o.insert("score_min_threshold".into(), number(f.score_min_threshold));
+        o.insert("score_max_threshold".into(), number(f.score_max_threshold));
+        o.insert(
+            "error_on_invalid_score".into(),
+            json!(f.error_on_invalid_score),
+        );
+        if self.capabilities().knows(Field::RequestContentType) {
+            o.insert(
+                "request_content_type".into(),
+                json!(
+                    f.request_content_type
+                        .as_deref()
+                        .unwrap_or(stage::DEFAULT_REQUEST_CONTENT_TYPE)
+                ),
+            );
+        }
+        v
+    }
+
+    /// The fields every stage type shows (authentik's `Stage`).
+    fn stage_base(
+        &self,
+        uuid: Uuid,
+        name: &str,
+        component: &str,
+        verbose: &str,
+        model: &str,
+    ) -> Value {
+        json!({
+            "pk": uuid,
+            "name": name,
+            "component": component,
+            "verbose_name": verbose,
+            "verbose_name_plural": format!("{verbose}s"),
+            "meta_model_name": model,
+            "flow_set": self.flow_set(uuid),
+        })
+    }
+
+    pub fn render_other(&self, rec: &OtherRecord) -> Value {
+        let kind = rec
+            .component
+            .trim_start_matches("ak-stage-")
+            .trim_end_matches("-form")
+            .to_owned();
+        let word = kind.replace('-', "");
+        let mut verbose: String = kind
+            .split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                match c.next() {
+                    Some(first) => first.to_uppercase().collect::<String>() + c.as_str(),
+                    None => String::new(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        verbose.push_str(" Stage");
+        self.stage_base(
+            rec.uuid,
+            &rec.name,
+            &rec.component,
+            &verbose,
+            &format!("authentik_stages_{word}.{word}stage"),
+        )
+    }
+
+    fn flow_set(&self, stage: Uuid) -> Value {
+        Value::Array(
+            self.bindings
+                .iter()
+                .filter(|b| b.stage == stage)
+                .map(|b| {
+                    json!({
+                        "pk": b.flow_uuid,
+                        "policybindingmodel_ptr_id": b.flow_ptr,
+                        "name": b.slug,
+                        "slug": b.slug,
+                        "title": b.title,
+                        "designation": "authentication",
+                        "background_url": "/static/dist/assets/images/flow_background.jpg",
+                        "policy_engine_mode": "any",
+                        "compatibility_mode": false,
+                        "export_url": format!("/api/v3/flows/instances/{}/export/", b.slug),
+                        "layout": "stacked",
+                        "denied_action": "message_continue",
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// `used_by`: each binding shows its flow (cascade_many) and itself (cascade).
+    pub fn used_by(&self, stage: Uuid) -> Value {
+        let mut out = Vec::new();
+        for b in self.bindings.iter().filter(|b| b.stage == stage) {
+            out.push(json!({
+                "app": "authentik_flows", "model_name": "flow", "pk": b.flow_uuid.to_string(),
+                "name": format!("Flow {} ({})", b.slug, b.slug), "action": "cascade_many",
+            }));
+            out.push(json!({
+                "app": "authentik_flows", "model_name": "flowstagebinding", "pk": b.binding_uuid.to_string(),
+                "name": format!("Flow-stage binding #{} to {}", b.order, b.flow_uuid), "action": "cascade",
+            }));
+        }
+        Value::Array(out)
+    }
+
+    /// Every captcha stage as a client reads it.
+    pub fn live_stages(&self) -> Vec<LiveStage> {
+        let shows_ct = self.capabilities().knows(Field::RequestContentType);
+        self.captcha
+            .iter()
+            .map(|rec| LiveStage {
+                uuid: rec.uuid,
+                fields: StageFields {
+                    request_content_type: if shows_ct {
+                        rec.fields.request_content_type.clone()
+                    } else {
+                        None
+                    },
+                    ..rec.fields.clone()
+                },
+            })
+            .collect()
+    }
+}
+
+/// A float as authentik renders it: NaN and infinity become `null`.
+fn number(n: f64) -> Value {
+    serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+}
+
+/// DRF `CharField` (trim_whitespace, no blank): numbers are stringified, a
+/// boolean or a container is refused.
+fn char_field(v: &Value) -> Result<String, String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => python_str(n),
+        _ => return Err("Not a valid string.".into()),
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("This field may not be blank.".into());
+    }
+    Ok(t.to_owned())
+}
+
+/// Python's `str()` of a JSON number.
+fn python_str(n: &serde_json::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    let f = n.as_f64().unwrap_or(f64::NAN);
+    let s = format!("{f:?}");
+    match s.split_once('e') {
+        Some((m, e)) if !e.starts_with('-') => format!("{m}e+{e}"),
+        _ => s,
+    }
+}
+
+/// DRF `BooleanField`: its TRUE_VALUES and FALSE_VALUES, nothing else.
+fn boolean_field(v: &Value) -> Result<bool, String> {
+    const TRUE: [&str; 14] = [
+        "t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1",
+    ];
+    const FALSE: [&str; 14] = [
+        "f", "F", "n", "N", "no", "No", "NO", "false", "False", "FALSE", "off", "Off", "OFF", "0",
+    ];
+    match v {
+        Value::Bool(b) => Ok(*b),
+        Value::Number(n) if n.as_f64() == Some(1.0) => Ok(true),
+        Value::Number(n) if n.as_f64() == Some(0.0) => Ok(false),
+        Value::String(s) if TRUE.contains(&s.as_str()) => Ok(true),
+        Value::String(s) if FALSE.contains(&s.as_str()) => Ok(false),
+        _ => Err("Must be a valid boolean.".into()),
+    }
+}
+
+/// DRF `FloatField`: Python's `float()`, so `"0.9"`, `"nan"`, `"inf"` and
+/// `true` pass.
+fn float_field(v: &Value) -> Result<f64, String> {
+    const INVALID: &str = "A valid number is required.";
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| INVALID.to_owned()),
+        Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
+        Value::String(s) if s.len() > FLOAT_STRING_LIMIT => Err("String value too large.".into()),
+        Value::String(s) => s.trim().parse::<f64>().map_err(|_| INVALID.to_owned()),
+        _ => Err(INVALID.into()),
+    }
+}
+
+/// DRF `ChoiceField` over the two content types.
+fn choice_field(v: &Value) -> Result<String, String> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => python_str(n),
+        Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
+        other => other.to_string(),
+    };
+    if CONTENT_TYPES.contains(&s.as_str()) {
+        Ok(s)
+    } else {
+        Err(format!("\"{s}\" is not a valid choice."))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> Store {
+        Store {
+            version: "2025.12.4".into(),
+            token: "t".into(),
+            default_page_size: 20,
+            max_page_size: 100,
+            captcha: vec![],
+            others: vec![],
+            bindings: vec![],
+        }
+    }
+
+    fn body(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn coercion_as_drf_does_it() {
+        assert_eq!(boolean_field(&json!("yes")), Ok(true));
+        assert_eq!(boolean_field(&json!(0)), Ok(false));
+        assert!(boolean_field(&json!("maybe")).is_err());
+        assert_eq!(float_field(&json!("0.9")), Ok(0.9));
+        assert!(float_field(&json!("NaN")).unwrap().is_nan());
+        assert!(float_field(&json!("inf")).unwrap().is_infinite());
+        assert_eq!(
+            float_field(&json!("abc")),
+            Err("A valid number is required.".into())
+        );
+        assert_eq!(
+            float_field(&json!("1".repeat(1001))),
+            Err("String value too large.".into())
+        );
+        assert_eq!(char_field(&json!(123)), Ok("123".into()));
+        assert_eq!(char_field(&json!(1.5)), Ok("1.5".into()));
+        assert_eq!(char_field(&json!(true)), Err("Not a valid string.".into()));
+        assert_eq!(char_field(&json!(" key \n")), Ok("key".into()));
+        assert_eq!(
+            char_field(&json!("  ")),
+            Err("This field may not be blank.".into())
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_and_names_are_unique_across_types() {
+        let mut s = store();
+        s.others.push(OtherRecord {
+            uuid: Uuid::new_v4(),
+            name: "taken".into(),
+            component: "ak-stage-identification-form".into(),
+        });
+        let errors = s
+            .validate(
+                &body(json!({"name": "taken", "public_key": ""})),
+                WriteMode::Create,
+                None,
+            )
+            .unwrap_err();
+        assert_eq!(
+            errors["name"],
+            json!(["stage with this name already exists."])
+        );
+        assert_eq!(
+            errors["public_key"],
+            json!(["This field may not be blank."])
+        );
+        assert_eq!(errors["private_key"], json!(["This field is required."]));
+        assert!(
+            s.validate(&body(json!({"js_url": "x"})), WriteMode::Partial, None)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn put_keeps_omitted_fields_and_nan_reads_back_as_null() {
+        let mut s = store();
+        let v = s.validate(&body(json!({"name": "a", "public_key": "p", "private_key": "k", "score_min_threshold": "NaN"})), WriteMode::Create, None).unwrap();
+        let id = s.create(v);
+        assert_eq!(
+            s.render(s.find(id).unwrap())["score_min_threshold"],
+            Value::Null
+        );
+        let v = s
+            .validate(
+                &body(json!({"js_url": "https://x"})),
+                WriteMode::Partial,
+                Some(id),
+            )
+            .unwrap();
+        s.update(id, v);
+        let v = s
+            .validate(
+                &body(json!({"name": "a", "public_key": "p", "private_key": "k2"})),
+                WriteMode::Replace,
+                Some(id),
+            )
+            .unwrap();
+        s.update(id, v);
+        let rec = s.find(id).unwrap();
+        assert_eq!(rec.fields.js_url, "https://x");
+        assert_eq!(rec.private_key, "k2");
+        assert!(s.render(rec).get("private_key").is_none());
+        assert!(s.render(rec).get("request_content_type").is_none());
+    }
+
+    #[test]
+    fn other_stages_render_with_a_kind() {
+        let s = store();
+        let v = s.render_other(&OtherRecord {
+            uuid: Uuid::nil(),
+            name: "n".into(),
+            component: "ak-stage-identification-form".into(),
+        });
+        assert_eq!(v["verbose_name"], "Identification Stage");
+        assert_eq!(
+            v["meta_model_name"],
+            "authentik_stages_identification.identificationstage"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+//! Helpers for tests that talk to the simulator with the real client.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use stagesync::authentik::{
+    Capabilities, Client, ClientSettings, RetryPolicy, ServerVersion, StageWrite,
+};
+use stagesync::secret::SecretString;
+use stagesync::simulator::{self, SimConfig, SimHandle};
+use stagesync::stage::StageFields;
+
+/// The token the simulator accepts in these tests. Distinctive, so a leak is
+/// easy to find in captured output.
+pub const TOKEN: &str = "tok-3f9a1c7e-do-not-print-me";
+
+/// Retry delays small enough for tests, same number of attempts.
+pub const FAST_BASE: Duration = Duration::from_millis(5);
+
+pub async fn sim() -> SimHandle {
+    sim_with(SimConfig::default()).await
+}
+
+pub async fn sim_with(config: SimConfig) -> SimHandle {
+    simulator::start(SimConfig {
+        token: TOKEN.to_owned(),
+        ..config
+    })
+    .await
+    .expect("the simulator binds a loopback port")
+}
+
+pub fn settings(url: &str) -> ClientSettings {
+    settings_with_token(url, TOKEN)
+}
+
+pub fn settings_with_token(url: &str, token: &str) -> ClientSettings {
+    ClientSettings {
+        url: url.to_owned(),
+        token: SecretString::from(token.to_owned()),
+        ca_file: None,
+        insecure_skip_tls_verify: false,
+        allow_http: false,
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+/// A client with fast retries.
+pub fn client(url: &str) -> Client {
+    client_from(&settings(url))
+}
+
+pub fn client_from(settings: &ClientSettings) -> Client {
+    Client::new(settings)
+        .expect("valid test settings")
+        .with_retry_policy(RetryPolicy::fast(FAST_BASE))
+}
+
+pub fn caps(version: &str) -> Capabilities {
+    Capabilities::for_version(ServerVersion::parse(version).expect("a version"))
+}
+
+pub fn key(s: &str) -> SecretString {
+    SecretString::from(s.to_owned())
+}
+
+pub fn write<'a>(
+    fields: &'a StageFields,
+    private_key: &'a SecretString,
+    version: &str,
+) -> StageWrite<'a> {
+    StageWrite {
+        fields,
+        private_key,
+        capabilities: caps(version),
+    }
+}
