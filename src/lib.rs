@@ -30,6 +30,7 @@ pub mod cli;
 pub mod commands;
 pub mod exit;
 pub mod logging;
+pub mod manifest;
 pub mod output;
 pub mod secret;
 pub mod stage;
