@@ -175,9 +175,11 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
 
     let uuid = get("uuid").and_then(|node| {
         let s = non_empty_string(node, "uuid", problems)?;
-        match Uuid::try_parse(s.trim()) {
-            Ok(u) => Some((u, Pos::of(node))),
-            Err(_) => {
+        let text = s.trim();
+        let plain_form = text.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+        match Uuid::try_parse(text) {
+            Ok(u) if plain_form => Some((u, Pos::of(node))),
+            _ => {
                 problems.error(
                     Pos::of(node),
                     Some("uuid"),
@@ -232,23 +234,28 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
             (None, Some((_, p))) => (p, "score_max_threshold"),
             (None, None) => (Pos::of(doc), "score_min_threshold"),
         };
-        let note = |given: bool| if given { "" } else { " (the default)" };
+        let shown = |value: f64, given: bool| {
+            let value = crate::stage::Value::Num(value);
+            if given {
+                value.to_string()
+            } else {
+                format!("{value}, authentik's default")
+            }
+        };
         problems.error(
             pos,
             Some(field),
             format!(
-                "score_min_threshold ({}{}) is greater than score_max_threshold ({}{})",
-                fields.score_min_threshold,
-                note(min.is_some()),
-                fields.score_max_threshold,
-                note(max.is_some()),
+                "score_min_threshold ({}) is greater than score_max_threshold ({})",
+                shown(fields.score_min_threshold, min.is_some()),
+                shown(fields.score_max_threshold, max.is_some()),
             ),
         );
     }
     if let Some(node) = get("request_content_type")
         && let Some(s) = non_empty_string(node, "request_content_type", problems)
     {
-        if REQUEST_CONTENT_TYPES.contains(&s.trim()) {
+        if REQUEST_CONTENT_TYPES.contains(&s.as_str()) {
             fields.request_content_type = Some(s);
         } else {
             problems.error(
