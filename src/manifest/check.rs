@@ -457,3 +457,26 @@ fn private_key(node: &Node, problems: &mut Problems<'_>) -> Option<KeySpec> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_get_the_closest_key_and_nonsense_gets_none() {
+        assert_eq!(closest_key("nmae"), Some("name"));
+        assert_eq!(closest_key("score_min_treshold"), Some("score_min_threshold"));
+        assert_eq!(closest_key("Public-Key"), Some("public_key"));
+        assert_eq!(closest_key("favourite_colour"), None);
+    }
+
+    #[test]
+    fn only_absolute_http_urls_with_a_host_pass() {
+        assert!(check_http_url("https://js.hcaptcha.com/1/api.js").is_ok());
+        assert!(check_http_url("http://127.0.0.1:8080/x").is_ok());
+        assert!(check_http_url("/relative").is_err());
+        assert!(check_http_url("ftp://x.example").is_err());
+        assert!(check_http_url("file:///etc/passwd").is_err());
+        assert!(check_http_url("https://").is_err());
+    }
+}

@@ -190,8 +190,9 @@ pub fn load_with_env(
     Ok(manifests)
 }
 
-/// Parses, checks and resolves one file's documents.
-fn load_file(
+/// Parses, checks and resolves one file's documents (its content already read).
+/// `path` is used for messages and to resolve relative `!File` paths.
+pub fn load_file(
     path: PathBuf,
     bytes: &[u8],
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
@@ -374,4 +375,113 @@ fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
         .chars()
         .count();
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<std::ffi::OsString> {
+        None
+    }
+
+    #[test]
+    fn diagnostics_display_with_escaped_control_characters() {
+        let d = Diagnostic {
+            severity: Severity::Warning,
+            file: "stages/a\u{1b}.yaml".into(),
+            line: Some(3),
+            column: Some(7),
+            field: None,
+            message: "bad\nthing".into(),
+        };
+        assert_eq!(
+            d.to_string(),
+            "stages/a\\u{1b}.yaml:3:7: warning: bad\\nthing"
+        );
+        let d = Diagnostic {
+            line: None,
+            column: None,
+            severity: Severity::Error,
+            ..d
+        };
+        assert_eq!(d.to_string(), "stages/a\\u{1b}.yaml: error: bad\\nthing");
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column(b"ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\u{1}".as_bytes(), 2), (1, 2));
+        assert_eq!(line_column(b"", 10), (1, 1));
+    }
+
+    #[test]
+    fn a_good_document_becomes_a_resolved_stage() {
+        let env = |var: &str| (var == "K").then(|| " key \n".into());
+        let text = b"# c\nname: a \npublic_key: p\nprivate_key: !Env K\nscore_max_threshold: 2\n";
+        let (file, diagnostics) = load_file("s/a.yaml".into(), text, &env);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let stage = &file.stages[0];
+        assert_eq!(stage.fields.name, "a");
+        assert_eq!(stage.fields.score_max_threshold, 2.0);
+        assert_eq!(
+            stage.fields.request_content_type.as_deref(),
+            Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE)
+        );
+        assert_eq!((stage.origin.line, stage.origin.column), (2, 1));
+        use secrecy::ExposeSecret;
+        assert_eq!(stage.private_key.expose_secret(), "key");
+    }
+
+    #[test]
+    fn a_literal_key_never_appears_in_messages() {
+        let text = b"name: a\npublic_key: p\nprivate_key: hunter2\njs_url: nope\n";
+        let (_, diagnostics) = load_file("a.yaml".into(), text, &no_env);
+        assert_eq!(diagnostics.len(), 2);
+        assert!(diagnostics.iter().all(|d| !d.message.contains("hunter2")));
+    }
+
+    fn assert_total(bytes: &[u8]) {
+        let started = Instant::now();
+        let _ = load_file("p.yaml".into(), bytes, &no_env);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            assert_total(&bytes);
+        }
+
+        #[test]
+        fn yaml_ish_text_never_panics(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("name: ".to_owned()), Just("public_key: ".to_owned()),
+                    Just("private_key: ".to_owned()), Just("!Env ".to_owned()),
+                    Just("!File ".to_owned()), Just("&a ".to_owned()), Just("*a".to_owned()),
+                    Just("---\n".to_owned()), Just("\n".to_owned()), Just("  ".to_owned()),
+                    Just("- ".to_owned()), Just("[".to_owned()), Just("]".to_owned()),
+                    Just("{".to_owned()), Just("}".to_owned()), Just(": ".to_owned()),
+                    Just(".inf".to_owned()), Just("0.5".to_owned()), Just("\"".to_owned()),
+                    Just("? ".to_owned()), Just("<<: *a\n".to_owned()), Just("%TAG ! x\n".to_owned()),
+                    Just("score_min_threshold: ".to_owned()), Just("uuid: ".to_owned()),
+                    "[a-z_]{1,12}", "\\PC{0,8}",
+                ],
+                0..64,
+            )
+        ) {
+            assert_total(parts.concat().as_bytes());
+        }
+    }
 }

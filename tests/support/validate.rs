@@ -1,4 +1,5 @@
 //! Runs `stagesync validate` on fixture directories and captures the outcome.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
