@@ -465,7 +465,10 @@ mod tests {
     #[test]
     fn typos_get_the_closest_key_and_nonsense_gets_none() {
         assert_eq!(closest_key("nmae"), Some("name"));
-        assert_eq!(closest_key("score_min_treshold"), Some("score_min_threshold"));
+        assert_eq!(
+            closest_key("score_min_treshold"),
+            Some("score_min_threshold")
+        );
         assert_eq!(closest_key("Public-Key"), Some("public_key"));
         assert_eq!(closest_key("favourite_colour"), None);
     }
