@@ -25,8 +25,12 @@ const MAX_DIR_DEPTH: usize = 32;
 pub enum Found {
     /// Its content (at most [`MAX_FILE_BYTES`]).
     File { path: PathBuf, bytes: Vec<u8> },
-    /// It or a folder could not be used; the message says why.
-    Problem { path: PathBuf, message: String },
+    /// A manifest file (`is_file`) or a folder could not be used; the message says why.
+    Problem {
+        path: PathBuf,
+        is_file: bool,
+        message: String,
+    },
 }
 
 /// Walks `root` (which the caller has checked is a directory).
@@ -52,6 +56,7 @@ fn walk_dir(
         Ok(entries) => entries,
         Err(err) => {
             out.push(Found::Problem {
+                is_file: false,
                 path: dir.to_path_buf(),
                 message: format!("cannot read directory: {}", io_message(&err)),
             });
@@ -78,6 +83,7 @@ fn walk_dir(
                 let is_loop = err.raw_os_error() == Some(40); // ELOOP
                 if is_manifest_name || is_loop {
                     out.push(Found::Problem {
+                        is_file: !is_loop,
                         message: if is_loop {
                             "symlink loop; not followed".into()
                         } else {
@@ -94,6 +100,7 @@ fn walk_dir(
                 Ok(c) => c,
                 Err(err) => {
                     out.push(Found::Problem {
+                        is_file: false,
                         path,
                         message: format!("cannot read directory: {}", io_message(&err)),
                     });
@@ -102,6 +109,7 @@ fn walk_dir(
             };
             if ancestors.contains(&canonical) {
                 out.push(Found::Problem {
+                    is_file: false,
                     path,
                     message: "symlink loop: this folder contains itself; not followed".into(),
                 });
@@ -109,6 +117,7 @@ fn walk_dir(
             }
             if ancestors.len() >= MAX_DIR_DEPTH {
                 out.push(Found::Problem {
+                    is_file: false,
                     path,
                     message: format!(
                         "folders nested deeper than {MAX_DIR_DEPTH} levels; not followed"
@@ -131,6 +140,7 @@ fn walk_dir(
 fn read_manifest(path: PathBuf, meta: &fs::Metadata) -> Found {
     if !meta.is_file() {
         return Found::Problem {
+            is_file: true,
             path,
             message: "not a regular file".into(),
         };
@@ -148,6 +158,7 @@ fn read_manifest(path: PathBuf, meta: &fs::Metadata) -> Found {
         Ok(bytes) if bytes.len() as u64 > MAX_FILE_BYTES => too_large(path, bytes.len() as u64),
         Ok(bytes) => Found::File { path, bytes },
         Err(err) => Found::Problem {
+            is_file: true,
             path,
             message: format!("cannot read: {}", io_message(&err)),
         },
@@ -156,6 +167,7 @@ fn read_manifest(path: PathBuf, meta: &fs::Metadata) -> Found {
 
 fn too_large(path: PathBuf, len: u64) -> Found {
     Found::Problem {
+        is_file: true,
         path,
         message: format!("file is larger than the 1 MiB limit for manifests ({len} bytes)"),
     }

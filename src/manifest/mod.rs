@@ -163,7 +163,19 @@ pub fn load_with_env(
                 manifests.files.push(file);
                 manifests.diagnostics.extend(diagnostics);
             }
-            discover::Found::Problem { path, message } => {
+            discover::Found::Problem {
+                path,
+                is_file,
+                message,
+            } => {
+                if is_file {
+                    manifests.files.push(ManifestFile {
+                        path: path.clone(),
+                        stages: Vec::new(),
+                        valid: false,
+                        secret_files: Vec::new(),
+                    });
+                }
                 manifests.diagnostics.push(Diagnostic {
                     severity: Severity::Error,
                     file: path,
