@@ -145,6 +145,7 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
             continue;
         }
         if !KEYS.contains(&name) {
+            let name = &*shorten(name);
             let message = match closest_key(name) {
                 Some(suggestion) => format!("unknown key `{name}`; did you mean `{suggestion}`?"),
                 None => format!("unknown key `{name}`; known keys: {}", KEYS.join(", ")),
@@ -281,6 +282,16 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
         fields: fields.normalized(),
         key: key?,
     })
+}
+
+/// A key as shown in a message: at most 60 characters, so a hostile key
+/// cannot flood the terminal.
+fn shorten(key: &str) -> String {
+    const MAX: usize = 60;
+    match key.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}...", &key[..i]),
+        None => key.to_owned(),
+    }
 }
 
 /// The known key closest to `unknown`, if it is close enough to be a typo.
@@ -471,6 +482,13 @@ mod tests {
         );
         assert_eq!(closest_key("Public-Key"), Some("public_key"));
         assert_eq!(closest_key("favourite_colour"), None);
+    }
+
+    #[test]
+    fn long_keys_are_shortened_in_messages() {
+        assert_eq!(shorten("name"), "name");
+        let long = "é".repeat(100);
+        assert_eq!(shorten(&long), format!("{}...", "é".repeat(60)));
     }
 
     #[test]
