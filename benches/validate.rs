@@ -47,6 +47,28 @@ fn time(dir: &Path) -> (Duration, Duration) {
     (runs[0], runs[RUNS / 2])
 }
 
+/// Worst cases just under the size limit: they must fail, and fail fast.
+fn hostile(name: &str, text: String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("hostile.yaml"), &text).expect("write");
+    let mut runs: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let started = Instant::now();
+            let manifests = stagesync::manifest::load(dir.path()).expect("load");
+            let elapsed = started.elapsed();
+            assert!(!manifests.is_valid());
+            elapsed
+        })
+        .collect();
+    runs.sort();
+    println!(
+        "| hostile: {name} | 1 | - | {} | {:.1} ms | {:.1} ms |",
+        text.len(),
+        runs[0].as_secs_f64() * 1000.0,
+        runs[RUNS / 2].as_secs_f64() * 1000.0
+    );
+}
+
 fn main() {
     // SAFETY: set before any other thread exists; the benchmark is single-threaded.
     unsafe { std::env::set_var("BENCH_KEY", "bench-secret") };
@@ -70,4 +92,13 @@ fn main() {
             median.as_secs_f64() * 1000.0
         );
     }
+    hostile("149,000 empty documents", "{}\n---\n".repeat(149_000));
+    hostile(
+        "500,000-item sequence",
+        format!("a: [{}]\n", "1,".repeat(500_000)),
+    );
+    hostile(
+        "100,000 unknown keys",
+        (0..100_000).map(|i| format!("k{i}: 1\n")).collect(),
+    );
 }

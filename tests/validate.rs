@@ -161,3 +161,31 @@ fn the_default_directory_is_stages() {
     assert_eq!(output.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&output.stdout).starts_with("stages/a.yaml:"));
 }
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_to_the_file_system_root_is_not_walked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("stages")).unwrap();
+    std::os::unix::fs::symlink("/", dir.path().join("stages/root")).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 3);
+    assert_eq!(
+        stdout,
+        "stages/root: error: symlink loop: it leads back to a folder above it; not followed\n\
+         1 error, 0 warnings in 0 files (0 stages)\n"
+    );
+}
+
+#[test]
+fn a_flood_of_problems_stops_after_one_hundred_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("stages")).unwrap();
+    let text: String = (0..5_000).map(|i| format!("name: s{i}\n---\n")).collect();
+    std::fs::write(dir.path().join("stages/flood.yaml"), text).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 3);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 102, "{stdout}");
+    insta::assert_snapshot!("problem-flood-tail", lines[99..].join("\n"));
+}

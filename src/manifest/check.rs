@@ -37,6 +37,9 @@ pub const KEYS: [&str; 11] = [
 pub const REQUEST_CONTENT_TYPES: [&str; 2] =
     ["application/x-www-form-urlencoded", "application/json"];
 
+/// Problems reported per file before the rest of the file is skipped.
+pub const MAX_PROBLEMS_PER_FILE: usize = 100;
+
 const CORE_TAG_PREFIX: &str = "tag:yaml.org,2002:";
 
 /// A position in the manifest file (1-based).
@@ -87,7 +90,16 @@ impl<'a> Problems<'a> {
         }
     }
 
+    /// Enough problems for one file: more would only bury the first ones (and
+    /// a hostile file could make millions).
+    pub fn full(&self) -> bool {
+        self.list.len() >= MAX_PROBLEMS_PER_FILE
+    }
+
     fn push(&mut self, severity: Severity, pos: Pos, field: Option<&str>, message: String) {
+        if self.full() {
+            return;
+        }
         self.list.push(Diagnostic {
             severity,
             file: self.file.to_path_buf(),
@@ -121,6 +133,9 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
 
     let mut seen: Vec<(&str, Pos, &Node)> = Vec::new();
     for (key, value) in entries {
+        if problems.full() {
+            return None;
+        }
         let name = match (&key.kind, key.tag.as_deref()) {
             (Kind::Str(s), None) => s.as_str(),
             (Kind::Str(s), Some("tag:yaml.org,2002:str")) => s.as_str(),

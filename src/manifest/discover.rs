@@ -19,6 +19,10 @@ use std::path::{Path, PathBuf};
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Folder nesting beyond this is reported rather than followed.
 const MAX_DIR_DEPTH: usize = 32;
+/// A symlink to a large unrelated tree (`/usr`) must not make a check take
+/// minutes: after this many folder entries the walk stops with an error. Ten
+/// times the largest directories seen in practice.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// A candidate manifest, as found.
 #[derive(Debug)]
@@ -42,7 +46,8 @@ pub fn walk(root: &Path) -> Vec<Found> {
         visited.insert(canonical.clone());
         ancestors.push(canonical);
     }
-    walk_dir(root, &mut ancestors, &mut visited, &mut out);
+    let mut budget = MAX_ENTRIES + 1;
+    walk_dir(root, &mut ancestors, &mut visited, &mut budget, &mut out);
     out
 }
 
@@ -50,6 +55,7 @@ fn walk_dir(
     dir: &Path,
     ancestors: &mut Vec<PathBuf>,
     visited: &mut HashSet<PathBuf>,
+    budget: &mut usize,
     out: &mut Vec<Found>,
 ) {
     let entries = match fs::read_dir(dir) {
@@ -64,11 +70,21 @@ fn walk_dir(
         }
     };
     let mut names: Vec<_> = entries
+        .take(MAX_ENTRIES + 1)
         .filter_map(|e| e.ok())
         .map(|e| e.file_name())
         .collect();
     names.sort();
     for name in names {
+        *budget = budget.saturating_sub(1);
+        if *budget == 0 {
+            out.push(Found::Problem {
+                is_file: false,
+                path: dir.to_path_buf(),
+                message: format!("more than {MAX_ENTRIES} folder entries; stopped looking"),
+            });
+            return;
+        }
         if name.as_encoded_bytes().first() == Some(&b'.') {
             continue;
         }
@@ -107,11 +123,13 @@ fn walk_dir(
                     continue;
                 }
             };
-            if ancestors.contains(&canonical) {
+            // A folder that contains one we are in (`..`, `/`) leads back here.
+            if ancestors.iter().any(|a| a.starts_with(&canonical)) {
                 out.push(Found::Problem {
                     is_file: false,
                     path,
-                    message: "symlink loop: this folder contains itself; not followed".into(),
+                    message: "symlink loop: it leads back to a folder above it; not followed"
+                        .into(),
                 });
                 continue;
             }
@@ -129,7 +147,10 @@ fn walk_dir(
                 continue;
             }
             ancestors.push(canonical);
-            walk_dir(&path, ancestors, visited, out);
+            walk_dir(&path, ancestors, visited, budget, out);
+            if *budget == 0 {
+                return;
+            }
             ancestors.pop();
         } else if is_manifest_name {
             out.push(read_manifest(path, &meta));

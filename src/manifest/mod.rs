@@ -253,6 +253,9 @@ pub fn load_file(
     let mut problems = check::Problems::new(&path);
     let base = file.path.parent().unwrap_or(Path::new("")).to_path_buf();
     for document in &documents {
+        if problems.full() {
+            break;
+        }
         let Some(spec) = check::check_document(document, &mut problems) else {
             continue;
         };
@@ -280,6 +283,24 @@ pub fn load_file(
                 message: format!("stage `{}`: {message}", spec.fields.name),
             }),
         }
+    }
+    if problems.full() {
+        // At the last problem's position, so the (stable) sort keeps it last.
+        let (line, column) = problems
+            .list
+            .last()
+            .map_or((None, None), |d| (d.line, d.column));
+        problems.list.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.path.clone(),
+            line,
+            column,
+            field: None,
+            message: format!(
+                "stopped after {} problems; the rest of this file was not checked",
+                check::MAX_PROBLEMS_PER_FILE
+            ),
+        });
     }
     let list = problems.list;
     (file, list)
