@@ -139,6 +139,14 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
         let name = match (&key.kind, key.tag.as_deref()) {
             (Kind::Str(s), None) => s.as_str(),
             (Kind::Str(s), Some("tag:yaml.org,2002:str")) => s.as_str(),
+            (Kind::Str(_), Some(tag)) => {
+                problems.error(
+                    Pos::of(key),
+                    None,
+                    format!("unknown tag `{tag}` on a key; keys must be plain strings"),
+                );
+                continue;
+            }
             _ => {
                 problems.error(
                     Pos::of(key),
