@@ -189,3 +189,18 @@ fn a_flood_of_problems_stops_after_one_hundred_per_file() {
     assert_eq!(lines.len(), 102, "{stdout}");
     insta::assert_snapshot!("problem-flood-tail", lines[99..].join("\n"));
 }
+
+#[test]
+fn colour_marks_only_the_severity_and_file_escapes_stay_escaped() {
+    let output = assert_cmd::Command::cargo_bin("stagesync")
+        .unwrap()
+        .current_dir(fixtures())
+        .env("STAGESYNC_TEST_SECRET", "s")
+        .args(["--color", "always", "validate", "escape-sequences"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(stdout.starts_with("escape-sequences/stage.yaml:4:1: \u{1b}[1m\u{1b}[31merror\u{1b}[0m: unknown key `\\u{1b}[31mred\\u{1b}[0m`"), "{stdout}");
+    assert_eq!(stdout.matches('\u{1b}').count(), 3, "{stdout}");
+}

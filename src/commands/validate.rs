@@ -11,9 +11,9 @@ use anyhow::Result;
 
 use crate::cli::{ColorChoice, ValidateConfig};
 use crate::exit;
-use crate::manifest::{self, Manifests};
+use crate::manifest::{self, Manifests, Severity};
 
-pub async fn run(cfg: ValidateConfig, _color: ColorChoice) -> Result<i32> {
+pub async fn run(cfg: ValidateConfig, color: ColorChoice) -> Result<i32> {
     let manifests = match manifest::load(&cfg.dir) {
         Ok(manifests) => manifests,
         Err(err) => {
@@ -22,7 +22,13 @@ pub async fn run(cfg: ValidateConfig, _color: ColorChoice) -> Result<i32> {
         }
     };
     let report = render(&manifests);
-    let mut stdout = std::io::stdout().lock();
+    let choice = match color {
+        ColorChoice::Auto => anstream::ColorChoice::Auto,
+        ColorChoice::Always => anstream::ColorChoice::Always,
+        ColorChoice::Never => anstream::ColorChoice::Never,
+    };
+    // Strips the styles when stdout is not a terminal, NO_COLOR is set or --color never.
+    let mut stdout = anstream::AutoStream::new(std::io::stdout().lock(), choice);
     match stdout
         .write_all(report.as_bytes())
         .and_then(|()| stdout.flush())
@@ -37,12 +43,21 @@ pub async fn run(cfg: ValidateConfig, _color: ColorChoice) -> Result<i32> {
     })
 }
 
-/// The report: every diagnostic, then the summary line.
+/// The report: every diagnostic, then the summary line, with the severity
+/// styled (file contents are escaped, so these are the only escape sequences).
 pub fn render(manifests: &Manifests) -> String {
     let mut out = String::new();
     for diagnostic in &manifests.diagnostics {
-        out.push_str(&diagnostic.to_string());
-        out.push('\n');
+        let style = match diagnostic.severity {
+            Severity::Error => anstyle::AnsiColor::Red.on_default().bold(),
+            Severity::Warning => anstyle::AnsiColor::Yellow.on_default().bold(),
+        };
+        out.push_str(&format!(
+            "{}: {style}{}{style:#}: {}\n",
+            diagnostic.place(),
+            diagnostic.severity,
+            crate::output::escape(&diagnostic.message)
+        ));
     }
     out.push_str(&summary(manifests));
     out.push('\n');

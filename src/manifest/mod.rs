@@ -118,17 +118,30 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// `path:line:column` (or `path` alone), control characters escaped.
+    pub fn place(&self) -> String {
+        let mut place = escape(&self.file.display().to_string()).into_owned();
+        if let Some(line) = self.line {
+            place.push_str(&format!(":{line}"));
+            if let Some(column) = self.column {
+                place.push_str(&format!(":{column}"));
+            }
+        }
+        place
+    }
+}
+
 /// `path:line:column: error: message`, control characters escaped.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", escape(&self.file.display().to_string()))?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-            if let Some(column) = self.column {
-                write!(f, ":{column}")?;
-            }
-        }
-        write!(f, ": {}: {}", self.severity, escape(&self.message))
+        write!(
+            f,
+            "{}: {}: {}",
+            self.place(),
+            self.severity,
+            escape(&self.message)
+        )
     }
 }
 
