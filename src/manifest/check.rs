@@ -80,6 +80,8 @@ pub struct StageSpec {
 pub struct Problems<'a> {
     file: &'a std::path::Path,
     pub list: Vec<Diagnostic>,
+    /// Every error found, including those past the cap that `list` dropped.
+    errors: usize,
 }
 
 impl<'a> Problems<'a> {
@@ -87,6 +89,7 @@ impl<'a> Problems<'a> {
         Problems {
             file,
             list: Vec::new(),
+            errors: 0,
         }
     }
 
@@ -97,6 +100,9 @@ impl<'a> Problems<'a> {
     }
 
     fn push(&mut self, severity: Severity, pos: Pos, field: Option<&str>, message: String) {
+        if severity == Severity::Error {
+            self.errors += 1;
+        }
         if self.full() {
             return;
         }
@@ -117,7 +123,7 @@ impl<'a> Problems<'a> {
 
 /// Checks one document. `None` when it has errors (all of them are in `problems`).
 pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSpec> {
-    let before = problems.list.len();
+    let errors_before = problems.errors;
     check_tag(doc, None, problems);
     let Kind::Map(entries) = &doc.kind else {
         problems.error(
@@ -293,10 +299,7 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
         }
     }
 
-    let failed = problems.list[before..]
-        .iter()
-        .any(|d| d.severity == Severity::Error);
-    if failed {
+    if problems.errors > errors_before {
         return None;
     }
     Some(StageSpec {

@@ -491,6 +491,62 @@ mod tests {
         assert!(diagnostics.iter().all(|d| !d.message.contains("hunter2")));
     }
 
+    #[test]
+    fn a_duplicate_across_files_invalidates_both_and_secret_files_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stages = dir.path().join("stages");
+        std::fs::create_dir_all(stages.join("b")).unwrap();
+        std::fs::write(stages.join("key"), "k\n").unwrap();
+        let doc = "name: same\npublic_key: p\nprivate_key: !File ../key\n";
+        std::fs::write(stages.join("b/one.yaml"), doc).unwrap();
+        std::fs::write(stages.join("b/two.yml"), doc).unwrap();
+        std::fs::write(
+            stages.join("ok.yaml"),
+            "name: other\npublic_key: p\nprivate_key: !Env K\n",
+        )
+        .unwrap();
+        let env = |_: &str| Some("v".into());
+        let manifests = load_with_env(&stages, &env).unwrap();
+        let summary: Vec<(PathBuf, bool, usize)> = manifests
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.path.strip_prefix(dir.path()).unwrap().to_path_buf(),
+                    f.valid,
+                    f.stages.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("stages/b/one.yaml".into(), false, 1),
+                ("stages/b/two.yml".into(), false, 1),
+                ("stages/ok.yaml".into(), true, 1),
+            ]
+        );
+        assert_eq!(manifests.files[0].secret_files, [stages.join("b/../key")]);
+        assert_eq!(manifests.error_count(), 2);
+        assert!(!manifests.is_valid());
+        assert_eq!(manifests.stages().count(), 3);
+    }
+
+    #[test]
+    fn the_directory_itself_must_be_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            load(&dir.path().join("none")),
+            Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(load(&file), Err(SourceError::NotADirectory(_))));
+        let empty = load(dir.path()).unwrap();
+        assert!(empty.is_valid());
+        assert_eq!(empty.files.len(), 1);
+    }
+
     fn assert_total(bytes: &[u8]) {
         let started = Instant::now();
         let _ = load_file("p.yaml".into(), bytes, &no_env);
