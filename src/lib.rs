@@ -11,7 +11,7 @@
 //!   and live fields, with authentik's defaults and normalisation.
 //! - [`secret`]: private keys and tokens as types that cannot be printed, and the
 //!   `!Env` / `!File` references manifests use instead of values.
-//! - `manifest`: finds `*.yaml` files under a directory, parses and checks them
+//! - [`manifest`]: finds `*.yaml` files under a directory, parses and checks them
 //!   (with file, line and column for every problem) and resolves secret references.
 //! - [`authentik`]: the API client (pagination, retries, errors in the user's
 //!   words) and the version-dependent [`authentik::Capabilities`].
@@ -30,6 +30,7 @@ pub mod cli;
 pub mod commands;
 pub mod exit;
 pub mod logging;
+pub mod manifest;
 pub mod output;
 pub mod plan;
 pub mod secret;

@@ -1,0 +1,589 @@
+//! Manifests: finding `*.yaml` files under a directory, parsing and checking
+//! them with a file, line and column for every problem, and resolving the
+//! private keys they reference.
+//!
+//! The flow is `discover` (I/O: walk the folder, read files under 1 MiB) ->
+//! `yaml` (text to a positioned tree; parser limits stop hostile input) ->
+//! `check` (pure: one document to a stage spec, every problem collected) ->
+//! key resolution (I/O: `!Env`, `!File`) -> cross-file checks (duplicate names
+//! and uuids anywhere in the directory, reported at both places).
+//!
+//! Traps:
+//! - [`load`] fails only when the directory itself is unusable ([`SourceError`]);
+//!   the daemon then keeps its last desired state. Everything else, including an
+//!   unreadable file inside, is a [`Diagnostic`] in [`Manifests`].
+//! - A file with errors still lists the stages of its documents that passed, but
+//!   `valid` is false: callers that act on manifests must not act on a partial file.
+//! - Key values are [`crate::secret::PrivateKey`]s from the moment they are read;
+//!   no message ever includes one.
+
+mod check;
+mod discover;
+mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+
+use crate::output::escape;
+use crate::secret::KeySource;
+use crate::stage::{DesiredStage, Origin};
+
+pub use check::{KEYS, REQUEST_CONTENT_TYPES, check_http_url, closest_key};
+pub use discover::MAX_FILE_BYTES;
+
+/// The manifest directory itself cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{}: manifest directory not found", escape(&.0.display().to_string()))]
+    Missing(PathBuf),
+    #[error("{}: not a directory", escape(&.0.display().to_string()))]
+    NotADirectory(PathBuf),
+    #[error("{}: cannot read manifest directory: {}", escape(&.0.display().to_string()), discover::io_message(.1))]
+    Unreadable(PathBuf, #[source] std::io::Error),
+}
+
+/// Everything found under a manifest directory.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    /// Every manifest file found, sorted by path.
+    pub files: Vec<ManifestFile>,
+    /// All errors and warnings, cross-file ones included, sorted by file, line, column.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+#[derive(Debug)]
+pub struct ManifestFile {
+    /// As the user would type it: the directory joined with the relative path.
+    pub path: PathBuf,
+    /// The stages of the documents that passed every check, private keys read.
+    pub stages: Vec<DesiredStage>,
+    /// No error is attributed to this file (a duplicate across files makes both invalid).
+    pub valid: bool,
+    /// The `!File` paths this file references, resolved, so they can be watched.
+    pub secret_files: Vec<PathBuf>,
+}
+
+impl Manifests {
+    /// No error-severity diagnostic.
+    pub fn is_valid(&self) -> bool {
+        !self
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn stages(&self) -> impl Iterator<Item = &DesiredStage> {
+        self.files.iter().flat_map(|f| f.stages.iter())
+    }
+
+    pub fn error_count(&self) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
+    pub fn warning_count(&self) -> usize {
+        self.diagnostics.len() - self.error_count()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
+/// One problem, at a place in a file. Never holds a secret value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// The manifest key the problem is about, if any.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    /// `path:line:column` (or `path` alone), control characters escaped.
+    pub fn place(&self) -> String {
+        let mut place = escape(&self.file.display().to_string()).into_owned();
+        if let Some(line) = self.line {
+            place.push_str(&format!(":{line}"));
+            if let Some(column) = self.column {
+                place.push_str(&format!(":{column}"));
+            }
+        }
+        place
+    }
+}
+
+/// `path:line:column: error: message`, control characters escaped.
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}: {}",
+            self.place(),
+            self.severity,
+            escape(&self.message)
+        )
+    }
+}
+
+/// Loads every manifest under `dir`, reading the private keys they reference
+/// from the process environment and the file system.
+pub fn load(dir: &Path) -> Result<Manifests, SourceError> {
+    load_with_env(dir, &|var| std::env::var_os(var))
+}
+
+/// [`load`] with the environment given as a lookup (for tests).
+pub fn load_with_env(
+    dir: &Path,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Manifests, SourceError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(SourceError::NotADirectory(dir.to_path_buf())),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SourceError::Missing(dir.to_path_buf()));
+        }
+        Err(err) => return Err(SourceError::Unreadable(dir.to_path_buf(), err)),
+    }
+    if let Err(err) = std::fs::read_dir(dir) {
+        return Err(SourceError::Unreadable(dir.to_path_buf(), err));
+    }
+
+    let mut manifests = Manifests::default();
+    for found in discover::walk(dir) {
+        match found {
+            discover::Found::File { path, bytes } => {
+                let (file, diagnostics) = load_file(path, &bytes, env);
+                manifests.files.push(file);
+                manifests.diagnostics.extend(diagnostics);
+            }
+            discover::Found::Problem {
+                path,
+                is_file,
+                message,
+            } => {
+                if is_file {
+                    manifests.files.push(ManifestFile {
+                        path: path.clone(),
+                        stages: Vec::new(),
+                        valid: false,
+                        secret_files: Vec::new(),
+                    });
+                }
+                manifests.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: path,
+                    line: None,
+                    column: None,
+                    field: None,
+                    message,
+                });
+            }
+        }
+    }
+    check_duplicates(&mut manifests);
+    manifests.files.sort_by(|a, b| a.path.cmp(&b.path));
+    for file in &mut manifests.files {
+        let path = &file.path;
+        file.valid = !manifests
+            .diagnostics
+            .iter()
+            .any(|d| d.severity == Severity::Error && &d.file == path);
+    }
+    manifests
+        .diagnostics
+        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Ok(manifests)
+}
+
+/// Parses, checks and resolves one file's documents (its content already read).
+/// `path` is used for messages and to resolve relative `!File` paths.
+pub fn load_file(
+    path: PathBuf,
+    bytes: &[u8],
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> (ManifestFile, Vec<Diagnostic>) {
+    let mut file = ManifestFile {
+        path,
+        stages: Vec::new(),
+        valid: true,
+        secret_files: Vec::new(),
+    };
+    let error = |file: &Path, line, column, message| Diagnostic {
+        severity: Severity::Error,
+        file: file.to_path_buf(),
+        line,
+        column,
+        field: None,
+        message,
+    };
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            let (line, column) = line_column(bytes, err.valid_up_to());
+            let d = error(
+                &file.path,
+                Some(line),
+                Some(column),
+                "file is not valid UTF-8".into(),
+            );
+            return (file, vec![d]);
+        }
+    };
+    let documents = match yaml::parse_documents(text) {
+        Ok(documents) => documents,
+        Err(err) => {
+            let d = error(
+                &file.path,
+                err.line,
+                err.column,
+                format!("invalid YAML: {}", err.message),
+            );
+            return (file, vec![d]);
+        }
+    };
+    let path = file.path.clone();
+    let mut problems = check::Problems::new(&path);
+    let base = file.path.parent().unwrap_or(Path::new("")).to_path_buf();
+    for document in &documents {
+        if problems.full() {
+            break;
+        }
+        let Some(spec) = check::check_document(document, &mut problems) else {
+            continue;
+        };
+        if let KeySource::File(p) = &spec.key.source {
+            file.secret_files.push(base.join(p));
+        }
+        match resolve_key(&spec.key, &base, env) {
+            Ok(private_key) => file.stages.push(DesiredStage {
+                origin: Origin {
+                    file: file.path.clone(),
+                    line: spec.origin.line,
+                    column: spec.origin.column,
+                },
+                uuid: spec.uuid.map(|(u, _)| u),
+                fields: spec.fields,
+                key_source: spec.key.source,
+                private_key,
+            }),
+            Err(message) => problems.list.push(Diagnostic {
+                severity: Severity::Error,
+                file: file.path.clone(),
+                line: Some(spec.key.pos.line),
+                column: Some(spec.key.pos.column),
+                field: Some("private_key".into()),
+                message: format!("stage `{}`: {message}", spec.fields.name),
+            }),
+        }
+    }
+    if problems.full() {
+        // At the last problem's position, so the (stable) sort keeps it last.
+        let (line, column) = problems
+            .list
+            .last()
+            .map_or((None, None), |d| (d.line, d.column));
+        problems.list.push(Diagnostic {
+            severity: Severity::Error,
+            file: file.path.clone(),
+            line,
+            column,
+            field: None,
+            message: format!(
+                "stopped after {} problems; the rest of this file was not checked",
+                check::MAX_PROBLEMS_PER_FILE
+            ),
+        });
+    }
+    let list = problems.list;
+    (file, list)
+}
+
+/// Reads the key a manifest references. The error names the variable or the
+/// path, never a value.
+fn resolve_key(
+    key: &check::KeySpec,
+    base: &Path,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<SecretString, String> {
+    match &key.source {
+        KeySource::Literal => key
+            .literal
+            .clone()
+            .ok_or_else(|| "`private_key` is empty".to_owned()),
+        KeySource::Env(var) => match env(var) {
+            None => Err(format!(
+                "environment variable `{var}` (from `!Env`) is not set"
+            )),
+            Some(value) => match value.into_string() {
+                Err(_) => Err(format!("environment variable `{var}` is not valid UTF-8")),
+                Ok(value) if value.trim().is_empty() => {
+                    Err(format!("environment variable `{var}` is empty"))
+                }
+                Ok(value) => Ok(SecretString::from(value.trim().to_owned())),
+            },
+        },
+        KeySource::File(p) => {
+            let full = base.join(p);
+            let shown = full.display().to_string();
+            let meta = std::fs::metadata(&full).map_err(|e| {
+                format!("cannot read `!File` {shown}: {}", discover::io_message(&e))
+            })?;
+            if !meta.is_file() {
+                return Err(format!("`!File` {shown} is not a regular file"));
+            }
+            if meta.len() > MAX_FILE_BYTES {
+                return Err(format!("`!File` {shown} is larger than 1 MiB"));
+            }
+            let bytes = std::fs::read(&full).map_err(|e| {
+                format!("cannot read `!File` {shown}: {}", discover::io_message(&e))
+            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("`!File` {shown} is not valid UTF-8"))?;
+            let trimmed = text.trim();
+            if trimmed.is_empty() {
+                return Err(format!("`!File` {shown} is empty"));
+            }
+            Ok(SecretString::from(trimmed.to_owned()))
+        }
+    }
+}
+
+/// Two stages with the same name or uuid anywhere: an error at each, naming the other.
+fn check_duplicates(manifests: &mut Manifests) {
+    let mut by_name: HashMap<&str, Vec<&Origin>> = HashMap::new();
+    let mut by_uuid: HashMap<uuid::Uuid, Vec<&Origin>> = HashMap::new();
+    for stage in manifests.stages() {
+        by_name
+            .entry(stage.fields.name.as_str())
+            .or_default()
+            .push(&stage.origin);
+        if let Some(u) = stage.uuid {
+            by_uuid.entry(u).or_default().push(&stage.origin);
+        }
+    }
+    let mut found = Vec::new();
+    let mut report = |what: String, field: &str, origins: &[&Origin]| {
+        for (i, origin) in origins.iter().enumerate() {
+            let other = if i == 0 { origins[1] } else { origins[0] };
+            found.push(Diagnostic {
+                severity: Severity::Error,
+                file: origin.file.clone(),
+                line: Some(origin.line),
+                column: Some(origin.column),
+                field: Some(field.into()),
+                message: format!("{what} is also declared at {other}"),
+            });
+        }
+    };
+    for (name, origins) in &by_name {
+        if origins.len() > 1 {
+            report(format!("stage name `{name}`"), "name", origins);
+        }
+    }
+    for (u, origins) in &by_uuid {
+        if origins.len() > 1 {
+            report(format!("uuid {u}"), "uuid", origins);
+        }
+    }
+    manifests.diagnostics.extend(found);
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line = 1 + before.iter().filter(|b| **b == b'\n').count();
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = 1 + String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count();
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<std::ffi::OsString> {
+        None
+    }
+
+    #[test]
+    fn diagnostics_display_with_escaped_control_characters() {
+        let d = Diagnostic {
+            severity: Severity::Warning,
+            file: "stages/a\u{1b}.yaml".into(),
+            line: Some(3),
+            column: Some(7),
+            field: None,
+            message: "bad\nthing".into(),
+        };
+        assert_eq!(
+            d.to_string(),
+            "stages/a\\u{1b}.yaml:3:7: warning: bad\\nthing"
+        );
+        let d = Diagnostic {
+            line: None,
+            column: None,
+            severity: Severity::Error,
+            ..d
+        };
+        assert_eq!(d.to_string(), "stages/a\\u{1b}.yaml: error: bad\\nthing");
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column(b"ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\u{1}".as_bytes(), 2), (1, 2));
+        assert_eq!(line_column(b"", 10), (1, 1));
+    }
+
+    #[test]
+    fn a_good_document_becomes_a_resolved_stage() {
+        let env = |var: &str| (var == "K").then(|| " key \n".into());
+        let text = b"# c\nname: a \npublic_key: p\nprivate_key: !Env K\nscore_max_threshold: 2\n";
+        let (file, diagnostics) = load_file("s/a.yaml".into(), text, &env);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let stage = &file.stages[0];
+        assert_eq!(stage.fields.name, "a");
+        assert_eq!(stage.fields.score_max_threshold, 2.0);
+        assert_eq!(
+            stage.fields.request_content_type.as_deref(),
+            Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE)
+        );
+        assert_eq!((stage.origin.line, stage.origin.column), (2, 1));
+        use secrecy::ExposeSecret;
+        assert_eq!(stage.private_key.expose_secret(), "key");
+    }
+
+    #[test]
+    fn a_literal_key_never_appears_in_messages() {
+        let text = b"name: a\npublic_key: p\nprivate_key: hunter2\njs_url: nope\n";
+        let (_, diagnostics) = load_file("a.yaml".into(), text, &no_env);
+        assert_eq!(diagnostics.len(), 2);
+        assert!(diagnostics.iter().all(|d| !d.message.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_duplicate_across_files_invalidates_both_and_secret_files_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stages = dir.path().join("stages");
+        std::fs::create_dir_all(stages.join("b")).unwrap();
+        std::fs::write(stages.join("key"), "k\n").unwrap();
+        let doc = "name: same\npublic_key: p\nprivate_key: !File ../key\n";
+        std::fs::write(stages.join("b/one.yaml"), doc).unwrap();
+        std::fs::write(stages.join("b/two.yml"), doc).unwrap();
+        std::fs::write(
+            stages.join("ok.yaml"),
+            "name: other\npublic_key: p\nprivate_key: !Env K\n",
+        )
+        .unwrap();
+        let env = |_: &str| Some("v".into());
+        let manifests = load_with_env(&stages, &env).unwrap();
+        let summary: Vec<(PathBuf, bool, usize)> = manifests
+            .files
+            .iter()
+            .map(|f| {
+                (
+                    f.path.strip_prefix(dir.path()).unwrap().to_path_buf(),
+                    f.valid,
+                    f.stages.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("stages/b/one.yaml".into(), false, 1),
+                ("stages/b/two.yml".into(), false, 1),
+                ("stages/ok.yaml".into(), true, 1),
+            ]
+        );
+        assert_eq!(manifests.files[0].secret_files, [stages.join("b/../key")]);
+        assert_eq!(manifests.error_count(), 2);
+        assert!(!manifests.is_valid());
+        assert_eq!(manifests.stages().count(), 3);
+    }
+
+    #[test]
+    fn the_directory_itself_must_be_usable() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.yaml");
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(
+            load(&dir.path().join("none")),
+            Err(SourceError::Missing(_))
+        ));
+        assert!(matches!(load(&file), Err(SourceError::NotADirectory(_))));
+        let empty = load(dir.path()).unwrap();
+        assert!(empty.is_valid());
+        assert_eq!(empty.files.len(), 1);
+    }
+
+    fn assert_total(bytes: &[u8]) {
+        let started = Instant::now();
+        let _ = load_file("p.yaml".into(), bytes, &no_env);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            assert_total(&bytes);
+        }
+
+        #[test]
+        fn yaml_ish_text_never_panics(
+            parts in proptest::collection::vec(
+                prop_oneof![
+                    Just("name: ".to_owned()), Just("public_key: ".to_owned()),
+                    Just("private_key: ".to_owned()), Just("!Env ".to_owned()),
+                    Just("!File ".to_owned()), Just("&a ".to_owned()), Just("*a".to_owned()),
+                    Just("---\n".to_owned()), Just("\n".to_owned()), Just("  ".to_owned()),
+                    Just("- ".to_owned()), Just("[".to_owned()), Just("]".to_owned()),
+                    Just("{".to_owned()), Just("}".to_owned()), Just(": ".to_owned()),
+                    Just(".inf".to_owned()), Just("0.5".to_owned()), Just("\"".to_owned()),
+                    Just("? ".to_owned()), Just("<<: *a\n".to_owned()), Just("%TAG ! x\n".to_owned()),
+                    Just("score_min_threshold: ".to_owned()), Just("uuid: ".to_owned()),
+                    "[a-z_]{1,12}", "\\PC{0,8}",
+                ],
+                0..64,
+            )
+        ) {
+            assert_total(parts.concat().as_bytes());
+        }
+    }
+}
