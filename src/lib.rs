@@ -20,11 +20,15 @@
 //! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
 //!   plan, and its renderings as text, JSON and Markdown.
 //! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
-//! - `apply`: executes a plan with bounded concurrency; it does not decide one.
+//! - [`reconcile`]: the shared path of plan, apply and the daemon: fetch live
+//!   state with the fewest calls, then plan.
+//! - [`apply`]: executes a plan with bounded concurrency; it does not decide one.
 //! - `daemon`: `stagesync run`: watcher, periodic resync, health and metrics.
-//! - `cli`: the command line, turned once into resolved configuration.
+//! - [`cli`]: the command line, turned once into resolved configuration;
+//!   [`commands`]: one module per subcommand.
 //! - [`exit`]: every exit code.
 
+pub mod apply;
 pub mod authentik;
 pub mod cli;
 pub mod commands;
@@ -33,6 +37,7 @@ pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod reconcile;
 pub mod secret;
 pub mod simulator;
 pub mod stage;

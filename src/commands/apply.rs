@@ -1,9 +1,135 @@
-//! `stagesync apply`.
+//! `stagesync apply`: plan, show the plan, confirm, then converge authentik.
+
+use std::io::{BufRead, IsTerminal};
 
 use anyhow::Result;
+use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ApplyConfig, ColorChoice};
+use crate::apply::{self, ApplyReport, WriteResult};
+use crate::authentik::Client;
+use crate::cli::{ApplyConfig, ColorChoice, Format};
+use crate::commands::{load_desired, plan::render};
+use crate::exit;
+use crate::output::{self, escape};
+use crate::reconcile;
+use crate::state::StateFile;
 
-pub async fn run(_cfg: ApplyConfig, _color: ColorChoice) -> Result<i32> {
-    anyhow::bail!("`stagesync apply` is not built yet")
+pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
+    let desired = match load_desired(&cfg.dir) {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    // Lock the state file before planning, so the key status the plan shows is
+    // the one this apply will act on.
+    let mut state = StateFile::open_for_write(&cfg.state_file)?;
+    let client = Client::new(&cfg.client)?;
+    let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    let color = output::stdout_color(color);
+    output::print_stdout(&render(&planned.plan, cfg.format, color))?;
+
+    let plan_errors = planned.plan.summary().error;
+    if !planned.plan.has_changes() {
+        return Ok(if plan_errors > 0 {
+            exit::FAILURE
+        } else {
+            exit::SUCCESS
+        });
+    }
+    if !cfg.yes && !confirm().await? {
+        return Ok(exit::FAILURE);
+    }
+
+    let cancel = CancellationToken::new();
+    let on_ctrl_c = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted: finishing the writes in flight, starting no more");
+            on_ctrl_c.cancel();
+        }
+    });
+    let report = apply::apply(
+        &client,
+        &planned,
+        state.keys_mut(),
+        cfg.concurrency,
+        &cancel,
+        |_| false,
+    )
+    .await;
+    state.save()?;
+
+    let text = render_report(&report);
+    if cfg.format == Format::Json {
+        eprint!("{text}");
+    } else {
+        output::print_stdout(&text)?;
+    }
+    Ok(if report.converged() && plan_errors == 0 {
+        exit::SUCCESS
+    } else {
+        exit::FAILURE
+    })
+}
+
+/// Asks on the terminal; refuses when there is none (a CI job must say `--yes`).
+async fn confirm() -> Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        eprintln!(
+            "error: refusing to apply without confirmation: stdin is not a terminal (pass --yes)"
+        );
+        return Ok(false);
+    }
+    eprint!("\nApply these changes? Only 'yes' is accepted: ");
+    let answer = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await??;
+    if answer.trim() == "yes" {
+        Ok(true)
+    } else {
+        eprintln!("Apply cancelled; nothing was written.");
+        Ok(false)
+    }
+}
+
+/// One line per write, then a summary line.
+pub fn render_report(report: &ApplyReport) -> String {
+    let mut out = String::from("\n");
+    let (mut created, mut updated) = (0, 0);
+    for outcome in &report.outcomes {
+        let name = escape(&outcome.name);
+        match &outcome.result {
+            WriteResult::Written(live) => {
+                match outcome.operation {
+                    apply::Operation::Create => created += 1,
+                    apply::Operation::Update => updated += 1,
+                }
+                let verb = match outcome.operation {
+                    apply::Operation::Create => "created",
+                    apply::Operation::Update => "updated",
+                };
+                out.push_str(&format!("{verb} {name} ({})\n", live.uuid));
+            }
+            WriteResult::Failed(err) => out.push_str(&format!(
+                "failed to {} {name} ({}): {}\n",
+                outcome.operation.as_str(),
+                outcome.origin,
+                escape(&err.to_string())
+            )),
+            WriteResult::NotStarted(why) => {
+                out.push_str(&format!("not started: {name}: {}\n", escape(why)))
+            }
+        }
+    }
+    let failed = report.failed().count();
+    let skipped = report.not_started();
+    out.push_str(&format!(
+        "Apply: {created} created, {updated} updated, {failed} failed"
+    ));
+    if skipped > 0 {
+        out.push_str(&format!(", {skipped} not started"));
+    }
+    out.push_str(".\n");
+    out
 }

@@ -1,9 +1,237 @@
-//! `stagesync export`.
+//! `stagesync export`: one manifest per live captcha stage, to adopt stages that
+//! were clicked together in the UI.
+//!
+//! authentik never returns a private key, so each manifest references one with
+//! `!Env STAGESYNC_<NAME>_PRIVATE_KEY`; fields at authentik's defaults are left
+//! out so the manifests stay short. Nothing is written if any target file exists
+//! (without `--force`): an export is all or nothing.
 
-use anyhow::Result;
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
+use crate::authentik::Client;
 use crate::cli::ExportConfig;
+use crate::exit;
+use crate::output::escape;
+use crate::stage::{Field, LiveStage, StageFields};
 
-pub async fn run(_cfg: ExportConfig) -> Result<i32> {
-    anyhow::bail!("`stagesync export` is not built yet")
+pub async fn run(cfg: ExportConfig) -> Result<i32> {
+    let client = Client::new(&cfg.client)?;
+    let mut live = client.list_captcha_stages().await?;
+    live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
+
+    let files = plan_files(&cfg.dir, &live);
+    if !cfg.force {
+        let existing: Vec<&PathBuf> = files
+            .iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.exists())
+            .collect();
+        if !existing.is_empty() {
+            for path in &existing {
+                eprintln!(
+                    "error: {} exists (pass --force to overwrite)",
+                    escape(&path.display().to_string())
+                );
+            }
+            eprintln!("error: nothing was written");
+            return Ok(exit::FAILURE);
+        }
+    }
+    std::fs::create_dir_all(&cfg.dir)
+        .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
+    for (path, stage) in &files {
+        std::fs::write(path, manifest_for(stage))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!(
+            "wrote {} ({})",
+            escape(&path.display().to_string()),
+            escape(&stage.fields.name)
+        );
+    }
+    let vars: Vec<String> = files
+        .iter()
+        .map(|(_, s)| key_variable(&s.fields.name))
+        .collect();
+    eprintln!(
+        "Exported {} stage(s). authentik never returns private keys: set {} before `stagesync plan`.",
+        files.len(),
+        if vars.is_empty() {
+            "nothing".to_owned()
+        } else {
+            vars.join(", ")
+        }
+    );
+    Ok(exit::SUCCESS)
+}
+
+/// The file each stage goes to: its name as a file name, made unique.
+fn plan_files<'a>(dir: &Path, live: &'a [LiveStage]) -> Vec<(PathBuf, &'a LiveStage)> {
+    let mut taken = BTreeSet::new();
+    live.iter()
+        .map(|stage| {
+            let base = file_stem(&stage.fields.name);
+            let mut stem = base.clone();
+            let mut n = 2;
+            while !taken.insert(stem.clone()) {
+                stem = format!("{base}-{n}");
+                n += 1;
+            }
+            (dir.join(format!("{stem}.yaml")), stage)
+        })
+        .collect()
+}
+
+/// A safe file name: lower-case letters, digits, `-` and `_`; anything else becomes `-`.
+fn file_stem(name: &str) -> String {
+    let stem: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let stem = stem.trim_matches('-').to_owned();
+    if stem.is_empty() {
+        "stage".to_owned()
+    } else {
+        stem
+    }
+}
+
+/// `STAGESYNC_<NAME>_PRIVATE_KEY`, with the name upper-cased and anything that
+/// cannot be in a variable name turned into `_`.
+pub fn key_variable(name: &str) -> String {
+    let upper: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("STAGESYNC_{upper}_PRIVATE_KEY")
+}
+
+/// The manifest text of one live stage. Fields equal to authentik's defaults are
+/// omitted; `request_content_type` only when the server reported it.
+pub fn manifest_for(stage: &LiveStage) -> String {
+    let defaults = StageFields::with_defaults(&stage.fields.name, &stage.fields.public_key);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Exported by stagesync from authentik (stage {}).",
+        stage.uuid
+    );
+    let _ = writeln!(out, "name: {}", yaml_str(&stage.fields.name));
+    let _ = writeln!(out, "public_key: {}", yaml_str(&stage.fields.public_key));
+    let _ = writeln!(
+        out,
+        "# authentik never returns the private key: set this variable to it."
+    );
+    let _ = writeln!(
+        out,
+        "private_key: !Env {}",
+        key_variable(&stage.fields.name)
+    );
+    for field in Field::ALL {
+        if matches!(field, Field::Name | Field::PublicKey) {
+            continue;
+        }
+        let value = stage.fields.get(field);
+        if matches!(value, crate::stage::Value::Absent) || value.same_as(&defaults.get(field)) {
+            continue;
+        }
+        let text = match value {
+            crate::stage::Value::Str(s) => yaml_str(&s),
+            other => other.to_string(),
+        };
+        let _ = writeln!(out, "{}: {text}", field.key());
+    }
+    out
+}
+
+/// A YAML scalar for `s`: plain when that is unambiguous, else double-quoted
+/// (a JSON string is a valid YAML double-quoted scalar).
+fn yaml_str(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && !s.contains(": ")
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
+        );
+    if plain {
+        s.to_owned()
+    } else {
+        serde_json::to_string(s).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    #[test]
+    fn variable_and_file_names_are_safe() {
+        assert_eq!(key_variable("rec-login"), "STAGESYNC_REC_LOGIN_PRIVATE_KEY");
+        assert_eq!(
+            key_variable("Sign up (v2)"),
+            "STAGESYNC_SIGN_UP__V2__PRIVATE_KEY"
+        );
+        assert_eq!(file_stem("Sign up/../x"), "sign-up----x");
+        assert_eq!(file_stem("///"), "stage");
+    }
+
+    #[test]
+    fn colliding_file_names_get_a_suffix() {
+        let a = LiveStage {
+            uuid: Uuid::nil(),
+            fields: StageFields::with_defaults("A b", "p"),
+        };
+        let b = LiveStage {
+            uuid: Uuid::nil(),
+            fields: StageFields::with_defaults("a-b", "p"),
+        };
+        let live = [a, b];
+        let files = plan_files(Path::new("out"), &live);
+        assert_eq!(files[0].0, PathBuf::from("out/a-b.yaml"));
+        assert_eq!(files[1].0, PathBuf::from("out/a-b-2.yaml"));
+    }
+
+    #[test]
+    fn defaults_are_omitted_and_others_kept() {
+        let mut fields = StageFields::with_defaults("rec-login", "site key");
+        fields.score_min_threshold = 0.7;
+        fields.request_content_type = None;
+        let text = manifest_for(&LiveStage {
+            uuid: Uuid::nil(),
+            fields,
+        });
+        assert!(text.contains("name: rec-login\n"));
+        assert!(text.contains("public_key: \"site key\"\n"));
+        assert!(text.contains("private_key: !Env STAGESYNC_REC_LOGIN_PRIVATE_KEY\n"));
+        assert!(text.contains("score_min_threshold: 0.7\n"));
+        assert!(!text.contains("js_url"));
+        assert!(!text.contains("request_content_type"));
+    }
+
+    #[test]
+    fn ambiguous_strings_are_quoted() {
+        assert_eq!(yaml_str("yes"), "\"yes\"");
+        assert_eq!(yaml_str("123"), "\"123\"");
+        assert_eq!(yaml_str("https://x.example/a.js"), "https://x.example/a.js");
+        assert_eq!(yaml_str("a\"b\n"), "\"a\\\"b\\n\"");
+    }
 }

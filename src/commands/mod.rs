@@ -4,6 +4,8 @@ use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, Config};
+use crate::manifest;
+use crate::stage::DesiredStage;
 
 pub mod apply;
 pub mod demo;
@@ -37,4 +39,26 @@ pub fn dispatch(config: Config) -> Result<i32> {
             }
         }
     })
+}
+
+/// Loads the manifests for a command that talks to authentik. Problems are
+/// printed on stderr; any error means nothing is contacted (exit 3).
+pub(crate) fn load_desired(dir: &std::path::Path) -> std::result::Result<Vec<DesiredStage>, i32> {
+    let manifests = match manifest::load(dir) {
+        Ok(manifests) => manifests,
+        Err(err) => {
+            eprintln!("error: {}", crate::output::escape(&err.to_string()));
+            return Err(crate::exit::INVALID);
+        }
+    };
+    for diagnostic in &manifests.diagnostics {
+        eprintln!("{diagnostic}");
+    }
+    if !manifests.is_valid() {
+        eprintln!(
+            "error: the manifests are invalid; nothing was contacted (see `stagesync validate`)"
+        );
+        return Err(crate::exit::INVALID);
+    }
+    Ok(manifests.stages().cloned().collect())
 }

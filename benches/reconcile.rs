@@ -1,0 +1,177 @@
+//! Benchmark: `stagesync apply` against the simulator with per-request latency,
+//! next to the same work done the naive way (one GET and one PUT per stage, in
+//! sequence).
+//!
+//! Run: `cargo bench --bench reconcile` (add `BENCH_FULL=1` to include the naive
+//! run at 10,000 stages, which takes several minutes by construction).
+//! `BENCH_LATENCY_MS` sets the injected latency (default 20).
+//!
+//! For each size N, live authentik holds N stages that the manifests describe,
+//! with their keys already recorded; 10% of them are then edited out of band.
+//! stagesync (the real binary, a child process) plans and applies; its peak
+//! memory is the child's maximum resident set size.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use stagesync::simulator::{self, SimConfig, SimHandle};
+use stagesync::stage::StageFields;
+
+const TOKEN: &str = "bench-token";
+const DOCS_PER_FILE: usize = 1000;
+
+fn main() {
+    let latency = Duration::from_millis(
+        std::env::var("BENCH_LATENCY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20),
+    );
+    let full = std::env::var_os("BENCH_FULL").is_some();
+    let binary = env!("CARGO_BIN_EXE_stagesync");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+
+    println!(
+        "latency per request: {} ms, drift: 10%",
+        latency.as_millis()
+    );
+    println!(
+        "| stages | stagesync requests | stagesync wall | stagesync peak RSS | naive requests | naive wall | speed-up |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [100usize, 1_000, 10_000] {
+        let work = tempfile::tempdir().expect("temp dir");
+        let sim = runtime.block_on(setup(n, work.path(), binary));
+
+        drift(&sim, n);
+        sim.set_latency(latency);
+        sim.reset_counts();
+        let started = Instant::now();
+        let status = stagesync(binary, &sim, work.path())
+            .status()
+            .expect("run stagesync");
+        let wall = started.elapsed();
+        assert_eq!(status.code(), Some(0), "apply converged");
+        let requests = sim.request_counts().total();
+        let rss_kib = peak_child_rss_kib();
+
+        let (naive_requests, naive_wall) = if n < 10_000 || full {
+            sim.set_latency(Duration::ZERO);
+            drift(&sim, n);
+            sim.set_latency(latency);
+            sim.reset_counts();
+            let started = Instant::now();
+            runtime.block_on(naive(&sim));
+            (Some(sim.request_counts().total()), Some(started.elapsed()))
+        } else {
+            (None, None)
+        };
+        println!(
+            "| {n} | {requests} | {:.2} s | {:.1} MiB | {} | {} | {} |",
+            wall.as_secs_f64(),
+            rss_kib as f64 / 1024.0,
+            naive_requests.map_or("(BENCH_FULL=1)".into(), |r| r.to_string()),
+            naive_wall.map_or("-".into(), |w| format!("{:.2} s", w.as_secs_f64())),
+            naive_wall.map_or("-".into(), |w| format!(
+                "{:.0}x",
+                w.as_secs_f64() / wall.as_secs_f64()
+            )),
+        );
+        sim.shutdown();
+    }
+}
+
+/// N live stages, N manifests describing them, keys recorded by a first apply
+/// at zero latency.
+async fn setup(n: usize, dir: &Path, binary: &str) -> SimHandle {
+    let sim = simulator::start(SimConfig {
+        token: TOKEN.to_owned(),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let stages = dir.join("stages");
+    std::fs::create_dir_all(&stages).expect("stages dir");
+    for chunk in 0..n.div_ceil(DOCS_PER_FILE) {
+        let mut text = String::new();
+        for i in chunk * DOCS_PER_FILE..((chunk + 1) * DOCS_PER_FILE).min(n) {
+            sim.seed_captcha(
+                StageFields::with_defaults(format!("stage-{i:05}"), format!("site-{i}")),
+                "k",
+            );
+            text.push_str(&format!(
+                "---\nname: stage-{i:05}\npublic_key: site-{i}\nprivate_key: !Env BENCH_KEY\n"
+            ));
+        }
+        std::fs::write(stages.join(format!("part-{chunk:03}.yaml")), text).expect("manifest");
+    }
+    let status = tokio::task::spawn_blocking({
+        let mut cmd = stagesync(binary, &sim, dir);
+        move || cmd.status()
+    })
+    .await
+    .expect("join")
+    .expect("first apply");
+    assert_eq!(status.code(), Some(0), "first apply records the keys");
+    sim
+}
+
+/// Edits every tenth stage out of band, as an admin in the UI would.
+fn drift(sim: &SimHandle, n: usize) {
+    let live = sim.captcha_stages();
+    for stage in live.iter().step_by(10).take(n / 10) {
+        sim.edit(stage.uuid, |f| f.score_min_threshold = 0.1);
+    }
+}
+
+fn stagesync(binary: &str, sim: &SimHandle, dir: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(dir)
+        .args(["apply", "--yes", "stages"])
+        .env("AUTHENTIK_URL", sim.url())
+        .env("AUTHENTIK_TOKEN", TOKEN)
+        .env("BENCH_KEY", "k")
+        .env("STAGESYNC_STATE_FILE", dir.join("state.json"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// The naive reconciler: GET each stage, then PUT it, one after another.
+async fn naive(sim: &SimHandle) {
+    let client = reqwest::Client::new();
+    let base = format!("{}/api/v3/stages/captcha", sim.url());
+    for stage in sim.captcha_stages() {
+        let url = format!("{base}/{}/", stage.uuid);
+        let got = client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET");
+        assert!(got.status().is_success());
+        let body = serde_json::json!({
+            "name": stage.fields.name,
+            "public_key": stage.fields.public_key,
+            "private_key": "k",
+            "score_min_threshold": 0.5,
+        });
+        let put = client
+            .put(&url)
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(put.status().is_success());
+    }
+}
+
+/// The largest resident set of any finished child, in KiB (Linux reports KiB).
+fn peak_child_rss_kib() -> i64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    usage.ru_maxrss
+}
