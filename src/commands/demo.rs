@@ -1,9 +1,178 @@
-//! `stagesync demo`.
+//! `stagesync demo`: the whole loop on the built-in simulator, no setup.
+//!
+//! It seeds the simulator so that the manifests in DIR have something to do
+//! (one stage in sync, one drifted, one missing, plus one unmanaged stage),
+//! prints the plan, applies it, prints the now-empty plan, then runs the daemon
+//! against DIR until Ctrl-C, so that editing a file shows convergence live.
+//! Secrets referenced with `!Env` that are not set get demo values, set before
+//! any thread starts (see [`set_demo_secrets`]).
 
-use anyhow::Result;
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
 
-use crate::cli::{ColorChoice, DemoConfig};
+use anyhow::{Context, Result};
+use tokio_util::sync::CancellationToken;
 
-pub async fn run(_cfg: DemoConfig, _color: ColorChoice) -> Result<i32> {
-    anyhow::bail!("`stagesync demo` is not built yet")
+use crate::apply;
+use crate::authentik::{Client, ClientSettings};
+use crate::cli::{ColorChoice, DemoConfig, RunConfig};
+use crate::commands::{apply::render_report, load_desired};
+use crate::exit;
+use crate::output::{self, escape};
+use crate::plan;
+use crate::reconcile;
+use crate::simulator::{self, SimConfig};
+use crate::stage::StageFields;
+use crate::state::StateFile;
+
+const DEMO_TOKEN: &str = "demo-token";
+/// A resync this short so the demo shows an out-of-band edit being reverted
+/// within seconds; a real deployment uses minutes.
+const DEMO_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Gives every `!Env` variable the manifests reference, and that is unset, a
+/// demo value, and says so on stderr.
+///
+/// Must run before any thread is started: changing the environment of a
+/// multi-threaded process is undefined behaviour on most platforms.
+pub fn set_demo_secrets(dir: &Path) {
+    let wanted = RefCell::new(Vec::new());
+    let _ = crate::manifest::load_with_env(dir, &|var| {
+        wanted.borrow_mut().push(var.to_owned());
+        Some(OsString::from("demo"))
+    });
+    let mut wanted = wanted.into_inner();
+    wanted.sort();
+    wanted.dedup();
+    for var in wanted.into_iter().filter(|v| std::env::var_os(v).is_none()) {
+        // SAFETY: called from `dispatch` before the runtime (or any other
+        // thread) exists, so nothing reads the environment concurrently.
+        unsafe { std::env::set_var(&var, format!("demo-secret-{}", var.to_ascii_lowercase())) };
+        eprintln!("demo: set {var} to a demo value (real keys come from your environment)");
+    }
+}
+
+pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
+    let color = output::stdout_color(color);
+    let mut desired = match load_desired(&cfg.dir) {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
+
+    let sim = simulator::start(SimConfig { token: DEMO_TOKEN.to_owned(), ..SimConfig::default() })
+        .await
+        .context("cannot start the simulator")?;
+    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let state_file = work.path().join("state.json");
+
+    // Seed authentik as an admin might have left it after an earlier apply (keys
+    // recorded as written by stagesync): the first stage in sync, the second
+    // drifted, the third missing, and a stage nobody manages.
+    {
+        let mut state = StateFile::open_for_write(&state_file)?;
+        for (i, stage) in desired.iter().enumerate() {
+            let fields = match i {
+                0 => stage.fields.clone(),
+                1 => StageFields { score_min_threshold: 0.1, ..stage.fields.clone() },
+                _ => continue,
+            };
+            let uuid = sim.seed_captcha(fields, "demo");
+            state.keys_mut().record(uuid, &stage.private_key);
+        }
+        sim.seed_captcha(StageFields::with_defaults("legacy-signup-captcha", "clicked-in-the-ui"), "k");
+        state.save()?;
+    }
+    eprintln!(
+        "demo: an authentik simulator is listening on {} (token {DEMO_TOKEN:?}, a demo value)",
+        sim.url()
+    );
+
+    let settings = ClientSettings {
+        url: sim.url(),
+        token: DEMO_TOKEN.to_owned().into(),
+        ca_file: None,
+        insecure_skip_tls_verify: false,
+        allow_http: false,
+        connect_timeout: ClientSettings::DEFAULT_CONNECT_TIMEOUT,
+        request_timeout: ClientSettings::DEFAULT_REQUEST_TIMEOUT,
+    };
+    let client = Client::new(&settings)?;
+    let mut state = StateFile::open_for_write(&state_file)?;
+
+    heading("1. stagesync plan: what differs from the manifests", color);
+    let planned = reconcile::fetch_and_plan(&client, desired.clone(), state.keys()).await?;
+    output::print_stdout(&plan::render_text(&planned.plan, color))?;
+
+    heading("2. stagesync apply --yes: converge", color);
+    let report = apply::apply(&client, &planned, state.keys_mut(), 4, &CancellationToken::new(), |_| false).await;
+    state.save()?;
+    output::print_stdout(render_report(&report).trim_start())?;
+
+    heading("3. stagesync plan again: nothing left to do", color);
+    let again = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    output::print_stdout(&plan::render_text(&again.plan, color))?;
+    drop(state);
+
+    if !report.converged() || again.plan.has_changes() {
+        eprintln!("demo: the simulator did not converge; this is a bug");
+        return Ok(exit::FAILURE);
+    }
+    if !cfg.daemon {
+        return Ok(exit::SUCCESS);
+    }
+
+    heading("4. stagesync run: keeping it converged (Ctrl-C to stop)", color);
+    let example = planned.plan.stages.first().map(|s| s.origin.file.display().to_string());
+    if let Some(file) = example {
+        println!(
+            "Edit {} (say, change score_min_threshold) and save: the daemon reconciles within a second.",
+            escape(&file)
+        );
+    }
+    if let Some(listen) = cfg.listen {
+        println!("Health and metrics: http://{listen}/healthz, /readyz, /metrics");
+    }
+    println!(
+        "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n",
+        DEMO_INTERVAL.as_secs()
+    );
+    output::print_stdout("")?;
+
+    let ui_edit = tokio::spawn({
+        let sim = sim.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if let Some(stage) = sim.captcha_stages().into_iter().find(|s| s.fields.name != "legacy-signup-captcha") {
+                sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
+                tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
+            }
+        }
+    });
+    let run = RunConfig {
+        dir: cfg.dir,
+        client: settings,
+        state_file,
+        interval: DEMO_INTERVAL,
+        debounce: Duration::from_millis(500),
+        dry_run: false,
+        listen: cfg.listen,
+        concurrency: 4,
+    };
+    let code = crate::commands::run::run(run).await;
+    ui_edit.abort();
+    sim.shutdown();
+    code
+}
+
+fn heading(text: &str, color: bool) {
+    let style = anstyle::Style::new().bold();
+    let line = if color {
+        format!("\n{}== {text}{}\n\n", style.render(), style.render_reset())
+    } else {
+        format!("\n== {text}\n\n")
+    };
+    let _ = output::print_stdout(&line);
 }

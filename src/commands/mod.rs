@@ -16,6 +16,9 @@ pub mod validate;
 
 /// Runs the chosen command on a Tokio runtime and returns its exit code.
 pub fn dispatch(config: Config) -> Result<i32> {
+    if let Command::Demo(cfg) = &config.command {
+        demo::set_demo_secrets(&cfg.dir);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
