@@ -28,6 +28,7 @@
 pub mod authentik;
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod exit;
 pub mod logging;
 pub mod output;
