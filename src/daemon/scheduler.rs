@@ -148,6 +148,12 @@ impl TriggerSender {
 }
 
 impl TriggerReceiver {
+    /// The next trigger; `None` once every sender is gone. [`run_loop`] is the
+    /// consumer in the daemon; this is for other consumers (tests, tools).
+    pub async fn recv(&mut self) -> Option<Trigger> {
+        self.0.recv().await
+    }
+
     /// Everything waiting right now, merged into one trigger.
     fn drain(&mut self) -> Option<Trigger> {
         let mut merged: Option<Trigger> = None;
