@@ -22,14 +22,16 @@
 //!
 //! # Wiring
 //!
+//! [`run`] puts the pieces together around the caller's pass; the caller keeps
+//! the [`Health`] and [`Metrics`] (the API client records its requests in the
+//! same [`Metrics`]) and binds the listener first, so "address in use" fails
+//! the start instead of a background task:
+//!
 //! ```text
-//! let (tx, rx) = scheduler::trigger_channel();
-//! let cancel = CancellationToken::new();
-//! signals::spawn(cancel.clone(), tx.clone())?;
-//! let watcher = watch::Watcher::spawn(&dir, debounce, tx.clone())?;
-//! let listener = http::bind(addr).await?;            // fails early: address in use
-//! tokio::spawn(http::serve(listener, http::AppState { health, metrics }, cancel.clone()));
-//! scheduler::run_loop(rx, interval, cancel, |trigger| async { /* load, plan, apply */ }).await;
+//! let listener = daemon::http::bind(addr).await?;
+//! daemon::run(Settings { dir, interval, debounce, listener: Some(listener),
+//!                        health, metrics, handle_signals: true },
+//!             cancel, |ctx: PassContext| async move { /* load, plan, apply, record */ }).await?;
 //! ```
 
 pub mod backoff;
@@ -39,3 +41,115 @@ pub mod metrics;
 pub mod scheduler;
 pub mod signals;
 pub mod watch;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use self::health::Health;
+use self::metrics::Metrics;
+use self::scheduler::{PassOutcome, Trigger};
+use self::watch::Watcher;
+
+/// What [`run`] needs besides the pass.
+#[derive(Debug)]
+pub struct Settings {
+    /// The manifest directory (need not exist yet).
+    pub dir: PathBuf,
+    /// The periodic resync (jittered ±10%).
+    pub interval: Duration,
+    /// Quiet time after file events before a pass.
+    pub debounce: Duration,
+    /// Where to serve `/healthz`, `/readyz`, `/metrics`; `None` for `--listen off`.
+    pub listener: Option<TcpListener>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Install the SIGTERM/SIGINT/SIGHUP handlers (off in tests that share a
+    /// process).
+    pub handle_signals: bool,
+}
+
+/// What a pass gets besides its closure's captures.
+#[derive(Clone, Debug)]
+pub struct PassContext {
+    /// Why this pass runs (for the log line).
+    pub trigger: Trigger,
+    /// The watcher, to [`Watcher::set_extra_paths`] to the secret files the
+    /// manifests just read reference.
+    pub watcher: Arc<Watcher>,
+    /// Fires on SIGTERM/SIGINT: finish the writes in flight, start no new ones.
+    pub cancel: CancellationToken,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Signals(#[from] signals::SignalError),
+    #[error(transparent)]
+    Watch(#[from] watch::WatchError),
+    #[error(transparent)]
+    Http(#[from] http::HttpError),
+}
+
+/// Runs the daemon until `cancel` fires (or a stop signal arrives): watcher,
+/// signal handlers, HTTP server and the reconcile loop around `pass`. Returns
+/// after the pass in flight has finished and the HTTP server has stopped.
+pub async fn run<F, Fut, O>(
+    settings: Settings,
+    cancel: CancellationToken,
+    mut pass: F,
+) -> Result<(), DaemonError>
+where
+    F: FnMut(PassContext) -> Fut,
+    Fut: std::future::Future<Output = O>,
+    O: Into<PassOutcome>,
+{
+    let (triggers, receiver) = scheduler::trigger_channel();
+    let signal_task = if settings.handle_signals {
+        Some(signals::spawn(cancel.clone(), triggers.clone())?)
+    } else {
+        None
+    };
+    let watcher = Arc::new(Watcher::spawn(
+        &settings.dir,
+        settings.debounce,
+        triggers.clone(),
+    )?);
+    drop(triggers);
+    let server = settings.listener.map(|listener| {
+        let state = http::AppState {
+            health: settings.health.clone(),
+            metrics: settings.metrics.clone(),
+        };
+        tokio::spawn(http::serve(listener, state, cancel.clone()))
+    });
+
+    scheduler::run_loop(receiver, settings.interval, cancel.clone(), |trigger| {
+        pass(PassContext {
+            trigger,
+            watcher: watcher.clone(),
+            cancel: cancel.clone(),
+        })
+    })
+    .await;
+
+    // The loop only ends on cancellation; make sure the server sees it too.
+    cancel.cancel();
+    if let Some(server) = server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "HTTP server stopped with an error"),
+            Err(err) => tracing::warn!(error = %err, "HTTP server task failed"),
+        }
+    }
+    // Signal handlers stay installed (tokio cannot uninstall them); the task
+    // that acts on them is no longer needed, except that a second stop signal
+    // during the remaining shutdown should still exit at once, so it is left
+    // running until the runtime ends.
+    drop(signal_task);
+    Ok(())
+}
