@@ -146,10 +146,8 @@ where
             Err(err) => tracing::warn!(error = %err, "HTTP server task failed"),
         }
     }
-    // Signal handlers stay installed (tokio cannot uninstall them); the task
-    // that acts on them is no longer needed, except that a second stop signal
-    // during the remaining shutdown should still exit at once, so it is left
-    // running until the runtime ends.
+    // The signal task keeps running (dropping its handle does not stop it), so
+    // a second stop signal during the rest of the shutdown still exits at once.
     drop(signal_task);
     Ok(())
 }

@@ -32,6 +32,10 @@ use tokio_util::sync::CancellationToken;
 /// How far a periodic pass may move from the interval, either way (±10%).
 pub const JITTER_FRACTION: f64 = 0.10;
 
+/// The soonest a pass may ask to run again: a pass returning "retry now"
+/// repeatedly must not turn the loop into a busy loop against authentik.
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
+
 /// Room for triggers waiting while a pass runs. Any number coalesce into one
 /// pass, so a small buffer is enough; see [`TriggerSender::send`].
 const TRIGGER_BUFFER: usize = 16;
@@ -199,11 +203,10 @@ pub async fn run_loop<F, Fut, O>(
         tracing::debug!(trigger = %next, "reconcile pass starting");
         let outcome: PassOutcome = pass(next).await.into();
 
-        let periodic_at = Instant::now() + jittered(interval, rand::random::<f64>());
-        let (wake_at, timer_trigger) = match outcome.retry_in {
-            Some(delay) if Instant::now() + delay < periodic_at => {
-                (Instant::now() + delay, Trigger::Retry)
-            }
+        let now = Instant::now();
+        let periodic_at = now + jittered(interval, rand::random::<f64>());
+        let (wake_at, timer_trigger) = match outcome.retry_in.map(|d| now + d.max(MIN_RETRY)) {
+            Some(retry_at) if retry_at < periodic_at => (retry_at, Trigger::Retry),
             _ => (periodic_at, Trigger::Interval),
         };
 
@@ -419,6 +422,23 @@ mod tests {
             vec![Trigger::Startup, Trigger::Retry, Trigger::Retry]
         );
         assert_eq!(seen[1].1 - seen[0].1, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_now_is_not_a_busy_loop() {
+        let (_tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let count = Arc::new(Mutex::new(0_u32));
+        let c = count.clone();
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_| {
+            *c.lock().expect("test mutex") += 1;
+            async { PassOutcome::retry_in(Duration::ZERO) }
+        }));
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+        // At start, then once per MIN_RETRY.
+        assert_eq!(*count.lock().expect("test mutex"), 11);
     }
 
     #[tokio::test(start_paused = true)]

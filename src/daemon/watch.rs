@@ -393,10 +393,6 @@ impl WatchTask {
 
     fn retry_missing(&mut self) {
         let before = self.watched.clone();
-        if Layout::resolve(&self.dir, &self.extras) == self.layout {
-            self.degraded_since = Some(Instant::now());
-            return;
-        }
         self.rebuild(false);
         if self.watched != before {
             tracing::debug!("a directory to watch appeared");
@@ -435,7 +431,10 @@ impl WatchTask {
                 }
                 Err(err) => {
                     failed = true;
-                    if matches!(err.kind, notify::ErrorKind::MaxFilesWatch) {
+                    // Warn once when entering the degraded state, not at every retry.
+                    if self.degraded_since.is_none()
+                        && matches!(err.kind, notify::ErrorKind::MaxFilesWatch)
+                    {
                         tracing::warn!(
                             dir = %dir.display(),
                             "inotify watch limit reached (raise fs.inotify.max_user_watches); changes there are seen only by the periodic pass"
@@ -449,7 +448,11 @@ impl WatchTask {
         if !layout.missing.is_empty() {
             tracing::debug!(missing = ?layout.missing, "directories to watch do not exist yet");
         }
-        self.degraded_since = (failed || !layout.missing.is_empty()).then(Instant::now);
+        let degraded = failed || !layout.missing.is_empty();
+        if !degraded && self.degraded_since.is_some() {
+            tracing::debug!("every directory to watch is watched again");
+        }
+        self.degraded_since = degraded.then(Instant::now);
         self.layout = layout;
     }
 }
