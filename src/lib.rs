@@ -21,7 +21,8 @@
 //!   plan, and its renderings as text, JSON and Markdown.
 //! - `state`: the state file of salted fingerprints of the keys stagesync wrote.
 //! - `apply`: executes a plan with bounded concurrency; it does not decide one.
-//! - `daemon`: `stagesync run`: watcher, periodic resync, health and metrics.
+//! - [`daemon`]: `stagesync run`: watcher, scheduler (periodic resync, one pass
+//!   at a time), signals, backoff, health, metrics and the HTTP endpoints.
 //! - `cli`: the command line, turned once into resolved configuration.
 //! - [`exit`]: every exit code.
 

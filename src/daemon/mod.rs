@@ -6,7 +6,7 @@
 //! - [`scheduler`]: *when* a pass runs. At start, on every hint, on SIGHUP and
 //!   every interval (with jitter); one pass at a time; triggers that arrive
 //!   during a pass coalesce into one follow-up pass; stops on a
-//!   [`CancellationToken`](tokio_util::sync::CancellationToken) after the
+//!   [`CancellationToken`] after the
 //!   in-flight pass has finished.
 //! - [`watch`]: turns file-system events under the manifest directory (and the
 //!   secret files manifests reference) into debounced hints for the scheduler.
@@ -33,6 +33,20 @@
 //!                        health, metrics, handle_signals: true },
 //!             cancel, |ctx: PassContext| async move { /* load, plan, apply, record */ }).await?;
 //! ```
+//!
+//! What the pass is expected to do with these pieces (it owns the decisions):
+//! - load the manifests; when the directory is unavailable, keep the last
+//!   desired state (never "nothing is desired"); when one file is invalid, keep
+//!   that file's last valid stages and go on with the rest;
+//! - skip stages for which [`backoff::Backoff::should_attempt`] is false, record
+//!   each write's result there and in a [`backoff::FailureLog`], logging only
+//!   when [`backoff::Change::is_news`];
+//! - report [`health::PassHealth`] to [`Health::record_pass`] and the counts,
+//!   writes and duration to [`Metrics`];
+//! - call [`Watcher::set_extra_paths`] with the `!File` paths the manifests
+//!   reference, so key rotation is noticed;
+//! - return [`PassOutcome::retry_in`] with [`backoff::Backoff::next_attempt_in`],
+//!   so backed-off stages are retried on time rather than at the next interval.
 
 pub mod backoff;
 pub mod health;
