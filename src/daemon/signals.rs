@@ -92,6 +92,105 @@ mod tests {
         assert!(status.success());
     }
 
+    const CHILD_ENV: &str = "STAGESYNC_TEST_SIGNAL_CHILD";
+    const READY: &str = "signal-child-ready";
+
+    /// In the child process: handlers installed, then a "write in flight" that
+    /// outlasts the test unless a second signal ends the process.
+    fn child_after_first_signal_waits(in_flight: Duration) {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            let (tx, _rx) = trigger_channel();
+            let cancel = CancellationToken::new();
+            let _task = spawn(cancel.clone(), tx).expect("handlers install");
+            println!("{READY}");
+            cancel.cancelled().await;
+            tokio::time::sleep(in_flight).await;
+        });
+    }
+
+    /// Runs this very test in a child process in `mode`, sends it `signals`
+    /// once it is ready, and returns its exit code.
+    fn run_child(test: &str, mode: &str, signals: &[&str]) -> Option<i32> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().expect("test binary");
+        let mut child = std::process::Command::new(exe)
+            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, mode)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("child starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // The harness prints the test's name on the same line first. Keep
+            // reading to the end: a closed pipe would fail the child's harness.
+            for line in std::io::BufReader::new(stdout).lines() {
+                if line.is_ok_and(|l| l.contains(READY)) {
+                    let _ = ready_tx.send(true);
+                }
+            }
+            let _ = ready_tx.send(false);
+        });
+        if ready_rx.recv_timeout(Duration::from_secs(10)) != Ok(true) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("child never got ready");
+        }
+        for signal in signals {
+            let status = std::process::Command::new("kill")
+                .args([format!("-{signal}"), child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(status.success());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("child still running 10 s after the signals");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn a_second_stop_signal_exits_at_once() {
+        match std::env::var(CHILD_ENV).as_deref() {
+            Ok("long-write") => return child_after_first_signal_waits(Duration::from_secs(60)),
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        let test = "daemon::signals::tests::a_second_stop_signal_exits_at_once";
+        assert_eq!(
+            run_child(test, "long-write", &["TERM", "TERM"]),
+            Some(EXIT_SECOND_SIGTERM)
+        );
+        assert_eq!(
+            run_child(test, "long-write", &["INT", "INT"]),
+            Some(EXIT_SECOND_SIGINT)
+        );
+    }
+
+    #[test]
+    fn a_first_stop_signal_lets_the_write_in_flight_finish() {
+        match std::env::var(CHILD_ENV).as_deref() {
+            Ok("short-write") => {
+                return child_after_first_signal_waits(Duration::from_millis(300));
+            }
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        let test = "daemon::signals::tests::a_first_stop_signal_lets_the_write_in_flight_finish";
+        assert_eq!(run_child(test, "short-write", &["TERM"]), Some(0));
+    }
+
     // One test for both signals: handlers are process-wide, and a second
     // SIGTERM would end the test binary.
     #[tokio::test]
