@@ -44,6 +44,14 @@
 //! - **inotify limits**: each directory costs one watch
 //!   (`fs.inotify.max_user_watches`); running out is logged as a warning and the
 //!   periodic pass keeps working.
+//! - **Re-watching walks the tree** (notify adds one watch per folder) on the
+//!   watcher's task, synchronously. That is milliseconds for thousands of
+//!   manifests, and it happens only at start, after a swap and when the
+//!   extra paths change.
+//! - **Why not `notify-debouncer-full`:** its debouncer thread wakes every
+//!   debounce/4 for the life of the process (a polling loop), and its
+//!   rename and file-id bookkeeping buys nothing when an event is only a hint.
+//!   The debounce here is a timer armed by the first event of a burst.
 //! - A steady stream of events (a log file written inside DIR) would postpone
 //!   the hint forever; it is sent at the latest [`MAX_WAIT_FACTOR`] × debounce
 //!   after the first event.
