@@ -23,7 +23,8 @@
 //! - [`reconcile`]: the shared path of plan, apply and the daemon: fetch live
 //!   state with the fewest calls, then plan.
 //! - [`apply`]: executes a plan with bounded concurrency; it does not decide one.
-//! - `daemon`: `stagesync run`: watcher, periodic resync, health and metrics.
+//! - [`daemon`]: `stagesync run`: watcher, scheduler (periodic resync, one pass
+//!   at a time), signals, backoff, health, metrics and the HTTP endpoints.
 //! - [`cli`]: the command line, turned once into resolved configuration;
 //!   [`commands`]: one module per subcommand.
 //! - [`exit`]: every exit code.
@@ -32,6 +33,7 @@ pub mod apply;
 pub mod authentik;
 pub mod cli;
 pub mod commands;
+pub mod daemon;
 pub mod exit;
 pub mod logging;
 pub mod manifest;

@@ -1,0 +1,451 @@
+//! The daemon's Prometheus metrics, and one method per thing to record.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `stagesync_reconciles_total` | counter | `result` = `success`, `failure` |
+//! | `stagesync_reconcile_duration_seconds` | histogram | |
+//! | `stagesync_stages` | gauge | `status` = `in_sync`, `drifted`, `failed` |
+//! | `stagesync_writes_total` | counter | `operation` = `create`, `update`; `result` = `success`, `failure` |
+//! | `stagesync_api_requests_total` | counter | `method` (`GET`, `POST`, ...); `status_class` = `2xx`, `3xx`, `4xx`, `5xx`, `error` |
+//! | `stagesync_last_successful_reconcile_timestamp_seconds` | gauge | |
+//! | `stagesync_manifest_errors` | gauge | |
+//! | `stagesync_source_available` | gauge | |
+//!
+//! Traps:
+//! - prometheus-client appends `_total` to counters and the unit to names
+//!   registered with one: metrics are registered as `stagesync_reconciles` and
+//!   `stagesync_reconcile_duration` + [`Unit::Seconds`]. Registering
+//!   `..._total` yourself gives `..._total_total`.
+//! - Every label combination the daemon can produce (except the API `method`,
+//!   which comes from the client) is created at zero on start, so `rate()` and
+//!   alerts work before the first failure ever happens.
+//! - The output is OpenMetrics text (what prometheus-client writes); Prometheus
+//!   reads it when served with [`CONTENT_TYPE`].
+//! - Label values are fixed enums: nothing from a manifest or a server (stage
+//!   names, error messages) becomes a label, so cardinality stays bounded.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The HTTP methods the API client uses, created at zero on start.
+const KNOWN_METHODS: [&str; 4] = ["GET", "POST", "PUT", "PATCH"];
+
+macro_rules! label_value {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+        }
+        impl EncodeLabelValue for $ty {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+
+/// How something ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+label_value!(Outcome { Success => "success", Failure => "failure" });
+
+impl Outcome {
+    pub fn of(success: bool) -> Self {
+        if success {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+}
+
+/// A write to authentik.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum WriteOperation {
+    Create,
+    Update,
+}
+label_value!(WriteOperation { Create => "create", Update => "update" });
+
+/// An HTTP response's class, or `Error` when no response came (connection
+/// refused, timeout, TLS).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    Error,
+}
+label_value!(StatusClass {
+    Informational => "1xx",
+    Success => "2xx",
+    Redirection => "3xx",
+    ClientError => "4xx",
+    ServerError => "5xx",
+    Error => "error",
+});
+
+impl StatusClass {
+    /// The class of a response's status code; `None` (no response) is `Error`.
+    pub fn of(status: Option<u16>) -> Self {
+        match status {
+            Some(100..=199) => StatusClass::Informational,
+            Some(200..=299) => StatusClass::Success,
+            Some(300..=399) => StatusClass::Redirection,
+            Some(400..=499) => StatusClass::ClientError,
+            Some(500..=599) => StatusClass::ServerError,
+            _ => StatusClass::Error,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum StageStatus {
+    InSync,
+    Drifted,
+    Failed,
+}
+label_value!(StageStatus { InSync => "in_sync", Drifted => "drifted", Failed => "failed" });
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: StageStatus,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    operation: WriteOperation,
+    result: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    method: String,
+    status_class: StatusClass,
+}
+
+/// How many managed stages are in each state after a pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StageCounts {
+    pub in_sync: usize,
+    pub drifted: usize,
+    pub failed: usize,
+}
+
+/// The registry and its metrics. Share it as `Arc<Metrics>`; every method takes
+/// `&self` (the metrics are atomics).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ResultLabels, Counter>,
+    reconcile_duration: Histogram,
+    stages: Family<StatusLabels, Gauge>,
+    writes: Family<WriteLabels, Counter>,
+    api_requests: Family<ApiLabels, Counter>,
+    last_success: Gauge<f64, AtomicU64>,
+    manifest_errors: Gauge,
+    source_available: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "stagesync_reconciles",
+            "Reconcile passes, by result",
+            reconciles.clone(),
+        );
+        // 50 ms to ~100 s: a pass over a handful of stages on a LAN up to a
+        // thousand stages against a slow server.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.05, 2.0, 12));
+        registry.register_with_unit(
+            "stagesync_reconcile_duration",
+            "How long a reconcile pass took",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let stages = Family::<StatusLabels, Gauge>::default();
+        registry.register(
+            "stagesync_stages",
+            "Managed stages after the last pass, by status",
+            stages.clone(),
+        );
+        let writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "stagesync_writes",
+            "Writes to authentik, by operation and result",
+            writes.clone(),
+        );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "stagesync_api_requests",
+            "Requests to the authentik API, by method and status class",
+            api_requests.clone(),
+        );
+        let last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_last_successful_reconcile_timestamp",
+            "Unix time of the end of the last successful reconcile pass",
+            Unit::Seconds,
+            last_success.clone(),
+        );
+        let manifest_errors = Gauge::default();
+        registry.register(
+            "stagesync_manifest_errors",
+            "Problems found in the manifests by the last pass",
+            manifest_errors.clone(),
+        );
+        let source_available = Gauge::default();
+        registry.register(
+            "stagesync_source_available",
+            "1 when the manifest directory could be read by the last pass, else 0",
+            source_available.clone(),
+        );
+
+        // `get_or_create` is how a series is created; the guard it returns is
+        // dropped at once.
+        for result in [Outcome::Success, Outcome::Failure] {
+            let _ = reconciles.get_or_create(&ResultLabels { result });
+            for operation in [WriteOperation::Create, WriteOperation::Update] {
+                let _ = writes.get_or_create(&WriteLabels { operation, result });
+            }
+        }
+        for status in [
+            StageStatus::InSync,
+            StageStatus::Drifted,
+            StageStatus::Failed,
+        ] {
+            let _ = stages.get_or_create(&StatusLabels { status });
+        }
+        for method in KNOWN_METHODS {
+            for status_class in [
+                StatusClass::Success,
+                StatusClass::ClientError,
+                StatusClass::ServerError,
+                StatusClass::Error,
+            ] {
+                let _ = api_requests.get_or_create(&ApiLabels {
+                    method: method.to_owned(),
+                    status_class,
+                });
+            }
+        }
+
+        Self {
+            registry,
+            reconciles,
+            reconcile_duration,
+            stages,
+            writes,
+            api_requests,
+            last_success,
+            manifest_errors,
+            source_available,
+        }
+    }
+
+    /// A pass ended. On success, `finished_at` becomes the last successful
+    /// reconcile timestamp.
+    pub fn record_reconcile(&self, outcome: Outcome, duration: Duration, finished_at: SystemTime) {
+        self.reconciles
+            .get_or_create(&ResultLabels { result: outcome })
+            .inc();
+        self.reconcile_duration.observe(duration.as_secs_f64());
+        if outcome == Outcome::Success {
+            let unix = finished_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_success.set(unix);
+        }
+    }
+
+    /// Stage counts after a pass (replaces the previous ones).
+    pub fn set_stage_counts(&self, counts: StageCounts) {
+        for (status, n) in [
+            (StageStatus::InSync, counts.in_sync),
+            (StageStatus::Drifted, counts.drifted),
+            (StageStatus::Failed, counts.failed),
+        ] {
+            self.stages
+                .get_or_create(&StatusLabels { status })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One write (create or update) finished.
+    pub fn record_write(&self, operation: WriteOperation, outcome: Outcome) {
+        self.writes
+            .get_or_create(&WriteLabels {
+                operation,
+                result: outcome,
+            })
+            .inc();
+    }
+
+    /// One API request finished: `status` is the HTTP status, or `None` when no
+    /// response came. `method` is upper-cased.
+    pub fn record_api_request(&self, method: &str, status: Option<u16>) {
+        self.api_requests
+            .get_or_create(&ApiLabels {
+                method: method.to_ascii_uppercase(),
+                status_class: StatusClass::of(status),
+            })
+            .inc();
+    }
+
+    /// How many problems the last pass found in the manifests.
+    pub fn set_manifest_errors(&self, count: usize) {
+        self.manifest_errors
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the last pass could read the manifest directory.
+    pub fn set_source_available(&self, available: bool) {
+        self.source_available.set(i64::from(available));
+    }
+
+    /// The whole registry in OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn every_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new().encode().expect("encodes");
+        for series in [
+            r#"stagesync_reconciles_total{result="success"}"#,
+            r#"stagesync_reconciles_total{result="failure"}"#,
+            "stagesync_reconcile_duration_seconds_count",
+            r#"stagesync_stages{status="in_sync"}"#,
+            r#"stagesync_stages{status="drifted"}"#,
+            r#"stagesync_stages{status="failed"}"#,
+            r#"stagesync_writes_total{operation="create",result="success"}"#,
+            r#"stagesync_writes_total{operation="update",result="failure"}"#,
+            r#"stagesync_api_requests_total{method="GET",status_class="5xx"}"#,
+            r#"stagesync_api_requests_total{method="PATCH",status_class="error"}"#,
+            "stagesync_last_successful_reconcile_timestamp_seconds",
+            "stagesync_manifest_errors",
+            "stagesync_source_available",
+        ] {
+            assert_eq!(line_value(&text, series), Some(0.0), "{series} in\n{text}");
+        }
+        assert!(text.contains("# TYPE stagesync_reconcile_duration_seconds histogram"));
+        assert!(text.contains("# TYPE stagesync_reconciles counter"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn recorded_values_show_up() {
+        let m = Metrics::new();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        m.record_reconcile(Outcome::Success, Duration::from_millis(120), at);
+        m.record_reconcile(
+            Outcome::Failure,
+            Duration::from_secs(3),
+            at + Duration::from_secs(60),
+        );
+        m.set_stage_counts(StageCounts {
+            in_sync: 7,
+            drifted: 2,
+            failed: 1,
+        });
+        m.record_write(WriteOperation::Update, Outcome::Success);
+        m.record_write(WriteOperation::Update, Outcome::Success);
+        m.record_api_request("get", Some(200));
+        m.record_api_request("DELETE", Some(404));
+        m.record_api_request("PATCH", None);
+        m.set_manifest_errors(3);
+        m.set_source_available(true);
+        let text = m.encode().expect("encodes");
+
+        let v = |s: &str| line_value(&text, s);
+        assert_eq!(
+            v(r#"stagesync_reconciles_total{result="success"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"stagesync_reconciles_total{result="failure"}"#),
+            Some(1.0)
+        );
+        assert_eq!(v("stagesync_reconcile_duration_seconds_count"), Some(2.0));
+        assert_eq!(
+            v("stagesync_last_successful_reconcile_timestamp_seconds"),
+            Some(1_700_000_000.0),
+            "a failure does not move the last success"
+        );
+        assert_eq!(v(r#"stagesync_stages{status="in_sync"}"#), Some(7.0));
+        assert_eq!(v(r#"stagesync_stages{status="drifted"}"#), Some(2.0));
+        assert_eq!(v(r#"stagesync_stages{status="failed"}"#), Some(1.0));
+        assert_eq!(
+            v(r#"stagesync_writes_total{operation="update",result="success"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            v(r#"stagesync_api_requests_total{method="GET",status_class="2xx"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"stagesync_api_requests_total{method="DELETE",status_class="4xx"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(r#"stagesync_api_requests_total{method="PATCH",status_class="error"}"#),
+            Some(1.0)
+        );
+        assert_eq!(v("stagesync_manifest_errors"), Some(3.0));
+        assert_eq!(v("stagesync_source_available"), Some(1.0));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(StatusClass::of(Some(204)), StatusClass::Success);
+        assert_eq!(StatusClass::of(Some(302)), StatusClass::Redirection);
+        assert_eq!(StatusClass::of(Some(403)), StatusClass::ClientError);
+        assert_eq!(StatusClass::of(Some(503)), StatusClass::ServerError);
+        assert_eq!(StatusClass::of(Some(700)), StatusClass::Error);
+        assert_eq!(StatusClass::of(None), StatusClass::Error);
+    }
+}

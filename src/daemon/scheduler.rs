@@ -1,0 +1,456 @@
+//! When a reconcile pass runs.
+//!
+//! [`run_loop`] runs one pass at start, then one on every [`Trigger`] that
+//! arrives on the channel (file changes, SIGHUP), and one every `interval` with
+//! ±10% jitter. The interval restarts after every pass, whatever triggered it, so
+//! a busy directory does not cause extra periodic passes. A pass may ask to run
+//! again sooner ([`PassOutcome::retry_in`]), which is how per-stage backoff gets
+//! its retries without waiting for the next interval.
+//!
+//! Traps:
+//! - **One pass at a time, by construction.** The loop awaits the pass; it never
+//!   spawns it. Triggers that arrive meanwhile wait in the channel and are drained
+//!   together afterwards: any number of them make exactly one follow-up pass.
+//! - **Dropping a trigger is correct when the channel is full.** A full channel
+//!   means triggers are already waiting, so a follow-up pass is guaranteed;
+//!   [`TriggerSender::send`] therefore never blocks (it is called from the
+//!   watcher and the signal handler, which must not wait for a long pass).
+//! - **Cancellation does not interrupt a pass.** The in-flight pass runs to its
+//!   end (finishing the writes it started); no new pass starts afterwards. A pass
+//!   that wants to stop early (skip writes it has not started) holds a clone of
+//!   the token itself.
+//! - **Jitter** spreads the periodic passes of many replicas or many daemons
+//!   pointing at one authentik, so they do not hit the API in lockstep.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How far a periodic pass may move from the interval, either way (±10%).
+pub const JITTER_FRACTION: f64 = 0.10;
+
+/// The soonest a pass may ask to run again: a pass returning "retry now"
+/// repeatedly must not turn the loop into a busy loop against authentik.
+pub const MIN_RETRY: Duration = Duration::from_secs(1);
+
+/// Room for triggers waiting while a pass runs. Any number coalesce into one
+/// pass, so a small buffer is enough; see [`TriggerSender::send`].
+const TRIGGER_BUFFER: usize = 16;
+
+/// Why a pass runs. It changes nothing in what the pass does (every pass is a
+/// full pass); it is for logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// The first pass, at start.
+    Startup,
+    /// Files under the manifest directory, or a referenced secret file, changed.
+    FilesChanged,
+    /// SIGHUP.
+    Signal,
+    /// A previous pass asked to run again ([`PassOutcome::retry_in`]).
+    Retry,
+    /// The periodic resync.
+    Interval,
+}
+
+impl Trigger {
+    /// The reason to report when several triggers coalesce into one pass: the
+    /// most specific one (an operator's SIGHUP over a file change over a timer).
+    pub fn merge(self, other: Trigger) -> Trigger {
+        if other.rank() > self.rank() {
+            other
+        } else {
+            self
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Trigger::Startup => 0,
+            Trigger::Interval => 1,
+            Trigger::Retry => 2,
+            Trigger::FilesChanged => 3,
+            Trigger::Signal => 4,
+        }
+    }
+
+    /// A short description for log lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::FilesChanged => "files changed",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Retry => "retry",
+            Trigger::Interval => "interval",
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a pass tells the loop about the next one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassOutcome {
+    /// Run again after this long, if sooner than the interval (the earliest
+    /// moment a backed-off stage may be retried).
+    pub retry_in: Option<Duration>,
+}
+
+impl PassOutcome {
+    /// Nothing to retry: the next pass comes with the interval or a trigger.
+    pub fn done() -> Self {
+        Self::default()
+    }
+
+    /// Run again after `delay` unless something triggers a pass sooner.
+    pub fn retry_in(delay: Duration) -> Self {
+        Self {
+            retry_in: Some(delay),
+        }
+    }
+}
+
+impl From<()> for PassOutcome {
+    fn from((): ()) -> Self {
+        Self::done()
+    }
+}
+
+/// The sending side of the trigger channel; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct TriggerSender(mpsc::Sender<Trigger>);
+
+/// The receiving side, consumed by [`run_loop`].
+#[derive(Debug)]
+pub struct TriggerReceiver(mpsc::Receiver<Trigger>);
+
+/// A channel for triggers from the watcher and the signal handler.
+pub fn trigger_channel() -> (TriggerSender, TriggerReceiver) {
+    let (tx, rx) = mpsc::channel(TRIGGER_BUFFER);
+    (TriggerSender(tx), TriggerReceiver(rx))
+}
+
+impl TriggerSender {
+    /// Asks for a pass. Never waits: when the channel is full, triggers are
+    /// already pending and will cause a pass, so this one is redundant. After the
+    /// loop has stopped, the trigger is dropped.
+    pub fn send(&self, trigger: Trigger) {
+        match self.0.try_send(trigger) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::trace!(%trigger, "trigger after the loop stopped, ignored");
+            }
+        }
+    }
+}
+
+impl TriggerReceiver {
+    /// The next trigger; `None` once every sender is gone. [`run_loop`] is the
+    /// consumer in the daemon; this is for other consumers (tests, tools).
+    pub async fn recv(&mut self) -> Option<Trigger> {
+        self.0.recv().await
+    }
+
+    /// Everything waiting right now, merged into one trigger.
+    fn drain(&mut self) -> Option<Trigger> {
+        let mut merged: Option<Trigger> = None;
+        while let Ok(trigger) = self.0.try_recv() {
+            merged = Some(merged.map_or(trigger, |m| m.merge(trigger)));
+        }
+        merged
+    }
+}
+
+/// `interval` moved by up to ±[`JITTER_FRACTION`]; `unit` in `[0, 1]` picks
+/// where (0 = 10% early, 0.5 = on time, 1 = 10% late). Values outside are
+/// clamped.
+pub fn jittered(interval: Duration, unit: f64) -> Duration {
+    let unit = if unit.is_nan() {
+        0.5
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    let factor = 1.0 - JITTER_FRACTION + 2.0 * JITTER_FRACTION * unit;
+    interval.mul_f64(factor)
+}
+
+/// Runs `pass` at start, on every trigger, and every `interval` (jittered),
+/// until `cancel` fires. Returns once the pass in flight at cancellation has
+/// finished. `pass` may return `()` or a [`PassOutcome`].
+pub async fn run_loop<F, Fut, O>(
+    mut triggers: TriggerReceiver,
+    interval: Duration,
+    cancel: CancellationToken,
+    mut pass: F,
+) where
+    F: FnMut(Trigger) -> Fut,
+    Fut: Future<Output = O>,
+    O: Into<PassOutcome>,
+{
+    let mut next = Trigger::Startup;
+    let mut triggers_open = true;
+    loop {
+        if cancel.is_cancelled() {
+            break;
+        }
+        tracing::debug!(trigger = %next, "reconcile pass starting");
+        let outcome: PassOutcome = pass(next).await.into();
+
+        let now = Instant::now();
+        let periodic_at = now + jittered(interval, rand::random::<f64>());
+        let (wake_at, timer_trigger) = match outcome.retry_in.map(|d| now + d.max(MIN_RETRY)) {
+            Some(retry_at) if retry_at < periodic_at => (retry_at, Trigger::Retry),
+            _ => (periodic_at, Trigger::Interval),
+        };
+
+        if let Some(pending) = triggers.drain() {
+            next = pending;
+            continue;
+        }
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            received = triggers.0.recv(), if triggers_open => match received {
+                Some(trigger) => {
+                    next = triggers.drain().map_or(trigger, |more| trigger.merge(more));
+                }
+                None => {
+                    // Every sender is gone (no watcher, no signal handler): only
+                    // the timer is left. Go round again to wait for it.
+                    triggers_open = false;
+                    next = timer_trigger;
+                    tokio::select! {
+                        () = cancel.cancelled() => break,
+                        () = tokio::time::sleep_until(wake_at) => {}
+                    }
+                }
+            },
+            () = tokio::time::sleep_until(wake_at) => next = timer_trigger,
+        }
+    }
+    tracing::debug!("reconcile loop stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(100);
+
+    type Passes = Arc<Mutex<Vec<(Trigger, Instant)>>>;
+
+    /// Starts the loop with a pass that records (trigger, start time) and takes
+    /// `pass_takes` to run.
+    fn start(
+        interval: Duration,
+        pass_takes: Duration,
+    ) -> (
+        TriggerSender,
+        CancellationToken,
+        Passes,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let passes = Arc::new(Mutex::new(Vec::new()));
+        let recorded = passes.clone();
+        let task = tokio::spawn(run_loop(rx, interval, cancel.clone(), move |trigger| {
+            let recorded = recorded.clone();
+            async move {
+                recorded
+                    .lock()
+                    .expect("test mutex")
+                    .push((trigger, Instant::now()));
+                tokio::time::sleep(pass_takes).await;
+            }
+        }));
+        (tx, cancel, passes, task)
+    }
+
+    fn triggers_of(passes: &Mutex<Vec<(Trigger, Instant)>>) -> Vec<Trigger> {
+        passes
+            .lock()
+            .expect("test mutex")
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        assert_eq!(jittered(INTERVAL, 0.0), Duration::from_secs(90));
+        assert_eq!(jittered(INTERVAL, 0.5), INTERVAL);
+        assert_eq!(jittered(INTERVAL, 1.0), Duration::from_secs(110));
+        assert_eq!(jittered(INTERVAL, -3.0), Duration::from_secs(90));
+        assert_eq!(jittered(INTERVAL, 7.0), Duration::from_secs(110));
+        assert_eq!(jittered(INTERVAL, f64::NAN), INTERVAL);
+    }
+
+    #[test]
+    fn merge_keeps_the_most_specific_reason() {
+        assert_eq!(
+            Trigger::Interval.merge(Trigger::FilesChanged),
+            Trigger::FilesChanged
+        );
+        assert_eq!(
+            Trigger::Signal.merge(Trigger::FilesChanged),
+            Trigger::Signal
+        );
+        assert_eq!(Trigger::Retry.merge(Trigger::Interval), Trigger::Retry);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_at_start_then_every_jittered_interval() {
+        let (_tx, cancel, passes, task) = start(INTERVAL, Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(350)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+
+        let passes = passes.lock().expect("test mutex").clone();
+        assert_eq!(passes[0].0, Trigger::Startup);
+        assert!(passes.len() >= 4, "{passes:?}");
+        for pair in passes.windows(2) {
+            assert_eq!(pair[1].0, Trigger::Interval);
+            // The interval restarts after the pass (which takes 1 s).
+            let gap = pair[1].1 - pair[0].1 - Duration::from_secs(1);
+            assert!(
+                gap >= Duration::from_secs(90) && gap <= Duration::from_secs(110),
+                "gap {gap:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_runs_a_pass_at_once_and_restarts_the_interval() {
+        let (tx, cancel, passes, task) = start(INTERVAL, Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        let sent_at = Instant::now();
+        tx.send(Trigger::FilesChanged);
+        tokio::time::sleep(Duration::from_secs(80)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+
+        let passes = passes.lock().expect("test mutex").clone();
+        assert_eq!(
+            passes.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            vec![Trigger::Startup, Trigger::FilesChanged],
+            "no periodic pass 100 s after start: the trigger restarted the interval"
+        );
+        assert!(passes[1].1 - sent_at < Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn triggers_during_a_pass_coalesce_into_one_follow_up() {
+        let (tx, cancel, passes, task) = start(INTERVAL, Duration::from_secs(10));
+        // The startup pass runs for 10 s; send a burst during it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tx.send(Trigger::Signal);
+        // More than the channel holds: the surplus is dropped, harmlessly.
+        for _ in 0..40 {
+            tx.send(Trigger::FilesChanged);
+        }
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+
+        assert_eq!(
+            triggers_of(&passes),
+            vec![Trigger::Startup, Trigger::Signal]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancel_lets_the_pass_in_flight_finish_and_starts_no_other() {
+        let (tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let finished = Arc::new(Mutex::new(0_u32));
+        let started = Arc::new(Mutex::new(0_u32));
+        let (f, s) = (finished.clone(), started.clone());
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_| {
+            let (f, s) = (f.clone(), s.clone());
+            async move {
+                *s.lock().expect("test mutex") += 1;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                *f.lock().expect("test mutex") += 1;
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        tx.send(Trigger::FilesChanged);
+        cancel.cancel();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("loop stops after the pass")
+            .expect("loop task");
+        assert_eq!(*started.lock().expect("test mutex"), 1);
+        assert_eq!(*finished.lock().expect("test mutex"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_can_ask_to_run_again_sooner() {
+        let (_tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |trigger| {
+            let recorded = recorded.clone();
+            async move {
+                let mut seen = recorded.lock().expect("test mutex");
+                seen.push((trigger, Instant::now()));
+                if seen.len() < 3 {
+                    PassOutcome::retry_in(Duration::from_secs(5))
+                } else {
+                    PassOutcome::done()
+                }
+            }
+        }));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+        let seen = seen.lock().expect("test mutex").clone();
+        let kinds: Vec<_> = seen.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            kinds,
+            vec![Trigger::Startup, Trigger::Retry, Trigger::Retry]
+        );
+        assert_eq!(seen[1].1 - seen[0].1, Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_now_is_not_a_busy_loop() {
+        let (_tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let count = Arc::new(Mutex::new(0_u32));
+        let c = count.clone();
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_| {
+            *c.lock().expect("test mutex") += 1;
+            async { PassOutcome::retry_in(Duration::ZERO) }
+        }));
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+        // At start, then once per MIN_RETRY.
+        assert_eq!(*count.lock().expect("test mutex"), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeps_the_interval_when_every_sender_is_gone() {
+        let (tx, cancel, passes, task) = start(INTERVAL, Duration::ZERO);
+        drop(tx);
+        tokio::time::sleep(Duration::from_secs(250)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+        let kinds = triggers_of(&passes);
+        assert_eq!(kinds[0], Trigger::Startup);
+        assert!(kinds.len() >= 3, "{kinds:?}");
+        assert!(kinds[1..].iter().all(|t| *t == Trigger::Interval));
+    }
+}

@@ -1,0 +1,559 @@
+//! File-system events under the manifest directory, turned into debounced hints.
+//!
+//! [`Watcher::spawn`] watches DIR (recursively, new sub-folders included) and
+//! sends one [`Trigger::FilesChanged`] after `debounce` without further events.
+//! A hint says only "something changed": the pass re-reads the whole directory,
+//! and the periodic pass repairs anything the events missed. Nothing polls:
+//! when nothing changes, the watcher's task sleeps on its channels.
+//!
+//! What is watched, and why:
+//! - **DIR's real directory, recursively.** `notify` adds a watch for every
+//!   sub-folder created later (a file created in a brand-new folder before its
+//!   watch exists is still covered: the folder's creation is itself a hint, and
+//!   the pass reads the folder).
+//! - **DIR's parent, for DIR's own name.** DIR may be deleted and recreated (a
+//!   checkout, `rm -rf && cp -r`), or be a symlink replaced by renaming another
+//!   symlink over it (git-sync's atomic swap). Either way the old watch is on a
+//!   directory that no longer is DIR. An event on DIR's name in its parent makes
+//!   the watcher re-resolve DIR and watch the new target.
+//! - **The parent of every symlink on DIR's path**, for the same reason
+//!   (`/git/current/stages` where `current` is swapped).
+//! - **The parent directories of the extra paths** ([`Watcher::set_extra_paths`],
+//!   the secret files `!File` references), both as written and where their
+//!   symlinks lead, filtered to those files and to `..`-prefixed names (the
+//!   Kubernetes Secret/ConfigMap volume layout swaps a `..data` symlink).
+//!
+//! A Kubernetes ConfigMap volume needs nothing special for DIR itself: the files
+//! are symlinks into `..data/`, and the swap of `..data` is an event inside DIR.
+//!
+//! Traps:
+//! - **Our own reads are events too**: notify's inotify backend reports opens
+//!   and read-only closes. They are ignored; otherwise every pass, by reading
+//!   the directory, would trigger the next one.
+//! - **A vanished DIR is a hint like any other.** The watcher does not decide
+//!   that the source is unavailable; the pass does, and must not take a missing
+//!   directory as "nothing is desired".
+//! - **Event paths are real paths** (symlinks on the way resolved), because the
+//!   watches are put on canonical directories.
+//! - **When a directory to watch does not exist** (DIR's parent, a secret's
+//!   folder), the watcher looks again every [`RETRY_MISSING`] until it does: the
+//!   only timer, and only in that degraded state.
+//! - **A symlink chain** (a link whose target is itself a swapped link
+//!   elsewhere) is resolved at each rebuild, but only the links on DIR's own
+//!   path are watched for swaps; the periodic pass covers the rest.
+//! - **inotify limits**: each directory costs one watch
+//!   (`fs.inotify.max_user_watches`); running out is logged as a warning and the
+//!   periodic pass keeps working.
+//! - **Re-watching walks the tree** (notify adds one watch per folder) on the
+//!   watcher's task, synchronously. That is milliseconds for thousands of
+//!   manifests, and it happens only at start, after a swap and when the
+//!   extra paths change.
+//! - **Why not `notify-debouncer-full`:** its debouncer thread wakes every
+//!   debounce/4 for the life of the process (a polling loop), and its
+//!   rename and file-id bookkeeping buys nothing when an event is only a hint.
+//!   The debounce here is a timer armed by the first event of a burst.
+//! - A steady stream of events (a log file written inside DIR) would postpone
+//!   the hint forever; it is sent at the latest [`MAX_WAIT_FACTOR`] × debounce
+//!   after the first event.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::scheduler::{Trigger, TriggerSender};
+
+/// How often to look again for a directory to watch that does not exist yet.
+pub const RETRY_MISSING: Duration = Duration::from_secs(5);
+
+/// A hint is sent at the latest this many debounce periods after the first
+/// event of a burst, even if events keep coming.
+pub const MAX_WAIT_FACTOR: u32 = 10;
+
+/// How many changed paths a debug log line names.
+const SAMPLE_PATHS: usize = 5;
+
+/// The watcher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot start watching files: {0}")]
+    Init(#[source] notify::Error),
+    #[error("cannot make {path} absolute: {source}")]
+    Path {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+enum Command {
+    SetExtraPaths(Vec<PathBuf>),
+}
+
+/// Watches DIR (and extra files) and sends hints; stops when dropped.
+#[derive(Debug)]
+pub struct Watcher {
+    commands: mpsc::UnboundedSender<Command>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Watcher {
+    /// Starts watching `dir` (which need not exist yet). Hints go to
+    /// `triggers` after `debounce` of quiet. Must be called inside a tokio
+    /// runtime.
+    pub fn spawn(
+        dir: &Path,
+        debounce: Duration,
+        triggers: TriggerSender,
+    ) -> Result<Watcher, WatchError> {
+        let dir = std::path::absolute(dir).map_err(|source| WatchError::Path {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let notify = notify::recommended_watcher(move |event| {
+            // The receiver only goes away with the task; nothing to do then.
+            let _ = event_tx.send(event);
+        })
+        .map_err(WatchError::Init)?;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let mut state = WatchTask {
+            dir,
+            extras: Vec::new(),
+            debounce,
+            triggers,
+            notify,
+            events,
+            commands: command_rx,
+            layout: Layout::default(),
+            watched: BTreeMap::new(),
+            degraded_since: None,
+            pending: None,
+        };
+        state.rebuild(true);
+        let task = tokio::spawn(state.run());
+        Ok(Watcher { commands, task })
+    }
+
+    /// Also watches these files (absolute, or relative to the working
+    /// directory), replacing the previous list. Changing them sends hints like
+    /// changes under DIR. Setting the same list again costs nothing.
+    pub fn set_extra_paths(&self, paths: Vec<PathBuf>) {
+        let paths = paths
+            .into_iter()
+            .map(|p| std::path::absolute(&p).unwrap_or(p))
+            .collect();
+        // Fails only when the task has ended, and then there is nothing to update.
+        let _ = self.commands.send(Command::SetExtraPaths(paths));
+    }
+}
+
+/// What is watched, resolved from the file system at one moment.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Layout {
+    /// DIR's real directory, when it exists.
+    root: Option<PathBuf>,
+    /// Paths (real parent + name) whose events mean "re-resolve": DIR itself
+    /// and the symlinks on its path.
+    anchors: Vec<PathBuf>,
+    extras: Vec<ExtraFile>,
+    /// Directories to watch.
+    dirs: BTreeMap<PathBuf, Mode>,
+    /// Directories that should be watched but do not exist.
+    missing: Vec<PathBuf>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct ExtraFile {
+    /// The file as named, under its real parent directory.
+    named: PathBuf,
+    /// Where it leads, when it exists.
+    target: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Recursive,
+    Flat,
+}
+
+impl Layout {
+    /// Resolves `dir` and `extras` against the file system.
+    fn resolve(dir: &Path, extras: &[PathBuf]) -> Layout {
+        let mut layout = Layout {
+            root: std::fs::canonicalize(dir).ok().filter(|p| p.is_dir()),
+            ..Layout::default()
+        };
+        if let Some(root) = &layout.root {
+            layout.dirs.insert(root.clone(), Mode::Recursive);
+        }
+        for path in dir.ancestors() {
+            let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            if (path == dir || is_link)
+                && let Some(named) = layout.watch_parent_of(path)
+            {
+                layout.anchors.push(named);
+            }
+        }
+        for file in extras {
+            let Some(named) = layout.watch_parent_of(file) else {
+                continue;
+            };
+            let target = std::fs::canonicalize(file).ok();
+            if let Some(parent) = target.as_deref().and_then(Path::parent) {
+                layout.watch_flat(parent.to_owned());
+            }
+            layout.extras.push(ExtraFile { named, target });
+        }
+        layout
+    }
+
+    /// Watches the real parent of `path`; returns `path` as events will name it.
+    fn watch_parent_of(&mut self, path: &Path) -> Option<PathBuf> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        match std::fs::canonicalize(parent) {
+            Ok(real) => {
+                let named = real.join(name);
+                self.watch_flat(real);
+                Some(named)
+            }
+            Err(_) => {
+                self.missing.push(parent.to_owned());
+                None
+            }
+        }
+    }
+
+    fn watch_flat(&mut self, dir: PathBuf) {
+        // Inside the recursive root it is watched already; a second, flat
+        // watch on the same directory would replace the recursive one.
+        if self.root.as_ref().is_some_and(|root| dir.starts_with(root)) {
+            return;
+        }
+        self.dirs.entry(dir).or_insert(Mode::Flat);
+    }
+
+    /// What an event means for us.
+    fn classify(&self, event: &Event) -> Relevance {
+        if event.need_rescan() {
+            return Relevance::Structure;
+        }
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+            EventKind::Access(_) => return Relevance::None,
+            _ => {}
+        }
+        if event.paths.is_empty() {
+            // Nothing says where: assume the worst.
+            return Relevance::Structure;
+        }
+        event
+            .paths
+            .iter()
+            .map(|path| self.classify_path(path))
+            .max()
+            .unwrap_or(Relevance::None)
+    }
+
+    fn classify_path(&self, path: &Path) -> Relevance {
+        if self.anchors.iter().any(|a| a == path) || self.dirs.contains_key(path) {
+            return Relevance::Structure;
+        }
+        if self
+            .root
+            .as_ref()
+            .is_some_and(|root| path.starts_with(root))
+        {
+            return Relevance::Content;
+        }
+        for extra in &self.extras {
+            if path == extra.named || extra.target.as_deref() == Some(path) {
+                return Relevance::Content;
+            }
+            let beside = |file: &Path| path.parent() == file.parent();
+            let dotdot = path
+                .file_name()
+                .and_then(OsStr::to_str)
+                .is_some_and(|n| n.starts_with(".."));
+            if dotdot && (beside(&extra.named) || extra.target.as_deref().is_some_and(beside)) {
+                return Relevance::Structure;
+            }
+        }
+        Relevance::None
+    }
+}
+
+/// Ordered: the strongest wins when an event names several paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Relevance {
+    /// Not ours (another file beside a secret, our own reads).
+    None,
+    /// A file we care about changed.
+    Content,
+    /// What we watch may have moved: re-resolve and re-watch before hinting.
+    Structure,
+}
+
+/// A burst of events waiting for quiet.
+#[derive(Debug)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    structure: bool,
+    sample: Vec<PathBuf>,
+    events: usize,
+}
+
+struct WatchTask {
+    dir: PathBuf,
+    extras: Vec<PathBuf>,
+    debounce: Duration,
+    triggers: TriggerSender,
+    notify: RecommendedWatcher,
+    events: mpsc::UnboundedReceiver<notify::Result<Event>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    layout: Layout,
+    watched: BTreeMap<PathBuf, Mode>,
+    /// Set while a directory to watch is missing or could not be watched.
+    degraded_since: Option<Instant>,
+    pending: Option<Pending>,
+}
+
+impl WatchTask {
+    async fn run(mut self) {
+        loop {
+            let flush_at = self
+                .pending
+                .as_ref()
+                .map(|p| (p.last + self.debounce).min(p.first + self.debounce * MAX_WAIT_FACTOR));
+            let retry_at = self.degraded_since.map(|since| since + RETRY_MISSING);
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::SetExtraPaths(paths)) => {
+                        if paths != self.extras {
+                            self.extras = paths;
+                            self.rebuild(false);
+                        }
+                    }
+                    None => break,
+                },
+                Some(event) = self.events.recv() => self.note(event),
+                () = sleep_until(flush_at) => self.flush(),
+                () = sleep_until(retry_at) => self.retry_missing(),
+            }
+        }
+    }
+
+    fn note(&mut self, event: notify::Result<Event>) {
+        let (relevance, paths) = match event {
+            Ok(event) => (self.layout.classify(&event), event.paths),
+            Err(err) => {
+                tracing::warn!(error = %err, "file watcher error; re-watching (the periodic pass still runs)");
+                (Relevance::Structure, err.paths)
+            }
+        };
+        if relevance == Relevance::None {
+            return;
+        }
+        let now = Instant::now();
+        let pending = self.pending.get_or_insert(Pending {
+            first: now,
+            last: now,
+            structure: false,
+            sample: Vec::new(),
+            events: 0,
+        });
+        pending.last = now;
+        pending.events += 1;
+        pending.structure |= relevance == Relevance::Structure;
+        for path in paths {
+            if pending.sample.len() < SAMPLE_PATHS && !pending.sample.contains(&path) {
+                pending.sample.push(path);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if pending.structure {
+            self.rebuild(true);
+        }
+        tracing::debug!(
+            events = pending.events,
+            paths = ?pending.sample,
+            "files changed"
+        );
+        self.triggers.send(Trigger::FilesChanged);
+    }
+
+    fn retry_missing(&mut self) {
+        let before = self.watched.clone();
+        self.rebuild(false);
+        if self.watched != before {
+            tracing::debug!("a directory to watch appeared");
+            self.triggers.send(Trigger::FilesChanged);
+        }
+    }
+
+    /// Re-resolves what to watch and adjusts the watches. With `force`, every
+    /// watch is renewed (a directory may have been replaced at the same path,
+    /// leaving the old watch on a deleted inode).
+    fn rebuild(&mut self, force: bool) {
+        let layout = Layout::resolve(&self.dir, &self.extras);
+        let stale: Vec<PathBuf> = self
+            .watched
+            .iter()
+            .filter(|(dir, mode)| force || layout.dirs.get(*dir) != Some(mode))
+            .map(|(dir, _)| dir.clone())
+            .collect();
+        for dir in stale {
+            // Fails when the directory is gone (its watch went with it): fine.
+            let _ = self.notify.unwatch(&dir);
+            self.watched.remove(&dir);
+        }
+        let mut failed = false;
+        for (dir, mode) in &layout.dirs {
+            if self.watched.get(dir) == Some(mode) {
+                continue;
+            }
+            let recursive = match mode {
+                Mode::Recursive => RecursiveMode::Recursive,
+                Mode::Flat => RecursiveMode::NonRecursive,
+            };
+            match self.notify.watch(dir, recursive) {
+                Ok(()) => {
+                    self.watched.insert(dir.clone(), *mode);
+                }
+                Err(err) => {
+                    failed = true;
+                    // Warn once when entering the degraded state, not at every retry.
+                    if self.degraded_since.is_none()
+                        && matches!(err.kind, notify::ErrorKind::MaxFilesWatch)
+                    {
+                        tracing::warn!(
+                            dir = %dir.display(),
+                            "inotify watch limit reached (raise fs.inotify.max_user_watches); changes there are seen only by the periodic pass"
+                        );
+                    } else {
+                        tracing::debug!(dir = %dir.display(), error = %err, "cannot watch");
+                    }
+                }
+            }
+        }
+        if !layout.missing.is_empty() {
+            tracing::debug!(missing = ?layout.missing, "directories to watch do not exist yet");
+        }
+        let degraded = failed || !layout.missing.is_empty();
+        if !degraded && self.degraded_since.is_some() {
+            tracing::debug!("every directory to watch is watched again");
+        }
+        self.degraded_since = degraded.then(Instant::now);
+        self.layout = layout;
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
+
+    use super::*;
+
+    fn event(kind: EventKind, path: &Path) -> Event {
+        Event::new(kind).add_path(path.to_owned())
+    }
+
+    #[test]
+    fn reads_are_not_changes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::resolve(tmp.path(), &[]);
+        let real = std::fs::canonicalize(tmp.path()).expect("canonical");
+        let file = real.join("a.yaml");
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert_eq!(layout.classify(&event(kind, &file)), Relevance::None);
+        }
+        assert_eq!(
+            layout.classify(&event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &file
+            )),
+            Relevance::Content
+        );
+        assert_eq!(
+            layout.classify(&event(EventKind::Create(CreateKind::File), &file)),
+            Relevance::Content
+        );
+    }
+
+    #[test]
+    fn dir_itself_and_its_parent_entry_are_structure() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("stages");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let layout = Layout::resolve(&dir, &[]);
+        let real = std::fs::canonicalize(&dir).expect("canonical");
+        assert_eq!(
+            layout.classify(&event(EventKind::Remove(RemoveKind::Folder), &real)),
+            Relevance::Structure
+        );
+        let sibling = real.parent().expect("parent").join("other");
+        assert_eq!(
+            layout.classify(&event(EventKind::Create(CreateKind::File), &sibling)),
+            Relevance::None,
+            "other entries of the parent are not ours"
+        );
+        assert_eq!(layout.dirs.len(), 2, "{layout:?}");
+    }
+
+    #[test]
+    fn a_missing_dir_watches_its_parent_only() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::resolve(&tmp.path().join("absent"), &[]);
+        assert_eq!(layout.root, None);
+        assert_eq!(layout.dirs.len(), 1);
+        assert!(layout.missing.is_empty());
+        let gone = Layout::resolve(&tmp.path().join("a/b/c"), &[]);
+        assert_eq!(gone.missing.len(), 1, "{gone:?}");
+    }
+
+    #[test]
+    fn extra_files_are_filtered_to_themselves_and_dotdot_swaps() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let secrets = std::fs::canonicalize(tmp.path()).expect("canonical");
+        let key = secrets.join("key");
+        std::fs::write(&key, "x").expect("write");
+        let layout = Layout::resolve(&secrets.join("stages"), std::slice::from_ref(&key));
+        let modify = EventKind::Modify(ModifyKind::Any);
+        assert_eq!(layout.classify(&event(modify, &key)), Relevance::Content);
+        assert_eq!(
+            layout.classify(&event(modify, &secrets.join("unrelated"))),
+            Relevance::None
+        );
+        assert_eq!(
+            layout.classify(&event(modify, &secrets.join("..data"))),
+            Relevance::Structure
+        );
+    }
+}
