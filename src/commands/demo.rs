@@ -62,9 +62,12 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
     };
     desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
-    let sim = simulator::start(SimConfig { token: DEMO_TOKEN.to_owned(), ..SimConfig::default() })
-        .await
-        .context("cannot start the simulator")?;
+    let sim = simulator::start(SimConfig {
+        token: DEMO_TOKEN.to_owned(),
+        ..SimConfig::default()
+    })
+    .await
+    .context("cannot start the simulator")?;
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
     let state_file = work.path().join("state.json");
 
@@ -76,13 +79,19 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         for (i, stage) in desired.iter().enumerate() {
             let fields = match i {
                 0 => stage.fields.clone(),
-                1 => StageFields { score_min_threshold: 0.1, ..stage.fields.clone() },
+                1 => StageFields {
+                    score_min_threshold: 0.1,
+                    ..stage.fields.clone()
+                },
                 _ => continue,
             };
             let uuid = sim.seed_captcha(fields, "demo");
             state.keys_mut().record(uuid, &stage.private_key);
         }
-        sim.seed_captcha(StageFields::with_defaults("legacy-signup-captcha", "clicked-in-the-ui"), "k");
+        sim.seed_captcha(
+            StageFields::with_defaults("legacy-signup-captcha", "clicked-in-the-ui"),
+            "k",
+        );
         state.save()?;
     }
     eprintln!(
@@ -107,7 +116,15 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
     output::print_stdout(&plan::render_text(&planned.plan, color))?;
 
     heading("2. stagesync apply --yes: converge", color);
-    let report = apply::apply(&client, &planned, state.keys_mut(), 4, &CancellationToken::new(), |_| false).await;
+    let report = apply::apply(
+        &client,
+        &planned,
+        state.keys_mut(),
+        4,
+        &CancellationToken::new(),
+        |_| false,
+    )
+    .await;
     state.save()?;
     output::print_stdout(render_report(&report).trim_start())?;
 
@@ -124,8 +141,15 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         return Ok(exit::SUCCESS);
     }
 
-    heading("4. stagesync run: keeping it converged (Ctrl-C to stop)", color);
-    let example = planned.plan.stages.first().map(|s| s.origin.file.display().to_string());
+    heading(
+        "4. stagesync run: keeping it converged (Ctrl-C to stop)",
+        color,
+    );
+    let example = planned
+        .plan
+        .stages
+        .first()
+        .map(|s| s.origin.file.display().to_string());
     if let Some(file) = example {
         println!(
             "Edit {} (say, change score_min_threshold) and save: the daemon reconciles within a second.",
@@ -145,7 +169,11 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         let sim = sim.clone();
         async move {
             tokio::time::sleep(Duration::from_secs(10)).await;
-            if let Some(stage) = sim.captcha_stages().into_iter().find(|s| s.fields.name != "legacy-signup-captcha") {
+            if let Some(stage) = sim
+                .captcha_stages()
+                .into_iter()
+                .find(|s| s.fields.name != "legacy-signup-captcha")
+            {
                 sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
                 tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
             }

@@ -1,9 +1,64 @@
-//! `stagesync run`.
+//! `stagesync run`: the long-running reconciler.
+
+use std::sync::Arc;
 
 use anyhow::Result;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
+use crate::authentik::Client;
 use crate::cli::RunConfig;
+use crate::daemon::health::Health;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::pass::Reconciler;
+use crate::daemon::{self, Settings, http};
+use crate::exit;
+use crate::state::StateFile;
 
-pub async fn run(_cfg: RunConfig) -> Result<i32> {
-    anyhow::bail!("`stagesync run` is not built yet")
+pub async fn run(cfg: RunConfig) -> Result<i32> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::new());
+    let observed = metrics.clone();
+    let client = Client::new(&cfg.client)?.with_observer(Arc::new(move |r| {
+        observed.record_api_request(r.method, r.status)
+    }));
+    let state = StateFile::open_for_write(&cfg.state_file)?;
+    let listener = match cfg.listen {
+        Some(addr) => Some(http::bind(addr).await?),
+        None => None,
+    };
+    tracing::info!(
+        dir = %cfg.dir.display(),
+        url = client.base_url(),
+        interval = ?cfg.interval,
+        dry_run = cfg.dry_run,
+        listen = ?cfg.listen,
+        "stagesync run starting"
+    );
+
+    let reconciler = Arc::new(Mutex::new(Reconciler::new(
+        cfg.dir.clone(),
+        client,
+        state,
+        cfg.dry_run,
+        cfg.concurrency,
+        metrics.clone(),
+        health.clone(),
+    )));
+    let settings = Settings {
+        dir: cfg.dir,
+        interval: cfg.interval,
+        debounce: cfg.debounce,
+        listener,
+        health,
+        metrics,
+        handle_signals: true,
+    };
+    daemon::run(settings, CancellationToken::new(), move |ctx| {
+        let reconciler = reconciler.clone();
+        async move { reconciler.lock().await.pass(ctx).await }
+    })
+    .await?;
+    tracing::info!("stagesync run stopped");
+    Ok(exit::SUCCESS)
 }

@@ -19,6 +19,8 @@
 //! - [`metrics`]: the Prometheus registry and one method per thing to record.
 //! - [`health`]: what `/readyz` answers, decided from the last pass.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`pass`]: the reconcile pass itself (load, fetch and plan, apply), with
+//!   what it remembers between passes.
 //!
 //! # Wiring
 //!
@@ -52,6 +54,7 @@ pub mod backoff;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod pass;
 pub mod scheduler;
 pub mod signals;
 pub mod watch;
