@@ -156,7 +156,15 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
             escape(&file)
         );
     }
-    if let Some(listen) = cfg.listen {
+    // The demo should not fail because something else holds the port.
+    let listen = cfg.listen.filter(|addr| {
+        let free = std::net::TcpListener::bind(addr).is_ok();
+        if !free {
+            eprintln!("demo: {addr} is in use; running without the health and metrics endpoints");
+        }
+        free
+    });
+    if let Some(listen) = listen {
         println!("Health and metrics: http://{listen}/healthz, /readyz, /metrics");
     }
     println!(
@@ -186,7 +194,7 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
         dry_run: false,
-        listen: cfg.listen,
+        listen,
         concurrency: 4,
     };
     let code = crate::commands::run::run(run).await;

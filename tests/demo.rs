@@ -1,0 +1,125 @@
+//! `stagesync demo`: the README's first command works with no setup.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::CommandCargoExt;
+
+/// A temp dir with a copy of the repository's `stages/`.
+fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let stages = Path::new(env!("CARGO_MANIFEST_DIR")).join("stages");
+    std::fs::create_dir(dir.path().join("stages")).expect("mkdir");
+    for entry in std::fs::read_dir(stages).expect("stages/") {
+        let entry = entry.expect("entry");
+        std::fs::copy(
+            entry.path(),
+            dir.path().join("stages").join(entry.file_name()),
+        )
+        .expect("copy");
+    }
+    dir
+}
+
+fn demo(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("stagesync").expect("binary");
+    cmd.current_dir(dir)
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .env_remove("AUTHENTIK_URL")
+        .env_remove("AUTHENTIK_TOKEN")
+        .env_remove("RECAPTCHA_SECRET_KEY")
+        .env_remove("HCAPTCHA_SECRET_KEY")
+        .env_remove("TURNSTILE_SECRET_KEY");
+    cmd
+}
+
+#[test]
+fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
+    let ws = workspace();
+    let out = demo(ws.path())
+        .args(["demo", "--no-daemon"])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let first = stdout
+        .find("Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged.")
+        .expect(&stdout);
+    let applied = stdout
+        .find("Apply: 1 created, 1 updated, 0 failed.")
+        .expect(&stdout);
+    let last = stdout
+        .find("Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged.")
+        .expect(&stdout);
+    assert!(
+        first < applied && applied < last,
+        "plan, apply, empty plan in that order:\n{stdout}"
+    );
+    assert!(
+        stderr.contains("demo: set RECAPTCHA_SECRET_KEY to a demo value"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("demo-secret-"),
+        "demo keys are secrets too"
+    );
+}
+
+#[test]
+fn demo_keeps_running_the_daemon_until_interrupted() {
+    let ws = workspace();
+    let mut child = demo(ws.path())
+        .args(["demo", "--listen", "off"])
+        // The first pass's DEBUG line says the daemon (and its signal handling) is up.
+        .env("RUST_LOG", "stagesync=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut started = false;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) if line.contains("reconcile finished") => {
+                started = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(started, "the daemon phase started");
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "Ctrl-C ends the demo cleanly"
+    );
+}
+
+fn wait_with_deadline(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
