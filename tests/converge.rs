@@ -295,7 +295,7 @@ fn mirror_text(l: &LiveGen, d: &DesiredGen) -> String {
             .collect();
         spellings[d.pad.0 % spellings.len()].to_owned()
     };
-    let omit_defaults = d.pad.1 % 2 == 0;
+    let omit_defaults = d.pad.1.is_multiple_of(2);
     let mut out = format!(
         "name: {}\npublic_key: {}\nprivate_key: !Env KEY_{}\n",
         padded((NAMES[l.name], d.pad.0)),
