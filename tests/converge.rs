@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 const OLD: &str = "2025.12.4";
 const NEW: &str = "2026.8.0";
-const CASES: u32 = 32;
+const CASES: u32 = 48;
 
 /// Names differ in case and punctuation only, so trimming and case-sensitive
 /// matching are both exercised.
@@ -175,7 +175,7 @@ fn desired_gen() -> impl Strategy<Value = DesiredGen> {
             prop::option::of(0..CONTENT_TYPES.len()),
             0..KEYS.len(),
         ),
-        prop::bool::weighted(0.6),
+        prop::bool::weighted(0.7),
     )
         .prop_map(
             |(
@@ -206,9 +206,9 @@ fn desired_gen() -> impl Strategy<Value = DesiredGen> {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        prop::collection::vec(live_gen(), 1..7),
+        prop::collection::vec(live_gen(), 2..7),
         prop::collection::vec(desired_gen(), 0..7),
-        prop::collection::vec(0..NAMES.len(), 0..2),
+        prop::collection::vec(0..NAMES.len(), 1..3),
     )
         .prop_map(|(live, desired, foreign)| Case {
             live,
