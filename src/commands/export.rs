@@ -27,7 +27,7 @@ pub async fn run(cfg: ExportConfig) -> Result<i32> {
     if !cfg.force {
         let existing: Vec<&PathBuf> = files
             .iter()
-            .map(|(p, _)| p)
+            .map(|f| &f.path)
             .filter(|p| p.exists())
             .collect();
         if !existing.is_empty() {
@@ -43,19 +43,16 @@ pub async fn run(cfg: ExportConfig) -> Result<i32> {
     }
     std::fs::create_dir_all(&cfg.dir)
         .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
-    for (path, stage) in &files {
-        std::fs::write(path, manifest_for(stage))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    for file in &files {
+        std::fs::write(&file.path, manifest_for(file.stage, &file.key_variable))
+            .with_context(|| format!("cannot write {}", file.path.display()))?;
         println!(
             "wrote {} ({})",
-            escape(&path.display().to_string()),
-            escape(&stage.fields.name)
+            escape(&file.path.display().to_string()),
+            escape(&file.stage.fields.name)
         );
     }
-    let vars: Vec<String> = files
-        .iter()
-        .map(|(_, s)| key_variable(&s.fields.name))
-        .collect();
+    let vars: Vec<&str> = files.iter().map(|f| f.key_variable.as_str()).collect();
     eprintln!(
         "Exported {} stage(s). authentik never returns private keys: set {} before `stagesync plan`.",
         files.len(),
@@ -68,21 +65,52 @@ pub async fn run(cfg: ExportConfig) -> Result<i32> {
     Ok(exit::SUCCESS)
 }
 
-/// The file each stage goes to: its name as a file name, made unique.
-fn plan_files<'a>(dir: &Path, live: &'a [LiveStage]) -> Vec<(PathBuf, &'a LiveStage)> {
-    let mut taken = BTreeSet::new();
+/// One manifest to write.
+struct ExportFile<'a> {
+    path: PathBuf,
+    /// The `!Env` variable of its private key.
+    key_variable: String,
+    stage: &'a LiveStage,
+}
+
+/// The file and key variable of each stage (`live` sorted by name): the name
+/// made safe, with a numeric suffix where two names map to the same file or the
+/// same variable (`Sign Up` and `sign-up`), so no stage is given another's key.
+fn plan_files<'a>(dir: &Path, live: &'a [LiveStage]) -> Vec<ExportFile<'a>> {
+    let mut stems = BTreeSet::new();
+    let mut variables = BTreeSet::new();
     live.iter()
         .map(|stage| {
-            let base = file_stem(&stage.fields.name);
-            let mut stem = base.clone();
-            let mut n = 2;
-            while !taken.insert(stem.clone()) {
-                stem = format!("{base}-{n}");
-                n += 1;
+            let stem = unique(&mut stems, &file_stem(&stage.fields.name), |base, n| {
+                format!("{base}-{n}")
+            });
+            let key_variable = unique(
+                &mut variables,
+                &variable_part(&stage.fields.name),
+                |base, n| format!("{base}_{n}"),
+            );
+            ExportFile {
+                path: dir.join(format!("{stem}.yaml")),
+                key_variable: format!("STAGESYNC_{key_variable}_PRIVATE_KEY"),
+                stage,
             }
-            (dir.join(format!("{stem}.yaml")), stage)
         })
         .collect()
+}
+
+/// `base`, or the first `suffixed(base, n)` (n = 2, 3, ...) not in `taken`; taken from then on.
+fn unique(
+    taken: &mut BTreeSet<String>,
+    base: &str,
+    suffixed: impl Fn(&str, usize) -> String,
+) -> String {
+    let mut candidate = base.to_owned();
+    let mut n = 2;
+    while !taken.insert(candidate.clone()) {
+        candidate = suffixed(base, n);
+        n += 1;
+    }
+    candidate
 }
 
 /// A safe file name: lower-case letters, digits, `-` and `_`; anything else becomes `-`.
@@ -106,10 +134,14 @@ fn file_stem(name: &str) -> String {
 }
 
 /// `STAGESYNC_<NAME>_PRIVATE_KEY`, with the name upper-cased and anything that
-/// cannot be in a variable name turned into `_`.
+/// cannot be in a variable name turned into `_`. Two names can map to one
+/// variable; `export` makes them unique with a suffix.
 pub fn key_variable(name: &str) -> String {
-    let upper: String = name
-        .chars()
+    format!("STAGESYNC_{}_PRIVATE_KEY", variable_part(name))
+}
+
+fn variable_part(name: &str) -> String {
+    name.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_uppercase()
@@ -117,13 +149,12 @@ pub fn key_variable(name: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("STAGESYNC_{upper}_PRIVATE_KEY")
+        .collect()
 }
 
 /// The manifest text of one live stage. Fields equal to authentik's defaults are
 /// omitted; `request_content_type` only when the server reported it.
-pub fn manifest_for(stage: &LiveStage) -> String {
+pub fn manifest_for(stage: &LiveStage, key_variable: &str) -> String {
     let defaults = StageFields::with_defaults(&stage.fields.name, &stage.fields.public_key);
     let mut out = String::new();
     let _ = writeln!(
@@ -137,11 +168,7 @@ pub fn manifest_for(stage: &LiveStage) -> String {
         out,
         "# authentik never returns the private key: set this variable to it."
     );
-    let _ = writeln!(
-        out,
-        "private_key: !Env {}",
-        key_variable(&stage.fields.name)
-    );
+    let _ = writeln!(out, "private_key: !Env {key_variable}");
     for field in Field::ALL {
         if matches!(field, Field::Name | Field::PublicKey) {
             continue;
@@ -204,10 +231,19 @@ mod tests {
             uuid: Uuid::nil(),
             fields: StageFields::with_defaults("a-b", "p"),
         };
-        let live = [a, b];
+        let c = LiveStage {
+            uuid: Uuid::nil(),
+            fields: StageFields::with_defaults("a_b_2", "p"),
+        };
+        let live = [a, b, c];
         let files = plan_files(Path::new("out"), &live);
-        assert_eq!(files[0].0, PathBuf::from("out/a-b.yaml"));
-        assert_eq!(files[1].0, PathBuf::from("out/a-b-2.yaml"));
+        assert_eq!(files[0].path, PathBuf::from("out/a-b.yaml"));
+        assert_eq!(files[1].path, PathBuf::from("out/a-b-2.yaml"));
+        assert_eq!(files[0].key_variable, "STAGESYNC_A_B_PRIVATE_KEY");
+        assert_eq!(files[1].key_variable, "STAGESYNC_A_B_2_PRIVATE_KEY");
+        // A name whose own variable is a suffixed one already taken.
+        assert_eq!(files[2].path, PathBuf::from("out/a_b_2.yaml"));
+        assert_eq!(files[2].key_variable, "STAGESYNC_A_B_2_2_PRIVATE_KEY");
     }
 
     #[test]
@@ -215,10 +251,13 @@ mod tests {
         let mut fields = StageFields::with_defaults("rec-login", "site key");
         fields.score_min_threshold = 0.7;
         fields.request_content_type = None;
-        let text = manifest_for(&LiveStage {
-            uuid: Uuid::nil(),
-            fields,
-        });
+        let text = manifest_for(
+            &LiveStage {
+                uuid: Uuid::nil(),
+                fields,
+            },
+            "STAGESYNC_REC_LOGIN_PRIVATE_KEY",
+        );
         assert!(text.contains("name: rec-login\n"));
         assert!(text.contains("public_key: \"site key\"\n"));
         assert!(text.contains("private_key: !Env STAGESYNC_REC_LOGIN_PRIVATE_KEY\n"));
