@@ -469,7 +469,7 @@ impl Client {
         let status = answer.status;
         let json = || serde_json::from_slice::<Value>(&answer.body).ok();
         match status {
-            200..=299 if answer.is_html() => Err(self.not_an_api()),
+            200..=299 if answer.is_html() => Err(self.not_an_api(&answer)),
             200..=299 => Ok(answer),
             300..=399 => Err(ApiError::UnexpectedResponse {
                 status,
@@ -492,7 +492,7 @@ impl Client {
                     .map(|d| crate::output::escape(&d).into_owned())
                     .unwrap_or_else(|| excerpt(&answer.body)),
             }),
-            404 if !answer.is_json() || json().is_none() => Err(self.not_an_api()),
+            404 if !answer.is_json() || json().is_none() => Err(self.not_an_api(&answer)),
             404 => match uuid {
                 Some(uuid) => Err(ApiError::StageNotFound { uuid }),
                 None => Err(unexpected(&answer)),
@@ -508,9 +508,11 @@ impl Client {
         }
     }
 
-    fn not_an_api(&self) -> ApiError {
+    fn not_an_api(&self, answer: &Answer) -> ApiError {
         ApiError::NotAnApi {
             url: self.inner.base.clone(),
+            status: answer.status,
+            excerpt: excerpt(&answer.body),
         }
     }
 
@@ -527,7 +529,14 @@ impl Client {
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
             ApiError::Dns { url, reason }
         } else if is_tls_failure(e) {
-            ApiError::Tls { url, reason }
+            // rustls reads a plain-http answer as a record of an unknown type.
+            let hint = if lower.contains("corrupt message") || lower.contains("invalidcontenttype")
+            {
+                "the server does not speak TLS on that port: is the URL http://?"
+            } else {
+                "for a private CA pass --ca-file PATH"
+            };
+            ApiError::Tls { url, reason, hint }
         } else if e.is_connect() {
             ApiError::Connect { url, reason }
         } else {
@@ -632,7 +641,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
         let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        // hyper's wrappers ("client error (Connect)") say nothing the causes
+        // after them do not say better.
+        let wrapper = text.starts_with("client error (") && err.source().is_some();
+        if !wrapper && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         current = err.source();
