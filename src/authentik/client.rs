@@ -72,6 +72,9 @@ struct Inner {
     api: Url,
     /// The root for messages, without a trailing slash.
     base: String,
+    /// The limits, named in a timeout's message.
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -175,7 +178,13 @@ impl Client {
             reason: error_chain(&e),
         })?;
         Ok(Client {
-            inner: Arc::new(Inner { http, api, base }),
+            inner: Arc::new(Inner {
+                http,
+                api,
+                base,
+                connect_timeout: settings.connect_timeout,
+                request_timeout: settings.request_timeout,
+            }),
             observer: None,
             retry: RetryPolicy::default(),
         })
@@ -525,6 +534,18 @@ impl Client {
         };
         let lower = reason.to_ascii_lowercase();
         if e.is_timeout() {
+            // reqwest only says "operation timed out": name the limit and its flag.
+            let reason = if e.is_connect() {
+                format!(
+                    "no connection within {} (--connect-timeout)",
+                    humantime::format_duration(self.inner.connect_timeout)
+                )
+            } else {
+                format!(
+                    "no answer within {} (--timeout)",
+                    humantime::format_duration(self.inner.request_timeout)
+                )
+            };
             ApiError::Timeout { url, reason }
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
             ApiError::Dns { url, reason }

@@ -101,7 +101,7 @@ pub enum ApiError {
     UnexpectedResponse { status: u16, excerpt: String },
 
     /// A transient server failure that outlasted every retry.
-    #[error("authentik failed with HTTP {status} after {attempts} attempts: {excerpt}")]
+    #[error("authentik failed with HTTP {status}{}: {excerpt}", AfterAttempts(*attempts))]
     Server {
         status: u16,
         attempts: u32,
@@ -148,6 +148,18 @@ pub fn excerpt(body: &[u8]) -> String {
         cut.push('…');
     }
     escape(&cut).into_owned()
+}
+
+/// ` after N attempts`, or nothing when there was only one.
+struct AfterAttempts(u32);
+
+impl fmt::Display for AfterAttempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 | 1 => Ok(()),
+            n => write!(f, " after {n} attempts"),
+        }
+    }
 }
 
 struct ValidationList<'a>(&'a [(String, Vec<String>)], Option<&'a str>);

@@ -113,10 +113,15 @@ pub fn render_report(report: &ApplyReport) -> String {
                 };
                 out.push_str(&format!("{verb} {name} ({})\n", live.uuid));
             }
+            // The manifest as the plan names it (file:line), so the two read alike.
             WriteResult::Failed(err) => out.push_str(&format!(
                 "failed to {} {name} ({}): {}\n",
                 outcome.operation.as_str(),
-                outcome.origin,
+                escape(&format!(
+                    "{}:{}",
+                    outcome.origin.file.display(),
+                    outcome.origin.line
+                )),
                 escape(&err.to_string())
             )),
             WriteResult::NotStarted(why) => {
