@@ -168,6 +168,52 @@ async fn a_token_without_permission_is_rejected_with_authentiks_detail_and_not_r
     assert_eq!(stdout(&out), "", "no plan is printed");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_403_page_from_a_proxy_is_not_blamed_on_authentik() {
+    let (ws, sim) = scenario().await;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(403)
+                .set_body_raw("<html><h1>403 Forbidden</h1>\n</html>", "text/html"),
+        )
+        .mount(&server)
+        .await;
+    let mut c = cmd(&ws, &sim);
+    c.args(["plan", "--url", &server.uri()]);
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        the_error(&out),
+        "error: the request was refused (HTTP 403) with a page that is not authentik's JSON: a proxy or firewall in front of authentik may block it, or the API token is rejected (<html><h1>403 Forbidden</h1> </html>)"
+    );
+    let received = server.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 1, "403 is not retried");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_is_not_followed_and_names_where_it_leads() {
+    let (ws, sim) = scenario().await;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(301)
+                .insert_header("Location", "https://auth.example.com/api/v3/admin/version/"),
+        )
+        .mount(&server)
+        .await;
+    let mut c = cmd(&ws, &sim);
+    c.args(["plan", "--url", &server.uri()]);
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        the_error(&out),
+        "error: unexpected response from authentik (HTTP 301): redirected to https://auth.example.com/api/v3/admin/version/: pass the install's final URL with --url"
+    );
+    let received = server.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 1, "the token does not follow the redirect");
+}
+
 // ---------------------------------------------------------------- wrong URL
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -721,6 +767,24 @@ async fn plain_http_to_another_host_is_a_configuration_error() {
         );
     }
     assert_eq!(sim.request_counts().total(), 0);
+
+    // With --allow-http the URL is used (and here fails to resolve).
+    let mut c = cmd(&ws, &sim);
+    c.args([
+        "plan",
+        "--allow-http",
+        "--url",
+        "http://nonexistent.invalid",
+    ]);
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        the_error(&out).starts_with(
+            "error: cannot resolve the host of http://nonexistent.invalid (DNS lookup failed: "
+        ),
+        "{}",
+        describe(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -757,6 +821,7 @@ async fn a_missing_url_or_token_is_a_configuration_error() {
     let (ws, sim) = scenario().await;
     let empty = ws.root.path().join("empty-token");
     std::fs::write(&empty, " \n").expect("write");
+    let missing = ws.root.path().join("no-such-token");
     type Setup = Box<dyn Fn(&mut assert_cmd::Command)>;
     let cases: Vec<(Setup, String)> = vec![
         (
@@ -788,6 +853,26 @@ async fn a_missing_url_or_token_is_a_configuration_error() {
             }),
             format!("error: the token file {} is empty", path_str(&empty)),
         ),
+        (
+            Box::new({
+                let missing = missing.clone();
+                move |c| {
+                    c.env_remove("AUTHENTIK_TOKEN")
+                        .arg("--token-file")
+                        .arg(&missing);
+                }
+            }),
+            format!(
+                "error: cannot read the token file {}: No such file or directory (os error 2)",
+                path_str(&missing)
+            ),
+        ),
+        (
+            Box::new(|c| {
+                c.env("AUTHENTIK_TOKEN", "first-half-4411\nsecond-half-9d2f");
+            }),
+            "error: cannot set up the HTTP client: the API token contains characters that cannot be sent in an HTTP header".into(),
+        ),
     ];
     for (setup, expected) in &cases {
         for sub in [vec!["plan"], vec!["apply", "--yes"]] {
@@ -797,6 +882,9 @@ async fn a_missing_url_or_token_is_a_configuration_error() {
             let out = run_checked(c).await;
             assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
             assert_eq!(&the_error(&out), expected);
+            for half in ["first-half-4411", "second-half-9d2f"] {
+                assert!(!stderr(&out).contains(half), "{}", describe(&out));
+            }
         }
     }
     assert_eq!(sim.request_counts().total(), 0);

@@ -494,12 +494,13 @@ impl Client {
                 Some((fields, detail)) => Err(ApiError::Validation { fields, detail }),
                 None => Err(unexpected(&answer)),
             },
-            403 => Err(ApiError::Forbidden {
-                detail: json()
-                    .as_ref()
-                    .and_then(wire::detail)
-                    .map(|d| crate::output::escape(&d).into_owned())
-                    .unwrap_or_else(|| excerpt(&answer.body)),
+            403 => Err(match json().as_ref().and_then(wire::detail) {
+                Some(detail) => ApiError::Forbidden {
+                    detail: crate::output::escape(&detail).into_owned(),
+                },
+                None => ApiError::ForbiddenPage {
+                    excerpt: excerpt(&answer.body),
+                },
             }),
             404 if !answer.is_json() || json().is_none() => Err(self.not_an_api(&answer)),
             404 => match uuid {

@@ -47,6 +47,13 @@ pub enum ApiError {
     )]
     Forbidden { detail: String },
 
+    /// A 403 that is not authentik's JSON: most likely a proxy or firewall in
+    /// front of authentik, possibly an unusual authentik error page.
+    #[error(
+        "the request was refused (HTTP 403) with a page that is not authentik's JSON: a proxy or firewall in front of authentik may block it, or the API token is rejected ({excerpt})"
+    )]
+    ForbiddenPage { excerpt: String },
+
     /// An HTML page where JSON was expected (a 404 for an unknown path, or a
     /// 200 from a login page or another web server): the URL does not lead to
     /// an authentik API.
