@@ -938,6 +938,28 @@ async fn a_locked_state_file_stops_apply_before_anything_is_contacted() {
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_state_file_is_named_once() {
+    let (ws, sim) = scenario().await;
+    let state = ws.state_file();
+    std::fs::create_dir_all(&state).expect("a directory where the file should be");
+    let mut c = cmd(&ws, &sim);
+    c.args(["apply", "--yes"]);
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let error = the_error(&out);
+    assert!(
+        error.starts_with(&format!("error: state file {}: ", path_str(&state))),
+        "{error}"
+    );
+    assert_eq!(
+        error.matches("os error").count(),
+        1,
+        "the cause once: {error}"
+    );
+    assert_eq!(sim.request_counts().total(), 0);
+}
+
 // ---------------------------------------------------------------- secrets
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
