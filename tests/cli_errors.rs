@@ -964,29 +964,35 @@ async fn an_unusable_state_file_is_named_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_is_printed_in_any_failure_even_at_trace_level() {
-    let (ws, sim) = scenario().await;
+    // Each fault in a fresh scenario, so that every apply has both writes to make.
     let faults = [
-        Fault::status(503).on("GET", VERSION).times(2),
-        Fault::new(FaultKind::Truncated).on("POST", LIST),
-        Fault::new(FaultKind::Status {
-            status: 400,
-            retry_after: None,
-            body: r#"{"private_key": ["This field may not be blank."]}"#.into(),
-        })
-        .on("PUT", LIST),
+        (Fault::status(503).on("GET", VERSION).times(2), 0),
+        (Fault::new(FaultKind::Truncated).on("POST", LIST), 0),
+        (
+            Fault::new(FaultKind::Status {
+                status: 400,
+                retry_after: None,
+                body: r#"{"private_key": ["This field may not be blank."]}"#.into(),
+            })
+            .on("PUT", LIST),
+            1,
+        ),
     ];
-    for fault in faults {
+    for (fault, code) in faults {
+        let (ws, sim) = scenario().await;
         sim.inject(fault);
         let mut c = cmd(&ws, &sim);
         c.env("RUST_LOG", "trace").args(["apply", "--yes"]);
         let out = run_checked(c).await;
+        assert_eq!(out.status.code(), Some(code), "{}", describe(&out));
         assert!(
             stderr(&out).len() > 1000,
             "trace logging is on: {}",
             describe(&out)
         );
-        sim.clear_faults();
+        assert_eq!(sim.request_counts().writes(), 2, "{}", describe(&out));
     }
+    let (ws, sim) = scenario().await;
     for (token, url) in [
         (WRONG_TOKEN, sim.url()),
         (TOKEN, format!("https://{}", sim.addr())),
