@@ -292,6 +292,56 @@ async fn the_url_may_end_in_a_slash_or_include_the_api_prefix() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_under_a_path_prefix_is_reached_under_that_prefix() {
+    let (ws, sim) = scenario().await;
+    let server = MockServer::start().await;
+    let empty_page = r#"{"pagination": {"next": 0, "previous": 0, "count": 0, "current": 1, "total_pages": 1, "start_index": 0, "end_index": 0}, "results": []}"#;
+    Mock::given(method("GET"))
+        .and(path("/authentik/api/v3/admin/version/"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(r#"{"version_current": "2025.12.4"}"#, "application/json"),
+        )
+        .mount(&server)
+        .await;
+    for route in [
+        "/authentik/api/v3/stages/captcha/",
+        "/authentik/api/v3/stages/all/",
+    ] {
+        Mock::given(method("GET"))
+            .and(path(route))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(empty_page, "application/json"))
+            .mount(&server)
+            .await;
+    }
+    for url in [
+        format!("{}/authentik", server.uri()),
+        format!("{}/authentik/api/v3/", server.uri()),
+    ] {
+        let mut c = cmd(&ws, &sim);
+        c.args(["plan", "--url", &url]);
+        let out = run_checked(c).await;
+        assert_eq!(out.status.code(), Some(2), "{url}: {}", describe(&out));
+        assert!(
+            stdout(&out).contains("Plan: 2 to create, 0 to update, 0 in sync, 0 unmanaged."),
+            "{}",
+            describe(&out)
+        );
+    }
+    let received = server.received_requests().await.unwrap_or_default();
+    assert!(
+        received
+            .iter()
+            .all(|r| r.url.path().starts_with("/authentik/api/v3/")),
+        "{:?}",
+        received
+            .iter()
+            .map(|r| r.url.path().to_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
 // ---------------------------------------------------------------- network
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
