@@ -32,11 +32,26 @@ fn main() -> ExitCode {
     let code = match commands::dispatch(config) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {}", stagesync::output::escape(&format!("{err:#}")));
+            eprintln!("error: {}", stagesync::output::escape(&message(&err)));
             exit::FAILURE
         }
     };
     code_of(code)
+}
+
+/// The error and its causes on one line, each cause once: many error messages
+/// already quote their source (`state file X: Is a directory`), and anyhow's
+/// `{:#}` would repeat it.
+fn message(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn code_of(code: i32) -> ExitCode {

@@ -72,6 +72,9 @@ struct Inner {
     api: Url,
     /// The root for messages, without a trailing slash.
     base: String,
+    /// The limits, named in a timeout's message.
+    connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl std::fmt::Debug for Client {
@@ -175,7 +178,13 @@ impl Client {
             reason: error_chain(&e),
         })?;
         Ok(Client {
-            inner: Arc::new(Inner { http, api, base }),
+            inner: Arc::new(Inner {
+                http,
+                api,
+                base,
+                connect_timeout: settings.connect_timeout,
+                request_timeout: settings.request_timeout,
+            }),
             observer: None,
             retry: RetryPolicy::default(),
         })
@@ -469,7 +478,7 @@ impl Client {
         let status = answer.status;
         let json = || serde_json::from_slice::<Value>(&answer.body).ok();
         match status {
-            200..=299 if answer.is_html() => Err(self.not_an_api()),
+            200..=299 if answer.is_html() => Err(self.not_an_api(&answer)),
             200..=299 => Ok(answer),
             300..=399 => Err(ApiError::UnexpectedResponse {
                 status,
@@ -485,14 +494,15 @@ impl Client {
                 Some((fields, detail)) => Err(ApiError::Validation { fields, detail }),
                 None => Err(unexpected(&answer)),
             },
-            403 => Err(ApiError::Forbidden {
-                detail: json()
-                    .as_ref()
-                    .and_then(wire::detail)
-                    .map(|d| crate::output::escape(&d).into_owned())
-                    .unwrap_or_else(|| excerpt(&answer.body)),
+            403 => Err(match json().as_ref().and_then(wire::detail) {
+                Some(detail) => ApiError::Forbidden {
+                    detail: crate::output::escape(&detail).into_owned(),
+                },
+                None => ApiError::ForbiddenPage {
+                    excerpt: excerpt(&answer.body),
+                },
             }),
-            404 if !answer.is_json() || json().is_none() => Err(self.not_an_api()),
+            404 if !answer.is_json() || json().is_none() => Err(self.not_an_api(&answer)),
             404 => match uuid {
                 Some(uuid) => Err(ApiError::StageNotFound { uuid }),
                 None => Err(unexpected(&answer)),
@@ -508,9 +518,11 @@ impl Client {
         }
     }
 
-    fn not_an_api(&self) -> ApiError {
+    fn not_an_api(&self, answer: &Answer) -> ApiError {
         ApiError::NotAnApi {
             url: self.inner.base.clone(),
+            status: answer.status,
+            excerpt: excerpt(&answer.body),
         }
     }
 
@@ -523,11 +535,30 @@ impl Client {
         };
         let lower = reason.to_ascii_lowercase();
         if e.is_timeout() {
+            // reqwest only says "operation timed out": name the limit and its flag.
+            let reason = if e.is_connect() {
+                format!(
+                    "no connection within {} (--connect-timeout)",
+                    humantime::format_duration(self.inner.connect_timeout)
+                )
+            } else {
+                format!(
+                    "no answer within {} (--timeout)",
+                    humantime::format_duration(self.inner.request_timeout)
+                )
+            };
             ApiError::Timeout { url, reason }
         } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
             ApiError::Dns { url, reason }
         } else if is_tls_failure(e) {
-            ApiError::Tls { url, reason }
+            // rustls reads a plain-http answer as a record of an unknown type.
+            let hint = if lower.contains("corrupt message") || lower.contains("invalidcontenttype")
+            {
+                "the server does not speak TLS on that port: is the URL http://?"
+            } else {
+                "for a private CA pass --ca-file PATH"
+            };
+            ApiError::Tls { url, reason, hint }
         } else if e.is_connect() {
             ApiError::Connect { url, reason }
         } else {
@@ -632,7 +663,10 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
         let text = err.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        // hyper's wrappers ("client error (Connect)") say nothing the causes
+        // after them do not say better.
+        let wrapper = text.starts_with("client error (") && err.source().is_some();
+        if !wrapper && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         current = err.source();

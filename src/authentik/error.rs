@@ -47,9 +47,24 @@ pub enum ApiError {
     )]
     Forbidden { detail: String },
 
-    /// An HTML 404: the URL does not lead to an authentik API.
-    #[error("no authentik API at {url} (HTTP 404 with an HTML page): wrong URL?")]
-    NotAnApi { url: String },
+    /// A 403 that is not authentik's JSON: most likely a proxy or firewall in
+    /// front of authentik, possibly an unusual authentik error page.
+    #[error(
+        "the request was refused (HTTP 403) with a page that is not authentik's JSON: a proxy or firewall in front of authentik may block it, or the API token is rejected ({excerpt})"
+    )]
+    ForbiddenPage { excerpt: String },
+
+    /// An HTML page where JSON was expected (a 404 for an unknown path, or a
+    /// 200 from a login page or another web server): the URL does not lead to
+    /// an authentik API.
+    #[error(
+        "no authentik API at {url} (wrong URL?): HTTP {status} with an HTML page instead of JSON: {excerpt}"
+    )]
+    NotAnApi {
+        url: String,
+        status: u16,
+        excerpt: String,
+    },
 
     /// A JSON 404 on a stage's uuid.
     #[error("captcha stage {uuid} does not exist in authentik (HTTP 404)")]
@@ -70,9 +85,15 @@ pub enum ApiError {
     #[error("cannot resolve the host of {url} (DNS lookup failed: {reason})")]
     Dns { url: String, reason: String },
 
-    /// The TLS handshake failed (unknown CA, wrong host name, expired certificate).
-    #[error("TLS handshake with {url} failed: {reason} (for a private CA pass --ca-file PATH)")]
-    Tls { url: String, reason: String },
+    /// The TLS handshake failed (unknown CA, wrong host name, expired
+    /// certificate, or a port that does not speak TLS at all); `hint` says
+    /// what to try.
+    #[error("TLS handshake with {url} failed: {reason} ({hint})")]
+    Tls {
+        url: String,
+        reason: String,
+        hint: &'static str,
+    },
 
     /// No answer in time.
     #[error("authentik at {url} did not answer in time (timeout: {reason})")]
@@ -87,7 +108,7 @@ pub enum ApiError {
     UnexpectedResponse { status: u16, excerpt: String },
 
     /// A transient server failure that outlasted every retry.
-    #[error("authentik failed with HTTP {status} after {attempts} attempts: {excerpt}")]
+    #[error("authentik failed with HTTP {status}{}: {excerpt}", AfterAttempts(*attempts))]
     Server {
         status: u16,
         attempts: u32,
@@ -121,10 +142,11 @@ impl ApiError {
     }
 }
 
-/// A short, escaped, single-line quote of a response body.
+/// A short, escaped, single-line quote of a response body; runs of white space
+/// (an HTML page's indentation) become one space.
 pub fn excerpt(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let trimmed = text.trim();
+    let trimmed = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if trimmed.is_empty() {
         return "(empty body)".to_owned();
     }
@@ -133,6 +155,18 @@ pub fn excerpt(body: &[u8]) -> String {
         cut.push('…');
     }
     escape(&cut).into_owned()
+}
+
+/// ` after N attempts`, or nothing when there was only one.
+struct AfterAttempts(u32);
+
+impl fmt::Display for AfterAttempts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 | 1 => Ok(()),
+            n => write!(f, " after {n} attempts"),
+        }
+    }
 }
 
 struct ValidationList<'a>(&'a [(String, Vec<String>)], Option<&'a str>);

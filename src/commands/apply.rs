@@ -6,9 +6,8 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyReport, WriteResult};
-use crate::authentik::Client;
 use crate::cli::{ApplyConfig, ColorChoice, Format};
-use crate::commands::{load_desired, plan::render};
+use crate::commands::{connect, load_desired, plan::render};
 use crate::exit;
 use crate::output::{self, escape};
 use crate::reconcile;
@@ -19,10 +18,13 @@ pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
         Ok(desired) => desired,
         Err(code) => return Ok(code),
     };
+    let client = match connect(&cfg.client) {
+        Ok(client) => client,
+        Err(code) => return Ok(code),
+    };
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.
     let mut state = StateFile::open_for_write(&cfg.state_file)?;
-    let client = Client::new(&cfg.client)?;
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
     let color = output::stdout_color(color);
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
@@ -111,10 +113,15 @@ pub fn render_report(report: &ApplyReport) -> String {
                 };
                 out.push_str(&format!("{verb} {name} ({})\n", live.uuid));
             }
+            // The manifest as the plan names it (file:line), so the two read alike.
             WriteResult::Failed(err) => out.push_str(&format!(
                 "failed to {} {name} ({}): {}\n",
                 outcome.operation.as_str(),
-                outcome.origin,
+                escape(&format!(
+                    "{}:{}",
+                    outcome.origin.file.display(),
+                    outcome.origin.line
+                )),
                 escape(&err.to_string())
             )),
             WriteResult::NotStarted(why) => {

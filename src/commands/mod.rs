@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::CommandFactory;
 
+use crate::authentik::{Client, ClientSettings};
 use crate::cli::{Cli, Command, Config};
 use crate::manifest;
 use crate::stage::DesiredStage;
@@ -64,4 +65,15 @@ pub(crate) fn load_desired(dir: &std::path::Path) -> std::result::Result<Vec<Des
         return Err(crate::exit::INVALID);
     }
     Ok(manifests.stages().cloned().collect())
+}
+
+/// Builds the client for a command that talks to authentik. Every error here is
+/// a configuration mistake found before anything is contacted (a URL that
+/// cannot be used, plain http to another host, an unreadable CA file): it is
+/// printed on stderr and the command exits 3, like an invalid manifest.
+pub(crate) fn connect(settings: &ClientSettings) -> std::result::Result<Client, i32> {
+    Client::new(settings).map_err(|err| {
+        eprintln!("error: {err}");
+        crate::exit::INVALID
+    })
 }

@@ -2,9 +2,8 @@
 
 use anyhow::Result;
 
-use crate::authentik::Client;
 use crate::cli::{ColorChoice, Format, PlanConfig};
-use crate::commands::load_desired;
+use crate::commands::{connect, load_desired};
 use crate::exit;
 use crate::output;
 use crate::plan::{self, Plan};
@@ -17,7 +16,10 @@ pub async fn run(cfg: PlanConfig, color: ColorChoice) -> Result<i32> {
         Err(code) => return Ok(code),
     };
     let keys = StateFile::read_only(&cfg.state_file)?;
-    let client = Client::new(&cfg.client)?;
+    let client = match connect(&cfg.client) {
+        Ok(client) => client,
+        Err(code) => return Ok(code),
+    };
     let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;
     output::print_stdout(&render(
         &planned.plan,
