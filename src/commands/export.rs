@@ -12,14 +12,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::authentik::Client;
 use crate::cli::ExportConfig;
+use crate::commands::connect;
 use crate::exit;
 use crate::output::escape;
 use crate::stage::{Field, LiveStage, StageFields};
 
 pub async fn run(cfg: ExportConfig) -> Result<i32> {
-    let client = Client::new(&cfg.client)?;
+    let client = match connect(&cfg.client) {
+        Ok(client) => client,
+        Err(code) => return Ok(code),
+    };
     let mut live = client.list_captcha_stages().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 

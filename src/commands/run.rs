@@ -6,8 +6,8 @@ use anyhow::Result;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::authentik::Client;
 use crate::cli::RunConfig;
+use crate::commands::connect;
 use crate::daemon::health::Health;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::pass::Reconciler;
@@ -19,7 +19,11 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let observed = metrics.clone();
-    let client = Client::new(&cfg.client)?.with_observer(Arc::new(move |r| {
+    let client = match connect(&cfg.client) {
+        Ok(client) => client,
+        Err(code) => return Ok(code),
+    };
+    let client = client.with_observer(Arc::new(move |r| {
         observed.record_api_request(r.method, r.status)
     }));
     let state = StateFile::open_for_write(&cfg.state_file)?;
