@@ -65,6 +65,10 @@ enum CommandArgs {
         /// Output format of the plan.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Count a stage whose only difference is a key stagesync has no record
+        /// of as in sync: for CI jobs that check pull requests without the state file.
+        #[arg(long)]
+        ignore_unknown_keys: bool,
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
@@ -277,6 +281,7 @@ pub struct PlanConfig {
     pub client: ClientSettings,
     pub state_file: PathBuf,
     pub format: Format,
+    pub ignore_unknown_keys: bool,
 }
 
 #[derive(Debug)]
@@ -348,11 +353,13 @@ impl Cli {
                 connection,
                 state,
                 format,
+                ignore_unknown_keys,
             } => Command::Plan(PlanConfig {
                 dir,
                 client: connection.resolve()?,
                 state_file: state.resolve(env)?,
                 format,
+                ignore_unknown_keys,
             }),
             CommandArgs::Apply {
                 dir,

@@ -341,3 +341,50 @@ async fn no_secret_reaches_any_output_even_at_trace_level() {
         assert!(!state.contains(secret), "state file holds a secret");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_state_file_only_ignore_unknown_keys_gives_a_clean_ci_plan() {
+    let Scenario { ws, sim } = scenario().await;
+    let mut cmd = with_keys(ws.cmd(&sim));
+    cmd.args(["apply", "--yes"]);
+    assert_eq!(run(cmd).await.status.code(), Some(0));
+    std::fs::remove_file(ws.state_file()).expect("state file existed");
+
+    // A CI job without the state file: every key is unknown, so a plain plan drifts.
+    let mut cmd = with_keys(ws.cmd(&sim));
+    cmd.args(["plan"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Plan: 0 to create, 3 to update"),
+        "{}",
+        stdout(&out)
+    );
+
+    let mut cmd = with_keys(ws.cmd(&sim));
+    cmd.args(["plan", "--ignore-unknown-keys"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("Plan: 0 to create, 0 to update, 3 in sync"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Real drift still shows.
+    let login = sim
+        .captcha_stages()
+        .into_iter()
+        .find(|s| s.fields.name == "login")
+        .unwrap();
+    sim.edit(login.uuid, |f| f.interactive = true);
+    let mut cmd = with_keys(ws.cmd(&sim));
+    cmd.args(["plan", "--ignore-unknown-keys"]);
+    let out = run(cmd).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("-interactive: true"),
+        "{}",
+        stdout(&out)
+    );
+}

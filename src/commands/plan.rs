@@ -20,13 +20,14 @@ pub async fn run(cfg: PlanConfig, color: ColorChoice) -> Result<i32> {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;
-    output::print_stdout(&render(
-        &planned.plan,
-        cfg.format,
-        output::stdout_color(color),
-    ))?;
-    Ok(exit_code(&planned.plan))
+    let mut plan = reconcile::fetch_and_plan(&client, desired, &keys)
+        .await?
+        .plan;
+    if cfg.ignore_unknown_keys {
+        plan = plan.ignoring_unknown_keys();
+    }
+    output::print_stdout(&render(&plan, cfg.format, output::stdout_color(color)))?;
+    Ok(exit_code(&plan))
 }
 
 /// Renders a plan in the chosen format.

@@ -166,6 +166,25 @@ impl Plan {
             .iter()
             .any(|s| matches!(s.action, Action::Error { .. }))
     }
+
+    /// The plan as seen by someone without the state file (a CI job checking a
+    /// pull request): a stage whose only difference is a key stagesync has no
+    /// record of counts as in sync. Field drift and rotated keys still show.
+    pub fn ignoring_unknown_keys(mut self) -> Plan {
+        for stage in &mut self.stages {
+            if let Action::Update {
+                uuid,
+                changes,
+                key: KeyStatus::Unknown,
+                ..
+            } = &stage.action
+                && changes.is_empty()
+            {
+                stage.action = Action::InSync { uuid: *uuid };
+            }
+        }
+        self
+    }
 }
 
 /// Desired names (trimmed, sorted, deduplicated) that no live captcha stage

@@ -146,6 +146,36 @@ fn a_key_alone_rotated_or_unknown_is_an_update_without_field_changes() {
 }
 
 #[test]
+fn ignoring_unknown_keys_hides_only_key_only_updates_with_unknown_keys() {
+    let l = [live(1, "a"), live(2, "b"), live(3, "c")];
+    let a = desired("a", None);
+    let mut b = desired("b", None);
+    b.fields.score_min_threshold = 0.9;
+    let mut c = desired("c", None);
+    c.private_key = SecretString::from("rotated");
+    let keys = known_keys(&l[2..]);
+    let plan = run(&[a, b, c], &l, &keys).ignoring_unknown_keys();
+    assert!(
+        matches!(plan.stages[0].action, Action::InSync { .. }),
+        "unknown key only"
+    );
+    assert!(
+        matches!(&plan.stages[1].action, Action::Update { changes, .. } if changes.len() == 1),
+        "field drift still shows"
+    );
+    assert!(
+        matches!(
+            plan.stages[2].action,
+            Action::Update {
+                key: KeyStatus::Rotated,
+                ..
+            }
+        ),
+        "a rotation still shows"
+    );
+}
+
+#[test]
 fn a_pinned_uuid_with_another_live_name_is_a_rename() {
     let l = [live(1, "old-name")];
     let p = run(&[desired("new-name", Some(1))], &l, &known_keys(&l));
