@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::authentik::{ApiError, Client, StageWrite};
 use crate::plan::Action;
 use crate::reconcile::Planned;
-use crate::stage::{LiveStage, Origin};
+use crate::stage::{LiveStage, Origin, StageFields};
 use crate::state::KeyState;
 
 /// What a write was.
@@ -83,7 +83,9 @@ impl ApplyReport {
 
 /// One write to make.
 struct Write {
+    /// Where the private key comes from.
     desired_index: usize,
+    fields: StageFields,
     /// `None` to create.
     target: Option<Uuid>,
     /// Index of the write that must succeed first (it frees this one's name).
@@ -113,9 +115,10 @@ pub async fn apply(
         .iter()
         .filter(|entry| !skip(&entry.name))
     {
-        let (operation, target) = match &entry.action {
-            Action::Create { .. } => (Operation::Create, None),
-            Action::Update { uuid, .. } => (Operation::Update, Some(*uuid)),
+        // The plan's fields (normalised, version-filtered) are what is sent.
+        let (operation, target, fields) = match &entry.action {
+            Action::Create { fields, .. } => (Operation::Create, None, fields),
+            Action::Update { uuid, fields, .. } => (Operation::Update, Some(*uuid), fields),
             Action::InSync { .. } | Action::Error { .. } => continue,
         };
         outcomes.push(WriteOutcome {
@@ -126,6 +129,7 @@ pub async fn apply(
         });
         writes.push(Write {
             desired_index: entry.desired_index,
+            fields: fields.clone(),
             target,
             after: None,
         });
@@ -168,7 +172,7 @@ pub async fn apply(
             };
             let desired = &planned.desired[writes[index].desired_index];
             let client = client.clone();
-            let fields = desired.fields.clone();
+            let fields = writes[index].fields.clone();
             let private_key = desired.private_key.clone();
             let capabilities = planned.capabilities;
             let target = writes[index].target;

@@ -20,6 +20,41 @@ pub struct Planned {
     pub capabilities: Capabilities,
 }
 
+/// How many name look-ups run at once: enough that 1,000 new stages do not
+/// cost 1,000 round trips in a row, few enough not to load authentik.
+const NAME_CHECK_CONCURRENCY: usize = 8;
+
+/// Looks `names` up among every stage type; returns those held by a stage that
+/// is not a captcha stage, with that stage's kind.
+async fn foreign_names(
+    client: &Client,
+    names: Vec<String>,
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let mut found = BTreeMap::new();
+    let mut pending = names.into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.len() < NAME_CHECK_CONCURRENCY {
+            let Some(name) = pending.next() else { break };
+            let client = client.clone();
+            tasks.spawn(async move {
+                let holder = client.find_stage_by_name(&name).await;
+                (name, holder)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let Ok((name, holder)) = joined else { continue };
+        if let Some(holder) = holder?
+            && !holder.is_captcha
+        {
+            found.insert(name, holder.kind);
+        }
+    }
+    Ok(found)
+}
+
 /// Fetches live state from authentik and plans `desired` against it.
 pub async fn fetch_and_plan(
     client: &Client,
@@ -30,14 +65,7 @@ pub async fn fetch_and_plan(
     let capabilities = Capabilities::for_version(version);
     let live = client.list_captcha_stages().await?;
 
-    let mut foreign_names = BTreeMap::new();
-    for name in plan::names_to_check(&desired, &live) {
-        if let Some(holder) = client.find_stage_by_name(&name).await?
-            && !holder.is_captcha
-        {
-            foreign_names.insert(name, holder.kind);
-        }
-    }
+    let foreign_names = foreign_names(client, plan::names_to_check(&desired, &live)).await?;
 
     let plan = plan::plan(&PlanInputs {
         desired: &desired,

@@ -64,6 +64,9 @@ pub struct Client {
     inner: Arc<Inner>,
     observer: Option<Observer>,
     retry: RetryPolicy,
+    /// Log each retry at WARN (one-shot commands: the user is waiting and
+    /// should see why) or at DEBUG (the daemon, which reports a failure once).
+    loud_retries: bool,
 }
 
 struct Inner {
@@ -187,6 +190,7 @@ impl Client {
             }),
             observer: None,
             retry: RetryPolicy::default(),
+            loud_retries: true,
         })
     }
 
@@ -204,6 +208,13 @@ impl Client {
     /// Replaces the retry numbers (tests and benchmarks shrink the delays).
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Logs retries at DEBUG instead of WARN: for the daemon, which logs a
+    /// failure when it starts and when it ends, not on every attempt.
+    pub fn with_quiet_retries(mut self) -> Self {
+        self.loud_retries = false;
         self
     }
 
@@ -401,15 +412,15 @@ impl Client {
                 return Err(give_up(failure));
             }
             waited += wait;
-            tracing::warn!(
-                method = %call.method,
-                path = call.route,
-                attempt = attempts,
-                max_attempts = policy.max_attempts,
-                wait_ms = wait.as_millis() as u64,
-                "retrying after {}",
-                failure.describe()
-            );
+            let reason = failure.describe();
+            let wait_ms = wait.as_millis() as u64;
+            if self.loud_retries {
+                tracing::warn!(method = %call.method, path = call.route, attempt = attempts,
+                    max_attempts = policy.max_attempts, wait_ms, "retrying after {reason}");
+            } else {
+                tracing::debug!(method = %call.method, path = call.route, attempt = attempts,
+                    max_attempts = policy.max_attempts, wait_ms, "retrying after {reason}");
+            }
             tokio::time::sleep(wait).await;
         }
     }

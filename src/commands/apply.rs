@@ -45,8 +45,16 @@ pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing the writes in flight, starting no more");
+            eprintln!(
+                "interrupted: finishing the writes in flight, starting no more (Ctrl-C again to quit at once)"
+            );
             on_ctrl_c.cancel();
+        }
+        // A write can sit in retries for minutes; a second Ctrl-C must not be
+        // swallowed (Tokio keeps SIGINT's default action off once listened to).
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("interrupted again: exiting without waiting for the writes in flight");
+            std::process::exit(130);
         }
     });
     let report = apply::apply(

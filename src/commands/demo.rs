@@ -150,11 +150,12 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         .stages
         .first()
         .map(|s| s.origin.file.display().to_string());
+    let mut intro = String::new();
     if let Some(file) = example {
-        println!(
-            "Edit {} (say, change score_min_threshold) and save: the daemon reconciles within a second.",
+        intro.push_str(&format!(
+            "Edit {} (say, change score_min_threshold) and save: the daemon reconciles within a second.\n",
             escape(&file)
-        );
+        ));
     }
     // The demo should not fail because something else holds the port.
     let listen = cfg.listen.filter(|addr| {
@@ -165,13 +166,15 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         free
     });
     if let Some(listen) = listen {
-        println!("Health and metrics: http://{listen}/healthz, /readyz, /metrics");
+        intro.push_str(&format!(
+            "Health and metrics: http://{listen}/healthz, /readyz, /metrics\n"
+        ));
     }
-    println!(
-        "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n",
+    intro.push_str(&format!(
+        "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n\n",
         DEMO_INTERVAL.as_secs()
-    );
-    output::print_stdout("")?;
+    ));
+    output::print_stdout(&intro)?;
 
     let ui_edit = tokio::spawn({
         let sim = sim.clone();

@@ -15,7 +15,8 @@ use anyhow::{Context, Result};
 use crate::cli::ExportConfig;
 use crate::commands::connect;
 use crate::exit;
-use crate::output::escape;
+use crate::manifest::{self, Severity};
+use crate::output::{self, escape};
 use crate::stage::{Field, LiveStage, StageFields};
 
 pub async fn run(cfg: ExportConfig) -> Result<i32> {
@@ -46,13 +47,29 @@ pub async fn run(cfg: ExportConfig) -> Result<i32> {
     }
     std::fs::create_dir_all(&cfg.dir)
         .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
+    let mut unrepresentable = 0;
     for file in &files {
-        std::fs::write(&file.path, manifest_for(file.stage, &file.key_variable))
+        let text = manifest_for(file.stage, &file.key_variable);
+        std::fs::write(&file.path, &text)
             .with_context(|| format!("cannot write {}", file.path.display()))?;
-        println!(
-            "wrote {} ({})",
+        output::print_stdout(&format!(
+            "wrote {} ({})\n",
             escape(&file.path.display().to_string()),
             escape(&file.stage.fields.name)
+        ))?;
+        // authentik accepts values manifests refuse (a relative URL, min > max,
+        // a threshold stored as null): say so now rather than at the next plan.
+        let (_, diagnostics) = manifest::load_file(file.path.clone(), text.as_bytes(), &|_| {
+            Some(std::ffi::OsString::from("exported"))
+        });
+        for diagnostic in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
+            unrepresentable += 1;
+            eprintln!("warning: authentik holds a value manifests do not accept: {diagnostic}");
+        }
+    }
+    if unrepresentable > 0 {
+        eprintln!(
+            "warning: fix the values above before `stagesync plan`; `stagesync validate` shows them again"
         );
     }
     let vars: Vec<&str> = files.iter().map(|f| f.key_variable.as_str()).collect();

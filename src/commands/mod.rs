@@ -33,12 +33,9 @@ pub fn dispatch(config: Config) -> Result<i32> {
             Command::Demo(cfg) => demo::run(cfg, color).await,
             Command::Export(cfg) => export::run(cfg).await,
             Command::Completions(shell) => {
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "stagesync",
-                    &mut std::io::stdout(),
-                );
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "stagesync", &mut script);
+                crate::output::print_stdout(&String::from_utf8_lossy(&script))?;
                 Ok(crate::exit::SUCCESS)
             }
         }

@@ -23,9 +23,11 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    let client = client.with_observer(Arc::new(move |r| {
-        observed.record_api_request(r.method, r.status)
-    }));
+    let client = client
+        .with_quiet_retries()
+        .with_observer(Arc::new(move |r| {
+            observed.record_api_request(r.method, r.status)
+        }));
     let state = StateFile::open_for_write(&cfg.state_file)?;
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
