@@ -12,6 +12,10 @@
 //!   retried on a growing delay and logged when it starts or stops failing, not
 //!   on every pass.
 //!
+//! A stop signal abandons the read of live state (nothing is written yet, and
+//! with authentik failing the client's retries would hold the exit for tens
+//! of seconds); writes already started finish (see [`apply::apply`]).
+//!
 //! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
 //! the stage and its file; a pass that changes nothing logs at DEBUG.
 
@@ -116,9 +120,17 @@ impl Reconciler {
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
-        let planned = match reconcile::fetch_and_plan(&self.client, desired, self.state.keys())
-            .await
-        {
+        // Reading live state writes nothing, so a stop signal abandons it at
+        // once: with authentik failing, the client's retries would otherwise
+        // hold the exit for as long as they last (tens of seconds).
+        let fetched = tokio::select! {
+            fetched = reconcile::fetch_and_plan(&self.client, desired, self.state.keys()) => fetched,
+            () = ctx.cancel.cancelled() => {
+                debug!("stopping: reading live state abandoned, nothing was written");
+                return PassOutcome::done();
+            }
+        };
+        let planned = match fetched {
             Ok(planned) => {
                 if self.failures.success(AUTHENTIK).is_news() {
                     info!(url = self.client.base_url(), "authentik is reachable again");
