@@ -123,6 +123,11 @@ fn start_up_converges_and_logs_each_change_with_stage_and_file() {
     h.ws.write("more/signup.yml", &stage_yaml("signup", 0.4));
 
     let mut d = h.start(&["--interval", "1h"]);
+    let starting = d.wait_for_log("stagesync run starting");
+    assert!(
+        starting.contains("interval=3600s") && starting.contains("listen=127.0.0.1:0"),
+        "{starting}"
+    );
     h.wait_threshold(&mut d, "login", 0.6);
     h.wait_threshold(&mut d, "signup", 0.4);
     assert_eq!(d.wait_for_status("/readyz", 200, DEADLINE), "ready\n");
@@ -492,6 +497,11 @@ fn dry_run_logs_drift_and_counts_it_but_never_writes() {
         alpha.contains("alpha.yaml") && alpha.contains("score_min_threshold: 0.3 -> 0.5"),
         "{alpha}"
     );
+    // Its key is unknown to a daemon that never wrote it; nothing claims it was written.
+    assert!(
+        alpha.contains("private_key: unknown, would be written"),
+        "{alpha}"
+    );
     assert!(
         log.lines()
             .any(|l| l.contains("drift found") && l.contains("beta") && l.contains("create")),
@@ -550,6 +560,7 @@ fn sigterm_and_sigint_exit_zero_within_a_few_seconds() {
         let log = d.log();
         assert!(log.contains(&format!("signal=\"{name}\"")), "{log}");
         assert!(log.contains("stagesync run stopped"), "{log}");
+        assert!(log.contains("listen=off"), "{log}");
     }
 }
 

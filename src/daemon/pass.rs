@@ -181,7 +181,7 @@ impl Reconciler {
         if self.dry_run {
             for entry in &pending {
                 counts.drifted += 1;
-                let what = describe(&entry.action);
+                let what = describe(&entry.action, Tense::Pending);
                 if self
                     .failures
                     .failure(&entry.name, &format!("drift: {what}"))
@@ -231,7 +231,7 @@ impl Reconciler {
                             .stages
                             .iter()
                             .find(|e| e.name == outcome.name)
-                            .map(|e| describe(&e.action))
+                            .map(|e| describe(&e.action, Tense::Done))
                             .unwrap_or_default();
                         info!(stage = %outcome.name, file, uuid = %live.uuid, change = %what, "{}d stage", outcome.operation.as_str());
                     }
@@ -361,8 +361,15 @@ impl Reconciler {
     }
 }
 
+/// Whether a change was made or is only reported (dry run).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tense {
+    Done,
+    Pending,
+}
+
 /// A one-line description of a change, for logs: which fields, and the key.
-fn describe(action: &Action) -> String {
+fn describe(action: &Action, tense: Tense) -> String {
     match action {
         Action::Create { .. } => "create".to_owned(),
         Action::Update { changes, key, .. } => {
@@ -373,9 +380,11 @@ fn describe(action: &Action) -> String {
             if *key != crate::plan::KeyStatus::Unchanged {
                 parts.push(format!(
                     "private_key: {}",
-                    match key {
-                        crate::plan::KeyStatus::Rotated => "rotated",
-                        _ => "unknown, written",
+                    match (key, tense) {
+                        (crate::plan::KeyStatus::Rotated, _) => "rotated",
+                        (_, Tense::Done) => "unknown, written",
+                        // A dry run writes nothing: "written" would be a lie.
+                        (_, Tense::Pending) => "unknown, would be written",
                     }
                 ));
             }

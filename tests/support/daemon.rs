@@ -5,7 +5,7 @@
 //! The child listens on `127.0.0.1:0` and the port it got is read from its
 //! "serving /healthz..." log line, so parallel tests never race for a port.
 //! A [`Daemon`] kills its child when dropped, so a failing test leaves no
-//! process behind.
+//! process behind; set `STAGESYNC_TEST_PRINT_LOG=1` to see its log then.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -242,7 +242,11 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Kills the child; with `STAGESYNC_TEST_PRINT_LOG` set, prints its log.
     fn drop(&mut self) {
+        if std::env::var_os("STAGESYNC_TEST_PRINT_LOG").is_some() {
+            eprintln!("---- stagesync run log ----\n{}", self.log());
+        }
         if matches!(self.child.try_wait(), Ok(None)) {
             let _ = self.child.kill();
         }
