@@ -371,6 +371,29 @@ fn a_git_sync_symlink_swap_converges_to_the_new_content() {
 }
 
 #[test]
+fn a_directory_that_does_not_exist_yet_is_waited_for() {
+    // git-sync's first clone has not happened yet when the daemon starts.
+    let h = Harness::new();
+    let root = h.ws.root.path().join("git");
+    std::fs::create_dir(&root).expect("mkdir");
+    let link = root.join("current");
+    let mut d = h.start_on(link.clone(), &["--interval", "1h"], &[]);
+    let reason = d.wait_for_status("/readyz", 503, DEADLINE);
+    assert_eq!(reason, "not ready: manifest directory unavailable\n");
+    d.wait_for_metric(FAILED_PASSES, 1.0);
+    assert_eq!(h.sim.request_counts().total(), 0, "nothing to do yet");
+
+    git_sync_publish(
+        &root,
+        &link,
+        "rev-1",
+        &[("alpha.yaml", stage_yaml("alpha", 0.5))],
+    );
+    h.wait_threshold(&mut d, "alpha", 0.5);
+    d.wait_for_status("/readyz", 200, DEADLINE);
+}
+
+#[test]
 fn authentik_failing_keeps_the_daemon_running_and_recovery_converges() {
     let h = Harness::new();
     let mut d = converged_alpha(&h, &["--interval", "1h"]);

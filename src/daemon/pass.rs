@@ -113,7 +113,9 @@ impl Reconciler {
                 started,
                 source_available,
                 manifest_errors,
-                Err("the manifest directory has not been readable yet".into()),
+                // authentik was not asked (there is nothing to ask it yet), so
+                // it is no reason for /readyz: the directory is.
+                None,
                 StageCounts::default(),
             );
             return PassOutcome::done();
@@ -149,7 +151,7 @@ impl Reconciler {
                     started,
                     source_available,
                     manifest_errors,
-                    Err(message),
+                    Some(Err(message)),
                     StageCounts::default(),
                 );
                 return PassOutcome::retry_in(delay);
@@ -259,7 +261,13 @@ impl Reconciler {
         }
 
         let retry = self.backoff.next_attempt_in(Instant::now());
-        self.finish(started, source_available, manifest_errors, Ok(()), counts);
+        self.finish(
+            started,
+            source_available,
+            manifest_errors,
+            Some(Ok(())),
+            counts,
+        );
         retry.map_or_else(PassOutcome::done, PassOutcome::retry_in)
     }
 
@@ -340,15 +348,18 @@ impl Reconciler {
             .collect()
     }
 
+    /// Records the pass in metrics and health. `authentik` is `None` when the
+    /// pass did not get as far as asking it (which is not a success).
     fn finish(
         &self,
         started: Instant,
         source_available: bool,
         manifest_errors: usize,
-        authentik: Result<(), String>,
+        authentik: Option<Result<(), String>>,
         counts: StageCounts,
     ) {
-        let success = authentik.is_ok() && counts.failed == 0;
+        let success = matches!(authentik, Some(Ok(()))) && counts.failed == 0;
+        let authentik = authentik.unwrap_or(Ok(()));
         self.metrics
             .record_reconcile(Outcome::of(success), started.elapsed(), SystemTime::now());
         self.metrics.set_stage_counts(counts);
