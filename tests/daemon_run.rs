@@ -382,6 +382,7 @@ fn a_directory_that_does_not_exist_yet_is_waited_for() {
     assert_eq!(reason, "not ready: manifest directory unavailable\n");
     d.wait_for_metric(FAILED_PASSES, 1.0);
     assert_eq!(h.sim.request_counts().total(), 0, "nothing to do yet");
+    d.wait_for_log("source unavailable: nothing loaded yet, waiting for it");
 
     git_sync_publish(
         &root,
@@ -494,6 +495,60 @@ fn a_rewritten_file_secret_is_written_to_authentik() {
     d.wait_until("the third key is written", || {
         key_of() == "third-file-key-3333"
     });
+}
+
+/// Publishes `files` the way the kubelet updates a Secret or ConfigMap
+/// volume: a new timestamped folder, `..data` swapped to it, each file a
+/// symlink through `..data`.
+fn kubelet_publish(volume: &Path, rev: &str, files: &[(&str, &str)]) {
+    let target = volume.join(rev);
+    std::fs::create_dir_all(&target).expect("mkdir");
+    for (name, content) in files {
+        std::fs::write(target.join(name), content).expect("write");
+        let link = volume.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), &link).expect("symlink");
+        }
+    }
+    let old = std::fs::read_link(volume.join("..data")).ok();
+    let tmp = volume.join("..data_tmp");
+    std::os::unix::fs::symlink(rev, &tmp).expect("symlink");
+    std::fs::rename(&tmp, volume.join("..data")).expect("swap ..data");
+    if let Some(old) = old {
+        std::fs::remove_dir_all(volume.join(old)).expect("remove the old data");
+    }
+}
+
+#[test]
+fn a_key_in_a_kubernetes_secret_volume_is_rotated() {
+    let h = Harness::new();
+    let volume = h.ws.root.path().join("keys");
+    kubelet_publish(&volume, "..2026_11_28_01", &[("alpha", "first-volume-key")]);
+    h.ws.write(
+        "alpha.yaml",
+        &format!(
+            "name: alpha\npublic_key: site-alpha\nprivate_key: !File {}\n",
+            volume.join("alpha").display()
+        ),
+    );
+    let mut d = h.start(&["--interval", "1h"]);
+    let key_of = || {
+        h.live("alpha")
+            .and_then(|s| h.sim.private_key_of(s.uuid))
+            .unwrap_or_default()
+    };
+    d.wait_until("the first key is written", || {
+        key_of() == "first-volume-key"
+    });
+    kubelet_publish(
+        &volume,
+        "..2026_11_28_02",
+        &[("alpha", "second-volume-key")],
+    );
+    let took = d.wait_until("the rotated key is written", || {
+        key_of() == "second-volume-key"
+    });
+    assert!(took < FILE_CONVERGENCE, "took {took:?}");
 }
 
 #[test]

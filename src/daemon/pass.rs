@@ -333,7 +333,11 @@ impl Reconciler {
 
     fn source_unavailable(&mut self, why: &str) {
         if self.failures.failure(SOURCE, why).is_news() {
-            warn!(dir = %self.dir.display(), reason = why, "source unavailable: keeping the last desired state");
+            if self.seen_source {
+                warn!(dir = %self.dir.display(), reason = why, "source unavailable: keeping the last desired state");
+            } else {
+                warn!(dir = %self.dir.display(), reason = why, "source unavailable: nothing loaded yet, waiting for it");
+            }
         }
     }
 
