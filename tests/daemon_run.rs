@@ -310,6 +310,78 @@ fn a_renamed_file_keeps_its_stage_and_its_edits_converge() {
     assert!(line.contains("moved/renamed.yaml"), "{line}");
 }
 
+#[test]
+fn a_burst_of_changes_like_a_checkout_is_one_pass() {
+    let h = Harness::new();
+    let mut d = converged_alpha(&h, &["--interval", "1h"]);
+    d.wait_for_metric(PASSES, 1.0);
+    let before = d.metric(PASSES).unwrap_or(0.0);
+    for i in 0..40 {
+        h.ws.write(
+            &format!("team-{}/s{i:02}.yaml", i % 4),
+            &stage_yaml(&format!("s{i:02}"), 0.5),
+        );
+    }
+    h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.9));
+    h.wait_threshold(&mut d, "alpha", 0.9);
+    d.wait_until("all 41 stages live", || h.sim.captcha_stages().len() == 41);
+    d.wait_for_metric("stagesync_stages{status=\"in_sync\"}", 41.0);
+    let passes = d.metric(PASSES).unwrap_or(0.0) - before;
+    // One pass; a second one if the burst straddled the end of the debounce.
+    assert!(
+        (1.0..=2.0).contains(&passes),
+        "{passes} passes for one burst"
+    );
+}
+
+#[test]
+fn a_deleted_manifest_leaves_its_stage_alone() {
+    let h = Harness::new();
+    h.ws.write("a.yaml", &stage_yaml("alpha", 0.5));
+    h.ws.write("b.yaml", &stage_yaml("beta", 0.5));
+    let mut d = h.start(&["--interval", "1h"]);
+    h.wait_threshold(&mut d, "alpha", 0.5);
+    h.wait_threshold(&mut d, "beta", 0.5);
+    d.wait_for_metric("stagesync_stages{status=\"in_sync\"}", 2.0);
+    std::fs::remove_file(h.ws.stages().join("b.yaml")).expect("rm");
+    d.wait_for_metric_eq("stagesync_stages{status=\"in_sync\"}", 1.0);
+    // No longer managed: never deleted, and an edit in the UI stays.
+    let beta = h.live("beta").expect("beta is not deleted").uuid;
+    h.sim.edit(beta, |f| f.score_min_threshold = 0.1);
+    let before = h.sim.request_counts().writes();
+    let passes = d.metric(PASSES).unwrap_or(0.0);
+    d.signal(libc::SIGHUP);
+    d.wait_for_metric(PASSES, passes + 1.0);
+    assert_eq!(h.threshold("beta"), Some(0.1));
+    assert_eq!(h.sim.request_counts().writes(), before);
+    d.wait_for_status("/readyz", 200, DEADLINE);
+}
+
+#[test]
+fn a_failed_write_is_logged_once_and_retried_after_a_backoff() {
+    let h = Harness::new();
+    let mut d = converged_alpha(&h, &["--interval", "1h"]);
+    // authentik rejects the next PUT (not retried by the client).
+    h.sim
+        .inject(Fault::status(400).on("PUT", "/api/v3/stages/captcha/"));
+    h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.8));
+    let line = d.wait_for_log("write failed");
+    assert!(
+        line.contains("stage=alpha") && line.contains("alpha.yaml") && line.contains("retry_in"),
+        "{line}"
+    );
+    d.wait_for_metric("stagesync_stages{status=\"failed\"}", 1.0);
+    // Still ready: authentik was reached.
+    d.wait_for_status("/readyz", 200, DEADLINE);
+    // The backed-off retry (5 s, less jitter) converges with no other trigger.
+    h.wait_threshold(&mut d, "alpha", 0.8);
+    assert_eq!(d.count_lines("write failed"), 1, "{}", d.log());
+    d.wait_for_metric(
+        "stagesync_writes_total{operation=\"update\",result=\"failure\"}",
+        1.0,
+    );
+}
+
 /// Publishes `files` as a new revision the way git-sync does: a new folder,
 /// a new symlink to it, renamed over `link`; then the old revision is removed.
 fn git_sync_publish(root: &Path, link: &Path, rev: &str, files: &[(&str, String)]) {

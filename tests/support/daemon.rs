@@ -206,10 +206,19 @@ impl Daemon {
 
     /// Waits until the metric `series` is at least `value`.
     pub fn wait_for_metric(&mut self, series: &str, value: f64) {
+        self.wait_for_metric_where(series, value, |got| got >= value);
+    }
+
+    /// Waits until the metric `series` is exactly `value`.
+    pub fn wait_for_metric_eq(&mut self, series: &str, value: f64) {
+        self.wait_for_metric_where(series, value, |got| got == value);
+    }
+
+    fn wait_for_metric_where(&mut self, series: &str, value: f64, ok: impl Fn(f64) -> bool) {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let got = self.metric(series);
-            if got.is_some_and(|v| v >= value) {
+            if got.is_some_and(&ok) {
                 return;
             }
             self.assert_running();
