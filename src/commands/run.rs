@@ -38,7 +38,7 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
         url = client.base_url(),
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
-        listen = ?cfg.listen,
+        listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
     );
 

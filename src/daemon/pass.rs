@@ -12,6 +12,10 @@
 //!   retried on a growing delay and logged when it starts or stops failing, not
 //!   on every pass.
 //!
+//! A stop signal abandons the read of live state (nothing is written yet, and
+//! with authentik failing the client's retries would hold the exit for tens
+//! of seconds); writes already started finish (see [`apply::apply`]).
+//!
 //! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
 //! the stage and its file; a pass that changes nothing logs at DEBUG.
 
@@ -109,16 +113,26 @@ impl Reconciler {
                 started,
                 source_available,
                 manifest_errors,
-                Err("the manifest directory has not been readable yet".into()),
+                // authentik was not asked (there is nothing to ask it yet), so
+                // it is no reason for /readyz: the directory is.
+                None,
                 StageCounts::default(),
             );
             return PassOutcome::done();
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
-        let planned = match reconcile::fetch_and_plan(&self.client, desired, self.state.keys())
-            .await
-        {
+        // Reading live state writes nothing, so a stop signal abandons it at
+        // once: with authentik failing, the client's retries would otherwise
+        // hold the exit for as long as they last (tens of seconds).
+        let fetched = tokio::select! {
+            fetched = reconcile::fetch_and_plan(&self.client, desired, self.state.keys()) => fetched,
+            () = ctx.cancel.cancelled() => {
+                debug!("stopping: reading live state abandoned, nothing was written");
+                return PassOutcome::done();
+            }
+        };
+        let planned = match fetched {
             Ok(planned) => {
                 if self.failures.success(AUTHENTIK).is_news() {
                     info!(url = self.client.base_url(), "authentik is reachable again");
@@ -137,7 +151,7 @@ impl Reconciler {
                     started,
                     source_available,
                     manifest_errors,
-                    Err(message),
+                    Some(Err(message)),
                     StageCounts::default(),
                 );
                 return PassOutcome::retry_in(delay);
@@ -169,7 +183,7 @@ impl Reconciler {
         if self.dry_run {
             for entry in &pending {
                 counts.drifted += 1;
-                let what = describe(&entry.action);
+                let what = describe(&entry.action, Tense::Pending);
                 if self
                     .failures
                     .failure(&entry.name, &format!("drift: {what}"))
@@ -219,7 +233,7 @@ impl Reconciler {
                             .stages
                             .iter()
                             .find(|e| e.name == outcome.name)
-                            .map(|e| describe(&e.action))
+                            .map(|e| describe(&e.action, Tense::Done))
                             .unwrap_or_default();
                         info!(stage = %outcome.name, file, uuid = %live.uuid, change = %what, "{}d stage", outcome.operation.as_str());
                     }
@@ -247,7 +261,13 @@ impl Reconciler {
         }
 
         let retry = self.backoff.next_attempt_in(Instant::now());
-        self.finish(started, source_available, manifest_errors, Ok(()), counts);
+        self.finish(
+            started,
+            source_available,
+            manifest_errors,
+            Some(Ok(())),
+            counts,
+        );
         retry.map_or_else(PassOutcome::done, PassOutcome::retry_in)
     }
 
@@ -313,7 +333,11 @@ impl Reconciler {
 
     fn source_unavailable(&mut self, why: &str) {
         if self.failures.failure(SOURCE, why).is_news() {
-            warn!(dir = %self.dir.display(), reason = why, "source unavailable: keeping the last desired state");
+            if self.seen_source {
+                warn!(dir = %self.dir.display(), reason = why, "source unavailable: keeping the last desired state");
+            } else {
+                warn!(dir = %self.dir.display(), reason = why, "source unavailable: nothing loaded yet, waiting for it");
+            }
         }
     }
 
@@ -328,15 +352,18 @@ impl Reconciler {
             .collect()
     }
 
+    /// Records the pass in metrics and health. `authentik` is `None` when the
+    /// pass did not get as far as asking it (which is not a success).
     fn finish(
         &self,
         started: Instant,
         source_available: bool,
         manifest_errors: usize,
-        authentik: Result<(), String>,
+        authentik: Option<Result<(), String>>,
         counts: StageCounts,
     ) {
-        let success = authentik.is_ok() && counts.failed == 0;
+        let success = matches!(authentik, Some(Ok(()))) && counts.failed == 0;
+        let authentik = authentik.unwrap_or(Ok(()));
         self.metrics
             .record_reconcile(Outcome::of(success), started.elapsed(), SystemTime::now());
         self.metrics.set_stage_counts(counts);
@@ -349,8 +376,15 @@ impl Reconciler {
     }
 }
 
+/// Whether a change was made or is only reported (dry run).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tense {
+    Done,
+    Pending,
+}
+
 /// A one-line description of a change, for logs: which fields, and the key.
-fn describe(action: &Action) -> String {
+fn describe(action: &Action, tense: Tense) -> String {
     match action {
         Action::Create { .. } => "create".to_owned(),
         Action::Update { changes, key, .. } => {
@@ -361,9 +395,11 @@ fn describe(action: &Action) -> String {
             if *key != crate::plan::KeyStatus::Unchanged {
                 parts.push(format!(
                     "private_key: {}",
-                    match key {
-                        crate::plan::KeyStatus::Rotated => "rotated",
-                        _ => "unknown, written",
+                    match (key, tense) {
+                        (crate::plan::KeyStatus::Rotated, _) => "rotated",
+                        (_, Tense::Done) => "unknown, written",
+                        // A dry run writes nothing: "written" would be a lie.
+                        (_, Tense::Pending) => "unknown, would be written",
                     }
                 ));
             }
