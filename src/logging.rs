@@ -1,13 +1,19 @@
 //! Structured logs on stderr: human text by default, JSON for collectors.
-//! `RUST_LOG` sets the filter (default `info`).
+//! `RUST_LOG` sets the filter (default `info,notify=error`: the file watcher
+//! library logs harmless INFO/WARN lines whenever a watched folder is deleted,
+//! which git-sync does on every publish; real watch errors reach the daemon
+//! through its event channel and are logged there).
 
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
+const DEFAULT_FILTER: &str = "info,notify=error";
+
 /// Installs the global subscriber. Call once, from `main`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

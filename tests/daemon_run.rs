@@ -720,8 +720,12 @@ fn sigterm_while_authentik_is_failing_does_not_wait_for_the_retries() {
     let mut d = converged_alpha(&h, &["--interval", "1h"]);
     h.sim.inject(Fault::status(503).times(1000));
     h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.8));
-    // The pass is now reading live state, waiting between retries.
-    d.wait_for_log("retrying after HTTP 503");
+    // The pass is now reading live state, waiting between retries (the
+    // daemon logs retries at DEBUG, so watch the request counter instead).
+    d.wait_for_metric(
+        "stagesync_api_requests_total{method=\"GET\",status_class=\"5xx\"}",
+        1.0,
+    );
     let sent = Instant::now();
     d.signal(libc::SIGTERM);
     let status = d

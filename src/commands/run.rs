@@ -10,7 +10,7 @@ use crate::cli::RunConfig;
 use crate::commands::connect;
 use crate::daemon::health::Health;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::pass::Reconciler;
+use crate::daemon::pass::{Keys, Reconciler};
 use crate::daemon::{self, Settings, http};
 use crate::exit;
 use crate::state::StateFile;
@@ -28,7 +28,11 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
         .with_observer(Arc::new(move |r| {
             observed.record_api_request(r.method, r.status)
         }));
-    let state = StateFile::open_for_write(&cfg.state_file)?;
+    let keys = if cfg.dry_run {
+        Keys::ReadOnly(cfg.state_file.clone())
+    } else {
+        Keys::Writable(StateFile::open_for_write(&cfg.state_file)?)
+    };
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
@@ -45,8 +49,7 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
     let reconciler = Arc::new(Mutex::new(Reconciler::new(
         cfg.dir.clone(),
         client,
-        state,
-        cfg.dry_run,
+        keys,
         cfg.concurrency,
         metrics.clone(),
         health.clone(),

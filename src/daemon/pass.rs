@@ -38,19 +38,26 @@ use crate::output::escape;
 use crate::plan::Action;
 use crate::reconcile;
 use crate::stage::DesiredStage;
-use crate::state::StateFile;
+use crate::state::{KeyState, StateFile};
 
 /// The key under which authentik-wide failures (unreachable, 403) are logged.
 const AUTHENTIK: &str = "\0authentik";
 /// The key under which an unavailable manifest directory is logged.
 const SOURCE: &str = "\0source";
 
+/// The key fingerprints. A dry run only reads the state file, each pass (it
+/// must not block `apply`, whose writes it should then see); a writing daemon
+/// holds the file's lock for its whole life.
+pub enum Keys {
+    Writable(StateFile),
+    ReadOnly(PathBuf),
+}
+
 /// Everything a pass needs and remembers.
 pub struct Reconciler {
     pub dir: PathBuf,
     pub client: Client,
-    pub state: StateFile,
-    pub dry_run: bool,
+    pub keys: Keys,
     pub concurrency: usize,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
@@ -60,6 +67,9 @@ pub struct Reconciler {
     seen_source: bool,
     backoff: Backoff,
     failures: FailureLog,
+    /// The `!File` paths of the last successful read, kept while the source is
+    /// unavailable so key rotation is still noticed.
+    last_secret_files: Vec<PathBuf>,
     /// The diagnostics last logged per file, to log a broken file once.
     logged_diagnostics: BTreeMap<PathBuf, Vec<String>>,
 }
@@ -68,8 +78,7 @@ impl Reconciler {
     pub fn new(
         dir: PathBuf,
         client: Client,
-        state: StateFile,
-        dry_run: bool,
+        keys: Keys,
         concurrency: usize,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
@@ -77,8 +86,8 @@ impl Reconciler {
         Reconciler {
             dir,
             client,
-            state,
-            dry_run,
+            keys,
+            last_secret_files: Vec::new(),
             concurrency,
             metrics,
             health,
@@ -94,15 +103,21 @@ impl Reconciler {
     pub async fn pass(&mut self, ctx: PassContext) -> PassOutcome {
         let started = Instant::now();
         debug!(trigger = ctx.trigger.as_str(), "reconcile starting");
-        if ctx.trigger == Trigger::FilesChanged {
-            // A fixed manifest deserves an immediate try, not the rest of a backoff.
+        if matches!(ctx.trigger, Trigger::FilesChanged | Trigger::Signal) {
+            // A fixed manifest (or an operator's SIGHUP) deserves an immediate
+            // try, not the rest of a backoff.
             self.backoff = Backoff::new();
         }
 
         let dir = self.dir.clone();
         let loaded = tokio::task::spawn_blocking(move || manifest::load(&dir))
             .await
-            .unwrap_or_else(|_| Ok(Manifests::default()));
+            .unwrap_or_else(|_| {
+                Err(SourceError::Unreadable(
+                    self.dir.clone(),
+                    std::io::Error::other("reading the manifests failed unexpectedly"),
+                ))
+            });
         let (source_available, manifest_errors, secret_files) = self.absorb(loaded);
         ctx.watcher.set_extra_paths(secret_files);
         self.metrics.set_source_available(source_available);
@@ -116,17 +131,32 @@ impl Reconciler {
                 // authentik was not asked (there is nothing to ask it yet), so
                 // it is no reason for /readyz: the directory is.
                 None,
-                StageCounts::default(),
+                None,
             );
             return PassOutcome::done();
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
+        let read_only_keys;
+        let keys = match &self.keys {
+            Keys::Writable(state) => state.keys(),
+            Keys::ReadOnly(path) => match StateFile::read_only(path) {
+                Ok(keys) => {
+                    read_only_keys = keys;
+                    &read_only_keys
+                }
+                Err(err) => {
+                    read_only_keys = KeyState::default();
+                    warn!(error = %err, "cannot read the state file; key status shows as unknown");
+                    &read_only_keys
+                }
+            },
+        };
         // Reading live state writes nothing, so a stop signal abandons it at
         // once: with authentik failing, the client's retries would otherwise
         // hold the exit for as long as they last (tens of seconds).
         let fetched = tokio::select! {
-            fetched = reconcile::fetch_and_plan(&self.client, desired, self.state.keys()) => fetched,
+            fetched = reconcile::fetch_and_plan(&self.client, desired, keys) => fetched,
             () = ctx.cancel.cancelled() => {
                 debug!("stopping: reading live state abandoned, nothing was written");
                 return PassOutcome::done();
@@ -147,12 +177,14 @@ impl Reconciler {
                     debug!(error = %message, "authentik still failing");
                 }
                 let delay = self.backoff.record_failure(AUTHENTIK, Instant::now());
+                // The stage counts stay as last seen: zeroing `failed` during an
+                // outage would silence the alerts built on it.
                 self.finish(
                     started,
                     source_available,
                     manifest_errors,
                     Some(Err(message)),
-                    StageCounts::default(),
+                    None,
                 );
                 return PassOutcome::retry_in(delay);
             }
@@ -180,7 +212,7 @@ impl Reconciler {
             }
         }
 
-        if self.dry_run {
+        if let Keys::ReadOnly(_) = self.keys {
             for entry in &pending {
                 counts.drifted += 1;
                 let what = describe(&entry.action, Tense::Pending);
@@ -192,15 +224,16 @@ impl Reconciler {
                     info!(stage = %entry.name, file = %entry.origin.file.display(), drift = %what, "drift found (dry run: not written)");
                 }
             }
-        } else if !pending.is_empty() {
+        } else if let Reconciler {
+            client,
+            keys: Keys::Writable(state),
+            backoff,
+            concurrency,
+            ..
+        } = self
+            && !pending.is_empty()
+        {
             let now = Instant::now();
-            let Reconciler {
-                client,
-                state,
-                backoff,
-                concurrency,
-                ..
-            } = self;
             let report = apply::apply(
                 client,
                 &planned,
@@ -252,7 +285,9 @@ impl Reconciler {
                     }
                 }
             }
-            if let Err(err) = self.state.save() {
+            if let Keys::Writable(state) = &self.keys
+                && let Err(err) = state.save()
+            {
                 error!(error = %err, "cannot save the state file; key status may show as unknown next time");
             }
         }
@@ -266,7 +301,7 @@ impl Reconciler {
             source_available,
             manifest_errors,
             Some(Ok(())),
-            counts,
+            Some(counts),
         );
         retry.map_or_else(PassOutcome::done, PassOutcome::retry_in)
     }
@@ -320,6 +355,7 @@ impl Reconciler {
                 debug!(file = %file.path.display(), "invalid file: keeping its last valid stages");
             }
         }
+        self.last_secret_files = secrets.clone();
         (
             true,
             manifests
@@ -342,14 +378,7 @@ impl Reconciler {
     }
 
     fn watched_secrets(&self) -> Vec<PathBuf> {
-        self.last_valid
-            .values()
-            .flatten()
-            .filter_map(|s| match &s.key_source {
-                crate::secret::KeySource::File(path) => Some(path.clone()),
-                _ => None,
-            })
-            .collect()
+        self.last_secret_files.clone()
     }
 
     /// Records the pass in metrics and health. `authentik` is `None` when the
@@ -360,19 +389,21 @@ impl Reconciler {
         source_available: bool,
         manifest_errors: usize,
         authentik: Option<Result<(), String>>,
-        counts: StageCounts,
+        counts: Option<StageCounts>,
     ) {
-        let success = matches!(authentik, Some(Ok(()))) && counts.failed == 0;
+        let success = matches!(authentik, Some(Ok(()))) && counts.is_some_and(|c| c.failed == 0);
         let authentik = authentik.unwrap_or(Ok(()));
         self.metrics
             .record_reconcile(Outcome::of(success), started.elapsed(), SystemTime::now());
-        self.metrics.set_stage_counts(counts);
+        if let Some(counts) = counts {
+            self.metrics.set_stage_counts(counts);
+        }
         self.health.record_pass(&PassHealth {
             source_available,
             manifest_errors,
             authentik,
         });
-        debug!(elapsed = ?started.elapsed(), in_sync = counts.in_sync, drifted = counts.drifted, failed = counts.failed, "reconcile finished");
+        debug!(elapsed = ?started.elapsed(), ?counts, "reconcile finished");
     }
 }
 

@@ -43,6 +43,10 @@ fn install(
     })
 }
 
+/// A second stop signal closer than this to the first is the same stop
+/// delivered twice, not an operator insisting.
+const DELIBERATE_SECOND_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Installs the handlers and spawns the task that acts on them. Must be called
 /// inside a tokio runtime.
 pub fn spawn(
@@ -53,6 +57,7 @@ pub fn spawn(
     let mut int = install(SignalKind::interrupt(), "SIGINT")?;
     let mut hup = install(SignalKind::hangup(), "SIGHUP")?;
     Ok(tokio::spawn(async move {
+        let mut first_stop: Option<std::time::Instant> = None;
         loop {
             let (name, second_exit) = tokio::select! {
                 Some(()) = term.recv() => ("SIGTERM", EXIT_SECOND_SIGTERM),
@@ -64,10 +69,17 @@ pub fn spawn(
                 }
                 else => break,
             };
-            if cancel.is_cancelled() {
+            if let Some(first) = first_stop {
+                // Some supervisors (GNU timeout, a shell's process group) deliver
+                // one stop to the process twice within microseconds: only a
+                // second signal sent on purpose, later, means "exit at once".
+                if first.elapsed() < DELIBERATE_SECOND_SIGNAL {
+                    continue;
+                }
                 tracing::warn!(signal = name, "second stop signal, exiting at once");
                 std::process::exit(second_exit);
             }
+            first_stop = Some(std::time::Instant::now());
             tracing::info!(
                 signal = name,
                 "stopping: finishing writes in flight (send it again to exit at once)"
@@ -144,7 +156,8 @@ mod tests {
                 .status()
                 .expect("kill runs");
             assert!(status.success());
-            std::thread::sleep(Duration::from_millis(200));
+            // Further apart than DELIBERATE_SECOND_SIGNAL: a real second signal.
+            std::thread::sleep(Duration::from_millis(800));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
