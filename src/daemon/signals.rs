@@ -104,6 +104,9 @@ mod tests {
         assert!(status.success());
     }
 
+    /// Further apart than DELIBERATE_SECOND_SIGNAL: a second signal on purpose.
+    const DELIBERATE: Duration = Duration::from_millis(800);
+
     const CHILD_ENV: &str = "STAGESYNC_TEST_SIGNAL_CHILD";
     const READY: &str = "signal-child-ready";
 
@@ -123,7 +126,7 @@ mod tests {
 
     /// Runs this very test in a child process in `mode`, sends it `signals`
     /// once it is ready, and returns its exit code.
-    fn run_child(test: &str, mode: &str, signals: &[&str]) -> Option<i32> {
+    fn run_child(test: &str, mode: &str, signals: &[&str], gap: Duration) -> Option<i32> {
         use std::io::BufRead;
         let exe = std::env::current_exe().expect("test binary");
         let mut child = std::process::Command::new(exe)
@@ -156,8 +159,7 @@ mod tests {
                 .status()
                 .expect("kill runs");
             assert!(status.success());
-            // Further apart than DELIBERATE_SECOND_SIGNAL: a real second signal.
-            std::thread::sleep(Duration::from_millis(800));
+            std::thread::sleep(gap);
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -182,11 +184,11 @@ mod tests {
         }
         let test = "daemon::signals::tests::a_second_stop_signal_exits_at_once";
         assert_eq!(
-            run_child(test, "long-write", &["TERM", "TERM"]),
+            run_child(test, "long-write", &["TERM", "TERM"], DELIBERATE),
             Some(EXIT_SECOND_SIGTERM)
         );
         assert_eq!(
-            run_child(test, "long-write", &["INT", "INT"]),
+            run_child(test, "long-write", &["INT", "INT"], DELIBERATE),
             Some(EXIT_SECOND_SIGINT)
         );
     }
@@ -201,7 +203,26 @@ mod tests {
             Err(_) => {}
         }
         let test = "daemon::signals::tests::a_first_stop_signal_lets_the_write_in_flight_finish";
-        assert_eq!(run_child(test, "short-write", &["TERM"]), Some(0));
+        assert_eq!(
+            run_child(test, "short-write", &["TERM"], DELIBERATE),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn one_stop_delivered_twice_at_once_is_still_graceful() {
+        match std::env::var(CHILD_ENV).as_deref() {
+            Ok("short-write") => {
+                return child_after_first_signal_waits(Duration::from_millis(300));
+            }
+            Ok(_) => return,
+            Err(_) => {}
+        }
+        let test = "daemon::signals::tests::one_stop_delivered_twice_at_once_is_still_graceful";
+        assert_eq!(
+            run_child(test, "short-write", &["TERM", "TERM"], Duration::ZERO),
+            Some(0)
+        );
     }
 
     // One test for both signals: handlers are process-wide, and a second
