@@ -10,7 +10,7 @@ use std::borrow::Cow;
 /// and newline are kept only when `keep_newlines` would be wanted, so this
 /// escapes them too: a message is one line.
 pub fn escape(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
@@ -19,11 +19,20 @@ pub fn escape(s: &str) -> Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || is_invisible(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
     Cow::Owned(out)
+}
+
+/// Characters that render as nothing or reorder the text around them: zero
+/// width spaces and joiners, bidirectional controls ("Trojan Source"), line and
+/// paragraph separators, the byte-order mark. Escaped like control characters.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// Whether to colour what goes to stdout: `--color always|never`, or with `auto`
@@ -60,5 +69,7 @@ mod tests {
         assert_eq!(escape("a\u{1b}[31mred"), "a\\u{1b}[31mred");
         assert_eq!(escape("two\nlines"), "two\\nlines");
         assert_eq!(escape("c1\u{9b}x"), "c1\\u{9b}x");
+        assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(escape("zero\u{200b}width"), "zero\\u{200b}width");
     }
 }

@@ -191,6 +191,34 @@ fn a_flood_of_problems_stops_after_one_hundred_per_file() {
 }
 
 #[test]
+fn many_warnings_do_not_stop_the_check_or_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("stages")).unwrap();
+    // 150 valid stages, each with a literal key (a warning), then one error.
+    let mut text: String = (0..150)
+        .map(|i| format!("name: s{i}\npublic_key: p\nprivate_key: literal\n---\n"))
+        .collect();
+    text.push_str("name: last\npublic_key: p\nprivate_key: !Env\n");
+    std::fs::write(dir.path().join("stages/many.yaml"), &text).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(
+        code, 3,
+        "the error after the 100th warning is still found: {stdout}"
+    );
+    assert!(stdout.contains("50 more warnings not shown"), "{stdout}");
+
+    // Without that last document: warnings only, so valid.
+    text.truncate(text.rfind("name: last").unwrap());
+    std::fs::write(dir.path().join("stages/many.yaml"), &text).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("50 more warnings not shown") && stdout.contains("0 errors"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn colour_marks_only_the_severity_and_file_escapes_stay_escaped() {
     let output = assert_cmd::Command::cargo_bin("stagesync")
         .unwrap()

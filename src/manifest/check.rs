@@ -82,6 +82,8 @@ pub struct Problems<'a> {
     pub list: Vec<Diagnostic>,
     /// Every error found, including those past the cap that `list` dropped.
     errors: usize,
+    /// Warnings past the cap, counted but not listed.
+    pub warnings_not_shown: usize,
 }
 
 impl<'a> Problems<'a> {
@@ -90,20 +92,25 @@ impl<'a> Problems<'a> {
             file,
             list: Vec::new(),
             errors: 0,
+            warnings_not_shown: 0,
         }
     }
 
-    /// Enough problems for one file: more would only bury the first ones (and
-    /// a hostile file could make millions).
+    /// Enough errors for one file: more would only bury the first ones (and
+    /// a hostile file could make millions). Only errors count: a file of many
+    /// stages that each earn a warning must still be checked to its end.
     pub fn full(&self) -> bool {
-        self.list.len() >= MAX_PROBLEMS_PER_FILE
+        self.errors >= MAX_PROBLEMS_PER_FILE
     }
 
     fn push(&mut self, severity: Severity, pos: Pos, field: Option<&str>, message: String) {
         if severity == Severity::Error {
+            if self.full() {
+                return;
+            }
             self.errors += 1;
-        }
-        if self.full() {
+        } else if self.list.len() >= MAX_PROBLEMS_PER_FILE {
+            self.warnings_not_shown += 1;
             return;
         }
         self.list.push(Diagnostic {
@@ -332,6 +339,24 @@ pub fn closest_key(unknown: &str) -> Option<&'static str> {
 
 /// `Ok` for an absolute `http`/`https` URL with a host.
 pub fn check_http_url(s: &str) -> Result<(), String> {
+    // The URL parser repairs what it can (`http:/host`, `https:///path`), so
+    // the text itself is checked first: what is sent is this text, unrepaired.
+    if let Some(c) = s
+        .chars()
+        .find(|&c| c.is_whitespace() || c.is_control() || is_invisible(c))
+    {
+        return Err(format!("it contains the character U+{:04X}", c as u32));
+    }
+    let lower = s.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"));
+    if rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
+        return Err("it has no host".into());
+    }
+    if rest.is_none() && (lower.starts_with("http:") || lower.starts_with("https:")) {
+        return Err("it must start with http:// or https://".into());
+    }
     let url = reqwest::Url::parse(s).map_err(|e| e.to_string())?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("the scheme is `{}`", url.scheme()));
@@ -342,11 +367,23 @@ pub fn check_http_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Characters that render as nothing or reorder text (zero-width, bidi controls).
+fn is_invisible(c: char) -> bool {
+    crate::output::is_invisible(c)
+}
+
 fn check_tag(node: &Node, key: Option<&str>, problems: &mut Problems<'_>) {
     let Some(tag) = node.tag.as_deref() else {
         return;
     };
-    if tag.starts_with(CORE_TAG_PREFIX) {
+    // The plain types only: `!!binary`, `!!timestamp` and the like would be
+    // read as text that is not what the author wrote.
+    if let Some(core) = tag.strip_prefix(CORE_TAG_PREFIX)
+        && matches!(
+            core,
+            "str" | "int" | "float" | "bool" | "null" | "map" | "seq"
+        )
+    {
         return;
     }
     if key == Some("private_key") && matches!(tag, "!Env" | "!File") {
@@ -525,5 +562,11 @@ mod tests {
         assert!(check_http_url("ftp://x.example").is_err());
         assert!(check_http_url("file:///etc/passwd").is_err());
         assert!(check_http_url("https://").is_err());
+        // What the URL parser would silently repair is refused as written.
+        assert!(check_http_url("https:///path").is_err());
+        assert!(check_http_url("http:/example.com").is_err());
+        assert!(check_http_url("https://ex\u{200b}ample.com").is_err());
+        assert!(check_http_url("https://example.com/a b").is_err());
+        assert!(check_http_url("HTTPS://Example.com/x").is_ok());
     }
 }

@@ -202,12 +202,16 @@ pub fn load_with_env(
     }
     check_duplicates(&mut manifests);
     manifests.files.sort_by(|a, b| a.path.cmp(&b.path));
+    // One pass over the diagnostics, not one per file: 10,000 files each with
+    // an error would otherwise cost 10,000 x 10,000 comparisons.
+    let invalid: std::collections::HashSet<&Path> = manifests
+        .diagnostics
+        .iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.file.as_path())
+        .collect();
     for file in &mut manifests.files {
-        let path = &file.path;
-        file.valid = !manifests
-            .diagnostics
-            .iter()
-            .any(|d| d.severity == Severity::Error && &d.file == path);
+        file.valid = !invalid.contains(file.path.as_path());
     }
     manifests
         .diagnostics
@@ -310,9 +314,23 @@ pub fn load_file(
             column,
             field: None,
             message: format!(
-                "stopped after {} problems; the rest of this file was not checked",
+                "stopped after {} errors; the rest of this file was not checked",
                 check::MAX_PROBLEMS_PER_FILE
             ),
+        });
+    }
+    if problems.warnings_not_shown > 0 {
+        let (line, column) = problems
+            .list
+            .last()
+            .map_or((None, None), |d| (d.line, d.column));
+        problems.list.push(Diagnostic {
+            severity: Severity::Warning,
+            file: file.path.clone(),
+            line,
+            column,
+            field: None,
+            message: format!("{} more warnings not shown", problems.warnings_not_shown),
         });
     }
     let list = problems.list;

@@ -79,6 +79,10 @@ fn options() -> Options {
     options.duplicate_keys = DuplicateKeyPolicy::PassThrough;
     options.non_finite_float_policy = NonFiniteFloatPolicy::PassThrough;
     options.with_snippet = false;
+    // YAML 1.2, as the JSON Schema and editors read manifests: `yes`/`on` and
+    // `1_000` are strings, not a boolean and a number.
+    options.strict_booleans = true;
+    options.underscored_numbers_as_strings = true;
     options
 }
 
@@ -97,6 +101,10 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
                 if let Some(stripped) = message.strip_suffix(&suffix) {
                     message = stripped.to_owned();
                 }
+            }
+            // The parser's own words for its safety limits name internals.
+            if message.contains("budget breached: Depth") || message.contains("recursion limit") {
+                message = "nesting deeper than 32 levels".to_owned();
             }
             SyntaxError {
                 line,
@@ -193,6 +201,20 @@ mod tests {
         let mut docs = parse_documents(text).expect("valid YAML");
         assert_eq!(docs.len(), 1);
         docs.remove(0)
+    }
+
+    #[test]
+    fn reads_yaml_1_2_scalars_as_the_schema_does() {
+        let doc = one("a: yes\nb: on\nc: 1_000\nd: true\ne: 0.5\n");
+        let Kind::Map(entries) = doc.kind else {
+            panic!("a mapping")
+        };
+        let kinds: Vec<&Kind> = entries.iter().map(|(_, v)| &v.kind).collect();
+        assert!(matches!(kinds[0], Kind::Str(s) if s == "yes"));
+        assert!(matches!(kinds[1], Kind::Str(s) if s == "on"));
+        assert!(matches!(kinds[2], Kind::Str(s) if s == "1_000"));
+        assert!(matches!(kinds[3], Kind::Bool(true)));
+        assert!(matches!(kinds[4], Kind::Float(f) if *f == 0.5));
     }
 
     #[test]
