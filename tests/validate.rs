@@ -232,3 +232,26 @@ fn colour_marks_only_the_severity_and_file_escapes_stay_escaped() {
     assert!(stdout.starts_with("escape-sequences/stage.yaml:4:1: \u{1b}[1m\u{1b}[31merror\u{1b}[0m: unknown key `\\u{1b}[31mred\\u{1b}[0m`"), "{stdout}");
     assert_eq!(stdout.matches('\u{1b}').count(), 3, "{stdout}");
 }
+
+#[test]
+fn every_copy_of_a_duplicate_name_names_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("stages")).unwrap();
+    let doc = "name: x\npublic_key: p\nprivate_key: literal\n";
+    std::fs::write(dir.path().join("stages/a.yaml"), [doc; 3].join("---\n")).unwrap();
+    std::fs::write(dir.path().join("stages/b.yaml"), [doc; 3].join("---\n")).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 3);
+    assert!(
+        stdout.contains(
+            "stages/a.yaml:1:1: error: stage name `x` is also declared at stages/a.yaml:5:1, stages/a.yaml:9:1, stages/b.yaml:1:1 and 2 more"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "stages/b.yaml:9:1: error: stage name `x` is also declared at stages/a.yaml:1:1, stages/a.yaml:5:1, stages/a.yaml:9:1 and 2 more"
+        ),
+        "{stdout}"
+    );
+}

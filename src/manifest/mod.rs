@@ -402,8 +402,23 @@ fn check_duplicates(manifests: &mut Manifests) {
     }
     let mut found = Vec::new();
     let mut report = |what: String, field: &str, origins: &[&Origin]| {
+        // Each place names the others, the first three of them: ten thousand
+        // copies must not print ten thousand squared places.
+        const SHOWN: usize = 3;
         for (i, origin) in origins.iter().enumerate() {
-            let other = if i == 0 { origins[1] } else { origins[0] };
+            let others: Vec<String> = origins
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, o)| o.to_string())
+                .take(SHOWN)
+                .collect();
+            let more = (origins.len() - 1).saturating_sub(SHOWN);
+            let other = if more > 0 {
+                format!("{} and {more} more", others.join(", "))
+            } else {
+                others.join(", ")
+            };
             found.push(Diagnostic {
                 severity: Severity::Error,
                 file: origin.file.clone(),
