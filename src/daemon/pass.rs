@@ -42,6 +42,10 @@ use crate::state::{KeyState, StateFile};
 
 /// The key under which authentik-wide failures (unreachable, 403) are logged.
 const AUTHENTIK: &str = "\0authentik";
+/// The longest wait before reading live state again after a failure. Lower
+/// than the per-stage cap (5 min): a failed read is one cheap GET, and after an
+/// outage authentik should be reconverged within half a minute, not five.
+const AUTHENTIK_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(30);
 /// The key under which an unavailable manifest directory is logged.
 const SOURCE: &str = "\0source";
 
@@ -176,7 +180,10 @@ impl Reconciler {
                 } else {
                     debug!(error = %message, "authentik still failing");
                 }
-                let delay = self.backoff.record_failure(AUTHENTIK, Instant::now());
+                let delay = self
+                    .backoff
+                    .record_failure(AUTHENTIK, Instant::now())
+                    .min(AUTHENTIK_RETRY_CAP);
                 // The stage counts stay as last seen: zeroing `failed` during an
                 // outage would silence the alerts built on it.
                 self.finish(
