@@ -26,7 +26,18 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The script for `shell`, checked to name every subcommand and plan's
+/// How each shell's script declares subcommand `sub` (not merely mentions the
+/// word, which help texts like `--dry-run` would do).
+fn declares(shell: &str, script: &str, sub: &str) -> bool {
+    match shell {
+        "zsh" => script.contains(&format!("\n'{sub}:")),
+        "fish" => script.contains(&format!("__fish_stagesync_needs_command\" -f -a \"{sub}\"")),
+        "bash" => script.contains(&format!("stagesync,{sub})")),
+        _ => false,
+    }
+}
+
+/// The script for `shell`, checked to declare every subcommand and plan's
 /// `--format` flag (`format_flag` as that shell spells it).
 fn completion_script(shell: &str, format_flag: &str) -> String {
     let out = stagesync(&["completions", shell]);
@@ -38,7 +49,7 @@ fn completion_script(shell: &str, format_flag: &str) -> String {
     );
     let script = stdout(&out);
     for sub in SUBCOMMANDS {
-        assert!(script.contains(sub), "{shell} script lacks {sub}");
+        assert!(declares(shell, &script, sub), "{shell} script lacks {sub}");
     }
     assert!(
         script.contains(format_flag),
