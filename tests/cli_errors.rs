@@ -60,6 +60,31 @@ fn cmd(ws: &Workspace, sim: &SimHandle) -> assert_cmd::Command {
 }
 
 /// Runs the command and checks that no secret reached stdout or stderr.
+/// What `plan` did against a stand-in server answering every GET the same way.
+struct AgainstServer {
+    out: Output,
+    uri: String,
+    requests: usize,
+}
+
+async fn plan_against(response: ResponseTemplate) -> AgainstServer {
+    let (ws, sim) = scenario().await;
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    let mut c = cmd(&ws, &sim);
+    c.args(["plan", "--url", &server.uri()]);
+    let out = run_checked(c).await;
+    let requests = server.received_requests().await.unwrap_or_default().len();
+    AgainstServer {
+        out,
+        uri: server.uri(),
+        requests,
+    }
+}
+
 async fn run_checked(cmd: assert_cmd::Command) -> Output {
     let out = run(cmd).await;
     assert_no_secrets(&out);
@@ -170,48 +195,32 @@ async fn a_token_without_permission_is_rejected_with_authentiks_detail_and_not_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_403_page_from_a_proxy_is_not_blamed_on_authentik() {
-    let (ws, sim) = scenario().await;
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(403)
-                .set_body_raw("<html><h1>403 Forbidden</h1>\n</html>", "text/html"),
-        )
-        .mount(&server)
-        .await;
-    let mut c = cmd(&ws, &sim);
-    c.args(["plan", "--url", &server.uri()]);
-    let out = run_checked(c).await;
+    let AgainstServer { out, requests, .. } = plan_against(
+        ResponseTemplate::new(403)
+            .set_body_raw("<html><h1>403 Forbidden</h1>\n</html>", "text/html"),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         the_error(&out),
         "error: the request was refused (HTTP 403) with a page that is not authentik's JSON: a proxy or firewall in front of authentik may block it, or the API token is rejected (<html><h1>403 Forbidden</h1> </html>)"
     );
-    let received = server.received_requests().await.unwrap_or_default();
-    assert_eq!(received.len(), 1, "403 is not retried");
+    assert_eq!(requests, 1, "403 is not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_is_not_followed_and_names_where_it_leads() {
-    let (ws, sim) = scenario().await;
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(301)
-                .insert_header("Location", "https://auth.example.com/api/v3/admin/version/"),
-        )
-        .mount(&server)
-        .await;
-    let mut c = cmd(&ws, &sim);
-    c.args(["plan", "--url", &server.uri()]);
-    let out = run_checked(c).await;
+    let AgainstServer { out, requests, .. } = plan_against(
+        ResponseTemplate::new(301)
+            .insert_header("Location", "https://auth.example.com/api/v3/admin/version/"),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         the_error(&out),
         "error: unexpected response from authentik (HTTP 301): redirected to https://auth.example.com/api/v3/admin/version/: pass the install's final URL with --url"
     );
-    let received = server.received_requests().await.unwrap_or_default();
-    assert_eq!(received.len(), 1, "the token does not follow the redirect");
+    assert_eq!(requests, 1, "the token does not follow the redirect");
 }
 
 // ---------------------------------------------------------------- wrong URL
@@ -248,28 +257,19 @@ async fn a_wrong_base_url_is_named_as_such_and_not_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_web_server_at_the_url_is_not_an_authentik_api() {
-    let (ws, sim) = scenario().await;
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(
-            ResponseTemplate::new(404)
-                .set_body_raw("<html><body>Not Found</body></html>", "text/html"),
-        )
-        .mount(&server)
-        .await;
-    let mut c = cmd(&ws, &sim);
-    c.args(["plan", "--url", &server.uri()]);
-    let out = run_checked(c).await;
+    let AgainstServer { out, uri, requests } = plan_against(
+        ResponseTemplate::new(404).set_body_raw("<html><body>Not Found</body></html>", "text/html"),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         the_error(&out),
         format!(
             "error: no authentik API at {} (wrong URL?): HTTP 404 with an HTML page instead of JSON: <html><body>Not Found</body></html>",
-            server.uri()
+            uri
         )
     );
-    let received = server.received_requests().await.unwrap_or_default();
-    assert_eq!(received.len(), 1, "not retried");
+    assert_eq!(requests, 1, "not retried");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,25 +460,17 @@ async fn server_with_list(list: ResponseTemplate) -> MockServer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_html_page_with_200_is_not_an_authentik_api() {
-    let (ws, sim) = scenario().await;
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(
+    let AgainstServer { out, uri, .. } = plan_against(ResponseTemplate::new(200).set_body_raw(
             "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>\n<body>Please sign in</body></html>",
             "text/html; charset=utf-8",
-        ))
-        .mount(&server)
-        .await;
-    let mut c = cmd(&ws, &sim);
-    c.args(["plan", "--url", &server.uri()]);
-    let out = run_checked(c).await;
+        )).await;
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert_eq!(
         the_error(&out),
         format!(
             "error: no authentik API at {} (wrong URL?): HTTP 200 with an HTML page instead of JSON: <!DOCTYPE html> <html><head><title>Sign in</title></head> <body>Please sign in</body></html>",
-            server.uri()
+            uri
         )
     );
 }
