@@ -33,6 +33,14 @@ impl Operation {
             Operation::Update => "update",
         }
     }
+
+    /// "created" / "updated", for reports and logs.
+    pub fn past_tense(self) -> &'static str {
+        match self {
+            Operation::Create => "created",
+            Operation::Update => "updated",
+        }
+    }
 }
 
 /// The result of one write.

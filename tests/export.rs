@@ -12,6 +12,20 @@ use stagesync::simulator::{self, SimConfig, SimHandle};
 use stagesync::stage::{DesiredStage, StageFields};
 use support::{TOKEN, Workspace, run, stderr, stdout};
 
+/// The stage with every optional field away from its default.
+fn sign_up_fields() -> StageFields {
+    StageFields {
+        js_url: "https://js.hcaptcha.com/1/api.js".into(),
+        api_url: "https://api.hcaptcha.com/siteverify".into(),
+        interactive: true,
+        score_min_threshold: 0.0,
+        score_max_threshold: 0.75,
+        error_on_invalid_score: false,
+        request_content_type: Some("application/json".into()),
+        ..StageFields::with_defaults("Sign Up", "site key with spaces")
+    }
+}
+
 /// Live stages with non-default fields, odd names, and two pairs of names whose
 /// file stems (and variable names) collide: `Sign Up` / `sign-up`, `A b` / `a-b`.
 fn seed(sim: &SimHandle) {
@@ -19,19 +33,7 @@ fn seed(sim: &SimHandle) {
         StageFields::with_defaults("login", "site-login"),
         "seeded-secret-k1",
     );
-    sim.seed_captcha(
-        StageFields {
-            js_url: "https://js.hcaptcha.com/1/api.js".into(),
-            api_url: "https://api.hcaptcha.com/siteverify".into(),
-            interactive: true,
-            score_min_threshold: 0.0,
-            score_max_threshold: 0.75,
-            error_on_invalid_score: false,
-            request_content_type: Some("application/json".into()),
-            ..StageFields::with_defaults("Sign Up", "site key with spaces")
-        },
-        "seeded-secret-k2",
-    );
+    sim.seed_captcha(sign_up_fields(), "seeded-secret-k2");
     sim.seed_captcha(
         StageFields {
             score_min_threshold: 0.7,
@@ -204,19 +206,7 @@ async fn export_writes_one_manifest_per_stage_and_never_overwrites_without_force
     );
     let (file, signup) = by_name(&loaded, "Sign Up");
     assert_eq!(keys_of(&exported[file]).len(), 10, "{}", exported[file]);
-    assert_eq!(
-        signup,
-        &StageFields {
-            js_url: "https://js.hcaptcha.com/1/api.js".into(),
-            api_url: "https://api.hcaptcha.com/siteverify".into(),
-            interactive: true,
-            score_min_threshold: 0.0,
-            score_max_threshold: 0.75,
-            error_on_invalid_score: false,
-            request_content_type: Some("application/json".into()),
-            ..StageFields::with_defaults("Sign Up", "site key with spaces")
-        }
-    );
+    assert_eq!(signup, &sign_up_fields());
     // Strings YAML would read as something else stay strings.
     let (file, dash) = by_name(&loaded, "sign-up");
     assert_eq!(

@@ -115,10 +115,7 @@ pub fn render_report(report: &ApplyReport) -> String {
                     apply::Operation::Create => created += 1,
                     apply::Operation::Update => updated += 1,
                 }
-                let verb = match outcome.operation {
-                    apply::Operation::Create => "created",
-                    apply::Operation::Update => "updated",
-                };
+                let verb = outcome.operation.past_tense();
                 out.push_str(&format!("{verb} {name} ({})\n", live.uuid));
             }
             // The manifest as the plan names it (file:line), so the two read alike.

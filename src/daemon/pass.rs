@@ -256,6 +256,12 @@ impl Reconciler {
                 .iter()
                 .filter(|e| !attempted.contains(e.name.as_str()))
                 .count();
+            let planned_by_name: std::collections::HashMap<&str, &Action> = planned
+                .plan
+                .stages
+                .iter()
+                .map(|e| (e.name.as_str(), &e.action))
+                .collect();
             for outcome in &report.outcomes {
                 let file = outcome.origin.file.display().to_string();
                 let operation = match outcome.operation {
@@ -268,14 +274,11 @@ impl Reconciler {
                         self.metrics.record_write(operation, Outcome::Success);
                         self.backoff.record_success(&outcome.name);
                         self.failures.success(&outcome.name);
-                        let what = planned
-                            .plan
-                            .stages
-                            .iter()
-                            .find(|e| e.name == outcome.name)
-                            .map(|e| describe(&e.action, Tense::Done))
+                        let what = planned_by_name
+                            .get(outcome.name.as_str())
+                            .map(|action| describe(action, Tense::Done))
                             .unwrap_or_default();
-                        info!(stage = %outcome.name, file, uuid = %live.uuid, change = %what, "{}d stage", outcome.operation.as_str());
+                        info!(stage = %outcome.name, file, uuid = %live.uuid, change = %what, "{} stage", outcome.operation.past_tense());
                     }
                     WriteResult::Failed(err) => {
                         counts.failed += 1;
@@ -323,11 +326,11 @@ impl Reconciler {
             Ok(m) if !m.files.is_empty() || self.last_valid.is_empty() => m,
             Ok(_) => {
                 self.source_unavailable("the manifest directory is empty");
-                return (false, 0, self.watched_secrets());
+                return (false, 0, self.last_secret_files.clone());
             }
             Err(err) => {
                 self.source_unavailable(&err.to_string());
-                return (false, 0, self.watched_secrets());
+                return (false, 0, self.last_secret_files.clone());
             }
         };
         if self.failures.success(SOURCE).is_news() {
@@ -382,10 +385,6 @@ impl Reconciler {
                 warn!(dir = %self.dir.display(), reason = why, "source unavailable: nothing loaded yet, waiting for it");
             }
         }
-    }
-
-    fn watched_secrets(&self) -> Vec<PathBuf> {
-        self.last_secret_files.clone()
     }
 
     /// Records the pass in metrics and health. `authentik` is `None` when the

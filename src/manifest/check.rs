@@ -343,7 +343,7 @@ pub fn check_http_url(s: &str) -> Result<(), String> {
     // the text itself is checked first: what is sent is this text, unrepaired.
     if let Some(c) = s
         .chars()
-        .find(|&c| c.is_whitespace() || c.is_control() || is_invisible(c))
+        .find(|&c| c.is_whitespace() || c.is_control() || crate::output::is_invisible(c))
     {
         return Err(format!("it contains the character U+{:04X}", c as u32));
     }
@@ -365,11 +365,6 @@ pub fn check_http_url(s: &str) -> Result<(), String> {
         return Err("it has no host".into());
     }
     Ok(())
-}
-
-/// Characters that render as nothing or reorder text (zero-width, bidi controls).
-fn is_invisible(c: char) -> bool {
-    crate::output::is_invisible(c)
 }
 
 fn check_tag(node: &Node, key: Option<&str>, problems: &mut Problems<'_>) {
