@@ -17,16 +17,11 @@
 //!
 //! Nothing talks to the daemon during the idle window (no /metrics scrape).
 
-#[path = "../tests/support/daemon.rs"]
-mod daemon;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, DaemonArgs};
-use stagesync::simulator::{self, SimConfig, SimHandle};
+use support::daemon::{Daemon, Harness};
 
-const TOKEN: &str = "bench-token";
 const KEY_VAR: &str = "BENCH_CAPTCHA_KEY";
 const FOLDERS: usize = 20;
 const EDITS: usize = 5;
@@ -38,7 +33,6 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(10),
     );
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
     println!(
         "stagesync run, release build, --interval 5m --debounce 500ms, idle window {} s, {} CPUs",
         idle.as_secs(),
@@ -49,7 +43,7 @@ fn main() {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for n in [100usize, 1_000] {
-        let row = measure(&runtime, n, idle);
+        let row = measure(n, idle);
         println!(
             "| {n} | {:.2} s | {} ms ({:.2} % of a core) | {} | {:.1} MiB | {:.1} MiB | {} ms / {} ms |",
             row.startup.as_secs_f64(),
@@ -76,15 +70,10 @@ struct Row {
     edit_max: Duration,
 }
 
-fn measure(runtime: &tokio::runtime::Runtime, n: usize, idle: Duration) -> Row {
-    let work = tempfile::tempdir().expect("temp dir");
-    let stages = work.path().join("stages");
-    let sim: SimHandle = runtime
-        .block_on(simulator::start(SimConfig {
-            token: TOKEN.to_owned(),
-            ..SimConfig::default()
-        }))
-        .expect("simulator starts");
+fn measure(n: usize, idle: Duration) -> Row {
+    let h = Harness::new();
+    let sim = &h.sim;
+    let stages = h.ws.stages();
     let paths: Vec<PathBuf> = (0..n)
         .map(|i| {
             let path = stages
@@ -97,17 +86,11 @@ fn measure(runtime: &tokio::runtime::Runtime, n: usize, idle: Duration) -> Row {
         .collect();
 
     let started = Instant::now();
-    let mut d = Daemon::start(DaemonArgs {
-        url: sim.url(),
-        token: TOKEN,
-        dir: stages.clone(),
-        state_file: work.path().join("state.json"),
-        flags: ["--interval", "5m", "--debounce", "500ms"]
-            .map(str::to_owned)
-            .to_vec(),
-        env: vec![(KEY_VAR.to_owned(), "bench-private-key".to_owned())],
-        current_dir: work.path().to_path_buf(),
-    });
+    let mut d = h.start_daemon(
+        stages,
+        &["--interval", "5m", "--debounce", "500ms"],
+        &[(KEY_VAR, "bench-private-key")],
+    );
     wait(&mut d, Duration::from_secs(120), || {
         sim.captcha_stages().len() == n
     });

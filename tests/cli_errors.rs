@@ -5,15 +5,12 @@
 //! exit code, the words on stderr/stdout, how many requests were made (retried
 //! or not), and that no secret was printed.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
 use stagesync::simulator::{Fault, FaultKind, SimHandle};
 use stagesync::stage::StageFields;
-use support::{TOKEN, Workspace, manifest, path_str, run, start_sim, stderr, stdout};
+use support::cli::{TOKEN, Workspace, manifest, path_str, run, start_sim, stderr, stdout};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 

@@ -2,16 +2,13 @@
 //! odd): pagination, every error class in the user's words, retries and what is
 //! never retried, the lost create, and version-dependent fields.
 
-#[path = "support/client.rs"]
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stagesync::authentik::{ApiError, Client, RequestRecord, RetryPolicy};
 use stagesync::simulator::{Fault, FaultKind, SimConfig};
 use stagesync::stage::StageFields;
-use support::*;
+use support::client::*;
 use uuid::Uuid;
 
 const LIST: &str = "/api/v3/stages/captcha/";

@@ -5,16 +5,13 @@
 //! One test in its own binary: it installs the global subscriber (at TRACE,
 //! `log` records included) and captures everything into a buffer.
 
-#[path = "support/client.rs"]
-mod support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use stagesync::authentik::Client;
 use stagesync::simulator::{Fault, FaultKind};
 use stagesync::stage::StageFields;
-use support::*;
+use support::client::*;
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -12,16 +12,13 @@
 //! recording's server had them: an identification stage named `rec-dummy`, and
 //! the flow `rec-flow` binding `rec-login` at order 10 before the flow_set case.
 
-#[path = "support/client.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use stagesync::simulator::SimHandle;
 use stagesync::stage::StageFields;
-use support::*;
+use support::client::*;
 
 const RECORDED: &str = include_str!("fixtures/exchanges-2025.12.4.json");
 const HTML_ELISION: &str = "…(html page, truncated)";

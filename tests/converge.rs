@@ -10,9 +10,6 @@
 //! everything else must be in sync on the second pass, and the second pass must
 //! not write anything (checked with the simulator's request counter).
 
-#[path = "support/cli.rs"]
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
@@ -358,7 +355,7 @@ fn load(dir: &Path) -> Result<Vec<DesiredStage>, TestCaseError> {
 fn client(sim: &SimHandle) -> Client {
     Client::new(&ClientSettings {
         url: sim.url(),
-        token: SecretString::from(support::TOKEN),
+        token: SecretString::from(support::cli::TOKEN),
         ca_file: None,
         insecure_skip_tls_verify: false,
         allow_http: false,
@@ -370,7 +367,7 @@ fn client(sim: &SimHandle) -> Client {
 
 async fn start(version: &str) -> SimHandle {
     simulator::start(SimConfig {
-        token: support::TOKEN.to_owned(),
+        token: support::cli::TOKEN.to_owned(),
         version: version.to_owned(),
         ..SimConfig::default()
     })

@@ -8,18 +8,14 @@
 //! (`1h`) unless the test is about the interval, so a convergence can only have
 //! come from the watcher or the signal under test.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/cli.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use daemon::{Daemon, DaemonArgs, atomic_write, metric_value};
-use stagesync::simulator::{Fault, SimHandle};
-use stagesync::stage::{LiveStage, StageFields};
-use support::{TOKEN, Workspace, start_sim};
+use stagesync::simulator::Fault;
+use stagesync::stage::StageFields;
+use support::cli::TOKEN;
+use support::daemon::{self, Daemon, Harness, metric_value};
+use support::files::atomic_save;
 
 /// The private key every `!Env` manifest here references.
 const KEY_VAR: &str = "CAPTCHA_KEY";
@@ -27,67 +23,22 @@ const KEY: &str = "captcha-private-key-9d8e7f6a";
 const DEBOUNCE: &str = "200ms";
 const PASSES: &str = "stagesync_reconciles_total{result=\"success\"}";
 
-/// A simulator on its own runtime, a workspace, and helpers to read live state.
-struct Harness {
-    ws: Workspace,
-    sim: SimHandle,
-    _runtime: tokio::runtime::Runtime,
+/// Starts `stagesync run` on `dir` with `--debounce 200ms`, `flags`, `$CAPTCHA_KEY` and `env`.
+fn start_on(h: &Harness, dir: PathBuf, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
+    let flags: Vec<&str> = ["--debounce", DEBOUNCE]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    let env: Vec<(&str, &str)> = [(KEY_VAR, KEY)]
+        .into_iter()
+        .chain(env.iter().copied())
+        .collect();
+    h.start_daemon(dir, &flags, &env)
 }
 
-impl Harness {
-    fn new() -> Self {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let sim = runtime.block_on(start_sim());
-        Harness {
-            ws: Workspace::new(),
-            sim,
-            _runtime: runtime,
-        }
-    }
-
-    /// Starts `stagesync run` on `dir` with `--debounce 200ms` and `flags`.
-    fn start_on(&self, dir: PathBuf, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut all = vec!["--debounce".to_owned(), DEBOUNCE.to_owned()];
-        all.extend(flags.iter().map(|f| (*f).to_owned()));
-        let mut vars = vec![(KEY_VAR.to_owned(), KEY.to_owned())];
-        vars.extend(env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        Daemon::start(DaemonArgs {
-            url: self.sim.url(),
-            token: TOKEN,
-            dir,
-            state_file: self.ws.state_file(),
-            flags: all,
-            env: vars,
-            current_dir: self.ws.root.path().to_path_buf(),
-        })
-    }
-
-    /// Starts `stagesync run` on the workspace's `stages/`.
-    fn start(&self, flags: &[&str]) -> Daemon {
-        self.start_on(self.ws.stages(), flags, &[])
-    }
-
-    fn live(&self, name: &str) -> Option<LiveStage> {
-        self.sim
-            .captcha_stages()
-            .into_iter()
-            .find(|s| s.fields.name == name)
-    }
-
-    fn threshold(&self, name: &str) -> Option<f64> {
-        self.live(name).map(|s| s.fields.score_min_threshold)
-    }
-
-    /// Waits until stage `name` is live with `score_min_threshold` = `value`.
-    fn wait_threshold(&self, daemon: &mut Daemon, name: &str, value: f64) -> Duration {
-        daemon.wait_until(&format!("{name} at score_min_threshold {value}"), || {
-            self.threshold(name) == Some(value)
-        })
-    }
+/// Starts `stagesync run` on the workspace's `stages/`.
+fn start(h: &Harness, flags: &[&str]) -> Daemon {
+    start_on(h, h.ws.stages(), flags, &[])
 }
 
 /// A manifest for `name` with `score_min_threshold: threshold`, key from `$CAPTCHA_KEY`.
@@ -100,7 +51,7 @@ fn stage_yaml(name: &str, threshold: f64) -> String {
 /// A started daemon on `stages/` holding `alpha` (0.5), converged.
 fn converged_alpha(h: &Harness, flags: &[&str]) -> Daemon {
     h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.5));
-    let mut d = h.start(flags);
+    let mut d = start(h, flags);
     h.wait_threshold(&mut d, "alpha", 0.5);
     d
 }
@@ -122,7 +73,7 @@ fn start_up_converges_and_logs_each_change_with_stage_and_file() {
     h.ws.write("login.yaml", &stage_yaml("login", 0.6));
     h.ws.write("more/signup.yml", &stage_yaml("signup", 0.4));
 
-    let mut d = h.start(&["--interval", "1h"]);
+    let mut d = start(&h, &["--interval", "1h"]);
     let starting = d.wait_for_log("stagesync run starting");
     assert!(
         starting.contains("interval=3600s") && starting.contains("listen=127.0.0.1:0"),
@@ -165,11 +116,11 @@ fn an_edit_converges_within_the_debounce_plus_a_second() {
 fn an_editors_atomic_save_converges() {
     let h = Harness::new();
     let mut d = converged_alpha(&h, &["--interval", "1h"]);
-    atomic_write(&h.ws.stages().join("alpha.yaml"), &stage_yaml("alpha", 0.7));
+    atomic_save(&h.ws.stages().join("alpha.yaml"), &stage_yaml("alpha", 0.7));
     let took = h.wait_threshold(&mut d, "alpha", 0.7);
     assert!(took < FILE_CONVERGENCE, "took {took:?}");
     // And again: the rename replaced the watched file; the next save is seen too.
-    atomic_write(&h.ws.stages().join("alpha.yaml"), &stage_yaml("alpha", 0.2));
+    atomic_save(&h.ws.stages().join("alpha.yaml"), &stage_yaml("alpha", 0.2));
     h.wait_threshold(&mut d, "alpha", 0.2);
 }
 
@@ -203,7 +154,7 @@ fn an_invalid_file_keeps_its_last_stages_and_recovers_without_a_restart() {
     let h = Harness::new();
     h.ws.write("a.yaml", &stage_yaml("alpha", 0.5));
     h.ws.write("b.yaml", &stage_yaml("beta", 0.5));
-    let mut d = h.start(&["--interval", "1h"]);
+    let mut d = start(&h, &["--interval", "1h"]);
     h.wait_threshold(&mut d, "alpha", 0.5);
     h.wait_threshold(&mut d, "beta", 0.5);
     let pid = d.pid();
@@ -339,7 +290,7 @@ fn a_deleted_manifest_leaves_its_stage_alone() {
     let h = Harness::new();
     h.ws.write("a.yaml", &stage_yaml("alpha", 0.5));
     h.ws.write("b.yaml", &stage_yaml("beta", 0.5));
-    let mut d = h.start(&["--interval", "1h"]);
+    let mut d = start(&h, &["--interval", "1h"]);
     h.wait_threshold(&mut d, "alpha", 0.5);
     h.wait_threshold(&mut d, "beta", 0.5);
     d.wait_for_metric("stagesync_stages{status=\"in_sync\"}", 2.0);
@@ -412,7 +363,7 @@ fn a_git_sync_symlink_swap_converges_to_the_new_content() {
         "rev-1",
         &[("alpha.yaml", stage_yaml("alpha", 0.5))],
     );
-    let mut d = h.start_on(link.clone(), &["--interval", "1h"], &[]);
+    let mut d = start_on(&h, link.clone(), &["--interval", "1h"], &[]);
     h.wait_threshold(&mut d, "alpha", 0.5);
 
     git_sync_publish(
@@ -449,7 +400,7 @@ fn a_directory_that_does_not_exist_yet_is_waited_for() {
     let root = h.ws.root.path().join("git");
     std::fs::create_dir(&root).expect("mkdir");
     let link = root.join("current");
-    let mut d = h.start_on(link.clone(), &["--interval", "1h"], &[]);
+    let mut d = start_on(&h, link.clone(), &["--interval", "1h"], &[]);
     let reason = d.wait_for_status("/readyz", 503, DEADLINE);
     assert_eq!(reason, "not ready: manifest directory unavailable\n");
     d.wait_for_metric(FAILED_PASSES, 1.0);
@@ -539,7 +490,7 @@ fn a_rewritten_file_secret_is_written_to_authentik() {
             key_file.display()
         ),
     );
-    let mut d = h.start(&["--interval", "1h"]);
+    let mut d = start(&h, &["--interval", "1h"]);
     let key_of = || {
         h.live("alpha")
             .and_then(|s| h.sim.private_key_of(s.uuid))
@@ -603,7 +554,7 @@ fn a_key_in_a_kubernetes_secret_volume_is_rotated() {
             volume.join("alpha").display()
         ),
     );
-    let mut d = h.start(&["--interval", "1h"]);
+    let mut d = start(&h, &["--interval", "1h"]);
     let key_of = || {
         h.live("alpha")
             .and_then(|s| h.sim.private_key_of(s.uuid))
@@ -635,7 +586,7 @@ fn dry_run_logs_drift_and_counts_it_but_never_writes() {
     );
     h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.5));
     h.ws.write("beta.yaml", &stage_yaml("beta", 0.5));
-    let mut d = h.start(&["--interval", "1h", "--dry-run"]);
+    let mut d = start(&h, &["--interval", "1h", "--dry-run"]);
 
     d.wait_for_log_count("drift found", 2);
     let log = d.log();
@@ -700,7 +651,7 @@ fn sigterm_and_sigint_exit_zero_within_a_few_seconds() {
     for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
         let h = Harness::new();
         h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.5));
-        let mut d = h.start(&["--interval", "1h", "--listen", "off"]);
+        let mut d = start(&h, &["--interval", "1h", "--listen", "off"]);
         h.wait_threshold(&mut d, "alpha", 0.5);
         d.signal(signal);
         let status = d
@@ -813,7 +764,8 @@ fn nothing_secret_reaches_the_log_at_trace_level() {
                 key_file.display()
             ),
         );
-        let mut d = h.start_on(
+        let mut d = start_on(
+            &h,
             h.ws.stages(),
             &["--interval", "1h", "--log-format", format],
             &[("RUST_LOG", "trace")],

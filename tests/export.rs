@@ -1,16 +1,13 @@
 //! `stagesync export` end to end: the real binary against the simulator, then
 //! the round trip through `validate` and `plan`.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use stagesync::manifest;
 use stagesync::simulator::{self, SimConfig, SimHandle};
 use stagesync::stage::{DesiredStage, StageFields};
-use support::{TOKEN, Workspace, run, stderr, stdout};
+use support::cli::{TOKEN, Workspace, run, stderr, stdout};
 
 /// The stage with every optional field away from its default.
 fn sign_up_fields() -> StageFields {

@@ -1,11 +1,8 @@
 //! `plan` and `apply` end to end: the real binary against the simulator on loopback.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use stagesync::simulator::{Fault, FaultKind};
 use stagesync::stage::StageFields;
-use support::{Workspace, manifest, run, start_sim, stderr, stdout};
+use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
 
 const LIST: &str = "/api/v3/stages/captcha/";
 
@@ -313,7 +310,7 @@ async fn plan_lists_every_page_of_a_large_install_in_few_calls() {
 async fn no_secret_reaches_any_output_even_at_trace_level() {
     let Scenario { ws, sim } = scenario().await;
     let secrets = [
-        support::TOKEN,
+        support::cli::TOKEN,
         "login-secret-value-1",
         "signup-secret-value-2",
         "renamed-secret-value-3",

@@ -1,12 +1,9 @@
 //! Black-box tests of `stagesync validate`: one fixture directory per error
 //! class, the exact report snapshotted, the exit code asserted.
 
-#[path = "support/validate.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{fixtures, report, validate_in};
+use support::validate::{fixtures, report, validate_in};
 
 fn check(case: &str, expected_code: i32) -> String {
     let started = Instant::now();

@@ -3,9 +3,6 @@
 //! schema can express is rejected by both. Custom tags (`!Env X`, `!File p`)
 //! are plain strings for the schema.
 
-#[path = "support/validate.rs"]
-mod support;
-
 use std::path::Path;
 
 use serde_json::Value;
@@ -62,12 +59,12 @@ fn every_valid_fixture_validates() {
     let schema = schema();
     let mut checked = 0;
     let roots = [
-        support::fixtures().join("valid-full"),
-        support::fixtures().join("valid-minimal"),
-        support::fixtures().join("valid-multi-document"),
-        support::fixtures().join("valid-nested"),
-        support::fixtures().join("valid-file-secret"),
-        support::fixtures().join("warning-literal-key"),
+        support::validate::fixtures().join("valid-full"),
+        support::validate::fixtures().join("valid-minimal"),
+        support::validate::fixtures().join("valid-multi-document"),
+        support::validate::fixtures().join("valid-nested"),
+        support::validate::fixtures().join("valid-file-secret"),
+        support::validate::fixtures().join("warning-literal-key"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("stages"),
     ];
     for root in roots {
@@ -98,7 +95,7 @@ fn schema_expressible_invalid_fixtures_are_rejected_by_both() {
         "bad-content-type",
         "top-level-not-mapping",
     ] {
-        let root = support::fixtures().join(case);
+        let root = support::validate::fixtures().join(case);
         assert!(!parser_accepts(&root), "parser accepted {case}");
         let docs = documents(&root);
         assert!(!docs.is_empty(), "{case} has no documents");

@@ -1,13 +1,11 @@
 //! The watcher against real directories: every way manifests change in
 //! practice must end in a hint, and bursts must coalesce.
 
-#[path = "support/watch.rs"]
-mod support;
-
 use std::os::unix::fs::symlink;
 use std::process::Command;
 
-use support::{atomic_save, swap_symlink, watch, write};
+use support::files::{atomic_save, swap_symlink, write};
+use support::watch::watch;
 
 const MANIFEST: &str = "name: a\nprovider: turnstile\n";
 

@@ -1,6 +1,5 @@
-//! Helpers for black-box tests: a temp directory of manifests, the real binary,
-//! and the simulator on loopback.
-#![allow(dead_code)]
+//! Black-box runs of the real binary: a temp directory of manifests, the
+//! simulator on loopback, and the command pointed at both.
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +7,8 @@ use assert_cmd::Command;
 use stagesync::simulator::{self, SimConfig, SimHandle};
 use tempfile::TempDir;
 
+/// The token the simulator of [`start_sim`] accepts and [`Workspace::cmd`]
+/// sends. Distinctive, so a leak is easy to find in captured output.
 pub const TOKEN: &str = "test-token-5f1c9a7e0b";
 
 /// A temporary workspace: `stages/` for manifests and a state file path.
@@ -15,17 +16,26 @@ pub struct Workspace {
     pub root: TempDir,
 }
 
+impl Default for Workspace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Workspace {
+    /// A fresh temp directory with an empty `stages/`.
     pub fn new() -> Self {
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join("stages")).expect("stages dir");
         Workspace { root }
     }
 
+    /// `stages/`, the manifest directory.
     pub fn stages(&self) -> PathBuf {
         self.root.path().join("stages")
     }
 
+    /// `state/state.json` (the folder is not created).
     pub fn state_file(&self) -> PathBuf {
         self.root.path().join("state").join("state.json")
     }
@@ -33,10 +43,7 @@ impl Workspace {
     /// Writes `stages/<name>` with `content`.
     pub fn write(&self, name: &str, content: &str) -> PathBuf {
         let path = self.stages().join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).expect("parent dir");
-        }
-        std::fs::write(&path, content).expect("write manifest");
+        crate::files::write(&path, content);
         path
     }
 
@@ -58,6 +65,7 @@ pub fn manifest(name: &str, public_key: &str, var: &str, extra: &str) -> String 
     format!("name: {name}\npublic_key: {public_key}\nprivate_key: !Env {var}\n{extra}")
 }
 
+/// The simulator on loopback, accepting [`TOKEN`].
 pub async fn start_sim() -> SimHandle {
     simulator::start(SimConfig {
         token: TOKEN.to_owned(),
@@ -74,14 +82,17 @@ pub async fn run(mut cmd: Command) -> std::process::Output {
         .expect("join")
 }
 
+/// stdout, lossily decoded.
 pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// stderr, lossily decoded.
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A path as the binary prints it.
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }

@@ -1,5 +1,5 @@
-//! Helpers for tests that talk to the simulator with the real client.
-#![allow(dead_code)]
+//! The library's HTTP client against the simulator, with retries fast enough
+//! for tests.
 
 use std::time::Duration;
 
@@ -17,10 +17,12 @@ pub const TOKEN: &str = "tok-3f9a1c7e-do-not-print-me";
 /// Retry delays small enough for tests, same number of attempts.
 pub const FAST_BASE: Duration = Duration::from_millis(5);
 
+/// The simulator on loopback, accepting [`TOKEN`].
 pub async fn sim() -> SimHandle {
     sim_with(SimConfig::default()).await
 }
 
+/// The simulator with `config`, its token replaced by [`TOKEN`].
 pub async fn sim_with(config: SimConfig) -> SimHandle {
     simulator::start(SimConfig {
         token: TOKEN.to_owned(),
@@ -30,10 +32,12 @@ pub async fn sim_with(config: SimConfig) -> SimHandle {
     .expect("the simulator binds a loopback port")
 }
 
+/// Client settings for `url` with [`TOKEN`] and short timeouts.
 pub fn settings(url: &str) -> ClientSettings {
     settings_with_token(url, TOKEN)
 }
 
+/// Client settings for `url` with `token` and short timeouts.
 pub fn settings_with_token(url: &str, token: &str) -> ClientSettings {
     ClientSettings {
         url: url.to_owned(),
@@ -51,20 +55,24 @@ pub fn client(url: &str) -> Client {
     client_from(&settings(url))
 }
 
+/// A client from `settings`, with fast retries.
 pub fn client_from(settings: &ClientSettings) -> Client {
     Client::new(settings)
         .expect("valid test settings")
         .with_retry_policy(RetryPolicy::fast(FAST_BASE))
 }
 
+/// What a server of `version` (e.g. `"2025.12.4"`) can do.
 pub fn caps(version: &str) -> Capabilities {
     Capabilities::for_version(ServerVersion::parse(version).expect("a version"))
 }
 
+/// A private key value.
 pub fn key(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
+/// A write of `fields` with `private_key` to a server of `version`.
 pub fn write<'a>(
     fields: &'a StageFields,
     private_key: &'a SecretString,

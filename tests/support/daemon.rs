@@ -6,16 +6,26 @@
 //! "serving /healthz..." log line, so parallel tests never race for a port.
 //! A [`Daemon`] kills its child when dropped, so a failing test leaves no
 //! process behind; set `STAGESYNC_TEST_PRINT_LOG=1` to see its log then.
-#![allow(dead_code)]
+//!
+//! [`Harness`] is the usual set-up: the simulator on a runtime of its own (the
+//! daemon is a child process, so these tests are synchronous) and a
+//! [`Workspace`], with [`Harness::start_daemon`] pointing `stagesync run` at both.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The binary under test.
-pub const BINARY: &str = env!("CARGO_BIN_EXE_stagesync");
+use stagesync::simulator::SimHandle;
+use stagesync::stage::LiveStage;
+
+use crate::cli::{TOKEN, Workspace, start_sim};
+
+/// The binary under test, as Cargo built it for the running test or benchmark.
+pub fn binary() -> PathBuf {
+    assert_cmd::cargo::cargo_bin("stagesync")
+}
 
 /// How long a condition may take before a test gives up.
 pub const DEADLINE: Duration = Duration::from_secs(10);
@@ -40,6 +50,75 @@ pub struct DaemonArgs<'a> {
     pub current_dir: PathBuf,
 }
 
+/// The simulator on its own runtime and a workspace: what a daemon test starts from.
+pub struct Harness {
+    pub ws: Workspace,
+    pub sim: SimHandle,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness {
+    /// Starts the simulator and makes a fresh workspace.
+    pub fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sim = runtime.block_on(start_sim());
+        Harness {
+            ws: Workspace::new(),
+            sim,
+            _runtime: runtime,
+        }
+    }
+
+    /// Starts `stagesync run` on `dir` against the simulator, with the
+    /// workspace's state file, the workspace as working directory, `flags`
+    /// after `run` and `env` added to the environment.
+    pub fn start_daemon(&self, dir: PathBuf, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start(DaemonArgs {
+            url: self.sim.url(),
+            token: TOKEN,
+            dir,
+            state_file: self.ws.state_file(),
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            current_dir: self.ws.root.path().to_path_buf(),
+        })
+    }
+
+    /// The live stage called `name`, if the simulator holds one.
+    pub fn live(&self, name: &str) -> Option<LiveStage> {
+        self.sim
+            .captcha_stages()
+            .into_iter()
+            .find(|s| s.fields.name == name)
+    }
+
+    /// The live `score_min_threshold` of stage `name`.
+    pub fn threshold(&self, name: &str) -> Option<f64> {
+        self.live(name).map(|s| s.fields.score_min_threshold)
+    }
+
+    /// Waits until stage `name` is live with `score_min_threshold` = `value`;
+    /// returns how long that took.
+    pub fn wait_threshold(&self, daemon: &mut Daemon, name: &str, value: f64) -> Duration {
+        daemon.wait_until(&format!("{name} at score_min_threshold {value}"), || {
+            self.threshold(name) == Some(value)
+        })
+    }
+}
+
 impl Daemon {
     /// Starts the daemon and waits until its HTTP server is up (unless
     /// `--listen off` is among the flags).
@@ -49,7 +128,7 @@ impl Daemon {
             .windows(2)
             .any(|w| w[0] == "--listen" && w[1] == "off");
         let has_listen = args.flags.iter().any(|f| f == "--listen");
-        let mut cmd = Command::new(BINARY);
+        let mut cmd = Command::new(binary());
         cmd.current_dir(&args.current_dir)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
@@ -318,12 +397,4 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
-}
-
-/// Writes `content` to `path` the way editors save: a temporary file in the
-/// same folder, then a rename over the original.
-pub fn atomic_write(path: &Path, content: &str) {
-    let tmp = path.with_extension("yaml.tmp~");
-    std::fs::write(&tmp, content).expect("write temp file");
-    std::fs::rename(&tmp, path).expect("rename over");
 }

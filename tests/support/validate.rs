@@ -1,12 +1,12 @@
 //! Runs `stagesync validate` on fixture directories and captures the outcome.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
 
+/// `tests/fixtures/manifests`, one directory per case.
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/manifests")
 }
 
 /// Exit code, stdout and stderr of `stagesync validate <dir>` run in `cwd`,

@@ -1,5 +1,5 @@
-//! Helpers for the watcher tests: a watcher on a temp directory and ways to wait
-//! for its hints without asserting exact timings.
+//! The file watcher on a temp directory and ways to wait for its hints without
+//! asserting exact timings. [`crate::files`] makes the changes it should see.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,11 +14,13 @@ pub const HINT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to listen before concluding that no hint is coming.
 pub const QUIET: Duration = Duration::from_millis(1500);
 
+/// A running watcher and the receiving end of its hints.
 pub struct Watched {
     pub watcher: Watcher,
     rx: TriggerReceiver,
 }
 
+/// Starts a watcher on `dir` with [`DEBOUNCE`].
 pub fn watch(dir: &Path) -> Watched {
     let (tx, rx) = trigger_channel();
     let watcher = Watcher::spawn(dir, DEBOUNCE, tx).expect("watcher starts");
@@ -55,29 +57,4 @@ impl Watched {
     pub async fn settle(&mut self) {
         self.count_hints().await;
     }
-}
-
-pub fn write(path: &Path, text: &str) {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).expect("mkdir -p");
-    }
-    std::fs::write(path, text).expect("write");
-}
-
-/// Replaces `path` the way editors save: write a temp file beside it, rename it over.
-pub fn atomic_save(path: &Path, text: &str) {
-    let tmp = path.with_extension("yaml.tmp~");
-    std::fs::write(&tmp, text).expect("write temp");
-    std::fs::rename(&tmp, path).expect("rename over");
-}
-
-/// Points `link` at `target` atomically, as git-sync and the Kubernetes atomic
-/// writer do: create a new symlink, rename it over the old one.
-pub fn swap_symlink(link: &Path, target: &Path) {
-    let tmp = link.with_file_name(format!(
-        "{}.tmp-link",
-        link.file_name().and_then(|n| n.to_str()).unwrap_or("link")
-    ));
-    std::os::unix::fs::symlink(target, &tmp).expect("symlink");
-    std::fs::rename(&tmp, link).expect("rename link over");
 }
