@@ -1,22 +1,43 @@
-//! Executes a plan: one write per changed stage, a bounded number at a time.
+//! Executes a plan: one write per entry that writes, a bounded number at a time.
 //!
-//! `apply` does not decide anything; the plan says what to write. A stage that
-//! fails is reported with authentik's message and does not stop the others.
-//! Cancelling stops *starting* writes; the ones in flight finish, so nothing is
-//! left half-written. After each successful write the fingerprint of the key
-//! that was sent is recorded, so the next plan knows the key is current.
+//! `apply` does not decide anything, and needs nothing but the [`Plan`]: every
+//! entry that writes carries its [`Write`] (target, fields, key, the entry it
+//! waits for). The contract, which the daemon and the `apply` command rely on:
+//!
+//! - [`ApplyReport::outcomes`] has exactly one [`WriteOutcome`] per entry whose
+//!   [`crate::plan::Action::write`] is `Some`, in plan order, each naming its
+//!   [`EntryId`].
+//!   Entries that write nothing (in sync, errors) have no outcome.
+//! - An outcome is [`WriteResult::Written`] (authentik's answer),
+//!   [`WriteResult::Failed`] (authentik's error, or an internal error if the
+//!   write task panicked: the write may or may not have reached authentik, so
+//!   its key is not recorded) or [`WriteResult::Skipped`] with a [`SkipReason`].
+//! - A write whose `after` entry was not written (failed, held back, skipped) is
+//!   skipped, naming that entry: sending it would only fail on authentik's
+//!   unique names. This follows chains.
+//! - The caller may hold entries back (the daemon: stages in backoff); they are
+//!   skipped with [`SkipReason::HeldBack`], and their dependants with them.
+//! - Cancelling stops *starting* writes; the ones in flight finish, so nothing is
+//!   left half-written. Every write not started is [`SkipReason::Cancelled`].
+//! - After each successful write the fingerprint of the key that was sent is
+//!   recorded, so the next plan knows the key is current.
+//!
+//! Adding an action kind (a delete, say; see [`crate::plan`]): one more arm in
+//! [`Operation`] and in `send`; the ordering, the skipping and the outcomes
+//! above stay as they are.
 
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client, StageWrite};
-use crate::plan::Action;
-use crate::reconcile::Planned;
-use crate::stage::{LiveStage, Origin, StageFields};
+use crate::capabilities::Capabilities;
+use crate::plan::{EntryId, Plan, Target, Write};
+use crate::stage::{LiveStage, Origin};
 use crate::state::KeyState;
 
 /// What a write was.
@@ -27,6 +48,13 @@ pub enum Operation {
 }
 
 impl Operation {
+    fn of(target: Target) -> Self {
+        match target {
+            Target::Create => Operation::Create,
+            Target::Update(_) => Operation::Update,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "create",
@@ -43,9 +71,11 @@ impl Operation {
     }
 }
 
-/// The result of one write.
+/// The result of one entry's write.
 #[derive(Debug)]
 pub struct WriteOutcome {
+    /// The plan entry this is the outcome of.
+    pub entry: EntryId,
     pub name: String,
     pub origin: Origin,
     pub operation: Operation,
@@ -56,10 +86,53 @@ pub struct WriteOutcome {
 pub enum WriteResult {
     /// authentik accepted the write and answered with the stage.
     Written(LiveStage),
-    /// authentik (or the network) refused it; the message is the user's.
-    Failed(ApiError),
-    /// Never sent: the run was interrupted, or a write it depends on failed.
-    NotStarted(String),
+    /// authentik (or the network) refused it, or stagesync failed; the message
+    /// is the user's.
+    Failed(WriteError),
+    /// Never sent.
+    Skipped(SkipReason),
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// A bug in stagesync (the write task panicked). Whether authentik received
+    /// the write is unknown.
+    #[error(
+        "internal error: the write stopped unexpectedly ({0}); whether authentik received it is unknown, the next plan will show"
+    )]
+    Internal(String),
+}
+
+/// Why a write was not sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The caller held it back (the daemon: the stage is in backoff).
+    HeldBack,
+    /// Cancelled before it started.
+    Cancelled,
+    /// It takes the name that entry `entry` (named `name`) renames its stage away
+    /// from, and that write was not made.
+    Dependency {
+        entry: EntryId,
+        name: String,
+        failed: bool,
+    },
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::HeldBack => f.write_str("held back until its retry is due"),
+            SkipReason::Cancelled => f.write_str("interrupted"),
+            SkipReason::Dependency { name, failed, .. } => {
+                let what = if *failed { "failed" } else { "was not sent" };
+                write!(f, "it takes the name of {name}, whose update {what}")
+            }
+        }
+    }
 }
 
 /// Every write of one apply, in plan order.
@@ -69,18 +142,21 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
-    pub fn failed(&self) -> impl Iterator<Item = (&WriteOutcome, &ApiError)> {
+    pub fn failed(&self) -> impl Iterator<Item = (&WriteOutcome, &WriteError)> {
         self.outcomes.iter().filter_map(|o| match &o.result {
             WriteResult::Failed(e) => Some((o, e)),
             _ => None,
         })
     }
-    pub fn not_started(&self) -> usize {
+
+    /// How many writes were not sent.
+    pub fn skipped(&self) -> usize {
         self.outcomes
             .iter()
-            .filter(|o| matches!(o.result, WriteResult::NotStarted(_)))
+            .filter(|o| matches!(o.result, WriteResult::Skipped(_)))
             .count()
     }
+
     /// True when every planned write succeeded.
     pub fn converged(&self) -> bool {
         self.outcomes
@@ -89,87 +165,113 @@ impl ApplyReport {
     }
 }
 
-/// One write to make.
-struct Write {
-    /// Where the private key comes from.
-    desired_index: usize,
-    fields: StageFields,
-    /// `None` to create.
-    target: Option<Uuid>,
-    /// Index of the write that must succeed first (it frees this one's name).
-    after: Option<usize>,
+/// One write of this apply, as the scheduler tracks it.
+struct Pending<'p> {
+    target: Target,
+    write: &'p Write,
+    /// Index (into the outcomes) of the write that must succeed first.
+    after: Option<Result<usize, EntryId>>,
+    /// `None` until the write is decided.
+    result: Option<WriteResult>,
 }
 
-/// Runs the writes of `planned`, at most `concurrency` at once, recording the
-/// fingerprint of each key that was written into `keys`.
+/// Runs the writes of `plan`, at most `concurrency` at once, recording the
+/// fingerprint of each key that was written into `keys`. `hold_back(name)`
+/// lets the daemon keep stages in backoff from being written this time.
 ///
-/// Writes run in waves: one whose name is being freed by another stage's
-/// rename waits for that rename (authentik's names are unique), and is not sent
-/// if the rename failed. `skip` lets the daemon hold back stages in backoff.
+/// Writes run in waves: one whose name is being freed by another entry's
+/// rename waits for that rename (authentik's names are unique). See the module
+/// docs for the outcomes.
 pub async fn apply(
     client: &Client,
-    planned: &Planned,
+    plan: &Plan,
     keys: &mut KeyState,
     concurrency: usize,
     cancel: &CancellationToken,
-    skip: impl Fn(&str) -> bool,
+    hold_back: impl Fn(&str) -> bool,
 ) -> ApplyReport {
-    let mut outcomes = Vec::new();
-    let mut writes = Vec::new();
-    let mut afters = Vec::new();
-    for entry in planned
-        .plan
+    let entries: Vec<_> = plan
         .stages
         .iter()
-        .filter(|entry| !skip(&entry.name))
-    {
-        // The plan's fields (normalised, version-filtered) are what is sent.
-        let (operation, target, fields) = match &entry.action {
-            Action::Create { fields, .. } => (Operation::Create, None, fields),
-            Action::Update { uuid, fields, .. } => (Operation::Update, Some(*uuid), fields),
-            Action::InSync { .. } | Action::Error { .. } => continue,
-        };
-        outcomes.push(WriteOutcome {
-            name: entry.name.clone(),
-            origin: entry.origin.clone(),
-            operation,
-            result: WriteResult::NotStarted("interrupted".into()),
-        });
-        writes.push(Write {
-            desired_index: entry.desired_index,
-            fields: fields.clone(),
+        .filter_map(|entry| entry.action.write().map(|(t, w)| (entry, t, w)))
+        .collect();
+    let position: HashMap<EntryId, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (entry, ..))| (entry.id, i))
+        .collect();
+    let mut writes: Vec<Pending> = entries
+        .iter()
+        .map(|&(entry, target, write)| Pending {
             target,
-            after: None,
-        });
-        afters.push(entry.after);
-    }
-    for (i, after) in afters.into_iter().enumerate() {
-        writes[i].after = after.and_then(|uuid| writes.iter().position(|w| w.target == Some(uuid)));
-    }
+            write,
+            // An `after` that is not a write of this plan cannot be satisfied.
+            after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
+            result: hold_back(&entry.name).then_some(WriteResult::Skipped(SkipReason::HeldBack)),
+        })
+        .collect();
+    let name_of = |id: EntryId| {
+        plan.entry(id)
+            .map_or_else(|| id.to_string(), |e| e.name.clone())
+    };
 
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut done = vec![false; writes.len()];
     loop {
-        // This wave: writes not done whose dependency (if any) is done.
-        let wave: Vec<usize> = (0..writes.len())
-            .filter(|&i| !done[i] && writes[i].after.is_none_or(|j| done[j]))
-            .collect();
-        if wave.is_empty() || cancel.is_cancelled() {
+        if cancel.is_cancelled() {
+            for w in writes.iter_mut().filter(|w| w.result.is_none()) {
+                w.result = Some(WriteResult::Skipped(SkipReason::Cancelled));
+            }
             break;
         }
-        let mut tasks = JoinSet::new();
-        for index in wave {
-            done[index] = true;
-            if let Some(j) = writes[index].after
-                && !matches!(outcomes[j].result, WriteResult::Written(_))
-            {
-                outcomes[index].result = WriteResult::NotStarted(format!(
-                    "it takes the name of {}, whose update did not succeed",
-                    outcomes[j].name
-                ));
+        // Writes whose dependency is decided: skipped if it was not written.
+        let mut wave = Vec::new();
+        for i in 0..writes.len() {
+            if writes[i].result.is_some() {
                 continue;
             }
-            // Wait for a free slot, unless cancelled: then start nothing more.
+            let skip = match writes[i].after {
+                None => None,
+                Some(Err(missing)) => Some(SkipReason::Dependency {
+                    entry: missing,
+                    name: name_of(missing),
+                    failed: false,
+                }),
+                Some(Ok(j)) => match &writes[j].result {
+                    None => continue,
+                    Some(WriteResult::Written(_)) => None,
+                    Some(other) => Some(SkipReason::Dependency {
+                        entry: entries[j].0.id,
+                        name: entries[j].0.name.clone(),
+                        failed: matches!(other, WriteResult::Failed(_)),
+                    }),
+                },
+            };
+            match skip {
+                Some(reason) => writes[i].result = Some(WriteResult::Skipped(reason)),
+                None => wave.push(i),
+            }
+        }
+        if wave.is_empty() {
+            // Undecided writes left here wait on each other: a cycle, which the
+            // planner refuses. Skip them rather than wait forever.
+            for w in writes.iter_mut().filter(|w| w.result.is_none()) {
+                if let Some(Ok(j)) = w.after {
+                    let entry = entries[j].0;
+                    w.result = Some(WriteResult::Skipped(SkipReason::Dependency {
+                        entry: entry.id,
+                        name: entry.name.clone(),
+                        failed: false,
+                    }));
+                }
+            }
+            break;
+        }
+
+        let mut tasks = JoinSet::new();
+        let mut index_of_task = HashMap::new();
+        for index in wave {
+            // Wait for a free slot, unless cancelled: then start nothing more
+            // (the next turn of the loop marks the rest cancelled).
             let permit = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -178,43 +280,379 @@ pub async fn apply(
                     Err(_) => break,
                 },
             };
-            let desired = &planned.desired[writes[index].desired_index];
             let client = client.clone();
-            let fields = writes[index].fields.clone();
-            let private_key = desired.private_key.clone();
-            let capabilities = planned.capabilities;
             let target = writes[index].target;
-            tasks.spawn(async move {
-                let write = StageWrite {
-                    fields: &fields,
-                    private_key: &private_key,
-                    capabilities,
-                };
-                let result = match target {
-                    None => client.create_stage(&write).await,
-                    Some(uuid) => client.update_stage(uuid, &write).await,
-                };
+            let write = writes[index].write.clone();
+            let capabilities = plan.capabilities;
+            let task = tasks.spawn(async move {
+                let result = send(&client, target, &write, capabilities).await;
                 drop(permit);
-                (index, result)
+                result
             });
+            index_of_task.insert(task.id(), index);
         }
-        while let Some(joined) = tasks.join_next().await {
-            // A write task only ends without a result if it panicked (a bug);
-            // that outcome stays "not started" rather than taking the apply down.
-            let Ok((index, result)) = joined else {
-                continue;
+        while let Some(joined) = tasks.join_next_with_id().await {
+            let (index, result) = match joined {
+                Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
+                // A write task only ends without a result if it panicked (a bug):
+                // reported as failed, never skipped in silence.
+                Err(err) => {
+                    let index = index_of_task[&err.id()];
+                    let entry = entries[index].0;
+                    let why = if err.is_panic() {
+                        "panicked"
+                    } else {
+                        "was aborted"
+                    };
+                    tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
+                    (
+                        index,
+                        Err(WriteError::Internal(format!("the write task {why}"))),
+                    )
+                }
             };
-            outcomes[index].result = match result {
+            writes[index].result = Some(match result {
                 Ok(live) => {
-                    keys.record(
-                        live.uuid,
-                        &planned.desired[writes[index].desired_index].private_key,
-                    );
+                    keys.record(live.uuid, &writes[index].write.private_key);
                     WriteResult::Written(live)
                 }
                 Err(err) => WriteResult::Failed(err),
-            };
+            });
         }
     }
+
+    let outcomes = entries
+        .iter()
+        .zip(writes)
+        .map(|(&(entry, target, _), w)| WriteOutcome {
+            entry: entry.id,
+            name: entry.name.clone(),
+            origin: entry.origin.clone(),
+            operation: Operation::of(target),
+            // Every write is decided by now (cancelled, skipped or sent).
+            result: w
+                .result
+                .unwrap_or(WriteResult::Skipped(SkipReason::Cancelled)),
+        })
+        .collect();
     ApplyReport { outcomes }
+}
+
+/// The one request of a write.
+async fn send(
+    client: &Client,
+    target: Target,
+    write: &Write,
+    capabilities: Capabilities,
+) -> Result<LiveStage, ApiError> {
+    let request = StageWrite {
+        fields: &write.fields,
+        private_key: &write.private_key,
+        capabilities,
+    };
+    match target {
+        Target::Create => client.create_stage(&request).await,
+        Target::Update(uuid) => client.update_stage(uuid, &request).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
+    use crate::plan::{self, PlanInputs};
+    use crate::secret::{KeySource, SecretString};
+    use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
+    use crate::stage::{DesiredStage, StageFields};
+
+    const TOKEN: &str = "apply-test-token";
+    const VERSION: &str = "2025.12.4";
+    const CAPTCHA: &str = "/api/v3/stages/captcha/";
+
+    fn client(url: String) -> Client {
+        Client::new(&ClientSettings {
+            url,
+            token: SecretString::from(TOKEN),
+            ca_file: None,
+            insecure_skip_tls_verify: false,
+            allow_http: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+        })
+        .expect("loopback settings are valid")
+        .with_retry_policy(RetryPolicy::fast(Duration::from_millis(5)))
+    }
+
+    async fn sim() -> (SimHandle, Client) {
+        let sim = simulator::start(SimConfig {
+            token: TOKEN.to_owned(),
+            version: VERSION.to_owned(),
+            ..SimConfig::default()
+        })
+        .await
+        .expect("the simulator binds a loopback port");
+        let client = client(sim.url());
+        (sim, client)
+    }
+
+    fn desired(name: &str, pin: Option<Uuid>) -> DesiredStage {
+        DesiredStage {
+            origin: Origin {
+                file: PathBuf::from(format!("{name}.yaml")),
+                line: 1,
+                column: 1,
+            },
+            uuid: pin,
+            fields: StageFields::with_defaults(name, "site"),
+            key_source: KeySource::Env("KEY".into()),
+            private_key: SecretString::from("k"),
+        }
+    }
+
+    fn plan_for(desired: &[DesiredStage], live: &[LiveStage]) -> Plan {
+        plan::plan(&PlanInputs {
+            desired,
+            live,
+            keys: &KeyState::default(),
+            capabilities: Capabilities::for_version(ServerVersion::parse(VERSION).unwrap()),
+            foreign_names: &BTreeMap::new(),
+        })
+    }
+
+    /// Live stages `a` and `b`; the plan renames b to c, then a to b (waiting
+    /// for entry 2), then creates a new "a" (waiting for entry 1). Returns the
+    /// plan and the uuids of the stages first named a and b.
+    fn chain_of_renames(sim: &SimHandle) -> (Plan, Uuid, Uuid) {
+        let a = sim.seed_captcha(StageFields::with_defaults("a", "site"), "k");
+        let b = sim.seed_captcha(StageFields::with_defaults("b", "site"), "k");
+        let plan = plan_for(
+            &[
+                desired("a", None),
+                desired("b", Some(a)),
+                desired("c", Some(b)),
+            ],
+            &sim.captcha_stages(),
+        );
+        (plan, a, b)
+    }
+
+    /// (entry, name, what happened) per outcome, for one-line assertions.
+    fn summary(report: &ApplyReport) -> Vec<(usize, &str, String)> {
+        report
+            .outcomes
+            .iter()
+            .map(|o| {
+                let what = match &o.result {
+                    WriteResult::Written(_) => "written".to_owned(),
+                    WriteResult::Failed(e) => format!("failed: {e}"),
+                    WriteResult::Skipped(why) => format!("skipped: {why}"),
+                };
+                (o.entry.0, o.name.as_str(), what)
+            })
+            .collect()
+    }
+
+    async fn run(
+        client: &Client,
+        plan: &Plan,
+        concurrency: usize,
+        cancel: &CancellationToken,
+        hold_back: impl Fn(&str) -> bool,
+    ) -> (ApplyReport, KeyState) {
+        let mut keys = KeyState::default();
+        let report = apply(client, plan, &mut keys, concurrency, cancel, hold_back).await;
+        (report, keys)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_rename_skips_the_write_that_takes_its_name_and_not_the_others() {
+        let (sim, client) = sim().await;
+        let a = sim.seed_captcha(StageFields::with_defaults("a", "site"), "k");
+        // Entry 0 creates "a", which entry 1 renames its stage away from; entry
+        // 2 is independent.
+        let plan = plan_for(
+            &[
+                desired("a", None),
+                desired("b", Some(a)),
+                desired("c", None),
+            ],
+            &sim.captcha_stages(),
+        );
+        sim.inject(
+            Fault::new(FaultKind::Status {
+                status: 400,
+                retry_after: None,
+                body: r#"{"name": ["injected refusal"]}"#.to_owned(),
+            })
+            .on("PUT", CAPTCHA),
+        );
+        let (report, keys) = run(&client, &plan, 4, &CancellationToken::new(), |_| false).await;
+
+        let got = summary(&report);
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            got[0],
+            (
+                0,
+                "a",
+                "skipped: it takes the name of b, whose update failed".to_owned()
+            )
+        );
+        assert_eq!((got[1].0, got[1].1), (1, "b"));
+        assert!(
+            got[1].2.starts_with("failed: ") && got[1].2.contains("injected refusal"),
+            "{got:?}"
+        );
+        assert_eq!(got[2], (2, "c", "written".to_owned()));
+        assert!(matches!(
+            report.outcomes[0].result,
+            WriteResult::Skipped(SkipReason::Dependency {
+                entry: EntryId(1),
+                failed: true,
+                ..
+            })
+        ));
+        assert_eq!(sim.request_counts().writes(), 2, "the PUT and c's POST");
+        assert_eq!(
+            keys.status(a, &SecretString::from("k")),
+            crate::state::KeyStatus::Unknown,
+            "a failed write records no key"
+        );
+        assert!(!report.converged());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_back_write_skips_its_dependants_along_the_chain() {
+        let (sim, client) = sim().await;
+        let (plan, ..) = chain_of_renames(&sim);
+        let (report, _) = run(&client, &plan, 4, &CancellationToken::new(), |name| {
+            name == "c"
+        })
+        .await;
+
+        assert_eq!(
+            summary(&report),
+            vec![
+                (
+                    0,
+                    "a",
+                    "skipped: it takes the name of b, whose update was not sent".to_owned()
+                ),
+                (
+                    1,
+                    "b",
+                    "skipped: it takes the name of c, whose update was not sent".to_owned()
+                ),
+                (
+                    2,
+                    "c",
+                    "skipped: held back until its retry is due".to_owned()
+                ),
+            ]
+        );
+        assert_eq!(sim.request_counts().writes(), 0);
+        assert_eq!(report.skipped(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_failures_a_chain_is_written_in_order_and_reported_in_plan_order() {
+        let (sim, client) = sim().await;
+        let (plan, a, b) = chain_of_renames(&sim);
+        let (report, keys) = run(&client, &plan, 4, &CancellationToken::new(), |_| false).await;
+        let got = summary(&report);
+        assert!(report.converged(), "{got:?}");
+        assert_eq!(
+            got.iter().map(|(i, n, _)| (*i, *n)).collect::<Vec<_>>(),
+            [(0, "a"), (1, "b"), (2, "c")]
+        );
+        let mut names: Vec<String> = sim
+            .captcha_stages()
+            .into_iter()
+            .map(|s| s.fields.name)
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b", "c"]);
+        for uuid in [a, b] {
+            assert_eq!(
+                keys.status(uuid, &SecretString::from("k")),
+                crate::state::KeyStatus::Unchanged
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_apply_sends_nothing_and_says_so_for_every_write() {
+        let (sim, client) = sim().await;
+        let plan = plan_for(&[desired("a", None), desired("b", None)], &[]);
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let (report, _) = run(&client, &plan, 4, &cancel, |_| false).await;
+        assert_eq!(
+            summary(&report),
+            vec![
+                (0, "a", "skipped: interrupted".to_owned()),
+                (1, "b", "skipped: interrupted".to_owned()),
+            ]
+        );
+        assert_eq!(sim.request_counts().writes(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelling_lets_the_write_in_flight_finish_and_starts_no_other() {
+        use wiremock::matchers::{method, path};
+        use wiremock::{Mock, MockServer, ResponseTemplate};
+
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(CAPTCHA))
+            .respond_with(
+                ResponseTemplate::new(201)
+                    .set_body_json(serde_json::json!({
+                        "pk": Uuid::from_u128(7), "name": "a", "public_key": "site"
+                    }))
+                    // Long enough for the test to see the request arrive and
+                    // cancel while it is in flight, even on a loaded machine.
+                    .set_delay(Duration::from_secs(2)),
+            )
+            .mount(&server)
+            .await;
+        let client = client(server.uri());
+        let plan = plan_for(
+            &[desired("a", None), desired("b", None), desired("c", None)],
+            &[],
+        );
+        let cancel = CancellationToken::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            let server = &server;
+            async move {
+                while server
+                    .received_requests()
+                    .await
+                    .unwrap_or_default()
+                    .is_empty()
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                cancel.cancel();
+            }
+        };
+        let ((report, _), ()) = tokio::join!(run(&client, &plan, 1, &cancel, |_| false), canceller);
+
+        assert_eq!(
+            summary(&report),
+            vec![
+                (0, "a", "written".to_owned()),
+                (1, "b", "skipped: interrupted".to_owned()),
+                (2, "c", "skipped: interrupted".to_owned()),
+            ]
+        );
+        assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    }
 }

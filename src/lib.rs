@@ -13,8 +13,10 @@
 //!   `!Env` / `!File` references manifests use instead of values.
 //! - [`manifest`]: finds `*.yaml` files under a directory, parses and checks them
 //!   (with file, line and column for every problem) and resolves secret references.
+//! - [`capabilities`]: what the connected authentik's version allows
+//!   ([`capabilities::Capabilities`]), pure.
 //! - [`authentik`]: the API client (pagination, retries, errors in the user's
-//!   words) and the version-dependent [`authentik::Capabilities`].
+//!   words) and the wire format.
 //! - [`simulator`]: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
 //! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
@@ -31,6 +33,7 @@
 
 pub mod apply;
 pub mod authentik;
+pub mod capabilities;
 pub mod cli;
 pub mod commands;
 pub mod daemon;

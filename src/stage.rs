@@ -13,7 +13,7 @@
 //!
 //! Fields that only some authentik versions know (`request_content_type`, from
 //! 2026.8) are `Option`s here and are compared only when the connected server
-//! knows them (see [`crate::authentik::Capabilities`]).
+//! knows them (see [`crate::capabilities::Capabilities`]).
 
 use std::fmt;
 use std::path::PathBuf;

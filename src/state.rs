@@ -35,7 +35,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::plan::KeyStatus;
 use crate::secret::{ExposeSecret, PrivateKey};
 
 /// The version of the state file format this build reads and writes.
@@ -128,6 +127,19 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
         .collect()
+}
+
+/// What is known about the write-only private key of a stage, from its
+/// fingerprint in [`KeyState`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus {
+    /// The key is what stagesync last wrote.
+    Unchanged,
+    /// stagesync wrote a different key: it will be updated.
+    Rotated,
+    /// stagesync never wrote this stage's key (or the state file was lost).
+    Unknown,
 }
 
 /// The fingerprints of the keys stagesync last wrote, per stage uuid.

@@ -466,7 +466,7 @@ async fn converges(
         };
         *seen.entry(kind).or_default() += 1;
     }
-    let report = apply(&client, &first, &mut keys, 4, &cancel, |_| false).await;
+    let report = apply(&client, &first.plan, &mut keys, 4, &cancel, |_| false).await;
     let failed: Vec<String> = report
         .failed()
         .map(|(o, e)| format!("{}: {e}", o.name))
@@ -474,7 +474,7 @@ async fn converges(
     prop_assert!(
         report.converged(),
         "the plan had no errors for these stages, yet writes failed: {failed:?} (not started: {})",
-        report.not_started()
+        report.skipped()
     );
 
     sim.reset_counts();
@@ -500,7 +500,7 @@ async fn converges(
             before.action
         );
     }
-    let again = apply(&client, &second, &mut keys, 4, &cancel, |_| false).await;
+    let again = apply(&client, &second.plan, &mut keys, 4, &cancel, |_| false).await;
     prop_assert!(again.outcomes.is_empty());
     let counts = sim.request_counts();
     prop_assert_eq!(counts.writes(), 0, "second pass wrote: {:?}", counts);
@@ -584,7 +584,7 @@ fn request_content_type_never_causes_a_perpetual_diff_across_versions() {
             let planned = fetch_and_plan(&client, desired(), &keys)
                 .await
                 .expect("plan");
-            let report = apply(&client, &planned, &mut keys, 4, &cancel, |_| false).await;
+            let report = apply(&client, &planned.plan, &mut keys, 4, &cancel, |_| false).await;
             assert!(report.converged(), "{version}: {report:?}");
             assert_eq!(
                 sim.request_counts().writes(),

@@ -1,15 +1,17 @@
-//! authentik's Captcha Stage API: the client, and what the server version allows.
+//! authentik's Captcha Stage API: the client, its retries and errors, and the
+//! wire format. What the server version allows is pure and lives in
+//! [`crate::capabilities`]; it is re-exported here because every caller of the
+//! client needs it.
 
 pub mod client;
 pub mod error;
 pub mod retry;
-pub mod version;
 pub mod wire;
 
+pub use crate::capabilities::{Capabilities, ServerVersion};
 pub use client::{Client, RequestRecord};
 pub use error::ApiError;
 pub use retry::RetryPolicy;
-pub use version::{Capabilities, ServerVersion};
 pub use wire::{NamedStage, StageWrite};
 
 use std::path::PathBuf;

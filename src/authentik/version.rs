@@ -1,13 +1,18 @@
 //! What the connected authentik knows, decided from its version in one place.
 //!
+//! Pure: no I/O. The client reads the version ([`crate::authentik::Client::version`]);
+//! everything here is a function of it, so the planner can depend on it without
+//! depending on the HTTP client.
+//!
 //! A field the server does not know is silently ignored on write and never
 //! reported on read, so sending or comparing it would show as drift forever.
 //! Every version-dependent decision of the client and the planner asks
-//! [`Capabilities`]; nothing else looks at version numbers.
+//! [`Capabilities`]; nothing else looks at version numbers. The fields a write
+//! sends are cut to what the server knows in one place, [`Capabilities::sendable`].
 
 use std::fmt;
 
-use crate::stage::Field;
+use crate::stage::{Field, StageFields};
 
 /// An authentik release, `YEAR.MONTH.PATCH` (e.g. `2025.12.4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,6 +71,16 @@ impl Capabilities {
             _ => true,
         }
     }
+
+    /// `fields` without the values of fields this server does not know, so a
+    /// write sends exactly the fields the plan compared. Only optional fields
+    /// depend on the version, so this clears `Option`s.
+    pub fn sendable(&self, mut fields: StageFields) -> StageFields {
+        if !self.knows(Field::RequestContentType) {
+            fields.request_content_type = None;
+        }
+        fields
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +111,21 @@ mod tests {
         assert!(!old.knows(Field::RequestContentType));
         assert!(new.knows(Field::RequestContentType));
         assert!(old.knows(Field::PublicKey));
+    }
+
+    #[test]
+    fn sendable_fields_drop_only_what_the_server_does_not_know() {
+        let fields = StageFields::with_defaults("a", "p");
+        let old = Capabilities::for_version(ServerVersion::new(2025, 12, 4));
+        let new = Capabilities::for_version(ServerVersion::new(2026, 8, 0));
+        assert_eq!(old.sendable(fields.clone()).request_content_type, None);
+        assert_eq!(new.sendable(fields.clone()), fields);
+        assert_eq!(
+            old.sendable(fields.clone()),
+            StageFields {
+                request_content_type: None,
+                ..fields
+            }
+        );
     }
 }

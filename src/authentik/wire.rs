@@ -5,7 +5,7 @@
 //!   plan shows a difference and an apply repairs it; never sent;
 //! - `flow_set` and `pk` are never sent (`flow_set` is an error before 2025.12,
 //!   `pk` is ignored);
-//! - a field the server does not know ([`Capabilities::knows`]) is not sent;
+//! - a field the server does not know ([`Capabilities::sendable`]) is not sent;
 //! - `request_content_type` is `None` when the server does not report it.
 
 use serde::Deserialize;
@@ -13,11 +13,12 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::ApiError;
-use super::version::Capabilities;
+use crate::capabilities::Capabilities;
 use crate::secret::{ExposeSecret, PrivateKey};
 use crate::stage::{self, Field, LiveStage, StageFields};
 
-/// What to write to a captcha stage: every managed field and the private key.
+/// What to write to a captcha stage: every managed field the server knows and
+/// the private key.
 pub struct StageWrite<'a> {
     pub fields: &'a StageFields,
     pub private_key: &'a PrivateKey,
@@ -148,14 +149,14 @@ pub struct WireVersion {
 
 /// The request body for POST and PUT: every managed field the server knows and
 /// the private key. This is the one place a private key is exposed for the wire.
+///
+/// The fields are cut to what the server knows by [`Capabilities::sendable`],
+/// the same function the planner uses, so a plan's fields and the body agree
+/// even for callers that build a [`StageWrite`] by hand.
 pub fn write_body(write: &StageWrite<'_>) -> Result<Value, ApiError> {
-    let f = write.fields;
+    let f = &write.capabilities.sendable(write.fields.clone());
     let mut body = Map::new();
-    let knows = |field| write.capabilities.knows(field);
     for field in Field::ALL {
-        if !knows(field) {
-            continue;
-        }
         let value = match field {
             Field::Name => Value::from(f.name.as_str()),
             Field::PublicKey => Value::from(f.public_key.as_str()),

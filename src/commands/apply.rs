@@ -59,7 +59,7 @@ pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
     });
     let report = apply::apply(
         &client,
-        &planned,
+        &planned.plan,
         state.keys_mut(),
         cfg.concurrency,
         &cancel,
@@ -129,13 +129,14 @@ pub fn render_report(report: &ApplyReport) -> String {
                 )),
                 escape(&err.to_string())
             )),
-            WriteResult::NotStarted(why) => {
-                out.push_str(&format!("not started: {name}: {}\n", escape(why)))
-            }
+            WriteResult::Skipped(why) => out.push_str(&format!(
+                "not started: {name}: {}\n",
+                escape(&why.to_string())
+            )),
         }
     }
     let failed = report.failed().count();
-    let skipped = report.not_started();
+    let skipped = report.skipped();
     out.push_str(&format!(
         "Apply: {created} created, {updated} updated, {failed} failed"
     ));

@@ -118,7 +118,7 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
     heading("2. stagesync apply --yes: converge", color);
     let report = apply::apply(
         &client,
-        &planned,
+        &planned.plan,
         state.keys_mut(),
         4,
         &CancellationToken::new(),

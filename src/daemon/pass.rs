@@ -243,7 +243,7 @@ impl Reconciler {
             let now = Instant::now();
             let report = apply::apply(
                 client,
-                &planned,
+                &planned.plan,
                 state.keys_mut(),
                 *concurrency,
                 &ctx.cancel,
@@ -289,7 +289,7 @@ impl Reconciler {
                             warn!(stage = %outcome.name, file, error = %message, retry_in = ?delay, "write failed");
                         }
                     }
-                    WriteResult::NotStarted(why) => {
+                    WriteResult::Skipped(why) => {
                         counts.drifted += 1;
                         debug!(stage = %outcome.name, file, why = %why, "write not started");
                     }

@@ -13,35 +13,65 @@
 //!    uuid-pinned manifest already claims that live stage.
 //! 3. Live captcha stages matched by nothing are `unmanaged`: listed, never touched.
 //!
-//! Traps:
+//! # The contract with `apply`
+//!
+//! A [`Plan`] has one [`StagePlan`] entry per manifest, in input order, each with
+//! a stable [`EntryId`] (its position). An entry that writes holds everything
+//! [`crate::apply::apply`] needs in its [`Action`]: the write variants carry a
+//! [`Write`] (the [`Target`], the fields to send, the resolved private key and
+//! the entry it must wait for). `apply` never looks back at the manifests, the
+//! live stages or the planner's inputs, so a plan can be applied as it was shown.
+//!
+//! - [`Write::fields`] are normalised and cut to what the server knows by
+//!   [`Capabilities::sendable`], the one place that filter is decided;
+//!   [`Plan::capabilities`] says for which server the plan was made.
+//! - [`Write::after`] names the entry that must be written first: it frees the
+//!   name this write takes. If that entry is not written (failed, held back,
+//!   cancelled), `apply` skips this one and says why.
+//!
+//! Adding an action kind (e.g. a delete for prune): add a variant to [`Action`]
+//! (`Delete { uuid }`: no fields, no key) and to [`Target`] (`Delete(uuid)`),
+//! count it in [`Summary`] and render it; [`Action::write`] then returns the
+//! target with an optional [`Write`] (a delete sends no body), and `apply`
+//! gets one more arm where it sends the request. Entry ids, waiting on another
+//! entry, skipping dependants and the per-entry outcomes do not change: a
+//! create that takes the name of a deleted stage simply has `after` = the
+//! delete's id.
+//! A saved plan file serialises the entries with their ids; the private key is
+//! not serialised (only [`StagePlan::key_source`]) and is resolved again at
+//! apply time, and the plan is checked against live state before it is applied.
+//!
+//! # Traps
 //! - Stage names are unique across *every* stage type. Names this plan would
 //!   create or rename to, and that no captcha stage holds, must be looked up by
 //!   the caller ([`names_to_check`]) and passed as `foreign_names`; a hit is an
 //!   error here rather than a failed write later.
 //! - A rename (or a create) may take a name that another managed stage is being
-//!   renamed away from in the same plan. That entry has `after: Some(uuid)` and
-//!   must be written only once the stage `uuid` has been updated; cycles of
-//!   renames (swaps) are errors, since authentik's unique index would refuse
-//!   every order.
+//!   renamed away from in the same plan. That entry's write has
+//!   `after: Some(id)` of the renaming entry; cycles of renames (swaps) are
+//!   errors, since authentik's unique index would refuse every order.
 //! - The private key is write-only: its drift comes from the state file
 //!   ([`crate::state::KeyState`]). A stage whose only difference is a rotated or
 //!   unknown key is still an `Update`, with no field changes.
 //! - Fields the server does not know ([`Capabilities::knows`]) are neither
-//!   compared nor shown, or an old server would show drift forever.
+//!   compared nor shown nor sent, or an old server would show drift forever.
 
 mod render;
 
 pub use render::{JSON_FORMAT_VERSION, render_json, render_markdown, render_text};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::authentik::Capabilities;
-use crate::secret::KeySource;
+use crate::capabilities::Capabilities;
+use crate::secret::{ExposeSecret, KeySource, PrivateKey};
 use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFields};
 use crate::state::KeyState;
+/// Re-exported: plans show it, but it is decided by the key state.
+pub use crate::state::KeyStatus;
 
 /// Everything a plan is a function of.
 pub struct PlanInputs<'a> {
@@ -58,34 +88,55 @@ pub struct PlanInputs<'a> {
     pub foreign_names: &'a BTreeMap<String, String>,
 }
 
+/// The position of an entry in [`Plan::stages`]; how entries refer to each
+/// other (a write that waits for another) and how `apply` reports outcomes.
+/// Stable for a given plan: a saved plan keeps its entries in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EntryId(pub usize);
+
+impl fmt::Display for EntryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// What to do with one manifest's stage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StagePlan {
+    pub id: EntryId,
     /// The desired name, trimmed.
     pub name: String,
     pub origin: Origin,
-    /// Index into [`PlanInputs::desired`], so `apply` can reach the private key.
-    pub desired_index: usize,
+    /// Where the private key came from: what a plan shows instead of the key.
     pub key_source: KeySource,
-    /// The stage whose update must succeed before this entry is written: it
-    /// frees the name this entry takes.
-    pub after: Option<Uuid>,
     pub action: Action,
+}
+
+impl StagePlan {
+    /// The live stage this entry writes to or matched, if any.
+    pub fn uuid(&self) -> Option<Uuid> {
+        match &self.action {
+            Action::Create { .. } => None,
+            Action::Update { uuid, .. } | Action::InSync { uuid } => Some(*uuid),
+            Action::Error { uuid, .. } => *uuid,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// A new stage; `key` is always [`KeyStatus::Unknown`].
     Create {
-        fields: StageFields,
+        write: Write,
         key: KeyStatus,
     },
     /// `changes` are live -> desired for the compared fields; may be empty when
-    /// only the key differs. `fields` is the full desired state to send.
+    /// only the key differs. The write sends the full desired state (PUT).
     Update {
         uuid: Uuid,
         changes: Vec<FieldChange>,
-        fields: StageFields,
+        write: Write,
         key: KeyStatus,
     },
     InSync {
@@ -98,16 +149,48 @@ pub enum Action {
     },
 }
 
-/// What is known about the write-only private key of a stage.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyStatus {
-    /// The key is what stagesync last wrote.
-    Unchanged,
-    /// stagesync wrote a different key: it will be updated.
-    Rotated,
-    /// stagesync never wrote this stage's key (or the state file was lost).
-    Unknown,
+impl Action {
+    /// Where the write goes and what it sends, for the actions that write.
+    pub fn write(&self) -> Option<(Target, &Write)> {
+        match self {
+            Action::Create { write, .. } => Some((Target::Create, write)),
+            Action::Update { uuid, write, .. } => Some((Target::Update(*uuid), write)),
+            Action::InSync { .. } | Action::Error { .. } => None,
+        }
+    }
+}
+
+/// Where a write goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `POST`: a new stage; authentik picks its uuid.
+    Create,
+    /// `PUT` over the live stage with this uuid.
+    Update(Uuid),
+}
+
+/// One write, complete: what `apply` sends for an entry, with nothing to look
+/// up elsewhere.
+#[derive(Clone, Debug)]
+pub struct Write {
+    /// Normalised, and cut to the fields the server knows
+    /// ([`Capabilities::sendable`]).
+    pub fields: StageFields,
+    /// The resolved key (a secret type: never printed). A saved plan does not
+    /// store it; it resolves [`StagePlan::key_source`] again.
+    pub private_key: PrivateKey,
+    /// The entry that must be written first: it renames a stage away from the
+    /// name this write takes. If it is not written, neither is this one.
+    pub after: Option<EntryId>,
+}
+
+/// Equal when they would send the same thing (the keys are compared too).
+impl PartialEq for Write {
+    fn eq(&self, other: &Self) -> bool {
+        self.fields == other.fields
+            && self.after == other.after
+            && self.private_key.expose_secret() == other.private_key.expose_secret()
+    }
 }
 
 /// A live captcha stage no manifest names.
@@ -126,6 +209,8 @@ pub struct Plan {
     /// The fields the server knows, in display order: what was compared and
     /// what a write sends.
     pub known_fields: Vec<Field>,
+    /// The server the plan was made for.
+    pub capabilities: Capabilities,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -138,6 +223,18 @@ pub struct Summary {
 }
 
 impl Plan {
+    /// The entry with this id.
+    pub fn entry(&self, id: EntryId) -> Option<&StagePlan> {
+        self.stages.get(id.0)
+    }
+
+    /// The live stage `entry`'s write waits for (it is renamed away from the
+    /// name the write takes), as plans show it.
+    pub fn waits_for(&self, entry: &StagePlan) -> Option<Uuid> {
+        let (_, write) = entry.action.write()?;
+        self.entry(write.after?)?.uuid()
+    }
+
     pub fn summary(&self) -> Summary {
         let mut s = Summary {
             unmanaged: self.unmanaged.len(),
@@ -229,9 +326,34 @@ fn origins(desired: &[DesiredStage], indices: &[usize]) -> String {
 enum Rename {
     /// Not a rename, or a rename to a free name.
     Free,
-    /// A rename to a name another stage is being renamed away from.
-    After(Uuid),
-    Blocked(String),
+    /// A rename to a name the entry `EntryId` renames its stage away from.
+    After(EntryId),
+    Blocked(Blocked),
+}
+
+/// Why a rename cannot happen.
+#[derive(Clone, Debug)]
+enum Blocked {
+    /// The rename is part of a cycle of renames: every stage on the cycle
+    /// reports the cycle itself, not "blocked by a blocked rename".
+    Cycle(String),
+    /// Any other reason, in the user's words.
+    Other(String),
+}
+
+impl Blocked {
+    fn into_message(self) -> String {
+        match self {
+            Blocked::Cycle(message) | Blocked::Other(message) => message,
+        }
+    }
+}
+
+/// What the planner decided for one manifest.
+struct Decision {
+    /// The live stage the manifest matched (claimed: not unmanaged).
+    matched: Option<Uuid>,
+    action: Action,
 }
 
 struct Planner<'a> {
@@ -319,19 +441,21 @@ impl<'a> Planner<'a> {
             return r.clone();
         }
         let (Some(&i), Some(live)) = (self.pin_of.get(&uuid), self.live_by_uuid.get(&uuid)) else {
-            return Rename::Blocked(format!("stage {uuid} is not pinned by a valid manifest"));
+            return Rename::Blocked(Blocked::Other(format!(
+                "stage {uuid} is not pinned by a valid manifest"
+            )));
         };
         let target = self.names[i].clone();
         if live.fields.name.trim() == target {
             return Rename::Free;
         }
         if !visiting.insert(uuid) {
-            return Rename::Blocked(format!(
+            return Rename::Blocked(Blocked::Cycle(format!(
                 "renaming to {target:?} is part of a cycle of renames; authentik's unique names refuse every order, so rename through a temporary name in two steps"
-            ));
+            )));
         }
         let result = if let Some(kind) = self.inputs.foreign_names.get(&target) {
-            Rename::Blocked(foreign_message(&target, kind))
+            Rename::Blocked(Blocked::Other(foreign_message(&target, kind)))
         } else {
             match self.live_by_name.get(target.as_str()).copied() {
                 None => Rename::Free,
@@ -352,40 +476,47 @@ impl<'a> Planner<'a> {
         visiting: &mut BTreeSet<Uuid>,
     ) -> Rename {
         let blocked = |why: &str| {
-            Rename::Blocked(format!(
+            Rename::Blocked(Blocked::Other(format!(
                 "name {name:?} is already used by captcha stage {}{why}",
                 holder.uuid
-            ))
+            )))
         };
         match self.pin_of.get(&holder.uuid) {
             None if self.pinned.contains(&holder.uuid) => {
                 blocked(" (pinned by a manifest in error)")
             }
             None => blocked(""),
-            Some(_) => match self.rename(holder.uuid, visiting) {
-                Rename::Free | Rename::After(_) => Rename::After(holder.uuid),
-                Rename::Blocked(why) => {
-                    if why.contains("cycle of renames") {
-                        Rename::Blocked(why)
-                    } else {
-                        blocked(", whose rename away is itself blocked")
-                    }
+            Some(&holder_index) => match self.rename(holder.uuid, visiting) {
+                Rename::Free | Rename::After(_) => Rename::After(EntryId(holder_index)),
+                Rename::Blocked(cycle @ Blocked::Cycle(_)) => Rename::Blocked(cycle),
+                Rename::Blocked(Blocked::Other(_)) => {
+                    blocked(", whose rename away is itself blocked")
                 }
             },
         }
     }
 
-    fn compare(&self, desired: &DesiredStage, live: &LiveStage) -> Action {
+    /// The write of `desired`: its fields as they are sent (normalised, cut to
+    /// what the server knows), its key, and the entry it waits for.
+    fn write(&self, desired: &DesiredStage, after: Option<EntryId>) -> Write {
+        Write {
+            fields: self
+                .inputs
+                .capabilities
+                .sendable(desired.fields.clone().normalized()),
+            private_key: desired.private_key.clone(),
+            after,
+        }
+    }
+
+    fn compare(&self, desired: &DesiredStage, live: &LiveStage, after: Option<EntryId>) -> Action {
         let caps = self.inputs.capabilities;
-        let mut fields = desired.fields.clone().normalized();
+        let write = self.write(desired, after);
         let changes = live
             .fields
             .clone()
             .normalized()
-            .changes_to(&fields, |f| caps.knows(f));
-        if !caps.knows(Field::RequestContentType) {
-            fields.request_content_type = None;
-        }
+            .changes_to(&write.fields, |f| caps.knows(f));
         let key = self.inputs.keys.status(live.uuid, &desired.private_key);
         if changes.is_empty() && key == KeyStatus::Unchanged {
             Action::InSync { uuid: live.uuid }
@@ -393,93 +524,75 @@ impl<'a> Planner<'a> {
             Action::Update {
                 uuid: live.uuid,
                 changes,
-                fields,
+                write,
                 key,
             }
         }
     }
 
-    fn plan_one(&mut self, i: usize) -> (Option<Uuid>, Action, Option<Uuid>) {
+    fn create(&self, desired: &DesiredStage, after: Option<EntryId>) -> Action {
+        Action::Create {
+            write: self.write(desired, after),
+            key: KeyStatus::Unknown,
+        }
+    }
+
+    fn plan_one(&mut self, i: usize) -> Decision {
         let desired = &self.inputs.desired[i];
         let name = self.names[i].clone();
+        let error = |matched: Option<Uuid>, uuid: Option<Uuid>, message: String| Decision {
+            matched,
+            action: Action::Error { uuid, message },
+        };
         if let Some(message) = self.duplicate.get(&i) {
             let uuid = desired
                 .uuid
                 .or_else(|| self.live_by_name.get(name.as_str()).map(|l| l.uuid));
-            return (
-                uuid,
-                Action::Error {
-                    uuid,
-                    message: message.clone(),
-                },
-                None,
-            );
+            return error(uuid, uuid, message.clone());
         }
         if let Some(uuid) = desired.uuid {
             let Some(live) = self.live_by_uuid.get(&uuid).copied() else {
                 let message = format!(
                     "no captcha stage has uuid {uuid}; authentik chooses the uuid of a new stage, so remove the `uuid` line to create it"
                 );
-                return (
-                    None,
-                    Action::Error {
-                        uuid: Some(uuid),
-                        message,
-                    },
-                    None,
-                );
+                return error(None, Some(uuid), message);
             };
-            return match self.rename(uuid, &mut BTreeSet::new()) {
-                Rename::Blocked(message) => (
-                    Some(uuid),
-                    Action::Error {
-                        uuid: Some(uuid),
-                        message: format!("cannot rename to {name:?}: {message}"),
-                    },
-                    None,
-                ),
-                Rename::Free => (Some(uuid), self.compare(desired, live), None),
-                Rename::After(after) => (Some(uuid), self.compare(desired, live), Some(after)),
+            let after = match self.rename(uuid, &mut BTreeSet::new()) {
+                Rename::Blocked(why) => {
+                    let message = format!("cannot rename to {name:?}: {}", why.into_message());
+                    return error(Some(uuid), Some(uuid), message);
+                }
+                Rename::Free => None,
+                Rename::After(after) => Some(after),
+            };
+            return Decision {
+                matched: Some(uuid),
+                action: self.compare(desired, live, after),
             };
         }
         match self.live_by_name.get(name.as_str()).copied() {
-            Some(live) if !self.pinned.contains(&live.uuid) => {
-                (Some(live.uuid), self.compare(desired, live), None)
-            }
+            Some(live) if !self.pinned.contains(&live.uuid) => Decision {
+                matched: Some(live.uuid),
+                action: self.compare(desired, live, None),
+            },
             Some(holder) => match self.freed_by(holder, &name, &mut BTreeSet::new()) {
-                Rename::After(after) => (None, self.create(desired), Some(after)),
-                Rename::Free => (None, self.create(desired), None),
-                Rename::Blocked(message) => (
-                    None,
-                    Action::Error {
-                        uuid: None,
-                        message,
-                    },
-                    None,
-                ),
+                Rename::After(after) => Decision {
+                    matched: None,
+                    action: self.create(desired, Some(after)),
+                },
+                Rename::Free => Decision {
+                    matched: None,
+                    action: self.create(desired, None),
+                },
+                Rename::Blocked(why) => error(None, None, why.into_message()),
             },
             None => match self.inputs.foreign_names.get(&name) {
-                Some(kind) => (
-                    None,
-                    Action::Error {
-                        uuid: None,
-                        message: foreign_message(&name, kind),
-                    },
-                    None,
-                ),
-                None => (None, self.create(desired), None),
+                Some(kind) => error(None, None, foreign_message(&name, kind)),
+                None => Decision {
+                    matched: None,
+                    action: self.create(desired, None),
+                },
             },
-        }
-    }
-
-    fn create(&self, desired: &DesiredStage) -> Action {
-        let mut fields = desired.fields.clone().normalized();
-        if !self.inputs.capabilities.knows(Field::RequestContentType) {
-            fields.request_content_type = None;
-        }
-        Action::Create {
-            fields,
-            key: KeyStatus::Unknown,
         }
     }
 }
@@ -490,16 +603,15 @@ pub fn plan(inputs: &PlanInputs) -> Plan {
     let mut claimed: BTreeSet<Uuid> = planner.pinned.clone();
     let mut stages = Vec::with_capacity(inputs.desired.len());
     for (i, desired) in inputs.desired.iter().enumerate() {
-        let (matched, action, after) = planner.plan_one(i);
+        let Decision { matched, action } = planner.plan_one(i);
         if let Some(u) = matched {
             claimed.insert(u);
         }
         stages.push(StagePlan {
+            id: EntryId(i),
             name: planner.names[i].clone(),
             origin: desired.origin.clone(),
-            desired_index: i,
             key_source: desired.key_source.clone(),
-            after,
             action,
         });
     }
@@ -520,6 +632,7 @@ pub fn plan(inputs: &PlanInputs) -> Plan {
             .into_iter()
             .filter(|f| inputs.capabilities.knows(*f))
             .collect(),
+        capabilities: inputs.capabilities,
     }
 }
 

@@ -83,7 +83,7 @@ fn a_stage_not_live_is_created_with_an_unknown_key() {
     assert_eq!(p.stages.len(), 1);
     assert!(matches!(
         &p.stages[0].action,
-        Action::Create { fields, key: KeyStatus::Unknown } if fields.name == "rec"
+        Action::Create { write, key: KeyStatus::Unknown } if write.fields.name == "rec"
     ));
     assert!(p.has_changes());
 }
@@ -186,7 +186,7 @@ fn a_pinned_uuid_with_another_live_name_is_a_rename() {
     assert_eq!(changes[0].field, Field::Name);
     assert_eq!(changes[0].old, Value::Str("old-name".into()));
     assert_eq!(changes[0].new, Value::Str("new-name".into()));
-    assert_eq!(p.stages[0].after, None);
+    assert_eq!(p.waits_for(&p.stages[0]), None);
 }
 
 #[test]
@@ -216,7 +216,7 @@ fn a_stage_claimed_by_a_pin_is_not_matched_again_by_name() {
     );
     assert!(matches!(p.stages[0].action, Action::Update { .. }));
     assert!(matches!(p.stages[1].action, Action::Create { .. }));
-    assert_eq!(p.stages[1].after, Some(Uuid::from_u128(1)));
+    assert_eq!(p.waits_for(&p.stages[1]), Some(Uuid::from_u128(1)));
 }
 
 #[test]
@@ -240,8 +240,8 @@ fn a_rename_onto_a_name_being_vacated_waits_for_it() {
         &known_keys(&l),
     );
     assert!(matches!(p.stages[0].action, Action::Update { .. }));
-    assert_eq!(p.stages[0].after, Some(Uuid::from_u128(2)));
-    assert_eq!(p.stages[1].after, None);
+    assert_eq!(p.waits_for(&p.stages[0]), Some(Uuid::from_u128(2)));
+    assert_eq!(p.waits_for(&p.stages[1]), None);
 }
 
 #[test]
@@ -328,7 +328,7 @@ fn an_old_server_neither_compares_nor_sends_request_content_type() {
     );
     assert!(matches!(
         &create.stages[0].action,
-        Action::Create { fields, .. } if fields.request_content_type.is_none()
+        Action::Create { write, .. } if write.fields.request_content_type.is_none()
     ));
 }
 
@@ -535,7 +535,6 @@ fn stored(fields: &StageFields, caps: Capabilities) -> StageFields {
 /// that no write would break name uniqueness (across `foreign` too).
 fn apply_model(
     plan: &Plan,
-    desired: &[DesiredStage],
     live: &mut Vec<LiveStage>,
     keys: &mut KeyState,
     caps: Capabilities,
@@ -552,11 +551,12 @@ fn apply_model(
         let before = pending.len();
         let mut waiting = Vec::new();
         for stage in pending {
-            if stage.after.is_some_and(|u| !done.contains(&u)) {
+            if plan.waits_for(stage).is_some_and(|u| !done.contains(&u)) {
                 waiting.push(stage);
                 continue;
             }
-            let key = &desired[stage.desired_index].private_key;
+            let (_, write) = stage.action.write().expect("filtered above");
+            let key = &write.private_key;
             let taken = |name: &str, except: Option<Uuid>, live: &[LiveStage]| {
                 foreign.contains_key(name)
                     || live
@@ -564,8 +564,8 @@ fn apply_model(
                         .any(|l| Some(l.uuid) != except && l.fields.name == name)
             };
             match &stage.action {
-                Action::Create { fields, .. } => {
-                    let f = stored(fields, caps);
+                Action::Create { write, .. } => {
+                    let f = stored(&write.fields, caps);
                     if taken(&f.name, None, live) {
                         return Err(format!("create of taken name {:?}", f.name));
                     }
@@ -574,8 +574,8 @@ fn apply_model(
                     live.push(LiveStage { uuid, fields: f });
                     keys.record(uuid, key);
                 }
-                Action::Update { uuid, fields, .. } => {
-                    let f = stored(fields, caps);
+                Action::Update { uuid, write, .. } => {
+                    let f = stored(&write.fields, caps);
                     if taken(&f.name, Some(*uuid), live) {
                         return Err(format!("rename to taken name {:?}", f.name));
                     }
@@ -725,7 +725,7 @@ proptest! {
             .filter(|l| first.unmanaged.iter().any(|u| u.uuid == l.uuid))
             .cloned()
             .collect();
-        apply_model(&first, &desired, &mut live, &mut keys, caps, &foreign)
+        apply_model(&first, &mut live, &mut keys, caps, &foreign)
             .map_err(|e| TestCaseError::fail(format!("{e}\nplan: {first:#?}")))?;
 
         let second = run_with(&desired, &live, &keys, caps, &foreign);
@@ -736,7 +736,7 @@ proptest! {
             );
         }
         // Errors stay errors (nothing was written for them) and nothing else became one.
-        let errors = |p: &Plan| p.stages.iter().filter(|s| matches!(s.action, Action::Error { .. })).map(|s| s.desired_index).collect::<Vec<_>>();
+        let errors = |p: &Plan| p.stages.iter().filter(|s| matches!(s.action, Action::Error { .. })).map(|s| s.id).collect::<Vec<_>>();
         prop_assert_eq!(errors(&first), errors(&second));
         // Unmanaged stages were never touched.
         for u in &unmanaged_before {

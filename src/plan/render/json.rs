@@ -51,20 +51,20 @@ pub fn render_json(plan: &Plan) -> String {
         .map(|s| {
             let (action, uuid, key, changes, fields, message): (_, _, _, &[FieldChange], _, _) =
                 match &s.action {
-                    Action::Create { fields, key } => {
-                        ("create", None, Some(*key), &[], Some(fields), None)
+                    Action::Create { write, key } => {
+                        ("create", None, Some(*key), &[], Some(&write.fields), None)
                     }
                     Action::Update {
                         uuid,
                         changes,
-                        fields,
+                        write,
                         key,
                     } => (
                         "update",
                         Some(*uuid),
                         Some(*key),
                         changes,
-                        Some(fields),
+                        Some(&write.fields),
                         None,
                     ),
                     Action::InSync { uuid } => (
@@ -88,7 +88,7 @@ pub fn render_json(plan: &Plan) -> String {
                     column: s.origin.column,
                 },
                 uuid,
-                after: s.after,
+                after: plan.waits_for(s),
                 key_source: s.key_source.to_string(),
                 private_key: key,
                 changes,

@@ -102,7 +102,7 @@ pub fn render_markdown(plan: &Plan) -> String {
             code(&stage.name),
             code(&origin_short(&stage.origin))
         );
-        if let Some(after) = stage.after {
+        if let Some(after) = plan.waits_for(stage) {
             let _ = writeln!(
                 out,
                 "Waits for stage {} to be renamed away from this name.\n",

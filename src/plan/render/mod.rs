@@ -1,9 +1,10 @@
 //! Renderings of a [`Plan`]: text for terminals, JSON for tools, Markdown for
 //! pull-request comments. All pure `Plan -> String`.
 //!
-//! None of them can print a private key: a [`Plan`] holds none (only the
-//! [`KeyStatus`] and the [`crate::secret::KeySource`], which names a variable or
-//! a file). Names and values come from manifests and from authentik, so the text
+//! None of them can print a private key: the key a [`Plan`]'s writes carry is a
+//! secret type (its `Debug` is redacted, it has no `Display` or `Serialize`), and
+//! the renderers show only the [`KeyStatus`] and the
+//! [`crate::secret::KeySource`], which names a variable or a file. Names and values come from manifests and from authentik, so the text
 //! and Markdown renderers pass them through [`crate::output::escape`] (JSON
 //! escapes control characters itself).
 
@@ -92,21 +93,21 @@ fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[Field]) 
 /// unified-diff marker.
 fn body_lines(action: &Action, known: &[Field]) -> Vec<String> {
     match action {
-        Action::Create { fields, key } => field_lines(fields, known)
+        Action::Create { write, key } => field_lines(&write.fields, known)
             .into_iter()
             .map(|l| format!("+{l}"))
             .chain(std::iter::once(format!(" {}", key_line(*key))))
             .collect(),
         Action::Update {
             changes,
-            fields,
+            write,
             key,
             ..
         } => {
             let mut lines: Vec<String> = if changes.is_empty() {
                 vec![" (no field changes)".to_owned()]
             } else {
-                update_diff(fields, changes, known)
+                update_diff(&write.fields, changes, known)
                     .lines()
                     .map(str::to_owned)
                     .collect()

@@ -85,7 +85,7 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
             painter.paint(Style::new().bold(), &escape(&stage.name)),
             origin_short(&stage.origin),
         );
-        if let Some(after) = stage.after {
+        if let Some(after) = plan.waits_for(stage) {
             let _ = writeln!(
                 out,
                 "{INDENT}waits for stage {after} to be renamed away from this name"
