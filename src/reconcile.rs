@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::authentik::{ApiError, Capabilities, Client};
+use crate::authentik::{ApiError, Client};
+use crate::capabilities::Capabilities;
 use crate::plan::{self, Plan, PlanInputs};
 use crate::stage::{DesiredStage, LiveStage};
 use crate::state::KeyState;
@@ -45,7 +46,16 @@ async fn foreign_names(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let Ok((name, holder)) = joined else { continue };
+        // A look-up task only ends without a result if it panicked (a bug; the
+        // set is never aborted): raise it here, as if the look-up had run
+        // inline, rather than plan as if the name were free.
+        let (name, holder) = match joined {
+            Ok(found) => found,
+            Err(err) => match err.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(err) => panic!("a name look-up stopped without an answer: {err}"),
+            },
+        };
         if let Some(holder) = holder?
             && !holder.is_captcha
         {
