@@ -24,6 +24,8 @@
 //! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
 //! - [`reconcile`]: the shared path of plan, apply and the daemon: fetch live
 //!   state with the fewest calls, then plan.
+//! - [`verify`]: key checks: asks each stage's captcha provider whether its
+//!   private key works, with a made-up response token.
 //! - [`apply`]: executes a plan with bounded concurrency; it does not decide one.
 //! - [`daemon`]: `stagesync run`: watcher, scheduler (periodic resync, one pass
 //!   at a time), signals, backoff, health, metrics and the HTTP endpoints.
@@ -47,3 +49,4 @@ pub mod secret;
 pub mod simulator;
 pub mod stage;
 pub mod state;
+pub mod verify;

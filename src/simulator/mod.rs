@@ -7,6 +7,7 @@
 //! - [`routes`]: the HTTP behaviour (routing with the required trailing slash,
 //!   406 before auth, 403 without `WWW-Authenticate`, 415, pagination).
 //! - [`fault`]: injected faults and request counts.
+//! - [`provider`]: a fake captcha provider's `siteverify`, for key checks.
 //!
 //! Served by hyper's HTTP/1 connection driver around an axum router rather than
 //! `axum::serve`, because a [`FaultKind::Reset`] must close the connection
@@ -16,6 +17,7 @@
 //! happens while it is held.
 
 pub mod fault;
+pub mod provider;
 pub mod routes;
 mod store;
 

@@ -1,0 +1,524 @@
+//! Key checks: does each stage's private key work with its captcha provider?
+//!
+//! authentik stores whatever key it is given; a wrong or revoked one shows only
+//! when nobody can log in. The providers can tell: their `siteverify` endpoint,
+//! asked the way authentik asks it, answers a made-up response token with
+//! `invalid-input-response` when the secret is good and `invalid-input-secret`
+//! when it is not. The flow:
+//!
+//! [`KeyProbe::from_desired`] (pure: what to send where) -> [`Prober::verify`]
+//! (I/O: one POST per stage, bounded concurrency, one timeout each, no retry)
+//! -> [`classify`] (pure: the provider's answer to a [`Reason`], whose
+//! [`Verdict`] is `valid`, `invalid`, `mismatch` or `unknown`).
+//!
+//! What is sent, to the stage's `api_url` only: `secret` (the key), `response`
+//! ([`PROBE_TOKEN`], never a real user's), `remoteip` ([`PROBE_REMOTE_IP`], a
+//! documentation address) and `sitekey` (the stage's public key, so hCaptcha can
+//! report `sitekey-secret-mismatch`), form-encoded as authentik does, or as JSON
+//! when the stage's `request_content_type` is `application/json` (authentik
+//! 2026.8 and later).
+//!
+//! Traps:
+//! - The key travels in the body only, never in the URL, a header or a log line.
+//! - A manifest chooses `api_url`: the operator's host check ([`HostCheck`]) runs
+//!   before anything is sent, and a refused host is reported, never contacted.
+//! - Redirects are not followed: a 307 would send the body, key included, to
+//!   wherever the `Location` points.
+//! - No retry: providers rate-limit `siteverify`, and a key check is not worth
+//!   tripping the limit that real logins depend on. A failure is `unknown`.
+//! - `success: true` cannot happen for a made-up token with a real key; the
+//!   providers' always-pass test keys do answer it. The provider accepted the
+//!   secret, so it is `valid`, with its own reason ([`Reason::ProbeAccepted`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::authentik::client::error_chain;
+use crate::secret::{ExposeSecret, PrivateKey};
+use crate::stage::DesiredStage;
+
+/// The response token every probe sends: no provider ever issued it.
+pub const PROBE_TOKEN: &str = "stagesync-key-check-probe-not-a-captcha-response";
+/// The `remoteip` every probe sends: TEST-NET-1 (RFC 5737), nobody's address.
+pub const PROBE_REMOTE_IP: &str = "192.0.2.1";
+/// How much of an answer is read: a provider's verdict is under 1 KiB.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Error codes kept from one answer, and characters kept of each.
+const MAX_CODES: usize = 16;
+const MAX_CODE_CHARS: usize = 64;
+
+/// Codes by which a provider refuses the secret itself.
+const SECRET_REFUSED: [&str; 2] = ["invalid-input-secret", "missing-input-secret"];
+/// hCaptcha: the secret is valid but belongs to another site key.
+const SITE_KEY_MISMATCH: &str = "sitekey-secret-mismatch";
+/// Codes by which a provider refuses the token after accepting the secret.
+const TOKEN_REFUSED: [&str; 6] = [
+    "invalid-input-response",
+    "missing-input-response",
+    "timeout-or-duplicate",
+    "expired-input-response",
+    "already-seen-response",
+    "invalid-or-already-seen-response",
+];
+
+/// Decides whether a provider URL may receive a key: `Err` says why not.
+/// The operator's allowlist, resolved from flags, never from a manifest.
+pub type HostCheck<'a> = &'a (dyn Fn(&Url) -> Result<(), String> + Sync);
+
+/// How a probe's body is encoded, from the stage's `request_content_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyEncoding {
+    Form,
+    Json,
+}
+
+impl BodyEncoding {
+    /// JSON only for `application/json`; the default and anything else is a form,
+    /// as authentik sends it.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type {
+            Some(ct) if ct.trim().eq_ignore_ascii_case("application/json") => BodyEncoding::Json,
+            _ => BodyEncoding::Form,
+        }
+    }
+}
+
+/// What one key check sends, and where.
+#[derive(Clone, Debug)]
+pub struct KeyProbe {
+    pub stage: String,
+    pub api_url: String,
+    pub site_key: String,
+    pub encoding: BodyEncoding,
+    pub private_key: PrivateKey,
+}
+
+impl KeyProbe {
+    pub fn from_desired(desired: &DesiredStage) -> Self {
+        let fields = &desired.fields;
+        KeyProbe {
+            stage: fields.name.clone(),
+            api_url: fields.api_url.clone(),
+            site_key: fields.public_key.clone(),
+            encoding: BodyEncoding::from_content_type(fields.request_content_type.as_deref()),
+            private_key: desired.private_key.clone(),
+        }
+    }
+
+    /// The body and its content type. Holds the key: goes on the wire and nowhere else.
+    fn body(&self) -> (&'static str, Vec<u8>) {
+        let fields = [
+            ("secret", self.private_key.expose_secret()),
+            ("response", PROBE_TOKEN),
+            ("remoteip", PROBE_REMOTE_IP),
+            ("sitekey", self.site_key.as_str()),
+        ];
+        match self.encoding {
+            BodyEncoding::Form => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                for (name, value) in fields {
+                    form.append_pair(name, value);
+                }
+                (
+                    "application/x-www-form-urlencoded",
+                    form.finish().into_bytes(),
+                )
+            }
+            BodyEncoding::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = fields
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value.into()))
+                    .collect();
+                (
+                    "application/json",
+                    serde_json::to_vec(&object).unwrap_or_default(),
+                )
+            }
+        }
+    }
+}
+
+/// The answer to "does this key work?", as the metric labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Valid,
+    Invalid,
+    Mismatch,
+    Unknown,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Mismatch => "mismatch",
+            Verdict::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why a check ended as it did. Never holds a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The secret was accepted, only the probe token was refused.
+    TokenRefused,
+    /// `success: true` for a made-up token: an always-pass test key.
+    ProbeAccepted,
+    /// The provider refused the secret.
+    SecretRefused,
+    /// The secret belongs to another site key (hCaptcha).
+    SiteKeyMismatch,
+    /// The operator's host check refused the URL; nothing was sent.
+    NotAllowed(String),
+    /// `api_url` is not a URL that can be asked.
+    BadUrl(String),
+    /// No complete answer within the timeout.
+    Timeout(Duration),
+    /// Connection refused, DNS, TLS, reset.
+    Network(String),
+    /// A status that carries no verdict (3xx, 5xx, or 4xx without the provider's JSON).
+    Status(u16),
+    /// An answer that is not the provider's JSON (an HTML page, a proxy's error).
+    NotProviderJson,
+    /// The provider's JSON, but no code that tells about the secret.
+    NoVerdict,
+}
+
+impl Reason {
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            Reason::TokenRefused | Reason::ProbeAccepted => Verdict::Valid,
+            Reason::SecretRefused => Verdict::Invalid,
+            Reason::SiteKeyMismatch => Verdict::Mismatch,
+            _ => Verdict::Unknown,
+        }
+    }
+
+    /// Whether the provider was asked (false: refused or unusable URL).
+    pub fn contacted(&self) -> bool {
+        !matches!(self, Reason::NotAllowed(_) | Reason::BadUrl(_))
+    }
+
+    /// A sentence for people. May hold text from a manifest: escape before printing.
+    pub fn describe(&self) -> String {
+        match self {
+            Reason::TokenRefused => {
+                "the provider accepted the key (it refused only the probe token)".into()
+            }
+            Reason::ProbeAccepted => {
+                "the provider accepted the key and even the probe token (an always-pass test key?)"
+                    .into()
+            }
+            Reason::SecretRefused => "the provider refused the key".into(),
+            Reason::SiteKeyMismatch => "the key belongs to another site key than public_key".into(),
+            Reason::NotAllowed(why) => format!("not contacted: {why}"),
+            Reason::BadUrl(why) => format!("not contacted: api_url cannot be used: {why}"),
+            Reason::Timeout(limit) => {
+                format!("no answer within {}", humantime::format_duration(*limit))
+            }
+            Reason::Network(why) => format!("could not reach the provider: {why}"),
+            Reason::Status(status) => format!("HTTP {status} without a verdict"),
+            Reason::NotProviderJson => {
+                "the answer is not a captcha provider's JSON (wrong api_url?)".into()
+            }
+            Reason::NoVerdict => "the provider did not say whether it accepts the key".into(),
+        }
+    }
+}
+
+/// The result of one stage's key check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCheck {
+    pub stage: String,
+    pub api_url: String,
+    pub reason: Reason,
+    /// The provider's own `error-codes`, as it sent them (bounded).
+    pub error_codes: Vec<String>,
+    /// The HTTP status, when an answer arrived.
+    pub status: Option<u16>,
+}
+
+impl KeyCheck {
+    pub fn verdict(&self) -> Verdict {
+        self.reason.verdict()
+    }
+}
+
+/// A provider's answer, as far as the verdict goes.
+#[derive(serde::Deserialize)]
+struct ProviderAnswer {
+    success: bool,
+    #[serde(default, rename = "error-codes")]
+    error_codes: Vec<serde_json::Value>,
+}
+
+/// The verdict of one answer, and the provider's codes. Pure.
+pub fn classify(status: u16, body: &[u8]) -> (Reason, Vec<String>) {
+    if !(200..300).contains(&status) && !(400..500).contains(&status) {
+        return (Reason::Status(status), Vec::new());
+    }
+    let Ok(answer) = serde_json::from_slice::<ProviderAnswer>(body) else {
+        let reason = if status >= 400 {
+            Reason::Status(status)
+        } else {
+            Reason::NotProviderJson
+        };
+        return (reason, Vec::new());
+    };
+    let codes: Vec<String> = answer
+        .error_codes
+        .iter()
+        .filter_map(|c| c.as_str())
+        .take(MAX_CODES)
+        .map(|c| c.chars().take(MAX_CODE_CHARS).collect())
+        .collect();
+    let has = |wanted: &str| codes.iter().any(|c| c == wanted);
+    let reason = if answer.success {
+        Reason::ProbeAccepted
+    } else if SECRET_REFUSED.iter().any(|c| has(c)) {
+        Reason::SecretRefused
+    } else if has(SITE_KEY_MISMATCH) {
+        Reason::SiteKeyMismatch
+    } else if TOKEN_REFUSED.iter().any(|c| has(c)) {
+        Reason::TokenRefused
+    } else {
+        Reason::NoVerdict
+    };
+    (reason, codes)
+}
+
+/// How key checks run.
+#[derive(Clone, Copy, Debug)]
+pub struct ProbeSettings {
+    /// For one whole check: connect, send, read the answer.
+    pub timeout: Duration,
+    /// Checks in flight at once.
+    pub concurrency: usize,
+}
+
+/// The client that asks providers. Build once, reuse (the daemon keeps one).
+#[derive(Clone)]
+pub struct Prober {
+    http: reqwest::Client,
+    settings: ProbeSettings,
+}
+
+/// The HTTP client could not be built (TLS set-up).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the HTTP client for key checks: {0}")]
+pub struct ProberError(String);
+
+impl Prober {
+    pub fn new(settings: ProbeSettings) -> Result<Prober, ProberError> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("stagesync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(settings.timeout)
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| ProberError(e.to_string()))?;
+        Ok(Prober { http, settings })
+    }
+
+    /// Checks every probe's key, at most `concurrency` at once; the results come
+    /// in the order of `probes`. URLs `allowed` refuses are never contacted.
+    pub async fn verify(&self, probes: &[KeyProbe], allowed: HostCheck<'_>) -> Vec<KeyCheck> {
+        let mut results: Vec<Option<KeyCheck>> = vec![None; probes.len()];
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        for (index, probe) in probes.iter().enumerate() {
+            let url = match Url::parse(probe.api_url.trim()) {
+                Ok(url) => url,
+                Err(e) => {
+                    results[index] = Some(not_sent(probe, Reason::BadUrl(e.to_string())));
+                    continue;
+                }
+            };
+            if let Err(why) = allowed(&url) {
+                tracing::warn!(stage = %probe.stage, api_url = %url, reason = %why, "key check: provider host not allowed, not contacted");
+                results[index] = Some(not_sent(probe, Reason::NotAllowed(why)));
+                continue;
+            }
+            let prober = self.clone();
+            let probe = probe.clone();
+            let permits = Arc::clone(&permits);
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                (index, prober.check(&probe, url).await)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            // A check only ends without a result if it panicked (a bug); its
+            // stage is then reported unknown below rather than lost.
+            if let Ok((index, check)) = joined {
+                results[index] = Some(check);
+            }
+        }
+        results
+            .into_iter()
+            .zip(probes)
+            .map(|(check, probe)| {
+                check.unwrap_or_else(|| not_sent(probe, Reason::Network("the check failed".into())))
+            })
+            .collect()
+    }
+
+    async fn check(&self, probe: &KeyProbe, url: Url) -> KeyCheck {
+        tracing::debug!(stage = %probe.stage, api_url = %url, "key check: asking the provider");
+        let (content_type, body) = probe.body();
+        let request = self
+            .http
+            .post(url)
+            .header(CONTENT_TYPE, HeaderValue::from_static(content_type))
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .body(body);
+        let timeout = self.settings.timeout;
+        let answer = tokio::time::timeout(timeout, async {
+            let mut response = request.send().await?;
+            let status = response.status().as_u16();
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await? {
+                let room = MAX_ANSWER_BYTES - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_ANSWER_BYTES {
+                    break;
+                }
+            }
+            Ok::<_, reqwest::Error>((status, body))
+        })
+        .await;
+        let (reason, error_codes, status) = match answer {
+            Err(_) => (Reason::Timeout(timeout), Vec::new(), None),
+            Ok(Err(e)) if e.is_timeout() => (Reason::Timeout(timeout), Vec::new(), None),
+            Ok(Err(e)) => (
+                Reason::Network(error_chain(&e.without_url())),
+                Vec::new(),
+                None,
+            ),
+            Ok(Ok((status, body))) => {
+                let (reason, codes) = classify(status, &body);
+                (reason, codes, Some(status))
+            }
+        };
+        tracing::debug!(stage = %probe.stage, result = reason.verdict().as_str(), error_codes = ?error_codes, "key check done");
+        KeyCheck {
+            stage: probe.stage.clone(),
+            api_url: probe.api_url.clone(),
+            reason,
+            error_codes,
+            status,
+        }
+    }
+}
+
+fn not_sent(probe: &KeyProbe, reason: Reason) -> KeyCheck {
+    KeyCheck {
+        stage: probe.stage.clone(),
+        api_url: probe.api_url.clone(),
+        reason,
+        error_codes: Vec::new(),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(status: u16, body: &str) -> (Verdict, Reason, Vec<String>) {
+        let (reason, codes) = classify(status, body.as_bytes());
+        (reason.verdict(), reason, codes)
+    }
+
+    #[test]
+    fn the_secret_codes_decide_before_the_token_codes() {
+        let (verdict, _, codes) = reason(
+            200,
+            r#"{"success":false,"error-codes":["invalid-input-response"]}"#,
+        );
+        assert_eq!(verdict, Verdict::Valid);
+        assert_eq!(codes, ["invalid-input-response"]);
+        let both =
+            r#"{"success":false,"error-codes":["invalid-input-response","invalid-input-secret"]}"#;
+        assert_eq!(reason(200, both).1, Reason::SecretRefused);
+        let missing = r#"{"success":false,"error-codes":["missing-input-secret"]}"#;
+        assert_eq!(reason(400, missing).0, Verdict::Invalid);
+        let mismatch = r#"{"success":false,"error-codes":["sitekey-secret-mismatch","invalid-input-response"]}"#;
+        assert_eq!(reason(200, mismatch).1, Reason::SiteKeyMismatch);
+    }
+
+    #[test]
+    fn a_probe_token_accepted_means_the_secret_was_accepted() {
+        assert_eq!(reason(200, r#"{"success":true}"#).1, Reason::ProbeAccepted);
+        assert_eq!(reason(200, r#"{"success":true}"#).0, Verdict::Valid);
+    }
+
+    #[test]
+    fn answers_that_do_not_tell_are_unknown() {
+        for (status, body, want) in [
+            (200, r#"{"success":false}"#, Reason::NoVerdict),
+            (
+                200,
+                r#"{"success":false,"error-codes":["bad-request"]}"#,
+                Reason::NoVerdict,
+            ),
+            (200, "<html>hi</html>", Reason::NotProviderJson),
+            (200, r#"{"ok":true}"#, Reason::NotProviderJson),
+            (
+                500,
+                r#"{"success":false,"error-codes":["invalid-input-secret"]}"#,
+                Reason::Status(500),
+            ),
+            (302, "", Reason::Status(302)),
+            (404, "<html>not found</html>", Reason::Status(404)),
+        ] {
+            assert_eq!(reason(status, body).1, want, "{status} {body}");
+            assert_eq!(reason(status, body).0, Verdict::Unknown);
+        }
+    }
+
+    #[test]
+    fn codes_are_bounded() {
+        let long = "x".repeat(1000);
+        let many: Vec<String> = (0..100).map(|_| long.clone()).collect();
+        let body = serde_json::json!({"success": false, "error-codes": many}).to_string();
+        let (_, _, codes) = reason(200, &body);
+        assert_eq!(codes.len(), MAX_CODES);
+        assert!(codes.iter().all(|c| c.len() == MAX_CODE_CHARS));
+    }
+
+    #[test]
+    fn the_body_is_a_form_or_json_as_the_stage_says() {
+        let probe = |encoding| KeyProbe {
+            stage: "s".into(),
+            api_url: "https://p.example/siteverify".into(),
+            site_key: "site & key".into(),
+            encoding,
+            private_key: PrivateKey::from("k=1&2".to_owned()),
+        };
+        let (ct, body) = probe(BodyEncoding::Form).body();
+        assert_eq!(ct, "application/x-www-form-urlencoded");
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+        assert!(form.contains(&("secret".into(), "k=1&2".into())));
+        assert!(form.contains(&("sitekey".into(), "site & key".into())));
+        assert!(form.contains(&("response".into(), PROBE_TOKEN.into())));
+        let (ct, body) = probe(BodyEncoding::Json).body();
+        assert_eq!(ct, "application/json");
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["secret"], "k=1&2");
+        assert_eq!(json["remoteip"], PROBE_REMOTE_IP);
+        assert_eq!(
+            BodyEncoding::from_content_type(Some(" Application/JSON ")),
+            BodyEncoding::Json
+        );
+        assert_eq!(BodyEncoding::from_content_type(None), BodyEncoding::Form);
+    }
+}
