@@ -133,6 +133,11 @@ enum CommandArgs {
         #[arg(long)]
         force: bool,
     },
+    /// Check each stage's private key with its captcha provider (the stage's `api_url`).
+    #[command(
+        after_help = "Example:\n  stagesync verify stages/\n\nSends each key, with a made-up response token, to its stage's api_url only.\n\nExit codes: 0 every key valid, 1 a key invalid or mismatched (or unknown with --strict),\n3 invalid manifests."
+    )]
+    Verify(VerifyArgs),
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  stagesync completions bash > /etc/bash_completion.d/stagesync"
@@ -171,6 +176,23 @@ struct ConnectionArgs {
 }
 
 #[derive(Debug, Args)]
+struct VerifyArgs {
+    #[arg(default_value = "stages")]
+    dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    format: ReportFormat,
+    /// Time allowed for one provider to answer, e.g. 10s. No retries.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// How many providers are asked at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=16))]
+    concurrency: u16,
+    /// Fail (exit 1) when a key could not be checked, too.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Debug, Args)]
 struct StateArgs {
     /// Where fingerprints of the written private keys are kept
     /// (default: $XDG_STATE_HOME/stagesync/state.json or ~/.local/state/stagesync/state.json).
@@ -203,6 +225,13 @@ pub enum Format {
     Text,
     Json,
     Markdown,
+}
+
+/// Output format of a report (`verify`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -267,6 +296,7 @@ pub enum Command {
     Run(RunConfig),
     Demo(DemoConfig),
     Export(ExportConfig),
+    Verify(VerifyConfig),
     Completions(clap_complete::Shell),
 }
 
@@ -318,6 +348,15 @@ pub struct ExportConfig {
     pub client: ClientSettings,
     pub dir: PathBuf,
     pub force: bool,
+}
+
+#[derive(Debug)]
+pub struct VerifyConfig {
+    pub dir: PathBuf,
+    pub format: ReportFormat,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    pub strict: bool,
 }
 
 /// A configuration that cannot work; reported with exit code 3.
@@ -408,6 +447,13 @@ impl Cli {
                 client: connection.resolve()?,
                 dir,
                 force,
+            }),
+            CommandArgs::Verify(args) => Command::Verify(VerifyConfig {
+                dir: args.dir,
+                format: args.format,
+                timeout: args.timeout,
+                concurrency: args.concurrency.into(),
+                strict: args.strict,
             }),
             CommandArgs::Completions { shell } => Command::Completions(shell),
         };

@@ -14,6 +14,7 @@ pub mod export;
 pub mod plan;
 pub mod run;
 pub mod validate;
+pub mod verify;
 
 /// Runs the chosen command on a Tokio runtime and returns its exit code.
 pub fn dispatch(config: Config) -> Result<i32> {
@@ -32,6 +33,7 @@ pub fn dispatch(config: Config) -> Result<i32> {
             Command::Run(cfg) => run::run(cfg).await,
             Command::Demo(cfg) => demo::run(cfg, color).await,
             Command::Export(cfg) => export::run(cfg).await,
+            Command::Verify(cfg) => verify::run(cfg, color).await,
             Command::Completions(shell) => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "stagesync", &mut script);

@@ -1,0 +1,234 @@
+//! `stagesync verify`: ask each stage's captcha provider whether its private
+//! key works (see [`crate::verify`] for what is sent). authentik is not contacted.
+//!
+//! The report is data, so it goes to stdout (text or JSON); the warning about
+//! keys that could not be checked goes to stderr. Exit 0 when every key is
+//! valid, 1 when one is invalid or mismatched (or unknown, with `--strict`).
+
+use anyhow::Result;
+use reqwest::Url;
+use serde::Serialize;
+
+use crate::cli::{ColorChoice, ReportFormat, VerifyConfig};
+use crate::commands::load_desired;
+use crate::exit;
+use crate::output::{self, escape};
+use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict};
+
+/// `format_version` of the JSON report.
+pub const JSON_FORMAT_VERSION: u32 = 1;
+
+pub async fn run(cfg: VerifyConfig, color: ColorChoice) -> Result<i32> {
+    let desired = match load_desired(&cfg.dir) {
+        Ok(desired) => desired,
+        Err(code) => return Ok(code),
+    };
+    let probes: Vec<KeyProbe> = desired.iter().map(KeyProbe::from_desired).collect();
+    let prober = Prober::new(ProbeSettings {
+        timeout: cfg.timeout,
+        concurrency: cfg.concurrency,
+    })?;
+    // TODO: wired to the operator's allowlist once it exists; until then the
+    // rule authentik's own connection follows without --allow-http.
+    let checks = prober.verify(&probes, &https_or_loopback).await;
+    let report = match cfg.format {
+        ReportFormat::Text => render_text(&checks, output::stdout_color(color)),
+        ReportFormat::Json => render_json(&checks),
+    };
+    output::print_stdout(&report)?;
+    let counts = Counts::of(&checks);
+    if counts.unknown > 0 && !cfg.strict {
+        eprintln!(
+            "warning: {} could not be checked (see above; --strict makes this fail)",
+            if counts.unknown == 1 {
+                "1 key".to_owned()
+            } else {
+                format!("{} keys", counts.unknown)
+            }
+        );
+    }
+    Ok(exit_code(&counts, cfg.strict))
+}
+
+/// Provider URLs that may receive a key: https, or plain http to this machine.
+fn https_or_loopback(url: &Url) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => crate::authentik::client::check_http_policy(url, false).map_err(|_| {
+            format!(
+                "plain http to {} would expose the key on the network",
+                url.host_str().unwrap_or_default()
+            )
+        }),
+        other => Err(format!("the scheme {other}: is not http(s)")),
+    }
+}
+
+/// How many checks ended in each verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub valid: usize,
+    pub invalid: usize,
+    pub mismatch: usize,
+    pub unknown: usize,
+}
+
+impl Counts {
+    pub fn of(checks: &[KeyCheck]) -> Counts {
+        let mut counts = Counts::default();
+        for check in checks {
+            match check.verdict() {
+                Verdict::Valid => counts.valid += 1,
+                Verdict::Invalid => counts.invalid += 1,
+                Verdict::Mismatch => counts.mismatch += 1,
+                Verdict::Unknown => counts.unknown += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// 1 when a key is invalid or mismatched, or unknown under `--strict`; else 0.
+pub fn exit_code(counts: &Counts, strict: bool) -> i32 {
+    if counts.invalid > 0 || counts.mismatch > 0 || (strict && counts.unknown > 0) {
+        exit::FAILURE
+    } else {
+        exit::SUCCESS
+    }
+}
+
+/// One line per stage (`invalid  login  https://...: the provider refused the
+/// key (error-codes: invalid-input-secret)`), then a summary line.
+pub fn render_text(checks: &[KeyCheck], color: bool) -> String {
+    let mut out = String::new();
+    let stages: Vec<_> = checks.iter().map(|c| escape(&c.stage)).collect();
+    let width = stages.iter().map(|s| s.chars().count()).max().unwrap_or(0);
+    for (check, stage) in checks.iter().zip(&stages) {
+        let verdict = check.verdict();
+        let style = match verdict {
+            Verdict::Valid => anstyle::AnsiColor::Green.on_default(),
+            Verdict::Invalid | Verdict::Mismatch => anstyle::AnsiColor::Red.on_default().bold(),
+            Verdict::Unknown => anstyle::AnsiColor::Yellow.on_default(),
+        };
+        let label = format!("{:<8}", verdict.as_str());
+        let label = if color {
+            format!("{style}{label}{style:#}")
+        } else {
+            label
+        };
+        let pad = width.saturating_sub(stage.chars().count());
+        out.push_str(&format!(
+            "{label} {stage}{:pad$}  {}: {}",
+            "",
+            escape(&check.api_url),
+            escape(&check.reason.describe()),
+        ));
+        if !check.error_codes.is_empty() {
+            out.push_str(&format!(
+                " (error-codes: {})",
+                escape(&check.error_codes.join(", "))
+            ));
+        }
+        out.push('\n');
+    }
+    let counts = Counts::of(checks);
+    out.push_str(&format!(
+        "{} checked: {} valid, {} invalid, {} mismatched, {} unknown\n",
+        if checks.len() == 1 {
+            "1 key".to_owned()
+        } else {
+            format!("{} keys", checks.len())
+        },
+        counts.valid,
+        counts.invalid,
+        counts.mismatch,
+        counts.unknown
+    ));
+    out
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    format_version: u32,
+    checks: Vec<JsonCheck<'a>>,
+    summary: Counts,
+}
+
+#[derive(Serialize)]
+struct JsonCheck<'a> {
+    stage: &'a str,
+    api_url: &'a str,
+    result: Verdict,
+    reason: String,
+    error_codes: &'a [String],
+    http_status: Option<u16>,
+    contacted: bool,
+}
+
+/// The report as one JSON document (serde escapes every control character).
+pub fn render_json(checks: &[KeyCheck]) -> String {
+    let report = JsonReport {
+        format_version: JSON_FORMAT_VERSION,
+        checks: checks
+            .iter()
+            .map(|c| JsonCheck {
+                stage: &c.stage,
+                api_url: &c.api_url,
+                result: c.verdict(),
+                reason: c.reason.describe(),
+                error_codes: &c.error_codes,
+                http_status: c.status,
+                contacted: c.reason.contacted(),
+            })
+            .collect(),
+        summary: Counts::of(checks),
+    };
+    let mut text = serde_json::to_string_pretty(&report).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::Reason;
+
+    fn check(stage: &str, reason: Reason, codes: &[&str]) -> KeyCheck {
+        KeyCheck {
+            stage: stage.into(),
+            api_url: "https://provider.example/siteverify".into(),
+            reason,
+            error_codes: codes.iter().map(|c| c.to_string()).collect(),
+            status: Some(200),
+        }
+    }
+
+    #[test]
+    fn invalid_and_mismatch_fail_unknown_only_when_strict() {
+        let unknown = Counts::of(&[check("a", Reason::NoVerdict, &[])]);
+        assert_eq!(exit_code(&unknown, false), exit::SUCCESS);
+        assert_eq!(exit_code(&unknown, true), exit::FAILURE);
+        for reason in [Reason::SecretRefused, Reason::SiteKeyMismatch] {
+            assert_eq!(
+                exit_code(&Counts::of(&[check("a", reason, &[])]), false),
+                exit::FAILURE
+            );
+        }
+        let valid = Counts::of(&[check("a", Reason::TokenRefused, &[])]);
+        assert_eq!(exit_code(&valid, true), exit::SUCCESS);
+    }
+
+    #[test]
+    fn text_names_the_stage_the_verdict_and_the_provider_codes_escaped() {
+        let text = render_text(
+            &[
+                check("login", Reason::SecretRefused, &["invalid-input-secret"]),
+                check("evil\u{1b}[2J", Reason::TokenRefused, &["x\u{1b}"]),
+            ],
+            false,
+        );
+        assert!(text.starts_with("invalid  login          https://provider.example/siteverify: the provider refused the key (error-codes: invalid-input-secret)\n"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.ends_with("2 keys checked: 1 valid, 1 invalid, 0 mismatched, 0 unknown\n"));
+    }
+}

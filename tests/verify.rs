@@ -1,0 +1,313 @@
+//! `stagesync verify` end to end: the real binary against the fake captcha
+//! provider on loopback.
+
+#[path = "support/cli.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use stagesync::simulator::provider::{self, ProviderHandle, ProviderMode};
+use stagesync::verify::PROBE_TOKEN;
+use support::{Workspace, run, stderr, stdout};
+
+const GOOD_SECRET: &str = "good-secret-7d41c0a9e2";
+const WRONG_SECRET: &str = "wrong-secret-93be5f1a04";
+const SITE_KEY: &str = "site-key-good";
+
+async fn start_provider() -> ProviderHandle {
+    provider::start(GOOD_SECRET, SITE_KEY)
+        .await
+        .expect("fake provider starts")
+}
+
+/// A manifest whose key comes from `$<VAR>`, checked at `api_url`.
+fn manifest(name: &str, site_key: &str, var: &str, api_url: &str, extra: &str) -> String {
+    format!(
+        "name: {name}\npublic_key: {site_key}\nprivate_key: !Env {var}\napi_url: {api_url}\n{extra}"
+    )
+}
+
+/// `stagesync verify stages/ ARGS`, with both keys in the environment.
+fn verify(ws: &Workspace, args: &[&str]) -> Command {
+    let mut cmd = Command::cargo_bin("stagesync").expect("binary");
+    cmd.current_dir(ws.root.path())
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .env("GOOD_KEY", GOOD_SECRET)
+        .env("WRONG_KEY", WRONG_SECRET)
+        .arg("verify")
+        .arg(ws.stages())
+        .args(args);
+    cmd
+}
+
+/// Three stages at one provider: a good key, a wrong key, a good key for another site key.
+fn three_stages(ws: &Workspace, fake: &ProviderHandle) {
+    let url = fake.siteverify_url();
+    ws.write(
+        "good.yaml",
+        &manifest("good", SITE_KEY, "GOOD_KEY", &url, ""),
+    );
+    ws.write(
+        "wrong.yaml",
+        &manifest("wrong", SITE_KEY, "WRONG_KEY", &url, ""),
+    );
+    ws.write(
+        "elsewhere.yaml",
+        &manifest("elsewhere", "site-key-other", "GOOD_KEY", &url, ""),
+    );
+}
+
+/// The fake provider and a workspace with one stage, `good`, holding the good
+/// key, checked at `api_url` (default: the fake provider).
+async fn one_stage(api_url: Option<&str>, extra: &str) -> (ProviderHandle, Workspace) {
+    let fake = start_provider().await;
+    let ws = Workspace::new();
+    let url = api_url.map_or_else(|| fake.siteverify_url(), str::to_owned);
+    ws.write(
+        "good.yaml",
+        &manifest("good", SITE_KEY, "GOOD_KEY", &url, extra),
+    );
+    (fake, ws)
+}
+
+fn assert_code(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+fn line_of<'a>(text: &'a str, stage: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(stage))
+        .unwrap_or_else(|| panic!("no line for {stage} in:\n{text}"))
+}
+
+#[tokio::test]
+async fn a_good_key_is_valid_and_exits_0() {
+    let (fake, ws) = one_stage(None, "").await;
+    let out = run(verify(&ws, &[])).await;
+    let text = stdout(&out);
+    assert_code(&out, 0);
+    assert!(line_of(&text, "good").starts_with("valid "), "{text}");
+    assert!(
+        line_of(&text, "good").contains("invalid-input-response"),
+        "{text}"
+    );
+    assert!(text.ends_with("1 key checked: 1 valid, 0 invalid, 0 mismatched, 0 unknown\n"));
+
+    // Sent as authentik sends it: a form POST to api_url, the key in the body only.
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].uri, "/siteverify");
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    let fields = seen[0].fields.as_ref().expect("a form body");
+    assert_eq!(fields["secret"], GOOD_SECRET);
+    assert_eq!(fields["response"], PROBE_TOKEN);
+    assert_eq!(fields["sitekey"], SITE_KEY);
+    assert!(fields.contains_key("remoteip"));
+}
+
+#[tokio::test]
+async fn a_wrong_key_and_a_site_key_mismatch_exit_1_with_the_providers_codes() {
+    let fake = start_provider().await;
+    let ws = Workspace::new();
+    three_stages(&ws, &fake);
+    let out = run(verify(&ws, &[])).await;
+    let text = stdout(&out);
+    assert_code(&out, 1);
+    assert!(line_of(&text, "good").starts_with("valid "), "{text}");
+    let wrong = line_of(&text, "wrong");
+    assert!(wrong.starts_with("invalid "), "{text}");
+    assert!(
+        wrong.contains("(error-codes: invalid-input-secret)"),
+        "{text}"
+    );
+    let elsewhere = line_of(&text, "elsewhere");
+    assert!(elsewhere.starts_with("mismatch "), "{text}");
+    assert!(elsewhere.contains("sitekey-secret-mismatch"), "{text}");
+    assert!(text.ends_with("3 keys checked: 1 valid, 1 invalid, 1 mismatched, 0 unknown\n"));
+    assert_eq!(fake.request_count(), 3, "one request per stage, no retry");
+
+    let out = run(verify(&ws, &["--format", "json"])).await;
+    assert_code(&out, 1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["format_version"], 1);
+    assert_eq!(
+        report["summary"],
+        serde_json::json!({"valid": 1, "invalid": 1, "mismatch": 1, "unknown": 0})
+    );
+    let by_stage = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["stage"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {report}"))
+    };
+    let wrong = by_stage("wrong");
+    assert_eq!(wrong["result"], "invalid");
+    assert_eq!(
+        wrong["error_codes"],
+        serde_json::json!(["invalid-input-secret"])
+    );
+    assert_eq!(wrong["http_status"], 200);
+    assert_eq!(wrong["contacted"], true);
+    assert_eq!(by_stage("elsewhere")["result"], "mismatch");
+}
+
+#[tokio::test]
+async fn json_is_sent_where_request_content_type_says_so() {
+    let (fake, ws) = one_stage(None, "request_content_type: application/json\n").await;
+    let out = run(verify(&ws, &[])).await;
+    assert_code(&out, 0);
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].content_type.as_deref(), Some("application/json"));
+    let fields = seen[0].fields.as_ref().expect("a JSON object body");
+    assert_eq!(fields["secret"], GOOD_SECRET);
+    assert_eq!(fields["response"], PROBE_TOKEN);
+}
+
+/// Runs verify against the fake provider in `mode` and returns (stdout, stderr, code, time).
+async fn unknown_answer(
+    mode: ProviderMode,
+    args: &[&str],
+) -> (String, String, Option<i32>, Duration) {
+    let (fake, ws) = one_stage(None, "").await;
+    fake.set_mode(mode);
+    let started = Instant::now();
+    let out = run(verify(&ws, args)).await;
+    assert_eq!(fake.request_count(), 1, "asked once, never retried");
+    (
+        stdout(&out),
+        stderr(&out),
+        out.status.code(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test]
+async fn a_provider_that_hangs_is_unknown_after_the_timeout() {
+    let (text, err, code, took) = unknown_answer(ProviderMode::Hang, &["--timeout", "1s"]).await;
+    assert_eq!(code, Some(0), "unknown is a warning: {text}{err}");
+    assert!(line_of(&text, "good").starts_with("unknown "), "{text}");
+    assert!(
+        line_of(&text, "good").contains("no answer within 1s"),
+        "{text}"
+    );
+    assert!(err.contains("warning: 1 key could not be checked"), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+
+    let (_, _, code, _) =
+        unknown_answer(ProviderMode::Hang, &["--timeout", "1s", "--strict"]).await;
+    assert_eq!(code, Some(1), "--strict fails on unknown");
+}
+
+#[tokio::test]
+async fn a_500_is_unknown() {
+    let (text, err, code, _) = unknown_answer(ProviderMode::ServerError, &[]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(line_of(&text, "good").starts_with("unknown "), "{text}");
+    assert!(line_of(&text, "good").contains("HTTP 500"), "{text}");
+    let (_, _, code, _) = unknown_answer(ProviderMode::ServerError, &["--strict"]).await;
+    assert_eq!(code, Some(1));
+}
+
+#[tokio::test]
+async fn an_html_page_is_unknown() {
+    let (text, err, code, _) = unknown_answer(ProviderMode::Html, &[]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(line_of(&text, "good").starts_with("unknown "), "{text}");
+    assert!(
+        line_of(&text, "good").contains("not a captcha provider's JSON"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_test_key_that_passes_every_token_is_valid() {
+    let (text, err, code, _) = unknown_answer(ProviderMode::AcceptAll, &[]).await;
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(line_of(&text, "good").starts_with("valid "), "{text}");
+    assert!(line_of(&text, "good").contains("test key"), "{text}");
+}
+
+/// A host the check refuses is never contacted: plain http to a host that is
+/// not this machine. The request would reach the fake provider through the
+/// proxy named in HTTP_PROXY if it were sent at all.
+#[tokio::test]
+async fn a_provider_host_that_is_not_allowed_is_never_contacted() {
+    let (fake, ws) = one_stage(Some("http://provider.example/siteverify"), "").await;
+    let mut cmd = verify(&ws, &["--format", "json"]);
+    let proxy = format!("http://{}", fake.addr());
+    cmd.env("HTTP_PROXY", &proxy)
+        .env("http_proxy", &proxy)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy");
+    let out = run(cmd).await;
+    assert_eq!(fake.request_count(), 0, "the key left for a refused host");
+    assert_code(&out, 0);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let far = &report["checks"][0];
+    assert_eq!(far["result"], "unknown");
+    assert_eq!(far["contacted"], false);
+    assert!(
+        far["reason"].as_str().unwrap().contains("not contacted"),
+        "{far}"
+    );
+    let out = run({
+        let mut cmd = verify(&ws, &["--strict"]);
+        cmd.env("HTTP_PROXY", &proxy).env("http_proxy", &proxy);
+        cmd
+    })
+    .await;
+    assert_code(&out, 1);
+    assert_eq!(fake.request_count(), 0);
+}
+
+#[tokio::test]
+async fn no_key_in_any_output_at_trace_level() {
+    let fake = start_provider().await;
+    let ws = Workspace::new();
+    three_stages(&ws, &fake);
+    fake.set_mode(ProviderMode::Answer);
+    for format in ["text", "json"] {
+        let mut cmd = verify(&ws, &["--format", format]);
+        cmd.env("RUST_LOG", "trace");
+        let out = run(cmd).await;
+        assert_code(&out, 1);
+        let (text, err) = (stdout(&out), stderr(&out));
+        // Trace logging is on: the probes' own lines and the HTTP stack's are there.
+        assert!(err.contains("key check"), "{err}");
+        assert!(err.lines().count() > 20, "{err}");
+        for secret in [GOOD_SECRET, WRONG_SECRET] {
+            assert!(!text.contains(secret), "key in stdout:\n{text}");
+            assert!(!err.contains(secret), "key in stderr:\n{err}");
+        }
+    }
+    for seen in fake.requests() {
+        assert_eq!(seen.uri, "/siteverify", "the key travels in the body only");
+    }
+}
+
+#[tokio::test]
+async fn invalid_manifests_exit_3_and_contact_nobody() {
+    let fake = start_provider().await;
+    let ws = Workspace::new();
+    three_stages(&ws, &fake);
+    ws.write("broken.yaml", "name: broken\npublic_key: [\n");
+    let out = run(verify(&ws, &[])).await;
+    assert_code(&out, 3);
+    assert_eq!(fake.request_count(), 0);
+}
