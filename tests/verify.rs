@@ -1,15 +1,12 @@
 //! `stagesync verify` end to end: the real binary against the fake captcha
 //! provider on loopback.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use stagesync::simulator::provider::{self, ProviderHandle, ProviderMode};
 use stagesync::verify::PROBE_TOKEN;
-use support::{Workspace, run, stderr, stdout};
+use support::cli::{Workspace, run, stderr, stdout};
 
 const GOOD_SECRET: &str = "good-secret-7d41c0a9e2";
 const WRONG_SECRET: &str = "wrong-secret-93be5f1a04";
