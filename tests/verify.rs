@@ -20,9 +20,7 @@ async fn start_provider() -> ProviderHandle {
 
 /// A manifest whose key comes from `$<VAR>`, checked at `api_url`.
 fn manifest(name: &str, site_key: &str, var: &str, api_url: &str, extra: &str) -> String {
-    format!(
-        "name: {name}\npublic_key: {site_key}\nprivate_key: !Env {var}\napi_url: {api_url}\n{extra}"
-    )
+    support::cli::manifest(name, site_key, var, &format!("api_url: {api_url}\n{extra}"))
 }
 
 /// `stagesync verify stages/ ARGS`, with both keys in the environment.
