@@ -3,8 +3,8 @@
 //! A stage whose write fails (authentik 5xx, 403, a timeout) is not retried on
 //! every pass: [`Backoff`] says when it may be tried again, 5 s after the first
 //! failure, doubling up to 5 min, with jitter; a success forgets it. Keys are
-//! strings chosen by the caller: a stage's name, or a pseudo-key such as
-//! `"authentik"` for "could not fetch live state at all".
+//! [`Subject`]s by default: a stage, authentik itself ("could not fetch live
+//! state at all") or the manifest source.
 //!
 //! [`FailureLog`] remembers the last error per key, so that a failure is logged
 //! when it starts (or its message changes) and a recovery when it ends, instead
@@ -19,10 +19,42 @@
 //!   retry waits for the next interval or file change.
 //! - A changed manifest should be tried at once even while backed off: call
 //!   [`Backoff::forget`] for the stages whose desired state changed (the failure
-//!   may have been caused by the old value).
+//!   may have been caused by the old value), and for those only: authentik's
+//!   own backoff is about authentik, not about the file.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
+
+/// What can fail, and be backed off and logged once: authentik as a whole,
+/// the manifest source, or one stage.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Subject {
+    /// Reading live state failed (unreachable, 5xx, 403, timeout).
+    Authentik,
+    /// The manifest directory is missing, empty or unreadable.
+    Source,
+    /// A stage, by its (trimmed) name.
+    Stage(String),
+}
+
+impl Subject {
+    pub fn stage(name: &str) -> Self {
+        Subject::Stage(name.to_owned())
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::Authentik => f.write_str("authentik"),
+            Subject::Source => f.write_str("the manifest directory"),
+            Subject::Stage(name) => write!(f, "stage {name}"),
+        }
+    }
+}
 
 /// The first retry waits this long: enough for a restarting authentik worker or
 /// a load balancer to notice a new backend, short enough that a blip heals fast.
@@ -64,31 +96,51 @@ struct Failing {
 }
 
 /// Which keys are backed off, and until when.
-#[derive(Debug, Default)]
-pub struct Backoff {
-    failing: HashMap<String, Failing>,
+#[derive(Debug)]
+pub struct Backoff<K = Subject> {
+    failing: HashMap<K, Failing>,
 }
 
-impl Backoff {
+impl<K> Default for Backoff<K> {
+    fn default() -> Self {
+        Backoff {
+            failing: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> Backoff<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Whether `key` may be attempted at `now`: never failed, succeeded since,
     /// or its delay has passed.
-    pub fn should_attempt(&self, key: &str, now: Instant) -> bool {
+    pub fn should_attempt<Q>(&self, key: &Q, now: Instant) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.failing.get(key).is_none_or(|f| now >= f.retry_at)
     }
 
     /// Records a failure of `key` at `now`; returns how long until it may be
     /// attempted again.
-    pub fn record_failure(&mut self, key: &str, now: Instant) -> Duration {
+    pub fn record_failure<Q>(&mut self, key: &Q, now: Instant) -> Duration
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         self.record_failure_with_jitter(key, now, rand::random::<f64>())
     }
 
     /// [`Backoff::record_failure`] with the jitter chosen by the caller (`unit`
     /// as in [`with_jitter`]).
-    pub fn record_failure_with_jitter(&mut self, key: &str, now: Instant, unit: f64) -> Duration {
+    pub fn record_failure_with_jitter<Q>(&mut self, key: &Q, now: Instant, unit: f64) -> Duration
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let failures = self.failing.get(key).map_or(0, |f| f.failures) + 1;
         let delay = with_jitter(delay_for(failures), unit);
         self.failing.insert(
@@ -102,17 +154,34 @@ impl Backoff {
     }
 
     /// Records a success: `key` is attempted normally from now on.
-    pub fn record_success(&mut self, key: &str) {
+    pub fn record_success<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.failing.remove(key);
     }
 
     /// Forgets `key` (its desired state changed, or it is no longer managed).
-    pub fn forget(&mut self, key: &str) {
+    pub fn forget<Q>(&mut self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.failing.remove(key);
     }
 
+    /// Forgets every key `keep` says no to.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.failing.retain(|key, _| keep(key));
+    }
+
     /// Consecutive failures of `key` so far.
-    pub fn failures(&self, key: &str) -> u32 {
+    pub fn failures<Q>(&self, key: &Q) -> u32
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.failing.get(key).map_or(0, |f| f.failures)
     }
 
@@ -157,18 +226,30 @@ impl Change {
 /// Messages are compared as given: pass the error's user-facing text (which
 /// must already be free of secrets), not something with a timestamp or request
 /// id in it, or every retry looks new.
-#[derive(Debug, Default)]
-pub struct FailureLog {
-    last_error: HashMap<String, String>,
+#[derive(Debug)]
+pub struct FailureLog<K = Subject> {
+    last_error: HashMap<K, String>,
 }
 
-impl FailureLog {
+impl<K> Default for FailureLog<K> {
+    fn default() -> Self {
+        FailureLog {
+            last_error: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq> FailureLog<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Records that `key` failed with `message`.
-    pub fn failure(&mut self, key: &str, message: &str) -> Change {
+    pub fn failure<Q>(&mut self, key: &Q, message: &str) -> Change
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match self.last_error.get_mut(key) {
             Some(last) if last == message => Change::StillFailing,
             Some(last) => {
@@ -183,7 +264,11 @@ impl FailureLog {
     }
 
     /// Records that `key` succeeded.
-    pub fn success(&mut self, key: &str) -> Change {
+    pub fn success<Q>(&mut self, key: &Q) -> Change
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.last_error.remove(key).is_some() {
             Change::Recovered
         } else {
@@ -191,11 +276,14 @@ impl FailureLog {
         }
     }
 
+    /// Forgets every key `keep` says no to, without calling it a recovery.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.last_error.retain(|key, _| keep(key));
+    }
+
     /// The keys failing right now, with their last message.
-    pub fn failing(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.last_error
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+    pub fn failing(&self) -> impl Iterator<Item = (&K, &str)> {
+        self.last_error.iter().map(|(k, v)| (k, v.as_str()))
     }
 }
 
@@ -231,7 +319,7 @@ mod tests {
     #[test]
     fn a_failing_key_waits_and_a_success_resets_it() {
         let t0 = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::<String>::new();
         assert!(backoff.should_attempt("a", t0));
         assert_eq!(backoff.next_attempt_in(t0), None);
 
@@ -259,7 +347,7 @@ mod tests {
     #[test]
     fn next_attempt_is_the_earliest_key() {
         let t0 = Instant::now();
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::<String>::new();
         backoff.record_failure_with_jitter("a", t0, 0.0);
         backoff.record_failure_with_jitter("a", t0, 0.0);
         backoff.record_failure_with_jitter("b", t0, 0.0);
@@ -284,7 +372,7 @@ mod tests {
 
     #[test]
     fn failures_are_news_when_they_start_change_or_end() {
-        let mut log = FailureLog::new();
+        let mut log = FailureLog::<String>::new();
         assert_eq!(log.success("a"), Change::StillFine);
         assert_eq!(log.failure("a", "HTTP 503"), Change::StartedFailing);
         assert_eq!(log.failure("a", "HTTP 503"), Change::StillFailing);

@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::health::Health;
 use self::metrics::Metrics;
-use self::scheduler::{PassOutcome, Trigger};
+use self::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use self::watch::Watcher;
 
 /// What [`run`] needs besides the pass.
@@ -92,8 +92,10 @@ pub struct Settings {
 /// What a pass gets besides its closure's captures.
 #[derive(Clone, Debug)]
 pub struct PassContext {
-    /// Why this pass runs (for the log line).
+    /// Why this pass runs (for the log line; SIGHUP also resets backoff).
     pub trigger: Trigger,
+    /// The files the watcher saw change since the last pass.
+    pub changed: ChangedFiles,
     /// The watcher, to [`Watcher::set_extra_paths`] to the secret files the
     /// manifests just read reference.
     pub watcher: Arc<Watcher>,
@@ -145,13 +147,19 @@ where
         tokio::spawn(http::serve(listener, state, cancel.clone()))
     });
 
-    scheduler::run_loop(receiver, settings.interval, cancel.clone(), |trigger| {
-        pass(PassContext {
-            trigger,
-            watcher: watcher.clone(),
-            cancel: cancel.clone(),
-        })
-    })
+    scheduler::run_loop(
+        receiver,
+        settings.interval,
+        cancel.clone(),
+        |trigger, changed| {
+            pass(PassContext {
+                trigger,
+                changed,
+                watcher: watcher.clone(),
+                cancel: cancel.clone(),
+            })
+        },
+    )
     .await;
 
     // The loop only ends on cancellation; make sure the server sees it too.

@@ -1,6 +1,16 @@
 //! The daemon's reconcile pass: the same load -> fetch-and-plan -> apply path
 //! as `stagesync apply`, with memory between passes.
 //!
+//! The pass is I/O around pure steps, so each decision has unit tests:
+//! - [`stages_in_changed_files`]: whose backoff a file change forgets;
+//! - [`decide`]: which stages to write, and which to hold back and why
+//!   ([`Hold`]: backed off, dry run);
+//! - `apply` writes what was decided (one call, the only write);
+//! - [`summarize`]: what the pass amounts to, as a [`PassReport`] (counts,
+//!   readiness, every stage's end, what failed);
+//! - [`Reconciler::record`]: the thin step that puts the report into metrics,
+//!   health, backoff and the failure log, and logs what is news.
+//!
 //! What it remembers, and why:
 //! - the last valid stages of every manifest file: a file that turns invalid
 //!   keeps them (its error is logged with file:line), everything else goes on;
@@ -8,9 +18,16 @@
 //!   swap in progress, an unmounted volume) is "source unavailable" and the
 //!   last desired state stays in force. It is never taken as "nothing is
 //!   desired";
-//! - per-stage backoff and the last error per stage, so a failing stage is
-//!   retried on a growing delay and logged when it starts or stops failing, not
-//!   on every pass.
+//! - per-[`Subject`] backoff and last error (authentik, the source, each
+//!   stage), so a failing stage is retried on a growing delay and logged when it
+//!   starts or stops failing, not on every pass.
+//!
+//! Backoff and hints: a file event forgets the backoff of the changed files'
+//! own stages (and of stages whose `!File` key changed), so a fixed manifest is
+//! tried at once; other stages and authentik keep theirs. A swap of the whole
+//! directory counts as every file changed. SIGHUP forgets every backoff,
+//! authentik's included: it is the operator asking for a try of everything,
+//! now. Stages no longer in any manifest are forgotten too.
 //!
 //! A stop signal abandons the read of live state (nothing is written yet, and
 //! with authentik failing the client's retries would hold the exit for tens
@@ -20,34 +37,31 @@
 //! the stage and its file; a pass that changes nothing logs at DEBUG.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, Operation, WriteResult};
 use crate::authentik::Client;
 use crate::daemon::PassContext;
-use crate::daemon::backoff::{Backoff, FailureLog};
+use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
-use crate::daemon::scheduler::{PassOutcome, Trigger};
+use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::output::escape;
 use crate::plan::Action;
 use crate::reconcile;
+use crate::secret::KeySource;
 use crate::stage::DesiredStage;
 use crate::state::{KeyState, StateFile};
 
-/// The key under which authentik-wide failures (unreachable, 403) are logged.
-const AUTHENTIK: &str = "\0authentik";
 /// The longest wait before reading live state again after a failure. Lower
 /// than the per-stage cap (5 min): a failed read is one cheap GET, and after an
 /// outage authentik should be reconverged within half a minute, not five.
-const AUTHENTIK_RETRY_CAP: std::time::Duration = std::time::Duration::from_secs(30);
-/// The key under which an unavailable manifest directory is logged.
-const SOURCE: &str = "\0source";
+const AUTHENTIK_RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// The key fingerprints. A dry run only reads the state file, each pass (it
 /// must not block `apply`, whose writes it should then see); a writing daemon
@@ -55,6 +69,346 @@ const SOURCE: &str = "\0source";
 pub enum Keys {
     Writable(StateFile),
     ReadOnly(PathBuf),
+}
+
+/// What the plan wants for one stage, as far as the pass is concerned.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Wanted {
+    InSync,
+    /// A create or an update; `change` describes it for a dry run's log line.
+    Write {
+        change: String,
+    },
+    /// The planner could not decide (authentik's message, a name conflict...).
+    PlanError(String),
+}
+
+impl Wanted {
+    fn of(action: &Action) -> Self {
+        match action {
+            Action::InSync { .. } => Wanted::InSync,
+            Action::Error { message, .. } => Wanted::PlanError(message.clone()),
+            Action::Create { .. } | Action::Update { .. } => Wanted::Write {
+                change: describe(action, Tense::Pending),
+            },
+        }
+    }
+}
+
+/// A stage of the plan, as [`decide`] sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedStage {
+    pub name: String,
+    pub file: PathBuf,
+    pub wanted: Wanted,
+}
+
+/// Why a stage that needs a write is not written this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// It failed recently; its delay has not passed.
+    BackedOff,
+    /// `--dry-run`: drift is reported, never written. `change` says what.
+    DryRun { change: String },
+}
+
+/// What a pass does with each stage of the plan.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// Every stage, in plan order, with what happens to it.
+    pub stages: Vec<(PlannedStage, Step)>,
+}
+
+/// What happens to one stage this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to write.
+    InSync,
+    /// The plan failed for it; nothing to write.
+    PlanError(String),
+    /// Write it.
+    Write,
+    /// It needs a write that is held back.
+    Hold(Hold),
+}
+
+impl Decision {
+    /// The names of the stages to write.
+    pub fn writes(&self) -> BTreeSet<&str> {
+        self.stages
+            .iter()
+            .filter(|(_, step)| *step == Step::Write)
+            .map(|(stage, _)| stage.name.as_str())
+            .collect()
+    }
+}
+
+/// Decides what to write (pure): every stage the plan wants written, except
+/// those whose backoff has not passed at `now`, and nothing in a dry run.
+pub fn decide(
+    stages: Vec<PlannedStage>,
+    backoff: &Backoff,
+    now: Instant,
+    dry_run: bool,
+) -> Decision {
+    let stages = stages
+        .into_iter()
+        .map(|stage| {
+            let step = match &stage.wanted {
+                Wanted::InSync => Step::InSync,
+                Wanted::PlanError(message) => Step::PlanError(message.clone()),
+                Wanted::Write { change } if dry_run => Step::Hold(Hold::DryRun {
+                    change: change.clone(),
+                }),
+                Wanted::Write { .. } => {
+                    if backoff.should_attempt(&Subject::stage(&stage.name), now) {
+                        Step::Write
+                    } else {
+                        Step::Hold(Hold::BackedOff)
+                    }
+                }
+            };
+            (stage, step)
+        })
+        .collect();
+    Decision { stages }
+}
+
+/// How one attempted write ended, as the summary needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteEnd {
+    /// authentik accepted it; `change` describes what was done.
+    Written {
+        operation: Operation,
+        uuid: String,
+        change: String,
+    },
+    Failed {
+        operation: Operation,
+        message: String,
+    },
+    /// Never sent (interrupted, or a write it depends on failed).
+    NotStarted(String),
+}
+
+/// Whether and how live state was read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Not asked: there is nothing desired yet (the source was never seen).
+    NotAsked,
+    Read,
+    /// Why not, in the user's words.
+    Failed(String),
+}
+
+/// Where one stage ended this pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StageEnd {
+    InSync,
+    Written {
+        operation: Operation,
+        uuid: String,
+        change: String,
+    },
+    PlanFailed(String),
+    WriteFailed {
+        operation: Operation,
+        message: String,
+    },
+    /// Drift left as it is this pass.
+    Drifted(Drift),
+}
+
+/// Why drift was left as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Drift {
+    Held(Hold),
+    NotStarted(String),
+}
+
+/// What one pass amounts to: the input of metrics, `/readyz`, backoff and logs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PassReport {
+    pub source_available: bool,
+    pub manifest_errors: usize,
+    pub authentik: Reading,
+    /// Per-state counts; `None` when live state was not read (the counts stay
+    /// as last seen: zeroing `failed` during an outage would silence the
+    /// alerts built on it).
+    pub counts: Option<StageCounts>,
+    /// Every stage of the plan, with its file.
+    pub stages: Vec<(PlannedStage, StageEnd)>,
+}
+
+impl PassReport {
+    /// A pass that did not get as far as reading live state.
+    pub fn unread(source_available: bool, manifest_errors: usize, authentik: Reading) -> Self {
+        PassReport {
+            source_available,
+            manifest_errors,
+            authentik,
+            counts: None,
+            stages: Vec::new(),
+        }
+    }
+
+    /// Live state was read and no stage failed.
+    pub fn success(&self) -> bool {
+        self.authentik == Reading::Read && self.counts.is_some_and(|c| c.failed == 0)
+    }
+
+    /// What `/readyz` is decided from. Not asking authentik is no reason to be
+    /// unready: the source is.
+    pub fn health(&self) -> PassHealth {
+        PassHealth {
+            source_available: self.source_available,
+            manifest_errors: self.manifest_errors,
+            authentik: match &self.authentik {
+                Reading::Failed(message) => Err(message.clone()),
+                Reading::NotAsked | Reading::Read => Ok(()),
+            },
+        }
+    }
+
+    /// What failed this pass, with the message.
+    pub fn failures(&self) -> Vec<(Subject, &str)> {
+        let mut failed = Vec::new();
+        if let Reading::Failed(message) = &self.authentik {
+            failed.push((Subject::Authentik, message.as_str()));
+        }
+        for (stage, end) in &self.stages {
+            match end {
+                StageEnd::PlanFailed(message) | StageEnd::WriteFailed { message, .. } => {
+                    failed.push((Subject::stage(&stage.name), message.as_str()));
+                }
+                _ => {}
+            }
+        }
+        failed
+    }
+}
+
+/// Sums up a pass that read live state (pure): `writes` are the ends of the
+/// writes `decision` asked for, by stage name; a decided write without an end
+/// (the write step skipped it) counts as drift not started.
+pub fn summarize(
+    decision: Decision,
+    mut writes: BTreeMap<String, WriteEnd>,
+    source_available: bool,
+    manifest_errors: usize,
+) -> PassReport {
+    let mut counts = StageCounts::default();
+    let stages = decision
+        .stages
+        .into_iter()
+        .map(|(stage, step)| {
+            let end = match step {
+                Step::InSync => StageEnd::InSync,
+                Step::PlanError(message) => StageEnd::PlanFailed(message),
+                Step::Hold(hold) => StageEnd::Drifted(Drift::Held(hold)),
+                Step::Write => match writes.remove(&stage.name) {
+                    Some(WriteEnd::Written {
+                        operation,
+                        uuid,
+                        change,
+                    }) => StageEnd::Written {
+                        operation,
+                        uuid,
+                        change,
+                    },
+                    Some(WriteEnd::Failed { operation, message }) => {
+                        StageEnd::WriteFailed { operation, message }
+                    }
+                    Some(WriteEnd::NotStarted(why)) => StageEnd::Drifted(Drift::NotStarted(why)),
+                    None => StageEnd::Drifted(Drift::NotStarted("not attempted".into())),
+                },
+            };
+            match end {
+                StageEnd::InSync | StageEnd::Written { .. } => counts.in_sync += 1,
+                StageEnd::PlanFailed(_) | StageEnd::WriteFailed { .. } => counts.failed += 1,
+                StageEnd::Drifted(_) => counts.drifted += 1,
+            }
+            (stage, end)
+        })
+        .collect();
+    PassReport {
+        source_available,
+        manifest_errors,
+        authentik: Reading::Read,
+        counts: Some(counts),
+        stages,
+    }
+}
+
+/// The stages whose backoff a change forgets (pure but for `known_as`): those
+/// of the manifest files `changed` holds, and those whose `!File` key it holds.
+/// `known_as` gives the paths the watcher may name a file by (it reports real
+/// paths, the manifests keep the paths as typed).
+pub fn stages_in_changed_files(
+    files: &BTreeMap<PathBuf, Vec<DesiredStage>>,
+    changed: &ChangedFiles,
+    known_as: impl Fn(&Path) -> Vec<PathBuf>,
+) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if changed.is_empty() {
+        return names;
+    }
+    let touched =
+        |path: &Path| changed.is_everything() || known_as(path).iter().any(|p| changed.contains(p));
+    for (file, stages) in files {
+        let whole_file = touched(file);
+        let base = file.parent().unwrap_or(Path::new(""));
+        for stage in stages {
+            let key_changed = match &stage.key_source {
+                KeySource::File(key) => touched(&base.join(key)),
+                KeySource::Env(_) | KeySource::Literal => false,
+            };
+            if whole_file || key_changed {
+                names.insert(stage.fields.name.trim().to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Forgets the backoff a pass's trigger makes moot (pure): every subject's on
+/// SIGHUP; otherwise that of the `changed` stages only. Stages no longer
+/// `desired` are forgotten in both (and their last error with them).
+pub fn forget_backoff(
+    backoff: &mut Backoff,
+    failures: &mut FailureLog,
+    trigger: Trigger,
+    changed: &BTreeSet<String>,
+    desired: &BTreeSet<&str>,
+) {
+    if trigger == Trigger::Signal {
+        *backoff = Backoff::new();
+    }
+    for name in changed {
+        backoff.forget(&Subject::stage(name));
+    }
+    let managed = |subject: &Subject| match subject {
+        Subject::Stage(name) => desired.contains(name.as_str()),
+        Subject::Authentik | Subject::Source => true,
+    };
+    backoff.retain(managed);
+    failures.retain(managed);
+}
+
+/// The paths the watcher may report for `path`: under its real folder, and
+/// where it leads when it is a symlink.
+fn known_as(path: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let mut names = Vec::new();
+    if let (Some(parent), Some(name)) = (absolute.parent(), absolute.file_name())
+        && let Ok(real) = std::fs::canonicalize(parent)
+    {
+        names.push(real.join(name));
+    }
+    if let Ok(real) = std::fs::canonicalize(&absolute) {
+        names.push(real);
+    }
+    names
 }
 
 /// Everything a pass needs and remembers.
@@ -107,11 +461,8 @@ impl Reconciler {
     pub async fn pass(&mut self, ctx: PassContext) -> PassOutcome {
         let started = Instant::now();
         debug!(trigger = ctx.trigger.as_str(), "reconcile starting");
-        if matches!(ctx.trigger, Trigger::FilesChanged | Trigger::Signal) {
-            // A fixed manifest (or an operator's SIGHUP) deserves an immediate
-            // try, not the rest of a backoff.
-            self.backoff = Backoff::new();
-        }
+        // A changed file's stages, as they were and as they are now.
+        let mut changed_stages = stages_in_changed_files(&self.last_valid, &ctx.changed, known_as);
 
         let dir = self.dir.clone();
         let loaded = tokio::task::spawn_blocking(move || manifest::load(&dir))
@@ -126,18 +477,28 @@ impl Reconciler {
         ctx.watcher.set_extra_paths(secret_files);
         self.metrics.set_source_available(source_available);
         self.metrics.set_manifest_errors(manifest_errors);
+        changed_stages.extend(stages_in_changed_files(
+            &self.last_valid,
+            &ctx.changed,
+            known_as,
+        ));
+        let desired_names: BTreeSet<&str> = self
+            .last_valid
+            .values()
+            .flatten()
+            .map(|s| s.fields.name.trim())
+            .collect();
+        forget_backoff(
+            &mut self.backoff,
+            &mut self.failures,
+            ctx.trigger,
+            &changed_stages,
+            &desired_names,
+        );
 
         if !self.seen_source {
-            self.finish(
-                started,
-                source_available,
-                manifest_errors,
-                // authentik was not asked (there is nothing to ask it yet), so
-                // it is no reason for /readyz: the directory is.
-                None,
-                None,
-            );
-            return PassOutcome::done();
+            let report = PassReport::unread(source_available, manifest_errors, Reading::NotAsked);
+            return self.record(&report, started);
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
@@ -167,153 +528,179 @@ impl Reconciler {
             }
         };
         let planned = match fetched {
-            Ok(planned) => {
-                if self.failures.success(AUTHENTIK).is_news() {
-                    info!(url = self.client.base_url(), "authentik is reachable again");
-                }
-                planned
-            }
+            Ok(planned) => planned,
             Err(err) => {
-                let message = err.to_string();
-                if self.failures.failure(AUTHENTIK, &message).is_news() {
-                    error!(url = self.client.base_url(), error = %message, "cannot read live state from authentik; retrying");
-                } else {
-                    debug!(error = %message, "authentik still failing");
-                }
-                let delay = self
-                    .backoff
-                    .record_failure(AUTHENTIK, Instant::now())
-                    .min(AUTHENTIK_RETRY_CAP);
-                // The stage counts stay as last seen: zeroing `failed` during an
-                // outage would silence the alerts built on it.
-                self.finish(
-                    started,
-                    source_available,
-                    manifest_errors,
-                    Some(Err(message)),
-                    None,
-                );
-                return PassOutcome::retry_in(delay);
+                let reading = Reading::Failed(err.to_string());
+                let report = PassReport::unread(source_available, manifest_errors, reading);
+                return self.record(&report, started);
             }
         };
-        self.backoff.record_success(AUTHENTIK);
 
-        let mut counts = StageCounts::default();
-        let mut pending = Vec::new();
-        for entry in &planned.plan.stages {
-            let file = entry.origin.file.display().to_string();
-            match &entry.action {
-                Action::InSync { .. } => {
-                    counts.in_sync += 1;
-                    if self.failures.success(&entry.name).is_news() {
-                        info!(stage = %entry.name, file, "stage is in sync again");
-                    }
-                }
-                Action::Error { message, .. } => {
-                    counts.failed += 1;
-                    if self.failures.failure(&entry.name, message).is_news() {
-                        error!(stage = %entry.name, file, error = %message, "cannot plan stage");
-                    }
-                }
-                Action::Create { .. } | Action::Update { .. } => pending.push(entry),
-            }
-        }
+        let stages = planned
+            .plan
+            .stages
+            .iter()
+            .map(|entry| PlannedStage {
+                name: entry.name.clone(),
+                file: entry.origin.file.clone(),
+                wanted: Wanted::of(&entry.action),
+            })
+            .collect();
+        let dry_run = matches!(self.keys, Keys::ReadOnly(_));
+        let decision = decide(stages, &self.backoff, Instant::now(), dry_run);
 
-        if let Keys::ReadOnly(_) = self.keys {
-            for entry in &pending {
-                counts.drifted += 1;
-                let what = describe(&entry.action, Tense::Pending);
-                if self
-                    .failures
-                    .failure(&entry.name, &format!("drift: {what}"))
-                    .is_news()
-                {
-                    info!(stage = %entry.name, file = %entry.origin.file.display(), drift = %what, "drift found (dry run: not written)");
-                }
-            }
-        } else if let Reconciler {
-            client,
-            keys: Keys::Writable(state),
-            backoff,
-            concurrency,
-            ..
-        } = self
-            && !pending.is_empty()
+        let mut writes = BTreeMap::new();
+        let to_write = decision.writes();
+        if let Keys::Writable(state) = &mut self.keys
+            && !to_write.is_empty()
         {
-            let now = Instant::now();
             let report = apply::apply(
-                client,
+                &self.client,
                 &planned.plan,
                 state.keys_mut(),
-                *concurrency,
+                self.concurrency,
                 &ctx.cancel,
-                |name| !backoff.should_attempt(name, now),
+                |name| !to_write.contains(name),
             )
             .await;
-            let attempted: BTreeSet<&str> =
-                report.outcomes.iter().map(|o| o.name.as_str()).collect();
-            counts.drifted += pending
-                .iter()
-                .filter(|e| !attempted.contains(e.name.as_str()))
-                .count();
-            let planned_by_name: std::collections::HashMap<&str, &Action> = planned
+            let actions: BTreeMap<&str, &Action> = planned
                 .plan
                 .stages
                 .iter()
                 .map(|e| (e.name.as_str(), &e.action))
                 .collect();
-            for outcome in &report.outcomes {
-                let file = outcome.origin.file.display().to_string();
-                let operation = match outcome.operation {
-                    Operation::Create => WriteOperation::Create,
-                    Operation::Update => WriteOperation::Update,
-                };
-                match &outcome.result {
-                    WriteResult::Written(live) => {
-                        counts.in_sync += 1;
-                        self.metrics.record_write(operation, Outcome::Success);
-                        self.backoff.record_success(&outcome.name);
-                        self.failures.success(&outcome.name);
-                        let what = planned_by_name
+            for outcome in report.outcomes {
+                let end = match outcome.result {
+                    WriteResult::Written(live) => WriteEnd::Written {
+                        operation: outcome.operation,
+                        uuid: live.uuid.to_string(),
+                        change: actions
                             .get(outcome.name.as_str())
                             .map(|action| describe(action, Tense::Done))
-                            .unwrap_or_default();
-                        info!(stage = %outcome.name, file, uuid = %live.uuid, change = %what, "{} stage", outcome.operation.past_tense());
-                    }
-                    WriteResult::Failed(err) => {
-                        counts.failed += 1;
-                        self.metrics.record_write(operation, Outcome::Failure);
-                        let delay = self.backoff.record_failure(&outcome.name, Instant::now());
-                        let message = err.to_string();
-                        if self.failures.failure(&outcome.name, &message).is_news() {
-                            warn!(stage = %outcome.name, file, error = %message, retry_in = ?delay, "write failed");
-                        }
-                    }
-                    WriteResult::Skipped(why) => {
-                        counts.drifted += 1;
-                        debug!(stage = %outcome.name, file, why = %why, "write not started");
-                    }
-                }
+                            .unwrap_or_default(),
+                    },
+                    WriteResult::Failed(err) => WriteEnd::Failed {
+                        operation: outcome.operation,
+                        message: err.to_string(),
+                    },
+                    WriteResult::Skipped(why) => WriteEnd::NotStarted(why.to_string()),
+                };
+                writes.insert(outcome.name, end);
             }
-            if let Keys::Writable(state) = &self.keys
-                && let Err(err) = state.save()
-            {
+            if let Err(err) = state.save() {
                 error!(error = %err, "cannot save the state file; key status may show as unknown next time");
             }
         }
-        if pending.is_empty() {
+        drop(to_write);
+        let report = summarize(decision, writes, source_available, manifest_errors);
+        self.record(&report, started)
+    }
+
+    /// Records `report` in metrics, health, backoff and the failure log, logs
+    /// what is news, and says when the next pass should run.
+    fn record(&mut self, report: &PassReport, started: Instant) -> PassOutcome {
+        let now = Instant::now();
+        let url = self.client.base_url();
+        match &report.authentik {
+            Reading::NotAsked => {}
+            Reading::Read => {
+                self.backoff.record_success(&Subject::Authentik);
+                if self.failures.success(&Subject::Authentik).is_news() {
+                    info!(url, "authentik is reachable again");
+                }
+            }
+            Reading::Failed(message) => {
+                if self
+                    .failures
+                    .failure(&Subject::Authentik, message)
+                    .is_news()
+                {
+                    error!(url, error = %message, "cannot read live state from authentik; retrying");
+                } else {
+                    debug!(error = %message, "authentik still failing");
+                }
+            }
+        }
+        for (stage, end) in &report.stages {
+            let subject = Subject::stage(&stage.name);
+            let (name, file) = (&stage.name, stage.file.display().to_string());
+            match end {
+                StageEnd::InSync => {
+                    if self.failures.success(&subject).is_news() {
+                        info!(stage = %name, file, "stage is in sync again");
+                    }
+                }
+                StageEnd::Written {
+                    operation,
+                    uuid,
+                    change,
+                } => {
+                    self.metrics
+                        .record_write(write_operation(*operation), Outcome::Success);
+                    self.backoff.record_success(&subject);
+                    self.failures.success(&subject);
+                    info!(stage = %name, file, uuid = %uuid, change = %change, "{} stage", operation.past_tense());
+                }
+                StageEnd::PlanFailed(message) => {
+                    if self.failures.failure(&subject, message).is_news() {
+                        error!(stage = %name, file, error = %message, "cannot plan stage");
+                    }
+                }
+                StageEnd::WriteFailed { operation, message } => {
+                    self.metrics
+                        .record_write(write_operation(*operation), Outcome::Failure);
+                    let delay = self.backoff.record_failure(&subject, now);
+                    if self.failures.failure(&subject, message).is_news() {
+                        warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
+                    }
+                }
+                StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
+                    if self
+                        .failures
+                        .failure(&subject, &format!("drift: {change}"))
+                        .is_news()
+                    {
+                        info!(stage = %name, file, drift = %change, "drift found (dry run: not written)");
+                    }
+                }
+                StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
+                    debug!(stage = %name, file, "write held back: backing off after a failure");
+                }
+                StageEnd::Drifted(Drift::NotStarted(why)) => {
+                    debug!(stage = %name, file, why = %why, "write not started");
+                }
+            }
+        }
+        if report
+            .counts
+            .is_some_and(|c| c.drifted == 0 && c.failed == 0)
+        {
             debug!("reconcile: everything in sync");
         }
 
-        let retry = self.backoff.next_attempt_in(Instant::now());
-        self.finish(
-            started,
-            source_available,
-            manifest_errors,
-            Some(Ok(())),
-            Some(counts),
+        self.metrics.record_reconcile(
+            Outcome::of(report.success()),
+            started.elapsed(),
+            SystemTime::now(),
         );
-        retry.map_or_else(PassOutcome::done, PassOutcome::retry_in)
+        if let Some(counts) = report.counts {
+            self.metrics.set_stage_counts(counts);
+        }
+        self.health.record_pass(&report.health());
+        debug!(elapsed = ?started.elapsed(), counts = ?report.counts, "reconcile finished");
+
+        match &report.authentik {
+            Reading::Failed(_) => PassOutcome::retry_in(
+                self.backoff
+                    .record_failure(&Subject::Authentik, now)
+                    .min(AUTHENTIK_RETRY_CAP),
+            ),
+            Reading::NotAsked => PassOutcome::done(),
+            Reading::Read => self
+                .backoff
+                .next_attempt_in(now)
+                .map_or_else(PassOutcome::done, PassOutcome::retry_in),
+        }
     }
 
     /// Takes what was read into the last valid state. Returns whether the
@@ -333,7 +720,7 @@ impl Reconciler {
                 return (false, 0, self.last_secret_files.clone());
             }
         };
-        if self.failures.success(SOURCE).is_news() {
+        if self.failures.success(&Subject::Source).is_news() {
             info!(dir = %self.dir.display(), "manifest directory is available again");
         }
         self.seen_source = true;
@@ -378,38 +765,13 @@ impl Reconciler {
     }
 
     fn source_unavailable(&mut self, why: &str) {
-        if self.failures.failure(SOURCE, why).is_news() {
+        if self.failures.failure(&Subject::Source, why).is_news() {
             if self.seen_source {
                 warn!(dir = %self.dir.display(), reason = why, "source unavailable: keeping the last desired state");
             } else {
                 warn!(dir = %self.dir.display(), reason = why, "source unavailable: nothing loaded yet, waiting for it");
             }
         }
-    }
-
-    /// Records the pass in metrics and health. `authentik` is `None` when the
-    /// pass did not get as far as asking it (which is not a success).
-    fn finish(
-        &self,
-        started: Instant,
-        source_available: bool,
-        manifest_errors: usize,
-        authentik: Option<Result<(), String>>,
-        counts: Option<StageCounts>,
-    ) {
-        let success = matches!(authentik, Some(Ok(()))) && counts.is_some_and(|c| c.failed == 0);
-        let authentik = authentik.unwrap_or(Ok(()));
-        self.metrics
-            .record_reconcile(Outcome::of(success), started.elapsed(), SystemTime::now());
-        if let Some(counts) = counts {
-            self.metrics.set_stage_counts(counts);
-        }
-        self.health.record_pass(&PassHealth {
-            source_available,
-            manifest_errors,
-            authentik,
-        });
-        debug!(elapsed = ?started.elapsed(), ?counts, "reconcile finished");
     }
 }
 
@@ -418,6 +780,13 @@ impl Reconciler {
 enum Tense {
     Done,
     Pending,
+}
+
+fn write_operation(operation: Operation) -> WriteOperation {
+    match operation {
+        Operation::Create => WriteOperation::Create,
+        Operation::Update => WriteOperation::Update,
+    }
 }
 
 /// A one-line description of a change, for logs: which fields, and the key.
@@ -444,5 +813,354 @@ fn describe(action: &Action, tense: Tense) -> String {
         }
         Action::InSync { .. } => "in sync".to_owned(),
         Action::Error { message, .. } => message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::secret::SecretString;
+    use crate::stage::{Origin, StageFields};
+
+    use super::*;
+
+    fn planned(name: &str, wanted: Wanted) -> PlannedStage {
+        PlannedStage {
+            name: name.to_owned(),
+            file: PathBuf::from(format!("stages/{name}.yaml")),
+            wanted,
+        }
+    }
+
+    fn write() -> Wanted {
+        Wanted::Write {
+            change: "create".into(),
+        }
+    }
+
+    fn desired(name: &str, file: &str, key: KeySource) -> DesiredStage {
+        DesiredStage {
+            origin: Origin {
+                file: PathBuf::from(file),
+                line: 1,
+                column: 1,
+            },
+            uuid: None,
+            fields: StageFields::with_defaults(name, "site-key"),
+            key_source: key,
+            private_key: SecretString::from("k"),
+        }
+    }
+
+    /// `a` in a.yaml, `b` and ` c ` in b.yaml, `d` in d.yaml with a `!File` key.
+    fn files() -> BTreeMap<PathBuf, Vec<DesiredStage>> {
+        let env = || KeySource::Env("KEY".into());
+        BTreeMap::from([
+            ("/m/a.yaml".into(), vec![desired("a", "/m/a.yaml", env())]),
+            (
+                "/m/b.yaml".into(),
+                vec![
+                    desired("b", "/m/b.yaml", env()),
+                    desired(" c ", "/m/b.yaml", env()),
+                ],
+            ),
+            (
+                "/m/d.yaml".into(),
+                vec![desired("d", "/m/d.yaml", KeySource::File("keys/d".into()))],
+            ),
+        ])
+    }
+
+    fn same(path: &Path) -> Vec<PathBuf> {
+        vec![path.to_owned()]
+    }
+
+    fn names(list: &[&str]) -> BTreeSet<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn decide_writes_what_the_plan_wants_except_backed_off_stages() {
+        let now = Instant::now();
+        let mut backoff = Backoff::new();
+        backoff.record_failure_with_jitter(&Subject::stage("held"), now, 0.0);
+        // A failing authentik holds back no stage: the pass got a plan.
+        backoff.record_failure_with_jitter(&Subject::Authentik, now, 0.0);
+        let stages = vec![
+            planned("ok", Wanted::InSync),
+            planned("bad", Wanted::PlanError("name taken".into())),
+            planned("new", write()),
+            planned("held", write()),
+        ];
+        let decision = decide(stages.clone(), &backoff, now, false);
+        let steps: Vec<_> = decision.stages.iter().map(|(_, s)| s.clone()).collect();
+        assert_eq!(
+            steps,
+            vec![
+                Step::InSync,
+                Step::PlanError("name taken".into()),
+                Step::Write,
+                Step::Hold(Hold::BackedOff),
+            ]
+        );
+        assert_eq!(decision.writes(), BTreeSet::from(["new"]));
+
+        let later = decide(
+            stages,
+            &backoff,
+            now + crate::daemon::backoff::BASE_DELAY,
+            false,
+        );
+        assert_eq!(
+            later.writes(),
+            BTreeSet::from(["held", "new"]),
+            "its delay passed"
+        );
+    }
+
+    #[test]
+    fn a_dry_run_writes_nothing_and_says_what_it_would() {
+        let decision = decide(
+            vec![planned("new", write()), planned("ok", Wanted::InSync)],
+            &Backoff::new(),
+            Instant::now(),
+            true,
+        );
+        assert!(decision.writes().is_empty());
+        assert_eq!(
+            decision.stages[0].1,
+            Step::Hold(Hold::DryRun {
+                change: "create".into()
+            })
+        );
+    }
+
+    #[test]
+    fn the_summary_counts_every_stage_once_and_names_what_failed() {
+        let stages = vec![
+            planned("ok", Wanted::InSync),
+            planned("bad", Wanted::PlanError("name taken".into())),
+            planned("new", write()),
+            planned("refused", write()),
+            planned("later", write()),
+            planned("skipped", write()),
+            planned("held", write()),
+        ];
+        let mut backoff = Backoff::new();
+        let now = Instant::now();
+        backoff.record_failure_with_jitter(&Subject::stage("held"), now, 0.0);
+        let decision = decide(stages, &backoff, now, false);
+        let writes = BTreeMap::from([
+            (
+                "new".to_owned(),
+                WriteEnd::Written {
+                    operation: Operation::Create,
+                    uuid: "u".into(),
+                    change: "create".into(),
+                },
+            ),
+            (
+                "refused".to_owned(),
+                WriteEnd::Failed {
+                    operation: Operation::Update,
+                    message: "HTTP 403".into(),
+                },
+            ),
+            (
+                "later".to_owned(),
+                WriteEnd::NotStarted("interrupted".into()),
+            ),
+        ]);
+        let report = summarize(decision, writes, true, 2);
+        assert_eq!(
+            report.counts,
+            Some(StageCounts {
+                in_sync: 2,
+                drifted: 3,
+                failed: 2
+            })
+        );
+        assert_eq!(
+            report.failures(),
+            vec![
+                (Subject::stage("bad"), "name taken"),
+                (Subject::stage("refused"), "HTTP 403")
+            ]
+        );
+        assert!(!report.success(), "a failed stage fails the pass");
+        assert_eq!(
+            report.stages[5].1,
+            StageEnd::Drifted(Drift::NotStarted("not attempted".into())),
+            "a decided write the write step did not report is drift, not success"
+        );
+        assert_eq!(
+            report.health(),
+            PassHealth {
+                source_available: true,
+                manifest_errors: 2,
+                authentik: Ok(())
+            }
+        );
+    }
+
+    #[test]
+    fn a_pass_without_live_state_keeps_the_counts_and_is_no_success() {
+        let failed = PassReport::unread(true, 0, Reading::Failed("HTTP 503".into()));
+        assert_eq!(failed.counts, None);
+        assert!(!failed.success());
+        assert_eq!(failed.health().authentik, Err("HTTP 503".into()));
+        assert_eq!(failed.failures(), vec![(Subject::Authentik, "HTTP 503")]);
+
+        let waiting = PassReport::unread(false, 0, Reading::NotAsked);
+        assert!(!waiting.success());
+        assert_eq!(
+            waiting.health().authentik,
+            Ok(()),
+            "the source is the reason"
+        );
+        assert!(waiting.failures().is_empty());
+
+        let clean = summarize(
+            decide(
+                vec![planned("ok", Wanted::InSync)],
+                &Backoff::new(),
+                Instant::now(),
+                false,
+            ),
+            BTreeMap::new(),
+            true,
+            0,
+        );
+        assert!(clean.success());
+    }
+
+    #[test]
+    fn changed_files_name_their_own_stages_and_those_of_a_changed_key() {
+        let files = files();
+        let changed =
+            |paths: &[&str]| -> ChangedFiles { paths.iter().map(PathBuf::from).collect() };
+        assert_eq!(
+            stages_in_changed_files(&files, &changed(&["/m/b.yaml"]), same),
+            names(&["b", "c"]),
+            "names are trimmed as the plan trims them"
+        );
+        assert_eq!(
+            stages_in_changed_files(&files, &changed(&["/m/keys/d"]), same),
+            names(&["d"])
+        );
+        assert_eq!(
+            stages_in_changed_files(&files, &changed(&["/m/keys"]), same),
+            names(&["d"]),
+            "a changed folder covers what is in it"
+        );
+        assert_eq!(
+            stages_in_changed_files(&files, &changed(&["/m/other.yaml"]), same),
+            names(&[])
+        );
+        assert_eq!(
+            stages_in_changed_files(&files, &ChangedFiles::none(), same),
+            names(&[])
+        );
+        assert_eq!(
+            stages_in_changed_files(&files, &ChangedFiles::everything(), same),
+            names(&["a", "b", "c", "d"])
+        );
+        // The watcher names real paths; a file is matched by any of its names.
+        let linked = |p: &Path| {
+            vec![
+                p.to_owned(),
+                Path::new("/real").join(p.file_name().expect("name")),
+            ]
+        };
+        assert_eq!(
+            stages_in_changed_files(&files, &changed(&["/real/a.yaml"]), linked),
+            names(&["a"])
+        );
+    }
+
+    #[test]
+    fn a_changed_file_forgets_the_backoff_of_its_own_stages_only() {
+        let now = Instant::now();
+        let mut backoff = Backoff::new();
+        let mut failures = FailureLog::new();
+        for subject in [
+            Subject::Authentik,
+            Subject::Source,
+            Subject::stage("a"),
+            Subject::stage("b"),
+            Subject::stage("c"),
+        ] {
+            backoff.record_failure_with_jitter(&subject, now, 0.0);
+            failures.failure(&subject, "HTTP 503");
+        }
+        let files = files();
+        let desired: BTreeSet<&str> = ["a", "b", "c", "d"].into();
+        let changed: ChangedFiles = [PathBuf::from("/m/a.yaml")].into_iter().collect();
+        let stages = stages_in_changed_files(&files, &changed, same);
+        forget_backoff(
+            &mut backoff,
+            &mut failures,
+            Trigger::FilesChanged,
+            &stages,
+            &desired,
+        );
+
+        assert!(backoff.should_attempt(&Subject::stage("a"), now));
+        for held in [
+            Subject::Authentik,
+            Subject::Source,
+            Subject::stage("b"),
+            Subject::stage("c"),
+        ] {
+            assert!(
+                !backoff.should_attempt(&held, now),
+                "{held} keeps its backoff"
+            );
+        }
+        assert_eq!(
+            failures.failing().count(),
+            5,
+            "the last errors stay, to log recoveries"
+        );
+    }
+
+    #[test]
+    fn sighup_forgets_every_backoff_and_undesired_stages_are_forgotten() {
+        let now = Instant::now();
+        let mut backoff = Backoff::new();
+        let mut failures = FailureLog::new();
+        for subject in [
+            Subject::Authentik,
+            Subject::stage("a"),
+            Subject::stage("gone"),
+        ] {
+            backoff.record_failure_with_jitter(&subject, now, 0.0);
+            failures.failure(&subject, "HTTP 503");
+        }
+        let desired: BTreeSet<&str> = ["a"].into();
+        forget_backoff(
+            &mut backoff,
+            &mut failures,
+            Trigger::Interval,
+            &BTreeSet::new(),
+            &desired,
+        );
+        assert_eq!(
+            backoff.failures(&Subject::stage("gone")),
+            0,
+            "no longer in a manifest"
+        );
+        assert_eq!(failures.failing().count(), 2);
+        assert!(!backoff.should_attempt(&Subject::stage("a"), now));
+
+        forget_backoff(
+            &mut backoff,
+            &mut failures,
+            Trigger::Signal,
+            &BTreeSet::new(),
+            &desired,
+        );
+        assert!(backoff.should_attempt(&Subject::Authentik, now));
+        assert!(backoff.should_attempt(&Subject::stage("a"), now));
+        assert_eq!(backoff.next_attempt_in(now), None);
     }
 }

@@ -19,10 +19,19 @@
 //!   end (finishing the writes it started); no new pass starts afterwards. A pass
 //!   that wants to stop early (skip writes it has not started) holds a clone of
 //!   the token itself.
+//! - **Which files changed travels beside the channel, not in it.** The
+//!   watcher adds the paths of a hint to a [`ChangedFiles`] shared with the
+//!   receiver *before* sending the trigger, and the loop takes them when a pass
+//!   starts; so a trigger dropped on a full channel loses no path, and a pass
+//!   sees every path whose hint it answers (the pass forgets the backoff of
+//!   those files' stages only).
 //! - **Jitter** spreads the periodic passes of many replicas or many daemons
 //!   pointing at one authentik, so they do not hit the API in lockstep.
 
+use std::collections::BTreeSet;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -40,8 +49,12 @@ pub const MIN_RETRY: Duration = Duration::from_secs(1);
 /// pass, so a small buffer is enough; see [`TriggerSender::send`].
 const TRIGGER_BUFFER: usize = 16;
 
-/// Why a pass runs. It changes nothing in what the pass does (every pass is a
-/// full pass); it is for logs.
+/// More changed paths than this between two passes are not listed one by one:
+/// the set becomes "everything" (a checkout of thousands of files).
+pub const MAX_CHANGED_PATHS: usize = 1000;
+
+/// Why a pass runs. Every pass is a full pass; the reason is for logs, and a
+/// SIGHUP also makes the pass forget every backoff.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Trigger {
     /// The first pass, at start.
@@ -123,26 +136,125 @@ impl From<()> for PassOutcome {
     }
 }
 
+/// The files the hints since the last pass were about, as the watcher names
+/// them (real paths: symlinks on the way resolved). A folder stands for
+/// everything under it; "everything" is for hints that cannot say (the
+/// directory was swapped or re-created, the watcher lost events, too many
+/// paths).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangedFiles {
+    paths: BTreeSet<PathBuf>,
+    everything: bool,
+}
+
+impl ChangedFiles {
+    /// No file changed (a startup, timer or retry pass).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Any file may have changed.
+    pub fn everything() -> Self {
+        ChangedFiles {
+            paths: BTreeSet::new(),
+            everything: true,
+        }
+    }
+
+    /// Adds one changed file or folder.
+    pub fn add(&mut self, path: PathBuf) {
+        if self.everything {
+            return;
+        }
+        self.paths.insert(path);
+        if self.paths.len() > MAX_CHANGED_PATHS {
+            *self = Self::everything();
+        }
+    }
+
+    /// Adds everything `other` holds.
+    pub fn merge(&mut self, other: ChangedFiles) {
+        if other.everything {
+            *self = Self::everything();
+        }
+        for path in other.paths {
+            self.add(path);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.everything && self.paths.is_empty()
+    }
+
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// Whether `path` changed: it is listed, a folder above it is, or
+    /// everything changed.
+    pub fn contains(&self, path: &Path) -> bool {
+        self.everything || path.ancestors().any(|p| self.paths.contains(p))
+    }
+}
+
+impl FromIterator<PathBuf> for ChangedFiles {
+    fn from_iter<I: IntoIterator<Item = PathBuf>>(paths: I) -> Self {
+        let mut changed = Self::none();
+        for path in paths {
+            changed.add(path);
+        }
+        changed
+    }
+}
+
 /// The sending side of the trigger channel; cheap to clone.
 #[derive(Clone, Debug)]
-pub struct TriggerSender(mpsc::Sender<Trigger>);
+pub struct TriggerSender {
+    tx: mpsc::Sender<Trigger>,
+    changed: Arc<Mutex<ChangedFiles>>,
+}
 
 /// The receiving side, consumed by [`run_loop`].
 #[derive(Debug)]
-pub struct TriggerReceiver(mpsc::Receiver<Trigger>);
+pub struct TriggerReceiver {
+    rx: mpsc::Receiver<Trigger>,
+    changed: Arc<Mutex<ChangedFiles>>,
+}
 
 /// A channel for triggers from the watcher and the signal handler.
 pub fn trigger_channel() -> (TriggerSender, TriggerReceiver) {
     let (tx, rx) = mpsc::channel(TRIGGER_BUFFER);
-    (TriggerSender(tx), TriggerReceiver(rx))
+    let changed = Arc::new(Mutex::new(ChangedFiles::none()));
+    (
+        TriggerSender {
+            tx,
+            changed: changed.clone(),
+        },
+        TriggerReceiver { rx, changed },
+    )
+}
+
+/// Locks the shared set; a panic while it was held left a valid set (every
+/// change to it is one call), so a poisoned lock is used as is.
+fn lock(changed: &Mutex<ChangedFiles>) -> std::sync::MutexGuard<'_, ChangedFiles> {
+    changed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl TriggerSender {
+    /// Asks for a pass because `changed` files changed. The paths are recorded
+    /// before the trigger is sent, so the pass that answers it sees them.
+    pub fn send_files_changed(&self, changed: ChangedFiles) {
+        lock(&self.changed).merge(changed);
+        self.send(Trigger::FilesChanged);
+    }
+
     /// Asks for a pass. Never waits: when the channel is full, triggers are
     /// already pending and will cause a pass, so this one is redundant. After the
     /// loop has stopped, the trigger is dropped.
     pub fn send(&self, trigger: Trigger) {
-        match self.0.try_send(trigger) {
+        match self.tx.try_send(trigger) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::trace!(%trigger, "trigger after the loop stopped, ignored");
@@ -155,13 +267,18 @@ impl TriggerReceiver {
     /// The next trigger; `None` once every sender is gone. [`run_loop`] is the
     /// consumer in the daemon; this is for other consumers (tests, tools).
     pub async fn recv(&mut self) -> Option<Trigger> {
-        self.0.recv().await
+        self.rx.recv().await
+    }
+
+    /// The files changed since the last call, leaving none.
+    pub fn take_changed(&mut self) -> ChangedFiles {
+        std::mem::take(&mut *lock(&self.changed))
     }
 
     /// Everything waiting right now, merged into one trigger.
     fn drain(&mut self) -> Option<Trigger> {
         let mut merged: Option<Trigger> = None;
-        while let Ok(trigger) = self.0.try_recv() {
+        while let Ok(trigger) = self.rx.try_recv() {
             merged = Some(merged.map_or(trigger, |m| m.merge(trigger)));
         }
         merged
@@ -183,14 +300,15 @@ pub fn jittered(interval: Duration, unit: f64) -> Duration {
 
 /// Runs `pass` at start, on every trigger, and every `interval` (jittered),
 /// until `cancel` fires. Returns once the pass in flight at cancellation has
-/// finished. `pass` may return `()` or a [`PassOutcome`].
+/// finished. `pass` gets why it runs and the files changed since the last
+/// pass, and may return `()` or a [`PassOutcome`].
 pub async fn run_loop<F, Fut, O>(
     mut triggers: TriggerReceiver,
     interval: Duration,
     cancel: CancellationToken,
     mut pass: F,
 ) where
-    F: FnMut(Trigger) -> Fut,
+    F: FnMut(Trigger, ChangedFiles) -> Fut,
     Fut: Future<Output = O>,
     O: Into<PassOutcome>,
 {
@@ -201,7 +319,8 @@ pub async fn run_loop<F, Fut, O>(
             break;
         }
         tracing::debug!(trigger = %next, "reconcile pass starting");
-        let outcome: PassOutcome = pass(next).await.into();
+        let changed = triggers.take_changed();
+        let outcome: PassOutcome = pass(next, changed).await.into();
 
         let now = Instant::now();
         let periodic_at = now + jittered(interval, rand::random::<f64>());
@@ -217,7 +336,7 @@ pub async fn run_loop<F, Fut, O>(
         tokio::select! {
             biased;
             () = cancel.cancelled() => break,
-            received = triggers.0.recv(), if triggers_open => match received {
+            received = triggers.rx.recv(), if triggers_open => match received {
                 Some(trigger) => {
                     next = triggers.drain().map_or(trigger, |more| trigger.merge(more));
                 }
@@ -263,7 +382,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let passes = Arc::new(Mutex::new(Vec::new()));
         let recorded = passes.clone();
-        let task = tokio::spawn(run_loop(rx, interval, cancel.clone(), move |trigger| {
+        let task = tokio::spawn(run_loop(rx, interval, cancel.clone(), move |trigger, _| {
             let recorded = recorded.clone();
             async move {
                 recorded
@@ -375,7 +494,7 @@ mod tests {
         let finished = Arc::new(Mutex::new(0_u32));
         let started = Arc::new(Mutex::new(0_u32));
         let (f, s) = (finished.clone(), started.clone());
-        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_| {
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_, _| {
             let (f, s) = (f.clone(), s.clone());
             async move {
                 *s.lock().expect("test mutex") += 1;
@@ -400,7 +519,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let recorded = seen.clone();
-        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |trigger| {
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |trigger, _| {
             let recorded = recorded.clone();
             async move {
                 let mut seen = recorded.lock().expect("test mutex");
@@ -430,7 +549,7 @@ mod tests {
         let cancel = CancellationToken::new();
         let count = Arc::new(Mutex::new(0_u32));
         let c = count.clone();
-        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_| {
+        let task = tokio::spawn(run_loop(rx, INTERVAL, cancel.clone(), move |_, _| {
             *c.lock().expect("test mutex") += 1;
             async { PassOutcome::retry_in(Duration::ZERO) }
         }));
@@ -439,6 +558,70 @@ mod tests {
         task.await.expect("loop task");
         // At start, then once per MIN_RETRY.
         assert_eq!(*count.lock().expect("test mutex"), 11);
+    }
+
+    #[test]
+    fn a_changed_folder_covers_its_files_and_too_many_paths_are_everything() {
+        let mut changed: ChangedFiles = [PathBuf::from("/m/team")].into_iter().collect();
+        changed.add(PathBuf::from("/m/a.yaml"));
+        assert!(changed.contains(Path::new("/m/team/b.yaml")));
+        assert!(changed.contains(Path::new("/m/a.yaml")));
+        assert!(!changed.contains(Path::new("/m/b.yaml")));
+        assert!(!changed.contains(Path::new("/m/team-b/c.yaml")));
+        assert!(!changed.is_everything());
+
+        let many: ChangedFiles = (0..=MAX_CHANGED_PATHS)
+            .map(|i| PathBuf::from(format!("/m/{i}.yaml")))
+            .collect();
+        assert!(many.is_everything());
+        assert!(many.contains(Path::new("/elsewhere.yaml")));
+        assert!(ChangedFiles::none().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pass_gets_every_changed_path_even_when_triggers_were_dropped() {
+        let (tx, rx) = trigger_channel();
+        let cancel = CancellationToken::new();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        let task = tokio::spawn(run_loop(
+            rx,
+            INTERVAL,
+            cancel.clone(),
+            move |trigger, changed| {
+                let recorded = recorded.clone();
+                async move {
+                    recorded
+                        .lock()
+                        .expect("test mutex")
+                        .push((trigger, changed));
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            },
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // During the startup pass: more hints than the channel holds.
+        for i in 0..(TRIGGER_BUFFER * 3) {
+            tx.send_files_changed(
+                [PathBuf::from(format!("/m/{i}.yaml"))]
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+
+        let seen = seen.lock().expect("test mutex").clone();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0], (Trigger::Startup, ChangedFiles::none()));
+        assert_eq!(seen[1].0, Trigger::FilesChanged);
+        for i in 0..(TRIGGER_BUFFER * 3) {
+            assert!(
+                seen[1].1.contains(Path::new(&format!("/m/{i}.yaml"))),
+                "{i}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -237,7 +237,7 @@ mod tests {
         let mut seen = None;
         let loop_cancel = CancellationToken::new();
         let stop = loop_cancel.clone();
-        crate::daemon::scheduler::run_loop(rx, Duration::from_secs(3600), loop_cancel, |t| {
+        crate::daemon::scheduler::run_loop(rx, Duration::from_secs(3600), loop_cancel, |t, _| {
             if t == Trigger::Signal {
                 seen = Some(t);
                 stop.cancel();

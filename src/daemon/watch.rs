@@ -1,9 +1,11 @@
 //! File-system events under the manifest directory, turned into debounced hints.
 //!
 //! [`Watcher::spawn`] watches DIR (recursively, new sub-folders included) and
-//! sends one [`Trigger::FilesChanged`] after `debounce` without further events.
-//! A hint says only "something changed": the pass re-reads the whole directory,
-//! and the periodic pass repairs anything the events missed. Nothing polls:
+//! sends one [`Trigger::FilesChanged`](super::scheduler::Trigger::FilesChanged) after `debounce` without further events,
+//! with the paths the events named ([`ChangedFiles`]; "everything" when DIR or
+//! a symlink on its path was swapped). A hint only marks work to do: the pass
+//! re-reads the whole directory (the paths say which stages' backoff to
+//! forget), and the periodic pass repairs anything the events missed. Nothing polls:
 //! when nothing changes, the watcher's task sleeps on its channels.
 //!
 //! What is watched, and why:
@@ -26,7 +28,22 @@
 //! A Kubernetes ConfigMap volume needs nothing special for DIR itself: the files
 //! are symlinks into `..data/`, and the swap of `..data` is an event inside DIR.
 //!
+//! What is a hint under DIR: a manifest (`*.yaml`, `*.yml`, as the loader
+//! reads them) or a folder (created, removed, or any event on a path that is a
+//! folder now). Anything else (a log file, an editor's swap file, `.git`
+//! internals) is not: a daemon whose log is written inside DIR would otherwise
+//! run a pass per log line, each pass writing the lines of the next.
+//!
 //! Traps:
+//! - **Folder events stay hints.** `notify` watches a new sub-folder only once
+//!   it has seen it created; a manifest written into it before then has no
+//!   event of its own, so the folder's creation is the hint. A folder renamed
+//!   away is not recognised as one (its path no longer exists); the periodic
+//!   pass covers it.
+//! - **The watcher's own trace lines** (`notify`'s per-event lines and ours,
+//!   target [`EVENT_LOG_TARGET`]) are off unless `RUST_LOG` names them (see
+//!   `crate::logging`): with the log written to a watched folder (DIR's parent
+//!   is one), each such line is an event that is logged again, without end.
 //! - **Our own reads are events too**: notify's inotify backend reports opens
 //!   and read-only closes. They are ignored; otherwise every pass, by reading
 //!   the directory, would trigger the next one.
@@ -67,7 +84,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::scheduler::{Trigger, TriggerSender};
+use super::scheduler::{ChangedFiles, TriggerSender};
 
 /// How often to look again for a directory to watch that does not exist yet.
 pub const RETRY_MISSING: Duration = Duration::from_secs(5);
@@ -78,6 +95,10 @@ pub const MAX_WAIT_FACTOR: u32 = 10;
 
 /// How many changed paths a debug log line names.
 const SAMPLE_PATHS: usize = 5;
+
+/// The log target of the per-event trace line. Logged only when `RUST_LOG`
+/// names it: see the module's traps.
+pub const EVENT_LOG_TARGET: &str = "stagesync::watch::events";
 
 /// The watcher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -261,12 +282,13 @@ impl Layout {
         event
             .paths
             .iter()
-            .map(|path| self.classify_path(path))
+            .map(|path| self.classify_path(path, event.kind))
             .max()
             .unwrap_or(Relevance::None)
     }
 
-    fn classify_path(&self, path: &Path) -> Relevance {
+    /// What an event of `kind` means for `path`.
+    fn classify_path(&self, path: &Path, kind: EventKind) -> Relevance {
         if self.anchors.iter().any(|a| a == path) || self.dirs.contains_key(path) {
             return Relevance::Structure;
         }
@@ -275,7 +297,11 @@ impl Layout {
             .as_ref()
             .is_some_and(|root| path.starts_with(root))
         {
-            return Relevance::Content;
+            return if is_manifest_name(path) || is_folder(path, kind) {
+                Relevance::Content
+            } else {
+                Relevance::None
+            };
         }
         for extra in &self.extras {
             if path == extra.named || extra.target.as_deref() == Some(path) {
@@ -292,6 +318,23 @@ impl Layout {
         }
         Relevance::None
     }
+}
+
+/// Whether the loader would read `path` as a manifest, by its name.
+fn is_manifest_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(OsStr::to_str)
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Whether the event is about a folder (or a symlink to one), which may hold
+/// manifests no event of their own announced.
+fn is_folder(path: &Path, kind: EventKind) -> bool {
+    use notify::event::{CreateKind, RemoveKind};
+    matches!(
+        kind,
+        EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder)
+    ) || std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 /// Ordered: the strongest wins when an event names several paths.
@@ -312,6 +355,7 @@ struct Pending {
     last: Instant,
     structure: bool,
     sample: Vec<PathBuf>,
+    changed: ChangedFiles,
     events: usize,
 }
 
@@ -357,7 +401,18 @@ impl WatchTask {
 
     fn note(&mut self, event: notify::Result<Event>) {
         let (relevance, paths) = match event {
-            Ok(event) => (self.layout.classify(&event), event.paths),
+            Ok(event) => {
+                let relevance = self.layout.classify(&event);
+                tracing::trace!(target: EVENT_LOG_TARGET, ?event, ?relevance, "file event");
+                // Only the paths that matter travel with the hint (a rename
+                // names both ends; one may be a temporary file).
+                let paths = event
+                    .paths
+                    .into_iter()
+                    .filter(|p| self.layout.classify_path(p, event.kind) != Relevance::None)
+                    .collect();
+                (relevance, paths)
+            }
             Err(err) => {
                 tracing::warn!(error = %err, "file watcher error; re-watching (the periodic pass still runs)");
                 (Relevance::Structure, err.paths)
@@ -372,15 +427,21 @@ impl WatchTask {
             last: now,
             structure: false,
             sample: Vec::new(),
+            changed: ChangedFiles::none(),
             events: 0,
         });
         pending.last = now;
         pending.events += 1;
-        pending.structure |= relevance == Relevance::Structure;
+        if relevance == Relevance::Structure {
+            // DIR or a link on its path moved: any file may be new.
+            pending.structure = true;
+            pending.changed = ChangedFiles::everything();
+        }
         for path in paths {
             if pending.sample.len() < SAMPLE_PATHS && !pending.sample.contains(&path) {
-                pending.sample.push(path);
+                pending.sample.push(path.clone());
             }
+            pending.changed.add(path);
         }
     }
 
@@ -396,7 +457,7 @@ impl WatchTask {
             paths = ?pending.sample,
             "files changed"
         );
-        self.triggers.send(Trigger::FilesChanged);
+        self.triggers.send_files_changed(pending.changed);
     }
 
     fn retry_missing(&mut self) {
@@ -404,7 +465,7 @@ impl WatchTask {
         self.rebuild(false);
         if self.watched != before {
             tracing::debug!("a directory to watch appeared");
-            self.triggers.send(Trigger::FilesChanged);
+            self.triggers.send_files_changed(ChangedFiles::everything());
         }
     }
 
@@ -504,6 +565,50 @@ mod tests {
         assert_eq!(
             layout.classify(&event(EventKind::Create(CreateKind::File), &file)),
             Relevance::Content
+        );
+    }
+
+    #[test]
+    fn only_manifests_and_folders_under_dir_are_hints() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::resolve(tmp.path(), &[]);
+        let real = std::fs::canonicalize(tmp.path()).expect("canonical");
+        let modify = EventKind::Modify(ModifyKind::Any);
+        for manifest in ["a.yaml", "b.YML", "team/c.yml"] {
+            assert_eq!(
+                layout.classify(&event(modify, &real.join(manifest))),
+                Relevance::Content,
+                "{manifest}"
+            );
+        }
+        for other in [
+            "stagesync.log",
+            "a.yaml.swp",
+            "a.yaml~",
+            "4913",
+            ".git/index",
+        ] {
+            assert_eq!(
+                layout.classify(&event(modify, &real.join(other))),
+                Relevance::None,
+                "{other}"
+            );
+        }
+        let team = real.join("team");
+        assert_eq!(
+            layout.classify(&event(EventKind::Create(CreateKind::Folder), &team)),
+            Relevance::Content,
+            "a new folder may hold manifests its watch came too late for"
+        );
+        assert_eq!(
+            layout.classify(&event(EventKind::Remove(RemoveKind::Folder), &team)),
+            Relevance::Content
+        );
+        std::fs::create_dir(&team).expect("mkdir");
+        assert_eq!(
+            layout.classify(&event(EventKind::Modify(ModifyKind::Any), &team)),
+            Relevance::Content,
+            "a folder renamed into DIR"
         );
     }
 
