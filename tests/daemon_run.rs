@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use stagesync::daemon::backoff;
 use stagesync::simulator::Fault;
 use stagesync::stage::StageFields;
 use support::cli::TOKEN;
@@ -331,6 +332,44 @@ fn a_failed_write_is_logged_once_and_retried_after_a_backoff() {
         "stagesync_writes_total{operation=\"update\",result=\"failure\"}",
         1.0,
     );
+}
+
+#[test]
+fn an_edit_ends_the_backoff_of_its_own_file_only() {
+    let h = Harness::new();
+    h.ws.write("beta.yaml", &stage_yaml("beta", 0.5));
+    let mut d = converged_alpha(&h, &["--interval", "1h"]);
+    h.wait_threshold(&mut d, "beta", 0.5);
+    let uuid = |name: &str| h.live(name).expect("live stage").uuid;
+    let path = |name: &str| format!("/api/v3/stages/captcha/{}/", uuid(name));
+    // authentik rejects alpha's next PUT once, beta's every time.
+    h.sim
+        .inject(Fault::status(400).on("PUT", &path("alpha")).times(1));
+    h.sim
+        .inject(Fault::status(400).on("PUT", &path("beta")).times(1000));
+    const FAILURES: &str = "stagesync_writes_total{operation=\"update\",result=\"failure\"}";
+
+    h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.8));
+    h.ws.write("beta.yaml", &stage_yaml("beta", 0.8));
+    d.wait_for_metric(FAILURES, 2.0);
+    let failed_at = Instant::now();
+    // Both are backed off now (5 s less jitter, so at least 4 s). Fixing
+    // alpha's file ends alpha's backoff only.
+    h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.9));
+    h.wait_threshold(&mut d, "alpha", 0.9);
+    let failures = d.metric(FAILURES);
+    assert!(
+        failed_at.elapsed() < backoff::BASE_DELAY.mul_f64(1.0 - backoff::JITTER_FRACTION),
+        "alpha took {:?}: beta's backoff may have ended meanwhile, nothing is shown",
+        failed_at.elapsed()
+    );
+    assert_eq!(
+        failures,
+        Some(2.0),
+        "beta was written again though only alpha's file changed:\n{}",
+        d.log()
+    );
+    assert_eq!(h.threshold("beta"), Some(0.5));
 }
 
 /// Publishes `files` as a new revision the way git-sync does: a new folder,
