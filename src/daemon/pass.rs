@@ -591,7 +591,6 @@ impl Reconciler {
                 error!(error = %err, "cannot save the state file; key status may show as unknown next time");
             }
         }
-        drop(to_write);
         let report = summarize(decision, writes, source_available, manifest_errors);
         self.record(&report, started)
     }
