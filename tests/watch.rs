@@ -74,6 +74,24 @@ async fn reading_the_directory_is_not_a_hint() {
 }
 
 #[tokio::test]
+async fn files_that_are_not_manifests_and_folders_without_any_are_not_hints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(&tmp.path().join("a.yaml"), MANIFEST);
+    let mut w = watch(tmp.path());
+    for line in 0..20 {
+        write(&tmp.path().join("stagesync.log"), &format!("line {line}\n"));
+        write(&tmp.path().join("logs/old/stagesync.log"), "rotated\n");
+    }
+    write(&tmp.path().join("a.yaml.swp"), "editor swap file");
+    std::fs::create_dir(tmp.path().join("empty")).expect("mkdir");
+    w.expect_quiet("a log file, an editor's swap file, folders without manifests")
+        .await;
+    std::fs::rename(tmp.path().join("a.yaml"), tmp.path().join("logs/a.yaml")).expect("mv");
+    w.expect_hint("a manifest moved into one of those folders")
+        .await;
+}
+
+#[tokio::test]
 async fn a_burst_of_changes_coalesces_into_few_hints() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut w = watch(tmp.path());

@@ -28,18 +28,22 @@
 //! A Kubernetes ConfigMap volume needs nothing special for DIR itself: the files
 //! are symlinks into `..data/`, and the swap of `..data` is an event inside DIR.
 //!
-//! What is a hint under DIR: a manifest (`*.yaml`, `*.yml`, as the loader
-//! reads them) or a folder (created, removed, or any event on a path that is a
-//! folder now). Anything else (a log file, an editor's swap file, `.git`
-//! internals) is not: a daemon whose log is written inside DIR would otherwise
-//! run a pass per log line, each pass writing the lines of the next.
+//! What is a hint under DIR: an event on a manifest (`*.yaml`, `*.yml`, as the
+//! loader reads them), and an event on a folder that holds manifests when the
+//! burst's debounce ends (or that is gone by then). Anything else (a log file,
+//! an editor's swap file, `.git` internals, an empty folder) is not: a daemon
+//! whose log is written inside DIR would otherwise run a pass per log line,
+//! each pass writing the lines of the next.
 //!
 //! Traps:
-//! - **Folder events stay hints.** `notify` watches a new sub-folder only once
-//!   it has seen it created; a manifest written into it before then has no
-//!   event of its own, so the folder's creation is the hint. A folder renamed
-//!   away is not recognised as one (its path no longer exists); the periodic
-//!   pass covers it.
+//! - **A folder is looked into when the debounce ends, not when its event
+//!   arrives.** `notify` watches a new sub-folder only after delivering its
+//!   creation, so a manifest written into it before then has no event of its
+//!   own. By the end of the debounce the watch exists: a manifest written
+//!   before it is found by looking ([`MAX_FOLDER_ENTRIES`] at most), one
+//!   written after it has its own event. A folder renamed away is not
+//!   recognised as one (its path no longer exists); the periodic pass covers
+//!   it.
 //! - **The watcher's own trace lines** (`notify`'s per-event lines and ours,
 //!   target [`EVENT_LOG_TARGET`]) are off unless `RUST_LOG` names them (see
 //!   `crate::logging`): with the log written to a watched folder (DIR's parent
@@ -95,6 +99,13 @@ pub const MAX_WAIT_FACTOR: u32 = 10;
 
 /// How many changed paths a debug log line names.
 const SAMPLE_PATHS: usize = 5;
+
+/// How many changed folders a burst remembers to look into.
+const SAMPLE_FOLDERS: usize = 1000;
+
+/// How many entries a look into changed folders reads, at most, per burst;
+/// beyond that the folders are taken to hold manifests.
+pub const MAX_FOLDER_ENTRIES: usize = 10_000;
 
 /// The log target of the per-event trace line. Logged only when `RUST_LOG`
 /// names it: see the module's traps.
@@ -297,8 +308,10 @@ impl Layout {
             .as_ref()
             .is_some_and(|root| path.starts_with(root))
         {
-            return if is_manifest_name(path) || is_folder(path, kind) {
+            return if is_manifest_name(path) {
                 Relevance::Content
+            } else if is_folder(path, kind) {
+                Relevance::Folder
             } else {
                 Relevance::None
             };
@@ -337,11 +350,45 @@ fn is_folder(path: &Path, kind: EventKind) -> bool {
     ) || std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
+/// Whether any of `folders` holds a manifest, at any depth, or is gone (it
+/// may have held some). Reads at most [`MAX_FOLDER_ENTRIES`] entries, and says
+/// yes when that is not enough to tell.
+fn hold_manifests(folders: &[PathBuf]) -> bool {
+    let mut budget = MAX_FOLDER_ENTRIES;
+    let mut queue: Vec<PathBuf> = folders.to_vec();
+    while let Some(dir) = queue.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return true,
+            // Unreadable now: the pass will say why, if it matters.
+            Err(_) => continue,
+        };
+        for entry in entries.flatten() {
+            budget = budget.saturating_sub(1);
+            if budget == 0 {
+                return true;
+            }
+            let path = entry.path();
+            if is_manifest_name(&path) {
+                return true;
+            }
+            // Real folders only: a symlink to a folder is an event of its own
+            // when it changes, and following links could loop.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push(path);
+            }
+        }
+    }
+    false
+}
+
 /// Ordered: the strongest wins when an event names several paths.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Relevance {
     /// Not ours (another file beside a secret, our own reads).
     None,
+    /// A folder under DIR: ours if it holds manifests (looked at on flush).
+    Folder,
     /// A file we care about changed.
     Content,
     /// What we watch may have moved: re-resolve and re-watch before hinting.
@@ -354,6 +401,10 @@ struct Pending {
     first: Instant,
     last: Instant,
     structure: bool,
+    /// Whether a manifest, a secret file or DIR itself changed: a hint for sure.
+    certain: bool,
+    /// Folders that changed: a hint if they hold manifests.
+    folders: Vec<PathBuf>,
     sample: Vec<PathBuf>,
     changed: ChangedFiles,
     events: usize,
@@ -406,16 +457,21 @@ impl WatchTask {
                 tracing::trace!(target: EVENT_LOG_TARGET, ?event, ?relevance, "file event");
                 // Only the paths that matter travel with the hint (a rename
                 // names both ends; one may be a temporary file).
-                let paths = event
+                let paths: Vec<(PathBuf, Relevance)> = event
                     .paths
                     .into_iter()
-                    .filter(|p| self.layout.classify_path(p, event.kind) != Relevance::None)
+                    .map(|p| {
+                        let relevance = self.layout.classify_path(&p, event.kind);
+                        (p, relevance)
+                    })
+                    .filter(|(_, relevance)| *relevance != Relevance::None)
                     .collect();
                 (relevance, paths)
             }
             Err(err) => {
                 tracing::warn!(error = %err, "file watcher error; re-watching (the periodic pass still runs)");
-                (Relevance::Structure, err.paths)
+                let paths = err.paths.into_iter().map(|p| (p, Relevance::Structure));
+                (Relevance::Structure, paths.collect())
             }
         };
         if relevance == Relevance::None {
@@ -426,20 +482,31 @@ impl WatchTask {
             first: now,
             last: now,
             structure: false,
+            certain: false,
+            folders: Vec::new(),
             sample: Vec::new(),
             changed: ChangedFiles::none(),
             events: 0,
         });
         pending.last = now;
         pending.events += 1;
+        pending.certain |= relevance > Relevance::Folder;
         if relevance == Relevance::Structure {
             // DIR or a link on its path moved: any file may be new.
             pending.structure = true;
             pending.changed = ChangedFiles::everything();
         }
-        for path in paths {
+        for (path, relevance) in paths {
             if pending.sample.len() < SAMPLE_PATHS && !pending.sample.contains(&path) {
                 pending.sample.push(path.clone());
+            }
+            if relevance == Relevance::Folder && !pending.folders.contains(&path) {
+                if pending.folders.len() < SAMPLE_FOLDERS {
+                    pending.folders.push(path.clone());
+                } else {
+                    // Too many to look into: take them as holding manifests.
+                    pending.certain = true;
+                }
             }
             pending.changed.add(path);
         }
@@ -451,6 +518,10 @@ impl WatchTask {
         };
         if pending.structure {
             self.rebuild(true);
+        }
+        if !pending.certain && !hold_manifests(&pending.folders) {
+            tracing::debug!(folders = ?pending.folders, "changed folders hold no manifests: no hint");
+            return;
         }
         tracing::debug!(
             events = pending.events,
@@ -597,19 +668,34 @@ mod tests {
         let team = real.join("team");
         assert_eq!(
             layout.classify(&event(EventKind::Create(CreateKind::Folder), &team)),
-            Relevance::Content,
+            Relevance::Folder,
             "a new folder may hold manifests its watch came too late for"
         );
         assert_eq!(
             layout.classify(&event(EventKind::Remove(RemoveKind::Folder), &team)),
-            Relevance::Content
+            Relevance::Folder
         );
         std::fs::create_dir(&team).expect("mkdir");
         assert_eq!(
             layout.classify(&event(EventKind::Modify(ModifyKind::Any), &team)),
-            Relevance::Content,
+            Relevance::Folder,
             "a folder renamed into DIR"
         );
+    }
+
+    #[test]
+    fn a_folder_is_a_hint_when_it_holds_manifests_or_is_gone() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let logs = tmp.path().join("logs");
+        std::fs::create_dir_all(logs.join("old")).expect("mkdir");
+        std::fs::write(logs.join("old/stagesync.log"), "x").expect("write");
+        assert!(!hold_manifests(std::slice::from_ref(&logs)));
+        let team = tmp.path().join("team");
+        std::fs::create_dir_all(team.join("deeper")).expect("mkdir");
+        std::fs::write(team.join("deeper/a.yml"), "x").expect("write");
+        assert!(hold_manifests(&[logs.clone(), team]));
+        assert!(hold_manifests(&[tmp.path().join("gone")]));
+        assert!(!hold_manifests(&[]));
     }
 
     #[test]
