@@ -187,8 +187,8 @@ pub enum WriteEnd {
         operation: Operation,
         message: String,
     },
-    /// Never sent (interrupted, or a write it depends on failed).
-    NotStarted(String),
+    /// Never sent: cancelled, or the write it depends on was not made.
+    Skipped(String),
 }
 
 /// Whether and how live state was read.
@@ -223,7 +223,7 @@ pub enum StageEnd {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Drift {
     Held(Hold),
-    NotStarted(String),
+    Skipped(String),
 }
 
 /// What one pass amounts to: the input of metrics, `/readyz`, backoff and logs.
@@ -319,8 +319,8 @@ pub fn summarize(
                     Some(WriteEnd::Failed { operation, message }) => {
                         StageEnd::WriteFailed { operation, message }
                     }
-                    Some(WriteEnd::NotStarted(why)) => StageEnd::Drifted(Drift::NotStarted(why)),
-                    None => StageEnd::Drifted(Drift::NotStarted("not attempted".into())),
+                    Some(WriteEnd::Skipped(why)) => StageEnd::Drifted(Drift::Skipped(why)),
+                    None => StageEnd::Drifted(Drift::Skipped("not attempted".into())),
                 },
             };
             match end {
@@ -583,7 +583,7 @@ impl Reconciler {
                         operation: outcome.operation,
                         message: err.to_string(),
                     },
-                    WriteResult::Skipped(why) => WriteEnd::NotStarted(why.to_string()),
+                    WriteResult::Skipped(why) => WriteEnd::Skipped(why.to_string()),
                 };
                 writes.insert(outcome.name, end);
             }
@@ -665,8 +665,8 @@ impl Reconciler {
                 StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
                     debug!(stage = %name, file, "write held back: backing off after a failure");
                 }
-                StageEnd::Drifted(Drift::NotStarted(why)) => {
-                    debug!(stage = %name, file, why = %why, "write not started");
+                StageEnd::Drifted(Drift::Skipped(why)) => {
+                    debug!(stage = %name, file, why = %why, "write skipped");
                 }
             }
         }
@@ -964,10 +964,7 @@ mod tests {
                     message: "HTTP 403".into(),
                 },
             ),
-            (
-                "later".to_owned(),
-                WriteEnd::NotStarted("interrupted".into()),
-            ),
+            ("later".to_owned(), WriteEnd::Skipped("interrupted".into())),
         ]);
         let report = summarize(decision, writes, true, 2);
         assert_eq!(
@@ -988,7 +985,7 @@ mod tests {
         assert!(!report.success(), "a failed stage fails the pass");
         assert_eq!(
             report.stages[5].1,
-            StageEnd::Drifted(Drift::NotStarted("not attempted".into())),
+            StageEnd::Drifted(Drift::Skipped("not attempted".into())),
             "a decided write the write step did not report is drift, not success"
         );
         assert_eq!(
