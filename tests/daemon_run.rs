@@ -729,10 +729,10 @@ fn sigterm_while_authentik_is_failing_does_not_wait_for_the_retries() {
     );
 }
 
-/// The metric names in the README's metrics table.
+/// The metric names in the metrics table of `docs/daemon.md`.
 fn documented_metrics() -> Vec<String> {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/daemon.md"))
+        .expect("docs/daemon.md");
     doc.lines()
         .filter_map(|l| l.strip_prefix("| `stagesync_"))
         .filter_map(|rest| rest.split('`').next())

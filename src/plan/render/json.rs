@@ -1,4 +1,4 @@
-//! The JSON plan: stable, versioned, documented in the README ("JSON format").
+//! The JSON plan: stable, versioned, documented in `docs/plan.md` ("`--format json`").
 //!
 //! Every stage object has every key (`null` or `[]` when not applicable), so
 //! consumers need no per-action schema. A breaking change bumps
