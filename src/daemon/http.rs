@@ -108,13 +108,65 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    match state.metrics.encode() {
+    metrics_response(state.metrics.encode())
+}
+
+/// The metrics, or a 500 that the operator also finds in the logs: a scraper
+/// only records "down", not why.
+fn metrics_response(encoded: Result<String, std::fmt::Error>) -> Response {
+    match encoded {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, TEXT)],
-            "metrics could not be encoded\n",
-        )
-            .into_response(),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot encode the metrics; /metrics answered 500");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(header::CONTENT_TYPE, TEXT)],
+                "metrics could not be encoded\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log lines written while `f` runs.
+    fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let value = tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        (value, text)
+    }
+
+    #[test]
+    fn a_metrics_encoding_failure_is_logged_and_answered_500() {
+        let (response, logs) = logs_of(|| metrics_response(Err(std::fmt::Error)));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(logs.contains("ERROR"), "{logs}");
+        assert!(logs.contains("cannot encode the metrics"), "{logs}");
+
+        let (response, logs) = logs_of(|| metrics_response(Ok("# EOF\n".into())));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(logs, "");
     }
 }
