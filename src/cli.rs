@@ -4,6 +4,14 @@
 //! struct of decisions (paths, durations, a [`ClientSettings`] with the token
 //! already read). Reading the token and the defaults of paths happen here so that
 //! a configuration mistake is reported before anything is contacted.
+//!
+//! Flags several commands share are one flattened group each, resolved by one
+//! function: `ManifestArgs` (validate, plan, apply, run), `ConnectionArgs`
+//! (plan, apply, run, export), `StateArgs`, and `ReconcileArgs`, which holds
+//! the first three for plan, apply and run and resolves into
+//! [`ReconcileConfig`]. A new flag for all of plan, apply and run is one field
+//! in `ReconcileArgs` (or the group it belongs to) and one in its resolved
+//! config, never three copies.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,21 +55,16 @@ enum CommandArgs {
         after_help = "Example:\n  stagesync validate stages/\n\nExit codes: 0 valid, 3 invalid."
     )]
     Validate {
-        /// Directory of manifests (searched recursively for *.yaml / *.yml).
-        #[arg(default_value = "stages")]
-        dir: PathBuf,
+        #[command(flatten)]
+        manifests: ManifestArgs,
     },
     /// Show what apply would change (dry run). Exit 2 when changes are pending.
     #[command(
         after_help = "Examples:\n  stagesync plan stages/\n  stagesync plan --format markdown > plan.md\n\nExit codes: 0 in sync, 2 changes pending, 1 error, 3 invalid manifests."
     )]
     Plan {
-        #[arg(default_value = "stages")]
-        dir: PathBuf,
         #[command(flatten)]
-        connection: ConnectionArgs,
-        #[command(flatten)]
-        state: StateArgs,
+        reconcile: ReconcileArgs,
         /// Output format of the plan.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
@@ -75,12 +78,8 @@ enum CommandArgs {
         after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied)."
     )]
     Apply {
-        #[arg(default_value = "stages")]
-        dir: PathBuf,
         #[command(flatten)]
-        connection: ConnectionArgs,
-        #[command(flatten)]
-        state: StateArgs,
+        reconcile: ReconcileArgs,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
         /// Apply without asking (required when stdin is not a terminal).
@@ -95,12 +94,8 @@ enum CommandArgs {
         after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT finish in-flight writes and exit 0."
     )]
     Run {
-        #[arg(default_value = "stages")]
-        dir: PathBuf,
         #[command(flatten)]
-        connection: ConnectionArgs,
-        #[command(flatten)]
-        state: StateArgs,
+        reconcile: ReconcileArgs,
         #[command(flatten)]
         daemon: DaemonArgs,
     },
@@ -146,6 +141,28 @@ enum CommandArgs {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+/// The manifest directory, for every command that reads manifests. A flag
+/// about reading manifests (where secrets may come from) belongs here.
+#[derive(Debug, Args)]
+struct ManifestArgs {
+    /// Directory of manifests (searched recursively for *.yaml / *.yml).
+    #[arg(default_value = "stages")]
+    dir: PathBuf,
+}
+
+/// What plan, apply and run share: the manifests, how to reach authentik and
+/// the state file. A flag these three commands share belongs here, resolved in
+/// [`ReconcileArgs::resolve`] into [`ReconcileConfig`].
+#[derive(Debug, Args)]
+struct ReconcileArgs {
+    #[command(flatten)]
+    manifests: ManifestArgs,
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 /// How to reach authentik. The token is read from AUTHENTIK_TOKEN or a file,
@@ -285,7 +302,9 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 pub struct Config {
     pub command: Command,
     pub log_format: LogFormat,
-    pub color: ColorChoice,
+    /// Whether to colour stdout, decided once from `--color`, the terminal and
+    /// `NO_COLOR`.
+    pub color: bool,
 }
 
 #[derive(Debug)]
@@ -305,20 +324,25 @@ pub struct ValidateConfig {
     pub dir: PathBuf,
 }
 
+/// What plan, apply and run share.
 #[derive(Debug)]
-pub struct PlanConfig {
+pub struct ReconcileConfig {
+    /// The manifest directory.
     pub dir: PathBuf,
     pub client: ClientSettings,
     pub state_file: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct PlanConfig {
+    pub reconcile: ReconcileConfig,
     pub format: Format,
     pub ignore_unknown_keys: bool,
 }
 
 #[derive(Debug)]
 pub struct ApplyConfig {
-    pub dir: PathBuf,
-    pub client: ClientSettings,
-    pub state_file: PathBuf,
+    pub reconcile: ReconcileConfig,
     pub format: Format,
     pub yes: bool,
     pub concurrency: usize,
@@ -326,9 +350,7 @@ pub struct ApplyConfig {
 
 #[derive(Debug)]
 pub struct RunConfig {
-    pub dir: PathBuf,
-    pub client: ClientSettings,
-    pub state_file: PathBuf,
+    pub reconcile: ReconcileConfig,
     pub interval: Duration,
     pub debounce: Duration,
     pub dry_run: bool,
@@ -386,44 +408,31 @@ impl Cli {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var_os(name);
         let command = match self.command {
-            CommandArgs::Validate { dir } => Command::Validate(ValidateConfig { dir }),
+            CommandArgs::Validate { manifests } => {
+                Command::Validate(ValidateConfig { dir: manifests.dir })
+            }
             CommandArgs::Plan {
-                dir,
-                connection,
-                state,
+                reconcile,
                 format,
                 ignore_unknown_keys,
             } => Command::Plan(PlanConfig {
-                dir,
-                client: connection.resolve()?,
-                state_file: state.resolve(env)?,
+                reconcile: reconcile.resolve(env)?,
                 format,
                 ignore_unknown_keys,
             }),
             CommandArgs::Apply {
-                dir,
-                connection,
-                state,
+                reconcile,
                 format,
                 yes,
                 concurrency,
             } => Command::Apply(ApplyConfig {
-                dir,
-                client: connection.resolve()?,
-                state_file: state.resolve(env)?,
+                reconcile: reconcile.resolve(env)?,
                 format,
                 yes,
                 concurrency: concurrency.into(),
             }),
-            CommandArgs::Run {
-                dir,
-                connection,
-                state,
-                daemon,
-            } => Command::Run(RunConfig {
-                dir,
-                client: connection.resolve()?,
-                state_file: state.resolve(env)?,
+            CommandArgs::Run { reconcile, daemon } => Command::Run(RunConfig {
+                reconcile: reconcile.resolve(env)?,
                 interval: daemon.interval,
                 debounce: daemon.debounce,
                 dry_run: daemon.dry_run,
@@ -460,7 +469,20 @@ impl Cli {
         Ok(Config {
             command,
             log_format: self.log_format,
-            color: self.color,
+            color: crate::output::stdout_color(self.color),
+        })
+    }
+}
+
+impl ReconcileArgs {
+    fn resolve(
+        self,
+        env: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<ReconcileConfig, ConfigError> {
+        Ok(ReconcileConfig {
+            dir: self.manifests.dir,
+            client: self.connection.resolve()?,
+            state_file: self.state.resolve(env)?,
         })
     }
 }
@@ -544,6 +566,50 @@ mod tests {
             Some(PathBuf::from("/h/.local/state/stagesync/state.json"))
         );
         assert_eq!(default_state_file(|_| None), None);
+    }
+
+    #[test]
+    fn plan_apply_and_run_share_every_connection_and_state_flag() {
+        let token = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token.path(), "t0ken\n").unwrap();
+        let token = token.path().to_str().unwrap();
+        let flags = [
+            "--url",
+            "https://auth.example.com",
+            "--token-file",
+            token,
+            "--ca-file",
+            "ca.pem",
+            "--insecure-skip-tls-verify",
+            "--allow-http",
+            "--connect-timeout",
+            "2s",
+            "--timeout",
+            "9s",
+            "--state-file",
+            "s.json",
+            "manifests",
+        ];
+        let resolved: Vec<String> = ["plan", "apply", "run"]
+            .into_iter()
+            .map(|command| {
+                let args = ["stagesync", command].into_iter().chain(flags);
+                let config = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+                let reconcile = match config.command {
+                    Command::Plan(cfg) => cfg.reconcile,
+                    Command::Apply(cfg) => cfg.reconcile,
+                    Command::Run(cfg) => cfg.reconcile,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(reconcile.dir, PathBuf::from("manifests"));
+                assert_eq!(reconcile.state_file, PathBuf::from("s.json"));
+                assert_eq!(reconcile.client.url, "https://auth.example.com");
+                assert_eq!(reconcile.client.request_timeout, Duration::from_secs(9));
+                format!("{reconcile:?}")
+            })
+            .collect();
+        assert_eq!(resolved[0], resolved[1]);
+        assert_eq!(resolved[1], resolved[2]);
     }
 
     #[test]

@@ -1,7 +1,41 @@
-//! Exit codes of every command, in one place.
+//! How a run of stagesync ends: every exit code, and the one place that maps a
+//! command's result to a code and prints its error.
 //!
-//! They follow the conventions CI systems already know from `terraform plan
-//! -detailed-exitcode` (2 = changes pending) and BSD `sysexits.h` (64 = usage).
+//! A command returns an [`Outcome`] when it ran to its end (its own output says
+//! what happened), or an error. Errors whose wording or exit code are part of
+//! the interface are a [`CommandError`]; anything else is a runtime failure
+//! (exit 1) printed with its causes. `main` calls [`report`] and [`code`] and
+//! nothing else prints an error or picks a code.
+//!
+//! The codes follow the conventions CI systems already know from `terraform
+//! plan -detailed-exitcode` (2 = changes pending), BSD `sysexits.h` (64 =
+//! usage) and shells (128 + signal number).
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0    | [`SUCCESS`] |
+//! | 1    | [`FAILURE`] |
+//! | 2    | [`CHANGES_PENDING`] |
+//! | 3    | [`INVALID`] |
+//! | 4    | reserved: a saved plan no longer matches what it was made from; nothing was written |
+//! | 64   | [`USAGE`] |
+//! | 130  | [`INTERRUPTED`] |
+//! | 143  | [`TERMINATED`] |
+//!
+//! Code 4 is reserved for `apply` of a saved plan whose live state or manifests
+//! changed since it was made (as Terraform refuses a stale saved plan): it is
+//! not used yet, and no other meaning may take it.
+//!
+//! Trap: a [`CommandError`] is found by downcasting the `anyhow::Error` a
+//! command returns. Wrapping one with `.context(..)` keeps it findable; making
+//! it the `source` of another error type does not (it would exit 1).
+
+use std::path::PathBuf;
+
+use crate::authentik::ApiError;
+use crate::cli::ConfigError;
+use crate::manifest::{Diagnostic, SourceError};
+use crate::output::escape;
 
 /// Success; for `plan`, also "everything is in sync".
 pub const SUCCESS: i32 = 0;
@@ -13,3 +47,275 @@ pub const CHANGES_PENDING: i32 = 2;
 pub const INVALID: i32 = 3;
 /// The command line itself is wrong (`EX_USAGE`).
 pub const USAGE: i32 = 64;
+/// A second Ctrl-C (SIGINT, 128 + 2) ended `apply` or the daemon at once,
+/// without waiting for the writes in flight.
+pub const INTERRUPTED: i32 = 130;
+/// A second SIGTERM (128 + 15) ended the daemon at once, without waiting for
+/// the writes in flight.
+pub const TERMINATED: i32 = 143;
+
+/// How a command that ran to its end went; what happened is already in its
+/// output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done; for `plan`, in sync.
+    Success,
+    /// `plan` shows changes to make.
+    ChangesPending,
+    /// `validate` reported errors in the manifests.
+    Invalid,
+    /// The operator did not confirm `apply`; nothing was written.
+    Declined,
+    /// The report says what failed: a stage that cannot be planned, a write
+    /// that failed, a demo that did not converge.
+    Failed,
+}
+
+impl Outcome {
+    pub fn code(self) -> i32 {
+        match self {
+            Outcome::Success => SUCCESS,
+            Outcome::ChangesPending => CHANGES_PENDING,
+            Outcome::Invalid => INVALID,
+            Outcome::Declined | Outcome::Failed => FAILURE,
+        }
+    }
+}
+
+/// An error whose wording and exit code the user relies on.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The command line cannot be parsed; also `--help` and `--version`,
+    /// which clap reports as errors.
+    #[error(transparent)]
+    CommandLine(clap::Error),
+    /// Flags and environment that cannot work (no URL, no token).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The manifest directory itself cannot be used.
+    #[error(transparent)]
+    ManifestDir(#[from] SourceError),
+    /// Manifests with errors: every diagnostic (warnings too) is printed before
+    /// the error, and nothing was contacted.
+    #[error("the manifests are invalid; nothing was contacted (see `stagesync validate`)")]
+    InvalidManifests(Vec<Diagnostic>),
+    /// The API client could not be set up from the connection flags.
+    #[error(transparent)]
+    Connection(ApiError),
+    /// `apply` without `--yes` and without a terminal to ask on.
+    #[error("refusing to apply without confirmation: stdin is not a terminal (pass --yes)")]
+    NoTerminalToConfirm,
+    /// `export` would overwrite these files; nothing was written.
+    #[error("nothing was written")]
+    ExportWouldOverwrite(Vec<PathBuf>),
+}
+
+impl CommandError {
+    pub fn code(&self) -> i32 {
+        match self {
+            // --help and --version are "errors" to clap but successes to the user.
+            CommandError::CommandLine(err) if !err.use_stderr() => SUCCESS,
+            CommandError::CommandLine(_) => USAGE,
+            CommandError::Config(_)
+            | CommandError::ManifestDir(_)
+            | CommandError::InvalidManifests(_) => INVALID,
+            // Setting up the client contacts nothing: its configuration errors
+            // are like an invalid manifest.
+            CommandError::Connection(err) if err.is_config() => INVALID,
+            CommandError::Connection(_)
+            | CommandError::NoTerminalToConfirm
+            | CommandError::ExportWouldOverwrite(_) => FAILURE,
+        }
+    }
+
+    /// The text on stderr: diagnostics first where there are any, then one
+    /// `error:` line per problem.
+    fn render(&self) -> String {
+        let mut out = String::new();
+        match self {
+            CommandError::InvalidManifests(diagnostics) => {
+                for diagnostic in diagnostics {
+                    out.push_str(&format!("{diagnostic}\n"));
+                }
+            }
+            CommandError::ExportWouldOverwrite(paths) => {
+                for path in paths {
+                    out.push_str(&format!(
+                        "error: {} exists (pass --force to overwrite)\n",
+                        escape(&path.display().to_string())
+                    ));
+                }
+            }
+            _ => {}
+        }
+        out.push_str(&format!("error: {}\n", escape(&self.to_string())));
+        out
+    }
+}
+
+/// The exit code of a command's result.
+pub fn code(result: &anyhow::Result<Outcome>) -> i32 {
+    match result {
+        Ok(outcome) => outcome.code(),
+        Err(err) => err
+            .downcast_ref::<CommandError>()
+            .map_or(FAILURE, CommandError::code),
+    }
+}
+
+/// Prints a command's error: clap's own text for the command line (help goes
+/// to stdout), otherwise [`render`] on stderr.
+pub fn report(err: &anyhow::Error) {
+    match err.downcast_ref::<CommandError>() {
+        Some(CommandError::CommandLine(err)) => {
+            let _ = err.print();
+        }
+        _ => eprint!("{}", render(err)),
+    }
+}
+
+/// The stderr text of an error. A runtime error is one line with each cause
+/// once: many messages already quote their source (`state file X: Is a
+/// directory`), and anyhow's `{:#}` would repeat it.
+pub fn render(err: &anyhow::Error) -> String {
+    if let Some(err) = err.downcast_ref::<CommandError>() {
+        return err.render();
+    }
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    format!("error: {}\n", escape(&text))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::manifest::Severity;
+
+    fn code_of(err: impl Into<anyhow::Error>) -> i32 {
+        code(&Err(err.into()))
+    }
+
+    #[test]
+    fn outcomes_map_to_their_codes() {
+        assert_eq!(code(&Ok(Outcome::Success)), 0);
+        assert_eq!(code(&Ok(Outcome::ChangesPending)), 2);
+        assert_eq!(code(&Ok(Outcome::Invalid)), 3);
+        assert_eq!(code(&Ok(Outcome::Declined)), 1);
+        assert_eq!(code(&Ok(Outcome::Failed)), 1);
+    }
+
+    #[test]
+    fn configuration_errors_exit_3_and_runtime_errors_1() {
+        assert_eq!(code_of(CommandError::Config(ConfigError::MissingUrl)), 3);
+        assert_eq!(
+            code_of(CommandError::ManifestDir(SourceError::Missing("x".into()))),
+            3
+        );
+        assert_eq!(code_of(CommandError::InvalidManifests(vec![])), 3);
+        let bad_url = ApiError::BadUrl {
+            url: "x".into(),
+            reason: "relative URL without a base".into(),
+        };
+        assert_eq!(code_of(CommandError::Connection(bad_url)), 3);
+        let refused = ApiError::Connect {
+            url: "http://127.0.0.1:1".into(),
+            reason: "refused".into(),
+        };
+        assert_eq!(code_of(CommandError::Connection(refused)), 1);
+        assert_eq!(code_of(CommandError::NoTerminalToConfirm), 1);
+        assert_eq!(code_of(CommandError::ExportWouldOverwrite(vec![])), 1);
+        // An authentik error while working is a runtime failure, even one that
+        // would be a configuration mistake when setting the client up.
+        let late = ApiError::BadUrl {
+            url: "x".into(),
+            reason: "y".into(),
+        };
+        assert_eq!(code_of(late), 1);
+        assert_eq!(code_of(anyhow::anyhow!("disk full")), 1);
+    }
+
+    #[test]
+    fn a_typed_error_keeps_its_code_under_context() {
+        let err = anyhow::Error::from(CommandError::NoTerminalToConfirm).context("while applying");
+        assert_eq!(code(&Err(err)), 1);
+        let err = anyhow::Error::from(CommandError::Config(ConfigError::MissingToken))
+            .context("resolving the command line");
+        assert_eq!(code(&Err(err)), 3);
+    }
+
+    #[test]
+    fn help_is_success_and_a_bad_command_line_is_usage() {
+        let help = crate::cli::Cli::command()
+            .try_get_matches_from(["stagesync", "--help"])
+            .unwrap_err();
+        assert_eq!(code_of(CommandError::CommandLine(help)), 0);
+        let unknown = crate::cli::Cli::command()
+            .try_get_matches_from(["stagesync", "--no-such-flag"])
+            .unwrap_err();
+        assert_eq!(code_of(CommandError::CommandLine(unknown)), 64);
+    }
+
+    #[test]
+    fn no_code_is_taken_twice_and_4_stays_reserved() {
+        let codes = [
+            SUCCESS,
+            FAILURE,
+            CHANGES_PENDING,
+            INVALID,
+            USAGE,
+            INTERRUPTED,
+            TERMINATED,
+        ];
+        let mut unique = codes.to_vec();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len());
+        assert!(!codes.contains(&4), "4 is reserved for a stale saved plan");
+    }
+
+    #[test]
+    fn invalid_manifests_print_every_diagnostic_then_the_error() {
+        let diagnostic = Diagnostic {
+            severity: Severity::Error,
+            file: "stages/a.yaml".into(),
+            line: Some(2),
+            column: Some(1),
+            field: None,
+            message: "unknown key `x`".into(),
+        };
+        let text = render(&CommandError::InvalidManifests(vec![diagnostic]).into());
+        assert_eq!(
+            text,
+            "stages/a.yaml:2:1: error: unknown key `x`\n\
+             error: the manifests are invalid; nothing was contacted (see `stagesync validate`)\n"
+        );
+    }
+
+    #[test]
+    fn an_export_that_would_overwrite_names_every_file() {
+        let err = CommandError::ExportWouldOverwrite(vec!["a.yaml".into(), "b\u{1b}.yaml".into()]);
+        assert_eq!(
+            render(&err.into()),
+            "error: a.yaml exists (pass --force to overwrite)\n\
+             error: b\\u{1b}.yaml exists (pass --force to overwrite)\n\
+             error: nothing was written\n"
+        );
+    }
+
+    #[test]
+    fn a_runtime_error_is_one_escaped_line_with_each_cause_once() {
+        let io = std::io::Error::other("Is a directory");
+        let err = anyhow::Error::from(io).context("state file /x: Is a directory");
+        assert_eq!(render(&err), "error: state file /x: Is a directory\n");
+        let err = anyhow::anyhow!("inner \u{1b}[31m").context("outer");
+        assert_eq!(render(&err), "error: outer: inner \\u{1b}[31m\n");
+    }
+}

@@ -31,7 +31,8 @@
 //!   at a time), signals, backoff, health, metrics and the HTTP endpoints.
 //! - [`cli`]: the command line, turned once into resolved configuration;
 //!   [`commands`]: one module per subcommand.
-//! - [`exit`]: every exit code.
+//! - [`exit`]: every exit code, and the one place that maps a command's
+//!   [`exit::Outcome`] or error to a code and prints the error.
 
 pub mod apply;
 pub mod authentik;

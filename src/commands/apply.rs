@@ -6,39 +6,32 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyReport, WriteResult};
-use crate::cli::{ApplyConfig, ColorChoice, Format};
+use crate::cli::{ApplyConfig, Format};
 use crate::commands::{connect, load_desired, plan::render};
-use crate::exit;
+use crate::exit::{self, CommandError, Outcome};
 use crate::output::{self, escape};
 use crate::reconcile;
 use crate::state::StateFile;
 
-pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
-    let desired = match load_desired(&cfg.dir) {
-        Ok(desired) => desired,
-        Err(code) => return Ok(code),
-    };
-    let client = match connect(&cfg.client) {
-        Ok(client) => client,
-        Err(code) => return Ok(code),
-    };
+pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
+    let desired = load_desired(&cfg.reconcile.dir)?;
+    let client = connect(&cfg.reconcile.client)?;
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.
-    let mut state = StateFile::open_for_write(&cfg.state_file)?;
+    let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
-    let color = output::stdout_color(color);
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
 
     let plan_errors = planned.plan.summary().error;
     if !planned.plan.has_changes() {
         return Ok(if plan_errors > 0 {
-            exit::FAILURE
+            Outcome::Failed
         } else {
-            exit::SUCCESS
+            Outcome::Success
         });
     }
     if !cfg.yes && !confirm().await? {
-        return Ok(exit::FAILURE);
+        return Ok(Outcome::Declined);
     }
 
     let cancel = CancellationToken::new();
@@ -54,7 +47,7 @@ pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
         // swallowed (Tokio keeps SIGINT's default action off once listened to).
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!("interrupted again: exiting without waiting for the writes in flight");
-            std::process::exit(130);
+            std::process::exit(exit::INTERRUPTED);
         }
     });
     let report = apply::apply(
@@ -75,19 +68,16 @@ pub async fn run(cfg: ApplyConfig, color: ColorChoice) -> Result<i32> {
         output::print_stdout(&text)?;
     }
     Ok(if report.converged() && plan_errors == 0 {
-        exit::SUCCESS
+        Outcome::Success
     } else {
-        exit::FAILURE
+        Outcome::Failed
     })
 }
 
 /// Asks on the terminal; refuses when there is none (a CI job must say `--yes`).
 async fn confirm() -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        eprintln!(
-            "error: refusing to apply without confirmation: stdin is not a terminal (pass --yes)"
-        );
-        return Ok(false);
+        return Err(CommandError::NoTerminalToConfirm.into());
     }
     eprint!("\nApply these changes? Only 'yes' is accepted: ");
     let answer = tokio::task::spawn_blocking(|| {

@@ -17,9 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply;
 use crate::authentik::{Client, ClientSettings};
-use crate::cli::{ColorChoice, DemoConfig, RunConfig};
+use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
 use crate::commands::{apply::render_report, load_desired};
-use crate::exit;
+use crate::exit::Outcome;
 use crate::output::{self, escape};
 use crate::plan;
 use crate::reconcile;
@@ -54,12 +54,8 @@ pub fn set_demo_secrets(dir: &Path) {
     }
 }
 
-pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
-    let color = output::stdout_color(color);
-    let mut desired = match load_desired(&cfg.dir) {
-        Ok(desired) => desired,
-        Err(code) => return Ok(code),
-    };
+pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
+    let mut desired = load_desired(&cfg.dir)?;
     desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let sim = simulator::start(SimConfig {
@@ -135,10 +131,10 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
 
     if !report.converged() || again.plan.has_changes() {
         eprintln!("demo: the simulator did not converge; this is a bug");
-        return Ok(exit::FAILURE);
+        return Ok(Outcome::Failed);
     }
     if !cfg.daemon {
-        return Ok(exit::SUCCESS);
+        return Ok(Outcome::Success);
     }
 
     heading(
@@ -191,19 +187,21 @@ pub async fn run(cfg: DemoConfig, color: ColorChoice) -> Result<i32> {
         }
     });
     let run = RunConfig {
-        dir: cfg.dir,
-        client: settings,
-        state_file,
+        reconcile: ReconcileConfig {
+            dir: cfg.dir,
+            client: settings,
+            state_file,
+        },
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
         dry_run: false,
         listen,
         concurrency: 4,
     };
-    let code = crate::commands::run::run(run).await;
+    let outcome = crate::commands::run::run(run).await;
     ui_edit.abort();
     sim.shutdown();
-    code
+    outcome
 }
 
 fn heading(text: &str, color: bool) {

@@ -14,35 +14,25 @@ use anyhow::{Context, Result};
 
 use crate::cli::ExportConfig;
 use crate::commands::connect;
-use crate::exit;
+use crate::exit::{CommandError, Outcome};
 use crate::manifest::{self, Severity};
 use crate::output::{self, escape};
 use crate::stage::{Field, LiveStage, StageFields};
 
-pub async fn run(cfg: ExportConfig) -> Result<i32> {
-    let client = match connect(&cfg.client) {
-        Ok(client) => client,
-        Err(code) => return Ok(code),
-    };
+pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
+    let client = connect(&cfg.client)?;
     let mut live = client.list_captcha_stages().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let files = plan_files(&cfg.dir, &live);
     if !cfg.force {
-        let existing: Vec<&PathBuf> = files
+        let existing: Vec<PathBuf> = files
             .iter()
-            .map(|f| &f.path)
+            .map(|f| f.path.clone())
             .filter(|p| p.exists())
             .collect();
         if !existing.is_empty() {
-            for path in &existing {
-                eprintln!(
-                    "error: {} exists (pass --force to overwrite)",
-                    escape(&path.display().to_string())
-                );
-            }
-            eprintln!("error: nothing was written");
-            return Ok(exit::FAILURE);
+            return Err(CommandError::ExportWouldOverwrite(existing).into());
         }
     }
     std::fs::create_dir_all(&cfg.dir)
@@ -82,7 +72,7 @@ pub async fn run(cfg: ExportConfig) -> Result<i32> {
             vars.join(", ")
         }
     );
-    Ok(exit::SUCCESS)
+    Ok(Outcome::Success)
 }
 
 /// One manifest to write.

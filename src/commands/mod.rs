@@ -1,10 +1,12 @@
-//! One module per subcommand. Each takes its resolved config and returns an exit code.
+//! One module per subcommand. Each takes its resolved config and returns an
+//! [`Outcome`], or an error that [`crate::exit`] maps to a code and prints.
 
 use anyhow::Result;
 use clap::CommandFactory;
 
 use crate::authentik::{Client, ClientSettings};
 use crate::cli::{Cli, Command, Config};
+use crate::exit::{CommandError, Outcome};
 use crate::manifest;
 use crate::stage::DesiredStage;
 
@@ -16,8 +18,8 @@ pub mod run;
 pub mod validate;
 pub mod verify;
 
-/// Runs the chosen command on a Tokio runtime and returns its exit code.
-pub fn dispatch(config: Config) -> Result<i32> {
+/// Runs the chosen command on a Tokio runtime.
+pub fn dispatch(config: Config) -> Result<Outcome> {
     if let Command::Demo(cfg) = &config.command {
         demo::set_demo_secrets(&cfg.dir);
     }
@@ -38,41 +40,29 @@ pub fn dispatch(config: Config) -> Result<i32> {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "stagesync", &mut script);
                 crate::output::print_stdout(&String::from_utf8_lossy(&script))?;
-                Ok(crate::exit::SUCCESS)
+                Ok(Outcome::Success)
             }
         }
     })
 }
 
-/// Loads the manifests for a command that talks to authentik. Problems are
+/// Loads the manifests for a command that talks to authentik. Warnings are
 /// printed on stderr; any error means nothing is contacted (exit 3).
-pub(crate) fn load_desired(dir: &std::path::Path) -> std::result::Result<Vec<DesiredStage>, i32> {
-    let manifests = match manifest::load(dir) {
-        Ok(manifests) => manifests,
-        Err(err) => {
-            eprintln!("error: {}", crate::output::escape(&err.to_string()));
-            return Err(crate::exit::INVALID);
-        }
-    };
-    for diagnostic in &manifests.diagnostics {
-        eprintln!("{diagnostic}");
-    }
+pub(crate) fn load_desired(dir: &std::path::Path) -> Result<Vec<DesiredStage>, CommandError> {
+    let manifests = manifest::load(dir)?;
     if !manifests.is_valid() {
-        eprintln!(
-            "error: the manifests are invalid; nothing was contacted (see `stagesync validate`)"
-        );
-        return Err(crate::exit::INVALID);
+        return Err(CommandError::InvalidManifests(manifests.diagnostics));
+    }
+    for warning in &manifests.diagnostics {
+        eprintln!("{warning}");
     }
     Ok(manifests.stages().cloned().collect())
 }
 
-/// Builds the client for a command that talks to authentik. Every error here is
-/// a configuration mistake found before anything is contacted (a URL that
-/// cannot be used, plain http to another host, an unreadable CA file): it is
-/// printed on stderr and the command exits 3, like an invalid manifest.
-pub(crate) fn connect(settings: &ClientSettings) -> std::result::Result<Client, i32> {
-    Client::new(settings).map_err(|err| {
-        eprintln!("error: {err}");
-        crate::exit::INVALID
-    })
+/// Builds the client for a command that talks to authentik. This contacts
+/// nothing: an error is a configuration mistake (a URL that cannot be used,
+/// plain http to another host, an unreadable CA file), exit 3 like an invalid
+/// manifest.
+pub(crate) fn connect(settings: &ClientSettings) -> Result<Client, CommandError> {
+    Client::new(settings).map_err(CommandError::Connection)
 }

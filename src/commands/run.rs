@@ -12,33 +12,30 @@ use crate::daemon::health::Health;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::pass::{Keys, Reconciler};
 use crate::daemon::{self, Settings, http};
-use crate::exit;
+use crate::exit::Outcome;
 use crate::state::StateFile;
 
-pub async fn run(cfg: RunConfig) -> Result<i32> {
+pub async fn run(cfg: RunConfig) -> Result<Outcome> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let observed = metrics.clone();
-    let client = match connect(&cfg.client) {
-        Ok(client) => client,
-        Err(code) => return Ok(code),
-    };
+    let client = connect(&cfg.reconcile.client)?;
     let client = client
         .with_quiet_retries()
         .with_observer(Arc::new(move |r| {
             observed.record_api_request(r.method, r.status)
         }));
     let keys = if cfg.dry_run {
-        Keys::ReadOnly(cfg.state_file.clone())
+        Keys::ReadOnly(cfg.reconcile.state_file.clone())
     } else {
-        Keys::Writable(StateFile::open_for_write(&cfg.state_file)?)
+        Keys::Writable(StateFile::open_for_write(&cfg.reconcile.state_file)?)
     };
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
     tracing::info!(
-        dir = %cfg.dir.display(),
+        dir = %cfg.reconcile.dir.display(),
         url = client.base_url(),
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
@@ -47,7 +44,7 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
     );
 
     let reconciler = Arc::new(Mutex::new(Reconciler::new(
-        cfg.dir.clone(),
+        cfg.reconcile.dir.clone(),
         client,
         keys,
         cfg.concurrency,
@@ -55,7 +52,7 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
         health.clone(),
     )));
     let settings = Settings {
-        dir: cfg.dir,
+        dir: cfg.reconcile.dir,
         interval: cfg.interval,
         debounce: cfg.debounce,
         listener,
@@ -69,5 +66,5 @@ pub async fn run(cfg: RunConfig) -> Result<i32> {
     })
     .await?;
     tracing::info!("stagesync run stopped");
-    Ok(exit::SUCCESS)
+    Ok(Outcome::Success)
 }

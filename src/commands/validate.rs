@@ -5,50 +5,31 @@
 //! Only an unusable directory goes to stderr. A closed stdout (`| head`) is not
 //! an error.
 
-use std::io::Write;
-
 use anyhow::Result;
 
-use crate::cli::{ColorChoice, ValidateConfig};
-use crate::exit;
+use crate::cli::ValidateConfig;
+use crate::exit::{CommandError, Outcome};
 use crate::manifest::{self, Manifests, Severity};
+use crate::output;
 
-pub async fn run(cfg: ValidateConfig, color: ColorChoice) -> Result<i32> {
-    let manifests = match manifest::load(&cfg.dir) {
-        Ok(manifests) => manifests,
-        Err(err) => {
-            eprintln!("error: {err}");
-            return Ok(exit::INVALID);
-        }
-    };
-    let report = render(&manifests);
-    let choice = match color {
-        ColorChoice::Auto => anstream::ColorChoice::Auto,
-        ColorChoice::Always => anstream::ColorChoice::Always,
-        ColorChoice::Never => anstream::ColorChoice::Never,
-    };
-    // Strips the styles when stdout is not a terminal, NO_COLOR is set or --color never.
-    let mut stdout = anstream::AutoStream::new(std::io::stdout().lock(), choice);
-    match stdout
-        .write_all(report.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => return Err(err.into()),
-        _ => {}
-    }
+pub async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
+    let manifests = manifest::load(&cfg.dir).map_err(CommandError::ManifestDir)?;
+    output::print_stdout(&render(&manifests, color))?;
     Ok(if manifests.is_valid() {
-        exit::SUCCESS
+        Outcome::Success
     } else {
-        exit::INVALID
+        Outcome::Invalid
     })
 }
 
 /// The report: every diagnostic, then the summary line, with the severity
-/// styled (file contents are escaped, so these are the only escape sequences).
-pub fn render(manifests: &Manifests) -> String {
+/// styled when `color` (file contents are escaped, so these are the only
+/// escape sequences).
+pub fn render(manifests: &Manifests, color: bool) -> String {
     let mut out = String::new();
     for diagnostic in &manifests.diagnostics {
         let style = match diagnostic.severity {
+            _ if !color => anstyle::Style::new(),
             Severity::Error => anstyle::AnsiColor::Red.on_default().bold(),
             Severity::Warning => anstyle::AnsiColor::Yellow.on_default().bold(),
         };

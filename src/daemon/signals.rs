@@ -3,7 +3,7 @@
 //! The first SIGTERM or SIGINT cancels the token: the loop lets the pass in
 //! flight finish its writes and then returns, and the process exits 0. A second
 //! one means "now": the process exits at once with 128 + the signal number
-//! (143 for SIGTERM, 130 for SIGINT), as a shell would report it.
+//! ([`exit::TERMINATED`], [`exit::INTERRUPTED`]), as a shell would report it.
 //!
 //! Traps:
 //! - Handlers are installed by [`spawn`] before it returns, so a signal sent
@@ -19,11 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::scheduler::{Trigger, TriggerSender};
-
-/// Exit code after a second SIGINT (128 + 2).
-pub const EXIT_SECOND_SIGINT: i32 = 130;
-/// Exit code after a second SIGTERM (128 + 15).
-pub const EXIT_SECOND_SIGTERM: i32 = 143;
+use crate::exit;
 
 /// Signal handlers could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +56,8 @@ pub fn spawn(
         let mut first_stop: Option<std::time::Instant> = None;
         loop {
             let (name, second_exit) = tokio::select! {
-                Some(()) = term.recv() => ("SIGTERM", EXIT_SECOND_SIGTERM),
-                Some(()) = int.recv() => ("SIGINT", EXIT_SECOND_SIGINT),
+                Some(()) = term.recv() => ("SIGTERM", exit::TERMINATED),
+                Some(()) = int.recv() => ("SIGINT", exit::INTERRUPTED),
                 Some(()) = hup.recv() => {
                     tracing::info!("SIGHUP received, reconciling now");
                     triggers.send(Trigger::Signal);
@@ -185,11 +181,11 @@ mod tests {
         let test = "daemon::signals::tests::a_second_stop_signal_exits_at_once";
         assert_eq!(
             run_child(test, "long-write", &["TERM", "TERM"], DELIBERATE),
-            Some(EXIT_SECOND_SIGTERM)
+            Some(exit::TERMINATED)
         );
         assert_eq!(
             run_child(test, "long-write", &["INT", "INT"], DELIBERATE),
-            Some(EXIT_SECOND_SIGINT)
+            Some(exit::INTERRUPTED)
         );
     }
 
