@@ -4,8 +4,10 @@
 //! A command returns an [`Outcome`] when it ran to its end (its own output says
 //! what happened), or an error. Errors whose wording or exit code are part of
 //! the interface are a [`CommandError`]; anything else is a runtime failure
-//! (exit 1) printed with its causes. `main` calls [`report`] and [`code`] and
-//! nothing else prints an error or picks a code.
+//! (exit 1) printed with its causes. `main` calls [`report`] and [`code`]; no
+//! command prints its own `error:` line or picks a code. The one exception is
+//! deliberate: a second Ctrl-C or SIGTERM exits at once ([`INTERRUPTED`],
+//! [`TERMINATED`]) without unwinding to `main`.
 //!
 //! The codes follow the conventions CI systems already know from `terraform
 //! plan -detailed-exitcode` (2 = changes pending), BSD `sysexits.h` (64 =
