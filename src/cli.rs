@@ -6,7 +6,7 @@
 //! a configuration mistake is reported before anything is contacted.
 //!
 //! Flags several commands share are one flattened group each, resolved by one
-//! function: `ManifestArgs` (validate, plan, apply, run), `ConnectionArgs`
+//! function: `ManifestArgs` (validate, verify, plan, apply, run), `ConnectionArgs`
 //! (plan, apply, run, export), `StateArgs`, and `ReconcileArgs`, which holds
 //! the first three for plan, apply and run and resolves into
 //! [`ReconcileConfig`]. A new flag for all of plan, apply and run is one field
@@ -194,8 +194,8 @@ struct ConnectionArgs {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    #[arg(default_value = "stages")]
-    dir: PathBuf,
+    #[command(flatten)]
+    manifests: ManifestArgs,
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     format: ReportFormat,
     /// Time allowed for one provider to answer, e.g. 10s. No retries.
@@ -458,7 +458,7 @@ impl Cli {
                 force,
             }),
             CommandArgs::Verify(args) => Command::Verify(VerifyConfig {
-                dir: args.dir,
+                dir: args.manifests.dir,
                 format: args.format,
                 timeout: args.timeout,
                 concurrency: args.concurrency.into(),

@@ -9,20 +9,17 @@ use anyhow::Result;
 use reqwest::Url;
 use serde::Serialize;
 
-use crate::cli::{ColorChoice, ReportFormat, VerifyConfig};
+use crate::cli::{ReportFormat, VerifyConfig};
 use crate::commands::load_desired;
-use crate::exit;
+use crate::exit::Outcome;
 use crate::output::{self, escape};
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict};
 
 /// `format_version` of the JSON report.
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
-pub async fn run(cfg: VerifyConfig, color: ColorChoice) -> Result<i32> {
-    let desired = match load_desired(&cfg.dir) {
-        Ok(desired) => desired,
-        Err(code) => return Ok(code),
-    };
+pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
+    let desired = load_desired(&cfg.dir)?;
     let probes: Vec<KeyProbe> = desired.iter().map(KeyProbe::from_desired).collect();
     let prober = Prober::new(ProbeSettings {
         timeout: cfg.timeout,
@@ -32,7 +29,7 @@ pub async fn run(cfg: VerifyConfig, color: ColorChoice) -> Result<i32> {
     // rule authentik's own connection follows without --allow-http.
     let checks = prober.verify(&probes, &https_or_loopback).await;
     let report = match cfg.format {
-        ReportFormat::Text => render_text(&checks, output::stdout_color(color)),
+        ReportFormat::Text => render_text(&checks, color),
         ReportFormat::Json => render_json(&checks),
     };
     output::print_stdout(&report)?;
@@ -47,7 +44,7 @@ pub async fn run(cfg: VerifyConfig, color: ColorChoice) -> Result<i32> {
             }
         );
     }
-    Ok(exit_code(&counts, cfg.strict))
+    Ok(outcome(&counts, cfg.strict))
 }
 
 /// Provider URLs that may receive a key: https, or plain http to this machine.
@@ -88,12 +85,12 @@ impl Counts {
     }
 }
 
-/// 1 when a key is invalid or mismatched, or unknown under `--strict`; else 0.
-pub fn exit_code(counts: &Counts, strict: bool) -> i32 {
+/// Failed when a key is invalid or mismatched, or unknown under `--strict`.
+pub fn outcome(counts: &Counts, strict: bool) -> Outcome {
     if counts.invalid > 0 || counts.mismatch > 0 || (strict && counts.unknown > 0) {
-        exit::FAILURE
+        Outcome::Failed
     } else {
-        exit::SUCCESS
+        Outcome::Success
     }
 }
 
@@ -206,16 +203,16 @@ mod tests {
     #[test]
     fn invalid_and_mismatch_fail_unknown_only_when_strict() {
         let unknown = Counts::of(&[check("a", Reason::NoVerdict, &[])]);
-        assert_eq!(exit_code(&unknown, false), exit::SUCCESS);
-        assert_eq!(exit_code(&unknown, true), exit::FAILURE);
+        assert_eq!(outcome(&unknown, false), Outcome::Success);
+        assert_eq!(outcome(&unknown, true), Outcome::Failed);
         for reason in [Reason::SecretRefused, Reason::SiteKeyMismatch] {
             assert_eq!(
-                exit_code(&Counts::of(&[check("a", reason, &[])]), false),
-                exit::FAILURE
+                outcome(&Counts::of(&[check("a", reason, &[])]), false),
+                Outcome::Failed
             );
         }
         let valid = Counts::of(&[check("a", Reason::TokenRefused, &[])]);
-        assert_eq!(exit_code(&valid, true), exit::SUCCESS);
+        assert_eq!(outcome(&valid, true), Outcome::Success);
     }
 
     #[test]
