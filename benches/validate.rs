@@ -36,7 +36,7 @@ fn time(dir: &Path) -> (Duration, Duration) {
     let mut runs: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let manifests = stagesync::manifest::load(dir).expect("load");
+            let manifests = stagesync::manifest::load(dir, &Default::default()).expect("load");
             let elapsed = started.elapsed();
             assert!(manifests.is_valid(), "{:?}", manifests.diagnostics.first());
             assert_eq!(manifests.stages().count(), DOCUMENTS);
@@ -54,7 +54,8 @@ fn hostile(name: &str, text: String) {
     let mut runs: Vec<Duration> = (0..RUNS)
         .map(|_| {
             let started = Instant::now();
-            let manifests = stagesync::manifest::load(dir.path()).expect("load");
+            let manifests =
+                stagesync::manifest::load(dir.path(), &Default::default()).expect("load");
             let elapsed = started.elapsed();
             assert!(!manifests.is_valid());
             elapsed

@@ -6,7 +6,8 @@
 //! a configuration mistake is reported before anything is contacted.
 //!
 //! Flags several commands share are one flattened group each, resolved by one
-//! function: `ManifestArgs` (validate, verify, plan, apply, run), `ConnectionArgs`
+//! function: `ManifestArgs` (validate, verify, plan, apply, run; it holds the
+//! operator's `PolicyArgs`, which demo and export flatten too), `ConnectionArgs`
 //! (plan, apply, run, export), `StateArgs`, and `ReconcileArgs`, which holds
 //! the first three for plan, apply and run and resolves into
 //! [`ReconcileConfig`]. A new flag for all of plan, apply and run is one field
@@ -20,6 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::authentik::ClientSettings;
+use crate::policy::{Policy, PolicyError, ProviderHosts, SecretsPolicy};
 use crate::secret::{SecretString, Token};
 
 const AFTER_HELP: &str = "\
@@ -113,10 +115,12 @@ enum CommandArgs {
         /// Stop after the plan / apply / plan phase instead of running the daemon.
         #[arg(long)]
         no_daemon: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Write one manifest per live captcha stage, to adopt existing stages.
     #[command(
-        after_help = "Example:\n  stagesync export --dir stages/\n\nPrivate keys are written as `!Env STAGESYNC_<NAME>_PRIVATE_KEY` references."
+        after_help = "Example:\n  stagesync export --dir stages/\n\nPrivate keys are written as `!Env CAPTCHA_<NAME>_PRIVATE_KEY` references."
     )]
     Export {
         #[command(flatten)]
@@ -127,6 +131,8 @@ enum CommandArgs {
         /// Overwrite existing files.
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Check each stage's private key with its captcha provider (the stage's `api_url`).
     #[command(
@@ -150,6 +156,45 @@ struct ManifestArgs {
     /// Directory of manifests (searched recursively for *.yaml / *.yml).
     #[arg(default_value = "stages")]
     dir: PathBuf,
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// The operator's policy for untrusted manifests: what they may read and where
+/// a key may be sent. Nothing in a manifest can widen it.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Manifest policy (manifests are untrusted input)")]
+struct PolicyArgs {
+    /// Directory whose files `!File` may read, besides the manifest directory
+    /// (repeatable; symlinks are resolved before the check).
+    #[arg(
+        long = "secrets-dir",
+        value_name = "DIR",
+        env = "STAGESYNC_SECRETS_DIRS",
+        value_delimiter = ':'
+    )]
+    secrets_dirs: Vec<PathBuf>,
+    /// Only environment variables matching this glob may be read with `!Env`,
+    /// e.g. '*_CAPTCHA_KEY' (repeatable; default: any but AUTHENTIK_* and
+    /// STAGESYNC_*, which are never allowed).
+    #[arg(
+        long = "env-allow",
+        value_name = "PATTERN",
+        env = "STAGESYNC_ENV_ALLOW",
+        value_delimiter = ','
+    )]
+    env_allow: Vec<String>,
+    /// Also allow this captcha provider host in `js_url` and `api_url`
+    /// (repeatable): HOST or HOST:PORT for https, http://HOST[:PORT] to allow
+    /// plain http too. Built in: www.google.com, www.recaptcha.net,
+    /// js.hcaptcha.com, api.hcaptcha.com, hcaptcha.com, challenges.cloudflare.com.
+    #[arg(
+        long = "allow-provider-host",
+        value_name = "HOST[:PORT]",
+        env = "STAGESYNC_PROVIDER_HOSTS",
+        value_delimiter = ','
+    )]
+    provider_hosts: Vec<String>,
 }
 
 /// What plan, apply and run share: the manifests, how to reach authentik and
@@ -322,6 +367,7 @@ pub enum Command {
 #[derive(Debug)]
 pub struct ValidateConfig {
     pub dir: PathBuf,
+    pub policy: Policy,
 }
 
 /// What plan, apply and run share.
@@ -329,6 +375,8 @@ pub struct ValidateConfig {
 pub struct ReconcileConfig {
     /// The manifest directory.
     pub dir: PathBuf,
+    /// What the manifests may read and where their keys may go.
+    pub policy: Policy,
     pub client: ClientSettings,
     pub state_file: PathBuf,
 }
@@ -361,12 +409,14 @@ pub struct RunConfig {
 #[derive(Debug)]
 pub struct DemoConfig {
     pub dir: PathBuf,
+    pub policy: Policy,
     pub listen: Option<SocketAddr>,
     pub daemon: bool,
 }
 
 #[derive(Debug)]
 pub struct ExportConfig {
+    pub policy: Policy,
     pub client: ClientSettings,
     pub dir: PathBuf,
     pub force: bool,
@@ -375,6 +425,7 @@ pub struct ExportConfig {
 #[derive(Debug)]
 pub struct VerifyConfig {
     pub dir: PathBuf,
+    pub policy: Policy,
     pub format: ReportFormat,
     pub timeout: Duration,
     pub concurrency: usize,
@@ -401,6 +452,13 @@ pub enum ConfigError {
         "no default state file location: set STAGESYNC_STATE_FILE, XDG_STATE_HOME or HOME, or pass --state-file"
     )]
     NoStateDir,
+    #[error("--secrets-dir {}: {source}", .path.display())]
+    SecretsDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 impl Cli {
@@ -408,9 +466,10 @@ impl Cli {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let env = |name: &str| std::env::var_os(name);
         let command = match self.command {
-            CommandArgs::Validate { manifests } => {
-                Command::Validate(ValidateConfig { dir: manifests.dir })
-            }
+            CommandArgs::Validate { manifests } => Command::Validate(ValidateConfig {
+                dir: manifests.dir,
+                policy: manifests.policy.resolve()?,
+            }),
             CommandArgs::Plan {
                 reconcile,
                 format,
@@ -443,8 +502,10 @@ impl Cli {
                 dir,
                 listen,
                 no_daemon,
+                policy,
             } => Command::Demo(DemoConfig {
                 dir,
+                policy: policy.resolve()?,
                 listen: listen.addr(),
                 daemon: !no_daemon,
             }),
@@ -452,13 +513,16 @@ impl Cli {
                 connection,
                 dir,
                 force,
+                policy,
             } => Command::Export(ExportConfig {
+                policy: policy.resolve()?,
                 client: connection.resolve()?,
                 dir,
                 force,
             }),
             CommandArgs::Verify(args) => Command::Verify(VerifyConfig {
                 dir: args.manifests.dir,
+                policy: args.manifests.policy.resolve()?,
                 format: args.format,
                 timeout: args.timeout,
                 concurrency: args.concurrency.into(),
@@ -481,8 +545,36 @@ impl ReconcileArgs {
     ) -> Result<ReconcileConfig, ConfigError> {
         Ok(ReconcileConfig {
             dir: self.manifests.dir,
+            policy: self.manifests.policy.resolve()?,
             client: self.connection.resolve()?,
             state_file: self.state.resolve(env)?,
+        })
+    }
+}
+
+impl PolicyArgs {
+    /// The policy, with each `--secrets-dir` made canonical (so a symlinked
+    /// directory is compared by where it leads); a missing one is an error.
+    fn resolve(self) -> Result<Policy, ConfigError> {
+        let secrets_dirs = self
+            .secrets_dirs
+            .into_iter()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|path| match std::fs::canonicalize(&path) {
+                Ok(dir) if dir.is_dir() => Ok(dir),
+                Ok(_) => Err(ConfigError::SecretsDir {
+                    path,
+                    source: std::io::Error::other("not a directory"),
+                }),
+                Err(source) => Err(ConfigError::SecretsDir { path, source }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let non_empty = |v: Vec<String>| -> Vec<String> {
+            v.into_iter().filter(|s| !s.trim().is_empty()).collect()
+        };
+        Ok(Policy {
+            secrets: SecretsPolicy::new(secrets_dirs, &non_empty(self.env_allow))?,
+            hosts: ProviderHosts::new(&non_empty(self.provider_hosts))?,
         })
     }
 }

@@ -110,6 +110,10 @@ pub enum CommandError {
     /// `export` would overwrite these files; nothing was written.
     #[error("nothing was written")]
     ExportWouldOverwrite(Vec<PathBuf>),
+    /// `export` found symbolic links where these files would go; it never
+    /// writes through one (with or without --force), so nothing was written.
+    #[error("nothing was written")]
+    ExportWouldFollowLinks(Vec<PathBuf>),
 }
 
 impl CommandError {
@@ -126,7 +130,8 @@ impl CommandError {
             CommandError::Connection(err) if err.is_config() => INVALID,
             CommandError::Connection(_)
             | CommandError::NoTerminalToConfirm
-            | CommandError::ExportWouldOverwrite(_) => FAILURE,
+            | CommandError::ExportWouldOverwrite(_)
+            | CommandError::ExportWouldFollowLinks(_) => FAILURE,
         }
     }
 
@@ -144,6 +149,14 @@ impl CommandError {
                 for path in paths {
                     out.push_str(&format!(
                         "error: {} exists (pass --force to overwrite)\n",
+                        escape(&path.display().to_string())
+                    ));
+                }
+            }
+            CommandError::ExportWouldFollowLinks(paths) => {
+                for path in paths {
+                    out.push_str(&format!(
+                        "error: {} is a symbolic link; export does not write through links (remove it first)\n",
                         escape(&path.display().to_string())
                     ));
                 }
@@ -234,6 +247,7 @@ mod tests {
         assert_eq!(code_of(CommandError::Connection(refused)), 1);
         assert_eq!(code_of(CommandError::NoTerminalToConfirm), 1);
         assert_eq!(code_of(CommandError::ExportWouldOverwrite(vec![])), 1);
+        assert_eq!(code_of(CommandError::ExportWouldFollowLinks(vec![])), 1);
         // An authentik error while working is a runtime failure, even one that
         // would be a configuration mistake when setting the client up.
         let late = ApiError::BadUrl {

@@ -19,6 +19,9 @@
 //!   words) and the wire format.
 //! - [`simulator`]: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
+//! - [`policy`]: the operator's policy (trusted): which `!File` / `!Env`
+//!   references a manifest may use, and the captcha provider hosts a key may
+//!   be sent to. Resolved once in [`cli`], checked while manifests load.
 //! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
 //!   plan, and its renderings as text, JSON and Markdown.
 //! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
@@ -45,6 +48,7 @@ pub mod logging;
 pub mod manifest;
 pub mod output;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod secret;
 pub mod simulator;

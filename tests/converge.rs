@@ -336,7 +336,7 @@ fn env(var: &str) -> Option<OsString> {
 }
 
 fn load(dir: &Path) -> Result<Vec<DesiredStage>, TestCaseError> {
-    let manifests = manifest::load_with_env(dir, &env)
+    let manifests = manifest::load_with_env(dir, &stagesync::policy::Policy::default(), &env)
         .map_err(|e| TestCaseError::fail(format!("cannot load manifests: {e}")))?;
     if !manifests.is_valid() {
         let problems: Vec<String> = manifests

@@ -529,7 +529,11 @@ fn a_rewritten_file_secret_is_written_to_authentik() {
             key_file.display()
         ),
     );
-    let mut d = start(&h, &["--interval", "1h"]);
+    // A key outside the manifest directory is read only from a directory the
+    // operator allowed.
+    let keys = h.ws.root.path().join("keys");
+    let keys = keys.to_str().expect("UTF-8 path");
+    let mut d = start(&h, &["--interval", "1h", "--secrets-dir", keys]);
     let key_of = || {
         h.live("alpha")
             .and_then(|s| h.sim.private_key_of(s.uuid))
@@ -593,7 +597,15 @@ fn a_key_in_a_kubernetes_secret_volume_is_rotated() {
             volume.join("alpha").display()
         ),
     );
-    let mut d = start(&h, &["--interval", "1h"]);
+    let mut d = start(
+        &h,
+        &[
+            "--interval",
+            "1h",
+            "--secrets-dir",
+            volume.to_str().expect("UTF-8"),
+        ],
+    );
     let key_of = || {
         h.live("alpha")
             .and_then(|s| h.sim.private_key_of(s.uuid))
@@ -786,7 +798,9 @@ fn metrics_has_every_documented_metric() {
 fn nothing_secret_reaches_the_log_at_trace_level() {
     for format in ["text", "json"] {
         let h = Harness::new();
-        let key_file = h.ws.root.path().join("file-key");
+        let secrets = h.ws.root.path().join("secrets");
+        std::fs::create_dir_all(&secrets).expect("mkdir");
+        let key_file = secrets.join("file-key");
         std::fs::write(&key_file, "file-private-key-3c4d5e\n").expect("write key");
         h.sim.seed_captcha(
             StageFields {
@@ -806,7 +820,14 @@ fn nothing_secret_reaches_the_log_at_trace_level() {
         let mut d = start_on(
             &h,
             h.ws.stages(),
-            &["--interval", "1h", "--log-format", format],
+            &[
+                "--interval",
+                "1h",
+                "--log-format",
+                format,
+                "--secrets-dir",
+                secrets.to_str().expect("UTF-8"),
+            ],
             &[("RUST_LOG", "trace")],
         );
         h.wait_threshold(&mut d, "alpha", 0.5);

@@ -111,7 +111,10 @@ fn keys_of(manifest: &str) -> BTreeSet<&str> {
 /// The exported manifests read back by stagesync's own loader (every key
 /// variable set), as file name -> stage.
 fn load(dir: &Path) -> BTreeMap<String, DesiredStage> {
-    let manifests = manifest::load_with_env(dir, &|_| Some("any-key".into())).expect("load");
+    let manifests = manifest::load_with_env(dir, &stagesync::policy::Policy::default(), &|_| {
+        Some("any-key".into())
+    })
+    .expect("load");
     assert!(manifests.is_valid(), "{:#?}", manifests.diagnostics);
     manifests
         .stages()
@@ -174,7 +177,7 @@ async fn export_writes_one_manifest_per_stage_and_never_overwrites_without_force
     let login = &exported["login.yaml"];
     assert_eq!(
         key_variable(login).as_deref(),
-        Some("STAGESYNC_LOGIN_PRIVATE_KEY")
+        Some("CAPTCHA_LOGIN_PRIVATE_KEY")
     );
     assert!(
         login.contains("# authentik never returns the private key"),
@@ -182,7 +185,7 @@ async fn export_writes_one_manifest_per_stage_and_never_overwrites_without_force
     );
     for var in &vars {
         assert!(
-            var.starts_with("STAGESYNC_")
+            var.starts_with("CAPTCHA_")
                 && var.ends_with("_PRIVATE_KEY")
                 && var
                     .chars()
@@ -336,4 +339,43 @@ async fn export_then_plan_differs_only_in_the_unknown_keys_on_2025_12() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_then_plan_differs_only_in_the_unknown_keys_on_2026_8() {
     round_trip("2026.8.0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_never_writes_through_a_symlink_in_the_directory() {
+    let sim = start("2025.12.4").await;
+    let ws = Workspace::new();
+    let out = out_dir(&ws);
+    std::fs::create_dir_all(&out).unwrap();
+    let target = ws.root.path().join("outside.txt");
+    std::fs::write(&target, "outside, untouched\n").unwrap();
+    // A link to an existing file outside, and a dangling one whose target
+    // would be created by a write that follows it.
+    std::os::unix::fs::symlink(&target, out.join("login.yaml")).unwrap();
+    let dangling = ws.root.path().join("created-through-a-link");
+    std::os::unix::fs::symlink(&dangling, out.join("a-b.yaml")).unwrap();
+
+    for force in [false, true] {
+        let result = export(&ws, &sim, force).await;
+        assert_eq!(result.status.code(), Some(1), "--force {force}");
+        let err = stderr(&result);
+        for name in ["login.yaml", "a-b.yaml"] {
+            assert!(
+                err.contains(&format!("{name} is a symbolic link")),
+                "--force {force}: {err}"
+            );
+        }
+        assert!(err.contains("nothing was written"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&target).unwrap(),
+            "outside, untouched\n"
+        );
+        assert!(
+            !dangling.exists(),
+            "--force {force}: the dangling link was followed"
+        );
+        // All or nothing: not even the files without a link were written.
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2);
+    }
+    sim.shutdown();
 }

@@ -103,7 +103,7 @@ fn a_symlink_loop_is_reported_not_followed() {
     std::fs::create_dir_all(stages.join("sub")).unwrap();
     std::fs::write(
         stages.join("sub/a.yaml"),
-        "name: a\npublic_key: p\nprivate_key: !Env STAGESYNC_TEST_SECRET\n",
+        "name: a\npublic_key: p\nprivate_key: !Env TEST_CAPTCHA_SECRET\n",
     )
     .unwrap();
     std::os::unix::fs::symlink("..", stages.join("sub/up")).unwrap();
@@ -120,12 +120,12 @@ fn symlinked_files_and_folders_are_followed_like_a_configmap_mount() {
     std::fs::create_dir_all(stages.join("..2026_11_28/nested")).unwrap();
     std::fs::write(
         stages.join("..2026_11_28/a.yaml"),
-        "name: a\npublic_key: p\nprivate_key: !Env STAGESYNC_TEST_SECRET\n",
+        "name: a\npublic_key: p\nprivate_key: !Env TEST_CAPTCHA_SECRET\n",
     )
     .unwrap();
     std::fs::write(
         stages.join("..2026_11_28/nested/b.yaml"),
-        "name: b\npublic_key: p\nprivate_key: !Env STAGESYNC_TEST_SECRET\n",
+        "name: b\npublic_key: p\nprivate_key: !Env TEST_CAPTCHA_SECRET\n",
     )
     .unwrap();
     std::os::unix::fs::symlink("..2026_11_28", stages.join("..data")).unwrap();
@@ -220,7 +220,7 @@ fn colour_marks_only_the_severity_and_file_escapes_stay_escaped() {
     let output = assert_cmd::Command::cargo_bin("stagesync")
         .unwrap()
         .current_dir(fixtures())
-        .env("STAGESYNC_TEST_SECRET", "s")
+        .env("TEST_CAPTCHA_SECRET", "s")
         .args(["--color", "always", "validate", "escape-sequences"])
         .output()
         .unwrap();

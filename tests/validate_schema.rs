@@ -42,8 +42,8 @@ fn documents(dir: &Path) -> Vec<(String, Value)> {
 }
 
 fn parser_accepts(dir: &Path) -> bool {
-    let env = |var: &str| (var == "STAGESYNC_TEST_SECRET").then(|| "s".into());
-    stagesync::manifest::load_with_env(dir, &env)
+    let env = |var: &str| (var == "TEST_CAPTCHA_SECRET").then(|| "s".into());
+    stagesync::manifest::load_with_env(dir, &stagesync::policy::Policy::default(), &env)
         .unwrap()
         .is_valid()
 }

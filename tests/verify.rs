@@ -23,14 +23,19 @@ fn manifest(name: &str, site_key: &str, var: &str, api_url: &str, extra: &str) -
     support::cli::manifest(name, site_key, var, &format!("api_url: {api_url}\n{extra}"))
 }
 
-/// `stagesync verify stages/ ARGS`, with both keys in the environment.
-fn verify(ws: &Workspace, args: &[&str]) -> Command {
+/// `stagesync verify stages/ ARGS`, with both keys in the environment and the
+/// fake provider's loopback address allowed as a plain-http provider host.
+fn verify(ws: &Workspace, fake: &ProviderHandle, args: &[&str]) -> Command {
     let mut cmd = Command::cargo_bin("stagesync").expect("binary");
     cmd.current_dir(ws.root.path())
         .env_remove("RUST_LOG")
         .env("NO_COLOR", "1")
         .env("GOOD_KEY", GOOD_SECRET)
         .env("WRONG_KEY", WRONG_SECRET)
+        .env(
+            "STAGESYNC_PROVIDER_HOSTS",
+            format!("http://{}", fake.addr()),
+        )
         .arg("verify")
         .arg(ws.stages())
         .args(args);
@@ -86,7 +91,7 @@ fn line_of<'a>(text: &'a str, stage: &str) -> &'a str {
 #[tokio::test]
 async fn a_good_key_is_valid_and_exits_0() {
     let (fake, ws) = one_stage(None, "").await;
-    let out = run(verify(&ws, &[])).await;
+    let out = run(verify(&ws, &fake, &[])).await;
     let text = stdout(&out);
     assert_code(&out, 0);
     assert!(line_of(&text, "good").starts_with("valid "), "{text}");
@@ -117,7 +122,7 @@ async fn a_wrong_key_and_a_site_key_mismatch_exit_1_with_the_providers_codes() {
     let fake = start_provider().await;
     let ws = Workspace::new();
     three_stages(&ws, &fake);
-    let out = run(verify(&ws, &[])).await;
+    let out = run(verify(&ws, &fake, &[])).await;
     let text = stdout(&out);
     assert_code(&out, 1);
     assert!(line_of(&text, "good").starts_with("valid "), "{text}");
@@ -133,7 +138,7 @@ async fn a_wrong_key_and_a_site_key_mismatch_exit_1_with_the_providers_codes() {
     assert!(text.ends_with("3 keys checked: 1 valid, 1 invalid, 1 mismatched, 0 unknown\n"));
     assert_eq!(fake.request_count(), 3, "one request per stage, no retry");
 
-    let out = run(verify(&ws, &["--format", "json"])).await;
+    let out = run(verify(&ws, &fake, &["--format", "json"])).await;
     assert_code(&out, 1);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["format_version"], 1);
@@ -164,7 +169,7 @@ async fn a_wrong_key_and_a_site_key_mismatch_exit_1_with_the_providers_codes() {
 #[tokio::test]
 async fn json_is_sent_where_request_content_type_says_so() {
     let (fake, ws) = one_stage(None, "request_content_type: application/json\n").await;
-    let out = run(verify(&ws, &[])).await;
+    let out = run(verify(&ws, &fake, &[])).await;
     assert_code(&out, 0);
     let seen = fake.requests();
     assert_eq!(seen.len(), 1);
@@ -182,7 +187,7 @@ async fn unknown_answer(
     let (fake, ws) = one_stage(None, "").await;
     fake.set_mode(mode);
     let started = Instant::now();
-    let out = run(verify(&ws, args)).await;
+    let out = run(verify(&ws, &fake, args)).await;
     assert_eq!(fake.request_count(), 1, "asked once, never retried");
     (
         stdout(&out),
@@ -238,37 +243,37 @@ async fn a_test_key_that_passes_every_token_is_valid() {
     assert!(line_of(&text, "good").contains("test key"), "{text}");
 }
 
-/// A host the check refuses is never contacted: plain http to a host that is
-/// not this machine. The request would reach the fake provider through the
-/// proxy named in HTTP_PROXY if it were sent at all.
+/// A host the operator did not allow is never contacted: plain http to a host
+/// that is not allowed, or https to a host that is not a provider's. The
+/// manifest is refused while loading, as `plan` refuses it. The request would
+/// reach the fake provider through the proxy named in HTTP_PROXY if it were
+/// sent at all.
 #[tokio::test]
 async fn a_provider_host_that_is_not_allowed_is_never_contacted() {
-    let (fake, ws) = one_stage(Some("http://provider.example/siteverify"), "").await;
-    let mut cmd = verify(&ws, &["--format", "json"]);
-    let proxy = format!("http://{}", fake.addr());
-    cmd.env("HTTP_PROXY", &proxy)
-        .env("http_proxy", &proxy)
-        .env_remove("NO_PROXY")
-        .env_remove("no_proxy");
-    let out = run(cmd).await;
-    assert_eq!(fake.request_count(), 0, "the key left for a refused host");
-    assert_code(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let far = &report["checks"][0];
-    assert_eq!(far["result"], "unknown");
-    assert_eq!(far["contacted"], false);
-    assert!(
-        far["reason"].as_str().unwrap().contains("not contacted"),
-        "{far}"
-    );
-    let out = run({
-        let mut cmd = verify(&ws, &["--strict"]);
-        cmd.env("HTTP_PROXY", &proxy).env("http_proxy", &proxy);
-        cmd
-    })
-    .await;
-    assert_code(&out, 1);
-    assert_eq!(fake.request_count(), 0);
+    for api_url in [
+        "http://provider.example/siteverify",
+        "https://provider.example/siteverify",
+    ] {
+        let (fake, ws) = one_stage(Some(api_url), "").await;
+        let proxy = format!("http://{}", fake.addr());
+        for args in [&["--format", "json"][..], &["--strict"]] {
+            let mut cmd = verify(&ws, &fake, args);
+            cmd.env("HTTP_PROXY", &proxy)
+                .env("http_proxy", &proxy)
+                .env("HTTPS_PROXY", &proxy)
+                .env("https_proxy", &proxy)
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy");
+            let out = run(cmd).await;
+            assert_code(&out, 3);
+            assert!(
+                stderr(&out).contains("`api_url` is refused"),
+                "{}",
+                stderr(&out)
+            );
+            assert_eq!(fake.request_count(), 0, "the key left for a refused host");
+        }
+    }
 }
 
 #[tokio::test]
@@ -278,7 +283,7 @@ async fn no_key_in_any_output_at_trace_level() {
     three_stages(&ws, &fake);
     fake.set_mode(ProviderMode::Answer);
     for format in ["text", "json"] {
-        let mut cmd = verify(&ws, &["--format", format]);
+        let mut cmd = verify(&ws, &fake, &["--format", format]);
         cmd.env("RUST_LOG", "trace");
         let out = run(cmd).await;
         assert_code(&out, 1);
@@ -302,7 +307,7 @@ async fn invalid_manifests_exit_3_and_contact_nobody() {
     let ws = Workspace::new();
     three_stages(&ws, &fake);
     ws.write("broken.yaml", "name: broken\npublic_key: [\n");
-    let out = run(verify(&ws, &[])).await;
+    let out = run(verify(&ws, &fake, &[])).await;
     assert_code(&out, 3);
     assert_eq!(fake.request_count(), 0);
 }

@@ -14,7 +14,7 @@ use crate::reconcile;
 use crate::state::StateFile;
 
 pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.reconcile.dir)?;
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let client = connect(&cfg.reconcile.client)?;
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.

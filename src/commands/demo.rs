@@ -22,6 +22,7 @@ use crate::commands::{apply::render_report, load_desired};
 use crate::exit::Outcome;
 use crate::output::{self, escape};
 use crate::plan;
+use crate::policy::Policy;
 use crate::reconcile;
 use crate::simulator::{self, SimConfig};
 use crate::stage::StageFields;
@@ -37,9 +38,11 @@ const DEMO_INTERVAL: Duration = Duration::from_secs(15);
 ///
 /// Must run before any thread is started: changing the environment of a
 /// multi-threaded process is undefined behaviour on most platforms.
-pub fn set_demo_secrets(dir: &Path) {
+/// Only variables the policy allows are asked for, so stagesync's own
+/// (`AUTHENTIK_*`, `STAGESYNC_*`) never get a demo value.
+pub fn set_demo_secrets(dir: &Path, policy: &Policy) {
     let wanted = RefCell::new(Vec::new());
-    let _ = crate::manifest::load_with_env(dir, &|var| {
+    let _ = crate::manifest::load_with_env(dir, policy, &|var| {
         wanted.borrow_mut().push(var.to_owned());
         Some(OsString::from("demo"))
     });
@@ -55,7 +58,7 @@ pub fn set_demo_secrets(dir: &Path) {
 }
 
 pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
-    let mut desired = load_desired(&cfg.dir)?;
+    let mut desired = load_desired(&cfg.dir, &cfg.policy)?;
     desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let sim = simulator::start(SimConfig {
@@ -189,6 +192,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     let run = RunConfig {
         reconcile: ReconcileConfig {
             dir: cfg.dir,
+            policy: cfg.policy,
             client: settings,
             state_file,
         },

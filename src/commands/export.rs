@@ -2,9 +2,17 @@
 //! were clicked together in the UI.
 //!
 //! authentik never returns a private key, so each manifest references one with
-//! `!Env STAGESYNC_<NAME>_PRIVATE_KEY`; fields at authentik's defaults are left
+//! `!Env CAPTCHA_<NAME>_PRIVATE_KEY` (never `STAGESYNC_*`: manifests may not
+//! read stagesync's own variables); fields at authentik's defaults are left
 //! out so the manifests stay short. Nothing is written if any target file exists
 //! (without `--force`): an export is all or nothing.
+//!
+//! Traps:
+//! - An export never writes outside `--dir`: a symlink where a manifest would
+//!   go (dangling or not) is refused, with or without `--force`. A new file is
+//!   created with `create_new` (which does not follow a symlink planted after
+//!   the check); `--force` writes a temporary file and renames it over the
+//!   target, which replaces a link rather than writing through it.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -25,6 +33,17 @@ pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let files = plan_files(&cfg.dir, &live);
+    // Checked before anything is written: an export is all or nothing. A
+    // link is refused even with --force: it could point anywhere.
+    let is_link = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink());
+    let links: Vec<PathBuf> = files
+        .iter()
+        .map(|f| f.path.clone())
+        .filter(|p| is_link(p))
+        .collect();
+    if !links.is_empty() {
+        return Err(CommandError::ExportWouldFollowLinks(links).into());
+    }
     if !cfg.force {
         let existing: Vec<PathBuf> = files
             .iter()
@@ -37,10 +56,12 @@ pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
     }
     std::fs::create_dir_all(&cfg.dir)
         .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
+    let root = std::fs::canonicalize(&cfg.dir)
+        .with_context(|| format!("cannot read {}", cfg.dir.display()))?;
     let mut unrepresentable = 0;
     for file in &files {
         let text = manifest_for(file.stage, &file.key_variable);
-        std::fs::write(&file.path, &text)
+        write_inside(&file.path, &text, cfg.force)
             .with_context(|| format!("cannot write {}", file.path.display()))?;
         output::print_stdout(&format!(
             "wrote {} ({})\n",
@@ -49,9 +70,13 @@ pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
         ))?;
         // authentik accepts values manifests refuse (a relative URL, min > max,
         // a threshold stored as null): say so now rather than at the next plan.
-        let (_, diagnostics) = manifest::load_file(file.path.clone(), text.as_bytes(), &|_| {
-            Some(std::ffi::OsString::from("exported"))
-        });
+        let (_, diagnostics) = manifest::load_file(
+            file.path.clone(),
+            text.as_bytes(),
+            &root,
+            &cfg.policy,
+            &|_| Some(std::ffi::OsString::from("exported")),
+        );
         for diagnostic in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             unrepresentable += 1;
             eprintln!("warning: authentik holds a value manifests do not accept: {diagnostic}");
@@ -73,6 +98,30 @@ pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
         }
     );
     Ok(Outcome::Success)
+}
+
+/// Writes `text` to `path` without following a symlink at `path`: a new file
+/// with `create_new` (fails on any existing entry, a dangling link included);
+/// with `force`, a temporary file beside it renamed over it (a rename replaces
+/// the directory entry, whatever it is, and never writes through it).
+fn write_inside(path: &Path, text: &str, force: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if !force {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?;
+        return file.write_all(text.as_bytes());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    temp.write_all(text.as_bytes())?;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(
+            "it became a symbolic link; not written through",
+        ));
+    }
+    temp.persist(path).map(|_| ()).map_err(|e| e.error)
 }
 
 /// One manifest to write.
@@ -101,7 +150,7 @@ fn plan_files<'a>(dir: &Path, live: &'a [LiveStage]) -> Vec<ExportFile<'a>> {
             );
             ExportFile {
                 path: dir.join(format!("{stem}.yaml")),
-                key_variable: format!("STAGESYNC_{key_variable}_PRIVATE_KEY"),
+                key_variable: format!("CAPTCHA_{key_variable}_PRIVATE_KEY"),
                 stage,
             }
         })
@@ -143,11 +192,11 @@ fn file_stem(name: &str) -> String {
     }
 }
 
-/// `STAGESYNC_<NAME>_PRIVATE_KEY`, with the name upper-cased and anything that
+/// `CAPTCHA_<NAME>_PRIVATE_KEY`, with the name upper-cased and anything that
 /// cannot be in a variable name turned into `_`. Two names can map to one
 /// variable; `export` makes them unique with a suffix.
 pub fn key_variable(name: &str) -> String {
-    format!("STAGESYNC_{}_PRIVATE_KEY", variable_part(name))
+    format!("CAPTCHA_{}_PRIVATE_KEY", variable_part(name))
 }
 
 fn variable_part(name: &str) -> String {
@@ -222,10 +271,10 @@ mod tests {
 
     #[test]
     fn variable_and_file_names_are_safe() {
-        assert_eq!(key_variable("rec-login"), "STAGESYNC_REC_LOGIN_PRIVATE_KEY");
+        assert_eq!(key_variable("rec-login"), "CAPTCHA_REC_LOGIN_PRIVATE_KEY");
         assert_eq!(
             key_variable("Sign up (v2)"),
-            "STAGESYNC_SIGN_UP__V2__PRIVATE_KEY"
+            "CAPTCHA_SIGN_UP__V2__PRIVATE_KEY"
         );
         assert_eq!(file_stem("Sign up/../x"), "sign-up----x");
         assert_eq!(file_stem("///"), "stage");
@@ -249,11 +298,11 @@ mod tests {
         let files = plan_files(Path::new("out"), &live);
         assert_eq!(files[0].path, PathBuf::from("out/a-b.yaml"));
         assert_eq!(files[1].path, PathBuf::from("out/a-b-2.yaml"));
-        assert_eq!(files[0].key_variable, "STAGESYNC_A_B_PRIVATE_KEY");
-        assert_eq!(files[1].key_variable, "STAGESYNC_A_B_2_PRIVATE_KEY");
+        assert_eq!(files[0].key_variable, "CAPTCHA_A_B_PRIVATE_KEY");
+        assert_eq!(files[1].key_variable, "CAPTCHA_A_B_2_PRIVATE_KEY");
         // A name whose own variable is a suffixed one already taken.
         assert_eq!(files[2].path, PathBuf::from("out/a_b_2.yaml"));
-        assert_eq!(files[2].key_variable, "STAGESYNC_A_B_2_2_PRIVATE_KEY");
+        assert_eq!(files[2].key_variable, "CAPTCHA_A_B_2_2_PRIVATE_KEY");
     }
 
     #[test]
@@ -266,11 +315,11 @@ mod tests {
                 uuid: Uuid::nil(),
                 fields,
             },
-            "STAGESYNC_REC_LOGIN_PRIVATE_KEY",
+            "CAPTCHA_REC_LOGIN_PRIVATE_KEY",
         );
         assert!(text.contains("name: rec-login\n"));
         assert!(text.contains("public_key: \"site key\"\n"));
-        assert!(text.contains("private_key: !Env STAGESYNC_REC_LOGIN_PRIVATE_KEY\n"));
+        assert!(text.contains("private_key: !Env CAPTCHA_REC_LOGIN_PRIVATE_KEY\n"));
         assert!(text.contains("score_min_threshold: 0.7\n"));
         assert!(!text.contains("js_url"));
         assert!(!text.contains("request_content_type"));

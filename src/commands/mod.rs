@@ -8,6 +8,7 @@ use crate::authentik::{Client, ClientSettings};
 use crate::cli::{Cli, Command, Config};
 use crate::exit::{CommandError, Outcome};
 use crate::manifest;
+use crate::policy::Policy;
 use crate::stage::DesiredStage;
 
 pub mod apply;
@@ -21,7 +22,7 @@ pub mod verify;
 /// Runs the chosen command on a Tokio runtime.
 pub fn dispatch(config: Config) -> Result<Outcome> {
     if let Command::Demo(cfg) = &config.command {
-        demo::set_demo_secrets(&cfg.dir);
+        demo::set_demo_secrets(&cfg.dir, &cfg.policy);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -48,8 +49,11 @@ pub fn dispatch(config: Config) -> Result<Outcome> {
 
 /// Loads the manifests for a command that talks to authentik. Warnings are
 /// printed on stderr; any error means nothing is contacted (exit 3).
-pub(crate) fn load_desired(dir: &std::path::Path) -> Result<Vec<DesiredStage>, CommandError> {
-    let manifests = manifest::load(dir)?;
+pub(crate) fn load_desired(
+    dir: &std::path::Path,
+    policy: &Policy,
+) -> Result<Vec<DesiredStage>, CommandError> {
+    let manifests = manifest::load(dir, policy)?;
     if !manifests.is_valid() {
         return Err(CommandError::InvalidManifests(manifests.diagnostics));
     }

@@ -11,7 +11,7 @@ use crate::reconcile;
 use crate::state::StateFile;
 
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.reconcile.dir)?;
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let keys = StateFile::read_only(&cfg.reconcile.state_file)?;
     let client = connect(&cfg.reconcile.client)?;
     let mut plan = reconcile::fetch_and_plan(&client, desired, &keys)

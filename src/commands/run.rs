@@ -45,6 +45,7 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
 
     let reconciler = Arc::new(Mutex::new(Reconciler::new(
         cfg.reconcile.dir.clone(),
+        Arc::new(cfg.reconcile.policy.clone()),
         client,
         keys,
         cfg.concurrency,

@@ -13,7 +13,7 @@ use crate::manifest::{self, Manifests, Severity};
 use crate::output;
 
 pub async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
-    let manifests = manifest::load(&cfg.dir).map_err(CommandError::ManifestDir)?;
+    let manifests = manifest::load(&cfg.dir, &cfg.policy).map_err(CommandError::ManifestDir)?;
     output::print_stdout(&render(&manifests, color))?;
     Ok(if manifests.is_valid() {
         Outcome::Success

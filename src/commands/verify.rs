@@ -19,15 +19,17 @@ use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict};
 pub const JSON_FORMAT_VERSION: u32 = 1;
 
 pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.dir)?;
+    let desired = load_desired(&cfg.dir, &cfg.policy)?;
     let probes: Vec<KeyProbe> = desired.iter().map(KeyProbe::from_desired).collect();
     let prober = Prober::new(ProbeSettings {
         timeout: cfg.timeout,
         concurrency: cfg.concurrency,
     })?;
-    // TODO: wired to the operator's allowlist once it exists; until then the
-    // rule authentik's own connection follows without --allow-http.
-    let checks = prober.verify(&probes, &https_or_loopback).await;
+    // The manifests passed the same check while loading; asking again per URL
+    // keeps the rule next to the request that would carry the key.
+    let hosts = &cfg.policy.hosts;
+    let allowed = |url: &Url| hosts.check(url).map_err(|refused| refused.to_string());
+    let checks = prober.verify(&probes, &allowed).await;
     let report = match cfg.format {
         ReportFormat::Text => render_text(&checks, color),
         ReportFormat::Json => render_json(&checks),
@@ -45,20 +47,6 @@ pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
         );
     }
     Ok(outcome(&counts, cfg.strict))
-}
-
-/// Provider URLs that may receive a key: https, or plain http to this machine.
-fn https_or_loopback(url: &Url) -> Result<(), String> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" => crate::authentik::client::check_http_policy(url, false).map_err(|_| {
-            format!(
-                "plain http to {} would expose the key on the network",
-                url.host_str().unwrap_or_default()
-            )
-        }),
-        other => Err(format!("the scheme {other}: is not http(s)")),
-    }
 }
 
 /// How many checks ended in each verdict.

@@ -53,6 +53,7 @@ use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::output::escape;
 use crate::plan::Action;
+use crate::policy::Policy;
 use crate::reconcile;
 use crate::secret::KeySource;
 use crate::stage::DesiredStage;
@@ -414,6 +415,8 @@ fn known_as(path: &Path) -> Vec<PathBuf> {
 /// Everything a pass needs and remembers.
 pub struct Reconciler {
     pub dir: PathBuf,
+    /// The operator's policy the manifests are checked against on every read.
+    pub policy: Arc<Policy>,
     pub client: Client,
     pub keys: Keys,
     pub concurrency: usize,
@@ -435,6 +438,7 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(
         dir: PathBuf,
+        policy: Arc<Policy>,
         client: Client,
         keys: Keys,
         concurrency: usize,
@@ -443,6 +447,7 @@ impl Reconciler {
     ) -> Self {
         Reconciler {
             dir,
+            policy,
             client,
             keys,
             last_secret_files: Vec::new(),
@@ -465,7 +470,8 @@ impl Reconciler {
         let mut changed_stages = stages_in_changed_files(&self.last_valid, &ctx.changed, known_as);
 
         let dir = self.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || manifest::load(&dir))
+        let policy = self.policy.clone();
+        let loaded = tokio::task::spawn_blocking(move || manifest::load(&dir, &policy))
             .await
             .unwrap_or_else(|_| {
                 Err(SourceError::Unreadable(

@@ -9,12 +9,19 @@
 //!   could be a key: messages name keys and types, not contents).
 //! - `score_min_threshold > score_max_threshold` is checked against authentik's
 //!   default for the omitted one, since that is what the stage will end up with.
+//! - `js_url` and `api_url` decide where authentik sends the key and which
+//!   script the login page runs: they are checked against the operator's
+//!   [`crate::policy::ProviderHosts`], never against anything the manifest says.
+//! - authentik trims `name` and `public_key`: surrounding whitespace is
+//!   normalised away here, with a warning, so the plan never shows a change
+//!   that every apply would make again.
 
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::yaml::{Kind, Node};
 use super::{Diagnostic, Severity};
+use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::stage::{Field, StageFields};
 
@@ -36,6 +43,12 @@ pub const KEYS: [&str; 11] = [
 /// The values `request_content_type` accepts.
 pub const REQUEST_CONTENT_TYPES: [&str; 2] =
     ["application/x-www-form-urlencoded", "application/json"];
+
+/// The longest stage name accepted, in characters. authentik stores names in a
+/// unique index whose entries fail above about 2.7 KB (it then answers an empty
+/// 405); 255 characters are at most 1,020 bytes of UTF-8, well below, and more
+/// than any name a person reads in a list.
+pub const MAX_NAME_CHARS: usize = 255;
 
 /// Problems reported per file before the rest of the file is skipped.
 pub const MAX_PROBLEMS_PER_FILE: usize = 100;
@@ -129,7 +142,11 @@ impl<'a> Problems<'a> {
 }
 
 /// Checks one document. `None` when it has errors (all of them are in `problems`).
-pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSpec> {
+pub fn check_document(
+    doc: &Node,
+    policy: &Policy,
+    problems: &mut Problems<'_>,
+) -> Option<StageSpec> {
     let errors_before = problems.errors;
     check_tag(doc, None, problems);
     let Kind::Map(entries) = &doc.kind else {
@@ -200,15 +217,25 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
     if let Some(node) = name_node
         && let Some(s) = non_empty_string(node, "name", problems)
     {
-        fields.name = s;
+        fields.name = identifier(s, node, "name", problems);
+        if fields.name.chars().count() > MAX_NAME_CHARS {
+            problems.error(
+                Pos::of(node),
+                Some("name"),
+                format!(
+                    "`name` is {} characters long; at most {MAX_NAME_CHARS} are accepted",
+                    fields.name.chars().count()
+                ),
+            );
+        }
     }
     if let Some(node) = required(get("public_key"), "public_key", doc, problems)
         && let Some(s) = non_empty_string(node, "public_key", problems)
     {
-        fields.public_key = s;
+        fields.public_key = identifier(s, node, "public_key", problems);
     }
     let key = required(get("private_key"), "private_key", doc, problems)
-        .and_then(|node| private_key(node, problems));
+        .and_then(|node| private_key(node, policy, problems));
 
     let uuid = get("uuid").and_then(|node| {
         let s = non_empty_string(node, "uuid", problems)?;
@@ -238,6 +265,12 @@ pub fn check_document(doc: &Node, problems: &mut Problems<'_>) -> Option<StageSp
                     Pos::of(node),
                     Some(field.key()),
                     format!("`{}` must be an absolute http(s) URL: {why}", field.key()),
+                );
+            } else if let Err(why) = policy.hosts.check_str(s.trim()) {
+                problems.error(
+                    Pos::of(node),
+                    Some(field.key()),
+                    format!("`{}` is refused: {why}", field.key()),
                 );
             }
             *slot = s;
@@ -437,6 +470,33 @@ fn non_empty_string(node: &Node, key: &str, problems: &mut Problems<'_>) -> Opti
     }
 }
 
+/// A name or public key: no control characters (a NUL or an escape sequence
+/// would reach authentik's pages and every terminal showing a plan), and
+/// surrounding whitespace, which authentik trims, normalised away with a warning.
+fn identifier(value: String, node: &Node, key: &str, problems: &mut Problems<'_>) -> String {
+    if let Some(c) = value.trim().chars().find(|c| c.is_control()) {
+        problems.error(
+            Pos::of(node),
+            Some(key),
+            format!("`{key}` contains the control character U+{:04X}", c as u32),
+        );
+    }
+    let trimmed = value.trim();
+    if trimmed.len() == value.len() {
+        return value;
+    }
+    problems.push(
+        Severity::Warning,
+        Pos::of(node),
+        Some(key),
+        format!(
+            "`{key}` has leading or trailing whitespace, which authentik removes; `{}` is used",
+            crate::output::escape(&shorten(trimmed))
+        ),
+    );
+    trimmed.to_owned()
+}
+
 fn number(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<(f64, Pos)> {
     let value = match node.kind {
         Kind::Int(i) => i as f64,
@@ -454,10 +514,20 @@ fn number(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<(f64, P
         );
         return None;
     }
+    // Captcha providers score from 0 to 1: a threshold outside can never be
+    // met (or always is), which is a typo rather than a policy.
+    if !(0.0..=1.0).contains(&value) {
+        problems.error(
+            Pos::of(node),
+            Some(key),
+            format!("`{key}` must be between 0 and 1, found {value}"),
+        );
+        return None;
+    }
     Some((value, Pos::of(node)))
 }
 
-fn private_key(node: &Node, problems: &mut Problems<'_>) -> Option<KeySpec> {
+fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Option<KeySpec> {
     const KEY: &str = "private_key";
     let pos = Pos::of(node);
     let tag = node.tag.as_deref();
@@ -483,6 +553,12 @@ fn private_key(node: &Node, problems: &mut Problems<'_>) -> Option<KeySpec> {
                     "`!Env` needs an environment variable name, such as `!Env HCAPTCHA_SECRET`"
                         .into(),
                 );
+                return None;
+            }
+            // Here as well as before the variable is read, so the refusal is
+            // reported even when another field of the document is wrong.
+            if let Err(refused) = policy.secrets.check_env(value) {
+                problems.error(pos, Some(KEY), refused.to_string());
                 return None;
             }
             Some(KeySpec {

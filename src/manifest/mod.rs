@@ -5,8 +5,9 @@
 //! The flow is `discover` (I/O: walk the folder, read files under 1 MiB) ->
 //! `yaml` (text to a positioned tree; parser limits stop hostile input) ->
 //! `check` (pure: one document to a stage spec, every problem collected) ->
-//! key resolution (I/O: `!Env`, `!File`) -> cross-file checks (duplicate names
-//! and uuids anywhere in the directory, reported at both places).
+//! key resolution (I/O: `!Env`, `!File`, each first checked against the
+//! operator's [`Policy`]) -> cross-file checks (duplicate names and uuids
+//! anywhere in the directory, reported at both places).
 //!
 //! Traps:
 //! - [`load`] fails only when the directory itself is unusable ([`SourceError`]);
@@ -16,6 +17,11 @@
 //!   `valid` is false: callers that act on manifests must not act on a partial file.
 //! - Key values are [`crate::secret::PrivateKey`]s from the moment they are read;
 //!   no message ever includes one.
+//! - The manifests are untrusted: a `!File` is read only once its path, with
+//!   every symlink resolved, lies inside the manifest directory or a
+//!   `--secrets-dir`; an `!Env` variable only once the policy allows its name;
+//!   `js_url` and `api_url` must name an allowed provider host. This is the one
+//!   place `validate`, `plan`, `apply` and `run` all pass through.
 
 mod check;
 mod discover;
@@ -28,10 +34,11 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 
 use crate::output::escape;
+use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::stage::{DesiredStage, Origin};
 
-pub use check::{KEYS, REQUEST_CONTENT_TYPES, check_http_url, closest_key};
+pub use check::{KEYS, MAX_NAME_CHARS, REQUEST_CONTENT_TYPES, check_http_url, closest_key};
 pub use discover::MAX_FILE_BYTES;
 
 /// The manifest directory itself cannot be used.
@@ -64,6 +71,8 @@ pub struct ManifestFile {
     pub valid: bool,
     /// The `!File` paths this file references, resolved, so they can be watched.
     pub secret_files: Vec<PathBuf>,
+    /// Where each stage's `uuid` is written, so a duplicate is reported there.
+    pub uuid_places: Vec<(uuid::Uuid, Origin)>,
 }
 
 impl Manifests {
@@ -146,14 +155,15 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Loads every manifest under `dir`, reading the private keys they reference
-/// from the process environment and the file system.
-pub fn load(dir: &Path) -> Result<Manifests, SourceError> {
-    load_with_env(dir, &|var| std::env::var_os(var))
+/// from the process environment and the file system, as far as `policy` allows.
+pub fn load(dir: &Path, policy: &Policy) -> Result<Manifests, SourceError> {
+    load_with_env(dir, policy, &|var| std::env::var_os(var))
 }
 
 /// [`load`] with the environment given as a lookup (for tests).
 pub fn load_with_env(
     dir: &Path,
+    policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<Manifests, SourceError> {
     match std::fs::metadata(dir) {
@@ -167,12 +177,15 @@ pub fn load_with_env(
     if let Err(err) = std::fs::read_dir(dir) {
         return Err(SourceError::Unreadable(dir.to_path_buf(), err));
     }
+    // The directory `!File` paths must stay inside, symlinks resolved.
+    let root = std::fs::canonicalize(dir)
+        .map_err(|err| SourceError::Unreadable(dir.to_path_buf(), err))?;
 
     let mut manifests = Manifests::default();
     for found in discover::walk(dir) {
         match found {
             discover::Found::File { path, bytes } => {
-                let (file, diagnostics) = load_file(path, &bytes, env);
+                let (file, diagnostics) = load_file(path, &bytes, &root, policy, env);
                 manifests.files.push(file);
                 manifests.diagnostics.extend(diagnostics);
             }
@@ -187,6 +200,7 @@ pub fn load_with_env(
                         stages: Vec::new(),
                         valid: false,
                         secret_files: Vec::new(),
+                        uuid_places: Vec::new(),
                     });
                 }
                 manifests.diagnostics.push(Diagnostic {
@@ -220,10 +234,14 @@ pub fn load_with_env(
 }
 
 /// Parses, checks and resolves one file's documents (its content already read).
-/// `path` is used for messages and to resolve relative `!File` paths.
+/// `path` is used for messages and to resolve relative `!File` paths; `root` is
+/// the canonical manifest directory those paths must stay inside (unless the
+/// policy allows another directory).
 pub fn load_file(
     path: PathBuf,
     bytes: &[u8],
+    root: &Path,
+    policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> (ManifestFile, Vec<Diagnostic>) {
     let mut file = ManifestFile {
@@ -231,6 +249,7 @@ pub fn load_file(
         stages: Vec::new(),
         valid: true,
         secret_files: Vec::new(),
+        uuid_places: Vec::new(),
     };
     let error = |file: &Path, line, column, message| Diagnostic {
         severity: Severity::Error,
@@ -257,6 +276,14 @@ pub fn load_file(
     let documents = match yaml::parse_documents(text) {
         Ok(documents) => documents,
         Err(err) => {
+            // A tab in the indentation is what the parser stumbled on, but it
+            // reports it elsewhere (at the end of the line before, "while
+            // scanning a plain scalar"): point at the tab itself.
+            if let Some(d) = tab_indentation(&file.path, text).filter(|d| {
+                err.message.contains("tab") || err.line.is_none_or(|line| d.line <= Some(line + 1))
+            }) {
+                return (file, vec![d]);
+            }
             let d = error(
                 &file.path,
                 err.line,
@@ -273,24 +300,34 @@ pub fn load_file(
         if problems.full() {
             break;
         }
-        let Some(spec) = check::check_document(document, &mut problems) else {
+        let Some(spec) = check::check_document(document, policy, &mut problems) else {
             continue;
         };
         if let KeySource::File(p) = &spec.key.source {
             file.secret_files.push(base.join(p));
         }
-        match resolve_key(&spec.key, &base, env) {
-            Ok(private_key) => file.stages.push(DesiredStage {
-                origin: Origin {
-                    file: file.path.clone(),
-                    line: spec.origin.line,
-                    column: spec.origin.column,
-                },
-                uuid: spec.uuid.map(|(u, _)| u),
-                fields: spec.fields,
-                key_source: spec.key.source,
-                private_key,
-            }),
+        match resolve_key(&spec.key, &base, root, policy, env) {
+            Ok(private_key) => {
+                if let Some((u, pos)) = spec.uuid {
+                    let origin = Origin {
+                        file: file.path.clone(),
+                        line: pos.line,
+                        column: pos.column,
+                    };
+                    file.uuid_places.push((u, origin));
+                }
+                file.stages.push(DesiredStage {
+                    origin: Origin {
+                        file: file.path.clone(),
+                        line: spec.origin.line,
+                        column: spec.origin.column,
+                    },
+                    uuid: spec.uuid.map(|(u, _)| u),
+                    fields: spec.fields,
+                    key_source: spec.key.source,
+                    private_key,
+                })
+            }
             Err(message) => problems.list.push(Diagnostic {
                 severity: Severity::Error,
                 file: file.path.clone(),
@@ -337,11 +374,13 @@ pub fn load_file(
     (file, list)
 }
 
-/// Reads the key a manifest references. The error names the variable or the
-/// path, never a value.
+/// Reads the key a manifest references, if the policy allows the reference.
+/// The error names the variable or the path, never a value.
 fn resolve_key(
     key: &check::KeySpec,
     base: &Path,
+    root: &Path,
+    policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<SecretString, String> {
     match &key.source {
@@ -349,42 +388,107 @@ fn resolve_key(
             .literal
             .clone()
             .ok_or_else(|| "`private_key` is empty".to_owned()),
-        KeySource::Env(var) => match env(var) {
-            None => Err(format!(
-                "environment variable `{var}` (from `!Env`) is not set"
-            )),
-            Some(value) => match value.into_string() {
-                Err(_) => Err(format!("environment variable `{var}` is not valid UTF-8")),
-                Ok(value) if value.trim().is_empty() => {
-                    Err(format!("environment variable `{var}` is empty"))
-                }
-                Ok(value) => Ok(SecretString::from(value.trim().to_owned())),
-            },
+        KeySource::Env(var) => {
+            policy.secrets.check_env(var).map_err(|e| e.to_string())?;
+            read_env(var, env)
+        }
+        KeySource::File(p) => read_file(&base.join(p), root, policy),
+    }
+}
+
+fn read_env(
+    var: &str,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<SecretString, String> {
+    match env(var) {
+        None => Err(format!(
+            "environment variable `{var}` (from `!Env`) is not set"
+        )),
+        Some(value) => match value.into_string() {
+            Err(_) => Err(format!("environment variable `{var}` is not valid UTF-8")),
+            Ok(value) if value.trim().is_empty() => {
+                Err(format!("environment variable `{var}` is empty"))
+            }
+            Ok(value) => Ok(SecretString::from(value.trim().to_owned())),
         },
-        KeySource::File(p) => {
-            let full = base.join(p);
-            let shown = full.display().to_string();
-            let meta = std::fs::metadata(&full).map_err(|e| {
-                format!("cannot read `!File` {shown}: {}", discover::io_message(&e))
-            })?;
-            if !meta.is_file() {
-                return Err(format!("`!File` {shown} is not a regular file"));
-            }
-            if meta.len() > MAX_FILE_BYTES {
-                return Err(format!("`!File` {shown} is larger than 1 MiB"));
-            }
-            let bytes = std::fs::read(&full).map_err(|e| {
-                format!("cannot read `!File` {shown}: {}", discover::io_message(&e))
-            })?;
-            let text = String::from_utf8(bytes)
-                .map_err(|_| format!("`!File` {shown} is not valid UTF-8"))?;
-            let trimmed = text.trim();
-            if trimmed.is_empty() {
-                return Err(format!("`!File` {shown} is empty"));
-            }
-            Ok(SecretString::from(trimmed.to_owned()))
+    }
+}
+
+/// Reads a `!File` key once its real path (symlinks resolved) is allowed. The
+/// resolved path is what is read, so a symlink swapped after the check cannot
+/// redirect the read through the link.
+fn read_file(full: &Path, root: &Path, policy: &Policy) -> Result<SecretString, String> {
+    let shown = full.display().to_string();
+    let cannot_read =
+        |e: &std::io::Error| format!("cannot read `!File` {shown}: {}", discover::io_message(e));
+    let resolved = match std::fs::canonicalize(full) {
+        Ok(resolved) => resolved,
+        // Whether a file outside the allowed directories exists is none of
+        // the manifest's business: such a path is refused as outside.
+        Err(_) if !policy.secrets.lexically_allowed(root, &absolute(full)) => {
+            return Err(policy.secrets.refuse_file(full).to_string());
+        }
+        Err(e) => return Err(cannot_read(&e)),
+    };
+    policy
+        .secrets
+        .check_file(root, &resolved)
+        .map_err(|e| e.to_string())?;
+    let meta = std::fs::metadata(&resolved).map_err(|e| cannot_read(&e))?;
+    if !meta.is_file() {
+        return Err(format!("`!File` {shown} is not a regular file"));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("`!File` {shown} is larger than 1 MiB"));
+    }
+    let bytes = std::fs::read(&resolved).map_err(|e| cannot_read(&e))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("`!File` {shown} is not valid UTF-8"))?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(format!("`!File` {shown} is empty"));
+    }
+    Ok(SecretString::from(trimmed.to_owned()))
+}
+
+/// `path` made absolute against the working directory, without resolving anything.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The first tab used for indentation, as an error (YAML allows only spaces).
+fn tab_indentation(path: &Path, text: &str) -> Option<Diagnostic> {
+    let mut in_block_scalar = false;
+    for (i, line) in text.lines().enumerate() {
+        let indent: &str = &line[..line.len() - line.trim_start_matches([' ', '\t']).len()];
+        // Content of a `|` / `>` block scalar may hold tabs after its indentation.
+        if in_block_scalar && (indent.starts_with(' ') || line.trim().is_empty()) {
+            continue;
+        }
+        in_block_scalar = false;
+        if let Some(column) = indent.find('\t')
+            && !line.trim().is_empty()
+        {
+            return Some(Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                line: Some(i + 1),
+                column: Some(column + 1),
+                field: None,
+                message: "a tab is used for indentation; YAML allows only spaces".into(),
+            });
+        }
+        let trimmed = line.trim_end();
+        if trimmed.ends_with(['|', '>'])
+            || trimmed.ends_with("|-")
+            || trimmed.ends_with(">-")
+            || trimmed.ends_with("|+")
+            || trimmed.ends_with(">+")
+        {
+            in_block_scalar = true;
         }
     }
+    None
 }
 
 /// Two stages with the same name or uuid anywhere: an error at each, naming the other.
@@ -396,9 +500,9 @@ fn check_duplicates(manifests: &mut Manifests) {
             .entry(stage.fields.name.as_str())
             .or_default()
             .push(&stage.origin);
-        if let Some(u) = stage.uuid {
-            by_uuid.entry(u).or_default().push(&stage.origin);
-        }
+    }
+    for (u, origin) in manifests.files.iter().flat_map(|f| f.uuid_places.iter()) {
+        by_uuid.entry(*u).or_default().push(origin);
     }
     let mut found = Vec::new();
     let mut report = |what: String, field: &str, origins: &[&Origin]| {
@@ -501,12 +605,18 @@ mod tests {
     #[test]
     fn a_good_document_becomes_a_resolved_stage() {
         let env = |var: &str| (var == "K").then(|| " key \n".into());
-        let text = b"# c\nname: a \npublic_key: p\nprivate_key: !Env K\nscore_max_threshold: 2\n";
-        let (file, diagnostics) = load_file("s/a.yaml".into(), text, &env);
+        let text = b"# c\nname: a \npublic_key: p\nprivate_key: !Env K\nscore_max_threshold: 1\n";
+        let (file, diagnostics) = load_file(
+            "s/a.yaml".into(),
+            text,
+            Path::new("/s"),
+            &Policy::default(),
+            &env,
+        );
         assert!(diagnostics.is_empty(), "{diagnostics:?}");
         let stage = &file.stages[0];
         assert_eq!(stage.fields.name, "a");
-        assert_eq!(stage.fields.score_max_threshold, 2.0);
+        assert_eq!(stage.fields.score_max_threshold, 1.0);
         assert_eq!(
             stage.fields.request_content_type.as_deref(),
             Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE)
@@ -519,7 +629,13 @@ mod tests {
     #[test]
     fn a_literal_key_never_appears_in_messages() {
         let text = b"name: a\npublic_key: p\nprivate_key: hunter2\njs_url: nope\n";
-        let (_, diagnostics) = load_file("a.yaml".into(), text, &no_env);
+        let (_, diagnostics) = load_file(
+            "a.yaml".into(),
+            text,
+            Path::new("/"),
+            &Policy::default(),
+            &no_env,
+        );
         assert_eq!(diagnostics.len(), 2);
         assert!(diagnostics.iter().all(|d| !d.message.contains("hunter2")));
     }
@@ -539,7 +655,7 @@ mod tests {
         )
         .unwrap();
         let env = |_: &str| Some("v".into());
-        let manifests = load_with_env(&stages, &env).unwrap();
+        let manifests = load_with_env(&stages, &Policy::default(), &env).unwrap();
         let summary: Vec<(PathBuf, bool, usize)> = manifests
             .files
             .iter()
@@ -571,18 +687,147 @@ mod tests {
         let file = dir.path().join("f.yaml");
         std::fs::write(&file, "").unwrap();
         assert!(matches!(
-            load(&dir.path().join("none")),
+            load(&dir.path().join("none"), &Policy::default()),
             Err(SourceError::Missing(_))
         ));
-        assert!(matches!(load(&file), Err(SourceError::NotADirectory(_))));
-        let empty = load(dir.path()).unwrap();
+        assert!(matches!(
+            load(&file, &Policy::default()),
+            Err(SourceError::NotADirectory(_))
+        ));
+        let empty = load(dir.path(), &Policy::default()).unwrap();
         assert!(empty.is_valid());
         assert_eq!(empty.files.len(), 1);
     }
 
+    /// The diagnostics of one file, as `line:column: severity: message`.
+    fn problems_of(text: &str) -> Vec<String> {
+        let env = |_: &str| Some("k".into());
+        let (_, diagnostics) = load_file(
+            "a.yaml".into(),
+            text.as_bytes(),
+            Path::new("/"),
+            &Policy::default(),
+            &env,
+        );
+        diagnostics
+            .iter()
+            .map(|d| d.to_string().trim_start_matches("a.yaml:").to_owned())
+            .collect()
+    }
+
+    const HEAD: &str = "public_key: p\nprivate_key: !Env K\n";
+
+    #[test]
+    fn hostile_names_and_thresholds_are_errors_at_their_line() {
+        let long = "n".repeat(MAX_NAME_CHARS + 1);
+        assert_eq!(
+            problems_of(&format!("{HEAD}name: {long}\n")),
+            ["3:7: error: `name` is 256 characters long; at most 255 are accepted"]
+        );
+        assert!(problems_of(&format!("{HEAD}name: {}\n", "é".repeat(255))).is_empty());
+        assert_eq!(
+            problems_of(&format!("{HEAD}name: \"a\\e[31mred\"\n")),
+            ["3:7: error: `name` contains the control character U+001B"]
+        );
+        assert_eq!(
+            problems_of(&format!("{HEAD}name: \"a\\0b\"\n")),
+            ["3:7: error: `name` contains the control character U+0000"]
+        );
+        assert_eq!(
+            problems_of(&format!(
+                "{HEAD}name: a\nscore_min_threshold: -0.1\nscore_max_threshold: 1.5\n"
+            )),
+            [
+                "4:22: error: `score_min_threshold` must be between 0 and 1, found -0.1",
+                "5:22: error: `score_max_threshold` must be between 0 and 1, found 1.5",
+            ]
+        );
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_normalised_with_a_warning() {
+        let text = "name: \" login \"\npublic_key: \"p \"\nprivate_key: !Env K\n";
+        assert_eq!(
+            problems_of(text),
+            [
+                "1:7: warning: `name` has leading or trailing whitespace, which authentik removes; `login` is used",
+                "2:13: warning: `public_key` has leading or trailing whitespace, which authentik removes; `p` is used",
+            ]
+        );
+        let env = |_: &str| Some("k".into());
+        let (file, _) = load_file(
+            "a.yaml".into(),
+            text.as_bytes(),
+            Path::new("/"),
+            &Policy::default(),
+            &env,
+        );
+        assert_eq!(file.stages[0].fields.name, "login");
+        assert_eq!(file.stages[0].fields.public_key, "p");
+    }
+
+    #[test]
+    fn a_tab_in_the_indentation_is_reported_at_its_line() {
+        let text = format!("{HEAD}name: a\nnested:\n  a: 1\n\tb: 2\n");
+        let problems = problems_of(&text);
+        assert_eq!(
+            problems,
+            ["6:1: error: a tab is used for indentation; YAML allows only spaces"]
+        );
+        // In a block scalar, after its indentation, a tab is content.
+        let text = format!("{HEAD}name: |\n  a\n  \tb\n");
+        assert!(
+            !problems_of(&text).iter().any(|p| p.contains("tab")),
+            "{:?}",
+            problems_of(&text)
+        );
+    }
+
+    #[test]
+    fn a_duplicate_uuid_is_reported_at_the_uuid_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let uuid = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            format!("name: a\n{HEAD}uuid: {uuid}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            format!("name: b\n{HEAD}\n\nuuid: {uuid}\n"),
+        )
+        .unwrap();
+        let env = |_: &str| Some("k".into());
+        let manifests = load_with_env(dir.path(), &Policy::default(), &env).unwrap();
+        let places: Vec<(String, Option<usize>, Option<&str>)> = manifests
+            .diagnostics
+            .iter()
+            .map(|d| {
+                (
+                    d.file.file_name().unwrap().to_string_lossy().into_owned(),
+                    d.line,
+                    d.field.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            places,
+            [
+                ("a.yaml".into(), Some(4), Some("uuid")),
+                ("b.yaml".into(), Some(6), Some("uuid")),
+            ]
+        );
+    }
+
     fn assert_total(bytes: &[u8]) {
         let started = Instant::now();
-        let _ = load_file("p.yaml".into(), bytes, &no_env);
+        let _ = load_file(
+            "p.yaml".into(),
+            bytes,
+            Path::new("/"),
+            &Policy::default(),
+            &no_env,
+        );
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "took {:?}",

@@ -57,8 +57,10 @@
 //!   compared nor shown nor sent, or an old server would show drift forever.
 
 mod render;
+mod warnings;
 
 pub use render::{JSON_FORMAT_VERSION, render_json, render_markdown, render_text};
+pub use warnings::{Warning, warnings};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -220,6 +222,9 @@ pub struct Summary {
     pub in_sync: usize,
     pub error: usize,
     pub unmanaged: usize,
+    /// Security-relevant changes ([`warnings`]): a key or the login page's
+    /// script moving to another host.
+    pub warnings: usize,
 }
 
 impl Plan {
@@ -238,6 +243,7 @@ impl Plan {
     pub fn summary(&self) -> Summary {
         let mut s = Summary {
             unmanaged: self.unmanaged.len(),
+            warnings: warnings(self).len(),
             ..Summary::default()
         };
         for stage in &self.stages {

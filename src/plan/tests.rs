@@ -367,7 +367,18 @@ fn summary_counts_every_kind() {
             in_sync: 1,
             error: 2,
             unmanaged: 1,
+            warnings: 2,
         }
+    );
+    assert_eq!(
+        crate::plan::warnings(&p)
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        [
+            "stage `rec-signup`: the key will be sent to a new host: www.recaptcha.net -> captcha.internal:8443 (api_url)",
+            "stage `rec-recovery`: the login page will load its script from a new host: www.recaptcha.net -> js.hcaptcha.com (js_url)",
+        ]
     );
     assert!(p.has_changes());
     assert!(p.has_errors());
@@ -381,6 +392,7 @@ fn summary_line_grammar() {
         in_sync: 5,
         error: 0,
         unmanaged: 1,
+        warnings: 0,
     };
     assert_eq!(
         render::summary_line(&s),
@@ -393,6 +405,10 @@ fn summary_line_grammar() {
     );
     s.error = 3;
     assert!(render::summary_line(&s).ends_with(", 3 errors."));
+    s.warnings = 1;
+    assert!(render::summary_line(&s).ends_with(", 3 errors, 1 security warning."));
+    s.warnings = 2;
+    assert!(render::summary_line(&s).ends_with(", 2 security warnings."));
 }
 
 /// A plan with every kind of entry, against a new server.
@@ -426,8 +442,11 @@ fn every_kind_of_entry() -> Plan {
     let mut signup = desired("rec-signup", None);
     signup.fields.score_min_threshold = 0.7;
     signup.fields.interactive = true;
+    // A key moving to another host is a security warning.
+    signup.fields.api_url = "https://captcha.internal:8443/siteverify".into();
     let mut recovery = desired("rec-recovery", None);
     recovery.key_source = KeySource::File("secrets/recovery.key".into());
+    recovery.fields.js_url = "https://js.hcaptcha.com/1/api.js".into();
     let mut evil = desired("bad\u{1b}[2Jname", None);
     evil.key_source = KeySource::Literal;
     let ds = [

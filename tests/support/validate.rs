@@ -10,13 +10,13 @@ pub fn fixtures() -> PathBuf {
 }
 
 /// Exit code, stdout and stderr of `stagesync validate <dir>` run in `cwd`,
-/// with `STAGESYNC_TEST_SECRET` set and `STAGESYNC_TEST_UNSET_VARIABLE` unset.
+/// with `TEST_CAPTCHA_SECRET` set and `TEST_CAPTCHA_UNSET_VARIABLE` unset.
 pub fn validate_in(cwd: &Path, dir: &str) -> (i32, String, String) {
     let output = Command::cargo_bin("stagesync")
         .expect("binary built")
         .current_dir(cwd)
-        .env("STAGESYNC_TEST_SECRET", "fixture-secret-value")
-        .env_remove("STAGESYNC_TEST_UNSET_VARIABLE")
+        .env("TEST_CAPTCHA_SECRET", "fixture-secret-value")
+        .env_remove("TEST_CAPTCHA_UNSET_VARIABLE")
         .env_remove("RUST_LOG")
         .args(["validate", dir])
         .timeout(std::time::Duration::from_secs(10))

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged};
+use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged, Warning};
 use crate::stage::{FieldChange, StageFields};
 
 /// `format_version` of [`render_json`]'s output.
@@ -20,6 +20,15 @@ struct JsonPlan<'a> {
     known_fields: Vec<&'static str>,
     stages: Vec<JsonStage<'a>>,
     unmanaged: &'a [Unmanaged],
+    /// Security-relevant changes, each with its `message`.
+    warnings: Vec<JsonWarning>,
+}
+
+#[derive(Serialize)]
+struct JsonWarning {
+    #[serde(flatten)]
+    warning: Warning,
+    message: String,
 }
 
 #[derive(Serialize)]
@@ -104,6 +113,13 @@ pub fn render_json(plan: &Plan) -> String {
         known_fields: plan.known_fields.iter().map(|f| f.key()).collect(),
         stages,
         unmanaged: &plan.unmanaged,
+        warnings: crate::plan::warnings(plan)
+            .into_iter()
+            .map(|warning| JsonWarning {
+                message: warning.message(),
+                warning,
+            })
+            .collect(),
     };
     match serde_json::to_string_pretty(&doc) {
         Ok(mut s) => {

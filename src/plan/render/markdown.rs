@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use super::{body_lines, has_any, origin_short, summary_line};
+use super::{body_lines, has_any, origin_short, summary_line, warning_lines};
 use crate::output::escape;
 use crate::plan::{Action, Plan};
 
@@ -60,8 +60,16 @@ fn fenced(lang: &str, lines: &[String]) -> String {
 /// The plan as GitHub-flavoured Markdown.
 pub fn render_markdown(plan: &Plan) -> String {
     let summary = plan.summary();
+    let warnings = crate::plan::warnings(plan);
     let mut out = String::from("### stagesync plan\n\n");
     let _ = writeln!(out, "**{}**\n", summary_line(&summary));
+    if !warnings.is_empty() {
+        out.push_str("#### Security-relevant changes\n\n");
+        for warning in &warnings {
+            let _ = writeln!(out, "- {}", text(&warning.to_string()));
+        }
+        out.push('\n');
+    }
     out.push_str("| Action | Stages |\n|---|---:|\n");
     for (label, n) in [
         ("Create", summary.create),
@@ -109,9 +117,12 @@ pub fn render_markdown(plan: &Plan) -> String {
                 code(&after.to_string())
             );
         }
+        for line in warning_lines(&warnings, &stage.name) {
+            let _ = writeln!(out, "> **Security:** {}\n", text(&line[2..]));
+        }
         out.push_str(&fenced(
             "diff",
-            &body_lines(&stage.action, &plan.known_fields),
+            &body_lines(&stage.action, &stage.key_source, &plan.known_fields),
         ));
         out.push('\n');
     }

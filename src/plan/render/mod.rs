@@ -18,8 +18,9 @@ pub use text::render_text;
 
 use similar::TextDiff;
 
-use super::{Action, KeyStatus, Plan, Summary};
+use super::{Action, KeyStatus, Plan, Summary, Warning};
 use crate::output::escape;
+use crate::secret::KeySource;
 use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
 
 /// `Plan: 1 to create, 2 to update, 5 in sync, 1 unmanaged.`, with
@@ -34,6 +35,11 @@ pub(crate) fn summary_line(summary: &Summary) -> String {
         1 => line.push_str(", 1 error"),
         n => line.push_str(&format!(", {n} errors")),
     }
+    match summary.warnings {
+        0 => {}
+        1 => line.push_str(", 1 security warning"),
+        n => line.push_str(&format!(", {n} security warnings")),
+    }
     line.push('.');
     line
 }
@@ -46,9 +52,26 @@ fn key_phrase(key: KeyStatus) -> &'static str {
     }
 }
 
-/// `private_key: (sensitive) will be updated`.
-fn key_line(key: KeyStatus) -> String {
-    format!("private_key: (sensitive) {}", key_phrase(key))
+/// `private_key: (sensitive) will be updated, from !Env LOGIN_KEY`: where a
+/// key that will be written comes from (a variable or a path, never a value).
+fn key_line(key: KeyStatus, source: &KeySource) -> String {
+    match key {
+        KeyStatus::Unchanged => format!("private_key: (sensitive) {}", key_phrase(key)),
+        KeyStatus::Rotated | KeyStatus::Unknown => escape(&format!(
+            "private_key: (sensitive) {}, from {source}",
+            key_phrase(key)
+        ))
+        .into_owned(),
+    }
+}
+
+/// The security warnings of the stage named `name`, as `! message` lines.
+fn warning_lines(warnings: &[Warning], name: &str) -> Vec<String> {
+    warnings
+        .iter()
+        .filter(|w| w.stage == name)
+        .map(|w| escape(&format!("! {}", w.message())).into_owned())
+        .collect()
 }
 
 /// `stages/login.yaml:3`, escaped.
@@ -91,12 +114,12 @@ fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[Field]) 
 /// The lines of the body shown under an entry's header (without indentation),
 /// shared by the text and Markdown renderers. Diff lines start with their
 /// unified-diff marker.
-fn body_lines(action: &Action, known: &[Field]) -> Vec<String> {
+fn body_lines(action: &Action, source: &KeySource, known: &[Field]) -> Vec<String> {
     match action {
         Action::Create { write, key } => field_lines(&write.fields, known)
             .into_iter()
             .map(|l| format!("+{l}"))
-            .chain(std::iter::once(format!(" {}", key_line(*key))))
+            .chain(std::iter::once(format!(" {}", key_line(*key, source))))
             .collect(),
         Action::Update {
             changes,
@@ -112,7 +135,7 @@ fn body_lines(action: &Action, known: &[Field]) -> Vec<String> {
                     .map(str::to_owned)
                     .collect()
             };
-            lines.push(format!(" {}", key_line(*key)));
+            lines.push(format!(" {}", key_line(*key, source)));
             lines
         }
         Action::InSync { .. } | Action::Error { .. } => Vec::new(),

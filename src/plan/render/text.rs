@@ -21,7 +21,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use super::{body_lines, origin_short, summary_line};
+use super::{body_lines, origin_short, summary_line, warning_lines};
 use crate::output::escape;
 use crate::plan::{Action, Plan, StagePlan};
 
@@ -68,6 +68,7 @@ fn header(stage: &StagePlan) -> (&'static str, Style) {
 /// The plan as text; `color` adds ANSI colours. Ends with the summary line and a newline.
 pub fn render_text(plan: &Plan, color: bool) -> String {
     let painter = Painter { color };
+    let warnings = crate::plan::warnings(plan);
     let mut out = String::new();
     let mut previous_in_sync = None;
     for stage in &plan.stages {
@@ -98,8 +99,12 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
                 painter.paint(AnsiColor::Red.on_default(), &escape(message))
             );
         }
-        for line in body_lines(&stage.action, &plan.known_fields) {
+        for line in body_lines(&stage.action, &stage.key_source, &plan.known_fields) {
             let _ = writeln!(out, "{INDENT}{}", painter.diff_line(&line));
+        }
+        for line in warning_lines(&warnings, &stage.name) {
+            let style = AnsiColor::Red.on_default().bold();
+            let _ = writeln!(out, "{INDENT}{}", painter.paint(style, &line));
         }
     }
     if !plan.stages.is_empty() {
