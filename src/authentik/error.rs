@@ -13,8 +13,16 @@ use uuid::Uuid;
 
 use crate::output::escape;
 
-/// How many characters of an unexpected body an error quotes.
-pub const EXCERPT_CHARS: usize = 200;
+/// How many characters of a body, or of one of authentik's messages, an error
+/// quotes: enough for any message authentik writes, short enough to read.
+pub const EXCERPT_CHARS: usize = 300;
+
+/// The largest answer read from authentik, in bytes. A page of 100 captcha
+/// stages is about 50 KB and a page of `stages/all/` with long flow lists a few
+/// times that, so 8 MiB is over a hundred times what a real answer needs; a
+/// body that goes on (an endless stream, a proxy's dump) is cut off here, which
+/// keeps memory bounded whatever the server sends.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -103,6 +111,25 @@ pub enum ApiError {
     #[error("the connection to {url} broke during the request: {reason}")]
     Transport { url: String, reason: String },
 
+    /// The answer went on past [`MAX_BODY_BYTES`]: not something authentik
+    /// sends (an endless stream, a proxy's dump, a runaway error message).
+    #[error(
+        "the answer from {url} (HTTP {status}) is larger than {}, the most stagesync reads of one answer (a page of 100 stages is about 50 KB): a proxy or the server is sending something else; it starts with: {excerpt}",
+        Bytes(*limit)
+    )]
+    BodyTooLarge {
+        url: String,
+        status: u16,
+        limit: usize,
+        excerpt: String,
+    },
+
+    /// A list changed between its pages every time it was read.
+    #[error(
+        "the list at {route} changed while it was read, {reads} times in a row (stages being created or deleted meanwhile?): try again"
+    )]
+    ListKeptChanging { route: &'static str, reads: u32 },
+
     /// A status or body the client does not expect.
     #[error("unexpected response from authentik (HTTP {status}): {excerpt}")]
     UnexpectedResponse { status: u16, excerpt: String },
@@ -127,6 +154,7 @@ impl ApiError {
                 | ApiError::Timeout { .. }
                 | ApiError::Transport { .. }
                 | ApiError::Server { .. }
+                | ApiError::ListKeptChanging { .. }
         )
     }
 
@@ -142,19 +170,122 @@ impl ApiError {
     }
 }
 
-/// A short, escaped, single-line quote of a response body; runs of white space
-/// (an HTML page's indentation) become one space.
+/// A short, escaped, single-line quote of a whole response body. An HTML page
+/// (a proxy's error page, a login form) is quoted by its `<title>` only, never
+/// as markup.
 pub fn excerpt(body: &[u8]) -> String {
+    quote_body(body, true)
+}
+
+/// [`excerpt`] of the first bytes of a body that was not read to its end.
+pub fn excerpt_of_start(start: &[u8]) -> String {
+    quote_body(start, false)
+}
+
+fn quote_body(body: &[u8], complete: bool) -> String {
     let text = String::from_utf8_lossy(body);
-    let trimmed = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if trimmed.is_empty() {
+    if looks_like_markup(&text) {
+        return match html_title(&text) {
+            Some(title) if !title.trim().is_empty() => format!("title \"{}\"", cut(&title)),
+            _ => "(an HTML page without a title)".to_owned(),
+        };
+    }
+    if text.trim().is_empty() {
         return "(empty body)".to_owned();
     }
-    let mut cut: String = trimmed.chars().take(EXCERPT_CHARS).collect();
-    if trimmed.chars().count() > EXCERPT_CHARS {
-        cut.push('…');
+    match (shorten(&text), complete) {
+        ((shown, Some(more)), true) => format!("{shown}…({more} bytes more)"),
+        ((shown, _), false) => format!("{shown}…"),
+        ((shown, None), true) => shown,
     }
-    escape(&cut).into_owned()
+}
+
+/// `text` on one line, runs of white space as one space, cut after
+/// [`EXCERPT_CHARS`] characters with `…(N bytes more)`, control characters
+/// escaped. For any text from authentik that reaches a message.
+pub fn cut(text: &str) -> String {
+    match shorten(text) {
+        (shown, Some(more)) => format!("{shown}…({more} bytes more)"),
+        (shown, None) => shown,
+    }
+}
+
+/// The first [`EXCERPT_CHARS`] characters of `text`, white space collapsed and
+/// control characters escaped, and how many bytes of `text` they leave out.
+fn shorten(text: &str) -> (String, Option<usize>) {
+    let mut out = String::new();
+    let mut chars = 0;
+    let mut rest_at = None;
+    for (at, word) in words(text) {
+        if chars > 0 {
+            if chars + 1 > EXCERPT_CHARS {
+                rest_at = Some(at);
+                break;
+            }
+            out.push(' ');
+            chars += 1;
+        }
+        let fits = EXCERPT_CHARS - chars;
+        match word.char_indices().nth(fits) {
+            Some((split, _)) => {
+                out.push_str(&word[..split]);
+                rest_at = Some(at + split);
+                break;
+            }
+            None => {
+                out.push_str(word);
+                chars += word.chars().count();
+            }
+        }
+    }
+    let shown = escape(out.trim_end()).into_owned();
+    (shown, rest_at.map(|at| text.len() - at))
+}
+
+/// The words of `text` with their byte offsets.
+fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split(char::is_whitespace)
+        .filter(|w| !w.is_empty())
+        .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+}
+
+/// Markup rather than text: the body opens with a tag (`<!DOCTYPE html>`,
+/// `<html>`, `<h1>`...).
+fn looks_like_markup(text: &str) -> bool {
+    text.trim_start_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .starts_with('<')
+}
+
+/// The text of the first `<title>` element, its common entities decoded.
+fn html_title(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let open = lower.find("<title")?;
+    let start = open + lower[open..].find('>')? + 1;
+    let end = start + lower[start..].find("</title")?;
+    let raw = &html[start..end];
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&#39;", "'")
+            .replace("&#x27;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+/// A byte count in the unit it is written in (`8 MiB`, `300 KiB`, `12 bytes`).
+struct Bytes(usize);
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const KIB: usize = 1024;
+        const MIB: usize = 1024 * KIB;
+        match self.0 {
+            n if n >= MIB && n % MIB == 0 => write!(f, "{} MiB", n / MIB),
+            n if n >= KIB && n % KIB == 0 => write!(f, "{} KiB", n / KIB),
+            n => write!(f, "{n} bytes"),
+        }
+    }
 }
 
 /// ` after N attempts`, or nothing when there was only one.
@@ -175,7 +306,7 @@ impl fmt::Display for ValidationList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
         if let Some(detail) = self.1 {
-            write!(f, "{}", escape(detail))?;
+            f.write_str(&cut(detail))?;
             first = false;
         }
         for (field, messages) in self.0 {
@@ -183,7 +314,7 @@ impl fmt::Display for ValidationList<'_> {
                 f.write_str("; ")?;
             }
             first = false;
-            write!(f, "{}: {}", escape(field), escape(&messages.join(" ")))?;
+            write!(f, "{}: {}", cut(field), cut(&messages.join(" ")))?;
         }
         if first {
             f.write_str("(no details given)")?;
@@ -219,13 +350,83 @@ mod tests {
 
     #[test]
     fn excerpt_is_short_escaped_and_one_line() {
-        let long = format!("<html>\n{}\u{1b}[31m", "x".repeat(500));
+        let long = format!("error:\n{}\u{1b}[31m", "x".repeat(500));
         let e = excerpt(long.as_bytes());
-        assert!(e.chars().count() <= EXCERPT_CHARS + 10);
-        assert!(!e.contains('\n'));
-        assert!(e.ends_with('…'));
+        let (shown, more) = e.split_once('…').expect("cut");
+        assert_eq!(shown.chars().count(), EXCERPT_CHARS);
+        assert!(shown.starts_with("error: xxx"), "{e}");
+        // 512 bytes of text; the first 300 (a newline shown as a space) are shown.
+        assert_eq!(more, "(212 bytes more)");
+        assert!(!e.contains('\n') && !e.contains('\u{1b}'));
         assert_eq!(excerpt(b"  "), "(empty body)");
         assert_eq!(excerpt(&[0xff, 0xfe]), "\u{fffd}\u{fffd}");
+        assert_eq!(excerpt("short \u{1b}[31m".as_bytes()), "short \\u{1b}[31m");
+    }
+
+    #[test]
+    fn cut_counts_characters_not_bytes_and_keeps_short_text_whole() {
+        let text = "é".repeat(EXCERPT_CHARS + 4);
+        assert_eq!(
+            cut(&text),
+            format!("{}…(8 bytes more)", "é".repeat(EXCERPT_CHARS))
+        );
+        assert_eq!(cut("  a \n\t b  "), "a b");
+        let words = "word ".repeat(100);
+        let e = cut(&words);
+        assert!(
+            e.ends_with("bytes more)") && e.starts_with("word word"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_html_page_is_quoted_by_its_title_or_not_at_all() {
+        let page = b"\n<!DOCTYPE html>\n<html><head><TITLE>\n502 Bad &amp; Gateway\n</TITLE></head><body><script>x</script></body></html>";
+        assert_eq!(excerpt(page), "title \"502 Bad & Gateway\"");
+        assert_eq!(
+            excerpt(b"<html><h1>403 Forbidden</h1></html>"),
+            "(an HTML page without a title)"
+        );
+        assert_eq!(
+            excerpt(b"<html><title>\x1b[2J&lt;b&gt;</title>"),
+            "title \"\\u{1b}[2J<b>\""
+        );
+        assert_eq!(
+            excerpt_of_start(b"<html><head><title>t</title>"),
+            "title \"t\""
+        );
+        assert_eq!(
+            excerpt_of_start(b"{\"detail\": \"xx"),
+            "{\"detail\": \"xx…"
+        );
+        let long_start = format!("[{}", "1,".repeat(1_000));
+        let e = excerpt_of_start(long_start.as_bytes());
+        assert!(e.ends_with(",1…") && !e.contains("more"), "{e}");
+    }
+
+    #[test]
+    fn validation_messages_are_cut() {
+        let e = ApiError::Validation {
+            fields: vec![("name".into(), vec!["y".repeat(10_000)])],
+            detail: Some("d".repeat(50_000)),
+        };
+        let text = e.to_string();
+        assert!(text.len() < 1_000, "{}", text.len());
+        assert!(text.contains("…(49700 bytes more); name: yyy"), "{text}");
+        assert!(text.ends_with("…(9700 bytes more)"), "{text}");
+    }
+
+    #[test]
+    fn a_too_large_answer_names_the_limit() {
+        let e = ApiError::BodyTooLarge {
+            url: "https://a.example".into(),
+            status: 200,
+            limit: MAX_BODY_BYTES,
+            excerpt: excerpt_of_start(b"[1,2"),
+        };
+        assert!(e.to_string().contains("larger than 8 MiB"), "{e}");
+        assert_eq!(Bytes(300 * 1024).to_string(), "300 KiB");
+        assert_eq!(Bytes(12).to_string(), "12 bytes");
     }
 
     #[test]
