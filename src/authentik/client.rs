@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::error::excerpt;
+use super::error::{MAX_BODY_BYTES, cut, excerpt, excerpt_of_start};
 use super::retry::{RetryPolicy, is_retryable_status, parse_retry_after};
 use super::wire::{
     self, NamedStage, Page, StageWrite, WireAnyStage, WireCaptchaStage, WireVersion,
@@ -44,6 +44,72 @@ pub const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
 pub const LIST_PAGE_SIZE: u32 = 100;
 /// Pages followed before the answer is deemed broken (a million stages).
 const MAX_PAGES: u64 = 10_000;
+/// List pages fetched at once after the first: pages of 100 cost authentik
+/// about 200 ms (captcha) to 720 ms (every type) each, one worker's time;
+/// four at a time cuts the wait without taking over a small install.
+pub const LIST_PAGE_CONCURRENCY: usize = 4;
+/// Reads of a list that changed while it was paged through, before giving up.
+const MAX_LIST_READS: u32 = 3;
+
+/// The lists the client pages through.
+#[derive(Clone, Copy, Debug)]
+enum ListOf {
+    CaptchaStages,
+    AllStages,
+}
+
+impl ListOf {
+    fn path(self) -> &'static str {
+        match self {
+            ListOf::CaptchaStages => "stages/captcha/",
+            ListOf::AllStages => "stages/all/",
+        }
+    }
+
+    fn route(self) -> &'static str {
+        match self {
+            ListOf::CaptchaStages => ROUTE_CAPTCHA_LIST,
+            ListOf::AllStages => ROUTE_STAGES_ALL,
+        }
+    }
+}
+
+/// A list read to its end, page by page, or the reason to read it again.
+enum Listed<T> {
+    Whole(Vec<Vec<T>>),
+    Changed(String),
+}
+
+/// The first page of `stages/all/`, kept so that listing the rest does not
+/// fetch it again.
+pub struct AllStagesPage {
+    page: Page<WireAnyStage>,
+    /// How many pages the list has, when the server says.
+    pages: Option<u64>,
+}
+
+impl AllStagesPage {
+    /// Pages in the whole list (1 when the server does not say and there is no
+    /// next page; `None` when it does not say and there is one).
+    pub fn pages(&self) -> Option<u64> {
+        if self.page.pagination.next == 0.0 {
+            Some(1)
+        } else {
+            self.pages
+        }
+    }
+
+    /// The stages on this page.
+    pub fn stages(&self) -> impl Iterator<Item = NamedStage> + '_ {
+        self.page.results.iter().map(WireAnyStage::to_named)
+    }
+}
+
+/// `total_pages`, when the server says and it is a sane page count.
+fn page_count(p: &wire::Pagination) -> Option<u64> {
+    let total = p.total_pages?;
+    (total.fract() == 0.0 && total >= 1.0 && total <= MAX_PAGES as f64).then_some(total as u64)
+}
 
 /// One HTTP attempt, as the observer sees it (the daemon feeds metrics from it).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,29 +297,170 @@ impl Client {
         })
     }
 
-    /// Every captcha stage, following `pagination.next` until it is 0.
+    /// Every captcha stage: see [`Self::list_every_page`].
     pub async fn list_captcha_stages(&self) -> Result<Vec<LiveStage>, ApiError> {
-        let mut stages = Vec::new();
-        let mut page: u64 = 1;
-        loop {
-            let mut url = self.endpoint("stages/captcha/")?;
-            url.query_pairs_mut()
-                .append_pair("page_size", &LIST_PAGE_SIZE.to_string())
-                .append_pair("page", &page.to_string());
-            let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
-            stages.extend(list.results.into_iter().map(WireCaptchaStage::into_live));
-            let next = list.pagination.next;
-            if next == 0.0 {
-                return Ok(stages);
+        let stages: Vec<WireCaptchaStage> = self
+            .list_every_page(ListOf::CaptchaStages, None, |s: &WireCaptchaStage| s.pk)
+            .await?;
+        Ok(stages
+            .into_iter()
+            .map(WireCaptchaStage::into_live)
+            .collect())
+    }
+
+    /// The first page (of 100) of stages of every type: its `count` says how
+    /// many pages the whole list has, which decides whether listing it beats
+    /// looking names up one by one.
+    pub async fn first_page_of_all_stages(&self) -> Result<AllStagesPage, ApiError> {
+        let page: Page<WireAnyStage> = self.list_page(ListOf::AllStages, 1).await?;
+        let pages = page_count(&page.pagination);
+        Ok(AllStagesPage { page, pages })
+    }
+
+    /// Every stage of every type, `first` being the page already read.
+    pub async fn list_all_stages(&self, first: AllStagesPage) -> Result<Vec<NamedStage>, ApiError> {
+        let stages = self
+            .list_every_page(ListOf::AllStages, Some(first.page), |s: &WireAnyStage| s.pk)
+            .await?;
+        Ok(stages.into_iter().map(WireAnyStage::into_named).collect())
+    }
+
+    /// Reads a whole list, pages of [`LIST_PAGE_SIZE`]. The first page tells
+    /// how many there are (`total_pages`); the others are fetched
+    /// [`LIST_PAGE_CONCURRENCY`] at a time. A server that does not say
+    /// `total_pages` is followed by `pagination.next`, one page at a time.
+    ///
+    /// The list may change while it is paged through (someone creates or
+    /// deletes a stage in the UI): an item then shows up on two pages or on
+    /// none. Items are kept once per uuid, and when the total (`count`) differs
+    /// between pages, or a page has gone, the list is read again from the
+    /// start, at most [`MAX_LIST_READS`] times in all.
+    async fn list_every_page<T>(
+        &self,
+        list: ListOf,
+        mut first: Option<Page<T>>,
+        uuid: fn(&T) -> Uuid,
+    ) -> Result<Vec<T>, ApiError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        for read in 1..=MAX_LIST_READS {
+            let first_page = match first.take() {
+                Some(page) => page,
+                None => self.list_page(list, 1).await?,
+            };
+            match self.read_rest(list, first_page).await? {
+                Listed::Whole(pages) => {
+                    let mut seen = std::collections::HashSet::new();
+                    let mut items = Vec::new();
+                    let mut repeated = 0usize;
+                    for item in pages.into_iter().flatten() {
+                        if seen.insert(uuid(&item)) {
+                            items.push(item);
+                        } else {
+                            repeated += 1;
+                        }
+                    }
+                    if repeated > 0 {
+                        tracing::debug!(
+                            path = list.route(),
+                            repeated,
+                            "items listed on two pages (the list shifted while it was read) are kept once"
+                        );
+                    }
+                    return Ok(items);
+                }
+                Listed::Changed(why) => {
+                    tracing::debug!(path = list.route(), read, "{why}: reading the list again");
+                }
             }
-            if next.fract() != 0.0 || next <= page as f64 || page >= MAX_PAGES {
-                return Err(ApiError::UnexpectedResponse {
-                    status: 200,
-                    excerpt: format!("pagination.next is {next} on page {page}"),
-                });
-            }
-            page = next as u64;
         }
+        Err(ApiError::ListKeptChanging {
+            route: list.route(),
+            reads: MAX_LIST_READS,
+        })
+    }
+
+    /// The pages after `first`, or word that the list changed meanwhile.
+    async fn read_rest<T>(&self, list: ListOf, first: Page<T>) -> Result<Listed<T>, ApiError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let count = first.pagination.count;
+        let mut pages = Vec::new();
+        if first.pagination.next == 0.0 {
+            pages.push(first.results);
+            return Ok(Listed::Whole(pages));
+        }
+        let Some(total) = page_count(&first.pagination) else {
+            // No `total_pages`: follow `next`, one page at a time.
+            let mut next = first.pagination.next;
+            pages.push(first.results);
+            let mut page: u64 = 1;
+            loop {
+                if next.fract() != 0.0 || next <= page as f64 || page >= MAX_PAGES {
+                    return Err(ApiError::UnexpectedResponse {
+                        status: 200,
+                        excerpt: format!("pagination.next is {next} on page {page}"),
+                    });
+                }
+                page = next as u64;
+                let list_page: Page<T> = self.list_page(list, page).await?;
+                next = list_page.pagination.next;
+                pages.push(list_page.results);
+                if next == 0.0 {
+                    return Ok(Listed::Whole(pages));
+                }
+            }
+        };
+        pages.push(first.results);
+        let mut fetched: Vec<(u64, Page<T>)> = Vec::with_capacity(total as usize);
+        let mut wanted = 2..=total;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < LIST_PAGE_CONCURRENCY {
+                let Some(number) = wanted.next() else { break };
+                let client = self.clone();
+                tasks.spawn(async move { (number, client.list_page::<T>(list, number).await) });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (number, result) = joined.unwrap_or_else(|e| raise_panic(e, "a list page"));
+            match result {
+                Ok(page) => fetched.push((number, page)),
+                // The list shrank under us: the page is gone.
+                Err(ApiError::UnexpectedResponse { status: 404, .. }) => {
+                    return Ok(Listed::Changed(format!("page {number} of {total} is gone")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        fetched.sort_by_key(|(number, _)| *number);
+        for (number, page) in fetched {
+            if page.pagination.count != count {
+                return Ok(Listed::Changed(format!(
+                    "the total went from {} to {} by page {number}",
+                    count.unwrap_or(0.0),
+                    page.pagination.count.unwrap_or(0.0)
+                )));
+            }
+            pages.push(page.results);
+        }
+        Ok(Listed::Whole(pages))
+    }
+
+    /// One page of a list.
+    async fn list_page<T: DeserializeOwned>(
+        &self,
+        list: ListOf,
+        page: u64,
+    ) -> Result<Page<T>, ApiError> {
+        let mut url = self.endpoint(list.path())?;
+        url.query_pairs_mut()
+            .append_pair("page_size", &LIST_PAGE_SIZE.to_string())
+            .append_pair("page", &page.to_string());
+        self.get_json(url, list.route()).await
     }
 
     /// The stage of any type that holds `name` (names are unique across types).
@@ -439,7 +646,10 @@ impl Client {
             request = request.header(CONTENT_TYPE, "application/json").body(bytes);
         }
         let result = async {
-            let response = request.send().await.map_err(|e| (None, e))?;
+            let response = request
+                .send()
+                .await
+                .map_err(|e| (None, AttemptError::Http(e)))?;
             let status = response.status().as_u16();
             let header = |name| {
                 response
@@ -451,13 +661,13 @@ impl Client {
             let content_type = header(CONTENT_TYPE).unwrap_or_default();
             let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v));
             let location = header(LOCATION);
-            let body = response.bytes().await.map_err(|e| (Some(status), e))?;
-            Ok::<_, (Option<u16>, reqwest::Error)>(Answer {
+            let body = self.read_body(response, status).await?;
+            Ok::<_, (Option<u16>, AttemptError)>(Answer {
                 status,
                 content_type,
                 retry_after,
                 location,
-                body: body.to_vec(),
+                body,
             })
         }
         .await;
@@ -481,7 +691,45 @@ impl Client {
                 elapsed,
             });
         }
-        result.map_err(|(_, e)| self.transport_error(&e))
+        result.map_err(|(_, e)| match e {
+            AttemptError::Http(e) => self.transport_error(&e),
+            AttemptError::Api(e) => e,
+        })
+    }
+
+    /// Reads a body chunk by chunk, up to [`MAX_BODY_BYTES`]: what a server
+    /// sends beyond that is never held, whatever it announces.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        status: u16,
+    ) -> Result<Vec<u8>, (Option<u16>, AttemptError)> {
+        let failed = |e| (Some(status), AttemptError::Http(e));
+        let too_large = |start: &[u8]| {
+            (
+                Some(status),
+                AttemptError::Api(ApiError::BodyTooLarge {
+                    url: self.inner.base.clone(),
+                    status,
+                    limit: MAX_BODY_BYTES,
+                    excerpt: excerpt_of_start(&start[..start.len().min(QUOTED_START_BYTES)]),
+                }),
+            )
+        };
+        let announced = response.content_length();
+        if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            // Said up front: read only enough to quote its start.
+            let start = response.chunk().await.map_err(failed)?.unwrap_or_default();
+            return Err(too_large(&start));
+        }
+        let mut body = Vec::with_capacity(announced.unwrap_or(0) as usize);
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            if body.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(too_large(&body));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     /// Turns a final answer into the body or an error in the user's words.
@@ -507,7 +755,7 @@ impl Client {
             },
             403 => Err(match json().as_ref().and_then(wire::detail) {
                 Some(detail) => ApiError::Forbidden {
-                    detail: crate::output::escape(&detail).into_owned(),
+                    detail: cut(&detail),
                 },
                 None => ApiError::ForbiddenPage {
                     excerpt: excerpt(&answer.body),
@@ -576,6 +824,27 @@ impl Client {
             ApiError::Transport { url, reason }
         }
     }
+}
+
+/// Raises the panic that ended a spawned request (a bug), as if it had run
+/// inline, rather than go on without its answer. The sets are never aborted,
+/// so a task ends without a result only by panicking.
+pub(crate) fn raise_panic(err: tokio::task::JoinError, what: &str) -> ! {
+    match err.try_into_panic() {
+        Ok(payload) => std::panic::resume_unwind(payload),
+        Err(err) => panic!("{what} stopped without an answer: {err}"),
+    }
+}
+
+/// How much of the start of an oversized answer is kept to quote.
+const QUOTED_START_BYTES: usize = 16 * 1024;
+
+/// Why one attempt ended without an answer.
+enum AttemptError {
+    /// The exchange itself failed (connect, TLS, timeout, broken body).
+    Http(reqwest::Error),
+    /// The answer was refused as read (too large).
+    Api(ApiError),
 }
 
 /// What made an attempt worth retrying.

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod error;
+pub mod name_check;
 pub mod retry;
 pub mod wire;
 

@@ -84,10 +84,16 @@ impl WireCaptchaStage {
 }
 
 /// authentik's `Pagination`: `next`/`previous` are 0 when there is no such page.
+/// `count` (items in the whole list) and `total_pages` are always sent by
+/// authentik; a stand-in server may leave them out.
 #[derive(Debug, Deserialize)]
 pub struct Pagination {
     pub next: f64,
     pub current: f64,
+    #[serde(default)]
+    pub count: Option<f64>,
+    #[serde(default)]
+    pub total_pages: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +131,17 @@ pub struct NamedStage {
 }
 
 impl WireAnyStage {
+    pub fn to_named(&self) -> NamedStage {
+        WireAnyStage {
+            pk: self.pk,
+            name: self.name.clone(),
+            component: self.component.clone(),
+            verbose_name: self.verbose_name.clone(),
+            meta_model_name: self.meta_model_name.clone(),
+        }
+        .into_named()
+    }
+
     pub fn into_named(self) -> NamedStage {
         let is_captcha =
             self.meta_model_name == CAPTCHA_MODEL || self.component == CAPTCHA_COMPONENT;

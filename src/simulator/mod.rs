@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use fault::{Fault, FaultKind, RequestCounts};
+pub use fault::{Fault, FaultKind, LatencyProfile, RequestCounts};
 
 use crate::stage::{LiveStage, StageFields};
 use store::{CaptchaRecord, FlowBinding, OtherRecord, Store};
@@ -74,7 +74,7 @@ struct Shared {
     store: Mutex<Store>,
     counts: Mutex<RequestCounts>,
     faults: Mutex<Vec<Fault>>,
-    latency: Mutex<Duration>,
+    latency: Mutex<LatencyProfile>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,7 +107,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         }),
         counts: Mutex::new(RequestCounts::default()),
         faults: Mutex::new(Vec::new()),
-        latency: Mutex::new(config.latency),
+        latency: Mutex::new(LatencyProfile::uniform(config.latency)),
     });
     let cancel = CancellationToken::new();
     let router = Router::new()
@@ -221,8 +221,14 @@ impl SimHandle {
         lock(&self.shared.faults).clear();
     }
 
+    /// The same latency before every answer.
     pub fn set_latency(&self, d: Duration) {
-        *lock(&self.shared.latency) = d;
+        *lock(&self.shared.latency) = LatencyProfile::uniform(d);
+    }
+
+    /// A latency per kind of request, e.g. a real server's.
+    pub fn set_latency_profile(&self, profile: LatencyProfile) {
+        *lock(&self.shared.latency) = profile;
     }
 
     pub fn set_version(&self, v: &str) {
@@ -289,13 +295,13 @@ async fn handle(
     request: Request<AxumBody>,
 ) -> Response<AxumBody> {
     let (parts, body) = request.into_parts();
-    let latency = *lock(&shared.latency);
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     let method = parts.method.as_str().to_owned();
     let path = parts.uri.path().to_owned();
     let route = routes::Route::resolve(&path);
+    let latency = lock(&shared.latency).for_request(&method, route.pattern(), parts.uri.query());
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     lock(&shared.counts).record(&method, route.pattern());
     let fault = fault::take(&mut lock(&shared.faults), &method, &path);
     match &fault {
@@ -312,6 +318,9 @@ async fn handle(
         }) => return status_fault(*status, *retry_after, body),
         Some(FaultKind::EmptyHtml405) => {
             return into_response(&routes::Reply::internal_error(), false);
+        }
+        Some(FaultKind::StreamedDetail { status, bytes }) => {
+            return streamed_detail(*status, *bytes);
         }
         Some(FaultKind::Truncated) | None => {}
     }
@@ -390,6 +399,65 @@ fn into_response(reply: &routes::Reply, truncate: bool) -> Response<AxumBody> {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(full_len));
     }
     response
+}
+
+/// `{"detail": "xxx…"}`, chunked, `bytes` long or endless.
+fn streamed_detail(status: u16, bytes: Option<u64>) -> Response<AxumBody> {
+    let mut response = Response::new(AxumBody::new(StreamedDetail {
+        sent: 0,
+        total: bytes,
+        closed: false,
+    }));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    response
+}
+
+/// The body of [`FaultKind::StreamedDetail`]: generated chunk by chunk, so the
+/// simulator holds 64 KiB of it at most.
+struct StreamedDetail {
+    sent: u64,
+    total: Option<u64>,
+    closed: bool,
+}
+
+impl http_body::Body for StreamedDetail {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        const OPEN: &[u8] = b"{\"detail\": \"";
+        const CLOSE: &[u8] = b"\"}";
+        const CHUNK: u64 = 64 * 1024;
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        let mut chunk = Vec::new();
+        if self.sent == 0 {
+            chunk.extend_from_slice(OPEN);
+        }
+        let room = match self.total {
+            Some(total) => {
+                total.saturating_sub(self.sent + CLOSE.len() as u64 + chunk.len() as u64)
+            }
+            None => CHUNK,
+        };
+        let fill = room.min(CHUNK) as usize;
+        chunk.resize(chunk.len() + fill, b'x');
+        if self.total.is_some() && fill as u64 == room {
+            chunk.extend_from_slice(CLOSE);
+            self.closed = true;
+        }
+        self.sent += chunk.len() as u64;
+        Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
+    }
 }
 
 /// A body that yields its first half and then fails, so the connection is
