@@ -264,11 +264,11 @@ struct StateArgs {
 
 #[derive(Debug, Args)]
 struct DaemonArgs {
-    /// Full reconcile at least this often (±10% jitter), reverting edits made in the UI.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    /// Full reconcile at least this often (±10% jitter), reverting edits made in the UI; at least 5s.
+    #[arg(long, default_value = "5m", value_parser = parse_interval)]
     interval: Duration,
-    /// Quiet time after a file change before reconciling.
-    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    /// Quiet time after a file change before reconciling; at least 100ms.
+    #[arg(long, default_value = "500ms", value_parser = parse_debounce)]
     debounce: Duration,
     /// Report drift (logs and metrics) but never write.
     #[arg(long)]
@@ -338,6 +338,42 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+/// The shortest `--interval`. A full pass reads every page of the captcha
+/// list (about 200 ms of authentik's time per 100 stages on one worker): at
+/// 1,000 stages, a pass every 5 s keeps a worker 40% busy, and anything much
+/// shorter would take it over. Reverting a UI edit within seconds is not worth
+/// that; file changes are acted on at once anyway.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+/// The shortest `--debounce`: an editor's save is a burst of events within a
+/// few milliseconds; below 100 ms one save could start several passes.
+pub const MIN_DEBOUNCE: Duration = Duration::from_millis(100);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    at_least(
+        parse_duration(s)?,
+        MIN_INTERVAL,
+        "so as not to hammer authentik",
+    )
+}
+
+fn parse_debounce(s: &str) -> Result<Duration, String> {
+    at_least(
+        parse_duration(s)?,
+        MIN_DEBOUNCE,
+        "so that one save starts one pass",
+    )
+}
+
+fn at_least(d: Duration, min: Duration, why: &str) -> Result<Duration, String> {
+    if d < min {
+        return Err(format!(
+            "must be at least {} ({why})",
+            humantime::format_duration(min)
+        ));
     }
     Ok(d)
 }
@@ -715,6 +751,17 @@ mod tests {
     fn durations_are_human() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_interval("5s"), Ok(MIN_INTERVAL));
+        assert_eq!(
+            parse_interval("1ms"),
+            Err("must be at least 5s (so as not to hammer authentik)".to_owned())
+        );
+        assert!(
+            parse_debounce("99ms")
+                .unwrap_err()
+                .contains("at least 100ms")
+        );
+        assert_eq!(parse_debounce("100ms"), Ok(MIN_DEBOUNCE));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
     }

@@ -142,12 +142,13 @@ fn a_file_in_a_new_sub_folder_is_created() {
 #[test]
 fn an_out_of_band_edit_is_reverted_within_one_interval() {
     let h = Harness::new();
-    let mut d = converged_alpha(&h, &["--interval", "2s"]);
+    // The shortest interval allowed.
+    let mut d = converged_alpha(&h, &["--interval", "5s"]);
     let uuid = h.live("alpha").expect("alpha").uuid;
     h.sim.edit(uuid, |f| f.score_min_threshold = 0.1);
     let took = h.wait_threshold(&mut d, "alpha", 0.5);
-    // 2 s + 10% jitter, plus a second for the pass itself on a loaded machine.
-    assert!(took < Duration::from_millis(3200), "took {took:?}");
+    // 5 s + 10% jitter, plus a second for the pass itself on a loaded machine.
+    assert!(took < Duration::from_millis(6500), "took {took:?}");
 }
 
 #[test]
