@@ -10,12 +10,23 @@
 //! with their keys already recorded; 10% of them are then edited out of band.
 //! stagesync (the real binary, a child process) plans and applies; its peak
 //! memory is the child's maximum resident set size.
+//!
+//! A second table creates N new stages (N = 100 and 1,000) on an install that
+//! already holds 20 stages of other types, with the per-call latencies of a
+//! real authentik 2025.12.4 on one worker
+//! ([`LatencyProfile::authentik_2025_12`]: list page 200 ms, `stages/all` page
+//! 720 ms, name look-up 370 ms, PUT 127 ms, POST 130 ms), scaled by
+//! `BENCH_REAL_SCALE` (default 0.1, so the table takes seconds, not minutes).
+//! It reports the calls, the bound they must stay within (ceil(all stages /
+//! 100) + creates + 2), the measured time and that time divided by the scale,
+//! the estimate for a real server (the run is dominated by the injected waits).
+//! `BENCH_ONLY_CREATES=1` runs this table alone.
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use stagesync::simulator::{self, SimConfig, SimHandle};
+use stagesync::simulator::{self, LatencyProfile, SimConfig, SimHandle};
 use stagesync::stage::StageFields;
 
 const TOKEN: &str = "bench-token";
@@ -31,7 +42,87 @@ fn main() {
     let full = std::env::var_os("BENCH_FULL").is_some();
     let binary = env!("CARGO_BIN_EXE_stagesync");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::var_os("BENCH_ONLY_CREATES").is_none() {
+        drift_table(&runtime, binary, latency, full);
+    }
+    creates_table(&runtime, binary);
+}
 
+/// Stages of other types on the install of the creates table.
+const OTHER_STAGES: usize = 20;
+
+/// N creates at a real server's per-call latencies (scaled).
+fn creates_table(runtime: &tokio::runtime::Runtime, binary: &str) {
+    let scale: f64 = std::env::var("BENCH_REAL_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(0.1);
+    println!();
+    println!(
+        "creates on an install holding {OTHER_STAGES} stages of other types, authentik 2025.12.4 latencies x {scale}"
+    );
+    println!(
+        "| creates | calls | bound | version + captcha list | stages/all | POST | wall (scaled) | estimate at real latency |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [100usize, 1_000] {
+        let work = tempfile::tempdir().expect("temp dir");
+        let sim = runtime.block_on(async {
+            simulator::start(SimConfig {
+                token: TOKEN.to_owned(),
+                ..SimConfig::default()
+            })
+            .await
+            .expect("simulator")
+        });
+        for i in 0..OTHER_STAGES {
+            sim.seed_other_stage(
+                &format!("default-stage-{i:02}"),
+                "ak-stage-identification-form",
+            );
+        }
+        let stages = work.path().join("stages");
+        std::fs::create_dir_all(&stages).expect("stages dir");
+        let text: String = (0..n)
+            .map(|i| {
+                format!(
+                    "---\nname: new-{i:05}\npublic_key: site-{i}\nprivate_key: !Env BENCH_KEY\n"
+                )
+            })
+            .collect();
+        std::fs::write(stages.join("new.yaml"), text).expect("manifest");
+        sim.set_latency_profile(LatencyProfile::authentik_2025_12().scaled(scale));
+        let started = Instant::now();
+        let status = stagesync(binary, &sim, work.path())
+            .status()
+            .expect("run stagesync");
+        let wall = started.elapsed();
+        assert_eq!(status.code(), Some(0), "apply created every stage");
+        let counts = sim.request_counts();
+        let all_stages = OTHER_STAGES + n;
+        let bound = all_stages.div_ceil(100) as u64 + n as u64 + 2;
+        assert!(
+            counts.total() <= bound,
+            "{} calls, bound {bound}",
+            counts.total()
+        );
+        println!(
+            "| {n} | {} | {bound} | {} | {} | {} | {:.2} s | {:.1} s |",
+            counts.total(),
+            counts.get("GET", "/api/v3/admin/version/")
+                + counts.get("GET", "/api/v3/stages/captcha/"),
+            counts.get("GET", "/api/v3/stages/all/"),
+            counts.get("POST", "/api/v3/stages/captcha/"),
+            wall.as_secs_f64(),
+            wall.as_secs_f64() / scale,
+        );
+        sim.shutdown();
+    }
+}
+
+/// Plan and apply N drifted stages against the naive reconciler.
+fn drift_table(runtime: &tokio::runtime::Runtime, binary: &str, latency: Duration, full: bool) {
     println!(
         "latency per request: {} ms, drift: 10%",
         latency.as_millis()

@@ -11,7 +11,11 @@
 //!   the client looks the name up and returns the stage it finds;
 //! - redirects are not followed: a POST would silently turn into a GET, and the
 //!   token must not follow a redirect to another host;
-//! - the token lives in a sensitive header built once; it never reaches a log.
+//! - the token lives in a sensitive header built once; it never reaches a log;
+//! - no answer is read past [`MAX_BODY_BYTES`], so a server that sends without
+//!   end costs bounded memory;
+//! - a list can change while it is paged through: items are kept once per
+//!   uuid, and a total that moves between pages means reading it again.
 
 use std::net::IpAddr;
 use std::sync::Arc;

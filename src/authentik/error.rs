@@ -395,10 +395,7 @@ mod tests {
             excerpt_of_start(b"<html><head><title>t</title>"),
             "title \"t\""
         );
-        assert_eq!(
-            excerpt_of_start(b"{\"detail\": \"xx"),
-            "{\"detail\": \"xx…"
-        );
+        assert_eq!(excerpt_of_start(b"{\"detail\": \"xx"), "{\"detail\": \"xx…");
         let long_start = format!("[{}", "1,".repeat(1_000));
         let e = excerpt_of_start(long_start.as_bytes());
         assert!(e.ends_with(",1…") && !e.contains("more"), "{e}");

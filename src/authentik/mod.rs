@@ -2,6 +2,10 @@
 //! wire format. What the server version allows is pure and lives in
 //! [`crate::capabilities`]; it is re-exported here because every caller of the
 //! client needs it.
+//!
+//! - [`client`]: the HTTP client: retries, bounded answers, errors in the user's words.
+//! - [`name_check`]: which stages hold a set of names, by look-ups or by
+//!   listing every stage, whichever costs fewer calls.
 
 pub mod client;
 pub mod error;
