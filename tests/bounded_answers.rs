@@ -6,13 +6,10 @@
 //! this file runs nothing but stagesync children, each of which must stay far
 //! below what the server sends.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use stagesync::simulator::{Fault, FaultKind};
-use support::{Workspace, manifest, run, start_sim, stderr};
+use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
 
 /// Far above what a bounded reader needs (the 8 MiB limit plus the process),
 /// far below what reading the answers whole would take.
@@ -87,7 +84,7 @@ async fn apply_against_a_400_of(bytes: u64) -> (Option<i32>, String, u64) {
     let mut cmd = ws.cmd(&sim);
     cmd.env("KEY", KEY).args(["apply", "--yes", "stages"]);
     let out = run(cmd).await;
-    let printed = format!("{}{}", support::stdout(&out), stderr(&out));
+    let printed = format!("{}{}", stdout(&out), stderr(&out));
     assert!(!printed.contains(KEY));
     let creates = sim.request_counts().get("POST", "/api/v3/stages/captcha/");
     (out.status.code(), printed, creates)

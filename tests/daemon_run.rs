@@ -867,3 +867,26 @@ fn nothing_secret_reaches_the_log_at_trace_level() {
         }
     }
 }
+
+#[test]
+fn an_interval_or_debounce_that_would_hammer_authentik_is_a_usage_error() {
+    for (flag, value, minimum) in [
+        ("--interval", "1ms", "at least 5s"),
+        ("--interval", "4s", "at least 5s"),
+        ("--debounce", "1ms", "at least 100ms"),
+    ] {
+        let out = assert_cmd::Command::cargo_bin("stagesync")
+            .expect("binary")
+            .args(["run", flag, value, "stages"])
+            .env("AUTHENTIK_URL", "http://127.0.0.1:9")
+            .env("AUTHENTIK_TOKEN", "t")
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("invalid value '{value}' for '{flag}")) && err.contains(minimum),
+            "{flag} {value}: {err}"
+        );
+    }
+}

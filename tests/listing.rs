@@ -2,12 +2,9 @@
 //! changes meanwhile: the real binary against the simulator (request counts)
 //! and against a scripted server whose list shifts between pages.
 
-#[path = "support/cli.rs"]
-mod support;
-
 use stagesync::simulator::{RequestCounts, SimHandle};
 use stagesync::stage::StageFields;
-use support::{Workspace, run, start_sim, stderr, stdout};
+use support::cli::{Workspace, run, start_sim, stderr, stdout};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
