@@ -102,14 +102,16 @@ impl Fingerprint {
     }
 }
 
-fn digest(salt: &[u8], key: &PrivateKey) -> [u8; 32] {
+/// `SHA-256(salt || trimmed key)`: the one way a key is fingerprinted (the
+/// state file and saved plan files both use it).
+pub(crate) fn digest(salt: &[u8], key: &PrivateKey) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(salt);
     hasher.update(key.expose_secret().trim().as_bytes());
     hasher.finalize().into()
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
         .iter()
@@ -119,7 +121,7 @@ fn hex(bytes: &[u8]) -> String {
         })
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) || !s.is_ascii() {
         return None;
     }
@@ -131,7 +133,7 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// What is known about the write-only private key of a stage, from its
 /// fingerprint in [`KeyState`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// The key is what stagesync last wrote.

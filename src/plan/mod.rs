@@ -57,6 +57,7 @@
 //!   compared nor shown nor sent, or an old server would show drift forever.
 
 mod render;
+pub mod saved;
 mod warnings;
 
 pub use render::{JSON_FORMAT_VERSION, render_json, render_markdown, render_text};

@@ -1,0 +1,794 @@
+//! Saved plan files: `plan --out FILE` writes one; `apply --plan FILE` applies
+//! exactly its entries, or nothing.
+//!
+//! A plan file is versioned JSON ([`PLAN_FILE_FORMAT_VERSION`]; schema in
+//! `schema/plan-file.schema.json`). It holds no secret: per entry the action,
+//! the fields to write, where the key comes from (`!Env NAME`, `!File path`,
+//! `literal value`, never the value) and digests pinning what the plan was
+//! made from:
+//!
+//! - `live`: SHA-256 of the live stage as listed: its uuid and every compared
+//!   field, normalised as the planner compares them;
+//! - `desired`: SHA-256 of the manifest's stage: every field (normalised), the
+//!   uuid pin and the key source;
+//! - `key`: the key's salted fingerprint, `SHA-256(salt || entry id || key)`
+//!   with the file's random `salt`, so a file never holds the bare SHA of a key
+//!   and two entries with the same key have unrelated fingerprints.
+//!
+//! The file as a whole pins the server (`url` as normalised, `version`), its
+//! creation time, and `digest`: SHA-256 of the canonical JSON of everything
+//! else (keys sorted, no whitespace), so an edited file is detected.
+//!
+//! The flow is pure on both sides: [`SavedPlan::from_plan`] then
+//! [`SavedPlan::to_json`] when saving; [`SavedPlan::parse`] (version, digest,
+//! shape) then [`check`] against fresh manifests and live state when applying.
+//! `check` returns [`Verified`] (which entries write, with which manifest's key)
+//! or a [`Refusal`]; reading the file, the clock and authentik stay with the caller.
+//!
+//! Traps:
+//! - The whole-file digest catches an edited or damaged file, not a forged one
+//!   (anyone can recompute a SHA-256). So [`check`] also requires that what an
+//!   entry would write is exactly what the fresh manifest says: a hand-made
+//!   file can only write what the manifests and the operator's keys already allow.
+//! - Entries in sync when planned write nothing. If their stage drifted since
+//!   (live edited, manifest changed, gone), they are left alone and reported in
+//!   [`Verified::left_alone`], never refused: they were not reviewed, and the
+//!   next plan shows them. Manifests that are not in the file at all are
+//!   [`Verified::unplanned`] and left alone too.
+//! - Entry ids are positions and `after` refers to one: entries are never
+//!   reordered or dropped between saving and applying.
+//! - `delete` is a reserved action: the format, the schema and [`check`] know
+//!   it (a delete pins only the live stage), but no plan makes one yet.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::authentik::{Capabilities, ServerVersion};
+use crate::output::escape;
+use crate::plan::{Action, KeyStatus, Plan};
+use crate::secret::PrivateKey;
+use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, StageFields};
+use crate::state;
+
+/// The `format_version` this build writes and reads.
+pub const PLAN_FILE_FORMAT_VERSION: u64 = 1;
+
+/// The default of `apply --plan --max-age`: a reviewed plan is applied the
+/// same day or planned again.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How far in the future a plan file's creation time may be (clocks of the CI
+/// runner that planned and of the one that applies differ a little).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// A plan file, as written and as read back.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedPlan {
+    pub format_version: u64,
+    /// RFC 3339, UTC, whole seconds.
+    pub created_at: String,
+    pub server: SavedServer,
+    /// 16 random bytes, hex: the salt of every `key` fingerprint in the file.
+    pub salt: String,
+    pub entries: Vec<SavedEntry>,
+    /// `sha256:<hex>` of the canonical JSON of the file without this key.
+    pub digest: String,
+}
+
+/// The authentik the plan was made against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedServer {
+    /// The API root as the client normalised it (`https://auth.example.com`).
+    pub url: String,
+    /// authentik's version, e.g. `2025.12.4`; it decides the compared fields.
+    pub version: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SavedAction {
+    Create,
+    Update,
+    InSync,
+    /// Reserved for prune; no plan makes one yet.
+    Delete,
+}
+
+impl SavedAction {
+    fn writes(self) -> bool {
+        !matches!(self, SavedAction::InSync)
+    }
+}
+
+/// One plan entry, without its key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedEntry {
+    /// Its position in `entries`.
+    pub id: usize,
+    pub action: SavedAction,
+    /// The desired name, trimmed (for a delete: the live name).
+    pub name: String,
+    pub origin: Option<SavedOrigin>,
+    /// The live stage written to or matched; `None` for a create.
+    pub uuid: Option<Uuid>,
+    /// The manifest's `uuid` pin, if it has one.
+    pub pinned_uuid: Option<Uuid>,
+    /// The entry that must be written first: it renames a stage away from
+    /// the name this one takes.
+    pub after: Option<usize>,
+    /// `!Env NAME`, `!File path` or `literal value`; `None` for a delete.
+    pub key_source: Option<String>,
+    /// What was known of the key when planned (shown, not checked).
+    pub private_key: Option<KeyStatus>,
+    /// live -> desired, for a reader of the file (not checked: `digests.live`
+    /// pins the live side and `fields` the desired one).
+    #[serde(default, skip_deserializing)]
+    pub changes: Vec<FieldChange>,
+    /// What a create or an update sends, cut to the fields the server knows.
+    pub fields: Option<StageFields>,
+    pub digests: SavedDigests,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOrigin {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// `sha256:<hex>` each; see the module docs for what each covers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedDigests {
+    pub live: Option<String>,
+    pub desired: Option<String>,
+    pub key: Option<String>,
+}
+
+/// Why a plan file is not written.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SaveError {
+    #[error(
+        "the plan has {0} stage(s) in error; fix them first (a plan file holds only plans that can be applied whole)"
+    )]
+    PlanHasErrors(usize),
+}
+
+/// Why a plan file is not applied. Nothing was written in every case.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Refusal {
+    #[error("the plan file is not valid: {0}")]
+    Corrupt(String),
+    #[error("the plan file was edited after it was made (its digest does not match its content)")]
+    Edited,
+    #[error(
+        "the plan file has format version {0}; this stagesync reads version {PLAN_FILE_FORMAT_VERSION}"
+    )]
+    UnsupportedVersion(u64),
+    #[error("the plan file was made at {created_at}, {} ago: older than --max-age {}", humantime::format_duration(*age), humantime::format_duration(*max_age))]
+    Expired {
+        created_at: String,
+        age: Duration,
+        max_age: Duration,
+    },
+    #[error(
+        "the plan file was made at {0}, in the future by this machine's clock; check the clocks"
+    )]
+    FromTheFuture(String),
+    #[error(
+        "the plan file was made against {}, not {}",
+        escape(planned),
+        escape(now)
+    )]
+    OtherServer { planned: String, now: String },
+    #[error(
+        "the plan file was made against authentik {planned}, the server now runs {now}; the compared fields may differ"
+    )]
+    ServerVersionChanged { planned: String, now: String },
+    #[error("{} planned stage(s) changed since the plan was made", .0.len())]
+    Stale(Vec<StageReport>),
+}
+
+/// What changed since the plan, for one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The live stage's compared fields differ from those planned against.
+    LiveEdited,
+    /// The live stage the entry writes to no longer exists.
+    StageGone,
+    /// The manifest's fields, uuid pin or key source differ; `detail` says how
+    /// when it is more than that.
+    ManifestChanged { detail: Option<String> },
+    /// The private key the manifest points to is not the one planned with.
+    KeyChanged,
+    /// The name the entry takes is now held by another stage; `message` says
+    /// which, as a plan would.
+    NameTaken { message: String },
+}
+
+impl Change {
+    /// A stable word for JSON and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::LiveEdited => "live_edited",
+            Change::StageGone => "stage_gone",
+            Change::ManifestChanged { .. } => "manifest_changed",
+            Change::KeyChanged => "key_changed",
+            Change::NameTaken { .. } => "name_taken",
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::LiveEdited => f.write_str("live edited: the stage changed in authentik"),
+            Change::StageGone => f.write_str("stage gone: it was deleted in authentik"),
+            Change::ManifestChanged { detail: None } => {
+                f.write_str("manifest changed: it no longer says what was planned")
+            }
+            Change::ManifestChanged {
+                detail: Some(detail),
+            } => write!(f, "manifest changed: {}", escape(detail)),
+            Change::KeyChanged => {
+                f.write_str("key changed: the private key it points to is not the planned one")
+            }
+            Change::NameTaken { message } => write!(f, "name taken: {}", escape(message)),
+        }
+    }
+}
+
+/// The changes of one entry since the plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageReport {
+    pub entry: usize,
+    pub name: String,
+    /// `file:line` of the manifest when planned, if the entry had one.
+    pub origin: Option<String>,
+    pub changes: Vec<Change>,
+}
+
+impl fmt::Display for StageReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", escape(&self.name))?;
+        if let Some(origin) = &self.origin {
+            write!(f, " ({})", escape(origin))?;
+        }
+        f.write_str(": ")?;
+        for (i, change) in self.changes.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{change}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A plan file that passed [`check`]: apply its writing entries, nothing else.
+#[derive(Debug, PartialEq)]
+pub struct Verified {
+    /// Entry id -> index of the fresh manifest stage it matched (where its
+    /// key comes from), for every entry that has a manifest.
+    pub desired_of: BTreeMap<usize, usize>,
+    /// Entries in sync when planned that changed since: not written.
+    pub left_alone: Vec<StageReport>,
+    /// Names of manifest stages the file has no entry for: not written.
+    pub unplanned: Vec<String>,
+}
+
+/// Everything [`check`] compares a plan file with, read just before applying.
+pub struct Fresh<'a> {
+    /// The manifests, keys resolved.
+    pub desired: &'a [DesiredStage],
+    /// Every live captcha stage.
+    pub live: &'a [LiveStage],
+    /// name -> kind for the names from [`SavedPlan::names_to_check`] that a
+    /// stage of another type holds.
+    pub foreign_names: &'a BTreeMap<String, String>,
+    /// The API root the client will write to, normalised.
+    pub url: &'a str,
+    pub version: ServerVersion,
+    pub now: SystemTime,
+    pub max_age: Duration,
+}
+
+fn sha256_tagged(bytes: &[u8]) -> String {
+    format!("sha256:{}", state::hex(&Sha256::digest(bytes)))
+}
+
+/// Canonical JSON: object keys sorted, no whitespace, numbers and strings as
+/// serde_json writes them. Deterministic for a given value, whatever the key
+/// order it was built or parsed with.
+fn canonical(value: &Json, out: &mut String) {
+    match value {
+        Json::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Json::String(key.clone()).to_string());
+                out.push(':');
+                canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+fn digest_of(value: &impl Serialize) -> String {
+    let json = serde_json::to_value(value).unwrap_or(Json::Null);
+    let mut text = String::new();
+    canonical(&json, &mut text);
+    sha256_tagged(text.as_bytes())
+}
+
+/// The digest of a whole file: everything but `digest` itself.
+fn file_digest(document: &serde_json::Map<String, Json>) -> String {
+    let mut rest = document.clone();
+    rest.remove("digest");
+    let mut text = String::new();
+    canonical(&Json::Object(rest), &mut text);
+    sha256_tagged(text.as_bytes())
+}
+
+/// The fields of `fields` that `capabilities` compares, normalised.
+fn compared(fields: &StageFields, capabilities: Capabilities) -> BTreeMap<&'static str, Json> {
+    let fields = fields.clone().normalized();
+    Field::ALL
+        .into_iter()
+        .filter(|f| capabilities.knows(*f))
+        .map(|f| {
+            (
+                f.key(),
+                serde_json::to_value(fields.get(f)).unwrap_or(Json::Null),
+            )
+        })
+        .collect()
+}
+
+fn live_digest(live: &LiveStage, capabilities: Capabilities) -> String {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        uuid: Uuid,
+        fields: BTreeMap<&'a str, Json>,
+    }
+    digest_of(&Pinned {
+        uuid: live.uuid,
+        fields: compared(&live.fields, capabilities),
+    })
+}
+
+fn desired_digest(desired: &DesiredStage) -> String {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        pinned_uuid: Option<Uuid>,
+        fields: &'a StageFields,
+        key_source: String,
+    }
+    digest_of(&Pinned {
+        pinned_uuid: desired.uuid,
+        fields: &desired.fields.clone().normalized(),
+        key_source: desired.key_source.to_string(),
+    })
+}
+
+fn key_digest(salt: &[u8], entry: usize, key: &PrivateKey) -> String {
+    let mut entry_salt = salt.to_vec();
+    entry_salt.extend_from_slice(&(entry as u64).to_be_bytes());
+    format!("sha256:{}", state::hex(&state::digest(&entry_salt, key)))
+}
+
+fn origin_text(origin: &SavedOrigin) -> String {
+    format!("{}:{}", origin.file, origin.line)
+}
+
+impl SavedPlan {
+    /// The plan file for `plan`, made from `desired` (keys resolved, in the
+    /// order the plan was made from) against `live` on the server at `url`.
+    /// `salt` is 16 random bytes from the caller.
+    pub fn from_plan(
+        plan: &Plan,
+        desired: &[DesiredStage],
+        live: &[LiveStage],
+        url: &str,
+        now: SystemTime,
+        salt: [u8; 16],
+    ) -> Result<SavedPlan, SaveError> {
+        let capabilities = plan.capabilities;
+        let errors = plan.summary().error;
+        if errors > 0 {
+            return Err(SaveError::PlanHasErrors(errors));
+        }
+        let live_by_uuid: HashMap<Uuid, &LiveStage> = live.iter().map(|l| (l.uuid, l)).collect();
+        let entries = plan
+            .stages
+            .iter()
+            .map(|stage| {
+                // One entry per manifest, in input order: the id is the index.
+                let id = stage.id.0;
+                let manifest = &desired[id];
+                let (action, uuid, write, changes, key) = match &stage.action {
+                    Action::Create { write, key } => {
+                        (SavedAction::Create, None, Some(write), &[][..], *key)
+                    }
+                    Action::Update {
+                        uuid,
+                        changes,
+                        write,
+                        key,
+                    } => (
+                        SavedAction::Update,
+                        Some(*uuid),
+                        Some(write),
+                        &changes[..],
+                        *key,
+                    ),
+                    Action::InSync { uuid } => (
+                        SavedAction::InSync,
+                        Some(*uuid),
+                        None,
+                        &[][..],
+                        KeyStatus::Unchanged,
+                    ),
+                    Action::Error { .. } => unreachable!("plans with errors are refused above"),
+                };
+                SavedEntry {
+                    id,
+                    action,
+                    name: stage.name.clone(),
+                    origin: Some(SavedOrigin {
+                        file: stage.origin.file.display().to_string(),
+                        line: stage.origin.line,
+                        column: stage.origin.column,
+                    }),
+                    uuid,
+                    pinned_uuid: manifest.uuid,
+                    after: write.and_then(|w| w.after).map(|a| a.0),
+                    key_source: Some(stage.key_source.to_string()),
+                    private_key: Some(key),
+                    changes: changes.to_vec(),
+                    fields: write.map(|w| w.fields.clone()),
+                    digests: SavedDigests {
+                        live: uuid
+                            .and_then(|u| live_by_uuid.get(&u))
+                            .map(|l| live_digest(l, capabilities)),
+                        desired: Some(desired_digest(manifest)),
+                        key: Some(key_digest(&salt, id, &manifest.private_key)),
+                    },
+                }
+            })
+            .collect();
+        let mut saved = SavedPlan {
+            format_version: PLAN_FILE_FORMAT_VERSION,
+            created_at: humantime::format_rfc3339_seconds(now).to_string(),
+            server: SavedServer {
+                url: url.to_owned(),
+                version: capabilities.version.to_string(),
+            },
+            salt: state::hex(&salt),
+            entries,
+            digest: String::new(),
+        };
+        saved.digest = saved.computed_digest();
+        Ok(saved)
+    }
+
+    fn computed_digest(&self) -> String {
+        match serde_json::to_value(self) {
+            Ok(Json::Object(map)) => file_digest(&map),
+            _ => String::new(),
+        }
+    }
+
+    /// The file's text: pretty JSON with a trailing newline.
+    pub fn to_json(&self) -> String {
+        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
+    /// Reads a plan file: its version first (a newer format is reported as
+    /// such), then its digest, then its shape.
+    pub fn parse(text: &str) -> Result<SavedPlan, Refusal> {
+        let corrupt = |why: String| Refusal::Corrupt(why);
+        let document: Json =
+            serde_json::from_str(text).map_err(|e| corrupt(format!("not JSON ({e})")))?;
+        let Json::Object(map) = &document else {
+            return Err(corrupt("not a JSON object".into()));
+        };
+        match map.get("format_version").map(Json::as_u64) {
+            Some(Some(PLAN_FILE_FORMAT_VERSION)) => {}
+            Some(Some(other)) => return Err(Refusal::UnsupportedVersion(other)),
+            _ => return Err(corrupt("no format_version number".into())),
+        }
+        match map.get("digest").and_then(Json::as_str) {
+            Some(digest) if digest == file_digest(map) => {}
+            Some(_) => return Err(Refusal::Edited),
+            None => return Err(corrupt("no digest".into())),
+        }
+        let saved: SavedPlan = serde_json::from_value(document)
+            .map_err(|e| corrupt(format!("unexpected content ({e})")))?;
+        saved.check_shape().map_err(corrupt)?;
+        Ok(saved)
+    }
+
+    /// What a well-formed file has beyond its types: ids in order, `after`
+    /// pointing at another entry, each action with the pins it needs.
+    fn check_shape(&self) -> Result<(), String> {
+        let salt_ok = state::unhex(&self.salt).is_some_and(|s| s.len() == 16);
+        if !salt_ok {
+            return Err("salt is not 16 bytes of hex".into());
+        }
+        humantime::parse_rfc3339(&self.created_at)
+            .map_err(|e| format!("created_at {:?}: {e}", self.created_at))?;
+        if ServerVersion::parse(&self.server.version).is_none() {
+            return Err(format!("server version {:?}", self.server.version));
+        }
+        for (position, entry) in self.entries.iter().enumerate() {
+            let at = |what: &str| format!("entry {position} ({:?}): {what}", entry.name);
+            if entry.id != position {
+                return Err(at("its id is not its position"));
+            }
+            if let Some(after) = entry.after
+                && (after >= self.entries.len() || after == position)
+            {
+                return Err(at("`after` names no other entry"));
+            }
+            let d = &entry.digests;
+            let needs = match entry.action {
+                SavedAction::Create => {
+                    entry.uuid.is_none()
+                        && entry.fields.is_some()
+                        && entry.key_source.is_some()
+                        && d.desired.is_some()
+                        && d.key.is_some()
+                }
+                SavedAction::Update => {
+                    entry.uuid.is_some()
+                        && entry.fields.is_some()
+                        && entry.key_source.is_some()
+                        && d.live.is_some()
+                        && d.desired.is_some()
+                        && d.key.is_some()
+                }
+                SavedAction::InSync => {
+                    entry.uuid.is_some()
+                        && entry.fields.is_none()
+                        && d.live.is_some()
+                        && d.desired.is_some()
+                        && d.key.is_some()
+                }
+                SavedAction::Delete => {
+                    entry.uuid.is_some() && entry.fields.is_none() && d.live.is_some()
+                }
+            };
+            if !needs {
+                return Err(at(
+                    "missing or unexpected uuid, fields or digests for its action",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The server the plan was made for.
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        ServerVersion::parse(&self.server.version).map(Capabilities::for_version)
+    }
+
+    /// Whether applying would write anything.
+    pub fn has_changes(&self) -> bool {
+        self.entries.iter().any(|e| e.action.writes())
+    }
+
+    /// Names that writing entries take and no live captcha stage holds: the
+    /// caller looks them up among all stage types for [`Fresh::foreign_names`].
+    pub fn names_to_check(&self, live: &[LiveStage]) -> Vec<String> {
+        let held: std::collections::BTreeSet<&str> =
+            live.iter().map(|l| l.fields.name.trim()).collect();
+        let mut names: Vec<String> = self
+            .entries
+            .iter()
+            .filter_map(|e| e.fields.as_ref())
+            .map(|f| f.name.trim())
+            .filter(|n| !held.contains(n))
+            .map(str::to_owned)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+/// Whether `saved` may be applied now: the file is fresh, for this server,
+/// and every writing entry's live stage, manifest, key and name are as planned.
+pub fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
+    if saved.server.url != fresh.url {
+        return Err(Refusal::OtherServer {
+            planned: saved.server.url.clone(),
+            now: fresh.url.to_owned(),
+        });
+    }
+    let created = humantime::parse_rfc3339(&saved.created_at)
+        .map_err(|e| Refusal::Corrupt(format!("created_at: {e}")))?;
+    match fresh.now.duration_since(created) {
+        Ok(age) if age > fresh.max_age => {
+            return Err(Refusal::Expired {
+                created_at: saved.created_at.clone(),
+                age: Duration::from_secs(age.as_secs()),
+                max_age: fresh.max_age,
+            });
+        }
+        Ok(_) => {}
+        Err(ahead) if ahead.duration() > CLOCK_SKEW => {
+            return Err(Refusal::FromTheFuture(saved.created_at.clone()));
+        }
+        Err(_) => {}
+    }
+    let planned_version = ServerVersion::parse(&saved.server.version);
+    if planned_version != Some(fresh.version) {
+        return Err(Refusal::ServerVersionChanged {
+            planned: saved.server.version.clone(),
+            now: fresh.version.to_string(),
+        });
+    }
+    let capabilities = Capabilities::for_version(fresh.version);
+    let salt =
+        state::unhex(&saved.salt).ok_or_else(|| Refusal::Corrupt("salt is not hex".into()))?;
+
+    let live_by_uuid: HashMap<Uuid, &LiveStage> = fresh.live.iter().map(|l| (l.uuid, l)).collect();
+    let live_by_name: HashMap<&str, &LiveStage> = fresh
+        .live
+        .iter()
+        .map(|l| (l.fields.name.trim(), l))
+        .collect();
+    let desired_by_pin: HashMap<Uuid, usize> = fresh
+        .desired
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| d.uuid.map(|u| (u, i)))
+        .collect();
+    let desired_by_name: HashMap<&str, usize> = fresh
+        .desired
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.fields.name.trim(), i))
+        .collect();
+
+    let mut verified = Verified {
+        desired_of: BTreeMap::new(),
+        left_alone: Vec::new(),
+        unplanned: Vec::new(),
+    };
+    let mut stale = Vec::new();
+    for entry in &saved.entries {
+        let mut changes = Vec::new();
+
+        if let Some(uuid) = entry.uuid {
+            match live_by_uuid.get(&uuid) {
+                None => changes.push(Change::StageGone),
+                Some(live) => {
+                    if entry.digests.live.as_deref() != Some(&live_digest(live, capabilities)) {
+                        changes.push(Change::LiveEdited);
+                    }
+                }
+            }
+        }
+
+        if let Some(desired_digest_then) = &entry.digests.desired {
+            let found = entry
+                .pinned_uuid
+                .and_then(|u| desired_by_pin.get(&u))
+                .or_else(|| desired_by_name.get(entry.name.as_str()))
+                .copied();
+            match found {
+                None => changes.push(Change::ManifestChanged {
+                    detail: Some("no manifest declares this stage any more".into()),
+                }),
+                Some(index) => {
+                    verified.desired_of.insert(entry.id, index);
+                    let manifest = &fresh.desired[index];
+                    if desired_digest(manifest) != *desired_digest_then {
+                        changes.push(Change::ManifestChanged { detail: None });
+                    } else if let Some(fields) = &entry.fields
+                        && *fields != capabilities.sendable(manifest.fields.clone().normalized())
+                    {
+                        // The manifest is as planned but the file would write
+                        // something else: a made-up file with a recomputed digest.
+                        return Err(Refusal::Corrupt(format!(
+                            "entry {} ({:?}) would write fields its manifest does not say",
+                            entry.id, entry.name
+                        )));
+                    }
+                    if entry.digests.key.as_deref()
+                        != Some(&key_digest(&salt, entry.id, &manifest.private_key))
+                    {
+                        changes.push(Change::KeyChanged);
+                    }
+                }
+            }
+        }
+
+        if let Some(fields) = entry.fields.as_ref().filter(|_| entry.action.writes()) {
+            let name = fields.name.trim();
+            // The stage the entry writes, and the one whose rename frees the
+            // name, may hold it; anything else is in the way.
+            let freed_by = entry
+                .after
+                .and_then(|a| saved.entries.get(a))
+                .and_then(|a| a.uuid);
+            match live_by_name.get(name) {
+                Some(holder)
+                    if Some(holder.uuid) != entry.uuid && Some(holder.uuid) != freed_by =>
+                {
+                    changes.push(Change::NameTaken {
+                        message: format!(
+                            "name {name:?} is already used by captcha stage {}",
+                            holder.uuid
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(kind) = fresh.foreign_names.get(name) {
+                        changes.push(Change::NameTaken {
+                            message: super::foreign_message(name, kind),
+                        });
+                    }
+                }
+            }
+        }
+
+        if changes.is_empty() {
+            continue;
+        }
+        let report = StageReport {
+            entry: entry.id,
+            name: entry.name.clone(),
+            origin: entry.origin.as_ref().map(origin_text),
+            changes,
+        };
+        if entry.action.writes() {
+            stale.push(report);
+        } else {
+            verified.left_alone.push(report);
+        }
+    }
+    if !stale.is_empty() {
+        return Err(Refusal::Stale(stale));
+    }
+
+    let planned: std::collections::BTreeSet<usize> =
+        verified.desired_of.values().copied().collect();
+    verified.unplanned = fresh
+        .desired
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !planned.contains(i))
+        .map(|(_, d)| d.fields.name.trim().to_owned())
+        .collect();
+    Ok(verified)
+}
+
+#[cfg(test)]
+mod tests;
