@@ -26,7 +26,8 @@ use crate::secret::{SecretString, Token};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success / in sync, 1 runtime error, 2 changes pending (plan),
-3 invalid manifests or configuration, 64 usage error.
+3 invalid manifests or configuration, 4 a saved plan no longer matches (apply
+--plan; nothing written), 64 usage error.
 
 Examples:
   stagesync demo                         # try it: built-in simulator, no setup
@@ -62,7 +63,7 @@ enum CommandArgs {
     },
     /// Show what apply would change (dry run). Exit 2 when changes are pending.
     #[command(
-        after_help = "Examples:\n  stagesync plan stages/\n  stagesync plan --format markdown > plan.md\n\nExit codes: 0 in sync, 2 changes pending, 1 error, 3 invalid manifests."
+        after_help = "Examples:\n  stagesync plan stages/\n  stagesync plan --format markdown > plan.md\n  stagesync plan --out plan.json stages/   # for apply --plan\n\nExit codes: 0 in sync, 2 changes pending, 1 error, 3 invalid manifests."
     )]
     Plan {
         #[command(flatten)]
@@ -74,10 +75,13 @@ enum CommandArgs {
         /// of as in sync: for CI jobs that check pull requests without the state file.
         #[arg(long)]
         ignore_unknown_keys: bool,
+        /// Also save the plan to FILE (JSON, no secrets, mode 0600), for `apply --plan FILE`.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
-        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied)."
+        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n  stagesync apply --plan plan.json stages/   # exactly the reviewed plan\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied),\n4 the saved plan no longer matches what it was made from (nothing applied)."
     )]
     Apply {
         #[command(flatten)]
@@ -90,6 +94,13 @@ enum CommandArgs {
         /// How many writes run at once.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        /// Apply exactly this saved plan (from `plan --out`), without asking, or
+        /// nothing: exit 4 if authentik or the manifests changed since it was made.
+        #[arg(long, value_name = "FILE")]
+        plan: Option<PathBuf>,
+        /// With --plan: refuse a plan file older than this.
+        #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "plan")]
+        max_age: Duration,
     },
     /// Keep authentik converged: reconcile on every change and every interval.
     #[command(
@@ -422,6 +433,8 @@ pub struct PlanConfig {
     pub reconcile: ReconcileConfig,
     pub format: Format,
     pub ignore_unknown_keys: bool,
+    /// Where to save the plan file, if anywhere.
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -430,6 +443,10 @@ pub struct ApplyConfig {
     pub format: Format,
     pub yes: bool,
     pub concurrency: usize,
+    /// Apply this saved plan instead of planning.
+    pub plan_file: Option<PathBuf>,
+    /// How old a saved plan may be.
+    pub max_age: Duration,
 }
 
 #[derive(Debug)]
@@ -510,21 +527,27 @@ impl Cli {
                 reconcile,
                 format,
                 ignore_unknown_keys,
+                out,
             } => Command::Plan(PlanConfig {
                 reconcile: reconcile.resolve(env)?,
                 format,
                 ignore_unknown_keys,
+                out,
             }),
             CommandArgs::Apply {
                 reconcile,
                 format,
                 yes,
                 concurrency,
+                plan,
+                max_age,
             } => Command::Apply(ApplyConfig {
                 reconcile: reconcile.resolve(env)?,
                 format,
                 yes,
                 concurrency: concurrency.into(),
+                plan_file: plan,
+                max_age,
             }),
             CommandArgs::Run { reconcile, daemon } => Command::Run(RunConfig {
                 reconcile: reconcile.resolve(env)?,

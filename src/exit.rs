@@ -19,14 +19,14 @@
 //! | 1    | [`FAILURE`] |
 //! | 2    | [`CHANGES_PENDING`] |
 //! | 3    | [`INVALID`] |
-//! | 4    | reserved: a saved plan no longer matches what it was made from; nothing was written |
+//! | 4    | [`STALE_PLAN`] |
 //! | 64   | [`USAGE`] |
 //! | 130  | [`INTERRUPTED`] |
 //! | 143  | [`TERMINATED`] |
 //!
-//! Code 4 is reserved for `apply` of a saved plan whose live state or manifests
-//! changed since it was made (as Terraform refuses a stale saved plan): it is
-//! not used yet, and no other meaning may take it.
+//! Code 4 is `apply --plan` refusing a saved plan whose live state or
+//! manifests changed since it was made (as Terraform refuses a stale saved
+//! plan), or that is expired, edited or for another server: nothing was written.
 //!
 //! Trap: a [`CommandError`] is found by downcasting the `anyhow::Error` a
 //! command returns. Wrapping one with `.context(..)` keeps it findable; making
@@ -38,6 +38,7 @@ use crate::authentik::ApiError;
 use crate::cli::ConfigError;
 use crate::manifest::{Diagnostic, SourceError};
 use crate::output::escape;
+use crate::plan::saved::{Refusal, SaveError};
 
 /// Success; for `plan`, also "everything is in sync".
 pub const SUCCESS: i32 = 0;
@@ -47,6 +48,9 @@ pub const FAILURE: i32 = 1;
 pub const CHANGES_PENDING: i32 = 2;
 /// Invalid manifests or configuration; nothing was contacted or written.
 pub const INVALID: i32 = 3;
+/// `apply --plan`: the saved plan no longer matches what it was made from
+/// (or is expired, edited, for another server); nothing was written.
+pub const STALE_PLAN: i32 = 4;
 /// The command line itself is wrong (`EX_USAGE`).
 pub const USAGE: i32 = 64;
 /// A second Ctrl-C (SIGINT, 128 + 2) ended `apply` or the daemon at once,
@@ -114,6 +118,19 @@ pub enum CommandError {
     /// writes through one (with or without --force), so nothing was written.
     #[error("nothing was written")]
     ExportWouldFollowLinks(Vec<PathBuf>),
+    /// `plan --out`: the plan cannot be saved (it is printed all the same).
+    #[error("no plan file written to {}: {reason}", escape(&path.display().to_string()))]
+    PlanNotSaved { path: PathBuf, reason: SaveError },
+    /// `apply --plan`: the plan file cannot be read (missing, unreadable).
+    #[error("cannot read the plan file {}: {source}", escape(&path.display().to_string()))]
+    PlanFileUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `apply --plan`: the saved plan is not applied; nothing was written.
+    /// Stale stages are listed one per line before the error.
+    #[error("plan file {}: {refusal}; nothing was written", escape(&path.display().to_string()))]
+    PlanRefused { path: PathBuf, refusal: Refusal },
 }
 
 impl CommandError {
@@ -124,14 +141,17 @@ impl CommandError {
             CommandError::CommandLine(_) => USAGE,
             CommandError::Config(_)
             | CommandError::ManifestDir(_)
-            | CommandError::InvalidManifests(_) => INVALID,
+            | CommandError::InvalidManifests(_)
+            | CommandError::PlanFileUnreadable { .. } => INVALID,
+            CommandError::PlanRefused { .. } => STALE_PLAN,
             // Setting up the client contacts nothing: its configuration errors
             // are like an invalid manifest.
             CommandError::Connection(err) if err.is_config() => INVALID,
             CommandError::Connection(_)
             | CommandError::NoTerminalToConfirm
             | CommandError::ExportWouldOverwrite(_)
-            | CommandError::ExportWouldFollowLinks(_) => FAILURE,
+            | CommandError::ExportWouldFollowLinks(_)
+            | CommandError::PlanNotSaved { .. } => FAILURE,
         }
     }
 
@@ -164,6 +184,16 @@ impl CommandError {
             _ => {}
         }
         out.push_str(&format!("error: {}\n", escape(&self.to_string())));
+        if let CommandError::PlanRefused { refusal, .. } = self {
+            if let Refusal::Stale(reports) = refusal {
+                for report in reports {
+                    out.push_str(&format!("  {report}\n"));
+                }
+            }
+            out.push_str(
+                "Make a new plan (`stagesync plan --out FILE`), review it, and apply that one.\n",
+            );
+        }
         out
     }
 }
@@ -280,12 +310,13 @@ mod tests {
     }
 
     #[test]
-    fn no_code_is_taken_twice_and_4_stays_reserved() {
+    fn no_code_is_taken_twice() {
         let codes = [
             SUCCESS,
             FAILURE,
             CHANGES_PENDING,
             INVALID,
+            STALE_PLAN,
             USAGE,
             INTERRUPTED,
             TERMINATED,
@@ -294,7 +325,6 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), codes.len());
-        assert!(!codes.contains(&4), "4 is reserved for a stale saved plan");
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! The shared path of `plan`, `apply` and the daemon: fetch live state, then plan.
+//! The shared path of `plan`, `apply` and the daemon: fetch live state, then
+//! plan; `apply --plan` fetches the same live state ([`fetch_live`]) to check a
+//! saved plan against.
 //!
 //! This is the I/O wrapped around the pure planner. It makes the minimum of
 //! calls: one version call, one list call per 100 live stages, and, for the
@@ -37,17 +39,42 @@ async fn foreign_names(
         .collect())
 }
 
+/// What authentik has, as one pass sees it.
+pub struct Live {
+    pub capabilities: Capabilities,
+    /// Every live captcha stage.
+    pub stages: Vec<LiveStage>,
+    /// name -> kind for the names looked up that a stage of another type holds.
+    pub foreign_names: BTreeMap<String, String>,
+}
+
+/// Fetches the server version and every captcha stage, then looks up the
+/// names `names_to_check` picks from them among all stage types.
+pub async fn fetch_live(
+    client: &Client,
+    names_to_check: impl FnOnce(&[LiveStage]) -> Vec<String>,
+) -> Result<Live, ApiError> {
+    let version = client.version().await?;
+    let stages = client.list_captcha_stages().await?;
+    let foreign_names = foreign_names(client, names_to_check(&stages)).await?;
+    Ok(Live {
+        capabilities: Capabilities::for_version(version),
+        stages,
+        foreign_names,
+    })
+}
+
 /// Fetches live state from authentik and plans `desired` against it.
 pub async fn fetch_and_plan(
     client: &Client,
     desired: Vec<DesiredStage>,
     keys: &KeyState,
 ) -> Result<Planned, ApiError> {
-    let version = client.version().await?;
-    let capabilities = Capabilities::for_version(version);
-    let live = client.list_captcha_stages().await?;
-
-    let foreign_names = foreign_names(client, plan::names_to_check(&desired, &live)).await?;
+    let Live {
+        capabilities,
+        stages: live,
+        foreign_names,
+    } = fetch_live(client, |live| plan::names_to_check(&desired, live)).await?;
 
     let plan = plan::plan(&PlanInputs {
         desired: &desired,

@@ -286,22 +286,26 @@ impl StateFile {
             .map_err(|e| io_error(&self.path)(io::Error::other(e)))?;
         text.push('\n');
 
-        let dir = parent_dir(&self.path).unwrap_or(Path::new("."));
-        let file_name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "state.json".to_owned());
-        let tmp = dir.join(format!(".{file_name}.tmp-{:016x}", rand::rng().next_u64()));
-        let written = write_synced(&tmp, text.as_bytes())
-            .and_then(|()| fs::rename(&tmp, &self.path))
-            .map_err(io_error(&self.path));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-            return written;
-        }
-        sync_dir(dir).map_err(io_error(dir))
+        write_private_file(&self.path, text.as_bytes()).map_err(io_error(&self.path))
     }
+}
+
+/// Replaces `path` atomically with `bytes`, readable by the owner only: a
+/// 0600 temp file in the same directory, fsync, rename over `path`, fsync of
+/// the directory. A crash leaves the old file or the new one, never half.
+pub(crate) fn write_private_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path).unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stagesync".to_owned());
+    let tmp = dir.join(format!(".{file_name}.tmp-{:016x}", rand::rng().next_u64()));
+    let written = write_synced(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+        return written;
+    }
+    sync_dir(dir)
 }
 
 fn parent_dir(path: &Path) -> Option<&Path> {

@@ -6,14 +6,19 @@ use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, ApplyReport, WriteResult};
+use crate::authentik::Client;
 use crate::cli::{ApplyConfig, Format};
-use crate::commands::{connect, load_desired, plan::render};
+use crate::commands::{apply_saved, connect, load_desired, plan::render};
 use crate::exit::{self, CommandError, Outcome};
 use crate::output::{self, escape};
+use crate::plan::Plan;
 use crate::reconcile;
 use crate::state::StateFile;
 
 pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
+    if let Some(path) = cfg.plan_file.clone() {
+        return apply_saved::run(cfg, &path, color).await;
+    }
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let client = connect(&cfg.reconcile.client)?;
     // Lock the state file before planning, so the key status the plan shows is
@@ -34,6 +39,31 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
         return Ok(Outcome::Declined);
     }
 
+    let report = write(
+        &client,
+        &planned.plan,
+        &mut state,
+        cfg.concurrency,
+        cfg.format,
+    )
+    .await?;
+    Ok(if report.converged() && plan_errors == 0 {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+/// Executes `plan`'s writes (Ctrl-C stops starting new ones), saves the key
+/// fingerprints, and prints one line per write (on stderr under `--format json`,
+/// so stdout stays one JSON document).
+pub(crate) async fn write(
+    client: &Client,
+    plan: &Plan,
+    state: &mut StateFile,
+    concurrency: usize,
+    format: Format,
+) -> Result<ApplyReport> {
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {
@@ -50,28 +80,19 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
             std::process::exit(exit::INTERRUPTED);
         }
     });
-    let report = apply::apply(
-        &client,
-        &planned.plan,
-        state.keys_mut(),
-        cfg.concurrency,
-        &cancel,
-        |_| false,
-    )
+    let report = apply::apply(client, plan, state.keys_mut(), concurrency, &cancel, |_| {
+        false
+    })
     .await;
     state.save()?;
 
     let text = render_report(&report);
-    if cfg.format == Format::Json {
+    if format == Format::Json {
         eprint!("{text}");
     } else {
         output::print_stdout(&text)?;
     }
-    Ok(if report.converged() && plan_errors == 0 {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(report)
 }
 
 /// Asks on the terminal; refuses when there is none (a CI job must say `--yes`).

@@ -12,6 +12,7 @@ use crate::policy::Policy;
 use crate::stage::DesiredStage;
 
 pub mod apply;
+mod apply_saved;
 pub mod demo;
 pub mod export;
 pub mod plan;

@@ -1,26 +1,56 @@
 //! `stagesync plan`: show what apply would change, without writing anything.
 
-use anyhow::Result;
+use std::time::SystemTime;
+
+use anyhow::{Context, Result};
+use rand::RngCore;
 
 use crate::cli::{Format, PlanConfig};
 use crate::commands::{connect, load_desired};
-use crate::exit::Outcome;
-use crate::output;
+use crate::exit::{CommandError, Outcome};
+use crate::output::{self, escape};
+use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Plan};
 use crate::reconcile;
-use crate::state::StateFile;
+use crate::state::{StateFile, write_private_file};
 
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let keys = StateFile::read_only(&cfg.reconcile.state_file)?;
     let client = connect(&cfg.reconcile.client)?;
-    let mut plan = reconcile::fetch_and_plan(&client, desired, &keys)
-        .await?
-        .plan;
+    let reconcile::Planned {
+        mut plan,
+        desired,
+        live,
+        ..
+    } = reconcile::fetch_and_plan(&client, desired, &keys).await?;
     if cfg.ignore_unknown_keys {
         plan = plan.ignoring_unknown_keys();
     }
     output::print_stdout(&render(&plan, cfg.format, color))?;
+    if let Some(path) = &cfg.out {
+        let mut salt = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt);
+        let file = SavedPlan::from_plan(
+            &plan,
+            &desired,
+            &live,
+            client.base_url(),
+            SystemTime::now(),
+            salt,
+        )
+        .map_err(|reason| CommandError::PlanNotSaved {
+            path: path.clone(),
+            reason,
+        })?;
+        // Atomically, readable by the owner only, as the state file.
+        write_private_file(path, file.to_json().as_bytes()).with_context(|| {
+            format!(
+                "cannot write the plan file {}",
+                escape(&path.display().to_string())
+            )
+        })?;
+    }
     Ok(outcome(&plan))
 }
 

@@ -622,24 +622,36 @@ pub fn plan(inputs: &PlanInputs) -> Plan {
             action,
         });
     }
-    let mut unmanaged: Vec<Unmanaged> = inputs
-        .live
-        .iter()
-        .filter(|l| !claimed.contains(&l.uuid))
-        .map(|l| Unmanaged {
-            uuid: l.uuid,
-            name: l.fields.name.trim().to_owned(),
-        })
-        .collect();
-    unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid)));
-    Plan {
-        stages,
-        unmanaged,
-        known_fields: Field::ALL
-            .into_iter()
-            .filter(|f| inputs.capabilities.knows(*f))
-            .collect(),
-        capabilities: inputs.capabilities,
+    Plan::assemble(stages, inputs.live, &claimed, inputs.capabilities)
+}
+
+impl Plan {
+    /// The plan of `stages` for a server with `capabilities`: the `live`
+    /// stages none of them claims are listed as unmanaged, sorted by name.
+    pub(crate) fn assemble(
+        stages: Vec<StagePlan>,
+        live: &[LiveStage],
+        claimed: &BTreeSet<Uuid>,
+        capabilities: Capabilities,
+    ) -> Plan {
+        let mut unmanaged: Vec<Unmanaged> = live
+            .iter()
+            .filter(|l| !claimed.contains(&l.uuid))
+            .map(|l| Unmanaged {
+                uuid: l.uuid,
+                name: l.fields.name.trim().to_owned(),
+            })
+            .collect();
+        unmanaged.sort_by(|a, b| a.name.cmp(&b.name).then(a.uuid.cmp(&b.uuid)));
+        Plan {
+            stages,
+            unmanaged,
+            known_fields: Field::ALL
+                .into_iter()
+                .filter(|f| capabilities.knows(*f))
+                .collect(),
+            capabilities,
+        }
     }
 }
 

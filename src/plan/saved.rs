@@ -40,8 +40,9 @@
 //! - `delete` is a reserved action: the format, the schema and [`check`] know
 //!   it (a delete pins only the live stage), but no plan makes one yet.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -51,9 +52,9 @@ use uuid::Uuid;
 
 use crate::authentik::{Capabilities, ServerVersion};
 use crate::output::escape;
-use crate::plan::{Action, KeyStatus, Plan};
-use crate::secret::PrivateKey;
-use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, StageFields};
+use crate::plan::{Action, EntryId, KeyStatus, Plan, StagePlan, Write};
+use crate::secret::{KeySource, PrivateKey};
+use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFields};
 use crate::state;
 
 /// The `format_version` this build writes and reads.
@@ -604,8 +605,7 @@ impl SavedPlan {
     /// Names that writing entries take and no live captcha stage holds: the
     /// caller looks them up among all stage types for [`Fresh::foreign_names`].
     pub fn names_to_check(&self, live: &[LiveStage]) -> Vec<String> {
-        let held: std::collections::BTreeSet<&str> =
-            live.iter().map(|l| l.fields.name.trim()).collect();
+        let held: BTreeSet<&str> = live.iter().map(|l| l.fields.name.trim()).collect();
         let mut names: Vec<String> = self
             .entries
             .iter()
@@ -788,6 +788,112 @@ pub fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
         .map(|(_, d)| d.fields.name.trim().to_owned())
         .collect();
     Ok(verified)
+}
+
+/// The plan to execute for a file that passed [`check`]: its entries in
+/// order, each writing entry's fields as saved and its key from the manifest
+/// `verified` matched it to. Entries in sync when planned write nothing, even
+/// if they drifted since. `live` is the state `check` saw.
+pub fn to_plan(
+    saved: &SavedPlan,
+    verified: &Verified,
+    desired: &[DesiredStage],
+    live: &[LiveStage],
+) -> Result<Plan, Refusal> {
+    let capabilities = saved
+        .capabilities()
+        .ok_or_else(|| Refusal::Corrupt(format!("server version {:?}", saved.server.version)))?;
+    let live_by_uuid: HashMap<Uuid, &LiveStage> = live.iter().map(|l| (l.uuid, l)).collect();
+    let mut stages = Vec::with_capacity(saved.entries.len());
+    for entry in &saved.entries {
+        let manifest = verified.desired_of.get(&entry.id).map(|&i| &desired[i]);
+        let unmatched = || Refusal::Corrupt(format!("entry {} has no manifest", entry.id));
+        let write = |fields: &StageFields| -> Result<Write, Refusal> {
+            Ok(Write {
+                fields: fields.clone(),
+                private_key: manifest.ok_or_else(unmatched)?.private_key.clone(),
+                after: entry.after.map(EntryId),
+            })
+        };
+        let key = entry.private_key.unwrap_or(KeyStatus::Unknown);
+        let action = match (entry.action, &entry.fields, entry.uuid) {
+            (SavedAction::Create, Some(fields), None) => Action::Create {
+                write: write(fields)?,
+                key,
+            },
+            (SavedAction::Update, Some(fields), Some(uuid)) => {
+                let live = live_by_uuid.get(&uuid).ok_or_else(unmatched)?;
+                Action::Update {
+                    uuid,
+                    // The live digest matched: these are the changes reviewed.
+                    changes: live
+                        .fields
+                        .clone()
+                        .normalized()
+                        .changes_to(fields, |f| capabilities.knows(f)),
+                    write: write(fields)?,
+                    key,
+                }
+            }
+            (SavedAction::InSync, None, Some(uuid)) => Action::InSync { uuid },
+            (SavedAction::Delete, ..) => {
+                return Err(Refusal::Corrupt(format!(
+                    "entry {} ({:?}) deletes a stage; this stagesync does not apply deletes",
+                    entry.id, entry.name
+                )));
+            }
+            _ => return Err(Refusal::Corrupt(format!("entry {} is malformed", entry.id))),
+        };
+        let (origin, key_source) = match manifest {
+            Some(m) => (m.origin.clone(), m.key_source.clone()),
+            None => (
+                entry
+                    .origin
+                    .as_ref()
+                    .map(SavedOrigin::to_origin)
+                    .unwrap_or(Origin {
+                        file: PathBuf::new(),
+                        line: 0,
+                        column: 0,
+                    }),
+                entry
+                    .key_source
+                    .as_deref()
+                    .map(parse_key_source)
+                    .unwrap_or(KeySource::Literal),
+            ),
+        };
+        stages.push(StagePlan {
+            id: EntryId(entry.id),
+            name: entry.name.clone(),
+            origin,
+            key_source,
+            action,
+        });
+    }
+    let claimed: BTreeSet<Uuid> = saved.entries.iter().filter_map(|e| e.uuid).collect();
+    Ok(Plan::assemble(stages, live, &claimed, capabilities))
+}
+
+impl SavedOrigin {
+    fn to_origin(&self) -> Origin {
+        Origin {
+            file: PathBuf::from(&self.file),
+            line: self.line,
+            column: self.column,
+        }
+    }
+}
+
+/// The inverse of [`KeySource`]'s `Display`, for entries whose manifest is gone.
+fn parse_key_source(text: &str) -> KeySource {
+    if let Some(var) = text.strip_prefix("!Env ") {
+        KeySource::Env(var.to_owned())
+    } else if let Some(path) = text.strip_prefix("!File ") {
+        KeySource::File(PathBuf::from(path))
+    } else {
+        KeySource::Literal
+    }
 }
 
 #[cfg(test)]

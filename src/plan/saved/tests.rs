@@ -499,3 +499,30 @@ fn a_reserved_delete_entry_pins_its_live_stage() {
         [("stray".to_owned(), vec!["live_edited"])]
     );
 }
+
+#[test]
+fn a_verified_file_becomes_the_plan_it_was_saved_from() {
+    let w = world();
+    let original = plan_of(&w);
+    let saved = reparsed(&save(&w));
+    let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
+    let rebuilt = to_plan(&saved, &verified, &w.desired, &w.live).unwrap();
+    assert_eq!(rebuilt, original);
+}
+
+#[test]
+fn a_drifted_in_sync_entry_still_writes_nothing() {
+    let mut w = world();
+    let saved = save(&w);
+    w.live[1].fields.interactive = true;
+    let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
+    let rebuilt = to_plan(&saved, &verified, &w.desired, &w.live).unwrap();
+    assert_eq!(
+        rebuilt.stages[2].action,
+        Action::InSync {
+            uuid: w.live[1].uuid
+        }
+    );
+    assert_eq!(rebuilt.summary().update, 1);
+    assert_eq!(rebuilt.summary().create, 1);
+}

@@ -1,0 +1,105 @@
+//! `stagesync apply --plan FILE [DIR]`: apply exactly a saved plan, or nothing.
+//!
+//! The file is read and checked first (version, digest), then the manifests
+//! are loaded (for the keys, which the file does not hold) and live state is
+//! read with the state file locked, as `apply` does; [`check`] decides. Any
+//! refusal is a [`CommandError::PlanRefused`] (exit 4) before a single write.
+//! There is no confirmation prompt: the reviewed file is the confirmation.
+
+use std::io::Read;
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Result;
+
+use crate::cli::ApplyConfig;
+use crate::commands::apply::write;
+use crate::commands::{connect, load_desired, plan::render};
+use crate::exit::{CommandError, Outcome};
+use crate::output::{self, escape};
+use crate::plan::saved::{self, Fresh, Refusal, SavedPlan, check};
+use crate::reconcile;
+use crate::state::StateFile;
+
+/// A plan file larger than this is refused unread: 10,000 stages make ~20 MiB.
+const MAX_PLAN_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+pub async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> {
+    let refused = |refusal| CommandError::PlanRefused {
+        path: path.to_owned(),
+        refusal,
+    };
+    let text = read_bounded(path).map_err(|err| match err {
+        ReadError::Io(source) => CommandError::PlanFileUnreadable {
+            path: path.to_owned(),
+            source,
+        },
+        ReadError::Refused(refusal) => refused(refusal),
+    })?;
+    let saved = SavedPlan::parse(&text).map_err(refused)?;
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
+    let client = connect(&cfg.reconcile.client)?;
+    // Locked before reading live state, as a plain apply does: no other apply
+    // or daemon writes between the check and the writes.
+    let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+    let live = reconcile::fetch_live(&client, |live| saved.names_to_check(live)).await?;
+    let verified = check(
+        &saved,
+        &Fresh {
+            desired: &desired,
+            live: &live.stages,
+            foreign_names: &live.foreign_names,
+            url: client.base_url(),
+            version: live.capabilities.version,
+            now: SystemTime::now(),
+            max_age: cfg.max_age,
+        },
+    )
+    .map_err(refused)?;
+    let plan = saved::to_plan(&saved, &verified, &desired, &live.stages).map_err(refused)?;
+
+    output::print_stdout(&render(&plan, cfg.format, color))?;
+    for report in &verified.left_alone {
+        eprintln!(
+            "note: left alone: {report} (in sync when planned, changed since: not reviewed; the next plan shows it)"
+        );
+    }
+    for name in &verified.unplanned {
+        eprintln!(
+            "note: left alone: {} is not in the plan file (the next plan shows it)",
+            escape(name)
+        );
+    }
+    if !plan.has_changes() {
+        return Ok(Outcome::Success);
+    }
+    let report = write(&client, &plan, &mut state, cfg.concurrency, cfg.format).await?;
+    Ok(if report.converged() {
+        Outcome::Success
+    } else {
+        Outcome::Failed
+    })
+}
+
+enum ReadError {
+    Io(std::io::Error),
+    Refused(Refusal),
+}
+
+/// Reads at most [`MAX_PLAN_FILE_BYTES`]; a larger or non-UTF-8 file is not
+/// a plan file stagesync wrote.
+fn read_bounded(path: &Path) -> Result<String, ReadError> {
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PLAN_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > MAX_PLAN_FILE_BYTES {
+        return Err(ReadError::Refused(Refusal::Corrupt(format!(
+            "larger than {} MiB",
+            MAX_PLAN_FILE_BYTES / 1024 / 1024
+        ))));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ReadError::Refused(Refusal::Corrupt("not UTF-8 text".into())))
+}
