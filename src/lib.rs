@@ -23,7 +23,8 @@
 //!   references a manifest may use, and the captcha provider hosts a key may
 //!   be sent to. Resolved once in [`cli`], checked while manifests load.
 //! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
-//!   plan, and its renderings as text, JSON and Markdown.
+//!   plan, and its renderings as text, JSON and Markdown; [`plan::saved`] is the
+//!   plan file of `plan --out` and the pure check `apply --plan` makes of it.
 //! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
 //! - [`reconcile`]: the shared path of plan, apply and the daemon: fetch live
 //!   state with the fewest calls, then plan.

@@ -291,7 +291,7 @@ async fn a_stage_that_drifted_after_an_in_sync_plan_is_left_alone_and_reported()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_key_reaches_the_plan_file_whatever_the_reference() {
+async fn no_key_reaches_the_plan_file_whatever_the_reference_and_it_fits_the_schema() {
     let sim = start_sim().await;
     let ws = Workspace::new();
     ws.write("env.yaml", &manifest("env", "site-env", "ENV_KEY", ""));
@@ -317,6 +317,23 @@ async fn no_key_reaches_the_plan_file_whatever_the_reference() {
     let out = run(cmd(&["plan", "--out", "plan.json", "stages"])).await;
     assert_eq!(out.status.code(), Some(2), "{}", code_and_output(&out));
     let text = std::fs::read_to_string(ws.root.path().join("plan.json")).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/plan-file.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let errors: Vec<String> = jsonschema::validator_for(&schema)
+        .unwrap()
+        .iter_errors(&file)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the file the binary wrote fails the schema: {errors:?}"
+    );
     for needle in [
         "\"!Env ENV_KEY\"",
         "\"!File keys/file-key\"",
