@@ -550,10 +550,12 @@ impl SavedPlan {
             if entry.id != position {
                 return Err(at("its id is not its position"));
             }
+            // Only a rename frees a name: `after` names another entry's update.
             if let Some(after) = entry.after
-                && (after >= self.entries.len() || after == position)
+                && (after == position
+                    || self.entries.get(after).map(|a| a.action) != Some(SavedAction::Update))
             {
-                return Err(at("`after` names no other entry"));
+                return Err(at("`after` names no other entry's update"));
             }
             let d = &entry.digests;
             let needs = match entry.action {

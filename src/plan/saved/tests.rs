@@ -223,14 +223,20 @@ fn damaged_and_newer_files_are_refused_by_name() {
         SavedPlan::parse("{\"format_version\": 2, \"anything\": true}"),
         Err(Refusal::UnsupportedVersion(2))
     );
-    // Right digest, wrong shape: an `after` that points nowhere.
-    let mut saved = save(&world());
-    saved.entries[1].after = Some(17);
-    saved.digest = saved.computed_digest();
-    assert!(matches!(
-        SavedPlan::parse(&saved.to_json()),
-        Err(Refusal::Corrupt(m)) if m.contains("after")
-    ));
+    // Right digest, wrong shape: an `after` that points nowhere, or at an
+    // entry that renames nothing.
+    for after in [17, 1, 2] {
+        let mut saved = save(&world());
+        saved.entries[1].after = Some(after);
+        saved.digest = saved.computed_digest();
+        assert!(
+            matches!(
+                SavedPlan::parse(&saved.to_json()),
+                Err(Refusal::Corrupt(m)) if m.contains("after")
+            ),
+            "after {after}"
+        );
+    }
 }
 
 #[test]
