@@ -911,6 +911,18 @@ fn cases() -> Vec<Case> {
         },
         // ------------------------------------------------------------ configuration
         Case {
+            name: "a_missing_plan_file_is_a_configuration_error",
+            commands: &[&["apply", "--plan", "missing.json"]],
+            code: 3,
+            error: |_| {
+                exact(
+                    "error: cannot read the plan file missing.json: No such file or directory (os error 2)",
+                )
+            },
+            also: nothing_sent,
+            ..Case::default()
+        },
+        Case {
             name: "plain_http_to_another_host_is_a_configuration_error",
             commands: PLAN_AND_APPLY,
             setup: |c, _| {
