@@ -425,9 +425,11 @@ impl SavedPlan {
             .stages
             .iter()
             .map(|stage| {
-                // One entry per manifest, in input order: the id is the index.
+                // An entry of a manifest has its index as id (entries are in
+                // input order); an entry with no manifest (a delete, once plans
+                // make them) pins only its live stage.
                 let id = stage.id.0;
-                let manifest = &desired[id];
+                let manifest = desired.get(id);
                 let (action, uuid, write, changes, key) = match &stage.action {
                     Action::Create { write, key } => {
                         (SavedAction::Create, None, Some(write), &[][..], *key)
@@ -463,7 +465,7 @@ impl SavedPlan {
                         column: stage.origin.column,
                     }),
                     uuid,
-                    pinned_uuid: manifest.uuid,
+                    pinned_uuid: manifest.and_then(|m| m.uuid),
                     after: write.and_then(|w| w.after).map(|a| a.0),
                     key_source: Some(stage.key_source.to_string()),
                     private_key: Some(key),
@@ -473,8 +475,8 @@ impl SavedPlan {
                         live: uuid
                             .and_then(|u| live_by_uuid.get(&u))
                             .map(|l| live_digest(l, capabilities)),
-                        desired: Some(desired_digest(manifest)),
-                        key: Some(key_digest(&salt, id, &manifest.private_key)),
+                        desired: manifest.map(desired_digest),
+                        key: manifest.map(|m| key_digest(&salt, id, &m.private_key)),
                     },
                 }
             })
