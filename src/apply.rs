@@ -35,7 +35,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::authentik::{ApiError, Client, StageWrite};
-use crate::capabilities::Capabilities;
 use crate::plan::{EntryId, Plan, Target, Write};
 use crate::stage::{LiveStage, Origin};
 use crate::state::KeyState;
@@ -295,9 +294,8 @@ pub async fn apply(
             let client = client.clone();
             let target = writes[index].target;
             let write = writes[index].write.clone();
-            let capabilities = plan.capabilities;
             let task = tasks.spawn(async move {
-                let result = send(&client, target, &write, capabilities).await;
+                let result = send(&client, target, &write).await;
                 drop(permit);
                 result
             });
@@ -351,16 +349,11 @@ pub async fn apply(
 }
 
 /// The one request of a write.
-async fn send(
-    client: &Client,
-    target: Target,
-    write: &Write,
-    capabilities: Capabilities,
-) -> Result<LiveStage, ApiError> {
+async fn send(client: &Client, target: Target, write: &Write) -> Result<LiveStage, ApiError> {
+    // The plan's fields are already cut to what the server knows.
     let request = StageWrite {
         fields: &write.fields,
         private_key: &write.private_key,
-        capabilities,
     };
     match target {
         Target::Create => client.create_stage(&request).await,
@@ -378,6 +371,7 @@ mod tests {
 
     use super::*;
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
+    use crate::capabilities::Capabilities;
     use crate::plan::{self, PlanInputs};
     use crate::secret::{KeySource, SecretString};
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
