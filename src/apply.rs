@@ -35,7 +35,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::authentik::{ApiError, Client, StageWrite};
-use crate::capabilities::Capabilities;
 use crate::plan::{EntryId, Plan, Target, Write};
 use crate::stage::{LiveStage, Origin};
 use crate::state::KeyState;
@@ -113,11 +112,12 @@ pub enum SkipReason {
     HeldBack,
     /// Cancelled before it started.
     Cancelled,
-    /// It takes the name that entry `entry` (named `name`) renames its stage away
-    /// from, and that write was not made.
+    /// It takes the name `taken`, which entry `entry` (named `name`) renames
+    /// its stage away from, and that write was not made.
     Dependency {
         entry: EntryId,
         name: String,
+        taken: String,
         failed: bool,
     },
 }
@@ -127,9 +127,17 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::HeldBack => f.write_str("held back until its retry is due"),
             SkipReason::Cancelled => f.write_str("interrupted"),
-            SkipReason::Dependency { name, failed, .. } => {
+            SkipReason::Dependency {
+                name,
+                taken,
+                failed,
+                ..
+            } => {
                 let what = if *failed { "failed" } else { "was not sent" };
-                write!(f, "it takes the name of {name}, whose update {what}")
+                write!(
+                    f,
+                    "it takes the name {taken:?}, which {name} is being renamed away from; that update {what}"
+                )
             }
         }
     }
@@ -234,6 +242,7 @@ pub async fn apply(
                 Some(Err(missing)) => Some(SkipReason::Dependency {
                     entry: missing,
                     name: name_of(missing),
+                    taken: entries[i].0.name.clone(),
                     failed: false,
                 }),
                 Some(Ok(j)) => match &writes[j].result {
@@ -242,6 +251,7 @@ pub async fn apply(
                     Some(other) => Some(SkipReason::Dependency {
                         entry: entries[j].0.id,
                         name: entries[j].0.name.clone(),
+                        taken: entries[i].0.name.clone(),
                         failed: matches!(other, WriteResult::Failed(_)),
                     }),
                 },
@@ -254,12 +264,13 @@ pub async fn apply(
         if wave.is_empty() {
             // Undecided writes left here wait on each other: a cycle, which the
             // planner refuses. Skip them rather than wait forever.
-            for w in writes.iter_mut().filter(|w| w.result.is_none()) {
-                if let Some(Ok(j)) = w.after {
+            for (w, &(taker, ..)) in writes.iter_mut().zip(&entries) {
+                if let (None, Some(Ok(j))) = (&w.result, w.after) {
                     let entry = entries[j].0;
                     w.result = Some(WriteResult::Skipped(SkipReason::Dependency {
                         entry: entry.id,
                         name: entry.name.clone(),
+                        taken: taker.name.clone(),
                         failed: false,
                     }));
                 }
@@ -283,9 +294,8 @@ pub async fn apply(
             let client = client.clone();
             let target = writes[index].target;
             let write = writes[index].write.clone();
-            let capabilities = plan.capabilities;
             let task = tasks.spawn(async move {
-                let result = send(&client, target, &write, capabilities).await;
+                let result = send(&client, target, &write).await;
                 drop(permit);
                 result
             });
@@ -339,16 +349,11 @@ pub async fn apply(
 }
 
 /// The one request of a write.
-async fn send(
-    client: &Client,
-    target: Target,
-    write: &Write,
-    capabilities: Capabilities,
-) -> Result<LiveStage, ApiError> {
+async fn send(client: &Client, target: Target, write: &Write) -> Result<LiveStage, ApiError> {
+    // The plan's fields are already cut to what the server knows.
     let request = StageWrite {
         fields: &write.fields,
         private_key: &write.private_key,
-        capabilities,
     };
     match target {
         Target::Create => client.create_stage(&request).await,
@@ -366,6 +371,7 @@ mod tests {
 
     use super::*;
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
+    use crate::capabilities::Capabilities;
     use crate::plan::{self, PlanInputs};
     use crate::secret::{KeySource, SecretString};
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
@@ -501,7 +507,8 @@ mod tests {
             (
                 0,
                 "a",
-                "skipped: it takes the name of b, whose update failed".to_owned()
+                "skipped: it takes the name \"a\", which b is being renamed away from; that update failed"
+                    .to_owned()
             )
         );
         assert_eq!((got[1].0, got[1].1), (1, "b"));
@@ -542,12 +549,14 @@ mod tests {
                 (
                     0,
                     "a",
-                    "skipped: it takes the name of b, whose update was not sent".to_owned()
+                    "skipped: it takes the name \"a\", which b is being renamed away from; that update was not sent"
+                        .to_owned()
                 ),
                 (
                     1,
                     "b",
-                    "skipped: it takes the name of c, whose update was not sent".to_owned()
+                    "skipped: it takes the name \"b\", which c is being renamed away from; that update was not sent"
+                        .to_owned()
                 ),
                 (
                     2,

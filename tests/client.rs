@@ -101,7 +101,7 @@ async fn creates_and_updates_with_every_field_and_the_key() {
         ..StageFields::with_defaults("login", "site")
     };
     let created = c
-        .create_stage(&write(&fields, &key(" first-key "), "2025.12.4"))
+        .create_stage(&write(&fields, &key(" first-key "), "2025.12.4").request())
         .await
         .expect("create");
     assert_eq!(created.fields.js_url, "https://js.example/api.js");
@@ -124,7 +124,7 @@ async fn creates_and_updates_with_every_field_and_the_key() {
     let updated = c
         .update_stage(
             created.uuid,
-            &write(&desired, &key("second-key"), "2025.12.4"),
+            &write(&desired, &key("second-key"), "2025.12.4").request(),
         )
         .await
         .expect("update");
@@ -198,7 +198,7 @@ async fn a_json_404_on_a_uuid_is_a_missing_stage_and_is_not_retried() {
     let id = Uuid::new_v4();
     let fields = StageFields::with_defaults("x", "p");
     let err = client(&sim.url())
-        .update_stage(id, &write(&fields, &key("k"), "2025.12.4"))
+        .update_stage(id, &write(&fields, &key("k"), "2025.12.4").request())
         .await
         .unwrap_err();
     assert!(matches!(err, ApiError::StageNotFound { uuid } if uuid == id));
@@ -218,7 +218,7 @@ async fn a_400_lists_every_field_and_is_not_retried() {
         ..StageFields::with_defaults("taken", "p")
     };
     let err = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4"))
+        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .unwrap_err();
     match &err {
@@ -487,7 +487,7 @@ async fn puts_are_retried_through_authentiks_internal_error() {
         ..StageFields::with_defaults("a", "p")
     };
     let live = client(&sim.url())
-        .update_stage(id, &write(&fields, &key("k2"), "2025.12.4"))
+        .update_stage(id, &write(&fields, &key("k2"), "2025.12.4").request())
         .await
         .expect("retried");
     assert!(live.fields.interactive);
@@ -503,7 +503,7 @@ async fn a_create_whose_answer_was_lost_is_not_sent_again() {
     sim.inject(Fault::new(FaultKind::Truncated).on("POST", LIST));
     let fields = StageFields::with_defaults("login", "site");
     let live = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4"))
+        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .expect("found after the lost answer");
     assert_eq!(live.fields.name, "login");
@@ -519,7 +519,7 @@ async fn a_create_that_did_not_happen_is_sent_again_after_the_lookup() {
     sim.inject(Fault::new(FaultKind::Reset).on("POST", LIST));
     let fields = StageFields::with_defaults("login", "site");
     let live = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4"))
+        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .expect("created");
     assert_eq!(sim.captcha_stages(), vec![live]);
@@ -533,6 +533,8 @@ async fn a_create_that_did_not_happen_is_sent_again_after_the_lookup() {
 
 // --- version awareness ---------------------------------------------------------
 
+/// The client sends the fields it is given; cut as the planner cuts a plan's
+/// writes, they hold only what the server knows.
 #[tokio::test]
 async fn request_content_type_is_sent_only_to_servers_that_know_it() {
     let fields = StageFields {
@@ -545,9 +547,8 @@ async fn request_content_type_is_sent_only_to_servers_that_know_it() {
     let caps = stagesync::authentik::Capabilities::for_version(c.version().await.unwrap());
     let live = c
         .create_stage(&stagesync::authentik::StageWrite {
-            fields: &fields,
+            fields: &caps.sendable(fields.clone()),
             private_key: &key("k"),
-            capabilities: caps,
         })
         .await
         .unwrap();
@@ -574,9 +575,8 @@ async fn request_content_type_is_sent_only_to_servers_that_know_it() {
     let caps = stagesync::authentik::Capabilities::for_version(c.version().await.unwrap());
     let live = c
         .create_stage(&stagesync::authentik::StageWrite {
-            fields: &fields,
+            fields: &caps.sendable(fields.clone()),
             private_key: &key("k"),
-            capabilities: caps,
         })
         .await
         .unwrap();
@@ -600,7 +600,10 @@ async fn thresholds_stored_as_nan_read_as_nan_and_are_never_sent() {
     let live = c.list_captcha_stages().await.unwrap();
     assert!(live[0].fields.score_min_threshold.is_nan());
     let err = c
-        .update_stage(id, &write(&live[0].fields, &key("k"), "2025.12.4"))
+        .update_stage(
+            id,
+            &write(&live[0].fields, &key("k"), "2025.12.4").request(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(

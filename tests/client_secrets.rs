@@ -49,13 +49,16 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     let fields = StageFields::with_defaults("login", "site");
     sim.inject(Fault::new(FaultKind::Truncated).on("POST", "/api/v3/stages/captcha/"));
     let live = c
-        .create_stage(&write(&fields, &key(KEY_A), "2025.12.4"))
+        .create_stage(&write(&fields, &key(KEY_A), "2025.12.4").request())
         .await
         .expect("create");
     sim.inject(Fault::status(503).on("PUT", "/api/v3/stages/captcha/"));
     sim.inject(Fault::new(FaultKind::Reset).on("PUT", "/api/v3/stages/captcha/"));
     let updated = c
-        .update_stage(live.uuid, &write(&fields, &key(KEY_B), "2025.12.4"))
+        .update_stage(
+            live.uuid,
+            &write(&fields, &key(KEY_B), "2025.12.4").request(),
+        )
         .await
         .expect("update");
     seen.push(format!("{live:?} {updated:?}"));
@@ -71,7 +74,7 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
         ..StageFields::with_defaults("other", "p")
     };
     let err = c
-        .create_stage(&write(&blank, &key(KEY_A), "2025.12.4"))
+        .create_stage(&write(&blank, &key(KEY_A), "2025.12.4").request())
         .await
         .unwrap_err();
     tracing::error!(error = %err, debug = ?err, "create failed");

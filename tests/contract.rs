@@ -651,12 +651,12 @@ async fn the_clients_request_bodies_match_authentiks_schema() {
     };
     let secret = key("private");
     client
-        .create_stage(&write(&fields, &secret, "2025.12.4"))
+        .create_stage(&write(&fields, &secret, "2025.12.4").request())
         .await
         .expect("create");
     let id = uuid::Uuid::parse_str("db44783d-b6a4-4fc0-bae4-2a08e5151f2e").unwrap();
     client
-        .update_stage(id, &write(&fields, &secret, "2026.5.6"))
+        .update_stage(id, &write(&fields, &secret, "2026.5.6").request())
         .await
         .expect("update");
 

@@ -23,6 +23,13 @@ const KEY_VAR: &str = "CAPTCHA_KEY";
 const KEY: &str = "captcha-private-key-9d8e7f6a";
 const DEBOUNCE: &str = "200ms";
 const PASSES: &str = "stagesync_reconciles_total{result=\"success\"}";
+const FAILED_PASSES: &str = "stagesync_reconciles_total{result=\"failure\"}";
+const IN_SYNC: &str = "stagesync_stages{status=\"in_sync\"}";
+
+/// How many passes have ended, successful or not.
+fn passes_ended(d: &Daemon) -> f64 {
+    d.metric(PASSES).unwrap_or(0.0) + d.metric(FAILED_PASSES).unwrap_or(0.0)
+}
 
 /// Starts `stagesync run` on `dir` with `--debounce 200ms`, `flags`, `$CAPTCHA_KEY` and `env`.
 fn start_on(h: &Harness, dir: PathBuf, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
@@ -354,10 +361,26 @@ fn an_edit_ends_the_backoff_of_its_own_file_only() {
     h.ws.write("beta.yaml", &stage_yaml("beta", 0.8));
     d.wait_for_metric(FAILURES, 2.0);
     let failed_at = Instant::now();
+    // The pass that failed them has ended once no stage counts as in sync
+    // (the gauges are set after the pass is counted): from here on, a pass
+    // counted is a later one.
+    d.wait_for_metric_eq(IN_SYNC, 0.0);
+    let passes = passes_ended(&d);
     // Both are backed off now (5 s less jitter, so at least 4 s). Fixing
     // alpha's file ends alpha's backoff only.
     h.ws.write("alpha.yaml", &stage_yaml("alpha", 0.9));
     h.wait_threshold(&mut d, "alpha", 0.9);
+    // Alpha's write is seen while its pass still runs: wait for the pass to
+    // end (and count beta's write, had it been retried).
+    let deadline = Instant::now() + DEADLINE;
+    while passes_ended(&d) <= passes {
+        assert!(
+            Instant::now() < deadline,
+            "the pass that wrote alpha did not end; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let failures = d.metric(FAILURES);
     assert!(
         failed_at.elapsed() < backoff::BASE_DELAY.mul_f64(1.0 - backoff::JITTER_FRACTION),
@@ -489,8 +512,6 @@ fn authentik_failing_keeps_the_daemon_running_and_recovery_converges() {
         d.log()
     );
 }
-
-const FAILED_PASSES: &str = "stagesync_reconciles_total{result=\"failure\"}";
 
 #[test]
 fn a_lasting_failure_is_logged_once_not_on_every_pass() {

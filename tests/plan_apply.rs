@@ -279,6 +279,57 @@ async fn a_failing_write_is_reported_with_authentiks_message_and_does_not_stop_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_takes_the_name_of_a_failed_rename_is_not_started_and_says_why() {
+    let Scenario { ws, sim } = scenario().await;
+    // A new stage takes the name "renamed.yaml" renames its stage away from.
+    ws.write(
+        "old-name.yaml",
+        &manifest("old-name", "site-new", "LOGIN_KEY", ""),
+    );
+    let old = sim
+        .captcha_stages()
+        .into_iter()
+        .find(|s| s.fields.name == "old-name")
+        .expect("seeded")
+        .uuid;
+    // authentik refuses the rename (a stage called "renamed" was made in the
+    // UI meanwhile, as it would answer).
+    sim.inject(
+        Fault::new(FaultKind::Status {
+            status: 400,
+            retry_after: None,
+            body: r#"{"name": ["stage with this name already exists."]}"#.to_owned(),
+        })
+        .on("PUT", &format!("{LIST}{old}/")),
+    );
+    let mut cmd = with_keys(ws.cmd(&sim));
+    cmd.args(["apply", "--yes"]);
+    let out = run(cmd).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("failed to update renamed (stages/renamed.yaml:1)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "not started: old-name: it takes the name \"old-name\", which renamed is being renamed away from; that update failed\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Apply: 1 created, 1 updated, 1 failed, 1 not started."),
+        "{text}"
+    );
+    let live = sim.captcha_stages();
+    assert_eq!(
+        live.iter().filter(|s| s.fields.name == "old-name").count(),
+        1,
+        "only the stage that kept its name holds it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_lists_every_page_of_a_large_install_in_few_calls() {
     let sim = start_sim().await;
     let ws = Workspace::new();

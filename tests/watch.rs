@@ -92,6 +92,24 @@ async fn files_that_are_not_manifests_and_folders_without_any_are_not_hints() {
 }
 
 #[tokio::test]
+async fn hidden_files_and_folders_the_loader_skips_are_not_hints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    write(&tmp.path().join("a.yaml"), MANIFEST);
+    let mut w = watch(tmp.path());
+    write(
+        &tmp.path().join(".github/workflows/ci.yml"),
+        "on: push\njobs: {}\n",
+    );
+    write(&tmp.path().join(".draft.yaml"), MANIFEST);
+    write(&tmp.path().join("team/.draft.yaml"), MANIFEST);
+    w.expect_quiet("YAML under hidden names, which the loader does not read")
+        .await;
+    std::fs::rename(tmp.path().join(".draft.yaml"), tmp.path().join("b.yaml")).expect("mv");
+    w.expect_hint("a hidden manifest renamed to a visible name")
+        .await;
+}
+
+#[tokio::test]
 async fn a_burst_of_changes_coalesces_into_few_hints() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut w = watch(tmp.path());

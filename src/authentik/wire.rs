@@ -5,7 +5,10 @@
 //!   plan shows a difference and an apply repairs it; never sent;
 //! - `flow_set` and `pk` are never sent (`flow_set` is an error before 2025.12,
 //!   `pk` is ignored);
-//! - a field the server does not know ([`Capabilities::sendable`]) is not sent;
+//! - a field the server does not know is not sent, because it is not in the
+//!   [`StageWrite`]: its fields come cut
+//!   ([`Capabilities::sendable`](crate::capabilities::Capabilities::sendable)) and the
+//!   body sends them as they are;
 //! - `request_content_type` is `None` when the server does not report it.
 
 use serde::Deserialize;
@@ -13,16 +16,18 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::ApiError;
-use crate::capabilities::Capabilities;
 use crate::secret::{ExposeSecret, PrivateKey};
 use crate::stage::{self, Field, LiveStage, StageFields};
 
 /// What to write to a captcha stage: every managed field the server knows and
 /// the private key.
 pub struct StageWrite<'a> {
+    /// Sent as they are: cut to what the server knows first
+    /// ([`Capabilities::sendable`](crate::capabilities::Capabilities::sendable),
+    /// as the planner cuts a plan's writes), or
+    /// a field the server does not know goes on the wire.
     pub fields: &'a StageFields,
     pub private_key: &'a PrivateKey,
-    pub capabilities: Capabilities,
 }
 
 /// One captcha stage as authentik's `CaptchaStage` schema reports it.
@@ -164,14 +169,11 @@ pub struct WireVersion {
     pub version_current: String,
 }
 
-/// The request body for POST and PUT: every managed field the server knows and
-/// the private key. This is the one place a private key is exposed for the wire.
-///
-/// The fields are cut to what the server knows by [`Capabilities::sendable`],
-/// the same function the planner uses, so a plan's fields and the body agree
-/// even for callers that build a [`StageWrite`] by hand.
+/// The request body for POST and PUT: every field [`StageWrite::fields`]
+/// holds (so the fields the plan compared) and the private key. This is the
+/// one place a private key is exposed for the wire.
 pub fn write_body(write: &StageWrite<'_>) -> Result<Value, ApiError> {
-    let f = &write.capabilities.sendable(write.fields.clone());
+    let f = write.fields;
     let mut body = Map::new();
     for field in Field::ALL {
         let value = match field {
@@ -245,6 +247,7 @@ pub fn detail(body: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use crate::authentik::ServerVersion;
+    use crate::capabilities::Capabilities;
     use crate::secret::SecretString;
 
     fn caps(y: u32, m: u32) -> Capabilities {
@@ -256,9 +259,8 @@ mod tests {
         let fields = StageFields::with_defaults("login", "site");
         let key = SecretString::from("k".to_owned());
         let old = write_body(&StageWrite {
-            fields: &fields,
+            fields: &caps(2025, 12).sendable(fields.clone()),
             private_key: &key,
-            capabilities: caps(2025, 12),
         })
         .unwrap();
         let obj = old.as_object().unwrap();
@@ -267,9 +269,8 @@ mod tests {
         assert!(!obj.contains_key("request_content_type"));
         assert!(!obj.contains_key("pk") && !obj.contains_key("flow_set"));
         let new = write_body(&StageWrite {
-            fields: &fields,
+            fields: &caps(2026, 8).sendable(fields.clone()),
             private_key: &key,
-            capabilities: caps(2026, 8),
         })
         .unwrap();
         assert_eq!(
@@ -289,7 +290,6 @@ mod tests {
             let err = write_body(&StageWrite {
                 fields: &fields,
                 private_key: &key,
-                capabilities: caps(2025, 12),
             })
             .unwrap_err();
             assert!(matches!(

@@ -471,14 +471,20 @@ impl Reconciler {
 
         let dir = self.dir.clone();
         let policy = self.policy.clone();
-        let loaded = tokio::task::spawn_blocking(move || manifest::load(&dir, &policy))
-            .await
-            .unwrap_or_else(|_| {
-                Err(SourceError::Unreadable(
+        // A panic while reading is a bug, not a missing directory: raise it here
+        // as if the read had run inline (its message reaches stderr), rather
+        // than report "source unavailable" and throw the message away.
+        let read = tokio::task::spawn_blocking(move || manifest::load(&dir, &policy));
+        let loaded = match read.await {
+            Ok(loaded) => loaded,
+            Err(err) => match err.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(err) => Err(SourceError::Unreadable(
                     self.dir.clone(),
-                    std::io::Error::other("reading the manifests failed unexpectedly"),
-                ))
-            });
+                    std::io::Error::other(format!("reading the manifests stopped: {err}")),
+                )),
+            },
+        };
         let (source_available, manifest_errors, secret_files) = self.absorb(loaded);
         ctx.watcher.set_extra_paths(secret_files);
         self.metrics.set_source_available(source_available);

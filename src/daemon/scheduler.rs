@@ -15,6 +15,10 @@
 //!   means triggers are already waiting, so a follow-up pass is guaranteed;
 //!   [`TriggerSender::send`] therefore never blocks (it is called from the
 //!   watcher and the signal handler, which must not wait for a long pass).
+//!   What a dropped trigger must not lose is what it asks the pass to do: a
+//!   SIGHUP makes the pass forget every backoff, so it also raises a "signal
+//!   pending" flag beside the channel, which the loop reads when a pass starts;
+//!   a SIGHUP dropped behind queued file changes still makes a SIGHUP pass.
 //! - **Cancellation does not interrupt a pass.** The in-flight pass runs to its
 //!   end (finishing the writes it started); no new pass starts afterwards. A pass
 //!   that wants to stop early (skip writes it has not started) holds a clone of
@@ -31,6 +35,7 @@
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -212,6 +217,7 @@ impl FromIterator<PathBuf> for ChangedFiles {
 pub struct TriggerSender {
     tx: mpsc::Sender<Trigger>,
     changed: Arc<Mutex<ChangedFiles>>,
+    signal_pending: Arc<AtomicBool>,
 }
 
 /// The receiving side, consumed by [`run_loop`].
@@ -219,18 +225,25 @@ pub struct TriggerSender {
 pub struct TriggerReceiver {
     rx: mpsc::Receiver<Trigger>,
     changed: Arc<Mutex<ChangedFiles>>,
+    signal_pending: Arc<AtomicBool>,
 }
 
 /// A channel for triggers from the watcher and the signal handler.
 pub fn trigger_channel() -> (TriggerSender, TriggerReceiver) {
     let (tx, rx) = mpsc::channel(TRIGGER_BUFFER);
     let changed = Arc::new(Mutex::new(ChangedFiles::none()));
+    let signal_pending = Arc::new(AtomicBool::new(false));
     (
         TriggerSender {
             tx,
             changed: changed.clone(),
+            signal_pending: signal_pending.clone(),
         },
-        TriggerReceiver { rx, changed },
+        TriggerReceiver {
+            rx,
+            changed,
+            signal_pending,
+        },
     )
 }
 
@@ -251,9 +264,14 @@ impl TriggerSender {
     }
 
     /// Asks for a pass. Never waits: when the channel is full, triggers are
-    /// already pending and will cause a pass, so this one is redundant. After the
-    /// loop has stopped, the trigger is dropped.
+    /// already pending and will cause a pass, so this one is redundant; a
+    /// [`Trigger::Signal`] is also recorded beside the channel first, so the
+    /// pass that follows is a SIGHUP pass even if this one is dropped. After
+    /// the loop has stopped, the trigger is dropped.
     pub fn send(&self, trigger: Trigger) {
+        if trigger == Trigger::Signal {
+            self.signal_pending.store(true, Ordering::SeqCst);
+        }
         match self.tx.try_send(trigger) {
             Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -273,6 +291,11 @@ impl TriggerReceiver {
     /// The files changed since the last call, leaving none.
     pub fn take_changed(&mut self) -> ChangedFiles {
         std::mem::take(&mut *lock(&self.changed))
+    }
+
+    /// Whether a SIGHUP came since the last call, leaving none.
+    fn take_signal(&mut self) -> bool {
+        self.signal_pending.swap(false, Ordering::SeqCst)
     }
 
     /// Everything waiting right now, merged into one trigger.
@@ -317,6 +340,9 @@ pub async fn run_loop<F, Fut, O>(
     loop {
         if cancel.is_cancelled() {
             break;
+        }
+        if triggers.take_signal() {
+            next = next.merge(Trigger::Signal);
         }
         tracing::debug!(trigger = %next, "reconcile pass starting");
         let changed = triggers.take_changed();
@@ -484,6 +510,27 @@ mod tests {
         assert_eq!(
             triggers_of(&passes),
             vec![Trigger::Startup, Trigger::Signal]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sighup_dropped_on_a_full_channel_still_makes_a_sighup_pass() {
+        let (tx, cancel, passes, task) = start(INTERVAL, Duration::from_secs(10));
+        // During the startup pass, file changes fill the channel; the SIGHUP
+        // that comes after them does not fit.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for _ in 0..(TRIGGER_BUFFER * 2) {
+            tx.send(Trigger::FilesChanged);
+        }
+        tx.send(Trigger::Signal);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        cancel.cancel();
+        task.await.expect("loop task");
+
+        assert_eq!(
+            triggers_of(&passes),
+            vec![Trigger::Startup, Trigger::Signal],
+            "the follow-up pass forgets every backoff, as a SIGHUP asks"
         );
     }
 

@@ -25,15 +25,19 @@
 //!   symlinks lead, filtered to those files and to `..`-prefixed names (the
 //!   Kubernetes Secret/ConfigMap volume layout swaps a `..data` symlink).
 //!
-//! A Kubernetes ConfigMap volume needs nothing special for DIR itself: the files
-//! are symlinks into `..data/`, and the swap of `..data` is an event inside DIR.
-//!
-//! What is a hint under DIR: an event on a manifest (`*.yaml`, `*.yml`, as the
-//! loader reads them), and an event on a folder that holds manifests when the
+//! What is a hint under DIR is decided by the loader's own rule
+//! ([`manifest::is_manifest_name`], [`manifest::walk_reaches`]): an event on a
+//! manifest the loader reads (`*.yaml`, `*.yml`, no hidden name on the way),
+//! and an event on a folder it enters that holds such manifests when the
 //! burst's debounce ends (or that is gone by then). Anything else (a log file,
-//! an editor's swap file, `.git` internals, an empty folder) is not: a daemon
-//! whose log is written inside DIR would otherwise run a pass per log line,
-//! each pass writing the lines of the next.
+//! an editor's swap file, `.git` internals, `.github/workflows/ci.yml`, an
+//! empty folder) is not: a daemon whose log is written inside DIR would
+//! otherwise run a pass per log line, each pass writing the lines of the next.
+//!
+//! One exception for a Kubernetes ConfigMap volume: its files are symlinks into
+//! the hidden `..data/`, which the kubelet swaps. A `..`-named folder holding
+//! manifests is a hint, so the swap is, though the loader reads the files
+//! through the visible links only.
 //!
 //! Traps:
 //! - **A folder is looked into when the debounce ends, not when its event
@@ -89,6 +93,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::scheduler::{ChangedFiles, TriggerSender};
+use crate::manifest;
 
 /// How often to look again for a directory to watch that does not exist yet.
 pub const RETRY_MISSING: Duration = Duration::from_secs(5);
@@ -303,28 +308,15 @@ impl Layout {
         if self.anchors.iter().any(|a| a == path) || self.dirs.contains_key(path) {
             return Relevance::Structure;
         }
-        if self
-            .root
-            .as_ref()
-            .is_some_and(|root| path.starts_with(root))
-        {
-            return if is_manifest_name(path) {
-                Relevance::Content
-            } else if is_folder(path, kind) {
-                Relevance::Folder
-            } else {
-                Relevance::None
-            };
+        if let Some(root) = self.root.as_ref().filter(|root| path.starts_with(root)) {
+            return classify_under_dir(root, path, kind);
         }
         for extra in &self.extras {
             if path == extra.named || extra.target.as_deref() == Some(path) {
                 return Relevance::Content;
             }
             let beside = |file: &Path| path.parent() == file.parent();
-            let dotdot = path
-                .file_name()
-                .and_then(OsStr::to_str)
-                .is_some_and(|n| n.starts_with(".."));
+            let dotdot = path.file_name().is_some_and(is_kubelet_name);
             if dotdot && (beside(&extra.named) || extra.target.as_deref().is_some_and(beside)) {
                 return Relevance::Structure;
             }
@@ -333,11 +325,34 @@ impl Layout {
     }
 }
 
-/// Whether the loader would read `path` as a manifest, by its name.
-fn is_manifest_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(OsStr::to_str)
-        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+/// What an event of `kind` on `path` under DIR (`root`) means, by the
+/// loader's rule: a manifest it would read is content, a folder it would enter
+/// may hold some; anything under a hidden name (`.git`,
+/// `.github/workflows/ci.yml`) is not ours. Except the kubelet's names: the
+/// swap of its `..data` folder changes what the visible symlinks beside it
+/// lead to.
+fn classify_under_dir(root: &Path, path: &Path, kind: EventKind) -> Relevance {
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Relevance::None;
+    };
+    if !manifest::walk_reaches(root, parent) {
+        Relevance::None
+    } else if manifest::is_manifest_name(name) {
+        Relevance::Content
+    } else if manifest::is_hidden_name(name) && !is_kubelet_name(name) {
+        Relevance::None
+    } else if is_folder(path, kind) {
+        Relevance::Folder
+    } else {
+        Relevance::None
+    }
+}
+
+/// Whether `name` is one of the kubelet's atomic writer (`..data`, its
+/// timestamped folders): a Kubernetes Secret or ConfigMap volume's files are
+/// symlinks into `..data`, which the kubelet swaps.
+fn is_kubelet_name(name: &OsStr) -> bool {
+    name.as_encoded_bytes().starts_with(b"..")
 }
 
 /// Whether the event is about a folder (or a symlink to one), which may hold
@@ -350,9 +365,9 @@ fn is_folder(path: &Path, kind: EventKind) -> bool {
     ) || std::fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
-/// Whether any of `folders` holds a manifest, at any depth, or is gone (it
-/// may have held some). Reads at most [`MAX_FOLDER_ENTRIES`] entries, and says
-/// yes when that is not enough to tell.
+/// Whether any of `folders` holds a manifest the loader would read, at any
+/// depth, or is gone (it may have held some). Reads at most
+/// [`MAX_FOLDER_ENTRIES`] entries, and says yes when that is not enough to tell.
 fn hold_manifests(folders: &[PathBuf]) -> bool {
     let mut budget = MAX_FOLDER_ENTRIES;
     let mut queue: Vec<PathBuf> = folders.to_vec();
@@ -368,14 +383,14 @@ fn hold_manifests(folders: &[PathBuf]) -> bool {
             if budget == 0 {
                 return true;
             }
-            let path = entry.path();
-            if is_manifest_name(&path) {
+            let name = entry.file_name();
+            if manifest::is_manifest_name(&name) {
                 return true;
             }
-            // Real folders only: a symlink to a folder is an event of its own
-            // when it changes, and following links could loop.
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                queue.push(path);
+            // Real folders the loader enters only: a symlink to a folder is an
+            // event of its own when it changes, and following links could loop.
+            if !manifest::is_hidden_name(&name) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push(entry.path());
             }
         }
     }

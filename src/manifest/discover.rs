@@ -11,6 +11,7 @@
 //!   regular files are opened.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,30 @@ pub enum Found {
         is_file: bool,
         message: String,
     },
+}
+
+/// Whether the walk skips an entry called `name`, wherever it meets it: hidden
+/// names (`.git`, `.github`, the kubelet's `..data`; a ConfigMap's manifests
+/// are read through the symlinks beside `..data`).
+pub fn is_hidden_name(name: &OsStr) -> bool {
+    name.as_encoded_bytes().first() == Some(&b'.')
+}
+
+/// Whether the walk reads a file called `name` as a manifest: `*.yaml` or
+/// `*.yml` (any case), not hidden.
+pub fn is_manifest_name(name: &OsStr) -> bool {
+    !is_hidden_name(name)
+        && Path::new(name)
+            .extension()
+            .and_then(OsStr::to_str)
+            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+/// Whether a walk of `root` gets to `path` (a path under `root`), judging by
+/// names: none below `root` is hidden. Whether `path` exists is not asked.
+pub fn walk_reaches(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root)
+        .is_ok_and(|below| !below.iter().any(is_hidden_name))
 }
 
 /// Walks `root` (which the caller has checked is a directory).
@@ -85,14 +110,11 @@ fn walk_dir(
             });
             return;
         }
-        if name.as_encoded_bytes().first() == Some(&b'.') {
+        if is_hidden_name(&name) {
             continue;
         }
         let path = dir.join(&name);
-        let is_manifest_name = Path::new(&name)
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+        let is_manifest_name = is_manifest_name(&name);
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(err) => {

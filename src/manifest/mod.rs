@@ -39,7 +39,7 @@ use crate::secret::KeySource;
 use crate::stage::{DesiredStage, Origin};
 
 pub use check::{KEYS, MAX_NAME_CHARS, REQUEST_CONTENT_TYPES, check_http_url, closest_key};
-pub use discover::MAX_FILE_BYTES;
+pub use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
 
 /// The manifest directory itself cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -72,15 +72,27 @@ pub fn key(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
-/// A write of `fields` with `private_key` to a server of `version`.
-pub fn write<'a>(
-    fields: &'a StageFields,
-    private_key: &'a SecretString,
-    version: &str,
-) -> StageWrite<'a> {
-    StageWrite {
-        fields,
-        private_key,
-        capabilities: caps(version),
+/// A write of `fields` with `private_key` to a server of `version`: the
+/// fields cut to what that server knows, as the planner cuts a plan's writes.
+/// Pass [`SendableWrite::request`] to the client.
+pub fn write(fields: &StageFields, private_key: &SecretString, version: &str) -> SendableWrite {
+    SendableWrite {
+        fields: caps(version).sendable(fields.clone()),
+        private_key: private_key.clone(),
+    }
+}
+
+/// What [`write()`] makes.
+pub struct SendableWrite {
+    fields: StageFields,
+    private_key: SecretString,
+}
+
+impl SendableWrite {
+    pub fn request(&self) -> StageWrite<'_> {
+        StageWrite {
+            fields: &self.fields,
+            private_key: &self.private_key,
+        }
     }
 }

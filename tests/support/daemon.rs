@@ -10,7 +10,10 @@
 //! [`Harness`] is the usual set-up: the simulator on a runtime of its own (the
 //! daemon is a child process, so these tests are synchronous) and a
 //! [`Workspace`], with [`Harness::start_daemon`] pointing `stagesync run` at both.
+//! For anything else (stderr appended to a file, as `2>>FILE` does), change the
+//! [`DaemonArgs`] of [`Harness::daemon_args`] and call [`Daemon::start`].
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -33,7 +36,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// A running `stagesync run`.
 pub struct Daemon {
     child: Child,
-    log: Arc<Mutex<String>>,
+    log: Log,
     /// `http://127.0.0.1:PORT` when listening.
     base: Option<String>,
 }
@@ -48,6 +51,18 @@ pub struct DaemonArgs<'a> {
     pub flags: Vec<String>,
     pub env: Vec<(String, String)>,
     pub current_dir: PathBuf,
+    /// Append stderr to this file (a real file, as `2>>FILE` gives the
+    /// daemon) instead of collecting it through a pipe. The log is read back
+    /// from the file.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Where the daemon's stderr goes.
+enum Log {
+    /// Collected from a pipe by a thread.
+    Piped(Arc<Mutex<String>>),
+    /// Appended to a file.
+    File(PathBuf),
 }
 
 /// The simulator on its own runtime and a workspace: what a daemon test starts from.
@@ -83,7 +98,18 @@ impl Harness {
     /// workspace's state file, the workspace as working directory, `flags`
     /// after `run` and `env` added to the environment.
     pub fn start_daemon(&self, dir: PathBuf, flags: &[&str], env: &[(&str, &str)]) -> Daemon {
-        Daemon::start(DaemonArgs {
+        Daemon::start(self.daemon_args(dir, flags, env))
+    }
+
+    /// What [`Harness::start_daemon`] starts, to change before
+    /// [`Daemon::start`].
+    pub fn daemon_args(
+        &self,
+        dir: PathBuf,
+        flags: &[&str],
+        env: &[(&str, &str)],
+    ) -> DaemonArgs<'static> {
+        DaemonArgs {
             url: self.sim.url(),
             token: TOKEN,
             dir,
@@ -94,7 +120,8 @@ impl Harness {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             current_dir: self.ws.root.path().to_path_buf(),
-        })
+            log_file: None,
+        }
     }
 
     /// The live stage called `name`, if the simulator holds one.
@@ -144,23 +171,37 @@ impl Daemon {
         for (k, v) in &args.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("stagesync starts");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("stderr piped");
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stderr);
-            let mut line = Vec::new();
-            while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-                sink.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&String::from_utf8_lossy(&line));
-                line.clear();
+        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+        let log = match args.log_file {
+            Some(path) => {
+                let file = File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                cmd.stderr(file);
+                Log::File(path)
             }
-        });
+            None => {
+                cmd.stderr(Stdio::piped());
+                Log::Piped(Arc::new(Mutex::new(String::new())))
+            }
+        };
+        let mut child = cmd.spawn().expect("stagesync starts");
+        if let Log::Piped(sink) = &log {
+            let stderr = child.stderr.take().expect("stderr piped");
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&String::from_utf8_lossy(&line));
+                    line.clear();
+                }
+            });
+        }
         let mut daemon = Daemon {
             child,
             log,
@@ -187,9 +228,15 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Everything the daemon wrote on stderr so far.
+    /// Everything the daemon wrote on stderr so far (with a log file: the
+    /// whole file).
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        match &self.log {
+            Log::Piped(text) => text.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            Log::File(path) => {
+                String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+            }
+        }
     }
 
     /// How many log lines contain `needle`.
