@@ -40,8 +40,9 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::authentik::client::error_chain;
+use crate::policy::ProviderHosts;
 use crate::secret::{ExposeSecret, PrivateKey};
-use crate::stage::DesiredStage;
+use crate::stage::{DesiredStage, StageFields};
 
 /// The response token every probe sends: no provider ever issued it.
 pub const PROBE_TOKEN: &str = "stagesync-key-check-probe-not-a-captcha-response";
@@ -70,6 +71,13 @@ const TOKEN_REFUSED: [&str; 6] = [
 /// Decides whether a provider URL may receive a key: `Err` says why not.
 /// The operator's allowlist, resolved from flags, never from a manifest.
 pub type HostCheck<'a> = &'a (dyn Fn(&Url) -> Result<(), String> + Sync);
+
+/// The operator's provider allowlist as a [`HostCheck`]: the manifests passed
+/// the same check while loading; asking again per URL keeps the rule next to
+/// the request that would carry the key.
+pub fn allowed_by(hosts: &ProviderHosts) -> impl Fn(&Url) -> Result<(), String> + Sync + '_ {
+    move |url| hosts.check(url).map_err(|refused| refused.to_string())
+}
 
 /// How a probe's body is encoded, from the stage's `request_content_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,13 +109,19 @@ pub struct KeyProbe {
 
 impl KeyProbe {
     pub fn from_desired(desired: &DesiredStage) -> Self {
-        let fields = &desired.fields;
+        Self::new(&desired.fields, &desired.private_key)
+    }
+
+    /// The probe for a stage with these fields and key. Given the fields a
+    /// write sends (cut to what the server knows), the encoding is the one that
+    /// authentik version would use.
+    pub fn new(fields: &StageFields, private_key: &PrivateKey) -> Self {
         KeyProbe {
-            stage: fields.name.clone(),
+            stage: fields.name.trim().to_owned(),
             api_url: fields.api_url.clone(),
             site_key: fields.public_key.clone(),
             encoding: BodyEncoding::from_content_type(fields.request_content_type.as_deref()),
-            private_key: desired.private_key.clone(),
+            private_key: private_key.clone(),
         }
     }
 
@@ -302,6 +316,16 @@ pub struct ProbeSettings {
     pub timeout: Duration,
     /// Checks in flight at once.
     pub concurrency: usize,
+}
+
+impl Default for ProbeSettings {
+    /// What `stagesync verify` uses without flags, and the daemon always.
+    fn default() -> Self {
+        ProbeSettings {
+            timeout: Duration::from_secs(10),
+            concurrency: 4,
+        }
+    }
 }
 
 /// The client that asks providers. Build once, reuse (the daemon keeps one).

@@ -6,14 +6,13 @@
 //! valid, 1 when one is invalid or mismatched (or unknown, with `--strict`).
 
 use anyhow::Result;
-use reqwest::Url;
 use serde::Serialize;
 
 use crate::cli::{ReportFormat, VerifyConfig};
 use crate::commands::load_desired;
 use crate::exit::Outcome;
 use crate::output::{self, escape};
-use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict};
+use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict, allowed_by};
 
 /// `format_version` of the JSON report.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -25,11 +24,7 @@ pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
         timeout: cfg.timeout,
         concurrency: cfg.concurrency,
     })?;
-    // The manifests passed the same check while loading; asking again per URL
-    // keeps the rule next to the request that would carry the key.
-    let hosts = &cfg.policy.hosts;
-    let allowed = |url: &Url| hosts.check(url).map_err(|refused| refused.to_string());
-    let checks = prober.verify(&probes, &allowed).await;
+    let checks = prober.verify(&probes, &allowed_by(&cfg.policy.hosts)).await;
     let report = match cfg.format {
         ReportFormat::Text => render_text(&checks, color),
         ReportFormat::Json => render_json(&checks),
