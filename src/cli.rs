@@ -290,6 +290,10 @@ struct DaemonArgs {
     /// How many writes run at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     concurrency: u16,
+    /// Check each stage's private key with its captcha provider (api_url) when
+    /// first seen and whenever it changes; see the stagesync_key_check metric.
+    #[arg(long)]
+    verify_keys: bool,
 }
 
 /// Output format of a plan.
@@ -457,6 +461,7 @@ pub struct RunConfig {
     pub dry_run: bool,
     pub listen: Option<SocketAddr>,
     pub concurrency: usize,
+    pub verify_keys: bool,
 }
 
 #[derive(Debug)]
@@ -556,6 +561,7 @@ impl Cli {
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),
+                verify_keys: daemon.verify_keys,
             }),
             CommandArgs::Demo {
                 dir,

@@ -83,7 +83,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    fn new(key: &PrivateKey) -> Self {
+    pub(crate) fn new(key: &PrivateKey) -> Self {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
         Fingerprint {
@@ -94,7 +94,7 @@ impl Fingerprint {
 
     /// Whether `key` is the key this fingerprint was made from. A malformed salt
     /// (hand-edited file) never matches, so the key is written again.
-    fn matches(&self, key: &PrivateKey) -> bool {
+    pub(crate) fn matches(&self, key: &PrivateKey) -> bool {
         match unhex(&self.salt) {
             Some(salt) => hex(&digest(&salt, key)) == self.sha256.to_ascii_lowercase(),
             None => false,

@@ -7,6 +7,7 @@ use assert_cmd::Command;
 use stagesync::simulator::provider::{self, ProviderHandle, ProviderMode};
 use stagesync::verify::PROBE_TOKEN;
 use support::cli::{Workspace, run, stderr, stdout};
+use support::daemon::Harness;
 
 const GOOD_SECRET: &str = "good-secret-7d41c0a9e2";
 const WRONG_SECRET: &str = "wrong-secret-93be5f1a04";
@@ -310,4 +311,191 @@ async fn invalid_manifests_exit_3_and_contact_nobody() {
     let out = run(verify(&ws, &fake, &[])).await;
     assert_code(&out, 3);
     assert_eq!(fake.request_count(), 0);
+}
+
+/// `stagesync plan ARGS stages/` against `sim`, with both keys in the environment.
+fn plan(ws: &Workspace, sim: &stagesync::simulator::SimHandle, args: &[&str]) -> Command {
+    let mut cmd = ws.cmd(sim);
+    cmd.env("GOOD_KEY", GOOD_SECRET)
+        .env("WRONG_KEY", WRONG_SECRET)
+        .arg("plan")
+        .args(args)
+        .arg(ws.stages());
+    cmd
+}
+
+#[tokio::test]
+async fn plan_verify_keys_shows_the_check_of_every_entry_that_writes_its_key() {
+    let fake = start_provider().await;
+    let sim = support::cli::start_sim().await;
+    let ws = Workspace::new();
+    three_stages(&ws, &fake);
+
+    let without = run(plan(&ws, &sim, &[])).await;
+    assert_code(&without, 2);
+    assert!(
+        !stdout(&without).contains("key check"),
+        "{}",
+        stdout(&without)
+    );
+    let json = run(plan(&ws, &sim, &["--format", "json"])).await;
+    assert!(!stdout(&json).contains("key_check"), "{}", stdout(&json));
+    assert_eq!(fake.request_count(), 0, "no check without the flag");
+
+    let out = run(plan(&ws, &sim, &["--verify-keys"])).await;
+    assert_code(&out, 2);
+    let text = stdout(&out);
+    let entry = |name: &str| {
+        let start = text
+            .find(&format!("+ create {name} "))
+            .unwrap_or_else(|| panic!("{name} in:\n{text}"));
+        text[start..]
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        entry("wrong").ends_with(
+            "    key check: invalid: the provider refused the key (error-codes: invalid-input-secret)"
+        ),
+        "{text}"
+    );
+    assert!(
+        entry("good").contains("    key check: valid: the provider accepted the key"),
+        "{text}"
+    );
+    assert!(
+        entry("elsewhere").contains("key check: mismatch:"),
+        "{text}"
+    );
+    assert_eq!(fake.request_count(), 3, "one check per entry that writes");
+
+    let out = run(plan(&ws, &sim, &["--verify-keys", "--format", "json"])).await;
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
+    let check_of = |name: &str| {
+        doc["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map(|s| s["key_check"].clone())
+            .unwrap_or_else(|| panic!("{name} in {doc}"))
+    };
+    assert_eq!(check_of("wrong")["result"], "invalid");
+    assert_eq!(
+        check_of("wrong")["error_codes"],
+        serde_json::json!(["invalid-input-secret"])
+    );
+    assert_eq!(check_of("wrong")["contacted"], true);
+    assert_eq!(check_of("good")["result"], "valid");
+    assert_eq!(check_of("elsewhere")["result"], "mismatch");
+
+    let out = run(plan(&ws, &sim, &["--verify-keys", "--format", "markdown"])).await;
+    let markdown = stdout(&out);
+    assert!(
+        markdown.contains("Key check: **invalid: the provider refused the key (error-codes: invalid-input-secret)**"),
+        "{markdown}"
+    );
+    for secret in [GOOD_SECRET, WRONG_SECRET] {
+        for output in [&text, &markdown, &stdout(&out), &stderr(&out)] {
+            assert!(!output.contains(secret), "key in output:\n{output}");
+        }
+    }
+
+    // Once applied, nothing writes a key: nothing is checked.
+    let mut apply = ws.cmd(&sim);
+    apply
+        .env("GOOD_KEY", GOOD_SECRET)
+        .env("WRONG_KEY", WRONG_SECRET)
+        .args(["apply", "--yes"])
+        .arg(ws.stages());
+    assert_code(&run(apply).await, 0);
+    let asked = fake.request_count();
+    let out = run(plan(&ws, &sim, &["--verify-keys"])).await;
+    assert_code(&out, 0);
+    assert!(!stdout(&out).contains("key check"), "{}", stdout(&out));
+    assert_eq!(fake.request_count(), asked);
+}
+
+fn key_check_series(stage: &str, result: &str) -> String {
+    format!(r#"stagesync_key_check{{stage="{stage}",result="{result}"}}"#)
+}
+
+/// `stagesync run --verify-keys` with `!File` keys, so a key can change while
+/// it runs: each key is checked when first seen and when it changes, never on
+/// a resync; the invalid one is logged as an error and written anyway.
+#[test]
+fn the_daemon_checks_a_key_when_first_seen_and_when_it_changes_not_on_resync() {
+    let h = Harness::new();
+    let fake = h.block_on(start_provider());
+    let url = fake.siteverify_url();
+    let keys = h.ws.root.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("mkdir keys");
+    let (good_key, bad_key) = (keys.join("good.key"), keys.join("bad.key"));
+    std::fs::write(&good_key, GOOD_SECRET).expect("write key");
+    std::fs::write(&bad_key, WRONG_SECRET).expect("write key");
+    let file_manifest = |name: &str, key: &std::path::Path| {
+        format!(
+            "name: {name}\npublic_key: {SITE_KEY}\nprivate_key: !File {}\napi_url: {url}\n",
+            key.display()
+        )
+    };
+    h.ws.write("good.yaml", &file_manifest("good", &good_key));
+    h.ws.write("bad.yaml", &file_manifest("bad", &bad_key));
+    let mut d = h.start_daemon(h.ws.stages(), &["--verify-keys", "--interval", "1s"], &[]);
+
+    d.wait_for_metric_eq(&key_check_series("good", "valid"), 1.0);
+    d.wait_for_metric_eq(&key_check_series("bad", "invalid"), 1.0);
+    for other in ["valid", "mismatch", "unknown"] {
+        assert_eq!(d.metric(&key_check_series("bad", other)), Some(0.0));
+    }
+    let line = d.wait_for_log("key check: the key does not work");
+    assert!(
+        line.contains("ERROR") && line.contains("bad") && line.contains("invalid-input-secret"),
+        "{line}"
+    );
+    assert_eq!(d.count_lines("key check: the provider accepts the key"), 1);
+    d.wait_until("the invalid key is written anyway", || {
+        h.live("bad")
+            .and_then(|s| h.sim.private_key_of(s.uuid))
+            .is_some_and(|k| k == WRONG_SECRET)
+    });
+    assert_eq!(fake.request_count(), 2, "one check per stage");
+
+    // Resyncs (every second) do not ask the provider again.
+    let passes = r#"stagesync_reconciles_total{result="success"}"#;
+    let done = d.metric(passes).unwrap_or(0.0);
+    d.wait_for_metric(passes, done + 3.0);
+    assert_eq!(fake.request_count(), 2, "a resync checked a key again");
+
+    // The bad key is replaced with the good one: checked again, once.
+    std::fs::write(&bad_key, GOOD_SECRET).expect("rotate key");
+    d.wait_for_metric_eq(&key_check_series("bad", "valid"), 1.0);
+    assert_eq!(d.metric(&key_check_series("bad", "invalid")), Some(0.0));
+    let line = d.wait_for_log_count("key check: the provider accepts the key", 2);
+    assert!(line.contains("bad") && line.contains("invalid"), "{line}");
+    let done = d.metric(passes).unwrap_or(0.0);
+    d.wait_for_metric(passes, done + 2.0);
+    assert_eq!(fake.request_count(), 3, "the changed key only");
+
+    // A stage that leaves the manifests loses its series.
+    std::fs::remove_file(h.ws.stages().join("good.yaml")).expect("remove manifest");
+    let deadline = Instant::now() + support::daemon::DEADLINE;
+    while d.get("/metrics").1.contains(r#"stage="good""#) {
+        d.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "good's series stayed:\n{}",
+            d.get("/metrics").1
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.metric(&key_check_series("bad", "valid")), Some(1.0));
+
+    let log = d.log();
+    for secret in [GOOD_SECRET, WRONG_SECRET] {
+        assert!(!log.contains(secret), "key in the log:\n{log}");
+    }
+    assert!(fake.requests().iter().all(|r| r.uri == "/siteverify"));
 }

@@ -201,6 +201,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         dry_run: false,
         listen,
         concurrency: 4,
+        verify_keys: false,
     };
     let outcome = crate::commands::run::run(run).await;
     ui_edit.abort();

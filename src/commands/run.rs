@@ -9,11 +9,13 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::RunConfig;
 use crate::commands::connect;
 use crate::daemon::health::Health;
+use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::pass::{Keys, Reconciler};
 use crate::daemon::{self, Settings, http};
 use crate::exit::Outcome;
 use crate::state::StateFile;
+use crate::verify::{ProbeSettings, Prober};
 
 pub async fn run(cfg: RunConfig) -> Result<Outcome> {
     let metrics = Arc::new(Metrics::new());
@@ -39,11 +41,12 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         url = client.base_url(),
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
+        verify_keys = cfg.verify_keys,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
     );
 
-    let reconciler = Arc::new(Mutex::new(Reconciler::new(
+    let mut reconciler = Reconciler::new(
         cfg.reconcile.dir.clone(),
         Arc::new(cfg.reconcile.policy.clone()),
         client,
@@ -51,7 +54,13 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         cfg.concurrency,
         metrics.clone(),
         health.clone(),
-    )));
+    );
+    if cfg.verify_keys {
+        let prober = Prober::new(ProbeSettings::default())?;
+        let hosts = cfg.reconcile.policy.hosts.clone();
+        reconciler = reconciler.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
+    }
+    let reconciler = Arc::new(Mutex::new(reconciler));
     let settings = Settings {
         dir: cfg.reconcile.dir,
         interval: cfg.interval,

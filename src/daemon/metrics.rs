@@ -10,6 +10,7 @@
 //! | `stagesync_last_successful_reconcile_timestamp_seconds` | gauge | |
 //! | `stagesync_manifest_errors` | gauge | |
 //! | `stagesync_source_available` | gauge | |
+//! | `stagesync_key_check` | gauge (state set) | `stage`; `result` = `valid`, `invalid`, `mismatch`, `unknown` |
 //!
 //! Traps:
 //! - prometheus-client appends `_total` to counters and the unit to names
@@ -21,8 +22,15 @@
 //!   alerts work before the first failure ever happens.
 //! - The output is OpenMetrics text (what prometheus-client writes); Prometheus
 //!   reads it when served with [`CONTENT_TYPE`].
-//! - Label values are fixed enums: nothing from a manifest or a server (stage
-//!   names, error messages) becomes a label, so cardinality stays bounded.
+//! - Label values are fixed enums: nothing from a manifest or a server (error
+//!   messages, URLs) becomes a label, so cardinality stays bounded. The one
+//!   exception is `stagesync_key_check`'s `stage`: one label value per managed
+//!   stage (bounded by the manifests, not by traffic), removed when the stage
+//!   leaves the manifests. prometheus-client escapes label values.
+//! - `stagesync_key_check` is a state set: each checked stage has all four
+//!   `result` series, the current one 1 and the others 0, so a change of result
+//!   moves a value instead of starting a new series (no gap, no stale series
+//!   for the lookback window). A stage has no series until its first check ends.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -34,6 +42,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
+
+use crate::verify::Verdict;
 
 /// The content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -124,6 +134,26 @@ enum StageStatus {
 }
 label_value!(StageStatus { InSync => "in_sync", Drifted => "drifted", Failed => "failed" });
 
+impl EncodeLabelValue for Verdict {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Every result a key check can have, in the order the series are listed.
+const VERDICTS: [Verdict; 4] = [
+    Verdict::Valid,
+    Verdict::Invalid,
+    Verdict::Mismatch,
+    Verdict::Unknown,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyCheckLabels {
+    stage: String,
+    result: Verdict,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: Outcome,
@@ -167,6 +197,7 @@ pub struct Metrics {
     last_success: Gauge<f64, AtomicU64>,
     manifest_errors: Gauge,
     source_available: Gauge,
+    key_checks: Family<KeyCheckLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -230,6 +261,12 @@ impl Metrics {
             "1 when the manifest directory could be read by the last pass, else 0",
             source_available.clone(),
         );
+        let key_checks = Family::<KeyCheckLabels, Gauge>::default();
+        registry.register(
+            "stagesync_key_check",
+            "Result of the last check of each stage's private key with its captcha provider: 1 for the current result, 0 for the others",
+            key_checks.clone(),
+        );
 
         // `get_or_create` is how a series is created; the guard it returns is
         // dropped at once.
@@ -270,6 +307,7 @@ impl Metrics {
             last_success,
             manifest_errors,
             source_available,
+            key_checks,
         }
     }
 
@@ -331,6 +369,28 @@ impl Metrics {
     /// Whether the last pass could read the manifest directory.
     pub fn set_source_available(&self, available: bool) {
         self.source_available.set(i64::from(available));
+    }
+
+    /// The result of the last check of `stage`'s key (replaces the previous one).
+    pub fn set_key_check(&self, stage: &str, verdict: Verdict) {
+        for result in VERDICTS {
+            self.key_checks
+                .get_or_create(&KeyCheckLabels {
+                    stage: stage.to_owned(),
+                    result,
+                })
+                .set(i64::from(result == verdict));
+        }
+    }
+
+    /// `stage` left the manifests: its key check series go.
+    pub fn remove_key_check(&self, stage: &str) {
+        for result in VERDICTS {
+            self.key_checks.remove(&KeyCheckLabels {
+                stage: stage.to_owned(),
+                result,
+            });
+        }
     }
 
     /// The whole registry in OpenMetrics text format.
@@ -437,6 +497,44 @@ mod tests {
         );
         assert_eq!(v("stagesync_manifest_errors"), Some(3.0));
         assert_eq!(v("stagesync_source_available"), Some(1.0));
+    }
+
+    #[test]
+    fn a_key_check_is_a_state_set_per_stage_and_goes_with_its_stage() {
+        let m = Metrics::new();
+        let series = |stage: &str, result: &str| {
+            format!(r#"stagesync_key_check{{stage="{stage}",result="{result}"}}"#)
+        };
+        assert!(
+            !m.encode()
+                .expect("encodes")
+                .contains("stagesync_key_check{")
+        );
+        m.set_key_check("login", Verdict::Invalid);
+        m.set_key_check("signup \"x\"", Verdict::Valid);
+        m.set_key_check("login", Verdict::Valid);
+        let text = m.encode().expect("encodes");
+        for (result, want) in [
+            ("valid", 1.0),
+            ("invalid", 0.0),
+            ("mismatch", 0.0),
+            ("unknown", 0.0),
+        ] {
+            assert_eq!(
+                line_value(&text, &series("login", result)),
+                Some(want),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            line_value(&text, &series("signup \\\"x\\\"", "valid")),
+            Some(1.0),
+            "label values are escaped: {text}"
+        );
+        m.remove_key_check("login");
+        let text = m.encode().expect("encodes");
+        assert!(!text.contains(r#"stage="login""#), "{text}");
+        assert!(text.contains(r#"stage="signup"#), "{text}");
     }
 
     #[test]

@@ -21,6 +21,8 @@
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`pass`]: the reconcile pass itself (load, fetch and plan, apply), with
 //!   what it remembers between passes.
+//! - [`key_checks`]: `--verify-keys`, each stage's key checked with its captcha
+//!   provider when first seen and when it changes, beside the pass.
 //!
 //! # Wiring
 //!
@@ -53,6 +55,7 @@
 pub mod backoff;
 pub mod health;
 pub mod http;
+pub mod key_checks;
 pub mod metrics;
 pub mod pass;
 pub mod scheduler;

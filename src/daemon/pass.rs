@@ -11,6 +11,11 @@
 //! - [`Reconciler::record`]: the thin step that puts the report into metrics,
 //!   health, backoff and the failure log, and logs what is news.
 //!
+//! Key checks (`--verify-keys`, [`KeyChecks`]) sit beside these steps, not in
+//! them: right after the manifests are read, the pass hands the keys that are
+//! due to a background task and goes on; a check's result never decides a
+//! write.
+//!
 //! What it remembers, and why:
 //! - the last valid stages of every manifest file: a file that turns invalid
 //!   keeps them (its error is logged with file:line), everything else goes on;
@@ -48,6 +53,7 @@ use crate::authentik::Client;
 use crate::daemon::PassContext;
 use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
+use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
@@ -433,6 +439,8 @@ pub struct Reconciler {
     last_secret_files: Vec<PathBuf>,
     /// The diagnostics last logged per file, to log a broken file once.
     logged_diagnostics: BTreeMap<PathBuf, Vec<String>>,
+    /// `--verify-keys`: checks each stage's key with its provider, beside the pass.
+    key_checks: Option<KeyChecks>,
 }
 
 impl Reconciler {
@@ -459,7 +467,15 @@ impl Reconciler {
             backoff: Backoff::new(),
             failures: FailureLog::new(),
             logged_diagnostics: BTreeMap::new(),
+            key_checks: None,
         }
+    }
+
+    /// Checks each stage's key with its captcha provider when it is first seen
+    /// and whenever it changes (see [`KeyChecks`]); the pass does not wait.
+    pub fn with_key_checks(mut self, key_checks: KeyChecks) -> Self {
+        self.key_checks = Some(key_checks);
+        self
     }
 
     /// One reconcile: read the manifests, fetch live state, plan, apply.
@@ -507,6 +523,16 @@ impl Reconciler {
             &changed_stages,
             &desired_names,
         );
+        // Before the authentik part of the pass, which does not wait for them:
+        // a key is checked even while authentik is unreachable.
+        if let Some(key_checks) = &self.key_checks {
+            key_checks.schedule(
+                self.last_valid
+                    .values()
+                    .flatten()
+                    .map(|s| (&s.fields, &s.private_key)),
+            );
+        }
 
         if !self.seen_source {
             let report = PassReport::unread(source_available, manifest_errors, Reading::NotAsked);

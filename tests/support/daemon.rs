@@ -69,7 +69,7 @@ enum Log {
 pub struct Harness {
     pub ws: Workspace,
     pub sim: SimHandle,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Default for Harness {
@@ -90,8 +90,14 @@ impl Harness {
         Harness {
             ws: Workspace::new(),
             sim,
-            _runtime: runtime,
+            runtime,
         }
+    }
+
+    /// Runs `future` on the simulator's runtime: to start another loopback
+    /// server (a fake captcha provider) that lives as long as the harness.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// Starts `stagesync run` on `dir` against the simulator, with the
