@@ -78,6 +78,10 @@ enum CommandArgs {
         /// Also save the plan to FILE (JSON, no secrets, mode 0600), for `apply --plan FILE`.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Also check the key of every stage that would be written with its
+        /// captcha provider (api_url), and show the result with the entry.
+        #[arg(long)]
+        verify_keys: bool,
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
@@ -439,6 +443,7 @@ pub struct PlanConfig {
     pub ignore_unknown_keys: bool,
     /// Where to save the plan file, if anywhere.
     pub out: Option<PathBuf>,
+    pub verify_keys: bool,
 }
 
 #[derive(Debug)]
@@ -533,11 +538,13 @@ impl Cli {
                 format,
                 ignore_unknown_keys,
                 out,
+                verify_keys,
             } => Command::Plan(PlanConfig {
                 reconcile: reconcile.resolve(env)?,
                 format,
                 ignore_unknown_keys,
                 out,
+                verify_keys,
             }),
             CommandArgs::Apply {
                 reconcile,

@@ -1,4 +1,7 @@
 //! `stagesync plan`: show what apply would change, without writing anything.
+//! With `--verify-keys`, each entry that writes its key also shows whether its
+//! captcha provider accepts that key (see [`crate::verify`]); the exit code
+//! does not change (`stagesync verify` is the gate).
 
 use std::time::SystemTime;
 
@@ -13,6 +16,7 @@ use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Plan};
 use crate::reconcile;
 use crate::state::{StateFile, write_private_file};
+use crate::verify::{ProbeSettings, Prober, allowed_by};
 
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
@@ -26,6 +30,14 @@ pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     } = reconcile::fetch_and_plan(&client, desired, &keys).await?;
     if cfg.ignore_unknown_keys {
         plan = plan.ignoring_unknown_keys();
+    }
+    if cfg.verify_keys {
+        let (entries, probes): (Vec<_>, Vec<_>) = plan.key_probes().into_iter().unzip();
+        let prober = Prober::new(ProbeSettings::default())?;
+        let checks = prober
+            .verify(&probes, &allowed_by(&cfg.reconcile.policy.hosts))
+            .await;
+        plan.key_checks = entries.into_iter().zip(checks).collect();
     }
     output::print_stdout(&render(&plan, cfg.format, color))?;
     if let Some(path) = &cfg.out {

@@ -75,6 +75,7 @@ use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFie
 use crate::state::KeyState;
 /// Re-exported: plans show it, but it is decided by the key state.
 pub use crate::state::KeyStatus;
+use crate::verify::{KeyCheck, KeyProbe};
 
 /// Everything a plan is a function of.
 pub struct PlanInputs<'a> {
@@ -214,6 +215,10 @@ pub struct Plan {
     pub known_fields: Vec<Field>,
     /// The server the plan was made for.
     pub capabilities: Capabilities,
+    /// `plan --verify-keys`: the key check of each entry that writes its key
+    /// (see [`Plan::key_probes`]). Empty when keys were not checked; the
+    /// renderings then show nothing about them.
+    pub key_checks: BTreeMap<EntryId, KeyCheck>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -256,6 +261,19 @@ impl Plan {
             }
         }
         s
+    }
+
+    /// What a key check sends for each entry that writes (every write sends
+    /// the key): the fields as written, so the body is encoded as this server
+    /// version would encode it.
+    pub fn key_probes(&self) -> Vec<(EntryId, KeyProbe)> {
+        self.stages
+            .iter()
+            .filter_map(|entry| {
+                let (_, write) = entry.action.write()?;
+                Some((entry.id, KeyProbe::new(&write.fields, &write.private_key)))
+            })
+            .collect()
     }
 
     /// Whether applying would write anything.
@@ -651,6 +669,7 @@ impl Plan {
                 .filter(|f| capabilities.knows(*f))
                 .collect(),
             capabilities,
+            key_checks: BTreeMap::new(),
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The JSON plan: stable, versioned, documented in `docs/plan.md` ("`--format json`").
 //!
 //! Every stage object has every key (`null` or `[]` when not applicable), so
-//! consumers need no per-action schema. A breaking change bumps
+//! consumers need no per-action schema. One exception: `key_check` is there
+//! only on the entries whose key was checked (`plan --verify-keys`), so a plan
+//! without the flag is what it always was. A breaking change bumps
 //! [`JSON_FORMAT_VERSION`]; adding keys does not.
 
 use serde::Serialize;
 
 use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged, Warning};
 use crate::stage::{FieldChange, StageFields};
+use crate::verify::Verdict;
 
 /// `format_version` of [`render_json`]'s output.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -50,6 +53,19 @@ struct JsonStage<'a> {
     changes: &'a [FieldChange],
     fields: Option<&'a StageFields>,
     message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_check: Option<JsonKeyCheck<'a>>,
+}
+
+/// The shape of one check in `stagesync verify --format json`, without what
+/// the entry already says (`stage`, and `api_url` in `fields`).
+#[derive(Serialize)]
+struct JsonKeyCheck<'a> {
+    result: Verdict,
+    reason: String,
+    error_codes: &'a [String],
+    http_status: Option<u16>,
+    contacted: bool,
 }
 
 /// The plan as one pretty-printed JSON document, with a trailing newline.
@@ -103,6 +119,13 @@ pub fn render_json(plan: &Plan) -> String {
                 changes,
                 fields,
                 message,
+                key_check: plan.key_checks.get(&s.id).map(|c| JsonKeyCheck {
+                    result: c.verdict(),
+                    reason: c.reason.describe(),
+                    error_codes: &c.error_codes,
+                    http_status: c.status,
+                    contacted: c.reason.contacted(),
+                }),
             }
         })
         .collect();

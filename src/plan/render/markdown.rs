@@ -8,9 +8,10 @@
 
 use std::fmt::Write as _;
 
-use super::{body_lines, has_any, origin_short, summary_line, warning_lines};
+use super::{body_lines, has_any, key_check_text, origin_short, summary_line, warning_lines};
 use crate::output::escape;
 use crate::plan::{Action, Plan};
+use crate::verify::Verdict;
 
 fn longest_backtick_run(s: &str) -> usize {
     s.split(|c| c != '`').map(str::len).max().unwrap_or(0)
@@ -125,6 +126,18 @@ pub fn render_markdown(plan: &Plan) -> String {
             &body_lines(&stage.action, &stage.key_source, &plan.known_fields),
         ));
         out.push('\n');
+        if let Some(check) = plan.key_checks.get(&stage.id) {
+            let mark = match check.verdict() {
+                Verdict::Valid => "",
+                Verdict::Invalid | Verdict::Mismatch => "**",
+                Verdict::Unknown => "_",
+            };
+            let _ = writeln!(
+                out,
+                "Key check: {mark}{}{mark}\n",
+                text(&key_check_text(check))
+            );
+        }
     }
 
     if summary.in_sync > 0 {

@@ -22,6 +22,7 @@ use super::{Action, KeyStatus, Plan, Summary, Warning};
 use crate::output::escape;
 use crate::secret::KeySource;
 use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
+use crate::verify::KeyCheck;
 
 /// `Plan: 1 to create, 2 to update, 5 in sync, 1 unmanaged.`, with
 /// `, 1 error` / `, 2 errors` before the full stop when there are errors.
@@ -140,6 +141,16 @@ fn body_lines(action: &Action, source: &KeySource, known: &[Field]) -> Vec<Strin
         }
         Action::InSync { .. } | Action::Error { .. } => Vec::new(),
     }
+}
+
+/// `invalid: the provider refused the key (error-codes: invalid-input-secret)`,
+/// escaped: the reason may quote a manifest's api_url.
+fn key_check_text(check: &KeyCheck) -> String {
+    let mut text = format!("{}: {}", check.verdict().as_str(), check.reason.describe());
+    if !check.error_codes.is_empty() {
+        text.push_str(&format!(" (error-codes: {})", check.error_codes.join(", ")));
+    }
+    escape(&text).into_owned()
 }
 
 fn has_any(plan: &Plan, pred: impl Fn(&Action) -> bool) -> bool {

@@ -10,6 +10,7 @@
 //!     +score_min_threshold: 0.7
 //!     ...
 //!      private_key: (sensitive) unchanged
+//!     key check: valid: the provider accepted the key (...)   (plan --verify-keys)
 //!
 //! Plan: 0 to create, 1 to update, 0 in sync, 0 unmanaged.
 //! ```
@@ -21,9 +22,10 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use super::{body_lines, origin_short, summary_line, warning_lines};
+use super::{body_lines, key_check_text, origin_short, summary_line, warning_lines};
 use crate::output::escape;
 use crate::plan::{Action, Plan, StagePlan};
+use crate::verify::Verdict;
 
 const INDENT: &str = "    ";
 
@@ -105,6 +107,18 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
         for line in warning_lines(&warnings, &stage.name) {
             let style = AnsiColor::Red.on_default().bold();
             let _ = writeln!(out, "{INDENT}{}", painter.paint(style, &line));
+        }
+        if let Some(check) = plan.key_checks.get(&stage.id) {
+            let style = match check.verdict() {
+                Verdict::Valid => AnsiColor::Green.on_default(),
+                Verdict::Invalid | Verdict::Mismatch => AnsiColor::Red.on_default().bold(),
+                Verdict::Unknown => AnsiColor::Yellow.on_default(),
+            };
+            let _ = writeln!(
+                out,
+                "{INDENT}key check: {}",
+                painter.paint(style, &key_check_text(check))
+            );
         }
     }
     if !plan.stages.is_empty() {
