@@ -55,10 +55,33 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     let last = stdout
         .find("Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged.")
         .expect(&stdout);
+    let verified = stdout
+        .find("3 keys checked: 2 valid, 1 invalid, 0 mismatched, 0 unknown")
+        .expect(&stdout);
     assert!(
-        first < applied && applied < last,
-        "plan, apply, empty plan in that order:\n{stdout}"
+        first < applied && applied < last && last < verified,
+        "plan, apply, empty plan, verify in that order:\n{stdout}"
     );
+    let bad = stdout
+        .lines()
+        .find(|l| {
+            l.split_whitespace().nth(1) == Some("recovery-turnstile") && l.contains("siteverify:")
+        })
+        .expect(&stdout);
+    assert!(bad.starts_with("invalid "), "{bad}");
+    assert!(bad.contains("invalid-input-secret"), "{bad}");
+    // The checks go to the demo's own provider on loopback, never to the
+    // providers the shipped manifests name, and the demo says so.
+    let provider = stderr
+        .lines()
+        .find(|l| {
+            l.starts_with("demo: key checks go to a fake captcha provider on http://127.0.0.1:")
+        })
+        .expect(&stderr);
+    let url = provider.split_whitespace().nth(10).expect(provider);
+    for line in stdout.lines().filter(|l| l.contains("siteverify:")) {
+        assert!(line.contains(&format!("{url}:")), "{line} is not {url}");
+    }
     assert!(
         stderr.contains("demo: set RECAPTCHA_SECRET_KEY to a demo value"),
         "{stderr}"

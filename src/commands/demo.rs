@@ -2,7 +2,8 @@
 //!
 //! It seeds the simulator so that the manifests in DIR have something to do
 //! (one stage in sync, one drifted, one missing, plus one unmanaged stage),
-//! prints the plan, applies it, prints the now-empty plan, then runs the daemon
+//! prints the plan, applies it, prints the now-empty plan, checks the keys with
+//! a fake captcha provider (one of them is refused), then runs the daemon
 //! against DIR until Ctrl-C, so that editing a file shows convergence live.
 //! Secrets referenced with `!Env` that are not set get demo values, set before
 //! any thread starts (see [`set_demo_secrets`]).
@@ -18,15 +19,17 @@ use tokio_util::sync::CancellationToken;
 use crate::apply;
 use crate::authentik::{Client, ClientSettings};
 use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
-use crate::commands::{apply::render_report, load_desired};
+use crate::commands::{apply::render_report, load_desired, verify};
 use crate::exit::Outcome;
 use crate::output::{self, escape};
 use crate::plan;
-use crate::policy::Policy;
+use crate::policy::{Policy, ProviderHosts};
 use crate::reconcile;
-use crate::simulator::{self, SimConfig};
-use crate::stage::StageFields;
+use crate::secret::ExposeSecret;
+use crate::simulator::{self, SimConfig, provider};
+use crate::stage::{DesiredStage, StageFields};
 use crate::state::StateFile;
+use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, allowed_by};
 
 const DEMO_TOKEN: &str = "demo-token";
 /// A resync this short so the demo shows an out-of-band edit being reverted
@@ -128,7 +131,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     output::print_stdout(render_report(&report).trim_start())?;
 
     heading("3. stagesync plan again: nothing left to do", color);
-    let again = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    let again = reconcile::fetch_and_plan(&client, desired.clone(), state.keys()).await?;
     output::print_stdout(&plan::render_text(&again.plan, color))?;
     drop(state);
 
@@ -136,12 +139,21 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         eprintln!("demo: the simulator did not converge; this is a bug");
         return Ok(Outcome::Failed);
     }
+
+    heading("4. stagesync verify: do the keys work?", color);
+    let checks = verify_keys(&desired).await?;
+    output::print_stdout(&verify::render_text(&checks, color))?;
+    if verify::outcome(&verify::Counts::of(&checks), false) != Outcome::Success {
+        output::print_stdout(
+            "stagesync verify would exit 1 here; `stagesync run --verify-keys` reports it as the stagesync_key_check metric.\n",
+        )?;
+    }
     if !cfg.daemon {
         return Ok(Outcome::Success);
     }
 
     heading(
-        "4. stagesync run: keeping it converged (Ctrl-C to stop)",
+        "5. stagesync run: keeping it converged (Ctrl-C to stop)",
         color,
     );
     let example = planned
@@ -207,6 +219,42 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     ui_edit.abort();
     sim.shutdown();
     outcome
+}
+
+/// `stagesync verify` against a fake captcha provider on loopback: the demo
+/// keys are made up, so the stages' real `api_url`s would refuse them all (and
+/// should not be sent them). The provider knows every stage's key but the last
+/// one's, as if that key had been rotated at the provider and not in the
+/// manifest, so the report shows one invalid key.
+async fn verify_keys(desired: &[DesiredStage]) -> Result<Vec<KeyCheck>> {
+    let Some((bad, good)) = desired.split_last() else {
+        return Ok(Vec::new());
+    };
+    let fake = provider::start("rotated-at-the-provider", &bad.fields.public_key)
+        .await
+        .context("cannot start the fake captcha provider")?;
+    for stage in good {
+        fake.add_site(stage.private_key.expose_secret(), &stage.fields.public_key);
+    }
+    let url = fake.siteverify_url();
+    eprintln!(
+        "demo: key checks go to a fake captcha provider on {url} instead of each stage's api_url \
+         (the demo keys are made up) and allows that host only; it knows every key but {}'s",
+        escape(&bad.fields.name)
+    );
+    let probes: Vec<KeyProbe> = desired
+        .iter()
+        .map(|stage| KeyProbe {
+            api_url: url.clone(),
+            ..KeyProbe::from_desired(stage)
+        })
+        .collect();
+    let prober = Prober::new(ProbeSettings::default())?;
+    // The demo's own provider on loopback is the one host it allows.
+    let own_provider = ProviderHosts::new(&[format!("http://{}", fake.addr())])?;
+    let checks = prober.verify(&probes, &allowed_by(&own_provider)).await;
+    fake.shutdown();
+    Ok(checks)
 }
 
 fn heading(text: &str, color: bool) {

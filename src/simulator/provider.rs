@@ -1,5 +1,5 @@
 //! A fake captcha provider: a loopback `siteverify` endpoint that knows one
-//! good secret and one site key, and answers as reCAPTCHA, hCaptcha and
+//! good secret and one site key (more with [`ProviderHandle::add_site`]), and answers as reCAPTCHA, hCaptcha and
 //! Turnstile do (`{"success": false, "error-codes": [...]}`). The key checks'
 //! tests and the demo share it.
 //!
@@ -57,8 +57,8 @@ pub struct SeenRequest {
 }
 
 struct Shared {
-    secret: String,
-    site_key: String,
+    /// (secret, site key) of each site the provider knows.
+    sites: Mutex<Vec<(String, String)>>,
     mode: Mutex<ProviderMode>,
     seen: Mutex<Vec<SeenRequest>>,
 }
@@ -81,8 +81,7 @@ pub async fn start(secret: &str, site_key: &str) -> std::io::Result<ProviderHand
     let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
-        secret: secret.to_owned(),
-        site_key: site_key.to_owned(),
+        sites: Mutex::new(vec![(secret.to_owned(), site_key.to_owned())]),
         mode: Mutex::new(ProviderMode::Answer),
         seen: Mutex::new(Vec::new()),
     });
@@ -112,6 +111,11 @@ impl ProviderHandle {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Makes `secret` a good secret too, for the site key `site_key`.
+    pub fn add_site(&self, secret: &str, site_key: &str) {
+        lock(&self.shared.sites).push((secret.to_owned(), site_key.to_owned()));
     }
 
     pub fn set_mode(&self, mode: ProviderMode) {
@@ -178,14 +182,22 @@ async fn handle(
 
 /// The one error code a provider gives for these fields.
 fn answer(shared: &Shared, fields: &BTreeMap<String, String>) -> &'static str {
-    match fields.get("secret").map(String::as_str) {
+    let sites = lock(&shared.sites);
+    let secret = match fields.get("secret").map(String::as_str) {
         None | Some("") => return "missing-input-secret",
-        Some(secret) if secret != shared.secret => return "invalid-input-secret",
-        Some(_) => {}
+        Some(secret) => secret,
+    };
+    let site_keys: Vec<&str> = sites
+        .iter()
+        .filter(|(good, _)| good == secret)
+        .map(|(_, site_key)| site_key.as_str())
+        .collect();
+    if site_keys.is_empty() {
+        return "invalid-input-secret";
     }
     if fields
         .get("sitekey")
-        .is_some_and(|site_key| *site_key != shared.site_key)
+        .is_some_and(|site_key| !site_keys.contains(&site_key.as_str()))
     {
         return "sitekey-secret-mismatch";
     }
