@@ -3,7 +3,9 @@
 //!
 //! When: a stage's key is checked when the daemon first sees the stage, and
 //! again whenever what a check would send changes (the key, `api_url`,
-//! `public_key` or the body encoding). Not on every resync: providers
+//! `public_key` or the body encoding). A check that ended `unknown` (timeout,
+//! 5xx...) is tried again on the first pass [`RETRY_UNKNOWN`] after it. Not on
+//! every resync: providers
 //! rate-limit `siteverify`, and real logins share that limit. What was sent is
 //! remembered per stage as a salted fingerprint of the key ([`Fingerprint`],
 //! a fresh random salt each) plus the non-secret fields, in memory only: a
@@ -26,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tracing::{error, info, warn};
 
@@ -64,6 +67,11 @@ impl Sent {
     }
 }
 
+/// How long after a check that could not tell (`unknown`) it is tried again:
+/// long enough not to press a struggling provider, short enough that an alert
+/// on `unknown` clears on its own once the provider answers.
+pub const RETRY_UNKNOWN: Duration = Duration::from_secs(15 * 60);
+
 /// What the daemon remembers of one stage's key.
 #[derive(Clone, Debug)]
 pub struct Remembered {
@@ -73,6 +81,16 @@ pub struct Remembered {
     pub generation: u64,
     /// The last result recorded for the stage (possibly of an earlier key).
     pub result: Option<Verdict>,
+    /// When the latest check was started.
+    pub started: Instant,
+}
+
+impl Remembered {
+    /// Whether the latest check ended `unknown` long enough ago to try again.
+    fn retry_due(&self, now: Instant) -> bool {
+        self.result == Some(Verdict::Unknown)
+            && now.saturating_duration_since(self.started) >= RETRY_UNKNOWN
+    }
 }
 
 /// What is due this pass.
@@ -84,20 +102,21 @@ pub struct Due {
     pub gone: Vec<String>,
 }
 
-/// Which probes differ from what was last sent for their stage, and which
-/// remembered stages are gone (pure but for hashing). A name that appears
-/// twice (the plan reports that conflict) is checked with its first probe.
-pub fn due(remembered: &BTreeMap<String, Remembered>, probes: Vec<KeyProbe>) -> Due {
+/// Which probes differ from what was last sent for their stage (or ended
+/// `unknown` [`RETRY_UNKNOWN`] before `now`), and which remembered stages are
+/// gone (pure but for hashing). A name that appears twice (the plan reports
+/// that conflict) is checked with its first probe.
+pub fn due(remembered: &BTreeMap<String, Remembered>, probes: Vec<KeyProbe>, now: Instant) -> Due {
     let mut names = BTreeSet::new();
     let mut check = Vec::new();
     for probe in probes {
         if !names.insert(probe.stage.clone()) {
             continue;
         }
-        let unchanged = remembered
+        let settled = remembered
             .get(&probe.stage)
-            .is_some_and(|r| r.sent.same_as(&probe));
-        if !unchanged {
+            .is_some_and(|r| r.sent.same_as(&probe) && !r.retry_due(now));
+        if !settled {
             check.push(probe);
         }
     }
@@ -156,8 +175,9 @@ impl KeyChecks {
             .into_iter()
             .map(|(fields, key)| KeyProbe::new(fields, key))
             .collect();
+        let now = Instant::now();
         let mut memory = lock(&self.memory);
-        let due = due(&memory.stages, probes);
+        let due = due(&memory.stages, probes, now);
         for name in &due.gone {
             memory.stages.remove(name);
             self.metrics.remove_key_check(name);
@@ -176,6 +196,7 @@ impl KeyChecks {
                     sent: Sent::of(probe),
                     generation,
                     result,
+                    started: now,
                 },
             );
             generations.push(generation);
@@ -252,7 +273,7 @@ mod tests {
         KeyProbe::new(&fields, &PrivateKey::from(key.to_owned()))
     }
 
-    fn remember(probes: &[KeyProbe]) -> BTreeMap<String, Remembered> {
+    fn remember(probes: &[KeyProbe], now: Instant) -> BTreeMap<String, Remembered> {
         probes
             .iter()
             .enumerate()
@@ -263,6 +284,7 @@ mod tests {
                         sent: Sent::of(p),
                         generation: i as u64,
                         result: Some(Verdict::Valid),
+                        started: now,
                     },
                 )
             })
@@ -275,37 +297,53 @@ mod tests {
 
     #[test]
     fn only_new_stages_and_changed_keys_are_due() {
-        let first = due(&BTreeMap::new(), vec![probe("a", "k1"), probe("b", "k2")]);
+        let now = Instant::now();
+        let first = due(
+            &BTreeMap::new(),
+            vec![probe("a", "k1"), probe("b", "k2")],
+            now,
+        );
         assert_eq!(names(&first.check), ["a", "b"], "first seen");
 
-        let memory = remember(&first.check);
-        let resync = due(&memory, vec![probe("a", "k1"), probe("b", "k2")]);
+        let memory = remember(&first.check, now);
+        let later = now + RETRY_UNKNOWN * 10;
+        let resync = due(&memory, vec![probe("a", "k1"), probe("b", "k2")], later);
         assert!(resync.check.is_empty(), "a resync checks nothing");
         assert!(resync.gone.is_empty());
 
-        let rotated = due(&memory, vec![probe("a", "k1"), probe("b", "k3")]);
+        let rotated = due(&memory, vec![probe("a", "k1"), probe("b", "k3")], now);
         assert_eq!(names(&rotated.check), ["b"], "its key changed");
 
         let mut moved = probe("a", "k1");
         moved.api_url = "https://other.example/siteverify".into();
         assert_eq!(
-            names(&due(&memory, vec![moved]).check),
+            names(&due(&memory, vec![moved], now).check),
             ["a"],
             "api_url changed"
         );
         let mut other_site = probe("a", "k1");
         other_site.site_key = "another".into();
-        assert_eq!(names(&due(&memory, vec![other_site]).check), ["a"]);
+        assert_eq!(names(&due(&memory, vec![other_site], now).check), ["a"]);
 
-        let gone = due(&memory, vec![probe("b", "k2"), probe("b", "k9")]);
+        let gone = due(&memory, vec![probe("b", "k2"), probe("b", "k9")], now);
         assert_eq!(gone.gone, ["a"]);
         assert!(gone.check.is_empty(), "the first probe of a name counts");
     }
 
     #[test]
+    fn an_unknown_result_is_tried_again_after_a_while_only() {
+        let now = Instant::now();
+        let mut memory = remember(&[probe("a", "k1")], now);
+        memory.get_mut("a").expect("a").result = Some(Verdict::Unknown);
+        let again = |at| names(&due(&memory, vec![probe("a", "k1")], at).check).len();
+        assert_eq!(again(now + RETRY_UNKNOWN / 2), 0);
+        assert_eq!(again(now + RETRY_UNKNOWN), 1);
+    }
+
+    #[test]
     fn a_result_for_a_key_no_longer_wanted_is_dropped() {
         let metrics = Metrics::new();
-        let mut stages = remember(&[probe("a", "k1")]);
+        let mut stages = remember(&[probe("a", "k1")], Instant::now());
         stages.get_mut("a").expect("a").result = None;
         let check = KeyCheck {
             stage: "a".into(),
