@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
+use stagesync::simulator::SimHandle;
 use stagesync::simulator::provider::{self, ProviderHandle, ProviderMode};
 use stagesync::verify::PROBE_TOKEN;
 use support::cli::{Workspace, run, stderr, stdout};
@@ -313,14 +314,23 @@ async fn invalid_manifests_exit_3_and_contact_nobody() {
     assert_eq!(fake.request_count(), 0);
 }
 
-/// `stagesync plan ARGS stages/` against `sim`, with both keys in the environment.
-fn plan(ws: &Workspace, sim: &stagesync::simulator::SimHandle, args: &[&str]) -> Command {
+/// The binary pointed at `sim`, with both keys in the environment and the
+/// fake provider's loopback address allowed as a plain-http provider host.
+fn against_sim(ws: &Workspace, sim: &SimHandle, fake: &ProviderHandle) -> Command {
     let mut cmd = ws.cmd(sim);
     cmd.env("GOOD_KEY", GOOD_SECRET)
         .env("WRONG_KEY", WRONG_SECRET)
-        .arg("plan")
-        .args(args)
-        .arg(ws.stages());
+        .env(
+            "STAGESYNC_PROVIDER_HOSTS",
+            format!("http://{}", fake.addr()),
+        );
+    cmd
+}
+
+/// `stagesync plan ARGS stages/` against `sim`.
+fn plan(ws: &Workspace, sim: &SimHandle, fake: &ProviderHandle, args: &[&str]) -> Command {
+    let mut cmd = against_sim(ws, sim, fake);
+    cmd.arg("plan").args(args).arg(ws.stages());
     cmd
 }
 
@@ -331,18 +341,18 @@ async fn plan_verify_keys_shows_the_check_of_every_entry_that_writes_its_key() {
     let ws = Workspace::new();
     three_stages(&ws, &fake);
 
-    let without = run(plan(&ws, &sim, &[])).await;
+    let without = run(plan(&ws, &sim, &fake, &[])).await;
     assert_code(&without, 2);
     assert!(
         !stdout(&without).contains("key check"),
         "{}",
         stdout(&without)
     );
-    let json = run(plan(&ws, &sim, &["--format", "json"])).await;
+    let json = run(plan(&ws, &sim, &fake, &["--format", "json"])).await;
     assert!(!stdout(&json).contains("key_check"), "{}", stdout(&json));
     assert_eq!(fake.request_count(), 0, "no check without the flag");
 
-    let out = run(plan(&ws, &sim, &["--verify-keys"])).await;
+    let out = run(plan(&ws, &sim, &fake, &["--verify-keys"])).await;
     assert_code(&out, 2);
     let text = stdout(&out);
     let entry = |name: &str| {
@@ -371,7 +381,13 @@ async fn plan_verify_keys_shows_the_check_of_every_entry_that_writes_its_key() {
     );
     assert_eq!(fake.request_count(), 3, "one check per entry that writes");
 
-    let out = run(plan(&ws, &sim, &["--verify-keys", "--format", "json"])).await;
+    let out = run(plan(
+        &ws,
+        &sim,
+        &fake,
+        &["--verify-keys", "--format", "json"],
+    ))
+    .await;
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON plan");
     let check_of = |name: &str| {
         doc["stages"]
@@ -391,7 +407,13 @@ async fn plan_verify_keys_shows_the_check_of_every_entry_that_writes_its_key() {
     assert_eq!(check_of("good")["result"], "valid");
     assert_eq!(check_of("elsewhere")["result"], "mismatch");
 
-    let out = run(plan(&ws, &sim, &["--verify-keys", "--format", "markdown"])).await;
+    let out = run(plan(
+        &ws,
+        &sim,
+        &fake,
+        &["--verify-keys", "--format", "markdown"],
+    ))
+    .await;
     let markdown = stdout(&out);
     assert!(
         markdown.contains("Key check: **invalid: the provider refused the key (error-codes: invalid-input-secret)**"),
@@ -404,15 +426,11 @@ async fn plan_verify_keys_shows_the_check_of_every_entry_that_writes_its_key() {
     }
 
     // Once applied, nothing writes a key: nothing is checked.
-    let mut apply = ws.cmd(&sim);
-    apply
-        .env("GOOD_KEY", GOOD_SECRET)
-        .env("WRONG_KEY", WRONG_SECRET)
-        .args(["apply", "--yes"])
-        .arg(ws.stages());
+    let mut apply = against_sim(&ws, &sim, &fake);
+    apply.args(["apply", "--yes"]).arg(ws.stages());
     assert_code(&run(apply).await, 0);
     let asked = fake.request_count();
-    let out = run(plan(&ws, &sim, &["--verify-keys"])).await;
+    let out = run(plan(&ws, &sim, &fake, &["--verify-keys"])).await;
     assert_code(&out, 0);
     assert!(!stdout(&out).contains("key check"), "{}", stdout(&out));
     assert_eq!(fake.request_count(), asked);
@@ -443,7 +461,18 @@ fn the_daemon_checks_a_key_when_first_seen_and_when_it_changes_not_on_resync() {
     };
     h.ws.write("good.yaml", &file_manifest("good", &good_key));
     h.ws.write("bad.yaml", &file_manifest("bad", &bad_key));
-    let mut d = h.start_daemon(h.ws.stages(), &["--verify-keys", "--interval", "1s"], &[]);
+    let allowed = format!("http://{}", fake.addr());
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--verify-keys",
+            "--interval",
+            "1s",
+            "--secrets-dir",
+            &keys.display().to_string(),
+        ],
+        &[("STAGESYNC_PROVIDER_HOSTS", &allowed)],
+    );
 
     d.wait_for_metric_eq(&key_check_series("good", "valid"), 1.0);
     d.wait_for_metric_eq(&key_check_series("bad", "invalid"), 1.0);
