@@ -530,3 +530,38 @@ fn the_daemon_checks_a_key_when_first_seen_and_when_it_changes_not_on_resync() {
     }
     assert!(fake.requests().iter().all(|r| r.uri == "/siteverify"));
 }
+
+/// A provider that never answers holds back no write: the pass does not wait
+/// for the check, which is still in flight when the stage is live.
+#[test]
+fn a_hanging_provider_does_not_delay_the_reconcile() {
+    let h = Harness::new();
+    let fake = h.block_on(start_provider());
+    fake.set_mode(ProviderMode::Hang);
+    h.ws.write(
+        "good.yaml",
+        &manifest("good", SITE_KEY, "GOOD_KEY", &fake.siteverify_url(), ""),
+    );
+    let allowed = format!("http://{}", fake.addr());
+    let started = Instant::now();
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &["--verify-keys"],
+        &[
+            ("STAGESYNC_PROVIDER_HOSTS", &allowed),
+            ("GOOD_KEY", GOOD_SECRET),
+        ],
+    );
+    d.wait_until("the stage is written", || h.live("good").is_some());
+    d.wait_for_metric(r#"stagesync_reconciles_total{result="success"}"#, 1.0);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "the pass waited for the provider's 10 s timeout: {took:?}"
+    );
+    d.wait_until("the check is asked", || fake.request_count() == 1);
+    assert!(
+        !d.get("/metrics").1.contains(r#"stage="good""#),
+        "no result yet: the check is still waiting for the provider"
+    );
+}
