@@ -90,6 +90,8 @@ enum CommandArgs {
         /// How many writes run at once.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Keep authentik converged: reconcile on every change and every interval.
     #[command(
@@ -100,6 +102,8 @@ enum CommandArgs {
         reconcile: ReconcileArgs,
         #[command(flatten)]
         daemon: DaemonArgs,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Try stagesync without an authentik: a built-in simulator, plan, apply, then the daemon.
     #[command(
@@ -260,6 +264,19 @@ struct StateArgs {
     /// (default: $XDG_STATE_HOME/stagesync/state.json or ~/.local/state/stagesync/state.json).
     #[arg(long, env = "STAGESYNC_STATE_FILE")]
     state_file: Option<PathBuf>,
+}
+
+/// `--shutdown-timeout` (apply and run) defaults to 10 s: well under the 30 s
+/// a supervisor (systemd's `TimeoutStopSec`, Kubernetes'
+/// `terminationGracePeriodSeconds`) waits before SIGKILL, which would lose the
+/// record of the writes in flight.
+#[derive(Debug, Args)]
+struct ShutdownArgs {
+    /// After SIGTERM or SIGINT, how long until the process has exited: writes
+    /// in flight get this long (less a moment to save the state), then are
+    /// abandoned, their keys recorded as unknown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -430,6 +447,7 @@ pub struct ApplyConfig {
     pub format: Format,
     pub yes: bool,
     pub concurrency: usize,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -440,6 +458,7 @@ pub struct RunConfig {
     pub dry_run: bool,
     pub listen: Option<SocketAddr>,
     pub concurrency: usize,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -520,19 +539,26 @@ impl Cli {
                 format,
                 yes,
                 concurrency,
+                shutdown,
             } => Command::Apply(ApplyConfig {
                 reconcile: reconcile.resolve(env)?,
                 format,
                 yes,
                 concurrency: concurrency.into(),
+                shutdown_timeout: shutdown.shutdown_timeout,
             }),
-            CommandArgs::Run { reconcile, daemon } => Command::Run(RunConfig {
+            CommandArgs::Run {
+                reconcile,
+                daemon,
+                shutdown,
+            } => Command::Run(RunConfig {
                 reconcile: reconcile.resolve(env)?,
                 interval: daemon.interval,
                 debounce: daemon.debounce,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),
+                shutdown_timeout: shutdown.shutdown_timeout,
             }),
             CommandArgs::Demo {
                 dir,

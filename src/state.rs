@@ -295,6 +295,48 @@ impl KeyState {
     }
 }
 
+/// Where [`crate::apply::apply`] keeps the keys: the [`StateFile`] (saved
+/// durably, write-ahead) or a [`KeyState`] in memory alone (tests, whose
+/// saves do nothing).
+pub trait KeyStore {
+    fn keys(&self) -> &KeyState;
+    fn keys_mut(&mut self) -> &mut KeyState;
+    /// Makes what is recorded durable now.
+    fn save(&mut self) -> Result<(), StateError>;
+    /// Saves if a batched save is due.
+    fn save_if_due(&mut self) -> Result<bool, StateError>;
+}
+
+impl KeyStore for KeyState {
+    fn keys(&self) -> &KeyState {
+        self
+    }
+    fn keys_mut(&mut self) -> &mut KeyState {
+        self
+    }
+    fn save(&mut self) -> Result<(), StateError> {
+        Ok(())
+    }
+    fn save_if_due(&mut self) -> Result<bool, StateError> {
+        Ok(false)
+    }
+}
+
+impl KeyStore for StateFile {
+    fn keys(&self) -> &KeyState {
+        StateFile::keys(self)
+    }
+    fn keys_mut(&mut self) -> &mut KeyState {
+        StateFile::keys_mut(self)
+    }
+    fn save(&mut self) -> Result<(), StateError> {
+        StateFile::save(self)
+    }
+    fn save_if_due(&mut self) -> Result<bool, StateError> {
+        StateFile::save_if_due(self)
+    }
+}
+
 /// The file. Entries are JSON values first, so that one damaged entry is
 /// reported and kept rather than failing the whole file. Add optional
 /// top-level fields with `#[serde(default)]`.

@@ -31,7 +31,9 @@
 //!
 //! A stop signal abandons the read of live state (nothing is written yet, and
 //! with authentik failing the client's retries would hold the exit for tens
-//! of seconds); writes already started finish (see [`apply::apply`]).
+//! of seconds); writes already started get the grace period of
+//! `--shutdown-timeout`, then are abandoned with their keys unknown (see
+//! [`apply::Stop`]), and the state file is saved before the pass returns.
 //!
 //! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
 //! the stage and its file; a pass that changes nothing logs at DEBUG.
@@ -41,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, Operation, WriteResult};
@@ -433,6 +436,9 @@ pub struct Reconciler {
     last_secret_files: Vec<PathBuf>,
     /// The diagnostics last logged per file, to log a broken file once.
     logged_diagnostics: BTreeMap<PathBuf, Vec<String>>,
+    /// Fires when the grace period after a stop signal is over: writes still
+    /// in flight are abandoned (see [`apply::Stop`]).
+    abandon: CancellationToken,
 }
 
 impl Reconciler {
@@ -459,7 +465,15 @@ impl Reconciler {
             backoff: Backoff::new(),
             failures: FailureLog::new(),
             logged_diagnostics: BTreeMap::new(),
+            abandon: CancellationToken::new(),
         }
+    }
+
+    /// Writes still in flight when `abandon` fires are given up, their keys
+    /// left unknown, so that a stop signal ends the pass in bounded time.
+    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
+        self
     }
 
     /// One reconcile: read the manifests, fetch live state, plan, apply.
@@ -563,10 +577,14 @@ impl Reconciler {
             let report = apply::apply(
                 &self.client,
                 &planned.plan,
-                state.keys_mut(),
+                state,
                 self.concurrency,
-                &ctx.cancel,
+                &apply::Stop {
+                    cancel: ctx.cancel.clone(),
+                    abandon: self.abandon.clone(),
+                },
                 |name| !to_write.contains(name),
+                |_| {},
             )
             .await;
             let actions: BTreeMap<&str, &Action> = planned
