@@ -319,7 +319,12 @@ async fn handle(
         Some(FaultKind::StreamedDetail { status, bytes }) => {
             return streamed_detail(*status, *bytes);
         }
-        Some(FaultKind::Truncated | FaultKind::LostAnswer | FaultKind::HangAfterProcessing)
+        Some(
+            FaultKind::Truncated
+            | FaultKind::LostAnswer
+            | FaultKind::HangAfterProcessing
+            | FaultKind::SlowAnswer(_),
+        )
         | None => {}
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
@@ -348,6 +353,7 @@ async fn handle(
     match fault {
         Some(FaultKind::LostAnswer) => return reset_connection(),
         Some(FaultKind::HangAfterProcessing) => std::future::pending::<()>().await,
+        Some(FaultKind::SlowAnswer(delay)) => tokio::time::sleep(delay).await,
         _ => {}
     }
     into_response(&reply, fault == Some(FaultKind::Truncated))
