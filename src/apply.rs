@@ -49,7 +49,7 @@ use uuid::Uuid;
 
 use crate::plan::{EntryId, Plan, StagePlan, Target, Write};
 use crate::stage::{LiveStage, Origin};
-use crate::state::{KeyState, KeyStatus, KeyStore};
+use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
 /// What a write was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -247,6 +247,8 @@ struct Pending<'p> {
     after: Option<Result<usize, EntryId>>,
     /// `None` until the write is decided.
     outcome: Option<WriteOutcome>,
+    /// Set while its key is marked in flight (write-ahead).
+    mark: Option<KeyMark>,
 }
 
 impl Pending<'_> {
@@ -282,10 +284,20 @@ impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
     /// the outcome and saves the state when a save is due.
     fn decide(&mut self, index: usize, result: WriteResult) {
         let pending = &mut self.writes[index];
-        if let WriteResult::Written(live) = &result {
-            self.state
-                .keys_mut()
-                .record(live.uuid, &pending.write.private_key);
+        match &result {
+            WriteResult::Written(live) => {
+                self.state
+                    .keys_mut()
+                    .record(live.uuid, &pending.write.private_key);
+            }
+            // Never sent: what was known before still holds.
+            WriteResult::Skipped(_) => {
+                if let Some(mark) = pending.mark.take() {
+                    self.state.keys_mut().unmark(mark);
+                }
+            }
+            // Maybe made: the mark stays, the key reads as unknown.
+            WriteResult::Failed(_) => {}
         }
         let outcome = WriteOutcome {
             entry: pending.entry.id,
@@ -352,6 +364,7 @@ pub async fn apply(
                 // An `after` that is not a write of this plan cannot be satisfied.
                 after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
                 outcome: None,
+                mark: None,
             })
             .collect(),
         state,
@@ -418,60 +431,34 @@ pub async fn apply(
 
         // Write-ahead: the keys this wave changes read as unknown on disk
         // before any of them is sent.
-        let marks: Vec<(usize, Uuid)> = wave
-            .iter()
-            .filter_map(|&i| run.writes[i].key_to_mark(run.state.keys()).map(|u| (i, u)))
-            .collect();
-        if !marks.is_empty() {
-            let before = run.state.keys().clone();
-            for &(_, uuid) in &marks {
-                run.state.keys_mut().mark_in_flight(uuid);
+        let mut marked = false;
+        for &i in &wave {
+            if let Some(uuid) = run.writes[i].key_to_mark(run.state.keys()) {
+                run.writes[i].mark = Some(run.state.keys_mut().mark_in_flight(uuid));
+                marked = true;
             }
-            if let Err(err) = run.state.save() {
-                *run.state.keys_mut() = before;
-                let message = err.to_string();
-                tracing::error!(error = %message, "cannot save the state file: not sending the key changes that need it");
-                for &(i, _) in &marks {
+        }
+        if marked && let Err(err) = run.state.save() {
+            let message = err.to_string();
+            tracing::error!(error = %message, "cannot save the state file: not sending the key changes that need it");
+            for &i in &wave {
+                if run.writes[i].mark.is_some() {
                     run.decide(
                         i,
                         WriteResult::Skipped(SkipReason::StateNotSaved(message.clone())),
                     );
                 }
-                wave.retain(|&i| run.writes[i].outcome.is_none());
             }
+            wave.retain(|&i| run.writes[i].outcome.is_none());
         }
 
-        let mut tasks = JoinSet::new();
+        // Start writes as slots free up, and settle each as it completes.
+        let mut queue = wave.into_iter().peekable();
+        let mut tasks: JoinSet<Result<LiveStage, ApiError>> = JoinSet::new();
         let mut index_of_task = HashMap::new();
-        for index in wave {
-            // Wait for a free slot, unless cancelled: then start nothing more
-            // (the next turn of the loop marks the rest cancelled).
-            let permit = tokio::select! {
+        while queue.peek().is_some() || !tasks.is_empty() {
+            tokio::select! {
                 biased;
-                _ = stop.cancel.cancelled() => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let client = client.clone();
-            let target = run.writes[index].target;
-            let write = run.writes[index].write.clone();
-            let capabilities = plan.capabilities;
-            let task = tasks.spawn(async move {
-                let result = send(&client, target, &write, capabilities).await;
-                drop(permit);
-                result
-            });
-            index_of_task.insert(task.id(), index);
-        }
-        loop {
-            let joined = tokio::select! {
-                biased;
-                joined = tasks.join_next_with_id() => match joined {
-                    Some(joined) => joined,
-                    None => break,
-                },
                 () = stop.abandon.cancelled() => {
                     // Dropping a request closes its connection; whether
                     // authentik made the write is unknown, and its key stays
@@ -484,35 +471,53 @@ pub async fn apply(
                             run.decide(index, WriteResult::Failed(WriteError::Abandoned));
                         }
                     }
+                    // The next turn of the outer loop marks the rest cancelled.
                     break;
                 }
-            };
-            let (index, result) = match joined {
-                Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
-                // A write task only ends without a result if it panicked (a bug):
-                // reported as failed, never skipped in silence.
-                Err(err) => {
-                    let index = index_of_task[&err.id()];
-                    let entry = entries[index].0;
-                    let why = if err.is_panic() {
-                        "panicked"
-                    } else {
-                        "was aborted"
+                Some(joined) = tasks.join_next_with_id() => {
+                    let (index, result) = match joined {
+                        Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
+                        // A write task only ends without a result if it
+                        // panicked (a bug): reported as failed, never skipped
+                        // in silence.
+                        Err(err) => {
+                            let index = index_of_task[&err.id()];
+                            let entry = entries[index].0;
+                            let why = if err.is_panic() { "panicked" } else { "was aborted" };
+                            tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
+                            (index, Err(WriteError::Internal(format!("the write task {why}"))))
+                        }
                     };
-                    tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
-                    (
+                    run.decide(
                         index,
-                        Err(WriteError::Internal(format!("the write task {why}"))),
-                    )
+                        match result {
+                            Ok(live) => WriteResult::Written(live),
+                            Err(err) => WriteResult::Failed(err),
+                        },
+                    );
                 }
-            };
-            run.decide(
-                index,
-                match result {
-                    Ok(live) => WriteResult::Written(live),
-                    Err(err) => WriteResult::Failed(err),
-                },
-            );
+                // Cancelled: start nothing more; the writes in flight go on.
+                () = stop.cancel.cancelled(), if queue.peek().is_some() => {
+                    for index in queue.by_ref() {
+                        run.decide(index, WriteResult::Skipped(SkipReason::Cancelled));
+                    }
+                }
+                permit = permits.clone().acquire_owned(), if queue.peek().is_some() => {
+                    let (Ok(permit), Some(index)) = (permit, queue.next()) else {
+                        continue;
+                    };
+                    let client = client.clone();
+                    let target = run.writes[index].target;
+                    let write = run.writes[index].write.clone();
+                    let capabilities = plan.capabilities;
+                    let task = tasks.spawn(async move {
+                        let result = send(&client, target, &write, capabilities).await;
+                        drop(permit);
+                        result
+                    });
+                    index_of_task.insert(task.id(), index);
+                }
+            }
         }
     }
 

@@ -236,6 +236,13 @@ impl Entry {
     }
 }
 
+/// What [`KeyState::mark_in_flight`] replaced, for [`KeyState::unmark`].
+#[derive(Debug)]
+pub struct KeyMark {
+    uuid: Uuid,
+    previous: Option<Entry>,
+}
+
 /// What stagesync knows of the keys it wrote, per stage uuid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyState {
@@ -262,8 +269,22 @@ impl KeyState {
 
     /// Marks stage `uuid`'s key as being written: it reads as unknown until
     /// [`KeyState::record`]. Save the file after this and before sending.
-    pub fn mark_in_flight(&mut self, uuid: Uuid) {
-        self.stages.insert(uuid, Entry::InFlight);
+    pub fn mark_in_flight(&mut self, uuid: Uuid) -> KeyMark {
+        KeyMark {
+            uuid,
+            previous: self.stages.insert(uuid, Entry::InFlight),
+        }
+    }
+
+    /// Takes a mark back: the write was not sent after all (cancelled before
+    /// it started), so what was known before still holds.
+    pub fn unmark(&mut self, mark: KeyMark) {
+        if self.stages.get(&mark.uuid) == Some(&Entry::InFlight) {
+            match mark.previous {
+                Some(previous) => self.stages.insert(mark.uuid, previous),
+                None => self.stages.remove(&mark.uuid),
+            };
+        }
     }
 
     pub fn forget(&mut self, uuid: Uuid) {
@@ -275,6 +296,17 @@ impl KeyState {
         self.stages.iter().filter_map(|(uuid, entry)| match entry {
             Entry::Damaged { problem, .. } => Some((*uuid, problem.as_str())),
             _ => None,
+        })
+    }
+
+    /// One line per damaged entry, naming the file (given as `path`), for
+    /// stderr or the log.
+    pub fn damage_report<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = String> + 'a {
+        self.damaged().map(move |(uuid, problem)| {
+            format!(
+                "state file {}: the entry of stage {uuid} is damaged ({problem}); its key reads as unknown and the next apply writes it again",
+                path.display()
+            )
         })
     }
 

@@ -22,6 +22,9 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.
     let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+    for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+        eprintln!("warning: {}", escape(&line));
+    }
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
 

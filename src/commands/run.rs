@@ -30,7 +30,11 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
     let keys = if cfg.dry_run {
         Keys::ReadOnly(cfg.reconcile.state_file.clone())
     } else {
-        Keys::Writable(StateFile::open_for_write(&cfg.reconcile.state_file)?)
+        let state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+        for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+            tracing::warn!("{line}");
+        }
+        Keys::Writable(state)
     };
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
