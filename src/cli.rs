@@ -77,7 +77,7 @@ enum CommandArgs {
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
-        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied)."
+        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied), 130/143 stopped by SIGINT/SIGTERM (state saved)."
     )]
     Apply {
         #[command(flatten)]
@@ -95,7 +95,7 @@ enum CommandArgs {
     },
     /// Keep authentik converged: reconcile on every change and every interval.
     #[command(
-        after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT finish in-flight writes and exit 0."
+        after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT give the writes in flight --shutdown-timeout, save the state and exit 0."
     )]
     Run {
         #[command(flatten)]
