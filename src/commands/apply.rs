@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::apply::{self, ApplyReport, WriteError, WriteOutcome, WriteResult};
 use crate::cli::{ApplyConfig, Format};
 use crate::commands::{connect, load_desired, plan::render};
+use crate::daemon::signals::DELIBERATE_SECOND_SIGNAL;
 use crate::exit::{CommandError, Outcome};
 use crate::output::{self, escape};
 use crate::reconcile;
@@ -105,11 +106,6 @@ impl StopSignal {
         }
     }
 }
-
-/// A second stop signal closer than this to the first is the same stop
-/// delivered twice (a shell's process group, GNU timeout), not an operator
-/// insisting.
-const DELIBERATE_SECOND_SIGNAL: Duration = Duration::from_millis(500);
 
 /// SIGINT or SIGTERM: no new writes, the writes in flight get the grace
 /// period of `shutdown_timeout`. A second one abandons them at once (the
