@@ -328,3 +328,23 @@ fn a_damaged_state_entry_is_reported_and_reads_as_unknown() {
     );
     assert_eq!(plan_json(&h, KEY_A)["stages"][0]["private_key"], "unknown");
 }
+
+#[test]
+fn the_daemon_logs_each_write_when_it_completes_not_at_the_end_of_the_pass() {
+    let h = Harness::new();
+    write_stages(&h, 0, 40);
+    // 40 creates answered 150 ms after each is made, 4 at a time: 1.5 s.
+    h.sim.inject(
+        Fault::new(FaultKind::SlowAnswer(Duration::from_millis(150)))
+            .on("POST", CAPTCHA)
+            .times(40),
+    );
+    let mut daemon = h.start_daemon(h.ws.stages(), &[], &[("KEY", KEY_A)]);
+    daemon.wait_for_log_count("INFO created stage", 4);
+    let creates_sent = h.sim.request_counts().get("POST", CAPTCHA);
+    assert!(
+        creates_sent < 40,
+        "the first lines came only after all {creates_sent} creates were sent"
+    );
+    daemon.wait_for_log_count("INFO created stage", 40);
+}

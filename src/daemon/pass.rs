@@ -35,8 +35,9 @@
 //! `--shutdown-timeout`, then are abandoned with their keys unknown (see
 //! [`apply::Stop`]), and the state file is saved before the pass returns.
 //!
-//! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
-//! the stage and its file; a pass that changes nothing logs at DEBUG.
+//! Logs: one INFO line per change made, as soon as it is made; WARN/ERROR per
+//! new failure once the writes are done; each naming the stage and its file; a
+//! pass that changes nothing logs at DEBUG.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -574,6 +575,18 @@ impl Reconciler {
         if let Keys::Writable(state) = &mut self.keys
             && !to_write.is_empty()
         {
+            let actions: BTreeMap<&str, &Action> = planned
+                .plan
+                .stages
+                .iter()
+                .map(|e| (e.name.as_str(), &e.action))
+                .collect();
+            let change_of = |name: &str| {
+                actions
+                    .get(name)
+                    .map(|action| describe(action, Tense::Done))
+                    .unwrap_or_default()
+            };
             let report = apply::apply(
                 &self.client,
                 &planned.plan,
@@ -584,24 +597,21 @@ impl Reconciler {
                     abandon: self.abandon.clone(),
                 },
                 |name| !to_write.contains(name),
-                |_| {},
+                // The line of a change is logged as soon as it is made, so a
+                // kill in the middle of a long pass loses none.
+                |outcome| {
+                    if let WriteResult::Written(live) = &outcome.result {
+                        info!(stage = %outcome.name, file = outcome.origin.file.display().to_string(), uuid = %live.uuid, change = %change_of(&outcome.name), "{} stage", outcome.operation.past_tense());
+                    }
+                },
             )
             .await;
-            let actions: BTreeMap<&str, &Action> = planned
-                .plan
-                .stages
-                .iter()
-                .map(|e| (e.name.as_str(), &e.action))
-                .collect();
             for outcome in report.outcomes {
                 let end = match outcome.result {
                     WriteResult::Written(live) => WriteEnd::Written {
                         operation: outcome.operation,
                         uuid: live.uuid.to_string(),
-                        change: actions
-                            .get(outcome.name.as_str())
-                            .map(|action| describe(action, Tense::Done))
-                            .unwrap_or_default(),
+                        change: change_of(&outcome.name),
                     },
                     WriteResult::Failed(err) => WriteEnd::Failed {
                         operation: outcome.operation,
@@ -653,16 +663,12 @@ impl Reconciler {
                         info!(stage = %name, file, "stage is in sync again");
                     }
                 }
-                StageEnd::Written {
-                    operation,
-                    uuid,
-                    change,
-                } => {
+                // Its line was logged when the write completed (see `pass`).
+                StageEnd::Written { operation, .. } => {
                     self.metrics
                         .record_write(write_operation(*operation), Outcome::Success);
                     self.backoff.record_success(&subject);
                     self.failures.success(&subject);
-                    info!(stage = %name, file, uuid = %uuid, change = %change, "{} stage", operation.past_tense());
                 }
                 StageEnd::PlanFailed(message) => {
                     if self.failures.failure(&subject, message).is_news() {
