@@ -17,10 +17,18 @@
 //!   unique names. This follows chains.
 //! - The caller may hold entries back (the daemon: stages in backoff); they are
 //!   skipped with [`SkipReason::HeldBack`], and their dependants with them.
-//! - Cancelling stops *starting* writes; the ones in flight finish, so nothing is
-//!   left half-written. Every write not started is [`SkipReason::Cancelled`].
-//! - After each successful write the fingerprint of the key that was sent is
-//!   recorded, so the next plan knows the key is current.
+//! - [`Stop::cancel`] stops *starting* writes; the ones in flight go on. Every
+//!   write not started is [`SkipReason::Cancelled`]. [`Stop::abandon`] (the
+//!   grace period is over) gives up the writes in flight:
+//!   [`WriteError::Abandoned`].
+//! - The state file tells the truth at every moment (write-ahead, see
+//!   [`crate::state`]): before a wave is sent, the keys it changes are marked
+//!   in flight and the file is saved; a write that succeeds records the
+//!   fingerprint of the key it sent; one that fails, is abandoned or panics
+//!   leaves the mark, so its key reads as unknown and is sent again next time.
+//!   Outcomes are saved in batches as they come, and each is handed to the
+//!   caller's `on_outcome` at once (progress, log lines); the caller saves
+//!   once more at the end.
 //!
 //! Adding an action kind (a delete, say; see [`crate::plan`]): one more arm in
 //! [`Operation`] and in `send`; the ordering, the skipping and the outcomes
@@ -29,15 +37,17 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client, StageWrite};
-use crate::plan::{EntryId, Plan, Target, Write};
+use crate::plan::{EntryId, Plan, StagePlan, Target, Write};
 use crate::stage::{LiveStage, Origin};
-use crate::state::KeyState;
+use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
 /// What a write was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +113,11 @@ pub enum WriteError {
         "internal error: the write stopped unexpectedly ({0}); whether authentik received it is unknown, the next plan will show"
     )]
     Internal(String),
+    /// Still unanswered when the grace period after a stop signal ended.
+    #[error(
+        "abandoned at shutdown without an answer; whether authentik made it is unknown, the next apply sends it again"
+    )]
+    Abandoned,
 }
 
 /// Why a write was not sent.
@@ -112,6 +127,9 @@ pub enum SkipReason {
     HeldBack,
     /// Cancelled before it started.
     Cancelled,
+    /// Its key change could not be recorded in the state file first (the
+    /// message says why), so it was not sent.
+    StateNotSaved(String),
     /// It takes the name `taken`, which entry `entry` (named `name`) renames
     /// its stage away from, and that write was not made.
     Dependency {
@@ -127,6 +145,9 @@ impl fmt::Display for SkipReason {
         match self {
             SkipReason::HeldBack => f.write_str("held back until its retry is due"),
             SkipReason::Cancelled => f.write_str("interrupted"),
+            SkipReason::StateNotSaved(why) => {
+                write!(f, "its key change could not be recorded first ({why})")
+            }
             SkipReason::Dependency {
                 name,
                 taken,
@@ -173,30 +194,158 @@ impl ApplyReport {
     }
 }
 
+/// How an apply is stopped early. [`Stop::abandon`] implies [`Stop::cancel`].
+#[derive(Clone, Debug)]
+pub struct Stop {
+    /// No write starts once this fires; the ones in flight go on.
+    pub cancel: CancellationToken,
+    /// The writes in flight are given up once this fires (the grace period
+    /// after a stop signal is over): they are reported as
+    /// [`WriteError::Abandoned`] and their keys stay unknown.
+    pub abandon: CancellationToken,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        let abandon = CancellationToken::new();
+        Stop {
+            cancel: abandon.child_token(),
+            abandon,
+        }
+    }
+}
+
+/// How much of a shutdown timeout is kept for saving the state and exiting
+/// once the writes in flight are abandoned (at most a second).
+pub fn grace_period(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout - (shutdown_timeout / 4).min(Duration::from_secs(1))
+}
+
+impl Stop {
+    /// Once [`Stop::cancel`] fires, fires [`Stop::abandon`] when the
+    /// [`grace_period`] of `shutdown_timeout` is over.
+    pub fn abandon_after_grace(&self, shutdown_timeout: Duration) {
+        let stop = self.clone();
+        tokio::spawn(async move {
+            stop.cancel.cancelled().await;
+            tokio::select! {
+                () = tokio::time::sleep(grace_period(shutdown_timeout)) => {
+                    tracing::warn!("shutdown: the grace period is over, abandoning the writes still in flight");
+                    stop.abandon.cancel();
+                }
+                () = stop.abandon.cancelled() => {}
+            }
+        });
+    }
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop::new()
+    }
+}
+
 /// One write of this apply, as the scheduler tracks it.
 struct Pending<'p> {
+    entry: &'p StagePlan,
     target: Target,
     write: &'p Write,
     /// Index (into the outcomes) of the write that must succeed first.
     after: Option<Result<usize, EntryId>>,
     /// `None` until the write is decided.
-    result: Option<WriteResult>,
+    outcome: Option<WriteOutcome>,
+    /// Set while its key is marked in flight (write-ahead).
+    mark: Option<KeyMark>,
 }
 
-/// Runs the writes of `plan`, at most `concurrency` at once, recording the
-/// fingerprint of each key that was written into `keys`. `hold_back(name)`
-/// lets the daemon keep stages in backoff from being written this time.
+impl Pending<'_> {
+    fn result(&self) -> Option<&WriteResult> {
+        self.outcome.as_ref().map(|o| &o.result)
+    }
+
+    /// The stage whose key this write changes, when stagesync does not already
+    /// know authentik holds that key: its entry must be marked in flight
+    /// before the write is sent. A create has no uuid before its answer; a
+    /// lost create leaves no entry, which reads as unknown just the same.
+    fn key_to_mark(&self, keys: &KeyState) -> Option<Uuid> {
+        match self.target {
+            Target::Update(uuid) => {
+                (keys.status(uuid, &self.write.private_key) != KeyStatus::Unchanged).then_some(uuid)
+            }
+            Target::Create => None,
+        }
+    }
+}
+
+/// The writes of one apply and where their outcomes go.
+struct Run<'p, F> {
+    writes: Vec<Pending<'p>>,
+    state: &'p mut dyn KeyStore,
+    on_outcome: F,
+    /// Whether a batched save already failed (warned about once).
+    save_failed: bool,
+}
+
+impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
+    /// Settles write `index`: records the key of a successful write, reports
+    /// the outcome and saves the state when a save is due.
+    fn decide(&mut self, index: usize, result: WriteResult) {
+        let pending = &mut self.writes[index];
+        match &result {
+            WriteResult::Written(live) => {
+                self.state
+                    .keys_mut()
+                    .record(live.uuid, &pending.write.private_key);
+            }
+            // Never sent: what was known before still holds.
+            WriteResult::Skipped(_) => {
+                if let Some(mark) = pending.mark.take() {
+                    self.state.keys_mut().unmark(mark);
+                }
+            }
+            // Maybe made: the mark stays, the key reads as unknown.
+            WriteResult::Failed(_) => {}
+        }
+        let outcome = WriteOutcome {
+            entry: pending.entry.id,
+            name: pending.entry.name.clone(),
+            origin: pending.entry.origin.clone(),
+            operation: Operation::of(pending.target),
+            result,
+        };
+        (self.on_outcome)(&outcome);
+        pending.outcome = Some(outcome);
+        if let Err(err) = self.state.save_if_due()
+            && !std::mem::replace(&mut self.save_failed, true)
+        {
+            tracing::warn!(error = %err, "cannot save the state file; trying again at the end");
+        }
+    }
+
+    fn undecided(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.writes.len()).filter(|&i| self.writes[i].outcome.is_none())
+    }
+}
+
+/// Runs the writes of `plan`, at most `concurrency` at once, keeping `state`
+/// true as they go (write-ahead: see [`crate::state`]). `hold_back(name)` lets
+/// the daemon keep stages in backoff from being written this time;
+/// `on_outcome` sees each outcome as soon as it is decided (for progress and
+/// log lines), the report has them all in plan order.
 ///
 /// Writes run in waves: one whose name is being freed by another entry's
-/// rename waits for that rename (authentik's names are unique). See the module
+/// rename waits for that rename (authentik's names are unique). Before a wave
+/// is sent, the keys it changes are marked in flight and the state is saved;
+/// if that save fails, the wave's key changes are not sent. See the module
 /// docs for the outcomes.
 pub async fn apply(
     client: &Client,
     plan: &Plan,
-    keys: &mut KeyState,
+    state: &mut dyn KeyStore,
     concurrency: usize,
-    cancel: &CancellationToken,
+    stop: &Stop,
     hold_back: impl Fn(&str) -> bool,
+    on_outcome: impl FnMut(&WriteOutcome),
 ) -> ApplyReport {
     let entries: Vec<_> = plan
         .stages
@@ -208,36 +357,45 @@ pub async fn apply(
         .enumerate()
         .map(|(i, (entry, ..))| (entry.id, i))
         .collect();
-    let mut writes: Vec<Pending> = entries
-        .iter()
-        .map(|&(entry, target, write)| Pending {
-            target,
-            write,
-            // An `after` that is not a write of this plan cannot be satisfied.
-            after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
-            result: hold_back(&entry.name).then_some(WriteResult::Skipped(SkipReason::HeldBack)),
-        })
-        .collect();
     let name_of = |id: EntryId| {
         plan.entry(id)
             .map_or_else(|| id.to_string(), |e| e.name.clone())
     };
+    let mut run = Run {
+        writes: entries
+            .iter()
+            .map(|&(entry, target, write)| Pending {
+                entry,
+                target,
+                write,
+                // An `after` that is not a write of this plan cannot be satisfied.
+                after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
+                outcome: None,
+                mark: None,
+            })
+            .collect(),
+        state,
+        on_outcome,
+        save_failed: false,
+    };
+    for i in 0..run.writes.len() {
+        if hold_back(&run.writes[i].entry.name) {
+            run.decide(i, WriteResult::Skipped(SkipReason::HeldBack));
+        }
+    }
 
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     loop {
-        if cancel.is_cancelled() {
-            for w in writes.iter_mut().filter(|w| w.result.is_none()) {
-                w.result = Some(WriteResult::Skipped(SkipReason::Cancelled));
+        if stop.cancel.is_cancelled() {
+            for i in run.undecided().collect::<Vec<_>>() {
+                run.decide(i, WriteResult::Skipped(SkipReason::Cancelled));
             }
             break;
         }
         // Writes whose dependency is decided: skipped if it was not written.
         let mut wave = Vec::new();
-        for i in 0..writes.len() {
-            if writes[i].result.is_some() {
-                continue;
-            }
-            let skip = match writes[i].after {
+        for i in run.undecided().collect::<Vec<_>>() {
+            let skip = match run.writes[i].after {
                 None => None,
                 Some(Err(missing)) => Some(SkipReason::Dependency {
                     entry: missing,
@@ -245,7 +403,7 @@ pub async fn apply(
                     taken: entries[i].0.name.clone(),
                     failed: false,
                 }),
-                Some(Ok(j)) => match &writes[j].result {
+                Some(Ok(j)) => match run.writes[j].result() {
                     None => continue,
                     Some(WriteResult::Written(_)) => None,
                     Some(other) => Some(SkipReason::Dependency {
@@ -257,92 +415,133 @@ pub async fn apply(
                 },
             };
             match skip {
-                Some(reason) => writes[i].result = Some(WriteResult::Skipped(reason)),
+                Some(reason) => run.decide(i, WriteResult::Skipped(reason)),
                 None => wave.push(i),
             }
         }
         if wave.is_empty() {
             // Undecided writes left here wait on each other: a cycle, which the
             // planner refuses. Skip them rather than wait forever.
-            for (w, &(taker, ..)) in writes.iter_mut().zip(&entries) {
-                if let (None, Some(Ok(j))) = (&w.result, w.after) {
+            for i in run.undecided().collect::<Vec<_>>() {
+                if let Some(Ok(j)) = run.writes[i].after {
                     let entry = entries[j].0;
-                    w.result = Some(WriteResult::Skipped(SkipReason::Dependency {
-                        entry: entry.id,
-                        name: entry.name.clone(),
-                        taken: taker.name.clone(),
-                        failed: false,
-                    }));
+                    run.decide(
+                        i,
+                        WriteResult::Skipped(SkipReason::Dependency {
+                            entry: entry.id,
+                            name: entry.name.clone(),
+                            taken: entries[i].0.name.clone(),
+                            failed: false,
+                        }),
+                    );
                 }
             }
             break;
         }
 
-        let mut tasks = JoinSet::new();
-        let mut index_of_task = HashMap::new();
-        for index in wave {
-            // Wait for a free slot, unless cancelled: then start nothing more
-            // (the next turn of the loop marks the rest cancelled).
-            let permit = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let client = client.clone();
-            let target = writes[index].target;
-            let write = writes[index].write.clone();
-            let task = tasks.spawn(async move {
-                let result = send(&client, target, &write).await;
-                drop(permit);
-                result
-            });
-            index_of_task.insert(task.id(), index);
+        // Write-ahead: the keys this wave changes read as unknown on disk
+        // before any of them is sent.
+        let mut marked = false;
+        for &i in &wave {
+            if let Some(uuid) = run.writes[i].key_to_mark(run.state.keys()) {
+                run.writes[i].mark = Some(run.state.keys_mut().mark_in_flight(uuid));
+                marked = true;
+            }
         }
-        while let Some(joined) = tasks.join_next_with_id().await {
-            let (index, result) = match joined {
-                Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
-                // A write task only ends without a result if it panicked (a bug):
-                // reported as failed, never skipped in silence.
-                Err(err) => {
-                    let index = index_of_task[&err.id()];
-                    let entry = entries[index].0;
-                    let why = if err.is_panic() {
-                        "panicked"
-                    } else {
-                        "was aborted"
+        if marked && let Err(err) = run.state.save() {
+            let message = err.to_string();
+            tracing::error!(error = %message, "cannot save the state file: not sending the key changes that need it");
+            for &i in &wave {
+                if run.writes[i].mark.is_some() {
+                    run.decide(
+                        i,
+                        WriteResult::Skipped(SkipReason::StateNotSaved(message.clone())),
+                    );
+                }
+            }
+            wave.retain(|&i| run.writes[i].outcome.is_none());
+        }
+
+        // Start writes as slots free up, and settle each as it completes.
+        let mut queue = wave.into_iter().peekable();
+        let mut tasks: JoinSet<Result<LiveStage, ApiError>> = JoinSet::new();
+        let mut index_of_task = HashMap::new();
+        while queue.peek().is_some() || !tasks.is_empty() {
+            tokio::select! {
+                biased;
+                () = stop.abandon.cancelled() => {
+                    // Dropping a request closes its connection; whether
+                    // authentik made the write is unknown, and its key stays
+                    // marked in flight.
+                    tasks.abort_all();
+                    let mut abandoned: Vec<usize> = index_of_task.values().copied().collect();
+                    abandoned.sort_unstable();
+                    for index in abandoned {
+                        if run.writes[index].outcome.is_none() {
+                            run.decide(index, WriteResult::Failed(WriteError::Abandoned));
+                        }
+                    }
+                    // The next turn of the outer loop marks the rest cancelled.
+                    break;
+                }
+                Some(joined) = tasks.join_next_with_id() => {
+                    let (index, result) = match joined {
+                        Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
+                        // A write task only ends without a result if it
+                        // panicked (a bug): reported as failed, never skipped
+                        // in silence.
+                        Err(err) => {
+                            let index = index_of_task[&err.id()];
+                            let entry = entries[index].0;
+                            let why = if err.is_panic() { "panicked" } else { "was aborted" };
+                            tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
+                            (index, Err(WriteError::Internal(format!("the write task {why}"))))
+                        }
                     };
-                    tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
-                    (
+                    run.decide(
                         index,
-                        Err(WriteError::Internal(format!("the write task {why}"))),
-                    )
+                        match result {
+                            Ok(live) => WriteResult::Written(live),
+                            Err(err) => WriteResult::Failed(err),
+                        },
+                    );
                 }
-            };
-            writes[index].result = Some(match result {
-                Ok(live) => {
-                    keys.record(live.uuid, &writes[index].write.private_key);
-                    WriteResult::Written(live)
+                // Cancelled: start nothing more; the writes in flight go on.
+                () = stop.cancel.cancelled(), if queue.peek().is_some() => {
+                    for index in queue.by_ref() {
+                        run.decide(index, WriteResult::Skipped(SkipReason::Cancelled));
+                    }
                 }
-                Err(err) => WriteResult::Failed(err),
-            });
+                permit = permits.clone().acquire_owned(), if queue.peek().is_some() => {
+                    let (Ok(permit), Some(index)) = (permit, queue.next()) else {
+                        continue;
+                    };
+                    let client = client.clone();
+                    let target = run.writes[index].target;
+                    let write = run.writes[index].write.clone();
+                    let task = tasks.spawn(async move {
+                        let result = send(&client, target, &write).await;
+                        drop(permit);
+                        result
+                    });
+                    index_of_task.insert(task.id(), index);
+                }
+            }
         }
     }
 
-    let outcomes = entries
-        .iter()
-        .zip(writes)
-        .map(|(&(entry, target, _), w)| WriteOutcome {
-            entry: entry.id,
-            name: entry.name.clone(),
-            origin: entry.origin.clone(),
-            operation: Operation::of(target),
+    let outcomes = run
+        .writes
+        .into_iter()
+        .map(|w| {
             // Every write is decided by now (cancelled, skipped or sent).
-            result: w
-                .result
-                .unwrap_or(WriteResult::Skipped(SkipReason::Cancelled)),
+            w.outcome.unwrap_or_else(|| WriteOutcome {
+                entry: w.entry.id,
+                name: w.entry.name.clone(),
+                origin: w.entry.origin.clone(),
+                operation: Operation::of(w.target),
+                result: WriteResult::Skipped(SkipReason::Cancelled),
+            })
         })
         .collect();
     ApplyReport { outcomes }
@@ -468,11 +667,20 @@ mod tests {
         client: &Client,
         plan: &Plan,
         concurrency: usize,
-        cancel: &CancellationToken,
+        stop: &Stop,
         hold_back: impl Fn(&str) -> bool,
     ) -> (ApplyReport, KeyState) {
         let mut keys = KeyState::default();
-        let report = apply(client, plan, &mut keys, concurrency, cancel, hold_back).await;
+        let report = apply(
+            client,
+            plan,
+            &mut keys,
+            concurrency,
+            stop,
+            hold_back,
+            |_| {},
+        )
+        .await;
         (report, keys)
     }
 
@@ -498,7 +706,7 @@ mod tests {
             })
             .on("PUT", CAPTCHA),
         );
-        let (report, keys) = run(&client, &plan, 4, &CancellationToken::new(), |_| false).await;
+        let (report, keys) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
 
         let got = summary(&report);
         assert_eq!(got.len(), 3, "{got:?}");
@@ -538,10 +746,7 @@ mod tests {
     async fn a_held_back_write_skips_its_dependants_along_the_chain() {
         let (sim, client) = sim().await;
         let (plan, ..) = chain_of_renames(&sim);
-        let (report, _) = run(&client, &plan, 4, &CancellationToken::new(), |name| {
-            name == "c"
-        })
-        .await;
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |name| name == "c").await;
 
         assert_eq!(
             summary(&report),
@@ -573,7 +778,7 @@ mod tests {
     async fn without_failures_a_chain_is_written_in_order_and_reported_in_plan_order() {
         let (sim, client) = sim().await;
         let (plan, a, b) = chain_of_renames(&sim);
-        let (report, keys) = run(&client, &plan, 4, &CancellationToken::new(), |_| false).await;
+        let (report, keys) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
         let got = summary(&report);
         assert!(report.converged(), "{got:?}");
         assert_eq!(
@@ -599,9 +804,9 @@ mod tests {
     async fn a_cancelled_apply_sends_nothing_and_says_so_for_every_write() {
         let (sim, client) = sim().await;
         let plan = plan_for(&[desired("a", None), desired("b", None)], &[]);
-        let cancel = CancellationToken::new();
-        cancel.cancel();
-        let (report, _) = run(&client, &plan, 4, &cancel, |_| false).await;
+        let stop = Stop::new();
+        stop.cancel.cancel();
+        let (report, _) = run(&client, &plan, 4, &stop, |_| false).await;
         assert_eq!(
             summary(&report),
             vec![
@@ -636,9 +841,9 @@ mod tests {
             &[desired("a", None), desired("b", None), desired("c", None)],
             &[],
         );
-        let cancel = CancellationToken::new();
+        let stop = Stop::new();
         let canceller = {
-            let cancel = cancel.clone();
+            let cancel = stop.cancel.clone();
             let server = &server;
             async move {
                 while server
@@ -652,7 +857,7 @@ mod tests {
                 cancel.cancel();
             }
         };
-        let ((report, _), ()) = tokio::join!(run(&client, &plan, 1, &cancel, |_| false), canceller);
+        let ((report, _), ()) = tokio::join!(run(&client, &plan, 1, &stop, |_| false), canceller);
 
         assert_eq!(
             summary(&report),
@@ -663,5 +868,108 @@ mod tests {
             ]
         );
         assert_eq!(server.received_requests().await.unwrap().len(), 1);
+    }
+
+    /// A stage recorded with key "old", planned to get "k": a key change.
+    fn rotation(sim: &SimHandle) -> (Plan, Uuid, KeyState) {
+        let uuid = sim.seed_captcha(StageFields::with_defaults("a", "site"), "old");
+        let mut keys = KeyState::default();
+        keys.record(uuid, &SecretString::from("old"));
+        let plan = plan::plan(&PlanInputs {
+            desired: &[desired("a", Some(uuid))],
+            live: &sim.captcha_stages(),
+            keys: &keys,
+            capabilities: Capabilities::for_version(ServerVersion::parse(VERSION).unwrap()),
+            foreign_names: &BTreeMap::new(),
+        });
+        (plan, uuid, keys)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_change_whose_answer_is_lost_reads_as_unknown_not_as_the_old_key() {
+        let (sim, client) = sim().await;
+        let (plan, uuid, mut keys) = rotation(&sim);
+        sim.inject(
+            Fault::new(FaultKind::LostAnswer)
+                .on("PUT", CAPTCHA)
+                .times(10),
+        );
+        let report = apply(
+            &client,
+            &plan,
+            &mut keys,
+            4,
+            &Stop::new(),
+            |_| false,
+            |_| {},
+        )
+        .await;
+
+        assert!(matches!(report.outcomes[0].result, WriteResult::Failed(_)));
+        assert_eq!(sim.private_key_of(uuid).as_deref(), Some("k"));
+        for key in ["old", "k"] {
+            assert_eq!(
+                keys.status(uuid, &SecretString::from(key)),
+                crate::state::KeyStatus::Unknown,
+                "{key}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_mark_is_on_disk_before_the_key_is_sent_and_an_abandoned_write_keeps_it() {
+        let (sim, client) = sim().await;
+        let (plan, uuid, keys) = rotation(&sim);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut state = crate::state::StateFile::open_for_write(&path).unwrap();
+        *state.keys_mut() = keys;
+        state.save().unwrap();
+        sim.inject(Fault::new(FaultKind::HangAfterProcessing).on("PUT", CAPTCHA));
+
+        let stop = Stop::new();
+        let (seen_on_disk, seen_by_callback) = (
+            std::sync::Mutex::new(None),
+            std::sync::Mutex::new(Vec::new()),
+        );
+        let stopper = async {
+            while sim.private_key_of(uuid).as_deref() != Some("k") {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // authentik made the write; what does the file say meanwhile?
+            let on_disk = crate::state::StateFile::read_only(&path).unwrap();
+            *seen_on_disk.lock().unwrap() = Some(on_disk.status(uuid, &SecretString::from("old")));
+            stop.cancel.cancel();
+            stop.abandon.cancel();
+        };
+        let (report, ()) = tokio::join!(
+            apply(
+                &client,
+                &plan,
+                &mut state,
+                4,
+                &stop,
+                |_| false,
+                |o| { seen_by_callback.lock().unwrap().push(o.name.clone()) }
+            ),
+            stopper
+        );
+
+        assert_eq!(
+            *seen_on_disk.lock().unwrap(),
+            Some(crate::state::KeyStatus::Unknown),
+            "the old key no longer read as unchanged once the new one was sent"
+        );
+        assert!(
+            matches!(
+                report.outcomes[0].result,
+                WriteResult::Failed(WriteError::Abandoned)
+            ),
+            "{report:?}"
+        );
+        assert_eq!(*seen_by_callback.lock().unwrap(), ["a"]);
+        state.save().unwrap();
+        let after = crate::state::StateFile::read_only(&path).unwrap();
+        assert_eq!(after.in_flight().collect::<Vec<_>>(), [uuid]);
     }
 }

@@ -85,7 +85,7 @@ enum CommandArgs {
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
-        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n  stagesync apply --plan plan.json stages/   # exactly the reviewed plan\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied),\n4 the saved plan no longer matches what it was made from (nothing applied)."
+        after_help = "Examples:\n  stagesync apply stages/          # asks before writing\n  stagesync apply --yes stages/    # in CI\n  stagesync apply --plan plan.json stages/   # exactly the reviewed plan\n\nExit codes: 0 converged, 1 a write failed, 3 invalid manifests (nothing applied),\n4 the saved plan no longer matches what it was made from (nothing applied),\n130/143 stopped by SIGINT/SIGTERM (state saved)."
     )]
     Apply {
         #[command(flatten)]
@@ -105,16 +105,20 @@ enum CommandArgs {
         /// With --plan: refuse a plan file older than this.
         #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "plan")]
         max_age: Duration,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Keep authentik converged: reconcile on every change and every interval.
     #[command(
-        after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT finish in-flight writes and exit 0."
+        after_help = "Example:\n  stagesync run --interval 5m --listen 0.0.0.0:9810 /config/stages\n\nSIGHUP reconciles at once; SIGTERM/SIGINT give the writes in flight --shutdown-timeout, save the state and exit 0."
     )]
     Run {
         #[command(flatten)]
         reconcile: ReconcileArgs,
         #[command(flatten)]
         daemon: DaemonArgs,
+        #[command(flatten)]
+        shutdown: ShutdownArgs,
     },
     /// Try stagesync without an authentik: a built-in simulator, plan, apply, then the daemon.
     #[command(
@@ -275,6 +279,19 @@ struct StateArgs {
     /// (default: $XDG_STATE_HOME/stagesync/state.json or ~/.local/state/stagesync/state.json).
     #[arg(long, env = "STAGESYNC_STATE_FILE")]
     state_file: Option<PathBuf>,
+}
+
+/// `--shutdown-timeout` (apply and run) defaults to 10 s: well under the 30 s
+/// a supervisor (systemd's `TimeoutStopSec`, Kubernetes'
+/// `terminationGracePeriodSeconds`) waits before SIGKILL, which would lose the
+/// record of the writes in flight.
+#[derive(Debug, Args)]
+struct ShutdownArgs {
+    /// After SIGTERM or SIGINT, how long until the process has exited: writes
+    /// in flight get this long (less a moment to save the state), then are
+    /// abandoned, their keys recorded as unknown.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -456,6 +473,7 @@ pub struct ApplyConfig {
     pub plan_file: Option<PathBuf>,
     /// How old a saved plan may be.
     pub max_age: Duration,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -467,6 +485,7 @@ pub struct RunConfig {
     pub listen: Option<SocketAddr>,
     pub concurrency: usize,
     pub verify_keys: bool,
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -553,6 +572,7 @@ impl Cli {
                 concurrency,
                 plan,
                 max_age,
+                shutdown,
             } => Command::Apply(ApplyConfig {
                 reconcile: reconcile.resolve(env)?,
                 format,
@@ -560,8 +580,13 @@ impl Cli {
                 concurrency: concurrency.into(),
                 plan_file: plan,
                 max_age,
+                shutdown_timeout: shutdown.shutdown_timeout,
             }),
-            CommandArgs::Run { reconcile, daemon } => Command::Run(RunConfig {
+            CommandArgs::Run {
+                reconcile,
+                daemon,
+                shutdown,
+            } => Command::Run(RunConfig {
                 reconcile: reconcile.resolve(env)?,
                 interval: daemon.interval,
                 debounce: daemon.debounce,
@@ -569,6 +594,7 @@ impl Cli {
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),
                 verify_keys: daemon.verify_keys,
+                shutdown_timeout: shutdown.shutdown_timeout,
             }),
             CommandArgs::Demo {
                 dir,

@@ -6,7 +6,8 @@
 //! the interface are a [`CommandError`]; anything else is a runtime failure
 //! (exit 1) printed with its causes. `main` calls [`report`] and [`code`]; no
 //! command prints its own `error:` line or picks a code. The one exception is
-//! deliberate: a second Ctrl-C or SIGTERM exits at once ([`INTERRUPTED`],
+//! deliberate: a second Ctrl-C or SIGTERM to the daemon, or a third to `apply`,
+//! exits at once ([`INTERRUPTED`],
 //! [`TERMINATED`]) without unwinding to `main`.
 //!
 //! The codes follow the conventions CI systems already know from `terraform
@@ -53,11 +54,11 @@ pub const INVALID: i32 = 3;
 pub const STALE_PLAN: i32 = 4;
 /// The command line itself is wrong (`EX_USAGE`).
 pub const USAGE: i32 = 64;
-/// A second Ctrl-C (SIGINT, 128 + 2) ended `apply` or the daemon at once,
-/// without waiting for the writes in flight.
+/// SIGINT (128 + 2) stopped `apply` (which saved the state and printed what
+/// it did), or a second one ended the daemon at once.
 pub const INTERRUPTED: i32 = 130;
-/// A second SIGTERM (128 + 15) ended the daemon at once, without waiting for
-/// the writes in flight.
+/// SIGTERM (128 + 15) stopped `apply` (which saved the state and printed
+/// what it did), or a second one ended the daemon at once.
 pub const TERMINATED: i32 = 143;
 
 /// How a command that ran to its end went; what happened is already in its
@@ -75,6 +76,10 @@ pub enum Outcome {
     /// The report says what failed: a stage that cannot be planned, a write
     /// that failed, a demo that did not converge.
     Failed,
+    /// SIGINT stopped `apply`; its summary says what was not started or abandoned.
+    Interrupted,
+    /// SIGTERM stopped `apply`; its summary says what was not started or abandoned.
+    Terminated,
 }
 
 impl Outcome {
@@ -84,6 +89,8 @@ impl Outcome {
             Outcome::ChangesPending => CHANGES_PENDING,
             Outcome::Invalid => INVALID,
             Outcome::Declined | Outcome::Failed => FAILURE,
+            Outcome::Interrupted => INTERRUPTED,
+            Outcome::Terminated => TERMINATED,
         }
     }
 }

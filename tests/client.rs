@@ -633,3 +633,44 @@ async fn the_simulator_adds_the_latency_it_is_given() {
         "a stopped simulator refuses connections: {err}"
     );
 }
+
+#[tokio::test]
+async fn a_write_whose_answer_is_lost_was_still_made() {
+    let sim = sim().await;
+    let fields = StageFields::with_defaults("login", "site");
+    let uuid = sim.seed_captcha(fields.clone(), "old-key");
+    let mut s = settings(&sim.url());
+    s.request_timeout = Duration::from_millis(300);
+    let c = client_from(&s);
+    let one = "/api/v3/stages/captcha/";
+
+    // Every attempt is made by the server and its answer lost: the client
+    // reports a failure, the server holds the new key.
+    sim.inject(Fault::new(FaultKind::LostAnswer).on("PUT", one).times(10));
+    let err = c
+        .update_stage(
+            uuid,
+            &write(&fields, &key("new-key"), "2025.12.4").request(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(sim.private_key_of(uuid).as_deref(), Some("new-key"));
+    sim.clear_faults();
+
+    // The same with an answer that never comes.
+    sim.inject(
+        Fault::new(FaultKind::HangAfterProcessing)
+            .on("PUT", one)
+            .times(10),
+    );
+    let err = c
+        .update_stage(
+            uuid,
+            &write(&fields, &key("third-key"), "2025.12.4").request(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::Timeout { .. }), "{err:?}");
+    assert_eq!(sim.private_key_of(uuid).as_deref(), Some("third-key"));
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use stagesync::apply::apply;
+use stagesync::apply::{Stop, apply};
 use stagesync::authentik::{Client, ClientSettings};
 use stagesync::manifest;
 use stagesync::plan::Action;
@@ -26,7 +26,6 @@ use stagesync::secret::SecretString;
 use stagesync::simulator::{self, SimConfig, SimHandle};
 use stagesync::stage::{DEFAULT_API_URL, DEFAULT_JS_URL, DesiredStage, Field, StageFields};
 use stagesync::state::KeyState;
-use tokio_util::sync::CancellationToken;
 
 const OLD: &str = "2025.12.4";
 const NEW: &str = "2026.8.0";
@@ -449,7 +448,7 @@ async fn converges(
     let dir = tempfile::tempdir().expect("temp dir");
     let mut keys = seed(&sim, &case, dir.path());
     let client = client(&sim);
-    let cancel = CancellationToken::new();
+    let stop = Stop::new();
 
     let first = fetch_and_plan(&client, load(dir.path())?, &keys)
         .await
@@ -466,7 +465,7 @@ async fn converges(
         };
         *seen.entry(kind).or_default() += 1;
     }
-    let report = apply(&client, &first.plan, &mut keys, 4, &cancel, |_| false).await;
+    let report = apply(&client, &first.plan, &mut keys, 4, &stop, |_| false, |_| {}).await;
     let failed: Vec<String> = report
         .failed()
         .map(|(o, e)| format!("{}: {e}", o.name))
@@ -500,7 +499,16 @@ async fn converges(
             before.action
         );
     }
-    let again = apply(&client, &second.plan, &mut keys, 4, &cancel, |_| false).await;
+    let again = apply(
+        &client,
+        &second.plan,
+        &mut keys,
+        4,
+        &stop,
+        |_| false,
+        |_| {},
+    )
+    .await;
     prop_assert!(again.outcomes.is_empty());
     let counts = sim.request_counts();
     prop_assert_eq!(counts.writes(), 0, "second pass wrote: {:?}", counts);
@@ -574,7 +582,7 @@ fn request_content_type_never_causes_a_perpetual_diff_across_versions() {
         )
         .expect("write");
         let client = client(&sim);
-        let cancel = CancellationToken::new();
+        let stop = Stop::new();
         let mut keys = KeyState::default();
         let desired = || load(dir.path()).expect("valid manifests");
 
@@ -584,7 +592,7 @@ fn request_content_type_never_causes_a_perpetual_diff_across_versions() {
             let planned = fetch_and_plan(&client, desired(), &keys)
                 .await
                 .expect("plan");
-            let report = apply(&client, &planned.plan, &mut keys, 4, &cancel, |_| false).await;
+            let report = apply(&client, &planned.plan, &mut keys, 4, &stop, |_| false, |_| {}).await;
             assert!(report.converged(), "{version}: {report:?}");
             assert_eq!(
                 sim.request_counts().writes(),

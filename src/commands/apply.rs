@@ -1,15 +1,19 @@
 //! `stagesync apply`: plan, show the plan, confirm, then converge authentik.
 
 use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio_util::sync::CancellationToken;
+use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::apply::{self, ApplyReport, WriteResult};
+use crate::apply::{self, ApplyReport, WriteError, WriteOutcome, WriteResult};
 use crate::authentik::Client;
 use crate::cli::{ApplyConfig, Format};
 use crate::commands::{apply_saved, connect, load_desired, plan::render};
-use crate::exit::{self, CommandError, Outcome};
+use crate::daemon::signals::DELIBERATE_SECOND_SIGNAL;
+use crate::exit::{CommandError, Outcome};
 use crate::output::{self, escape};
 use crate::plan::Plan;
 use crate::reconcile;
@@ -24,6 +28,9 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.
     let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+    for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+        eprintln!("warning: {}", escape(&line));
+    }
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
 
@@ -39,60 +46,163 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
         return Ok(Outcome::Declined);
     }
 
-    let report = write(
+    let writes = write(
         &client,
         &planned.plan,
         &mut state,
         cfg.concurrency,
         cfg.format,
+        cfg.shutdown_timeout,
     )
     .await?;
-    Ok(if report.converged() && plan_errors == 0 {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    Ok(writes.outcome(plan_errors))
 }
 
-/// Executes `plan`'s writes (Ctrl-C stops starting new ones), saves the key
-/// fingerprints, and prints one line per write (on stderr under `--format json`,
-/// so stdout stays one JSON document).
+/// What [`write`] did: every write's outcome, and the stop signal that ended
+/// it early, if one did.
+pub(crate) struct Writes {
+    pub(crate) report: ApplyReport,
+    stopped: Option<StopSignal>,
+}
+
+impl Writes {
+    /// A stop signal decides the exit (130/143); otherwise success only when
+    /// every write landed and the plan had no errors.
+    pub(crate) fn outcome(&self, plan_errors: usize) -> Outcome {
+        match self.stopped {
+            Some(signal) => signal.outcome(),
+            None if self.report.converged() && plan_errors == 0 => Outcome::Success,
+            None => Outcome::Failed,
+        }
+    }
+}
+
+/// Executes `plan`'s writes, with the progress shown as they complete, stop
+/// signals handled (see [`stop_on_signals`]), the state file saved, and the
+/// summary printed (on stderr under `--format json`, so stdout stays one JSON
+/// document). The report is printed before a failed save is returned.
 pub(crate) async fn write(
     client: &Client,
     plan: &Plan,
     state: &mut StateFile,
     concurrency: usize,
     format: Format,
-) -> Result<ApplyReport> {
-    let cancel = CancellationToken::new();
-    let on_ctrl_c = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "interrupted: finishing the writes in flight, starting no more (Ctrl-C again to quit at once)"
-            );
-            on_ctrl_c.cancel();
-        }
-        // A write can sit in retries for minutes; a second Ctrl-C must not be
-        // swallowed (Tokio keeps SIGINT's default action off once listened to).
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted again: exiting without waiting for the writes in flight");
-            std::process::exit(exit::INTERRUPTED);
-        }
-    });
-    let report = apply::apply(client, plan, state.keys_mut(), concurrency, &cancel, |_| {
-        false
-    })
+    shutdown_timeout: Duration,
+) -> Result<Writes> {
+    let stop = apply::Stop::new();
+    let stopped_by = stop_on_signals(&stop, shutdown_timeout)?;
+    let writes = plan
+        .stages
+        .iter()
+        .filter(|e| e.action.write().is_some())
+        .count();
+    let mut progress = Progress::new(writes, format);
+    let report = apply::apply(
+        client,
+        plan,
+        state,
+        concurrency,
+        &stop,
+        |_| false,
+        |outcome| progress.record(outcome),
+    )
     .await;
-    state.save()?;
+    let printed_lines = progress.finish();
+    let saved = state.save();
 
-    let text = render_report(&report);
+    let mut text = render_summary(&report);
+    if !printed_lines {
+        text.insert(0, '\n');
+    }
+    let stopped = stopped_by.get().copied();
+    if let Some(signal) = stopped {
+        text.push_str(&render_stop(&report, signal, state.path(), saved.is_ok()));
+    }
     if format == Format::Json {
         eprint!("{text}");
     } else {
         output::print_stdout(&text)?;
     }
-    Ok(report)
+    saved?;
+    Ok(Writes { report, stopped })
+}
+
+/// The stop signal that ended an apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "SIGINT",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+
+    fn outcome(self) -> Outcome {
+        match self {
+            StopSignal::Interrupt => Outcome::Interrupted,
+            StopSignal::Terminate => Outcome::Terminated,
+        }
+    }
+}
+
+/// SIGINT or SIGTERM: no new writes, the writes in flight get the grace
+/// period of `shutdown_timeout`. A second one abandons them at once (the
+/// state is still saved); a third exits without saving. Returns where the
+/// first signal is recorded.
+fn stop_on_signals(
+    stop: &apply::Stop,
+    shutdown_timeout: Duration,
+) -> Result<Arc<OnceLock<StopSignal>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stopped_by = Arc::new(OnceLock::new());
+    let first = stopped_by.clone();
+    let stop = stop.clone();
+    stop.abandon_after_grace(shutdown_timeout);
+    tokio::spawn(async move {
+        let mut next = async || {
+            tokio::select! {
+                Some(()) = term.recv() => StopSignal::Terminate,
+                Some(()) = int.recv() => StopSignal::Interrupt,
+                else => std::future::pending().await,
+            }
+        };
+        let signal = next().await;
+        let _ = first.set(signal);
+        eprintln!(
+            "{} received: starting no more writes; the writes in flight get {} to finish, then are abandoned (send it again to abandon them now)",
+            signal.name(),
+            humantime::format_duration(apply::grace_period(shutdown_timeout)),
+        );
+        stop.cancel.cancel();
+        let at = Instant::now();
+        loop {
+            let again = next().await;
+            if at.elapsed() < DELIBERATE_SECOND_SIGNAL {
+                continue;
+            }
+            if !stop.abandon.is_cancelled() {
+                eprintln!(
+                    "{} received again: abandoning the writes in flight now",
+                    again.name()
+                );
+                stop.abandon.cancel();
+            } else {
+                eprintln!(
+                    "{} received again: exiting without saving the state file",
+                    again.name()
+                );
+                std::process::exit(again.outcome().code());
+            }
+        }
+    });
+    Ok(stopped_by)
 }
 
 /// Asks on the terminal; refuses when there is none (a CI job must say `--yes`).
@@ -114,46 +224,148 @@ async fn confirm() -> Result<bool> {
     }
 }
 
-/// One line per write, then a summary line.
+/// One line per write (as [`Progress`] prints them), then the summary line.
 pub fn render_report(report: &ApplyReport) -> String {
     let mut out = String::from("\n");
+    for outcome in &report.outcomes {
+        out.push_str(&render_outcome(outcome));
+    }
+    out.push_str(&render_summary(report));
+    out
+}
+
+/// The line of one write.
+fn render_outcome(outcome: &WriteOutcome) -> String {
+    let name = escape(&outcome.name);
+    match &outcome.result {
+        WriteResult::Written(live) => {
+            let verb = outcome.operation.past_tense();
+            format!("{verb} {name} ({})\n", live.uuid)
+        }
+        // The manifest as the plan names it (file:line), so the two read alike.
+        WriteResult::Failed(err) => format!(
+            "failed to {} {name} ({}): {}\n",
+            outcome.operation.as_str(),
+            escape(&format!(
+                "{}:{}",
+                outcome.origin.file.display(),
+                outcome.origin.line
+            )),
+            escape(&err.to_string())
+        ),
+        WriteResult::Skipped(why) => format!("not started: {name}: {}\n", escape(&why.to_string())),
+    }
+}
+
+/// `Apply: 1 created, 2 updated, 0 failed[, 3 not started].`
+fn render_summary(report: &ApplyReport) -> String {
     let (mut created, mut updated) = (0, 0);
     for outcome in &report.outcomes {
-        let name = escape(&outcome.name);
-        match &outcome.result {
-            WriteResult::Written(live) => {
-                match outcome.operation {
-                    apply::Operation::Create => created += 1,
-                    apply::Operation::Update => updated += 1,
-                }
-                let verb = outcome.operation.past_tense();
-                out.push_str(&format!("{verb} {name} ({})\n", live.uuid));
+        if let WriteResult::Written(_) = outcome.result {
+            match outcome.operation {
+                apply::Operation::Create => created += 1,
+                apply::Operation::Update => updated += 1,
             }
-            // The manifest as the plan names it (file:line), so the two read alike.
-            WriteResult::Failed(err) => out.push_str(&format!(
-                "failed to {} {name} ({}): {}\n",
-                outcome.operation.as_str(),
-                escape(&format!(
-                    "{}:{}",
-                    outcome.origin.file.display(),
-                    outcome.origin.line
-                )),
-                escape(&err.to_string())
-            )),
-            WriteResult::Skipped(why) => out.push_str(&format!(
-                "not started: {name}: {}\n",
-                escape(&why.to_string())
-            )),
         }
     }
     let failed = report.failed().count();
     let skipped = report.skipped();
-    out.push_str(&format!(
-        "Apply: {created} created, {updated} updated, {failed} failed"
-    ));
+    let mut out = format!("Apply: {created} created, {updated} updated, {failed} failed");
     if skipped > 0 {
         out.push_str(&format!(", {skipped} not started"));
     }
     out.push_str(".\n");
     out
+}
+
+/// What a stop signal did: what was not started, what was abandoned, and
+/// whether the state file has it.
+fn render_stop(report: &ApplyReport, signal: StopSignal, state_file: &Path, saved: bool) -> String {
+    let abandoned = report
+        .failed()
+        .filter(|(_, e)| matches!(e, WriteError::Abandoned))
+        .count();
+    let mut out = format!(
+        "Stopped by {}: {} not started, {abandoned} abandoned without an answer",
+        signal.name(),
+        report.skipped()
+    );
+    if abandoned > 0 {
+        out.push_str(" (their keys are recorded as unknown: the next apply sends them again)");
+    }
+    let path = escape(&state_file.display().to_string()).into_owned();
+    if saved {
+        out.push_str(&format!(". The state file {path} is saved.\n"));
+    } else {
+        out.push_str(&format!(". The state file {path} could not be saved.\n"));
+    }
+    out
+}
+
+/// Shows the writes as they complete. On a terminal (stderr), a progress bar
+/// (done of total, failures so far, time left) with the lines printed above
+/// it; otherwise one line per write as it completes. The lines go where the
+/// summary goes: stdout, or stderr with `--format json` (stdout is the plan).
+struct Progress {
+    bar: Option<ProgressBar>,
+    to_stderr: bool,
+    started: bool,
+    failed: usize,
+}
+
+impl Progress {
+    fn new(total: usize, format: Format) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} writes, {msg} (about {eta} left)",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message("0 failed");
+            bar
+        });
+        Progress {
+            bar,
+            to_stderr: format == Format::Json,
+            started: false,
+            failed: 0,
+        }
+    }
+
+    fn record(&mut self, outcome: &WriteOutcome) {
+        let mut line = render_outcome(outcome);
+        if !std::mem::replace(&mut self.started, true) {
+            line.insert(0, '\n');
+        }
+        let to_stderr = self.to_stderr;
+        let print = || {
+            if to_stderr {
+                eprint!("{line}");
+            } else {
+                // A closed stdout (`| head`) must not stop the apply.
+                let _ = output::print_stdout(&line);
+            }
+        };
+        match &self.bar {
+            Some(bar) => {
+                bar.suspend(print);
+                if matches!(outcome.result, WriteResult::Failed(_)) {
+                    self.failed += 1;
+                    bar.set_message(format!("{} failed", self.failed));
+                }
+                bar.inc(1);
+            }
+            None => print(),
+        }
+    }
+
+    /// Clears the bar; returns whether any line was printed.
+    fn finish(self) -> bool {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        self.started
+    }
 }

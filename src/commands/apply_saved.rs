@@ -73,12 +73,17 @@ pub async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> 
     if !plan.has_changes() {
         return Ok(Outcome::Success);
     }
-    let report = write(&client, &plan, &mut state, cfg.concurrency, cfg.format).await?;
-    Ok(if report.converged() {
-        Outcome::Success
-    } else {
-        Outcome::Failed
-    })
+    let writes = write(
+        &client,
+        &plan,
+        &mut state,
+        cfg.concurrency,
+        cfg.format,
+        cfg.shutdown_timeout,
+    )
+    .await?;
+    // A saved plan holds no error entries: it is saved only when it has none.
+    Ok(writes.outcome(0))
 }
 
 enum ReadError {

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tokio_util::sync::CancellationToken;
 
 use crate::apply;
 use crate::authentik::{Client, ClientSettings};
@@ -121,10 +120,11 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     let report = apply::apply(
         &client,
         &planned.plan,
-        state.keys_mut(),
+        &mut state,
         4,
-        &CancellationToken::new(),
+        &apply::Stop::new(),
         |_| false,
+        |_| {},
     )
     .await;
     state.save()?;
@@ -214,6 +214,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         listen,
         concurrency: 4,
         verify_keys: false,
+        shutdown_timeout: Duration::from_secs(10),
     };
     let outcome = crate::commands::run::run(run).await;
     ui_edit.abort();

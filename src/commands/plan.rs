@@ -21,6 +21,9 @@ use crate::verify::{ProbeSettings, Prober, allowed_by};
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let keys = StateFile::read_only(&cfg.reconcile.state_file)?;
+    for line in keys.damage_report(&cfg.reconcile.state_file) {
+        eprintln!("warning: {}", output::escape(&line));
+    }
     let client = connect(&cfg.reconcile.client)?;
     let reconcile::Planned {
         mut plan,

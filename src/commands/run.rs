@@ -1,11 +1,13 @@
 //! `stagesync run`: the long-running reconciler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
+use crate::apply;
 use crate::cli::RunConfig;
 use crate::commands::connect;
 use crate::daemon::health::Health;
@@ -13,7 +15,7 @@ use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::pass::{Keys, Reconciler};
 use crate::daemon::{self, Settings, http};
-use crate::exit::Outcome;
+use crate::exit::{self, Outcome};
 use crate::state::StateFile;
 use crate::verify::{ProbeSettings, Prober};
 
@@ -30,7 +32,11 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
     let keys = if cfg.dry_run {
         Keys::ReadOnly(cfg.reconcile.state_file.clone())
     } else {
-        Keys::Writable(StateFile::open_for_write(&cfg.reconcile.state_file)?)
+        let state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+        for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+            tracing::warn!("{line}");
+        }
+        Keys::Writable(state)
     };
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
@@ -46,6 +52,12 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         "stagesync run starting"
     );
 
+    // A stop signal cancels; the writes in flight then get the grace period,
+    // and a backstop ends the process at the shutdown timeout whatever still
+    // runs (the state file is saved atomically, so it is whole either way).
+    let stop = apply::Stop::new();
+    stop.abandon_after_grace(cfg.shutdown_timeout);
+    exit_at_shutdown_timeout(stop.cancel.clone(), cfg.shutdown_timeout);
     let mut reconciler = Reconciler::new(
         cfg.reconcile.dir.clone(),
         Arc::new(cfg.reconcile.policy.clone()),
@@ -54,7 +66,8 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         cfg.concurrency,
         metrics.clone(),
         health.clone(),
-    );
+    )
+    .with_abandon(stop.abandon.clone());
     if cfg.verify_keys {
         let prober = Prober::new(ProbeSettings::default())?;
         let hosts = cfg.reconcile.policy.hosts.clone();
@@ -70,11 +83,22 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         metrics,
         handle_signals: true,
     };
-    daemon::run(settings, CancellationToken::new(), move |ctx| {
+    daemon::run(settings, stop.cancel.clone(), move |ctx| {
         let reconciler = reconciler.clone();
         async move { reconciler.lock().await.pass(ctx).await }
     })
     .await?;
     tracing::info!("stagesync run stopped");
     Ok(Outcome::Success)
+}
+
+/// Once `cancel` fires, exits the process (0, as a finished shutdown would) if
+/// it is still running `shutdown_timeout` later.
+fn exit_at_shutdown_timeout(cancel: CancellationToken, shutdown_timeout: Duration) {
+    tokio::spawn(async move {
+        cancel.cancelled().await;
+        tokio::time::sleep(shutdown_timeout).await;
+        tracing::error!(timeout = ?shutdown_timeout, "the shutdown timeout passed, exiting now");
+        std::process::exit(exit::SUCCESS);
+    });
 }

@@ -36,16 +36,20 @@
 //!
 //! A stop signal abandons the read of live state (nothing is written yet, and
 //! with authentik failing the client's retries would hold the exit for tens
-//! of seconds); writes already started finish (see [`apply::apply`]).
+//! of seconds); writes already started get the grace period of
+//! `--shutdown-timeout`, then are abandoned with their keys unknown (see
+//! [`apply::Stop`]), and the state file is saved before the pass returns.
 //!
-//! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
-//! the stage and its file; a pass that changes nothing logs at DEBUG.
+//! Logs: one INFO line per change made, as soon as it is made; WARN/ERROR per
+//! new failure once the writes are done; each naming the stage and its file; a
+//! pass that changes nothing logs at DEBUG.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::apply::{self, Operation, WriteResult};
@@ -441,6 +445,9 @@ pub struct Reconciler {
     logged_diagnostics: BTreeMap<PathBuf, Vec<String>>,
     /// `--verify-keys`: checks each stage's key with its provider, beside the pass.
     key_checks: Option<KeyChecks>,
+    /// Fires when the grace period after a stop signal is over: writes still
+    /// in flight are abandoned (see [`apply::Stop`]).
+    abandon: CancellationToken,
 }
 
 impl Reconciler {
@@ -468,6 +475,7 @@ impl Reconciler {
             failures: FailureLog::new(),
             logged_diagnostics: BTreeMap::new(),
             key_checks: None,
+            abandon: CancellationToken::new(),
         }
     }
 
@@ -475,6 +483,13 @@ impl Reconciler {
     /// and whenever it changes (see [`KeyChecks`]); the pass does not wait.
     pub fn with_key_checks(mut self, key_checks: KeyChecks) -> Self {
         self.key_checks = Some(key_checks);
+        self
+    }
+
+    /// Writes still in flight when `abandon` fires are given up, their keys
+    /// left unknown, so that a stop signal ends the pass in bounded time.
+    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
         self
     }
 
@@ -592,30 +607,43 @@ impl Reconciler {
         if let Keys::Writable(state) = &mut self.keys
             && !to_write.is_empty()
         {
-            let report = apply::apply(
-                &self.client,
-                &planned.plan,
-                state.keys_mut(),
-                self.concurrency,
-                &ctx.cancel,
-                |name| !to_write.contains(name),
-            )
-            .await;
             let actions: BTreeMap<&str, &Action> = planned
                 .plan
                 .stages
                 .iter()
                 .map(|e| (e.name.as_str(), &e.action))
                 .collect();
+            let change_of = |name: &str| {
+                actions
+                    .get(name)
+                    .map(|action| describe(action, Tense::Done))
+                    .unwrap_or_default()
+            };
+            let report = apply::apply(
+                &self.client,
+                &planned.plan,
+                state,
+                self.concurrency,
+                &apply::Stop {
+                    cancel: ctx.cancel.clone(),
+                    abandon: self.abandon.clone(),
+                },
+                |name| !to_write.contains(name),
+                // The line of a change is logged as soon as it is made, so a
+                // kill in the middle of a long pass loses none.
+                |outcome| {
+                    if let WriteResult::Written(live) = &outcome.result {
+                        info!(stage = %outcome.name, file = outcome.origin.file.display().to_string(), uuid = %live.uuid, change = %change_of(&outcome.name), "{} stage", outcome.operation.past_tense());
+                    }
+                },
+            )
+            .await;
             for outcome in report.outcomes {
                 let end = match outcome.result {
                     WriteResult::Written(live) => WriteEnd::Written {
                         operation: outcome.operation,
                         uuid: live.uuid.to_string(),
-                        change: actions
-                            .get(outcome.name.as_str())
-                            .map(|action| describe(action, Tense::Done))
-                            .unwrap_or_default(),
+                        change: change_of(&outcome.name),
                     },
                     WriteResult::Failed(err) => WriteEnd::Failed {
                         operation: outcome.operation,
@@ -667,16 +695,12 @@ impl Reconciler {
                         info!(stage = %name, file, "stage is in sync again");
                     }
                 }
-                StageEnd::Written {
-                    operation,
-                    uuid,
-                    change,
-                } => {
+                // Its line was logged when the write completed (see `pass`).
+                StageEnd::Written { operation, .. } => {
                     self.metrics
                         .record_write(write_operation(*operation), Outcome::Success);
                     self.backoff.record_success(&subject);
                     self.failures.success(&subject);
-                    info!(stage = %name, file, uuid = %uuid, change = %change, "{} stage", operation.past_tense());
                 }
                 StageEnd::PlanFailed(message) => {
                     if self.failures.failure(&subject, message).is_news() {

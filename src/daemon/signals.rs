@@ -41,7 +41,7 @@ fn install(
 
 /// A second stop signal closer than this to the first is the same stop
 /// delivered twice, not an operator insisting.
-const DELIBERATE_SECOND_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
+pub const DELIBERATE_SECOND_SIGNAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Installs the handlers and spawns the task that acts on them. Must be called
 /// inside a tokio runtime.

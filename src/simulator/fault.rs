@@ -17,8 +17,17 @@ pub enum FaultKind {
     },
     /// Close the connection without an answer, without processing.
     Reset,
-    /// Never answer (the client's timeout must fire).
+    /// Never answer (the client's timeout must fire), without processing.
     Hang,
+    /// Process the request, then close the connection without an answer: the
+    /// write happened, and the client cannot know it.
+    LostAnswer,
+    /// Process the request, then never answer: a write that hangs after
+    /// authentik made it (a stalled proxy, say).
+    HangAfterProcessing,
+    /// Process the request, then wait this long before answering: a window in
+    /// which the write is made and its answer not yet seen.
+    SlowAnswer(std::time::Duration),
     /// Process the request, then send only half of the JSON body and close the
     /// connection: for a create, the stage exists but the answer is lost.
     Truncated,

@@ -6,7 +6,8 @@
 //!   trimming, write-only `private_key`, PUT keeping omitted fields).
 //! - [`routes`]: the HTTP behaviour (routing with the required trailing slash,
 //!   406 before auth, 403 without `WWW-Authenticate`, 415, pagination).
-//! - [`fault`]: injected faults and request counts.
+//! - [`fault`]: injected faults and request counts; some (`LostAnswer`,
+//!   `HangAfterProcessing`, `Truncated`) make the write and then lose its answer.
 //! - [`provider`]: a fake captcha provider's `siteverify`, for key checks.
 //!
 //! Served by hyper's HTTP/1 connection driver around an axum router rather than
@@ -305,11 +306,7 @@ async fn handle(
     lock(&shared.counts).record(&method, route.pattern());
     let fault = fault::take(&mut lock(&shared.faults), &method, &path);
     match &fault {
-        Some(FaultKind::Reset) => {
-            let mut response = Response::new(AxumBody::empty());
-            response.extensions_mut().insert(ResetConnection);
-            return response;
-        }
+        Some(FaultKind::Reset) => return reset_connection(),
         Some(FaultKind::Hang) => std::future::pending::<()>().await,
         Some(FaultKind::Status {
             status,
@@ -322,7 +319,13 @@ async fn handle(
         Some(FaultKind::StreamedDetail { status, bytes }) => {
             return streamed_detail(*status, *bytes);
         }
-        Some(FaultKind::Truncated) | None => {}
+        Some(
+            FaultKind::Truncated
+            | FaultKind::LostAnswer
+            | FaultKind::HangAfterProcessing
+            | FaultKind::SlowAnswer(_),
+        )
+        | None => {}
     }
     let body = match axum::body::to_bytes(body, BODY_LIMIT).await {
         Ok(b) => b,
@@ -347,7 +350,20 @@ async fn handle(
         body: &body,
     };
     let reply = routes::answer(&mut lock(&shared.store), &incoming);
+    match fault {
+        Some(FaultKind::LostAnswer) => return reset_connection(),
+        Some(FaultKind::HangAfterProcessing) => std::future::pending::<()>().await,
+        Some(FaultKind::SlowAnswer(delay)) => tokio::time::sleep(delay).await,
+        _ => {}
+    }
     into_response(&reply, fault == Some(FaultKind::Truncated))
+}
+
+/// A response the connection driver replaces by closing the socket.
+fn reset_connection() -> Response<AxumBody> {
+    let mut response = Response::new(AxumBody::empty());
+    response.extensions_mut().insert(ResetConnection);
+    response
 }
 
 fn status_fault(status: u16, retry_after: Option<u64>, body: &str) -> Response<AxumBody> {

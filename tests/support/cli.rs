@@ -49,7 +49,13 @@ impl Workspace {
 
     /// The binary, run in the workspace, pointed at `sim` and this workspace's state file.
     pub fn cmd(&self, sim: &SimHandle) -> Command {
-        let mut cmd = Command::cargo_bin("stagesync").expect("binary");
+        Command::from_std(self.std_cmd(sim))
+    }
+
+    /// [`Workspace::cmd`] as a `std` command, for a test that spawns it and
+    /// signals or kills it while it runs.
+    pub fn std_cmd(&self, sim: &SimHandle) -> std::process::Command {
+        let mut cmd = std::process::Command::new(crate::daemon::binary());
         cmd.current_dir(self.root.path())
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
