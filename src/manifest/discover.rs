@@ -41,13 +41,13 @@ pub(crate) enum Found {
 /// Whether the walk skips an entry called `name`, wherever it meets it: hidden
 /// names (`.git`, `.github`, the kubelet's `..data`; a ConfigMap's manifests
 /// are read through the symlinks beside `..data`).
-pub fn is_hidden_name(name: &OsStr) -> bool {
+pub(crate) fn is_hidden_name(name: &OsStr) -> bool {
     name.as_encoded_bytes().first() == Some(&b'.')
 }
 
 /// Whether the walk reads a file called `name` as a manifest: `*.yaml` or
 /// `*.yml` (any case), not hidden.
-pub fn is_manifest_name(name: &OsStr) -> bool {
+pub(crate) fn is_manifest_name(name: &OsStr) -> bool {
     !is_hidden_name(name)
         && Path::new(name)
             .extension()
@@ -57,7 +57,7 @@ pub fn is_manifest_name(name: &OsStr) -> bool {
 
 /// Whether a walk of `root` gets to `path` (a path under `root`), judging by
 /// names: none below `root` is hidden. Whether `path` exists is not asked.
-pub fn walk_reaches(root: &Path, path: &Path) -> bool {
+pub(crate) fn walk_reaches(root: &Path, path: &Path) -> bool {
     path.strip_prefix(root)
         .is_ok_and(|below| !below.iter().any(is_hidden_name))
 }
