@@ -23,7 +23,7 @@ pub struct ServerVersion {
 }
 
 impl ServerVersion {
-    pub(crate) const fn new(year: u32, month: u32, patch: u32) -> Self {
+    pub const fn new(year: u32, month: u32, patch: u32) -> Self {
         ServerVersion { year, month, patch }
     }
 
@@ -75,7 +75,7 @@ impl Capabilities {
     /// `fields` without the values of fields this server does not know, so a
     /// write sends exactly the fields the plan compared. Only optional fields
     /// depend on the version, so this clears `Option`s.
-    pub(crate) fn sendable(&self, mut fields: StageFields) -> StageFields {
+    pub fn sendable(&self, mut fields: StageFields) -> StageFields {
         if !self.knows(Field::RequestContentType) {
             fields.request_content_type = None;
         }

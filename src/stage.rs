@@ -230,8 +230,8 @@ impl StageFields {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: PathBuf,
-    pub(crate) line: usize,
-    pub(crate) column: usize,
+    pub line: usize,
+    pub column: usize,
 }
 
 impl fmt::Display for Origin {
@@ -245,10 +245,10 @@ impl fmt::Display for Origin {
 pub struct DesiredStage {
     pub origin: Origin,
     /// Pins the manifest to an existing stage (so a rename is a rename).
-    pub(crate) uuid: Option<Uuid>,
+    pub uuid: Option<Uuid>,
     pub fields: StageFields,
-    pub(crate) key_source: KeySource,
-    pub(crate) private_key: PrivateKey,
+    pub key_source: KeySource,
+    pub private_key: PrivateKey,
 }
 
 /// A captcha stage as authentik reports it.
