@@ -17,9 +17,9 @@ use crate::stage::{Field, StageFields};
 /// An authentik release, `YEAR.MONTH.PATCH` (e.g. `2025.12.4`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServerVersion {
-    pub year: u32,
-    pub month: u32,
-    pub patch: u32,
+    pub(crate) year: u32,
+    pub(crate) month: u32,
+    pub(crate) patch: u32,
 }
 
 impl ServerVersion {
@@ -51,12 +51,12 @@ impl fmt::Display for ServerVersion {
 }
 
 /// The first release whose captcha stages have `request_content_type`.
-pub const REQUEST_CONTENT_TYPE_SINCE: ServerVersion = ServerVersion::new(2026, 8, 0);
+pub(crate) const REQUEST_CONTENT_TYPE_SINCE: ServerVersion = ServerVersion::new(2026, 8, 0);
 
 /// Version-dependent behaviour of the connected server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
-    pub version: ServerVersion,
+    pub(crate) version: ServerVersion,
 }
 
 impl Capabilities {
@@ -65,7 +65,7 @@ impl Capabilities {
     }
 
     /// Whether `field` exists on this server: only such fields are sent and compared.
-    pub fn knows(&self, field: Field) -> bool {
+    pub(crate) fn knows(&self, field: Field) -> bool {
         match field {
             Field::RequestContentType => self.version >= REQUEST_CONTENT_TYPE_SINCE,
             _ => true,

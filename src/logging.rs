@@ -17,7 +17,8 @@ const DEFAULT_FILTER: &str = "info";
 
 /// Targets kept at `error` unless `RUST_LOG` names them (or something inside
 /// them): the file watcher library, its inotify layer, and our per-event line.
-pub const QUIET_TARGETS: [&str; 3] = ["notify", "inotify", crate::daemon::watch::EVENT_LOG_TARGET];
+pub(crate) const QUIET_TARGETS: [&str; 3] =
+    ["notify", "inotify", crate::daemon::watch::EVENT_LOG_TARGET];
 
 /// The filter for `rust_log` (the value of `RUST_LOG`, if set): it, or the
 /// default, with every quiet target it does not name held at `error`.

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 /// Escapes control characters (C0, DEL, C1) as `\u{..}`-style sequences; tab
 /// and newline are kept only when `keep_newlines` would be wanted, so this
 /// escapes them too: a message is one line.
-pub fn escape(s: &str) -> Cow<'_, str> {
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(|c| c.is_control() || is_invisible(c)) {
         return Cow::Borrowed(s);
     }
@@ -31,14 +31,14 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 /// Characters that render as nothing or reorder the text around them: zero
 /// width spaces and joiners, bidirectional controls ("Trojan Source"), line and
 /// paragraph separators, the byte-order mark. Escaped like control characters.
-pub fn is_invisible(c: char) -> bool {
+pub(crate) fn is_invisible(c: char) -> bool {
     matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
 }
 
 /// Whether to colour what goes to stdout: `--color always|never`, or with `auto`
 /// only when stdout is a terminal and `NO_COLOR` is not set (anstream decides,
 /// following the NO_COLOR and CLICOLOR conventions).
-pub fn stdout_color(choice: crate::cli::ColorChoice) -> bool {
+pub(crate) fn stdout_color(choice: crate::cli::ColorChoice) -> bool {
     match choice {
         crate::cli::ColorChoice::Always => true,
         crate::cli::ColorChoice::Never => false,
@@ -50,7 +50,7 @@ pub fn stdout_color(choice: crate::cli::ColorChoice) -> bool {
 
 /// Writes `text` to stdout. A closed pipe (`stagesync plan | head`) is not an
 /// error worth reporting: the reader has seen what it wanted.
-pub fn print_stdout(text: &str) -> std::io::Result<()> {
+pub(crate) fn print_stdout(text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

@@ -32,7 +32,7 @@ use url::Url;
 
 /// Prefixes of the variables stagesync reads as its own configuration (the API
 /// token among them). A manifest may never reference one with `!Env`.
-pub const FORBIDDEN_ENV_PREFIXES: [&str; 2] = ["AUTHENTIK_", "STAGESYNC_"];
+pub(crate) const FORBIDDEN_ENV_PREFIXES: [&str; 2] = ["AUTHENTIK_", "STAGESYNC_"];
 
 /// Hosts of the captcha providers authentik supports, as their documentation
 /// names them for the script (`js_url`) and the verification endpoint (`api_url`):
@@ -42,7 +42,7 @@ pub const FORBIDDEN_ENV_PREFIXES: [&str; 2] = ["AUTHENTIK_", "STAGESYNC_"];
 /// - hCaptcha: `js.hcaptcha.com/1/api.js` and `api.hcaptcha.com/siteverify`
 ///   (`hcaptcha.com/siteverify` in older documentation).
 /// - Cloudflare Turnstile: `challenges.cloudflare.com` for both.
-pub const BUILT_IN_PROVIDER_HOSTS: [&str; 6] = [
+pub(crate) const BUILT_IN_PROVIDER_HOSTS: [&str; 6] = [
     "www.google.com",
     "www.recaptcha.net",
     "js.hcaptcha.com",
@@ -63,13 +63,13 @@ pub enum PolicyError {
 /// The operator's whole policy, resolved once from flags and environment.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    pub secrets: SecretsPolicy,
-    pub hosts: ProviderHosts,
+    pub(crate) secrets: SecretsPolicy,
+    pub(crate) hosts: ProviderHosts,
 }
 
 /// Which secret references a manifest may use.
 #[derive(Clone, Debug, Default)]
-pub struct SecretsPolicy {
+pub(crate) struct SecretsPolicy {
     /// Canonical directories whose files `!File` may read (`--secrets-dir`).
     secrets_dirs: Vec<PathBuf>,
     /// `--env-allow` globs; `None` when none was given (any variable but
@@ -79,7 +79,7 @@ pub struct SecretsPolicy {
 
 /// Why a `!Env` reference is refused. Names the variable, never a value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum EnvRefused {
+pub(crate) enum EnvRefused {
     #[error(
         "`!Env {0}` is refused: AUTHENTIK_* and STAGESYNC_* variables are stagesync's own configuration (its API token among them), never a captcha key"
     )]
@@ -94,10 +94,10 @@ pub enum EnvRefused {
     "`!File` {shown} is refused: it lies outside the manifest directory{}",
     allowed_dirs(.secrets_dirs)
 )]
-pub struct FileRefused {
+pub(crate) struct FileRefused {
     /// The path as resolved (symlinks followed), for the message.
-    pub shown: String,
-    pub secrets_dirs: Vec<PathBuf>,
+    pub(crate) shown: String,
+    pub(crate) secrets_dirs: Vec<PathBuf>,
 }
 
 fn allowed_dirs(dirs: &[PathBuf]) -> String {
@@ -112,7 +112,10 @@ fn allowed_dirs(dirs: &[PathBuf]) -> String {
 impl SecretsPolicy {
     /// `secrets_dirs` must be canonical (symlinks resolved); `env_allow` are globs
     /// such as `*_CAPTCHA_KEY` (`*`, `?`, `[...]`, `{a,b}`).
-    pub fn new(secrets_dirs: Vec<PathBuf>, env_allow: &[String]) -> Result<Self, PolicyError> {
+    pub(crate) fn new(
+        secrets_dirs: Vec<PathBuf>,
+        env_allow: &[String],
+    ) -> Result<Self, PolicyError> {
         let env_allow = if env_allow.is_empty() {
             None
         } else {
@@ -137,7 +140,7 @@ impl SecretsPolicy {
     }
 
     /// May a manifest read the environment variable `var`?
-    pub fn check_env(&self, var: &str) -> Result<(), EnvRefused> {
+    pub(crate) fn check_env(&self, var: &str) -> Result<(), EnvRefused> {
         let upper = var.to_ascii_uppercase();
         if FORBIDDEN_ENV_PREFIXES
             .iter()
@@ -157,7 +160,11 @@ impl SecretsPolicy {
     /// May a manifest under `manifest_dir` read the file `resolved`? Both
     /// canonical: a symlink inside the manifest directory that points elsewhere
     /// is judged by where it points.
-    pub fn check_file(&self, manifest_dir: &Path, resolved: &Path) -> Result<(), FileRefused> {
+    pub(crate) fn check_file(
+        &self,
+        manifest_dir: &Path,
+        resolved: &Path,
+    ) -> Result<(), FileRefused> {
         let inside = |root: &Path| resolved.starts_with(root) && resolved != root;
         if inside(manifest_dir) || self.secrets_dirs.iter().any(|d| inside(d)) {
             return Ok(());
@@ -165,13 +172,8 @@ impl SecretsPolicy {
         Err(self.refuse_file(resolved))
     }
 
-    /// The `--secrets-dir` directories, canonical.
-    pub fn secrets_dirs(&self) -> &[PathBuf] {
-        &self.secrets_dirs
-    }
-
     /// The refusal of `path`, for a path refused before it could be resolved.
-    pub fn refuse_file(&self, path: &Path) -> FileRefused {
+    pub(crate) fn refuse_file(&self, path: &Path) -> FileRefused {
         FileRefused {
             shown: path.display().to_string(),
             secrets_dirs: self.secrets_dirs.clone(),
@@ -181,7 +183,7 @@ impl SecretsPolicy {
     /// Whether `path` (not canonical: it may not exist) could lie inside an
     /// allowed directory, judged by its text alone. Used to word the error for
     /// a path that cannot be resolved without saying whether it exists.
-    pub fn lexically_allowed(&self, manifest_dir: &Path, path: &Path) -> bool {
+    pub(crate) fn lexically_allowed(&self, manifest_dir: &Path, path: &Path) -> bool {
         let path = lexical_normal(path);
         path.starts_with(manifest_dir) || self.secrets_dirs.iter().any(|d| path.starts_with(d))
     }
@@ -218,14 +220,14 @@ struct AddedHost {
 /// The hosts `js_url` and `api_url` may name: the built-in providers, plus the
 /// operator's additions.
 #[derive(Clone, Debug, Default)]
-pub struct ProviderHosts {
+pub(crate) struct ProviderHosts {
     added: Vec<AddedHost>,
 }
 
 /// Why a URL may not receive a key or serve the login page's script. The
 /// message fits after `file:line: ` or a stage name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum HostRefused {
+pub(crate) enum HostRefused {
     #[error(
         "`{host}` is not a captcha provider host stagesync allows (built in: {}; the operator can add one with --allow-provider-host HOST[:PORT])",
         BUILT_IN_PROVIDER_HOSTS.join(", ")
@@ -244,7 +246,7 @@ pub enum HostRefused {
 impl ProviderHosts {
     /// The built-in providers plus `added`, each `HOST`, `HOST:PORT`,
     /// `http://HOST` or `http://HOST:PORT` (`https://` may be written too).
-    pub fn new(added: &[String]) -> Result<Self, PolicyError> {
+    pub(crate) fn new(added: &[String]) -> Result<Self, PolicyError> {
         let added = added
             .iter()
             .map(|spec| parse_added(spec).ok_or_else(|| PolicyError::ProviderHost(spec.clone())))
@@ -253,7 +255,7 @@ impl ProviderHosts {
     }
 
     /// May `url` be a stage's `js_url` or `api_url` (and so receive its key)?
-    pub fn check(&self, url: &Url) -> Result<(), HostRefused> {
+    pub(crate) fn check(&self, url: &Url) -> Result<(), HostRefused> {
         let scheme = url.scheme();
         if !matches!(scheme, "https" | "http") {
             return Err(HostRefused::Scheme(scheme.to_owned()));
@@ -281,7 +283,7 @@ impl ProviderHosts {
     }
 
     /// [`Self::check`] of a URL as a manifest writes it.
-    pub fn check_str(&self, url: &str) -> Result<(), HostRefused> {
+    pub(crate) fn check_str(&self, url: &str) -> Result<(), HostRefused> {
         let url = Url::parse(url).map_err(|_| HostRefused::NoHost)?;
         self.check(&url)
     }

@@ -15,9 +15,9 @@ use std::path::PathBuf;
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// A captcha provider's secret key, as sent to authentik.
-pub type PrivateKey = SecretString;
+pub(crate) type PrivateKey = SecretString;
 /// An authentik API token.
-pub type Token = SecretString;
+pub(crate) type Token = SecretString;
 
 /// Where a manifest says its private key comes from. Safe to print: it names a
 /// variable or a path, never a value.

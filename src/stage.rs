@@ -27,12 +27,12 @@ use crate::secret::{KeySource, PrivateKey};
 pub const DEFAULT_JS_URL: &str = "https://www.recaptcha.net/recaptcha/api.js";
 /// authentik's default `api_url` for a new stage.
 pub const DEFAULT_API_URL: &str = "https://www.recaptcha.net/recaptcha/api/siteverify";
-pub const DEFAULT_INTERACTIVE: bool = false;
-pub const DEFAULT_SCORE_MIN_THRESHOLD: f64 = 0.5;
-pub const DEFAULT_SCORE_MAX_THRESHOLD: f64 = 1.0;
-pub const DEFAULT_ERROR_ON_INVALID_SCORE: bool = true;
+pub(crate) const DEFAULT_INTERACTIVE: bool = false;
+pub(crate) const DEFAULT_SCORE_MIN_THRESHOLD: f64 = 0.5;
+pub(crate) const DEFAULT_SCORE_MAX_THRESHOLD: f64 = 1.0;
+pub(crate) const DEFAULT_ERROR_ON_INVALID_SCORE: bool = true;
 /// authentik's default `request_content_type` (2026.8 and later).
-pub const DEFAULT_REQUEST_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
+pub(crate) const DEFAULT_REQUEST_CONTENT_TYPE: &str = "application/x-www-form-urlencoded";
 
 /// The fields stagesync manages and compares, without the private key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ pub enum Field {
 }
 
 impl Field {
-    pub const ALL: [Field; 9] = [
+    pub(crate) const ALL: [Field; 9] = [
         Field::Name,
         Field::PublicKey,
         Field::JsUrl,
@@ -79,7 +79,7 @@ impl Field {
     ];
 
     /// The key as written in manifests and in authentik's API.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Field::Name => "name",
             Field::PublicKey => "public_key",
@@ -103,7 +103,7 @@ impl fmt::Display for Field {
 /// A field's value, for diffs and plan output. Never holds a secret.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum Value {
+pub(crate) enum Value {
     Str(String),
     Bool(bool),
     Num(f64),
@@ -113,7 +113,7 @@ pub enum Value {
 
 impl Value {
     /// Equality as authentik stores values: strings trimmed, numbers numerically.
-    pub fn same_as(&self, other: &Value) -> bool {
+    pub(crate) fn same_as(&self, other: &Value) -> bool {
         match (self, other) {
             (Value::Str(a), Value::Str(b)) => a.trim() == b.trim(),
             (Value::Num(a), Value::Num(b)) => a == b || (a.is_nan() && b.is_nan()),
@@ -143,8 +143,8 @@ impl fmt::Display for Value {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FieldChange {
     pub field: Field,
-    pub old: Value,
-    pub new: Value,
+    pub(crate) old: Value,
+    pub(crate) new: Value,
 }
 
 impl Serialize for Field {
@@ -189,7 +189,7 @@ impl StageFields {
         self
     }
 
-    pub fn get(&self, field: Field) -> Value {
+    pub(crate) fn get(&self, field: Field) -> Value {
         match field {
             Field::Name => Value::Str(self.name.clone()),
             Field::PublicKey => Value::Str(self.public_key.clone()),
@@ -208,7 +208,7 @@ impl StageFields {
 
     /// The fields where `live` (self) differs from `desired`, in [`Field::ALL`] order.
     /// `compared` decides which fields take part (version-dependent ones may not).
-    pub fn changes_to(
+    pub(crate) fn changes_to(
         &self,
         desired: &StageFields,
         compared: impl Fn(Field) -> bool,

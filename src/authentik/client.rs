@@ -39,19 +39,19 @@ use crate::secret::ExposeSecret;
 use crate::stage::LiveStage;
 
 /// Route patterns, as reported to the observer (low cardinality, no uuids).
-pub const ROUTE_VERSION: &str = "/api/v3/admin/version/";
-pub const ROUTE_CAPTCHA_LIST: &str = "/api/v3/stages/captcha/";
-pub const ROUTE_CAPTCHA_ONE: &str = "/api/v3/stages/captcha/{uuid}/";
-pub const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
+pub(crate) const ROUTE_VERSION: &str = "/api/v3/admin/version/";
+pub(crate) const ROUTE_CAPTCHA_LIST: &str = "/api/v3/stages/captcha/";
+pub(crate) const ROUTE_CAPTCHA_ONE: &str = "/api/v3/stages/captcha/{uuid}/";
+pub(crate) const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
 
 /// Page size asked for when listing: authentik's default cap.
-pub const LIST_PAGE_SIZE: u32 = 100;
+pub(crate) const LIST_PAGE_SIZE: u32 = 100;
 /// Pages followed before the answer is deemed broken (a million stages).
 const MAX_PAGES: u64 = 10_000;
 /// List pages fetched at once after the first: pages of 100 cost authentik
 /// about 200 ms (captcha) to 720 ms (every type) each, one worker's time;
 /// four at a time cuts the wait without taking over a small install.
-pub const LIST_PAGE_CONCURRENCY: usize = 4;
+pub(crate) const LIST_PAGE_CONCURRENCY: usize = 4;
 /// Reads of a list that changed while it was paged through, before giving up.
 const MAX_LIST_READS: u32 = 3;
 
@@ -86,7 +86,7 @@ enum Listed<T> {
 
 /// The first page of `stages/all/`, kept so that listing the rest does not
 /// fetch it again.
-pub struct AllStagesPage {
+pub(crate) struct AllStagesPage {
     page: Page<WireAnyStage>,
     /// How many pages the list has, when the server says.
     pages: Option<u64>,
@@ -95,7 +95,7 @@ pub struct AllStagesPage {
 impl AllStagesPage {
     /// Pages in the whole list (1 when the server does not say and there is no
     /// next page; `None` when it does not say and there is one).
-    pub fn pages(&self) -> Option<u64> {
+    pub(crate) fn pages(&self) -> Option<u64> {
         if self.page.pagination.next == 0.0 {
             Some(1)
         } else {
@@ -104,7 +104,7 @@ impl AllStagesPage {
     }
 
     /// The stages on this page.
-    pub fn stages(&self) -> impl Iterator<Item = NamedStage> + '_ {
+    pub(crate) fn stages(&self) -> impl Iterator<Item = NamedStage> + '_ {
         self.page.results.iter().map(WireAnyStage::to_named)
     }
 }
@@ -118,12 +118,12 @@ fn page_count(p: &wire::Pagination) -> Option<u64> {
 /// One HTTP attempt, as the observer sees it (the daemon feeds metrics from it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
-    pub method: &'static str,
+    pub(crate) method: &'static str,
     /// The route pattern, e.g. `/api/v3/stages/captcha/{uuid}/`.
     pub path: &'static str,
     /// `None` when no response arrived (connect error, timeout, reset).
     pub status: Option<u16>,
-    pub elapsed: Duration,
+    pub(crate) elapsed: Duration,
 }
 
 type Observer = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
@@ -283,7 +283,7 @@ impl Client {
 
     /// Logs retries at DEBUG instead of WARN: for the daemon, which logs a
     /// failure when it starts and when it ends, not on every attempt.
-    pub fn with_quiet_retries(mut self) -> Self {
+    pub(crate) fn with_quiet_retries(mut self) -> Self {
         self.loud_retries = false;
         self
     }
@@ -315,14 +315,17 @@ impl Client {
     /// The first page (of 100) of stages of every type: its `count` says how
     /// many pages the whole list has, which decides whether listing it beats
     /// looking names up one by one.
-    pub async fn first_page_of_all_stages(&self) -> Result<AllStagesPage, ApiError> {
+    pub(crate) async fn first_page_of_all_stages(&self) -> Result<AllStagesPage, ApiError> {
         let page: Page<WireAnyStage> = self.list_page(ListOf::AllStages, 1).await?;
         let pages = page_count(&page.pagination);
         Ok(AllStagesPage { page, pages })
     }
 
     /// Every stage of every type, `first` being the page already read.
-    pub async fn list_all_stages(&self, first: AllStagesPage) -> Result<Vec<NamedStage>, ApiError> {
+    pub(crate) async fn list_all_stages(
+        &self,
+        first: AllStagesPage,
+    ) -> Result<Vec<NamedStage>, ApiError> {
         let stages = self
             .list_every_page(ListOf::AllStages, Some(first.page), |s: &WireAnyStage| s.pk)
             .await?;
@@ -960,7 +963,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The install's root as a URL ending in `/`: tolerates a trailing slash and an
 /// included `/api/v3`; refuses credentials, queries and fragments.
-pub fn normalise_url(raw: &str) -> Result<Url, ApiError> {
+pub(crate) fn normalise_url(raw: &str) -> Result<Url, ApiError> {
     let raw = raw.trim();
     let bad = |url: String, reason: &str| ApiError::BadUrl {
         url,
@@ -1009,7 +1012,7 @@ pub fn normalise_url(raw: &str) -> Result<Url, ApiError> {
 }
 
 /// `http://` only to loopback, unless allowed: the token travels in every request.
-pub fn check_http_policy(url: &Url, allow_http: bool) -> Result<(), ApiError> {
+pub(crate) fn check_http_policy(url: &Url, allow_http: bool) -> Result<(), ApiError> {
     if url.scheme() != "http" || allow_http || is_loopback(url) {
         return Ok(());
     }

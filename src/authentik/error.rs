@@ -15,14 +15,14 @@ use crate::output::escape;
 
 /// How many characters of a body, or of one of authentik's messages, an error
 /// quotes: enough for any message authentik writes, short enough to read.
-pub const EXCERPT_CHARS: usize = 300;
+pub(crate) const EXCERPT_CHARS: usize = 300;
 
 /// The largest answer read from authentik, in bytes. A page of 100 captcha
 /// stages is about 50 KB and a page of `stages/all/` with long flow lists a few
 /// times that, so 8 MiB is over a hundred times what a real answer needs; a
 /// body that goes on (an endless stream, a proxy's dump) is cut off here, which
 /// keeps memory bounded whatever the server sends.
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -159,7 +159,7 @@ impl ApiError {
     }
 
     /// A configuration mistake found before anything was contacted.
-    pub fn is_config(&self) -> bool {
+    pub(crate) fn is_config(&self) -> bool {
         matches!(
             self,
             ApiError::BadUrl { .. }
@@ -173,12 +173,12 @@ impl ApiError {
 /// A short, escaped, single-line quote of a whole response body. An HTML page
 /// (a proxy's error page, a login form) is quoted by its `<title>` only, never
 /// as markup.
-pub fn excerpt(body: &[u8]) -> String {
+pub(crate) fn excerpt(body: &[u8]) -> String {
     quote_body(body, true)
 }
 
 /// [`excerpt`] of the first bytes of a body that was not read to its end.
-pub fn excerpt_of_start(start: &[u8]) -> String {
+pub(crate) fn excerpt_of_start(start: &[u8]) -> String {
     quote_body(start, false)
 }
 
@@ -203,7 +203,7 @@ fn quote_body(body: &[u8], complete: bool) -> String {
 /// `text` on one line, runs of white space as one space, cut after
 /// [`EXCERPT_CHARS`] characters with `…(N bytes more)`, control characters
 /// escaped. For any text from authentik that reaches a message.
-pub fn cut(text: &str) -> String {
+pub(crate) fn cut(text: &str) -> String {
     match shorten(text) {
         (shown, Some(more)) => format!("{shown}…({more} bytes more)"),
         (shown, None) => shown,

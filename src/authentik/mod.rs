@@ -7,11 +7,11 @@
 //! - [`name_check`]: which stages hold a set of names, by look-ups or by
 //!   listing every stage, whichever costs fewer calls.
 
-pub mod client;
-pub mod error;
-pub mod name_check;
-pub mod retry;
-pub mod wire;
+pub(crate) mod client;
+pub(crate) mod error;
+pub(crate) mod name_check;
+pub(crate) mod retry;
+pub(crate) mod wire;
 
 pub use crate::capabilities::{Capabilities, ServerVersion};
 pub use client::{Client, RequestRecord};
@@ -48,5 +48,5 @@ impl ClientSettings {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default per-request timeout: a list of 100 stages takes ~200 ms on a real
     /// server; 30 s leaves room for a loaded one without hanging forever.
-    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 }

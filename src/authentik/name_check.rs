@@ -25,10 +25,10 @@ use super::{ApiError, Client, NamedStage};
 
 /// How many name look-ups run at once: enough that 1,000 new stages do not
 /// cost 1,000 round trips in a row, few enough not to load authentik.
-pub const NAME_CHECK_CONCURRENCY: usize = 8;
+pub(crate) const NAME_CHECK_CONCURRENCY: usize = 8;
 
 /// The stage (of any type) holding each of `names` that is held, by name.
-pub async fn holders_of(
+pub(crate) async fn holders_of(
     client: &Client,
     names: Vec<String>,
 ) -> Result<BTreeMap<String, NamedStage>, ApiError> {

@@ -19,17 +19,17 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 /// Attempts per call, the first included: four retries span roughly
 /// 0.5 + 1 + 2 + 4 s, long enough to ride out a proxy's brief 502 while
 /// authentik restarts, short enough that a dead server is reported in seconds.
-pub const MAX_ATTEMPTS: u32 = 5;
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
 /// First backoff delay, doubled on every retry.
-pub const BASE_DELAY: Duration = Duration::from_millis(500);
+pub(crate) const BASE_DELAY: Duration = Duration::from_millis(500);
 /// Longest single backoff delay.
-pub const MAX_DELAY: Duration = Duration::from_secs(8);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(8);
 /// Longest wait a `Retry-After` header can impose: a proxy asking for minutes
 /// would stall a plan; past this the call fails and the next run retries.
-pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
+pub(crate) const RETRY_AFTER_CAP: Duration = Duration::from_secs(30);
 /// Total time spent sleeping between attempts of one call, `Retry-After`
 /// included; bounds a call at this plus `MAX_ATTEMPTS` request timeouts.
-pub const MAX_TOTAL_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_TOTAL_WAIT: Duration = Duration::from_secs(60);
 
 /// The retry numbers of a client. [`RetryPolicy::default`] uses the constants
 /// above; tests shrink the delays so that they run fast.
@@ -68,7 +68,7 @@ impl RetryPolicy {
 
     /// The delays between attempts: exponential with jitter (so that several
     /// stagesync instances do not hammer a recovering server in step).
-    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+    pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         ExponentialBuilder::new()
             .with_min_delay(self.base_delay)
             .with_max_delay(self.max_delay)
@@ -80,7 +80,7 @@ impl RetryPolicy {
 
     /// The wait before the next attempt: the backoff delay, or the server's
     /// `Retry-After` (capped) when that is longer.
-    pub fn wait(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    pub(crate) fn wait(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
         match retry_after {
             Some(asked) => backoff.max(asked.min(self.retry_after_cap)),
             None => backoff,
@@ -90,7 +90,7 @@ impl RetryPolicy {
 
 /// Whether a status is worth another attempt. `empty_html` tells authentik's
 /// internal-error 405 (empty `text/html` body) from a real "method not allowed".
-pub fn is_retryable_status(status: u16, empty_html: bool) -> bool {
+pub(crate) fn is_retryable_status(status: u16, empty_html: bool) -> bool {
     match status {
         // A proxy's rate limit.
         429 => true,
@@ -105,7 +105,7 @@ pub fn is_retryable_status(status: u16, empty_html: bool) -> bool {
 
 /// Parses `Retry-After` in seconds. The HTTP-date form is not used by the
 /// proxies in front of authentik and is treated as absent.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 

@@ -32,24 +32,24 @@ pub struct StageWrite<'a> {
 
 /// One captcha stage as authentik's `CaptchaStage` schema reports it.
 #[derive(Debug, Deserialize)]
-pub struct WireCaptchaStage {
-    pub pk: Uuid,
-    pub name: String,
-    pub public_key: String,
+pub(crate) struct WireCaptchaStage {
+    pub(crate) pk: Uuid,
+    pub(crate) name: String,
+    pub(crate) public_key: String,
     #[serde(default = "default_js_url")]
-    pub js_url: String,
+    pub(crate) js_url: String,
     #[serde(default = "default_api_url")]
-    pub api_url: String,
+    pub(crate) api_url: String,
     #[serde(default)]
-    pub interactive: bool,
+    pub(crate) interactive: bool,
     #[serde(default = "default_min")]
-    pub score_min_threshold: Option<f64>,
+    pub(crate) score_min_threshold: Option<f64>,
     #[serde(default = "default_max")]
-    pub score_max_threshold: Option<f64>,
+    pub(crate) score_max_threshold: Option<f64>,
     #[serde(default = "default_error_on_invalid")]
-    pub error_on_invalid_score: bool,
+    pub(crate) error_on_invalid_score: bool,
     #[serde(default)]
-    pub request_content_type: Option<String>,
+    pub(crate) request_content_type: Option<String>,
 }
 
 fn default_js_url() -> String {
@@ -69,7 +69,7 @@ fn default_error_on_invalid() -> bool {
 }
 
 impl WireCaptchaStage {
-    pub fn into_live(self) -> LiveStage {
+    pub(crate) fn into_live(self) -> LiveStage {
         LiveStage {
             uuid: self.pk,
             fields: StageFields {
@@ -92,51 +92,50 @@ impl WireCaptchaStage {
 /// `count` (items in the whole list) and `total_pages` are always sent by
 /// authentik; a stand-in server may leave them out.
 #[derive(Debug, Deserialize)]
-pub struct Pagination {
-    pub next: f64,
-    pub current: f64,
+pub(crate) struct Pagination {
+    pub(crate) next: f64,
     #[serde(default)]
-    pub count: Option<f64>,
+    pub(crate) count: Option<f64>,
     #[serde(default)]
-    pub total_pages: Option<f64>,
+    pub(crate) total_pages: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Page<T> {
-    pub pagination: Pagination,
-    pub results: Vec<T>,
+pub(crate) struct Page<T> {
+    pub(crate) pagination: Pagination,
+    pub(crate) results: Vec<T>,
 }
 
 /// A stage of any type, from `/stages/all/`.
 #[derive(Debug, Deserialize)]
-pub struct WireAnyStage {
-    pub pk: Uuid,
-    pub name: String,
+pub(crate) struct WireAnyStage {
+    pub(crate) pk: Uuid,
+    pub(crate) name: String,
     #[serde(default)]
-    pub component: String,
+    pub(crate) component: String,
     #[serde(default)]
-    pub verbose_name: String,
+    pub(crate) verbose_name: String,
     #[serde(default)]
-    pub meta_model_name: String,
+    pub(crate) meta_model_name: String,
 }
 
 /// The model name of captcha stages in `/stages/all/`.
-pub const CAPTCHA_MODEL: &str = "authentik_stages_captcha.captchastage";
+pub(crate) const CAPTCHA_MODEL: &str = "authentik_stages_captcha.captchastage";
 /// The UI component of captcha stages.
-pub const CAPTCHA_COMPONENT: &str = "ak-stage-captcha-form";
+pub(crate) const CAPTCHA_COMPONENT: &str = "ak-stage-captcha-form";
 
 /// A stage of any type that holds a name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamedStage {
     pub uuid: Uuid,
-    pub name: String,
+    pub(crate) name: String,
     /// What kind of stage it is, for messages ("Identification Stage").
     pub kind: String,
     pub is_captcha: bool,
 }
 
 impl WireAnyStage {
-    pub fn to_named(&self) -> NamedStage {
+    pub(crate) fn to_named(&self) -> NamedStage {
         WireAnyStage {
             pk: self.pk,
             name: self.name.clone(),
@@ -147,7 +146,7 @@ impl WireAnyStage {
         .into_named()
     }
 
-    pub fn into_named(self) -> NamedStage {
+    pub(crate) fn into_named(self) -> NamedStage {
         let is_captcha =
             self.meta_model_name == CAPTCHA_MODEL || self.component == CAPTCHA_COMPONENT;
         let kind = if self.verbose_name.is_empty() {
@@ -165,14 +164,14 @@ impl WireAnyStage {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct WireVersion {
-    pub version_current: String,
+pub(crate) struct WireVersion {
+    pub(crate) version_current: String,
 }
 
 /// The request body for POST and PUT: every field [`StageWrite::fields`]
 /// holds (so the fields the plan compared) and the private key. This is the
 /// one place a private key is exposed for the wire.
-pub fn write_body(write: &StageWrite<'_>) -> Result<Value, ApiError> {
+pub(crate) fn write_body(write: &StageWrite<'_>) -> Result<Value, ApiError> {
     let f = write.fields;
     let mut body = Map::new();
     for field in Field::ALL {
@@ -212,9 +211,9 @@ fn finite(field: Field, n: f64) -> Result<Value, ApiError> {
 /// The field messages of a 400 body: `{"field": ["msg", ..], ..}` or
 /// `{"detail": "..."}`. `None` when the body has neither shape.
 /// Field messages and the `detail`, as a 400 body lists them.
-pub type ValidationBody = (Vec<(String, Vec<String>)>, Option<String>);
+pub(crate) type ValidationBody = (Vec<(String, Vec<String>)>, Option<String>);
 
-pub fn validation_errors(body: &Value) -> Option<ValidationBody> {
+pub(crate) fn validation_errors(body: &Value) -> Option<ValidationBody> {
     let map = body.as_object()?;
     let mut fields = Vec::new();
     let mut detail = None;
@@ -239,7 +238,7 @@ fn message(v: &Value) -> String {
 }
 
 /// authentik's `{"detail": "..."}`.
-pub fn detail(body: &Value) -> Option<String> {
+pub(crate) fn detail(body: &Value) -> Option<String> {
     body.get("detail")?.as_str().map(str::to_owned)
 }
 

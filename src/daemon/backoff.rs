@@ -41,7 +41,7 @@ pub enum Subject {
 }
 
 impl Subject {
-    pub fn stage(name: &str) -> Self {
+    pub(crate) fn stage(name: &str) -> Self {
         Subject::Stage(name.to_owned())
     }
 }
@@ -60,10 +60,10 @@ impl fmt::Display for Subject {
 /// a load balancer to notice a new backend, short enough that a blip heals fast.
 pub const BASE_DELAY: Duration = Duration::from_secs(5);
 /// Delays double after each consecutive failure...
-pub const FACTOR: u32 = 2;
+pub(crate) const FACTOR: u32 = 2;
 /// ...up to this cap: a stage failing for a long time (authentik down, a 403 a
 /// human must fix) is still retried every few minutes, without hammering.
-pub const MAX_DELAY: Duration = Duration::from_secs(5 * 60);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 /// Each delay is shortened by up to this fraction at random, so stages (and
 /// daemons) that failed together do not all retry at the same instant. Jitter
 /// only shortens, so [`MAX_DELAY`] stays a true cap.
@@ -71,7 +71,7 @@ pub const JITTER_FRACTION: f64 = 0.2;
 
 /// The delay after `failures` consecutive failures (1 = first failure), before
 /// jitter.
-pub fn delay_for(failures: u32) -> Duration {
+pub(crate) fn delay_for(failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(31);
     BASE_DELAY
         .checked_mul(FACTOR.saturating_pow(exponent))
@@ -80,7 +80,7 @@ pub fn delay_for(failures: u32) -> Duration {
 
 /// `delay` shortened by up to [`JITTER_FRACTION`]; `unit` in `[0, 1]` (clamped)
 /// picks how much (0 = not at all).
-pub fn with_jitter(delay: Duration, unit: f64) -> Duration {
+pub(crate) fn with_jitter(delay: Duration, unit: f64) -> Duration {
     let unit = if unit.is_nan() {
         0.0
     } else {
@@ -110,13 +110,13 @@ impl<K> Default for Backoff<K> {
 }
 
 impl<K: Hash + Eq> Backoff<K> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Whether `key` may be attempted at `now`: never failed, succeeded since,
     /// or its delay has passed.
-    pub fn should_attempt<Q>(&self, key: &Q, now: Instant) -> bool
+    pub(crate) fn should_attempt<Q>(&self, key: &Q, now: Instant) -> bool
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -126,7 +126,7 @@ impl<K: Hash + Eq> Backoff<K> {
 
     /// Records a failure of `key` at `now`; returns how long until it may be
     /// attempted again.
-    pub fn record_failure<Q>(&mut self, key: &Q, now: Instant) -> Duration
+    pub(crate) fn record_failure<Q>(&mut self, key: &Q, now: Instant) -> Duration
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -136,7 +136,12 @@ impl<K: Hash + Eq> Backoff<K> {
 
     /// [`Backoff::record_failure`] with the jitter chosen by the caller (`unit`
     /// as in [`with_jitter`]).
-    pub fn record_failure_with_jitter<Q>(&mut self, key: &Q, now: Instant, unit: f64) -> Duration
+    pub(crate) fn record_failure_with_jitter<Q>(
+        &mut self,
+        key: &Q,
+        now: Instant,
+        unit: f64,
+    ) -> Duration
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -154,7 +159,7 @@ impl<K: Hash + Eq> Backoff<K> {
     }
 
     /// Records a success: `key` is attempted normally from now on.
-    pub fn record_success<Q>(&mut self, key: &Q)
+    pub(crate) fn record_success<Q>(&mut self, key: &Q)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -163,7 +168,7 @@ impl<K: Hash + Eq> Backoff<K> {
     }
 
     /// Forgets `key` (its desired state changed, or it is no longer managed).
-    pub fn forget<Q>(&mut self, key: &Q)
+    pub(crate) fn forget<Q>(&mut self, key: &Q)
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -172,12 +177,13 @@ impl<K: Hash + Eq> Backoff<K> {
     }
 
     /// Forgets every key `keep` says no to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.failing.retain(|key, _| keep(key));
     }
 
     /// Consecutive failures of `key` so far.
-    pub fn failures<Q>(&self, key: &Q) -> u32
+    #[cfg(test)]
+    pub(crate) fn failures<Q>(&self, key: &Q) -> u32
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -187,7 +193,7 @@ impl<K: Hash + Eq> Backoff<K> {
 
     /// How long from `now` until the earliest backed-off key may be attempted;
     /// `None` when nothing is backed off. Zero when one is already due.
-    pub fn next_attempt_in(&self, now: Instant) -> Option<Duration> {
+    pub(crate) fn next_attempt_in(&self, now: Instant) -> Option<Duration> {
         self.failing
             .values()
             .map(|f| f.retry_at.saturating_duration_since(now))
@@ -198,7 +204,7 @@ impl<K: Hash + Eq> Backoff<K> {
 /// What a [`FailureLog`] says about an outcome: whether it is news worth a log
 /// line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The key was fine (or unknown) and now fails: log at WARN/ERROR.
     StartedFailing,
     /// It was failing and fails differently now: log again.
@@ -213,7 +219,7 @@ pub enum Change {
 
 impl Change {
     /// Whether this outcome deserves a line at the normal log level.
-    pub fn is_news(self) -> bool {
+    pub(crate) fn is_news(self) -> bool {
         matches!(
             self,
             Change::StartedFailing | Change::FailsDifferently | Change::Recovered
@@ -240,12 +246,12 @@ impl<K> Default for FailureLog<K> {
 }
 
 impl<K: Hash + Eq> FailureLog<K> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records that `key` failed with `message`.
-    pub fn failure<Q>(&mut self, key: &Q, message: &str) -> Change
+    pub(crate) fn failure<Q>(&mut self, key: &Q, message: &str) -> Change
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
@@ -264,7 +270,7 @@ impl<K: Hash + Eq> FailureLog<K> {
     }
 
     /// Records that `key` succeeded.
-    pub fn success<Q>(&mut self, key: &Q) -> Change
+    pub(crate) fn success<Q>(&mut self, key: &Q) -> Change
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -277,12 +283,13 @@ impl<K: Hash + Eq> FailureLog<K> {
     }
 
     /// Forgets every key `keep` says no to, without calling it a recovery.
-    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
         self.last_error.retain(|key, _| keep(key));
     }
 
     /// The keys failing right now, with their last message.
-    pub fn failing(&self) -> impl Iterator<Item = (&K, &str)> {
+    #[cfg(test)]
+    pub(crate) fn failing(&self) -> impl Iterator<Item = (&K, &str)> {
         self.last_error.iter().map(|(k, v)| (k, v.as_str()))
     }
 }

@@ -18,7 +18,7 @@
 use std::sync::Mutex;
 
 /// Longest reason `/readyz` returns.
-pub const MAX_REASON_CHARS: usize = 300;
+pub(crate) const MAX_REASON_CHARS: usize = 300;
 
 /// How the last pass went, as far as readiness is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,13 +35,13 @@ pub struct PassHealth {
 
 /// The answer of `/readyz`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Readiness {
+pub(crate) enum Readiness {
     Ready,
     NotReady(String),
 }
 
 /// Decides readiness from the last pass.
-pub fn readiness_of(pass: &PassHealth) -> Readiness {
+pub(crate) fn readiness_of(pass: &PassHealth) -> Readiness {
     let mut reasons = Vec::new();
     if !pass.source_available {
         reasons.push("manifest directory unavailable".to_owned());
@@ -81,7 +81,7 @@ pub struct Health {
 }
 
 /// The reason given before the first pass has ended.
-pub const STARTING: &str = "no reconcile pass has finished yet";
+pub(crate) const STARTING: &str = "no reconcile pass has finished yet";
 
 impl Default for Health {
     fn default() -> Self {
@@ -102,14 +102,14 @@ impl Health {
     }
 
     /// Sets readiness directly (for states no pass reports).
-    pub fn set(&self, readiness: Readiness) {
+    pub(crate) fn set(&self, readiness: Readiness) {
         // A poisoned lock only means a panic elsewhere while holding it; the
         // value (a plain enum) is still whole.
         let mut guard = self.readiness.lock().unwrap_or_else(|e| e.into_inner());
         *guard = readiness;
     }
 
-    pub fn readiness(&self) -> Readiness {
+    pub(crate) fn readiness(&self) -> Readiness {
         self.readiness
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -32,7 +32,7 @@ use super::health::{Health, Readiness};
 use super::metrics::{CONTENT_TYPE, Metrics};
 
 /// How long requests in flight may take after shutdown starts.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 const TEXT: &str = "text/plain; charset=utf-8";
 
@@ -60,7 +60,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
 }
 
 /// The routes, for embedding or testing without a socket.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -59,7 +59,7 @@ pub mod key_checks;
 pub mod metrics;
 pub mod pass;
 pub mod scheduler;
-pub mod signals;
+pub(crate) mod signals;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -96,14 +96,14 @@ pub struct Settings {
 #[derive(Clone, Debug)]
 pub struct PassContext {
     /// Why this pass runs (for the log line; SIGHUP also resets backoff).
-    pub trigger: Trigger,
+    pub(crate) trigger: Trigger,
     /// The files the watcher saw change since the last pass.
-    pub changed: ChangedFiles,
+    pub(crate) changed: ChangedFiles,
     /// The watcher, to [`Watcher::set_extra_paths`] to the secret files the
     /// manifests just read reference.
-    pub watcher: Arc<Watcher>,
+    pub(crate) watcher: Arc<Watcher>,
     /// Fires on SIGTERM/SIGINT: finish the writes in flight, start no new ones.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
 }
 
 /// Why the daemon could not start.

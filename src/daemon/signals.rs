@@ -45,7 +45,7 @@ pub const DELIBERATE_SECOND_SIGNAL: std::time::Duration = std::time::Duration::f
 
 /// Installs the handlers and spawns the task that acts on them. Must be called
 /// inside a tokio runtime.
-pub fn spawn(
+pub(crate) fn spawn(
     cancel: CancellationToken,
     triggers: TriggerSender,
 ) -> Result<JoinHandle<()>, SignalError> {

@@ -26,7 +26,7 @@ use crate::secret::KeySource;
 use crate::stage::{Field, StageFields};
 
 /// Every key a manifest may hold, in documentation order.
-pub const KEYS: [&str; 11] = [
+pub(crate) const KEYS: [&str; 11] = [
     "name",
     "public_key",
     "private_key",
@@ -41,25 +41,25 @@ pub const KEYS: [&str; 11] = [
 ];
 
 /// The values `request_content_type` accepts.
-pub const REQUEST_CONTENT_TYPES: [&str; 2] =
+pub(crate) const REQUEST_CONTENT_TYPES: [&str; 2] =
     ["application/x-www-form-urlencoded", "application/json"];
 
 /// The longest stage name accepted, in characters. authentik stores names in a
 /// unique index whose entries fail above about 2.7 KB (it then answers an empty
 /// 405); 255 characters are at most 1,020 bytes of UTF-8, well below, and more
 /// than any name a person reads in a list.
-pub const MAX_NAME_CHARS: usize = 255;
+pub(crate) const MAX_NAME_CHARS: usize = 255;
 
 /// Problems reported per file before the rest of the file is skipped.
-pub const MAX_PROBLEMS_PER_FILE: usize = 100;
+pub(crate) const MAX_PROBLEMS_PER_FILE: usize = 100;
 
 const CORE_TAG_PREFIX: &str = "tag:yaml.org,2002:";
 
 /// A position in the manifest file (1-based).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pos {
-    pub line: usize,
-    pub column: usize,
+pub(crate) struct Pos {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
 }
 
 impl Pos {
@@ -73,34 +73,34 @@ impl Pos {
 
 /// Where the private key comes from, before it is read.
 #[derive(Debug)]
-pub struct KeySpec {
-    pub source: KeySource,
-    pub pos: Pos,
+pub(crate) struct KeySpec {
+    pub(crate) source: KeySource,
+    pub(crate) pos: Pos,
     /// Only for [`KeySource::Literal`].
-    pub literal: Option<SecretString>,
+    pub(crate) literal: Option<SecretString>,
 }
 
 /// A document that passed every check of its own.
 #[derive(Debug)]
-pub struct StageSpec {
-    pub origin: Pos,
-    pub uuid: Option<(Uuid, Pos)>,
-    pub fields: StageFields,
-    pub key: KeySpec,
+pub(crate) struct StageSpec {
+    pub(crate) origin: Pos,
+    pub(crate) uuid: Option<(Uuid, Pos)>,
+    pub(crate) fields: StageFields,
+    pub(crate) key: KeySpec,
 }
 
 /// Collects the problems of one document.
-pub struct Problems<'a> {
+pub(crate) struct Problems<'a> {
     file: &'a std::path::Path,
-    pub list: Vec<Diagnostic>,
+    pub(crate) list: Vec<Diagnostic>,
     /// Every error found, including those past the cap that `list` dropped.
     errors: usize,
     /// Warnings past the cap, counted but not listed.
-    pub warnings_not_shown: usize,
+    pub(crate) warnings_not_shown: usize,
 }
 
 impl<'a> Problems<'a> {
-    pub fn new(file: &'a std::path::Path) -> Self {
+    pub(crate) fn new(file: &'a std::path::Path) -> Self {
         Problems {
             file,
             list: Vec::new(),
@@ -112,7 +112,7 @@ impl<'a> Problems<'a> {
     /// Enough errors for one file: more would only bury the first ones (and
     /// a hostile file could make millions). Only errors count: a file of many
     /// stages that each earn a warning must still be checked to its end.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.errors >= MAX_PROBLEMS_PER_FILE
     }
 
@@ -142,7 +142,7 @@ impl<'a> Problems<'a> {
 }
 
 /// Checks one document. `None` when it has errors (all of them are in `problems`).
-pub fn check_document(
+pub(crate) fn check_document(
     doc: &Node,
     policy: &Policy,
     problems: &mut Problems<'_>,
@@ -361,7 +361,7 @@ fn shorten(key: &str) -> String {
 }
 
 /// The known key closest to `unknown`, if it is close enough to be a typo.
-pub fn closest_key(unknown: &str) -> Option<&'static str> {
+pub(crate) fn closest_key(unknown: &str) -> Option<&'static str> {
     let lowered = unknown.to_lowercase().replace('-', "_");
     KEYS.iter()
         .map(|k| (*k, strsim::jaro_winkler(&lowered, k)))
@@ -371,7 +371,7 @@ pub fn closest_key(unknown: &str) -> Option<&'static str> {
 }
 
 /// `Ok` for an absolute `http`/`https` URL with a host.
-pub fn check_http_url(s: &str) -> Result<(), String> {
+pub(crate) fn check_http_url(s: &str) -> Result<(), String> {
     // The URL parser repairs what it can (`http:/host`, `https:///path`), so
     // the text itself is checked first: what is sent is this text, unrepaired.
     if let Some(c) = s

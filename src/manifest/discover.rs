@@ -17,17 +17,17 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// Files larger than this are refused unread.
-pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+pub(crate) const MAX_FILE_BYTES: u64 = 1024 * 1024;
 /// Folder nesting beyond this is reported rather than followed.
 const MAX_DIR_DEPTH: usize = 32;
 /// A symlink to a large unrelated tree (`/usr`) must not make a check take
 /// minutes: after this many folder entries the walk stops with an error. Ten
 /// times the largest directories seen in practice.
-pub const MAX_ENTRIES: usize = 100_000;
+pub(crate) const MAX_ENTRIES: usize = 100_000;
 
 /// A candidate manifest, as found.
 #[derive(Debug)]
-pub enum Found {
+pub(crate) enum Found {
     /// Its content (at most [`MAX_FILE_BYTES`]).
     File { path: PathBuf, bytes: Vec<u8> },
     /// A manifest file (`is_file`) or a folder could not be used; the message says why.
@@ -41,13 +41,13 @@ pub enum Found {
 /// Whether the walk skips an entry called `name`, wherever it meets it: hidden
 /// names (`.git`, `.github`, the kubelet's `..data`; a ConfigMap's manifests
 /// are read through the symlinks beside `..data`).
-pub fn is_hidden_name(name: &OsStr) -> bool {
+pub(crate) fn is_hidden_name(name: &OsStr) -> bool {
     name.as_encoded_bytes().first() == Some(&b'.')
 }
 
 /// Whether the walk reads a file called `name` as a manifest: `*.yaml` or
 /// `*.yml` (any case), not hidden.
-pub fn is_manifest_name(name: &OsStr) -> bool {
+pub(crate) fn is_manifest_name(name: &OsStr) -> bool {
     !is_hidden_name(name)
         && Path::new(name)
             .extension()
@@ -57,13 +57,13 @@ pub fn is_manifest_name(name: &OsStr) -> bool {
 
 /// Whether a walk of `root` gets to `path` (a path under `root`), judging by
 /// names: none below `root` is hidden. Whether `path` exists is not asked.
-pub fn walk_reaches(root: &Path, path: &Path) -> bool {
+pub(crate) fn walk_reaches(root: &Path, path: &Path) -> bool {
     path.strip_prefix(root)
         .is_ok_and(|below| !below.iter().any(is_hidden_name))
 }
 
 /// Walks `root` (which the caller has checked is a directory).
-pub fn walk(root: &Path) -> Vec<Found> {
+pub(crate) fn walk(root: &Path) -> Vec<Found> {
     let mut out = Vec::new();
     let mut visited = HashSet::new();
     let mut ancestors = Vec::new();
@@ -217,7 +217,7 @@ fn too_large(path: PathBuf, len: u64) -> Found {
 }
 
 /// The OS message without Rust's " (os error N)" suffix.
-pub fn io_message(err: &io::Error) -> String {
+pub(crate) fn io_message(err: &io::Error) -> String {
     let text = err.to_string();
     match text.find(" (os error") {
         Some(i) => text[..i].to_owned(),

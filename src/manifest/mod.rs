@@ -38,8 +38,7 @@ use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::stage::{DesiredStage, Origin};
 
-pub use check::{KEYS, MAX_NAME_CHARS, REQUEST_CONTENT_TYPES, check_http_url, closest_key};
-pub use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
+pub(crate) use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
 
 /// The manifest directory itself cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -56,23 +55,23 @@ pub enum SourceError {
 #[derive(Debug, Default)]
 pub struct Manifests {
     /// Every manifest file found, sorted by path.
-    pub files: Vec<ManifestFile>,
+    pub(crate) files: Vec<ManifestFile>,
     /// All errors and warnings, cross-file ones included, sorted by file, line, column.
     pub diagnostics: Vec<Diagnostic>,
 }
 
 #[derive(Debug)]
-pub struct ManifestFile {
+pub(crate) struct ManifestFile {
     /// As the user would type it: the directory joined with the relative path.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The stages of the documents that passed every check, private keys read.
-    pub stages: Vec<DesiredStage>,
+    pub(crate) stages: Vec<DesiredStage>,
     /// No error is attributed to this file (a duplicate across files makes both invalid).
-    pub valid: bool,
+    pub(crate) valid: bool,
     /// The `!File` paths this file references, resolved, so they can be watched.
-    pub secret_files: Vec<PathBuf>,
+    pub(crate) secret_files: Vec<PathBuf>,
     /// Where each stage's `uuid` is written, so a duplicate is reported there.
-    pub uuid_places: Vec<(uuid::Uuid, Origin)>,
+    pub(crate) uuid_places: Vec<(uuid::Uuid, Origin)>,
 }
 
 impl Manifests {
@@ -88,20 +87,20 @@ impl Manifests {
         self.files.iter().flat_map(|f| f.stages.iter())
     }
 
-    pub fn error_count(&self) -> usize {
+    pub(crate) fn error_count(&self) -> usize {
         self.diagnostics
             .iter()
             .filter(|d| d.severity == Severity::Error)
             .count()
     }
 
-    pub fn warning_count(&self) -> usize {
+    pub(crate) fn warning_count(&self) -> usize {
         self.diagnostics.len() - self.error_count()
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Severity {
+pub(crate) enum Severity {
     Error,
     Warning,
 }
@@ -118,18 +117,18 @@ impl fmt::Display for Severity {
 /// One problem, at a place in a file. Never holds a secret value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Diagnostic {
-    pub severity: Severity,
-    pub file: PathBuf,
-    pub line: Option<usize>,
-    pub column: Option<usize>,
+    pub(crate) severity: Severity,
+    pub(crate) file: PathBuf,
+    pub(crate) line: Option<usize>,
+    pub(crate) column: Option<usize>,
     /// The manifest key the problem is about, if any.
-    pub field: Option<String>,
-    pub message: String,
+    pub(crate) field: Option<String>,
+    pub(crate) message: String,
 }
 
 impl Diagnostic {
     /// `path:line:column` (or `path` alone), control characters escaped.
-    pub fn place(&self) -> String {
+    pub(crate) fn place(&self) -> String {
         let mut place = escape(&self.file.display().to_string()).into_owned();
         if let Some(line) = self.line {
             place.push_str(&format!(":{line}"));
@@ -237,7 +236,7 @@ pub fn load_with_env(
 /// `path` is used for messages and to resolve relative `!File` paths; `root` is
 /// the canonical manifest directory those paths must stay inside (unless the
 /// policy allows another directory).
-pub fn load_file(
+pub(crate) fn load_file(
     path: PathBuf,
     bytes: &[u8],
     root: &Path,
@@ -566,6 +565,7 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use super::check::MAX_NAME_CHARS;
     use super::*;
 
     fn no_env(_: &str) -> Option<std::ffi::OsString> {

@@ -19,16 +19,16 @@ use serde_saphyr::{Budget, DuplicateKeyPolicy, NonFiniteFloatPolicy, Options, Sp
 
 /// One YAML node: where it starts (1-based), its explicit tag, and its value.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Node {
-    pub line: usize,
-    pub column: usize,
+pub(crate) struct Node {
+    pub(crate) line: usize,
+    pub(crate) column: usize,
     /// The resolved tag as written (`!Env`), core tags as `tag:yaml.org,2002:str`.
-    pub tag: Option<String>,
-    pub kind: Kind,
+    pub(crate) tag: Option<String>,
+    pub(crate) kind: Kind,
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Null,
     Bool(bool),
     Int(i128),
@@ -40,7 +40,7 @@ pub enum Kind {
 
 impl Kind {
     /// The YAML type name, for "expected a string, found a mapping".
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Kind::Null => "null",
             Kind::Bool(_) => "a boolean",
@@ -55,10 +55,10 @@ impl Kind {
 
 /// A YAML syntax or safety-limit error, with its position when known.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SyntaxError {
-    pub line: Option<usize>,
-    pub column: Option<usize>,
-    pub message: String,
+pub(crate) struct SyntaxError {
+    pub(crate) line: Option<usize>,
+    pub(crate) column: Option<usize>,
+    pub(crate) message: String,
 }
 
 /// Limits that stop hostile input (alias bombs, deep nesting, document storms)
@@ -87,7 +87,7 @@ fn options() -> Options {
 }
 
 /// Parses every document of `text`. Null documents are skipped.
-pub fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
+pub(crate) fn parse_documents(text: &str) -> Result<Vec<Node>, SyntaxError> {
     serde_saphyr::from_multiple_with_options::<SpannedNode>(text, options())
         .map(|docs| docs.into_iter().map(|d| d.0).collect())
         .map_err(|err| {

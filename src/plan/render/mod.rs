@@ -4,9 +4,10 @@
 //! None of them can print a private key: the key a [`Plan`]'s writes carry is a
 //! secret type (its `Debug` is redacted, it has no `Display` or `Serialize`), and
 //! the renderers show only the [`KeyStatus`] and the
-//! [`crate::secret::KeySource`], which names a variable or a file. Names and values come from manifests and from authentik, so the text
-//! and Markdown renderers pass them through [`crate::output::escape`] (JSON
-//! escapes control characters itself).
+//! [`crate::secret::KeySource`], which names a variable or a file. Names and
+//! values come from manifests and from authentik, so the text and Markdown
+//! renderers pass them through [`crate::output::escape`] (JSON escapes control
+//! characters itself).
 
 mod json;
 mod markdown;
