@@ -75,7 +75,7 @@ pub type HostCheck<'a> = &'a (dyn Fn(&Url) -> Result<(), String> + Sync);
 /// The operator's provider allowlist as a [`HostCheck`]: the manifests passed
 /// the same check while loading; asking again per URL keeps the rule next to
 /// the request that would carry the key.
-pub fn allowed_by(hosts: &ProviderHosts) -> impl Fn(&Url) -> Result<(), String> + Sync + '_ {
+pub(crate) fn allowed_by(hosts: &ProviderHosts) -> impl Fn(&Url) -> Result<(), String> + Sync + '_ {
     move |url| hosts.check(url).map_err(|refused| refused.to_string())
 }
 

@@ -151,7 +151,7 @@ fn lock(memory: &Mutex<Memory>) -> MutexGuard<'_, Memory> {
 }
 
 impl KeyChecks {
-    pub fn new(prober: Prober, hosts: ProviderHosts, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(prober: Prober, hosts: ProviderHosts, metrics: Arc<Metrics>) -> Self {
         KeyChecks {
             prober,
             hosts: Arc::new(hosts),
