@@ -14,7 +14,18 @@
 //! {"version": 1, "stages": {"<uuid>": {"salt": "<32 hex>", "sha256": "<64 hex>"}}}
 //! ```
 //!
+//! The file also holds the [`Inventory`] (key `inventory`, left out while
+//! empty, so a file without it reads as an empty inventory): the stages
+//! stagesync manages, the only ones `--prune` may ever delete.
+//!
+//! ```json
+//! {"version": 1, "stages": {...},
+//!  "inventory": {"<uuid>": {"name": "rec-login", "managed_as": "created"}}}
+//! ```
+//!
 //! Traps:
+//! - Losing the file forgets the inventory too: nothing is pruned until the
+//!   manifests have matched (adopted) their stages again.
 //! - Losing the file is safe but noisy: every key becomes "unknown" and the next
 //!   apply rewrites every key once. A corrupt file is an error naming the path,
 //!   never silently reset (that would hide a real problem behind a full rewrite).
@@ -176,11 +187,83 @@ impl KeyState {
     }
 }
 
+/// How a stage came to be managed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedAs {
+    /// stagesync created it.
+    Created,
+    /// It existed and a manifest matched it (by name or pinned uuid).
+    Adopted,
+}
+
+/// A stage stagesync manages, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedStage {
+    /// Its name when last created, matched or written.
+    pub name: String,
+    pub managed_as: ManagedAs,
+}
+
+/// The stages stagesync manages, by uuid: created by it or matched by a
+/// manifest. Prune only ever considers these; a stage no manifest ever named
+/// (clicked together in the UI) is never in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Inventory {
+    stages: BTreeMap<Uuid, ManagedStage>,
+}
+
+impl Inventory {
+    /// Records `uuid` as managed under `name`. A stage once created stays
+    /// `Created` when it is matched later.
+    pub fn manage(&mut self, uuid: Uuid, name: &str, managed_as: ManagedAs) {
+        let managed_as = match self.stages.get(&uuid) {
+            Some(known) if known.managed_as == ManagedAs::Created => ManagedAs::Created,
+            _ => managed_as,
+        };
+        self.stages.insert(
+            uuid,
+            ManagedStage {
+                name: name.trim().to_owned(),
+                managed_as,
+            },
+        );
+    }
+
+    /// Drops `uuid` (deleted, or found gone).
+    pub fn forget(&mut self, uuid: Uuid) {
+        self.stages.remove(&uuid);
+    }
+
+    pub fn get(&self, uuid: Uuid) -> Option<&ManagedStage> {
+        self.stages.get(&uuid)
+    }
+
+    pub fn contains(&self, uuid: Uuid) -> bool {
+        self.stages.contains_key(&uuid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Uuid, &ManagedStage)> {
+        self.stages.iter().map(|(u, s)| (*u, s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct OnDisk {
     version: u32,
     #[serde(default)]
     stages: BTreeMap<Uuid, Fingerprint>,
+    #[serde(default, skip_serializing_if = "Inventory::is_empty")]
+    inventory: Inventory,
 }
 
 /// Just the version, read first so a newer format is reported as such and not
@@ -190,7 +273,7 @@ struct VersionOnly {
     version: u32,
 }
 
-fn parse(path: &Path, text: &str) -> Result<KeyState, StateError> {
+fn parse(path: &Path, text: &str) -> Result<(KeyState, Inventory), StateError> {
     let corrupt = |source| StateError::Corrupt {
         path: path.to_owned(),
         source,
@@ -203,15 +286,18 @@ fn parse(path: &Path, text: &str) -> Result<KeyState, StateError> {
         });
     }
     let on_disk: OnDisk = serde_json::from_str(text).map_err(corrupt)?;
-    Ok(KeyState {
-        stages: on_disk.stages,
-    })
+    Ok((
+        KeyState {
+            stages: on_disk.stages,
+        },
+        on_disk.inventory,
+    ))
 }
 
-fn load(path: &Path) -> Result<KeyState, StateError> {
+fn load(path: &Path) -> Result<(KeyState, Inventory), StateError> {
     match fs::read_to_string(path) {
         Ok(text) => parse(path, &text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(KeyState::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(io_error(path)(e)),
     }
 }
@@ -221,6 +307,7 @@ fn load(path: &Path) -> Result<KeyState, StateError> {
 pub struct StateFile {
     path: PathBuf,
     keys: KeyState,
+    inventory: Inventory,
     /// Held for the lock; the lock is released when the file is closed.
     _lock: File,
 }
@@ -248,16 +335,22 @@ impl StateFile {
             }
             Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
-        let keys = load(path)?;
+        let (keys, inventory) = load(path)?;
         Ok(StateFile {
             path: path.to_owned(),
             keys,
+            inventory,
             _lock: lock,
         })
     }
 
     /// Loads the file without locking (for `plan`); a missing file is an empty state.
     pub fn read_only(path: &Path) -> Result<KeyState, StateError> {
+        load(path).map(|(keys, _)| keys)
+    }
+
+    /// [`Self::read_only`] with the inventory (for `plan --prune`).
+    pub fn read_only_with_inventory(path: &Path) -> Result<(KeyState, Inventory), StateError> {
         load(path)
     }
 
@@ -273,12 +366,26 @@ impl StateFile {
         &mut self.keys
     }
 
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn inventory_mut(&mut self) -> &mut Inventory {
+        &mut self.inventory
+    }
+
+    /// Both halves at once, for an apply that records keys and the inventory.
+    pub fn keys_and_inventory_mut(&mut self) -> (&mut KeyState, &mut Inventory) {
+        (&mut self.keys, &mut self.inventory)
+    }
+
     /// Writes the state atomically: a 0600 temp file in the same directory,
     /// fsync, rename over the file, fsync of the directory.
     pub fn save(&self) -> Result<(), StateError> {
         let on_disk = OnDisk {
             version: STATE_FORMAT_VERSION,
             stages: self.keys.stages.clone(),
+            inventory: self.inventory.clone(),
         };
         let mut text = serde_json::to_string_pretty(&on_disk)
             .map_err(|e| io_error(&self.path)(io::Error::other(e)))?;
@@ -406,6 +513,40 @@ mod tests {
             assert_eq!(mode(&path), 0o600);
             assert_eq!(mode(path.parent().unwrap()), 0o700);
         }
+    }
+
+    #[test]
+    fn the_inventory_round_trips_and_an_old_file_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, r#"{"version": 1, "stages": {}}"#).unwrap();
+        let mut state = StateFile::open_for_write(&path).unwrap();
+        assert!(state.inventory().is_empty());
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        state
+            .inventory_mut()
+            .manage(a, " made ", ManagedAs::Created);
+        state.inventory_mut().manage(a, "made", ManagedAs::Adopted);
+        state.inventory_mut().manage(b, "found", ManagedAs::Adopted);
+        state.save().unwrap();
+        drop(state);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""managed_as": "created""#), "{text}");
+        let (_, inventory) = StateFile::read_only_with_inventory(&path).unwrap();
+        assert_eq!(inventory.len(), 2);
+        assert_eq!(
+            inventory.get(a),
+            Some(&ManagedStage {
+                name: "made".into(),
+                managed_as: ManagedAs::Created
+            })
+        );
+        assert_eq!(inventory.get(b).unwrap().managed_as, ManagedAs::Adopted);
+        // An empty inventory is not written at all.
+        let state = StateFile::open_for_write(&dir.path().join("other.json")).unwrap();
+        state.save().unwrap();
+        let text = fs::read_to_string(dir.path().join("other.json")).unwrap();
+        assert!(!text.contains("inventory"), "{text}");
     }
 
     #[test]
