@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged, Warning};
+use crate::plan::{Action, KeyStatus, Plan, PruneEntry, Summary, Unmanaged, Warning};
 use crate::stage::{FieldChange, StageFields};
 
 /// `format_version` of [`render_json`]'s output.
@@ -22,6 +22,10 @@ struct JsonPlan<'a> {
     unmanaged: &'a [Unmanaged],
     /// Security-relevant changes, each with its `message`.
     warnings: Vec<JsonWarning>,
+    /// Managed stages whose manifests are gone: `{uuid, name, decision}` with
+    /// `users` (blocked) or `reason` (held back). Left out when empty.
+    #[serde(skip_serializing_if = "<[PruneEntry]>::is_empty")]
+    prune: &'a [PruneEntry],
 }
 
 #[derive(Serialize)]
@@ -120,6 +124,7 @@ pub fn render_json(plan: &Plan) -> String {
                 warning,
             })
             .collect(),
+        prune: &plan.prune,
     };
     match serde_json::to_string_pretty(&doc) {
         Ok(mut s) => {

@@ -8,7 +8,9 @@
 
 use std::fmt::Write as _;
 
-use super::{body_lines, has_any, origin_short, summary_line, warning_lines};
+use super::{
+    body_lines, has_any, origin_short, prune_label, prune_lines, summary_line, warning_lines,
+};
 use crate::output::escape;
 use crate::plan::{Action, Plan};
 
@@ -80,6 +82,17 @@ pub fn render_markdown(plan: &Plan) -> String {
     ] {
         let _ = writeln!(out, "| {label} | {n} |");
     }
+    // Prune rows only when there is something to prune.
+    for (label, n) in [
+        ("Delete", summary.delete),
+        ("Blocked", summary.blocked),
+        ("Held back", summary.held_back),
+        ("Not pruned", summary.not_pruned),
+    ] {
+        if n > 0 {
+            let _ = writeln!(out, "| {label} | {n} |");
+        }
+    }
     out.push('\n');
 
     if has_any(plan, |a| matches!(a, Action::Error { .. })) {
@@ -124,6 +137,20 @@ pub fn render_markdown(plan: &Plan) -> String {
             "diff",
             &body_lines(&stage.action, &stage.key_source, &plan.known_fields),
         ));
+        out.push('\n');
+    }
+
+    for entry in &plan.prune {
+        let _ = writeln!(
+            out,
+            "#### {} {} ({})\n",
+            prune_label(entry),
+            code(&entry.name),
+            code(&entry.uuid.to_string())
+        );
+        for line in prune_lines(entry) {
+            let _ = writeln!(out, "- {}", text(&line));
+        }
         out.push('\n');
     }
 
