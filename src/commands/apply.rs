@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, ApplyReport, WriteResult};
+use crate::apply::{self, ApplyReport, DeleteResult, WriteResult};
 use crate::cli::{ApplyConfig, Format};
 use crate::commands::{connect, load_desired, plan::render};
 use crate::exit::{self, CommandError, Outcome};
@@ -20,10 +20,24 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
     // the one this apply will act on.
     let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    // The one-shot commands only get here with every manifest valid.
+    let planned = reconcile::add_prune(
+        &client,
+        planned,
+        state.inventory(),
+        cfg.reconcile.prune,
+        true,
+    )
+    .await?;
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
 
-    let plan_errors = planned.plan.summary().error;
+    // A blocked or held-back prune is not converged: it fails, like an error.
+    let plan_errors = planned.plan.summary().error + usize::from(planned.plan.prune_refused());
     if !planned.plan.has_changes() {
+        // Nothing to write, but matched stages are adopted into the inventory.
+        if reconcile::record_inventory(state.inventory_mut(), &planned, None) {
+            state.save()?;
+        }
         return Ok(if plan_errors > 0 {
             Outcome::Failed
         } else {
@@ -59,6 +73,7 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
         |_| false,
     )
     .await;
+    reconcile::record_inventory(state.inventory_mut(), &planned, Some(&report));
     state.save()?;
 
     let text = render_report(&report);
@@ -125,11 +140,45 @@ pub fn render_report(report: &ApplyReport) -> String {
             )),
         }
     }
-    let failed = report.failed().count();
-    let skipped = report.skipped();
-    out.push_str(&format!(
-        "Apply: {created} created, {updated} updated, {failed} failed"
-    ));
+    let mut deleted = 0;
+    let mut failed = report.failed().count();
+    let mut skipped = report.skipped();
+    for delete in &report.deletes {
+        let name = escape(&delete.name);
+        let uuid = delete.uuid;
+        match &delete.result {
+            DeleteResult::Deleted => {
+                deleted += 1;
+                out.push_str(&format!("deleted {name} ({uuid})\n"));
+            }
+            DeleteResult::AlreadyGone => {
+                out.push_str(&format!("already gone: {name} ({uuid})\n"));
+            }
+            DeleteResult::InUse(users) => {
+                failed += 1;
+                out.push_str(&format!(
+                    "not deleted {name} ({uuid}): in use now: {}\n",
+                    escape(&users.join(", "))
+                ));
+            }
+            DeleteResult::Failed(err) => {
+                failed += 1;
+                out.push_str(&format!(
+                    "failed to delete {name} ({uuid}): {}\n",
+                    escape(&err.to_string())
+                ));
+            }
+            DeleteResult::Skipped(why) => {
+                skipped += 1;
+                out.push_str(&format!("not started: delete {name}: {why}\n"));
+            }
+        }
+    }
+    out.push_str(&format!("Apply: {created} created, {updated} updated, "));
+    if !report.deletes.is_empty() {
+        out.push_str(&format!("{deleted} deleted, "));
+    }
+    out.push_str(&format!("{failed} failed"));
     if skipped > 0 {
         out.push_str(&format!(", {skipped} not started"));
     }

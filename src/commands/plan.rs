@@ -12,9 +12,11 @@ use crate::state::StateFile;
 
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
-    let keys = StateFile::read_only(&cfg.reconcile.state_file)?;
+    let (keys, inventory) = StateFile::read_only_with_inventory(&cfg.reconcile.state_file)?;
     let client = connect(&cfg.reconcile.client)?;
-    let mut plan = reconcile::fetch_and_plan(&client, desired, &keys)
+    let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;
+    // The one-shot commands only get here with every manifest valid.
+    let mut plan = reconcile::add_prune(&client, planned, &inventory, cfg.reconcile.prune, true)
         .await?
         .plan;
     if cfg.ignore_unknown_keys {
@@ -33,9 +35,10 @@ pub fn render(plan: &Plan, format: Format, color: bool) -> String {
     }
 }
 
-/// Failed when a stage cannot be planned, else whether changes are pending.
+/// Failed when a stage cannot be planned or a prune is refused (blocked, held
+/// back), else whether changes are pending.
 pub fn outcome(plan: &Plan) -> Outcome {
-    if plan.summary().error > 0 {
+    if plan.summary().error > 0 || plan.prune_refused() {
         Outcome::Failed
     } else if plan.has_changes() {
         Outcome::ChangesPending

@@ -39,19 +39,23 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         url = client.base_url(),
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
+        prune = cfg.reconcile.prune.enabled,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
     );
 
-    let reconciler = Arc::new(Mutex::new(Reconciler::new(
-        cfg.reconcile.dir.clone(),
-        Arc::new(cfg.reconcile.policy.clone()),
-        client,
-        keys,
-        cfg.concurrency,
-        metrics.clone(),
-        health.clone(),
-    )));
+    let reconciler = Arc::new(Mutex::new(
+        Reconciler::new(
+            cfg.reconcile.dir.clone(),
+            Arc::new(cfg.reconcile.policy.clone()),
+            client,
+            keys,
+            cfg.concurrency,
+            metrics.clone(),
+            health.clone(),
+        )
+        .with_prune(cfg.reconcile.prune, cfg.debounce),
+    ));
     let settings = Settings {
         dir: cfg.reconcile.dir,
         interval: cfg.interval,

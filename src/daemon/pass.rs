@@ -35,6 +35,10 @@
 //!
 //! Logs: one INFO line per change made, WARN/ERROR per new failure, each naming
 //! the stage and its file; a pass that changes nothing logs at DEBUG.
+//!
+//! Prune (`--prune`, see [`crate::daemon::prune`]): deletes run after the
+//! pass's writes, only when this pass read a complete, valid manifest set, and
+//! only for stages whose manifest two passes a debounce apart found gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,15 +53,17 @@ use crate::daemon::PassContext;
 use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
+use crate::daemon::prune::{self, PruneMemory};
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::output::escape;
 use crate::plan::Action;
+use crate::plan::{PruneDecision, PruneSettings};
 use crate::policy::Policy;
 use crate::reconcile;
 use crate::secret::KeySource;
 use crate::stage::DesiredStage;
-use crate::state::{KeyState, StateFile};
+use crate::state::{Inventory, KeyState, StateFile};
 
 /// The longest wait before reading live state again after a failure. Lower
 /// than the per-stage cap (5 min): a failed read is one cheap GET, and after an
@@ -433,6 +439,7 @@ pub struct Reconciler {
     last_secret_files: Vec<PathBuf>,
     /// The diagnostics last logged per file, to log a broken file once.
     logged_diagnostics: BTreeMap<PathBuf, Vec<String>>,
+    prune: PruneMemory,
 }
 
 impl Reconciler {
@@ -459,7 +466,14 @@ impl Reconciler {
             backoff: Backoff::new(),
             failures: FailureLog::new(),
             logged_diagnostics: BTreeMap::new(),
+            prune: PruneMemory::new(PruneSettings::default(), Duration::ZERO),
         }
+    }
+
+    /// Prunes with `settings`; a delete needs two passes `debounce` apart.
+    pub fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
+        self.prune = PruneMemory::new(settings, debounce);
+        self
     }
 
     /// One reconcile: read the manifests, fetch live state, plan, apply.
@@ -508,16 +522,24 @@ impl Reconciler {
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
+        // Prune only from a complete, valid manifest set read by this pass.
+        let manifests_complete = source_available && manifest_errors == 0;
         let read_only_keys;
+        let inventory: Inventory;
         let keys = match &self.keys {
-            Keys::Writable(state) => state.keys(),
-            Keys::ReadOnly(path) => match StateFile::read_only(path) {
-                Ok(keys) => {
+            Keys::Writable(state) => {
+                inventory = state.inventory().clone();
+                state.keys()
+            }
+            Keys::ReadOnly(path) => match StateFile::read_only_with_inventory(path) {
+                Ok((keys, read)) => {
                     read_only_keys = keys;
+                    inventory = read;
                     &read_only_keys
                 }
                 Err(err) => {
                     read_only_keys = KeyState::default();
+                    inventory = Inventory::default();
                     warn!(error = %err, "cannot read the state file; key status shows as unknown");
                     &read_only_keys
                 }
@@ -533,7 +555,20 @@ impl Reconciler {
                 return PassOutcome::done();
             }
         };
-        let planned = match fetched {
+        let fetched = match fetched {
+            Ok(planned) => {
+                reconcile::add_prune(
+                    &self.client,
+                    planned,
+                    &inventory,
+                    self.prune.settings,
+                    manifests_complete,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        let mut planned = match fetched {
             Ok(planned) => planned,
             Err(err) => {
                 let reading = Reading::Failed(err.to_string());
@@ -554,11 +589,39 @@ impl Reconciler {
             .collect();
         let dry_run = matches!(self.keys, Keys::ReadOnly(_));
         let decision = decide(stages, &self.backoff, Instant::now(), dry_run);
+        let confirm_prune_in = if dry_run {
+            for entry in &mut planned.plan.prune {
+                if entry.decision == PruneDecision::Delete {
+                    entry.decision = PruneDecision::HeldBack {
+                        reason: "dry run: would be deleted".into(),
+                    };
+                }
+            }
+            None
+        } else {
+            self.prune.confirm(&mut planned.plan, Instant::now())
+        };
+        self.prune.log_decisions(&planned.plan);
+        let blocked = planned
+            .plan
+            .prune
+            .iter()
+            .filter(|e| matches!(e.decision, PruneDecision::Blocked { .. }))
+            .count();
+        let mut pruned = 0;
 
         let mut writes = BTreeMap::new();
         let to_write = decision.writes();
         if let Keys::Writable(state) = &mut self.keys
-            && !to_write.is_empty()
+            && to_write.is_empty()
+            && planned.plan.deletes().next().is_none()
+            && reconcile::record_inventory(state.inventory_mut(), &planned, None)
+            && let Err(err) = state.save()
+        {
+            error!(error = %err, "cannot save the state file's inventory");
+        }
+        if let Keys::Writable(state) = &mut self.keys
+            && (!to_write.is_empty() || planned.plan.deletes().next().is_some())
         {
             let report = apply::apply(
                 &self.client,
@@ -569,6 +632,13 @@ impl Reconciler {
                 |name| !to_write.contains(name),
             )
             .await;
+            prune::log_deletes(&report.deletes);
+            pruned = report
+                .deletes
+                .iter()
+                .filter(|d| matches!(d.result, apply::DeleteResult::Deleted))
+                .count();
+            reconcile::record_inventory(state.inventory_mut(), &planned, Some(&report));
             let actions: BTreeMap<&str, &Action> = planned
                 .plan
                 .stages
@@ -597,8 +667,17 @@ impl Reconciler {
                 error!(error = %err, "cannot save the state file; key status may show as unknown next time");
             }
         }
-        let report = summarize(decision, writes, source_available, manifest_errors);
-        self.record(&report, started)
+        let mut report = summarize(decision, writes, source_available, manifest_errors);
+        if let Some(counts) = &mut report.counts {
+            counts.pruned = pruned;
+            counts.blocked = blocked;
+        }
+        let outcome = self.record(&report, started);
+        match (outcome.retry_in, confirm_prune_in) {
+            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
+            (None, Some(b)) => PassOutcome::retry_in(b),
+            _ => outcome,
+        }
     }
 
     /// Records `report` in metrics, health, backoff and the failure log, logs
@@ -978,7 +1057,8 @@ mod tests {
             Some(StageCounts {
                 in_sync: 2,
                 drifted: 3,
-                failed: 2
+                failed: 2,
+                ..StageCounts::default()
             })
         );
         assert_eq!(

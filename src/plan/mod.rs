@@ -316,10 +316,15 @@ impl Plan {
     /// Adds the prune decisions ([`prune::decide`]); their stages leave
     /// [`Plan::unmanaged`] (they are managed, only their manifests are gone).
     pub fn with_prune(mut self, entries: Vec<PruneEntry>) -> Plan {
+        self.set_prune(entries);
+        self
+    }
+
+    /// [`Self::with_prune`] in place.
+    pub fn set_prune(&mut self, entries: Vec<PruneEntry>) {
         let pruned: BTreeSet<Uuid> = entries.iter().map(|e| e.uuid).collect();
         self.unmanaged.retain(|u| !pruned.contains(&u.uuid));
         self.prune = entries;
-        self
     }
 
     pub fn has_errors(&self) -> bool {
