@@ -31,7 +31,8 @@
 //! - `used_by` is asked again right before each delete (the plan may be
 //!   minutes old, the operator may have bound the stage since): anything in it
 //!   and the stage is not deleted ([`DeleteResult::InUse`]);
-//! - a stage already gone (404) is [`DeleteResult::AlreadyGone`], not a failure.
+//! - a stage already gone (404) is [`DeleteResult::AlreadyGone`], not a failure;
+//!   either way its key fingerprint is forgotten.
 //!
 //! Adding an action kind: one more arm in [`Operation`] and in `send`; the
 //! ordering, the skipping and the outcomes above stay as they are.
@@ -392,6 +393,14 @@ pub async fn apply(
         .iter()
         .all(|o| matches!(o.result, WriteResult::Written(_)));
     let deletes = delete_pruned(client, plan, writes_made, cancel).await;
+    for delete in &deletes {
+        if matches!(
+            delete.result,
+            DeleteResult::Deleted | DeleteResult::AlreadyGone
+        ) {
+            keys.forget(delete.uuid);
+        }
+    }
     ApplyReport { outcomes, deletes }
 }
 
