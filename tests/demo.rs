@@ -63,8 +63,9 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     assert!(
         stdout.contains("! blocked old-login-captcha")
             && stdout.contains("bound to flow `default-authentication-flow`")
-            && stdout
-                .contains("captcha of identification stage `default-authentication-identification`"),
+            && stdout.contains(
+                "captcha of identification stage `default-authentication-identification`"
+            ),
         "{stdout}"
     );
     assert!(

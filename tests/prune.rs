@@ -316,6 +316,16 @@ async fn an_invalid_manifest_an_empty_or_missing_directory_and_a_failed_list_pre
     assert_ne!(code, 0, "{err}");
     sim.clear_faults();
 
+    // A failed used_by: an error, never taken as "nothing uses it".
+    sim.inject(Fault::status(403).times(100).on(
+        "GET",
+        &format!("/api/v3/stages/captcha/{}/used_by/", uuid_of(&sim, "old")),
+    ));
+    let (code, _, err) = stagesync(&ws, &sim, &["apply", "--prune", "--yes", "stages"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("HTTP 403"), "{err}");
+    sim.clear_faults();
+
     assert_eq!(deletes(&sim), 0);
     assert_eq!(live_names(&sim), ["keep", "old"]);
     // With everything in order again, the prune goes ahead.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::apply::{DeleteOutcome, DeleteResult};
@@ -113,7 +113,7 @@ pub fn log_deletes(deletes: &[DeleteOutcome]) {
                 warn!(stage = %stage, %uuid, error = %escape(&err.to_string()), "delete failed");
             }
             DeleteResult::Skipped(why) => {
-                info!(stage = %stage, %uuid, why = %why, "delete not started")
+                debug!(stage = %stage, %uuid, why = %why, "delete not started")
             }
         }
     }
