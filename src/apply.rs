@@ -30,9 +30,20 @@
 //!   caller's `on_outcome` at once (progress, log lines); the caller saves
 //!   once more at the end.
 //!
-//! Adding an action kind (a delete, say; see [`crate::plan`]): one more arm in
-//! [`Operation`] and in `send`; the ordering, the skipping and the outcomes
-//! above stay as they are.
+//!
+//! Deletes (prune, [`Plan::prune`]) run after every create and update, one at
+//! a time, each in [`ApplyReport::deletes`]:
+//! - none runs if any write of this apply was not made (failed, held back,
+//!   skipped): a manifest renamed without a pin is a create plus a delete, and
+//!   deleting the old stage when the new one failed would leave neither;
+//! - `used_by` is asked again right before each delete (the plan may be
+//!   minutes old, the operator may have bound the stage since): anything in it
+//!   and the stage is not deleted ([`DeleteResult::InUse`]);
+//! - a stage already gone (404) is [`DeleteResult::AlreadyGone`], not a failure;
+//!   either way its key fingerprint is forgotten.
+//!
+//! Adding an action kind: one more arm in [`Operation`] and in `send`; the
+//! ordering, the skipping and the outcomes above stay as they are.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client, StageWrite};
-use crate::plan::{EntryId, Plan, StagePlan, Target, Write};
+use crate::plan::{EntryId, Plan, StagePlan, Target, Write, prune};
 use crate::stage::{LiveStage, Origin};
 use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
@@ -164,10 +175,49 @@ impl fmt::Display for SkipReason {
     }
 }
 
-/// Every write of one apply, in plan order.
+/// The result of one prune delete.
+#[derive(Debug)]
+pub struct DeleteOutcome {
+    pub uuid: uuid::Uuid,
+    pub name: String,
+    pub result: DeleteResult,
+}
+
+#[derive(Debug)]
+pub enum DeleteResult {
+    Deleted,
+    /// 404: someone else deleted it; nothing to do.
+    AlreadyGone,
+    /// `used_by` right before the delete listed users: not deleted.
+    InUse(Vec<String>),
+    Failed(ApiError),
+    /// Not sent: interrupted, or a write of this apply was not made.
+    Skipped(DeleteSkip),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteSkip {
+    Cancelled,
+    /// A create or update of the same apply was not made.
+    WritesIncomplete,
+}
+
+impl fmt::Display for DeleteSkip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeleteSkip::Cancelled => "interrupted",
+            DeleteSkip::WritesIncomplete => {
+                "a create or update of this run was not made; deletes wait for a run where every write succeeds"
+            }
+        })
+    }
+}
+
+/// Every write of one apply, in plan order, then every delete.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub outcomes: Vec<WriteOutcome>,
+    pub deletes: Vec<DeleteOutcome>,
 }
 
 impl ApplyReport {
@@ -186,11 +236,15 @@ impl ApplyReport {
             .count()
     }
 
-    /// True when every planned write succeeded.
+    /// True when every planned write and delete succeeded.
     pub fn converged(&self) -> bool {
         self.outcomes
             .iter()
             .all(|o| matches!(o.result, WriteResult::Written(_)))
+            && self
+                .deletes
+                .iter()
+                .all(|d| matches!(d.result, DeleteResult::Deleted | DeleteResult::AlreadyGone))
     }
 }
 
@@ -530,8 +584,8 @@ pub async fn apply(
         }
     }
 
-    let outcomes = run
-        .writes
+    let Run { writes, state, .. } = run;
+    let outcomes = writes
         .into_iter()
         .map(|w| {
             // Every write is decided by now (cancelled, skipped or sent).
@@ -543,8 +597,59 @@ pub async fn apply(
                 result: WriteResult::Skipped(SkipReason::Cancelled),
             })
         })
-        .collect();
-    ApplyReport { outcomes }
+        .collect::<Vec<_>>();
+    let writes_made = outcomes
+        .iter()
+        .all(|o| matches!(o.result, WriteResult::Written(_)));
+    let deletes = delete_pruned(client, plan, writes_made, &stop.cancel).await;
+    for delete in &deletes {
+        if matches!(
+            delete.result,
+            DeleteResult::Deleted | DeleteResult::AlreadyGone
+        ) {
+            state.keys_mut().forget(delete.uuid);
+        }
+    }
+    ApplyReport { outcomes, deletes }
+}
+
+/// The plan's deletes, one at a time, each after asking `used_by` again.
+async fn delete_pruned(
+    client: &Client,
+    plan: &Plan,
+    writes_made: bool,
+    cancel: &CancellationToken,
+) -> Vec<DeleteOutcome> {
+    let mut out = Vec::new();
+    for entry in plan.deletes() {
+        let result = if !writes_made {
+            DeleteResult::Skipped(DeleteSkip::WritesIncomplete)
+        } else if cancel.is_cancelled() {
+            DeleteResult::Skipped(DeleteSkip::Cancelled)
+        } else {
+            delete_one(client, entry.uuid).await
+        };
+        out.push(DeleteOutcome {
+            uuid: entry.uuid,
+            name: entry.name.clone(),
+            result,
+        });
+    }
+    out
+}
+
+async fn delete_one(client: &Client, uuid: uuid::Uuid) -> DeleteResult {
+    match client.used_by(uuid).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => return DeleteResult::InUse(prune::describe_users(&users)),
+        Err(ApiError::StageNotFound { .. }) => return DeleteResult::AlreadyGone,
+        Err(e) => return DeleteResult::Failed(e),
+    }
+    match client.delete_stage(uuid).await {
+        Ok(()) => DeleteResult::Deleted,
+        Err(ApiError::StageNotFound { .. }) => DeleteResult::AlreadyGone,
+        Err(e) => DeleteResult::Failed(e),
+    }
 }
 
 /// The one request of a write.

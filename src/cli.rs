@@ -21,6 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::authentik::ClientSettings;
+use crate::plan::PruneSettings;
 use crate::policy::{Policy, PolicyError, ProviderHosts, SecretsPolicy};
 use crate::secret::{SecretString, Token};
 
@@ -227,6 +228,21 @@ struct ReconcileArgs {
     connection: ConnectionArgs,
     #[command(flatten)]
     state: StateArgs,
+    #[command(flatten)]
+    prune: PruneArgs,
+}
+
+/// `--prune` and its guard, for plan, apply and run.
+#[derive(Debug, Args)]
+struct PruneArgs {
+    /// Delete managed stages (created or matched by stagesync) whose manifest
+    /// is gone, unless anything uses them (authentik's used_by).
+    #[arg(long)]
+    prune: bool,
+    /// With --prune: delete at most N stages per run (default: 25% of the
+    /// managed stages, at least 1). Beyond it nothing is deleted.
+    #[arg(long, value_name = "N", requires = "prune")]
+    max_deletes: Option<usize>,
 }
 
 /// How to reach authentik. The token is read from AUTHENTIK_TOKEN or a file,
@@ -451,6 +467,8 @@ pub struct ReconcileConfig {
     pub policy: Policy,
     pub client: ClientSettings,
     pub state_file: PathBuf,
+    /// `--prune`, `--max-deletes`.
+    pub prune: PruneSettings,
 }
 
 #[derive(Debug)]
@@ -646,6 +664,10 @@ impl ReconcileArgs {
             policy: self.manifests.policy.resolve()?,
             client: self.connection.resolve()?,
             state_file: self.state.resolve(env)?,
+            prune: PruneSettings {
+                enabled: self.prune.prune,
+                max_deletes: self.prune.max_deletes,
+            },
         })
     }
 }

@@ -7,15 +7,18 @@
 //! would-be creates, either one name look-up each or one call per 100 stages of
 //! every type, whichever is fewer ([`crate::authentik::name_check`]: a name may
 //! be held by a stage of another type, which the captcha list cannot show).
-//! Never one GET per stage.
+//! Never one GET per stage. With `--prune`, one `used_by` per prune candidate
+//! ([`add_prune`]), and only then.
 
 use std::collections::BTreeMap;
 
+use crate::apply::{ApplyReport, DeleteResult, Operation, WriteResult};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
-use crate::plan::{self, Plan, PlanInputs};
+use crate::plan::prune::{self, PruneInputs};
+use crate::plan::{self, Action, Plan, PlanInputs, PruneSettings};
 use crate::stage::{DesiredStage, LiveStage};
-use crate::state::KeyState;
+use crate::state::{Inventory, KeyState, ManagedAs};
 
 /// A plan together with what it was made from, ready to show or to apply.
 pub struct Planned {
@@ -89,4 +92,90 @@ pub async fn fetch_and_plan(
         live,
         capabilities,
     })
+}
+
+/// Adds the prune decisions to `planned` ([`prune::decide`]). `used_by` is
+/// asked for each candidate only when prune may delete at all (`--prune`, a
+/// complete and valid manifest set that declares something); the live list is
+/// complete here, or fetching it would have failed. A candidate that vanished
+/// meanwhile is left out (it is gone).
+pub async fn add_prune(
+    client: &Client,
+    mut planned: Planned,
+    inventory: &Inventory,
+    settings: PruneSettings,
+    manifests_complete: bool,
+) -> Result<Planned, ApiError> {
+    let mut used_by = BTreeMap::new();
+    let mut vanished = Vec::new();
+    if settings.enabled && manifests_complete && !planned.desired.is_empty() {
+        let candidates: Vec<uuid::Uuid> =
+            prune::candidates(inventory, &planned.live, &planned.desired, &planned.plan)
+                .into_iter()
+                .map(|l| l.uuid)
+                .collect();
+        for uuid in candidates {
+            match client.used_by(uuid).await {
+                Ok(users) => {
+                    used_by.insert(uuid, users);
+                }
+                Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    planned.live.retain(|l| !vanished.contains(&l.uuid));
+    let entries = prune::decide(&PruneInputs {
+        inventory,
+        live: &planned.live,
+        desired: &planned.desired,
+        plan: &planned.plan,
+        used_by: &used_by,
+        manifests_complete,
+        live_complete: true,
+        settings,
+    });
+    planned.plan.set_prune(entries);
+    Ok(planned)
+}
+
+/// Brings the inventory up to date after a pass or an apply: managed stages no
+/// longer live are dropped, every stage a manifest matched is adopted, every
+/// stage written is recorded (created ones as such), every deleted (or found
+/// gone) stage is dropped. Returns whether anything changed.
+pub fn record_inventory(
+    inventory: &mut Inventory,
+    plan: &Plan,
+    live: &[LiveStage],
+    report: Option<&ApplyReport>,
+) -> bool {
+    let before = inventory.clone();
+    for uuid in prune::gone(inventory, live) {
+        inventory.forget(uuid);
+    }
+    for entry in &plan.stages {
+        if let Action::InSync { uuid } | Action::Update { uuid, .. } = entry.action {
+            inventory.manage(uuid, &entry.name, ManagedAs::Adopted);
+        }
+    }
+    if let Some(report) = report {
+        for outcome in &report.outcomes {
+            if let WriteResult::Written(live) = &outcome.result {
+                let how = match outcome.operation {
+                    Operation::Create => ManagedAs::Created,
+                    Operation::Update => ManagedAs::Adopted,
+                };
+                inventory.manage(live.uuid, &live.fields.name, how);
+            }
+        }
+        for delete in &report.deletes {
+            if matches!(
+                delete.result,
+                DeleteResult::Deleted | DeleteResult::AlreadyGone
+            ) {
+                inventory.forget(delete.uuid);
+            }
+        }
+    }
+    *inventory != before
 }

@@ -251,6 +251,26 @@ pub struct DesiredStage {
     pub private_key: PrivateKey,
 }
 
+/// One thing that uses a stage, as authentik's `used_by` lists it: a flow
+/// (`model_name` `flow`, action `cascade_many`), a flow-stage binding
+/// (`flowstagebinding`, `cascade`), an identification stage embedding the
+/// captcha (`identificationstage`, `set_null`), or anything else.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+pub struct UsedBy {
+    #[serde(default)]
+    pub app: String,
+    #[serde(default)]
+    pub model_name: String,
+    /// Not always a uuid (authentik's primary keys vary by model).
+    #[serde(default)]
+    pub pk: String,
+    #[serde(default)]
+    pub name: String,
+    /// What a delete does to it: `cascade`, `cascade_many`, `set_null`, ...
+    #[serde(default)]
+    pub action: String,
+}
+
 /// A captcha stage as authentik reports it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiveStage {

@@ -39,9 +39,19 @@
 //! }}
 //! ```
 //!
+//! The file also holds the [`Inventory`] (key `inventory`, left out while
+//! empty, so a file without it reads as an empty inventory): the stages
+//! stagesync manages, the only ones `--prune` may ever delete.
+//!
+//! ```json
+//! {"version": 2, "stages": {...},
+//!  "inventory": {"<uuid>": {"name": "rec-login", "managed_as": "created"}}}
+//! ```
 //!
 //! # Traps
 //!
+//! - Losing the file forgets the inventory too: nothing is pruned until the
+//!   manifests have matched (adopted) their stages again.
 //! - Losing the file is safe but noisy: every key becomes "unknown" and the next
 //!   apply rewrites every key once. A corrupt file is an error naming the path,
 //!   never silently reset (that would hide a real problem behind a full rewrite).
@@ -329,6 +339,76 @@ impl KeyState {
     }
 }
 
+/// How a stage came to be managed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedAs {
+    /// stagesync created it.
+    Created,
+    /// It existed and a manifest matched it (by name or pinned uuid).
+    Adopted,
+}
+
+/// A stage stagesync manages, as last seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedStage {
+    /// Its name when last created, matched or written.
+    pub name: String,
+    pub managed_as: ManagedAs,
+}
+
+/// The stages stagesync manages, by uuid: created by it or matched by a
+/// manifest. Prune only ever considers these; a stage no manifest ever named
+/// (clicked together in the UI) is never in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Inventory {
+    stages: BTreeMap<Uuid, ManagedStage>,
+}
+
+impl Inventory {
+    /// Records `uuid` as managed under `name`. A stage once created stays
+    /// `Created` when it is matched later.
+    pub fn manage(&mut self, uuid: Uuid, name: &str, managed_as: ManagedAs) {
+        let managed_as = match self.stages.get(&uuid) {
+            Some(known) if known.managed_as == ManagedAs::Created => ManagedAs::Created,
+            _ => managed_as,
+        };
+        self.stages.insert(
+            uuid,
+            ManagedStage {
+                name: name.trim().to_owned(),
+                managed_as,
+            },
+        );
+    }
+
+    /// Drops `uuid` (deleted, or found gone).
+    pub fn forget(&mut self, uuid: Uuid) {
+        self.stages.remove(&uuid);
+    }
+
+    pub fn get(&self, uuid: Uuid) -> Option<&ManagedStage> {
+        self.stages.get(&uuid)
+    }
+
+    pub fn contains(&self, uuid: Uuid) -> bool {
+        self.stages.contains_key(&uuid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Uuid, &ManagedStage)> {
+        self.stages.iter().map(|(u, s)| (*u, s))
+    }
+
+    pub fn len(&self) -> usize {
+        self.stages.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+}
+
 /// Where [`crate::apply::apply`] keeps the keys: the [`StateFile`] (saved
 /// durably, write-ahead) or a [`KeyState`] in memory alone (tests, whose
 /// saves do nothing).
@@ -379,10 +459,12 @@ struct OnDisk {
     version: u32,
     #[serde(default)]
     stages: BTreeMap<Uuid, Value>,
+    #[serde(default, skip_serializing_if = "Inventory::is_empty")]
+    inventory: Inventory,
 }
 
 impl OnDisk {
-    fn of(keys: &KeyState) -> OnDisk {
+    fn of(keys: &KeyState, inventory: &Inventory) -> OnDisk {
         OnDisk {
             version: STATE_FORMAT_VERSION,
             stages: keys
@@ -390,17 +472,19 @@ impl OnDisk {
                 .iter()
                 .map(|(uuid, entry)| (*uuid, entry.to_value()))
                 .collect(),
+            inventory: inventory.clone(),
         }
     }
 
-    fn into_keys(self) -> KeyState {
-        KeyState {
+    fn into_parts(self) -> (KeyState, Inventory) {
+        let keys = KeyState {
             stages: self
                 .stages
                 .into_iter()
                 .map(|(uuid, raw)| (uuid, Entry::from_value(raw)))
                 .collect(),
-        }
+        };
+        (keys, self.inventory)
     }
 }
 
@@ -411,7 +495,7 @@ struct VersionOnly {
     version: u32,
 }
 
-fn parse(path: &Path, text: &str) -> Result<KeyState, StateError> {
+fn parse(path: &Path, text: &str) -> Result<(KeyState, Inventory), StateError> {
     let corrupt = |source| StateError::Corrupt {
         path: path.to_owned(),
         source,
@@ -424,13 +508,13 @@ fn parse(path: &Path, text: &str) -> Result<KeyState, StateError> {
         });
     }
     let on_disk: OnDisk = serde_json::from_str(text).map_err(corrupt)?;
-    Ok(on_disk.into_keys())
+    Ok(on_disk.into_parts())
 }
 
-fn load(path: &Path) -> Result<KeyState, StateError> {
+fn load(path: &Path) -> Result<(KeyState, Inventory), StateError> {
     match fs::read_to_string(path) {
         Ok(text) => parse(path, &text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(KeyState::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(io_error(path)(e)),
     }
 }
@@ -443,7 +527,8 @@ pub struct StateFile {
     /// Symlinks followed: where the file really is, and what is locked and replaced.
     resolved: PathBuf,
     keys: KeyState,
-    /// Whether `keys` may differ from the file.
+    inventory: Inventory,
+    /// Whether `keys` or `inventory` may differ from the file.
     dirty: bool,
     last_saved: Option<Instant>,
     /// Held for the lock; the lock is released when the file is closed.
@@ -480,11 +565,12 @@ impl StateFile {
                 "removed the temporary files of an interrupted save of the state file"
             );
         }
-        let keys = load(&resolved).map_err(|e| rename_path(e, path))?;
+        let (keys, inventory) = load(&resolved).map_err(|e| rename_path(e, path))?;
         Ok(StateFile {
             path: path.to_owned(),
             resolved,
             keys,
+            inventory,
             dirty: false,
             last_saved: None,
             _lock: lock,
@@ -493,6 +579,11 @@ impl StateFile {
 
     /// Loads the file without locking (for `plan`); a missing file is an empty state.
     pub fn read_only(path: &Path) -> Result<KeyState, StateError> {
+        load(path).map(|(keys, _)| keys)
+    }
+
+    /// [`Self::read_only`] with the inventory (for `plan --prune`).
+    pub fn read_only_with_inventory(path: &Path) -> Result<(KeyState, Inventory), StateError> {
         load(path)
     }
 
@@ -508,6 +599,22 @@ impl StateFile {
     pub fn keys_mut(&mut self) -> &mut KeyState {
         self.dirty = true;
         &mut self.keys
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    /// The inventory, to change it; the next [`StateFile::save_if_due`] saves.
+    pub fn inventory_mut(&mut self) -> &mut Inventory {
+        self.dirty = true;
+        &mut self.inventory
+    }
+
+    /// Both halves at once, for an apply that records keys and the inventory.
+    pub fn keys_and_inventory_mut(&mut self) -> (&mut KeyState, &mut Inventory) {
+        self.dirty = true;
+        (&mut self.keys, &mut self.inventory)
     }
 
     /// Saves now if anything changed since the last save (always, the first
@@ -535,7 +642,7 @@ impl StateFile {
     /// Writes the state atomically: a 0600 temp file beside the resolved file,
     /// fsync, rename over it, fsync of the directory.
     fn write_file(&mut self) -> Result<(), StateError> {
-        let mut text = serde_json::to_string_pretty(&OnDisk::of(&self.keys))
+        let mut text = serde_json::to_string_pretty(&OnDisk::of(&self.keys, &self.inventory))
             .map_err(|e| io_error(&self.path)(io::Error::other(e)))?;
         text.push('\n');
 
@@ -750,6 +857,40 @@ mod tests {
     }
 
     #[test]
+    fn the_inventory_round_trips_and_an_old_file_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, r#"{"version": 1, "stages": {}}"#).unwrap();
+        let mut state = StateFile::open_for_write(&path).unwrap();
+        assert!(state.inventory().is_empty());
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        state
+            .inventory_mut()
+            .manage(a, " made ", ManagedAs::Created);
+        state.inventory_mut().manage(a, "made", ManagedAs::Adopted);
+        state.inventory_mut().manage(b, "found", ManagedAs::Adopted);
+        state.save().unwrap();
+        drop(state);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""managed_as": "created""#), "{text}");
+        let (_, inventory) = StateFile::read_only_with_inventory(&path).unwrap();
+        assert_eq!(inventory.len(), 2);
+        assert_eq!(
+            inventory.get(a),
+            Some(&ManagedStage {
+                name: "made".into(),
+                managed_as: ManagedAs::Created
+            })
+        );
+        assert_eq!(inventory.get(b).unwrap().managed_as, ManagedAs::Adopted);
+        // An empty inventory is not written at all.
+        let mut state = StateFile::open_for_write(&dir.path().join("other.json")).unwrap();
+        state.save().unwrap();
+        let text = fs::read_to_string(dir.path().join("other.json")).unwrap();
+        assert!(!text.contains("inventory"), "{text}");
+    }
+
+    #[test]
     fn read_only_of_a_missing_file_is_empty() {
         let dir = tempfile::tempdir().unwrap();
         let keys = StateFile::read_only(&dir.path().join("absent.json")).unwrap();
@@ -912,7 +1053,7 @@ mod tests {
         let mut keys = KeyState::default();
         keys.record(bad_salt, &key("k"));
         keys.record(good, &key("k"));
-        let mut file = serde_json::to_value(OnDisk::of(&keys)).unwrap();
+        let mut file = serde_json::to_value(OnDisk::of(&keys, &Inventory::default())).unwrap();
         // A hand edit that loses one hex digit of the salt.
         let salt = &mut file["stages"][bad_salt.to_string()]["salt"];
         *salt = serde_json::Value::String(salt.as_str().unwrap()[1..].to_owned());

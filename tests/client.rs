@@ -161,6 +161,63 @@ async fn finds_which_stage_of_any_type_holds_a_name() {
     assert_eq!(c.find_stage_by_name("nobody").await.unwrap(), None);
 }
 
+#[tokio::test]
+async fn used_by_names_flows_bindings_and_embedding_stages_then_delete_strips_them() {
+    let sim = sim().await;
+    let captcha = sim.seed_captcha(StageFields::with_defaults("cap", "p"), "k");
+    let unused = sim.seed_captcha(StageFields::with_defaults("unused", "p"), "k");
+    let flow = sim.seed_flow_binding(captcha, "login", "Login", 10);
+    let ident = sim.seed_identification_stage("ident", Some(captcha));
+    let c = client(&sim.url());
+
+    let users = c.used_by(captcha).await.unwrap();
+    let models: Vec<(&str, &str)> = users
+        .iter()
+        .map(|u| (u.model_name.as_str(), u.action.as_str()))
+        .collect();
+    assert_eq!(
+        models,
+        [
+            ("flow", "cascade_many"),
+            ("flowstagebinding", "cascade"),
+            ("identificationstage", "set_null")
+        ]
+    );
+    assert_eq!(users[0].name, "Flow login (login)");
+    assert_eq!(users[2].name, "Stage ident");
+    assert!(c.used_by(unused).await.unwrap().is_empty());
+
+    // authentik deletes whatever uses the stage: bindings go, the embedding is nulled.
+    c.delete_stage(captcha).await.unwrap();
+    assert_eq!(sim.bindings_of_flow(flow), vec![]);
+    assert_eq!(sim.captcha_of_identification_stage(ident), Some(None));
+    assert!(matches!(
+        c.delete_stage(captcha).await,
+        Err(ApiError::StageNotFound { uuid }) if uuid == captcha
+    ));
+    assert!(matches!(
+        c.used_by(captcha).await,
+        Err(ApiError::StageNotFound { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_delete_answered_503_is_retried_and_used_by_errors_are_errors() {
+    let sim = sim().await;
+    let captcha = sim.seed_captcha(StageFields::with_defaults("cap", "p"), "k");
+    sim.inject(Fault::status(503).on("DELETE", "/api/v3/stages/captcha/"));
+    let c = client(&sim.url());
+    c.delete_stage(captcha).await.unwrap();
+    assert!(sim.captcha_stages().is_empty());
+    // A 403 on used_by is an error in plain words, never an empty list.
+    let other = sim.seed_captcha(StageFields::with_defaults("other", "p"), "k");
+    let denied = client_from(&settings_with_token(&sim.url(), "wrong-token"));
+    assert!(matches!(
+        denied.used_by(other).await,
+        Err(ApiError::Forbidden { .. })
+    ));
+}
+
 // --- errors in the user's words, and which are not retried -----------------
 
 #[tokio::test]

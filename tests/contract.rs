@@ -423,6 +423,171 @@ async fn the_simulator_follows_the_contract_beyond_the_recording() {
     assert_eq!(r.status().as_u16(), 204);
 }
 
+/// `used_by` and a delete of a stage that flows use, replayed from
+/// tests/fixtures/exchanges-2025.12.4-used-by.json. The simulator serves only
+/// the captcha stage API: the recording's flow, identification stage and
+/// binding are seeded where it created them (uuids mapped), and its reads of
+/// those after the delete are checked on the simulator's state instead.
+#[tokio::test]
+async fn used_by_and_delete_answer_as_recorded() {
+    const USED_BY: &str = include_str!("fixtures/exchanges-2025.12.4-used-by.json");
+    let doc: Value = serde_json::from_str(USED_BY).expect("the recording is JSON");
+    let exchanges = doc["exchanges"].as_array().expect("exchanges");
+    let sim = sim().await;
+    let http = reqwest::Client::new();
+    // Recorded uuid -> ours.
+    let mut uuids: HashMap<String, String> = HashMap::new();
+    let ours = |uuids: &HashMap<String, String>, recorded: &Value| -> uuid::Uuid {
+        let recorded = recorded.as_str().expect("a uuid");
+        uuids[recorded].parse().expect("a uuid")
+    };
+    let mut sent = 0;
+    for ex in exchanges {
+        let case = ex["case"].as_str().expect("case");
+        let (req, rec) = (&ex["request"], &ex["response"]);
+        let body = &req["body"];
+        let recorded_pk = rec["body"]["pk"].as_str().map(str::to_owned);
+        let path = req["path"].as_str().expect("path");
+        match (req["method"].as_str().expect("method"), path) {
+            ("POST", "/api/v3/flows/instances/") => {
+                let flow = sim.seed_flow(
+                    body["slug"].as_str().expect("slug"),
+                    body["title"].as_str().expect("title"),
+                );
+                uuids.insert(recorded_pk.expect("pk"), flow.to_string());
+                continue;
+            }
+            ("POST", "/api/v3/stages/identification/") => {
+                let captcha = ours(&uuids, &body["captcha_stage"]);
+                let ident = sim
+                    .seed_identification_stage(body["name"].as_str().expect("name"), Some(captcha));
+                uuids.insert(recorded_pk.expect("pk"), ident.to_string());
+                continue;
+            }
+            ("POST", "/api/v3/flows/bindings/") => {
+                let binding = sim.bind(
+                    ours(&uuids, &body["target"]),
+                    ours(&uuids, &body["stage"]),
+                    body["order"].as_i64().expect("order"),
+                );
+                uuids.insert(recorded_pk.expect("pk"), binding.to_string());
+                continue;
+            }
+            ("GET", p) if p.starts_with("/api/v3/stages/identification/") => {
+                let ident = p.trim_start_matches("/api/v3/stages/identification/");
+                let ident: uuid::Uuid = uuids[ident.trim_end_matches('/')].parse().unwrap();
+                assert_eq!(rec["body"]["captcha_stage"], Value::Null, "{case}");
+                assert_eq!(
+                    sim.captcha_of_identification_stage(ident),
+                    Some(None),
+                    "{case}: the delete set captcha_stage to null"
+                );
+                continue;
+            }
+            ("GET", p) if p.starts_with("/api/v3/flows/bindings/") => {
+                let flow = p.rsplit('=').next().expect("target");
+                assert_eq!(rec["body"]["pagination"]["count"], 0, "{case}");
+                assert_eq!(
+                    sim.bindings_of_flow(uuids[flow].parse().unwrap()),
+                    vec![],
+                    "{case}: the delete removed the binding"
+                );
+                continue;
+            }
+            _ => {}
+        }
+        let mut path = path.to_owned();
+        for (recorded, ours) in &uuids {
+            path = path.replace(recorded, ours);
+        }
+        let mut builder = http
+            .request(
+                req["method"].as_str().unwrap().parse().unwrap(),
+                format!("{}{path}", sim.url()),
+            )
+            .header("Authorization", format!("Bearer {TOKEN}"));
+        if !body.is_null() {
+            builder = builder
+                .header("Content-Type", "application/json")
+                .body(serde_json::to_vec(body).unwrap());
+        }
+        let response = builder.send().await.unwrap();
+        sent += 1;
+        let status = response.status().as_u16();
+        let header = |n: &str| {
+            response
+                .headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let (content_type, allow) = (header("content-type"), header("allow"));
+        let text = response.text().await.unwrap();
+        assert_eq!(
+            u64::from(status),
+            rec["status"].as_u64().unwrap(),
+            "{case}: {text}"
+        );
+        assert_eq!(
+            content_type.as_deref(),
+            rec["headers"]["content-type"].as_str(),
+            "{case}: content-type"
+        );
+        assert_eq!(
+            allow.as_deref(),
+            rec["headers"]["allow"].as_str(),
+            "{case}: allow"
+        );
+        if rec["body"].is_null() {
+            assert_eq!(text, "", "{case}: empty body");
+            continue;
+        }
+        let got: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{case}: {text}"));
+        assert_eq!(
+            without_uuids(&got),
+            without_uuids(&rec["body"]),
+            "{case}: body"
+        );
+        if status == 201 {
+            uuids.insert(
+                recorded_pk.expect("pk"),
+                got["pk"].as_str().unwrap().to_owned(),
+            );
+        }
+        // The uuids inside the answer are the ones seeded, not merely uuids.
+        if case.starts_with("used_by") {
+            for (item, recorded) in got
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(rec["body"].as_array().unwrap())
+            {
+                assert_eq!(
+                    item["pk"].as_str(),
+                    uuids
+                        .get(recorded["pk"].as_str().unwrap())
+                        .map(String::as_str),
+                    "{case}"
+                );
+            }
+        }
+    }
+    assert_eq!(sent, 5, "every captcha-API exchange was sent");
+
+    // Nothing uses a fresh stage: an empty list.
+    let fresh = sim.seed_captcha(StageFields::with_defaults("fresh", "p"), "k");
+    let r = http
+        .get(format!(
+            "{}/api/v3/stages/captcha/{fresh}/used_by/",
+            sim.url()
+        ))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([]));
+}
+
 // ---------------------------------------------------------------------------
 // Schema checks.
 

@@ -118,6 +118,7 @@ async fn metrics_are_served_in_openmetrics_text() {
         in_sync: 4,
         drifted: 1,
         failed: 0,
+        ..StageCounts::default()
     });
     s.metrics
         .record_write(WriteOperation::Create, Outcome::Failure);

@@ -47,13 +47,13 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let first = stdout
-        .find("Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged.")
+        .find("Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.")
         .expect(&stdout);
     let applied = stdout
         .find("Apply: 1 created, 1 updated, 0 failed.")
         .expect(&stdout);
     let last = stdout
-        .find("Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged.")
+        .find("Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged, 1 blocked.")
         .expect(&stdout);
     let verified = stdout
         .find("3 keys checked: 2 valid, 1 invalid, 0 mismatched, 0 unknown")
@@ -82,6 +82,15 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     for line in stdout.lines().filter(|l| l.contains("siteverify:")) {
         assert!(line.contains(&format!("{url}:")), "{line} is not {url}");
     }
+    // The stage whose manifest is gone stays: a login flow still uses it.
+    assert!(
+        stdout.contains("! blocked old-login-captcha")
+            && stdout.contains("bound to flow `default-authentication-flow`")
+            && stdout.contains(
+                "captcha of identification stage `default-authentication-identification`"
+            ),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("demo: set RECAPTCHA_SECRET_KEY to a demo value"),
         "{stderr}"

@@ -36,13 +36,18 @@ use super::wire::{
 };
 use super::{ApiError, ClientSettings, ServerVersion};
 use crate::secret::ExposeSecret;
-use crate::stage::LiveStage;
+use crate::stage::{LiveStage, UsedBy};
 
 /// Route patterns, as reported to the observer (low cardinality, no uuids).
 pub(crate) const ROUTE_VERSION: &str = "/api/v3/admin/version/";
 pub(crate) const ROUTE_CAPTCHA_LIST: &str = "/api/v3/stages/captcha/";
 pub(crate) const ROUTE_CAPTCHA_ONE: &str = "/api/v3/stages/captcha/{uuid}/";
 pub(crate) const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
+pub(crate) const ROUTE_CAPTCHA_USED_BY: &str = "/api/v3/stages/captcha/{uuid}/used_by/";
+
+/// Entries of one `used_by` answer beyond which it is deemed broken: a stage
+/// in ten thousand flows is not a captcha stage anyone prunes.
+const MAX_USED_BY: usize = 10_000;
 
 /// Page size asked for when listing: authentik's default cap.
 pub(crate) const LIST_PAGE_SIZE: u32 = 100;
@@ -535,6 +540,40 @@ impl Client {
         };
         let answer = self.execute_checked(&call, Some(uuid)).await?;
         parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
+    }
+
+    /// `GET .../{uuid}/used_by/`: everything a delete of the stage would
+    /// cascade to or null (flows, bindings, identification stages). An empty
+    /// list means nothing uses it. 404 is [`ApiError::StageNotFound`].
+    pub async fn used_by(&self, uuid: Uuid) -> Result<Vec<UsedBy>, ApiError> {
+        let call = Call {
+            method: Method::GET,
+            route: ROUTE_CAPTCHA_USED_BY,
+            url: self.endpoint(&format!("stages/captcha/{uuid}/used_by/"))?,
+            body: None,
+        };
+        let answer = self.execute_checked(&call, Some(uuid)).await?;
+        let users: Vec<UsedBy> = parse_json(&answer)?;
+        if users.len() > MAX_USED_BY {
+            return Err(ApiError::UnexpectedResponse {
+                status: answer.status,
+                excerpt: format!("used_by lists {} entries", users.len()),
+            });
+        }
+        Ok(users)
+    }
+
+    /// `DELETE .../{uuid}/`: 204 whatever uses the stage (authentik cascades
+    /// bindings and nulls embedding stages: ask [`Self::used_by`] first). A
+    /// stage already gone is [`ApiError::StageNotFound`].
+    pub async fn delete_stage(&self, uuid: Uuid) -> Result<(), ApiError> {
+        let call = Call {
+            method: Method::DELETE,
+            route: ROUTE_CAPTCHA_ONE,
+            url: self.endpoint(&format!("stages/captcha/{uuid}/"))?,
+            body: None,
+        };
+        self.execute_checked(&call, Some(uuid)).await.map(drop)
     }
 
     async fn find_captcha_by_name(&self, name: &str) -> Result<Option<LiveStage>, ApiError> {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::apply::{self, ApplyReport, WriteError, WriteOutcome, WriteResult};
+use crate::apply::{self, ApplyReport, DeleteResult, WriteError, WriteOutcome, WriteResult};
 use crate::authentik::Client;
 use crate::cli::{ApplyConfig, Format};
 use crate::commands::{apply_saved, connect, load_desired, plan::render};
@@ -17,6 +17,7 @@ use crate::exit::{CommandError, Outcome};
 use crate::output::{self, escape};
 use crate::plan::Plan;
 use crate::reconcile;
+use crate::stage::LiveStage;
 use crate::state::StateFile;
 
 pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
@@ -32,10 +33,24 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
         eprintln!("warning: {}", escape(&line));
     }
     let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    // The one-shot commands only get here with every manifest valid.
+    let planned = reconcile::add_prune(
+        &client,
+        planned,
+        state.inventory(),
+        cfg.reconcile.prune,
+        true,
+    )
+    .await?;
     output::print_stdout(&render(&planned.plan, cfg.format, color))?;
 
-    let plan_errors = planned.plan.summary().error;
+    // A blocked or held-back prune is not converged: it fails, like an error.
+    let plan_errors = planned.plan.summary().error + usize::from(planned.plan.prune_refused());
     if !planned.plan.has_changes() {
+        // Nothing to write, but matched stages are adopted into the inventory.
+        if reconcile::record_inventory(state.inventory_mut(), &planned.plan, &planned.live, None) {
+            state.save()?;
+        }
         return Ok(if plan_errors > 0 {
             Outcome::Failed
         } else {
@@ -49,6 +64,7 @@ pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
     let writes = write(
         &client,
         &planned.plan,
+        &planned.live,
         &mut state,
         cfg.concurrency,
         cfg.format,
@@ -84,6 +100,7 @@ impl Writes {
 pub(crate) async fn write(
     client: &Client,
     plan: &Plan,
+    live: &[LiveStage],
     state: &mut StateFile,
     concurrency: usize,
     format: Format,
@@ -108,6 +125,7 @@ pub(crate) async fn write(
     )
     .await;
     let printed_lines = progress.finish();
+    reconcile::record_inventory(state.inventory_mut(), plan, live, Some(&report));
     let saved = state.save();
 
     let mut text = render_summary(&report);
@@ -268,9 +286,46 @@ fn render_summary(report: &ApplyReport) -> String {
             }
         }
     }
-    let failed = report.failed().count();
-    let skipped = report.skipped();
-    let mut out = format!("Apply: {created} created, {updated} updated, {failed} failed");
+    let mut out = String::new();
+    let mut deleted = 0;
+    let mut failed = report.failed().count();
+    let mut skipped = report.skipped();
+    for delete in &report.deletes {
+        let name = escape(&delete.name);
+        let uuid = delete.uuid;
+        match &delete.result {
+            DeleteResult::Deleted => {
+                deleted += 1;
+                out.push_str(&format!("deleted {name} ({uuid})\n"));
+            }
+            DeleteResult::AlreadyGone => {
+                out.push_str(&format!("already gone: {name} ({uuid})\n"));
+            }
+            DeleteResult::InUse(users) => {
+                failed += 1;
+                out.push_str(&format!(
+                    "not deleted {name} ({uuid}): in use now: {}\n",
+                    escape(&users.join(", "))
+                ));
+            }
+            DeleteResult::Failed(err) => {
+                failed += 1;
+                out.push_str(&format!(
+                    "failed to delete {name} ({uuid}): {}\n",
+                    escape(&err.to_string())
+                ));
+            }
+            DeleteResult::Skipped(why) => {
+                skipped += 1;
+                out.push_str(&format!("not started: delete {name}: {why}\n"));
+            }
+        }
+    }
+    out.push_str(&format!("Apply: {created} created, {updated} updated, "));
+    if !report.deletes.is_empty() {
+        out.push_str(&format!("{deleted} deleted, "));
+    }
+    out.push_str(&format!("{failed} failed"));
     if skipped > 0 {
         out.push_str(&format!(", {skipped} not started"));
     }

@@ -76,6 +76,7 @@ pub async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> 
     let writes = write(
         &client,
         &plan,
+        &live.stages,
         &mut state,
         cfg.concurrency,
         cfg.format,

@@ -1,7 +1,9 @@
 //! `stagesync demo`: the whole loop on the built-in simulator, no setup.
 //!
 //! It seeds the simulator so that the manifests in DIR have something to do
-//! (one stage in sync, one drifted, one missing, plus one unmanaged stage),
+//! (one stage in sync, one drifted, one missing, one unmanaged stage, and one
+//! managed stage whose manifest is gone but which a login flow uses, so the
+//! prune is blocked),
 //! prints the plan, applies it, prints the now-empty plan, checks the keys with
 //! a fake captcha provider (one of them is refused), then runs the daemon
 //! against DIR until Ctrl-C, so that editing a file shows convergence live.
@@ -21,16 +23,24 @@ use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
 use crate::commands::{apply::render_report, load_desired, verify};
 use crate::exit::Outcome;
 use crate::output::{self, escape};
-use crate::plan;
+use crate::plan::{self, PruneSettings};
 use crate::policy::{Policy, ProviderHosts};
 use crate::reconcile;
 use crate::secret::ExposeSecret;
 use crate::simulator::{self, SimConfig, provider};
 use crate::stage::{DesiredStage, StageFields};
-use crate::state::StateFile;
+use crate::state::{ManagedAs, StateFile};
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, allowed_by};
 
 const DEMO_TOKEN: &str = "demo-token";
+/// The demo prunes, to show a prune blocked by a login flow.
+const DEMO_PRUNE: PruneSettings = PruneSettings {
+    enabled: true,
+    max_deletes: None,
+};
+/// A stage stagesync once created, whose manifest is gone, and which a login
+/// flow and an identification stage still use.
+const DEMO_ORPHAN: &str = "old-login-captcha";
 /// A resync this short so the demo shows an out-of-band edit being reverted
 /// within seconds; a real deployment uses minutes.
 const DEMO_INTERVAL: Duration = Duration::from_secs(15);
@@ -93,6 +103,12 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
             StageFields::with_defaults("legacy-signup-captcha", "clicked-in-the-ui"),
             "k",
         );
+        let orphan = sim.seed_captcha(StageFields::with_defaults(DEMO_ORPHAN, "old-site"), "k");
+        state
+            .inventory_mut()
+            .manage(orphan, DEMO_ORPHAN, ManagedAs::Created);
+        sim.seed_flow_binding(orphan, "default-authentication-flow", "Welcome", 10);
+        sim.seed_identification_stage("default-authentication-identification", Some(orphan));
         state.save()?;
     }
     eprintln!(
@@ -112,11 +128,14 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     let client = Client::new(&settings)?;
     let mut state = StateFile::open_for_write(&state_file)?;
 
-    heading("1. stagesync plan: what differs from the manifests", color);
-    let planned = reconcile::fetch_and_plan(&client, desired.clone(), state.keys()).await?;
+    heading(
+        "1. stagesync plan --prune: what differs from the manifests",
+        color,
+    );
+    let planned = plan_with_prune(&client, &desired, &state).await?;
     output::print_stdout(&plan::render_text(&planned.plan, color))?;
 
-    heading("2. stagesync apply --yes: converge", color);
+    heading("2. stagesync apply --prune --yes: converge", color);
     let report = apply::apply(
         &client,
         &planned.plan,
@@ -127,11 +146,20 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         |_| {},
     )
     .await;
+    reconcile::record_inventory(
+        state.inventory_mut(),
+        &planned.plan,
+        &planned.live,
+        Some(&report),
+    );
     state.save()?;
     output::print_stdout(render_report(&report).trim_start())?;
 
-    heading("3. stagesync plan again: nothing left to do", color);
-    let again = reconcile::fetch_and_plan(&client, desired.clone(), state.keys()).await?;
+    heading(
+        "3. stagesync plan --prune again: nothing left to do but the blocked prune",
+        color,
+    );
+    let again = plan_with_prune(&client, &desired, &state).await?;
     output::print_stdout(&plan::render_text(&again.plan, color))?;
     drop(state);
 
@@ -194,7 +222,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
             if let Some(stage) = sim
                 .captcha_stages()
                 .into_iter()
-                .find(|s| s.fields.name != "legacy-signup-captcha")
+                .find(|s| !["legacy-signup-captcha", DEMO_ORPHAN].contains(&s.fields.name.as_str()))
             {
                 sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
                 tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
@@ -207,6 +235,7 @@ pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
             policy: cfg.policy,
             client: settings,
             state_file,
+            prune: DEMO_PRUNE,
         },
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
@@ -256,6 +285,15 @@ async fn verify_keys(desired: &[DesiredStage]) -> Result<Vec<KeyCheck>> {
     let checks = prober.verify(&probes, &allowed_by(&own_provider)).await;
     fake.shutdown();
     Ok(checks)
+}
+
+async fn plan_with_prune(
+    client: &Client,
+    desired: &[DesiredStage],
+    state: &StateFile,
+) -> Result<reconcile::Planned> {
+    let planned = reconcile::fetch_and_plan(client, desired.to_vec(), state.keys()).await?;
+    Ok(reconcile::add_prune(client, planned, state.inventory(), DEMO_PRUNE, true).await?)
 }
 
 fn heading(text: &str, color: bool) {

@@ -20,17 +20,19 @@ use crate::verify::{ProbeSettings, Prober, allowed_by};
 
 pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
-    let keys = StateFile::read_only(&cfg.reconcile.state_file)?;
+    let (keys, inventory) = StateFile::read_only_with_inventory(&cfg.reconcile.state_file)?;
     for line in keys.damage_report(&cfg.reconcile.state_file) {
         eprintln!("warning: {}", output::escape(&line));
     }
     let client = connect(&cfg.reconcile.client)?;
+    let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;
+    // The one-shot commands only get here with every manifest valid.
     let reconcile::Planned {
         mut plan,
         desired,
         live,
         ..
-    } = reconcile::fetch_and_plan(&client, desired, &keys).await?;
+    } = reconcile::add_prune(&client, planned, &inventory, cfg.reconcile.prune, true).await?;
     if cfg.ignore_unknown_keys {
         plan = plan.ignoring_unknown_keys();
     }
@@ -65,6 +67,11 @@ pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
                 escape(&path.display().to_string())
             )
         })?;
+        if plan.deletes().next().is_some() {
+            eprintln!(
+                "note: the plan file holds no deletes: `apply --plan` never prunes; prune with `apply --prune`"
+            );
+        }
     }
     Ok(outcome(&plan))
 }
@@ -78,9 +85,10 @@ pub fn render(plan: &Plan, format: Format, color: bool) -> String {
     }
 }
 
-/// Failed when a stage cannot be planned, else whether changes are pending.
+/// Failed when a stage cannot be planned or a prune is refused (blocked, held
+/// back), else whether changes are pending.
 pub fn outcome(plan: &Plan) -> Outcome {
-    if plan.summary().error > 0 {
+    if plan.summary().error > 0 || plan.prune_refused() {
         Outcome::Failed
     } else if plan.has_changes() {
         Outcome::ChangesPending

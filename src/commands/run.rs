@@ -48,6 +48,7 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
+        prune = cfg.reconcile.prune.enabled,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
     );
@@ -67,7 +68,8 @@ pub async fn run(cfg: RunConfig) -> Result<Outcome> {
         metrics.clone(),
         health.clone(),
     )
-    .with_abandon(stop.abandon.clone());
+    .with_abandon(stop.abandon.clone())
+    .with_prune(cfg.reconcile.prune, cfg.debounce);
     if cfg.verify_keys {
         let prober = Prober::new(ProbeSettings::default())?;
         let hosts = cfg.reconcile.policy.hosts.clone();

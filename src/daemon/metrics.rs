@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `stagesync_reconciles_total` | counter | `result` = `success`, `failure` |
 //! | `stagesync_reconcile_duration_seconds` | histogram | |
-//! | `stagesync_stages` | gauge | `status` = `in_sync`, `drifted`, `failed` |
+//! | `stagesync_stages` | gauge | `status` = `in_sync`, `drifted`, `failed`, `pruned` (deleted by the last pass), `blocked` (prune blocked: in use) |
 //! | `stagesync_writes_total` | counter | `operation` = `create`, `update`; `result` = `success`, `failure` |
 //! | `stagesync_api_requests_total` | counter | `method` (`GET`, `POST`, ...); `status_class` = `2xx`, `3xx`, `4xx`, `5xx`, `error` |
 //! | `stagesync_last_successful_reconcile_timestamp_seconds` | gauge | |
@@ -131,8 +131,10 @@ enum StageStatus {
     InSync,
     Drifted,
     Failed,
+    Pruned,
+    Blocked,
 }
-label_value!(StageStatus { InSync => "in_sync", Drifted => "drifted", Failed => "failed" });
+label_value!(StageStatus { InSync => "in_sync", Drifted => "drifted", Failed => "failed", Pruned => "pruned", Blocked => "blocked" });
 
 impl EncodeLabelValue for Verdict {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
@@ -182,6 +184,10 @@ pub struct StageCounts {
     pub in_sync: usize,
     pub drifted: usize,
     pub failed: usize,
+    /// Deleted by prune in the last pass.
+    pub pruned: usize,
+    /// Prune candidates something uses (not deleted).
+    pub blocked: usize,
 }
 
 /// The registry and its metrics. Share it as `Arc<Metrics>`; every method takes
@@ -280,6 +286,8 @@ impl Metrics {
             StageStatus::InSync,
             StageStatus::Drifted,
             StageStatus::Failed,
+            StageStatus::Pruned,
+            StageStatus::Blocked,
         ] {
             let _ = stages.get_or_create(&StatusLabels { status });
         }
@@ -332,6 +340,8 @@ impl Metrics {
             (StageStatus::InSync, counts.in_sync),
             (StageStatus::Drifted, counts.drifted),
             (StageStatus::Failed, counts.failed),
+            (StageStatus::Pruned, counts.pruned),
+            (StageStatus::Blocked, counts.blocked),
         ] {
             self.stages
                 .get_or_create(&StatusLabels { status })
@@ -418,6 +428,8 @@ mod tests {
         for series in [
             r#"stagesync_reconciles_total{result="success"}"#,
             r#"stagesync_reconciles_total{result="failure"}"#,
+            r#"stagesync_stages{status="pruned"}"#,
+            r#"stagesync_stages{status="blocked"}"#,
             "stagesync_reconcile_duration_seconds_count",
             r#"stagesync_stages{status="in_sync"}"#,
             r#"stagesync_stages{status="drifted"}"#,
@@ -451,6 +463,8 @@ mod tests {
             in_sync: 7,
             drifted: 2,
             failed: 1,
+            pruned: 3,
+            blocked: 1,
         });
         m.record_write(WriteOperation::Update, Outcome::Success);
         m.record_write(WriteOperation::Update, Outcome::Success);
@@ -479,6 +493,8 @@ mod tests {
         assert_eq!(v(r#"stagesync_stages{status="in_sync"}"#), Some(7.0));
         assert_eq!(v(r#"stagesync_stages{status="drifted"}"#), Some(2.0));
         assert_eq!(v(r#"stagesync_stages{status="failed"}"#), Some(1.0));
+        assert_eq!(v(r#"stagesync_stages{status="pruned"}"#), Some(3.0));
+        assert_eq!(v(r#"stagesync_stages{status="blocked"}"#), Some(1.0));
         assert_eq!(
             v(r#"stagesync_writes_total{operation="update",result="success"}"#),
             Some(2.0)

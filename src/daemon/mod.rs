@@ -19,6 +19,7 @@
 //! - [`metrics`]: the Prometheus registry and one method per thing to record.
 //! - [`health`]: what `/readyz` answers, decided from the last pass.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`prune`]: prune in the daemon: deletes confirmed by two passes, their logs.
 //! - [`pass`]: the reconcile pass itself (load, fetch and plan, apply), with
 //!   what it remembers between passes.
 //! - [`key_checks`]: `--verify-keys`, each stage's key checked with its captcha
@@ -58,6 +59,7 @@ pub mod http;
 pub mod key_checks;
 pub mod metrics;
 pub mod pass;
+pub mod prune;
 pub mod scheduler;
 pub(crate) mod signals;
 pub mod watch;

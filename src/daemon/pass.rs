@@ -43,6 +43,10 @@
 //! Logs: one INFO line per change made, as soon as it is made; WARN/ERROR per
 //! new failure once the writes are done; each naming the stage and its file; a
 //! pass that changes nothing logs at DEBUG.
+//!
+//! Prune (`--prune`, see [`crate::daemon::prune`]): deletes run after the
+//! pass's writes, only when this pass read a complete, valid manifest set, and
+//! only for stages whose manifest two passes a debounce apart found gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -59,15 +63,17 @@ use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
+use crate::daemon::prune::{self, PruneMemory};
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::output::escape;
 use crate::plan::Action;
+use crate::plan::{PruneDecision, PruneSettings};
 use crate::policy::Policy;
 use crate::reconcile;
 use crate::secret::KeySource;
 use crate::stage::DesiredStage;
-use crate::state::{KeyState, StateFile};
+use crate::state::{Inventory, KeyState, StateFile};
 
 /// The longest wait before reading live state again after a failure. Lower
 /// than the per-stage cap (5 min): a failed read is one cheap GET, and after an
@@ -448,6 +454,7 @@ pub struct Reconciler {
     /// Fires when the grace period after a stop signal is over: writes still
     /// in flight are abandoned (see [`apply::Stop`]).
     abandon: CancellationToken,
+    prune: PruneMemory,
 }
 
 impl Reconciler {
@@ -476,6 +483,7 @@ impl Reconciler {
             logged_diagnostics: BTreeMap::new(),
             key_checks: None,
             abandon: CancellationToken::new(),
+            prune: PruneMemory::new(PruneSettings::default(), Duration::ZERO),
         }
     }
 
@@ -483,6 +491,12 @@ impl Reconciler {
     /// and whenever it changes (see [`KeyChecks`]); the pass does not wait.
     pub fn with_key_checks(mut self, key_checks: KeyChecks) -> Self {
         self.key_checks = Some(key_checks);
+        self
+    }
+
+    /// Prunes with `settings`; a delete needs two passes `debounce` apart.
+    pub fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
+        self.prune = PruneMemory::new(settings, debounce);
         self
     }
 
@@ -555,16 +569,24 @@ impl Reconciler {
         }
 
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
+        // Prune only from a complete, valid manifest set read by this pass.
+        let manifests_complete = source_available && manifest_errors == 0;
         let read_only_keys;
+        let inventory: Inventory;
         let keys = match &self.keys {
-            Keys::Writable(state) => state.keys(),
-            Keys::ReadOnly(path) => match StateFile::read_only(path) {
-                Ok(keys) => {
+            Keys::Writable(state) => {
+                inventory = state.inventory().clone();
+                state.keys()
+            }
+            Keys::ReadOnly(path) => match StateFile::read_only_with_inventory(path) {
+                Ok((keys, read)) => {
                     read_only_keys = keys;
+                    inventory = read;
                     &read_only_keys
                 }
                 Err(err) => {
                     read_only_keys = KeyState::default();
+                    inventory = Inventory::default();
                     warn!(error = %err, "cannot read the state file; key status shows as unknown");
                     &read_only_keys
                 }
@@ -580,7 +602,20 @@ impl Reconciler {
                 return PassOutcome::done();
             }
         };
-        let planned = match fetched {
+        let fetched = match fetched {
+            Ok(planned) => {
+                reconcile::add_prune(
+                    &self.client,
+                    planned,
+                    &inventory,
+                    self.prune.settings,
+                    manifests_complete,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        let mut planned = match fetched {
             Ok(planned) => planned,
             Err(err) => {
                 let reading = Reading::Failed(err.to_string());
@@ -601,11 +636,44 @@ impl Reconciler {
             .collect();
         let dry_run = matches!(self.keys, Keys::ReadOnly(_));
         let decision = decide(stages, &self.backoff, Instant::now(), dry_run);
+        let confirm_prune_in = if dry_run {
+            for entry in &mut planned.plan.prune {
+                if entry.decision == PruneDecision::Delete {
+                    entry.decision = PruneDecision::HeldBack {
+                        reason: "dry run: would be deleted".into(),
+                    };
+                }
+            }
+            None
+        } else {
+            self.prune.confirm(&mut planned.plan, Instant::now())
+        };
+        self.prune.log_decisions(&planned.plan);
+        let blocked = planned
+            .plan
+            .prune
+            .iter()
+            .filter(|e| matches!(e.decision, PruneDecision::Blocked { .. }))
+            .count();
+        let mut pruned = 0;
 
         let mut writes = BTreeMap::new();
         let to_write = decision.writes();
         if let Keys::Writable(state) = &mut self.keys
-            && !to_write.is_empty()
+            && to_write.is_empty()
+            && planned.plan.deletes().next().is_none()
+            && reconcile::record_inventory(
+                state.inventory_mut(),
+                &planned.plan,
+                &planned.live,
+                None,
+            )
+            && let Err(err) = state.save()
+        {
+            error!(error = %err, "cannot save the state file's inventory");
+        }
+        if let Keys::Writable(state) = &mut self.keys
+            && (!to_write.is_empty() || planned.plan.deletes().next().is_some())
         {
             let actions: BTreeMap<&str, &Action> = planned
                 .plan
@@ -638,6 +706,18 @@ impl Reconciler {
                 },
             )
             .await;
+            prune::log_deletes(&report.deletes);
+            pruned = report
+                .deletes
+                .iter()
+                .filter(|d| matches!(d.result, apply::DeleteResult::Deleted))
+                .count();
+            reconcile::record_inventory(
+                state.inventory_mut(),
+                &planned.plan,
+                &planned.live,
+                Some(&report),
+            );
             for outcome in report.outcomes {
                 let end = match outcome.result {
                     WriteResult::Written(live) => WriteEnd::Written {
@@ -657,8 +737,17 @@ impl Reconciler {
                 error!(error = %err, "cannot save the state file; key status may show as unknown next time");
             }
         }
-        let report = summarize(decision, writes, source_available, manifest_errors);
-        self.record(&report, started)
+        let mut report = summarize(decision, writes, source_available, manifest_errors);
+        if let Some(counts) = &mut report.counts {
+            counts.pruned = pruned;
+            counts.blocked = blocked;
+        }
+        let outcome = self.record(&report, started);
+        match (outcome.retry_in, confirm_prune_in) {
+            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
+            (None, Some(b)) => PassOutcome::retry_in(b),
+            _ => outcome,
+        }
     }
 
     /// Records `report` in metrics, health, backoff and the failure log, logs
@@ -1034,7 +1123,8 @@ mod tests {
             Some(StageCounts {
                 in_sync: 2,
                 drifted: 3,
-                failed: 2
+                failed: 2,
+                ..StageCounts::default()
             })
         );
         assert_eq!(

@@ -56,10 +56,12 @@
 //! - Fields the server does not know ([`Capabilities::knows`]) are neither
 //!   compared nor shown nor sent, or an old server would show drift forever.
 
+pub mod prune;
 mod render;
 pub mod saved;
 mod warnings;
 
+pub use prune::{PruneDecision, PruneEntry, PruneSettings};
 pub use render::{JSON_FORMAT_VERSION, render_json, render_markdown, render_text};
 pub use warnings::{Warning, warnings};
 
@@ -219,6 +221,10 @@ pub struct Plan {
     /// (see [`Plan::key_probes`]). Empty when keys were not checked; the
     /// renderings then show nothing about them.
     pub key_checks: BTreeMap<EntryId, KeyCheck>,
+    /// Managed stages no manifest declares any more, sorted by name, and what
+    /// happens to each ([`prune`]); empty until [`Plan::with_prune`]. Deletes
+    /// run after every create and update.
+    pub prune: Vec<PruneEntry>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -231,6 +237,22 @@ pub struct Summary {
     /// Security-relevant changes ([`warnings`]): a key or the login page's
     /// script moving to another host.
     pub warnings: usize,
+    /// Prune counts: shown (and serialised) only when not zero, so plans
+    /// without anything to prune read as before.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub delete: usize,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub blocked: usize,
+    /// Held back by a guard.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub held_back: usize,
+    /// Not pruned because `--prune` was not given.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_pruned: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Plan {
@@ -260,6 +282,14 @@ impl Plan {
                 Action::Error { .. } => s.error += 1,
             }
         }
+        for entry in &self.prune {
+            match entry.decision {
+                PruneDecision::Delete => s.delete += 1,
+                PruneDecision::Blocked { .. } => s.blocked += 1,
+                PruneDecision::HeldBack { .. } => s.held_back += 1,
+                PruneDecision::NotPruned => s.not_pruned += 1,
+            }
+        }
         s
     }
 
@@ -276,11 +306,44 @@ impl Plan {
             .collect()
     }
 
-    /// Whether applying would write anything.
+    /// Whether applying would write (or delete) anything.
     pub fn has_changes(&self) -> bool {
         self.stages
             .iter()
             .any(|s| matches!(s.action, Action::Create { .. } | Action::Update { .. }))
+            || self.deletes().next().is_some()
+    }
+
+    /// The stages this plan deletes, in order.
+    pub fn deletes(&self) -> impl Iterator<Item = &PruneEntry> {
+        self.prune
+            .iter()
+            .filter(|e| e.decision == PruneDecision::Delete)
+    }
+
+    /// Whether prune was asked for something it may not do (a stage in use,
+    /// or a guard holding deletes back): the run does not converge.
+    pub fn prune_refused(&self) -> bool {
+        self.prune.iter().any(|e| {
+            matches!(
+                e.decision,
+                PruneDecision::Blocked { .. } | PruneDecision::HeldBack { .. }
+            )
+        })
+    }
+
+    /// Adds the prune decisions ([`prune::decide`]); their stages leave
+    /// [`Plan::unmanaged`] (they are managed, only their manifests are gone).
+    pub fn with_prune(mut self, entries: Vec<PruneEntry>) -> Plan {
+        self.set_prune(entries);
+        self
+    }
+
+    /// [`Self::with_prune`] in place.
+    pub fn set_prune(&mut self, entries: Vec<PruneEntry>) {
+        let pruned: BTreeSet<Uuid> = entries.iter().map(|e| e.uuid).collect();
+        self.unmanaged.retain(|u| !pruned.contains(&u.uuid));
+        self.prune = entries;
     }
 
     pub fn has_errors(&self) -> bool {
@@ -670,6 +733,7 @@ impl Plan {
                 .collect(),
             capabilities,
             key_checks: BTreeMap::new(),
+            prune: Vec::new(),
         }
     }
 }

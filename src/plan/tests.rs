@@ -368,6 +368,7 @@ fn summary_counts_every_kind() {
             error: 2,
             unmanaged: 1,
             warnings: 2,
+            ..Summary::default()
         }
     );
     assert_eq!(
@@ -393,6 +394,7 @@ fn summary_line_grammar() {
         error: 0,
         unmanaged: 1,
         warnings: 0,
+        ..Summary::default()
     };
     assert_eq!(
         render::summary_line(&s),
@@ -783,4 +785,79 @@ fn strip_sgr(s: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A plan with one prune entry of each kind (and one update, so prune entries
+/// are seen after the manifests' entries).
+fn every_kind_of_prune_entry() -> Plan {
+    let l = [live(0xb1, "rec-kept")];
+    let mut d = desired("rec-kept", None);
+    d.fields.score_min_threshold = 0.7;
+    let entry = |n: u128, name: &str, decision| PruneEntry {
+        uuid: Uuid::from_u128(n),
+        name: name.to_owned(),
+        decision,
+    };
+    run(&[d], &l, &known_keys(&l)).with_prune(vec![
+        entry(0xc1, "rec-old", PruneDecision::Delete),
+        entry(
+            0xc2,
+            "rec-login-old",
+            PruneDecision::Blocked {
+                users: vec![
+                    "bound to flow `default-authentication-flow`".into(),
+                    "captcha of identification stage `login-ident`".into(),
+                ],
+            },
+        ),
+        entry(
+            0xc3,
+            "rec-many",
+            PruneDecision::HeldBack {
+                reason: "this run would delete 3 stages, more than the --max-deletes 2 allowed; nothing is deleted (pass --max-deletes 3 to allow it)".into(),
+            },
+        ),
+        entry(0xc4, "rec-\u{1b}[31mred", PruneDecision::NotPruned),
+    ])
+}
+
+#[test]
+fn prune_entries_render_in_text_json_and_markdown() {
+    let p = every_kind_of_prune_entry();
+    assert_eq!(
+        render::summary_line(&p.summary()),
+        "Plan: 0 to create, 1 to update, 0 in sync, 0 unmanaged, 1 to delete, 1 blocked, 1 held back, 1 not pruned."
+    );
+    assert!(p.has_changes());
+    assert!(p.prune_refused());
+    let text = render_text(&p, false);
+    assert!(!text.contains('\u{1b}'), "names are escaped");
+    insta::assert_snapshot!("prune_text", text);
+    let json = render_json(&p);
+    let parsed: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert_eq!(parsed["summary"]["delete"], 1);
+    assert_eq!(parsed["prune"][1]["decision"], "blocked");
+    insta::assert_snapshot!("prune_json", json);
+    insta::assert_snapshot!("prune_markdown", render_markdown(&p));
+}
+
+#[test]
+fn pruned_stages_leave_the_unmanaged_list() {
+    let l = [live(1, "kept"), live(2, "gone"), live(3, "clicked")];
+    let p = run(&[desired("kept", None)], &l, &known_keys(&l));
+    assert_eq!(p.unmanaged.len(), 2);
+    let p = p.with_prune(vec![PruneEntry {
+        uuid: Uuid::from_u128(2),
+        name: "gone".into(),
+        decision: PruneDecision::NotPruned,
+    }]);
+    assert_eq!(
+        p.unmanaged
+            .iter()
+            .map(|u| u.name.as_str())
+            .collect::<Vec<_>>(),
+        ["clicked"]
+    );
+    assert!(!p.has_changes(), "not pruned is no change");
+    assert!(!p.prune_refused());
 }

@@ -42,7 +42,7 @@ use uuid::Uuid;
 pub use fault::{Fault, FaultKind, LatencyProfile, RequestCounts};
 
 use crate::stage::{LiveStage, StageFields};
-use store::{CaptchaRecord, FlowBinding, OtherRecord, Store};
+use store::{CaptchaRecord, FlowBinding, FlowRecord, OtherRecord, Store};
 
 /// How the simulator starts.
 #[derive(Clone, Debug)]
@@ -104,6 +104,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
             max_page_size: config.max_page_size.max(1),
             captcha: Vec::new(),
             others: Vec::new(),
+            flows: Vec::new(),
             bindings: Vec::new(),
         }),
         counts: Mutex::new(RequestCounts::default()),
@@ -151,29 +152,78 @@ impl SimHandle {
     /// Adds a stage of another type holding `name` (e.g. component
     /// `ak-stage-identification-form`).
     pub fn seed_other_stage(&self, name: &str, component: &str) -> Uuid {
+        self.seed_stage_of_type(name, component, None)
+    }
+
+    /// Adds an identification stage that embeds the captcha stage `captcha`
+    /// (its `captcha_stage`): `used_by` lists it (`set_null`), and deleting
+    /// the captcha sets it to null.
+    pub fn seed_identification_stage(&self, name: &str, captcha: Option<Uuid>) -> Uuid {
+        self.seed_stage_of_type(name, "ak-stage-identification-form", captcha)
+    }
+
+    fn seed_stage_of_type(&self, name: &str, component: &str, captcha: Option<Uuid>) -> Uuid {
         let uuid = Uuid::new_v4();
         lock(&self.shared.store).others.push(OtherRecord {
             uuid,
             name: name.trim().to_owned(),
             component: component.to_owned(),
+            captcha_stage: captcha,
         });
         uuid
     }
 
-    /// Binds a captcha stage to a new flow (`slug`) at `order`: fills its
-    /// `flow_set` and `used_by`. Returns the flow's uuid.
-    pub fn seed_flow_binding(&self, stage: Uuid, slug: &str, title: &str, order: i64) -> Uuid {
-        let flow_uuid = Uuid::new_v4();
-        lock(&self.shared.store).bindings.push(FlowBinding {
-            flow_uuid,
-            flow_ptr: Uuid::new_v4(),
-            binding_uuid: Uuid::new_v4(),
+    /// Adds a flow (name and slug `slug`). Returns its uuid.
+    pub fn seed_flow(&self, slug: &str, title: &str) -> Uuid {
+        let uuid = Uuid::new_v4();
+        lock(&self.shared.store).flows.push(FlowRecord {
+            uuid,
+            ptr: Uuid::new_v4(),
+            name: slug.to_owned(),
             slug: slug.to_owned(),
             title: title.to_owned(),
+        });
+        uuid
+    }
+
+    /// Binds a stage into `flow` at `order`: fills the stage's `flow_set` and
+    /// `used_by`. Returns the binding's uuid.
+    pub fn bind(&self, flow: Uuid, stage: Uuid, order: i64) -> Uuid {
+        let binding_uuid = Uuid::new_v4();
+        lock(&self.shared.store).bindings.push(FlowBinding {
+            flow,
+            binding_uuid,
             stage,
             order,
         });
-        flow_uuid
+        binding_uuid
+    }
+
+    /// Binds a captcha stage to a new flow (`slug`) at `order`. Returns the
+    /// flow's uuid.
+    pub fn seed_flow_binding(&self, stage: Uuid, slug: &str, title: &str, order: i64) -> Uuid {
+        let flow = self.seed_flow(slug, title);
+        self.bind(flow, stage, order);
+        flow
+    }
+
+    /// The bindings of `flow`, as `(stage, order)`.
+    pub fn bindings_of_flow(&self, flow: Uuid) -> Vec<(Uuid, i64)> {
+        lock(&self.shared.store)
+            .bindings
+            .iter()
+            .filter(|b| b.flow == flow)
+            .map(|b| (b.stage, b.order))
+            .collect()
+    }
+
+    /// An identification stage's `captcha_stage`; `None` if no such stage.
+    pub fn captcha_of_identification_stage(&self, uuid: Uuid) -> Option<Option<Uuid>> {
+        lock(&self.shared.store)
+            .others
+            .iter()
+            .find(|o| o.uuid == uuid)
+            .map(|o| o.captcha_stage)
     }
 
     /// Every captcha stage as a client of this version reads it.

@@ -4,7 +4,11 @@
 //! validation and lenient coercion, trimming, write-only `private_key`, PUT
 //! keeping omitted optional fields, names unique across every stage type,
 //! server-chosen uuids, thresholds stored as NaN read back as `null`, and
-//! `request_content_type` only from 2026.8.
+//! `request_content_type` only from 2026.8. Flows, flow-stage bindings and
+//! identification stages embedding a captcha (`captcha_stage`) exist as far as
+//! `used_by` and a delete see them (recorded in exchanges-2025.12.4-used-by.json):
+//! a delete is 204 whatever uses the stage, cascades the bindings and sets
+//! `captcha_stage` to null.
 
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
@@ -33,15 +37,23 @@ pub(crate) struct OtherRecord {
     pub uuid: Uuid,
     pub name: String,
     pub component: String,
+    /// An identification stage's embedded captcha stage.
+    pub captcha_stage: Option<Uuid>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct FlowRecord {
+    pub uuid: Uuid,
+    pub ptr: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub title: String,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct FlowBinding {
-    pub flow_uuid: Uuid,
-    pub flow_ptr: Uuid,
+    pub flow: Uuid,
     pub binding_uuid: Uuid,
-    pub slug: String,
-    pub title: String,
     pub stage: Uuid,
     pub order: i64,
 }
@@ -54,6 +66,7 @@ pub(crate) struct Store {
     pub max_page_size: usize,
     pub captcha: Vec<CaptchaRecord>,
     pub others: Vec<OtherRecord>,
+    pub flows: Vec<FlowRecord>,
     pub bindings: Vec<FlowBinding>,
 }
 
@@ -226,10 +239,17 @@ impl Store {
         }
     }
 
+    /// authentik's delete: no protection; bindings cascade, an identification
+    /// stage's `captcha_stage` is set to null.
     pub fn delete(&mut self, uuid: Uuid) -> bool {
         let before = self.captcha.len();
         self.captcha.retain(|s| s.uuid != uuid);
         self.bindings.retain(|b| b.stage != uuid);
+        for other in &mut self.others {
+            if other.captcha_stage == Some(uuid) {
+                other.captcha_stage = None;
+            }
+        }
         before != self.captcha.len()
     }
 
@@ -319,23 +339,35 @@ impl Store {
         )
     }
 
+    /// The flows `stage` is bound to, once each, in binding order.
+    fn flows_of(&self, stage: Uuid) -> Vec<&FlowRecord> {
+        let mut flows: Vec<&FlowRecord> = Vec::new();
+        for b in self.bindings.iter().filter(|b| b.stage == stage) {
+            if let Some(flow) = self.flows.iter().find(|f| f.uuid == b.flow)
+                && !flows.iter().any(|f| f.uuid == flow.uuid)
+            {
+                flows.push(flow);
+            }
+        }
+        flows
+    }
+
     fn flow_set(&self, stage: Uuid) -> Value {
         Value::Array(
-            self.bindings
-                .iter()
-                .filter(|b| b.stage == stage)
-                .map(|b| {
+            self.flows_of(stage)
+                .into_iter()
+                .map(|f| {
                     json!({
-                        "pk": b.flow_uuid,
-                        "policybindingmodel_ptr_id": b.flow_ptr,
-                        "name": b.slug,
-                        "slug": b.slug,
-                        "title": b.title,
+                        "pk": f.uuid,
+                        "policybindingmodel_ptr_id": f.ptr,
+                        "name": f.name,
+                        "slug": f.slug,
+                        "title": f.title,
                         "designation": "authentication",
                         "background_url": "/static/dist/assets/images/flow_background.jpg",
                         "policy_engine_mode": "any",
                         "compatibility_mode": false,
-                        "export_url": format!("/api/v3/flows/instances/{}/export/", b.slug),
+                        "export_url": format!("/api/v3/flows/instances/{}/export/", f.slug),
                         "layout": "stacked",
                         "denied_action": "message_continue",
                     })
@@ -344,17 +376,31 @@ impl Store {
         )
     }
 
-    /// `used_by`: each binding shows its flow (cascade_many) and itself (cascade).
+    /// `used_by`, grouped by model as authentik's collector lists them: the
+    /// flows (`cascade_many`), the bindings (`cascade`), then the
+    /// identification stages embedding the captcha (`set_null`).
     pub fn used_by(&self, stage: Uuid) -> Value {
         let mut out = Vec::new();
+        for f in self.flows_of(stage) {
+            out.push(json!({
+                "app": "authentik_flows", "model_name": "flow", "pk": f.uuid.to_string(),
+                "name": format!("Flow {} ({})", f.name, f.slug), "action": "cascade_many",
+            }));
+        }
         for b in self.bindings.iter().filter(|b| b.stage == stage) {
             out.push(json!({
-                "app": "authentik_flows", "model_name": "flow", "pk": b.flow_uuid.to_string(),
-                "name": format!("Flow {} ({})", b.slug, b.slug), "action": "cascade_many",
-            }));
-            out.push(json!({
                 "app": "authentik_flows", "model_name": "flowstagebinding", "pk": b.binding_uuid.to_string(),
-                "name": format!("Flow-stage binding #{} to {}", b.order, b.flow_uuid), "action": "cascade",
+                "name": format!("Flow-stage binding #{} to {}", b.order, b.flow), "action": "cascade",
+            }));
+        }
+        for other in self
+            .others
+            .iter()
+            .filter(|o| o.captcha_stage == Some(stage))
+        {
+            out.push(json!({
+                "app": "authentik_stages_identification", "model_name": "identificationstage",
+                "pk": other.uuid.to_string(), "name": format!("Stage {}", other.name), "action": "set_null",
             }));
         }
         Value::Array(out)
@@ -471,6 +517,7 @@ mod tests {
             max_page_size: 100,
             captcha: vec![],
             others: vec![],
+            flows: vec![],
             bindings: vec![],
         }
     }
@@ -512,6 +559,7 @@ mod tests {
             uuid: Uuid::new_v4(),
             name: "taken".into(),
             component: "ak-stage-identification-form".into(),
+            captcha_stage: None,
         });
         let errors = s
             .validate(
@@ -574,6 +622,7 @@ mod tests {
             uuid: Uuid::nil(),
             name: "n".into(),
             component: "ak-stage-identification-form".into(),
+            captcha_stage: None,
         });
         assert_eq!(v["verbose_name"], "Identification Stage");
         assert_eq!(

@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::plan::{Action, KeyStatus, Plan, Summary, Unmanaged, Warning};
+use crate::plan::{Action, KeyStatus, Plan, PruneEntry, Summary, Unmanaged, Warning};
 use crate::stage::{FieldChange, StageFields};
 use crate::verify::Verdict;
 
@@ -25,6 +25,10 @@ struct JsonPlan<'a> {
     unmanaged: &'a [Unmanaged],
     /// Security-relevant changes, each with its `message`.
     warnings: Vec<JsonWarning>,
+    /// Managed stages whose manifests are gone: `{uuid, name, decision}` with
+    /// `users` (blocked) or `reason` (held back). Left out when empty.
+    #[serde(skip_serializing_if = "<[PruneEntry]>::is_empty")]
+    prune: &'a [PruneEntry],
 }
 
 #[derive(Serialize)]
@@ -143,6 +147,7 @@ pub fn render_json(plan: &Plan) -> String {
                 warning,
             })
             .collect(),
+        prune: &plan.prune,
     };
     match serde_json::to_string_pretty(&doc) {
         Ok(mut s) => {

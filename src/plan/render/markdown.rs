@@ -8,7 +8,10 @@
 
 use std::fmt::Write as _;
 
-use super::{body_lines, has_any, key_check_text, origin_short, summary_line, warning_lines};
+use super::{
+    body_lines, has_any, key_check_text, origin_short, prune_label, prune_lines, summary_line,
+    warning_lines,
+};
 use crate::output::escape;
 use crate::plan::{Action, Plan};
 use crate::verify::Verdict;
@@ -81,6 +84,17 @@ pub fn render_markdown(plan: &Plan) -> String {
     ] {
         let _ = writeln!(out, "| {label} | {n} |");
     }
+    // Prune rows only when there is something to prune.
+    for (label, n) in [
+        ("Delete", summary.delete),
+        ("Blocked", summary.blocked),
+        ("Held back", summary.held_back),
+        ("Not pruned", summary.not_pruned),
+    ] {
+        if n > 0 {
+            let _ = writeln!(out, "| {label} | {n} |");
+        }
+    }
     out.push('\n');
 
     if has_any(plan, |a| matches!(a, Action::Error { .. })) {
@@ -138,6 +152,20 @@ pub fn render_markdown(plan: &Plan) -> String {
                 text(&key_check_text(check))
             );
         }
+    }
+
+    for entry in &plan.prune {
+        let _ = writeln!(
+            out,
+            "#### {} {} ({})\n",
+            prune_label(entry),
+            code(&entry.name),
+            code(&entry.uuid.to_string())
+        );
+        for line in prune_lines(entry) {
+            let _ = writeln!(out, "- {}", text(&line));
+        }
+        out.push('\n');
     }
 
     if summary.in_sync > 0 {

@@ -19,7 +19,7 @@ pub use text::render_text;
 
 use similar::TextDiff;
 
-use super::{Action, KeyStatus, Plan, Summary, Warning};
+use super::{Action, KeyStatus, Plan, PruneDecision, PruneEntry, Summary, Warning};
 use crate::output::escape;
 use crate::secret::KeySource;
 use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
@@ -32,6 +32,16 @@ pub(crate) fn summary_line(summary: &Summary) -> String {
         "Plan: {} to create, {} to update, {} in sync, {} unmanaged",
         summary.create, summary.update, summary.in_sync, summary.unmanaged
     );
+    for (n, what) in [
+        (summary.delete, "to delete"),
+        (summary.blocked, "blocked"),
+        (summary.held_back, "held back"),
+        (summary.not_pruned, "not pruned"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!(", {n} {what}"));
+        }
+    }
     match summary.error {
         0 => {}
         1 => line.push_str(", 1 error"),
@@ -156,4 +166,37 @@ fn key_check_text(check: &KeyCheck) -> String {
 
 fn has_any(plan: &Plan, pred: impl Fn(&Action) -> bool) -> bool {
     plan.stages.iter().any(|s| pred(&s.action))
+}
+
+/// The header label of a prune entry, shared by the text and Markdown plans.
+fn prune_label(entry: &PruneEntry) -> &'static str {
+    match entry.decision {
+        PruneDecision::Delete => "- delete",
+        PruneDecision::Blocked { .. } => "! blocked",
+        PruneDecision::HeldBack { .. } => "! held back",
+        PruneDecision::NotPruned => "= not pruned",
+    }
+}
+
+/// The lines under a prune entry's header (unescaped: names come from
+/// authentik, so each renderer escapes them its own way).
+fn prune_lines(entry: &PruneEntry) -> Vec<String> {
+    match &entry.decision {
+        PruneDecision::Delete => {
+            vec!["no longer in the manifests: deleted after every create and update".to_owned()]
+        }
+        PruneDecision::Blocked { users } => {
+            let mut lines = vec!["no longer in the manifests, but in use: not deleted".to_owned()];
+            lines.extend(users.iter().cloned());
+            lines.push("unbind it first, or restore its manifest".to_owned());
+            lines
+        }
+        PruneDecision::HeldBack { reason } => vec![
+            "no longer in the manifests; not deleted:".to_owned(),
+            reason.clone(),
+        ],
+        PruneDecision::NotPruned => {
+            vec!["no longer in the manifests (not pruned; --prune would delete it)".to_owned()]
+        }
+    }
 }

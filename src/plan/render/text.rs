@@ -22,9 +22,11 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style};
 
-use super::{body_lines, key_check_text, origin_short, summary_line, warning_lines};
+use super::{
+    body_lines, key_check_text, origin_short, prune_label, prune_lines, summary_line, warning_lines,
+};
 use crate::output::escape;
-use crate::plan::{Action, Plan, StagePlan};
+use crate::plan::{Action, Plan, PruneDecision, StagePlan};
 use crate::verify::Verdict;
 
 const INDENT: &str = "    ";
@@ -122,6 +124,26 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
         }
     }
     if !plan.stages.is_empty() {
+        out.push('\n');
+    }
+    for entry in &plan.prune {
+        let style = match entry.decision {
+            PruneDecision::Delete => AnsiColor::Red.on_default().bold(),
+            PruneDecision::Blocked { .. } | PruneDecision::HeldBack { .. } => {
+                AnsiColor::Yellow.on_default().bold()
+            }
+            PruneDecision::NotPruned => Style::new().dimmed(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {} ({})",
+            painter.paint(style, prune_label(entry)),
+            painter.paint(Style::new().bold(), &escape(&entry.name)),
+            entry.uuid,
+        );
+        for line in prune_lines(entry) {
+            let _ = writeln!(out, "{INDENT}{}", escape(&line));
+        }
         out.push('\n');
     }
     if !plan.unmanaged.is_empty() {

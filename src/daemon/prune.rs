@@ -1,0 +1,180 @@
+//! Prune in the daemon: the plan's prune decisions ([`crate::plan::prune`])
+//! with one more guard, and their logs.
+//!
+//! The extra guard: a stage is deleted only when two passes at least one
+//! debounce apart both found its manifest gone. A checkout that removes a file
+//! and writes its replacement later (slower than the debounce) would otherwise
+//! delete a stage that is about to be declared again. The first pass holds the
+//! delete back and asks for another pass after the debounce.
+//!
+//! A pass only prunes with a complete, valid manifest set (no manifest errors,
+//! the directory readable and not empty) and a complete live list: the pass
+//! says so to [`crate::reconcile::add_prune`]. A pass that kept an invalid
+//! file's last valid stages is not complete.
+//!
+//! Logs: one INFO line per delete; blocked and held-back stages are logged
+//! when their reason changes, not on every pass.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::apply::{DeleteOutcome, DeleteResult};
+use crate::output::escape;
+use crate::plan::{Plan, PruneDecision, PruneSettings};
+
+/// What the daemon remembers about pruning between passes.
+#[derive(Debug)]
+pub struct PruneMemory {
+    pub settings: PruneSettings,
+    debounce: Duration,
+    /// When each delete candidate was first seen, for the two-pass guard.
+    first_seen: BTreeMap<Uuid, Instant>,
+    /// The last logged decision per stage, to log a change once.
+    logged: BTreeMap<Uuid, String>,
+}
+
+impl PruneMemory {
+    pub fn new(settings: PruneSettings, debounce: Duration) -> Self {
+        PruneMemory {
+            settings,
+            debounce,
+            first_seen: BTreeMap::new(),
+            logged: BTreeMap::new(),
+        }
+    }
+
+    /// Holds back every delete first seen less than a debounce ago (pure but
+    /// for the memory). Returns when the next pass should run to confirm them.
+    pub fn confirm(&mut self, plan: &mut Plan, now: Instant) -> Option<Duration> {
+        let deletes: Vec<Uuid> = plan.deletes().map(|e| e.uuid).collect();
+        self.first_seen.retain(|uuid, _| deletes.contains(uuid));
+        let mut wait: Option<Duration> = None;
+        for entry in &mut plan.prune {
+            if entry.decision != PruneDecision::Delete {
+                continue;
+            }
+            let seen = *self.first_seen.entry(entry.uuid).or_insert(now);
+            let age = now.saturating_duration_since(seen);
+            if age < self.debounce {
+                let left = self.debounce - age;
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+                entry.decision = PruneDecision::HeldBack {
+                    reason: "its manifest was gone on this pass only; deleted on the next pass if it is still gone".into(),
+                };
+            }
+        }
+        wait
+    }
+
+    /// Logs the prune decisions that changed since the last pass.
+    pub fn log_decisions(&mut self, plan: &Plan) {
+        let mut now_logged = BTreeMap::new();
+        for entry in &plan.prune {
+            let (line, warn_level) = match &entry.decision {
+                PruneDecision::Delete => continue,
+                PruneDecision::Blocked { users } => (format!("in use: {}", users.join(", ")), true),
+                PruneDecision::HeldBack { reason } => (reason.clone(), false),
+                PruneDecision::NotPruned => (
+                    "no longer in the manifests (not pruned; --prune would delete it)".to_owned(),
+                    false,
+                ),
+            };
+            if self.logged.get(&entry.uuid) != Some(&line) {
+                let (stage, why) = (escape(&entry.name), escape(&line));
+                if warn_level {
+                    warn!(stage = %stage, uuid = %entry.uuid, why = %why, "not pruned: the stage is in use; unbind it first, or restore its manifest");
+                } else {
+                    info!(stage = %stage, uuid = %entry.uuid, why = %why, "not pruned");
+                }
+            }
+            now_logged.insert(entry.uuid, line);
+        }
+        self.logged = now_logged;
+    }
+}
+
+/// One log line per delete.
+pub fn log_deletes(deletes: &[DeleteOutcome]) {
+    for delete in deletes {
+        let stage = escape(&delete.name);
+        let uuid = delete.uuid;
+        match &delete.result {
+            DeleteResult::Deleted => {
+                info!(stage = %stage, %uuid, "deleted stage (pruned: no manifest declares it)");
+            }
+            DeleteResult::AlreadyGone => info!(stage = %stage, %uuid, "stage already gone"),
+            DeleteResult::InUse(users) => {
+                warn!(stage = %stage, %uuid, users = %escape(&users.join(", ")), "not deleted: in use now");
+            }
+            DeleteResult::Failed(err) => {
+                warn!(stage = %stage, %uuid, error = %escape(&err.to_string()), "delete failed");
+            }
+            DeleteResult::Skipped(why) => {
+                debug!(stage = %stage, %uuid, why = %why, "delete not started")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capabilities::{Capabilities, ServerVersion};
+    use crate::plan::PruneEntry;
+
+    fn plan_deleting(uuids: &[u128]) -> Plan {
+        Plan {
+            stages: Vec::new(),
+            unmanaged: Vec::new(),
+            known_fields: Vec::new(),
+            capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+            key_checks: Default::default(),
+            prune: Vec::new(),
+        }
+        .with_prune(
+            uuids
+                .iter()
+                .map(|n| PruneEntry {
+                    uuid: Uuid::from_u128(*n),
+                    name: format!("s{n}"),
+                    decision: PruneDecision::Delete,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_delete_needs_two_passes_a_debounce_apart() {
+        let debounce = Duration::from_millis(500);
+        let mut memory = PruneMemory::new(PruneSettings::default(), debounce);
+        let t0 = Instant::now();
+        let mut first = plan_deleting(&[1]);
+        assert_eq!(memory.confirm(&mut first, t0), Some(debounce));
+        assert_eq!(first.deletes().count(), 0);
+
+        let mut early = plan_deleting(&[1, 2]);
+        let wait = memory.confirm(&mut early, t0 + Duration::from_millis(200));
+        assert_eq!(wait, Some(Duration::from_millis(300)));
+        assert_eq!(early.deletes().count(), 0);
+
+        let mut later = plan_deleting(&[1, 2]);
+        let wait = memory.confirm(&mut later, t0 + Duration::from_millis(600));
+        let deleted: Vec<u128> = later.deletes().map(|e| e.uuid.as_u128()).collect();
+        assert_eq!(deleted, [1], "2 was first seen 400 ms ago");
+        assert_eq!(wait, Some(Duration::from_millis(100)));
+
+        // A candidate that reappears in the manifests starts over.
+        let mut back = plan_deleting(&[]);
+        memory.confirm(&mut back, t0 + Duration::from_millis(700));
+        let mut again = plan_deleting(&[1]);
+        assert!(
+            memory
+                .confirm(&mut again, t0 + Duration::from_millis(800))
+                .is_some()
+        );
+        assert_eq!(again.deletes().count(), 0);
+    }
+}

@@ -1,0 +1,518 @@
+//! Prune: which managed stages a run deletes, and why each other one is not
+//! deleted. Pure: the caller asks authentik's `used_by` for the candidates and
+//! passes the answers in.
+//!
+//! The rules, in order:
+//! 1. Only stages in the [`Inventory`] (created by stagesync, or matched by a
+//!    manifest once) are ever considered. A live stage no manifest ever named
+//!    stays unmanaged, whatever the flags.
+//! 2. A candidate is a managed, live stage that no manifest matches, names or
+//!    pins ([`candidates`]). A managed stage that is no longer live is gone
+//!    ([`gone`]): the caller drops it from the inventory.
+//! 3. Without `--prune` a candidate is [`PruneDecision::NotPruned`].
+//! 4. With `--prune`, nothing is deleted unless the manifest set was read
+//!    completely and is valid, it declares at least one stage (an empty
+//!    directory is a checkout in progress or a lost mount, not "delete
+//!    everything"), and the live list is complete: every candidate is then
+//!    [`PruneDecision::HeldBack`] with the reason.
+//! 5. A candidate that anything uses (`used_by` not empty: a flow binding, an
+//!    identification stage embedding it, ...) is [`PruneDecision::Blocked`],
+//!    naming the users: authentik's delete would silently unbind it or strip
+//!    the captcha from a login form. A candidate whose `used_by` answer is
+//!    missing is held back: no delete without asking.
+//! 6. The delete guard: at most [`PruneSettings::limit`] deletes per run
+//!    (`--max-deletes N`, or 25% of the managed stages, at least 1). Beyond
+//!    it, nothing is deleted and every would-be delete is held back, saying
+//!    why.
+//!
+//! Trap: the guard counts only deletes that would happen (not blocked ones),
+//! and counts the managed stages that are live before this run.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::Plan;
+use crate::stage::{DesiredStage, LiveStage, UsedBy};
+use crate::state::Inventory;
+
+/// The operator's prune flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PruneSettings {
+    /// `--prune`.
+    pub enabled: bool,
+    /// `--max-deletes N`; `None` = the default share.
+    pub max_deletes: Option<usize>,
+}
+
+/// The default guard: a run deletes at most this share of the managed stages
+/// (octoDNS-style), and at least one.
+pub const DEFAULT_MAX_DELETE_PERCENT: usize = 25;
+
+impl PruneSettings {
+    /// How many deletes one run may make, given `managed` live managed stages.
+    pub fn limit(&self, managed: usize) -> usize {
+        self.max_deletes
+            .unwrap_or_else(|| (managed * DEFAULT_MAX_DELETE_PERCENT / 100).max(1))
+    }
+}
+
+/// Everything a prune decision is a function of.
+pub struct PruneInputs<'a> {
+    pub inventory: &'a Inventory,
+    /// Every live captcha stage.
+    pub live: &'a [LiveStage],
+    pub desired: &'a [DesiredStage],
+    /// The plan of `desired` against `live` (its matched stages are kept).
+    pub plan: &'a Plan,
+    /// `used_by` per candidate, as authentik answered.
+    pub used_by: &'a BTreeMap<Uuid, Vec<UsedBy>>,
+    /// Every manifest was read and is valid.
+    pub manifests_complete: bool,
+    /// The live list was read to its last page.
+    pub live_complete: bool,
+    pub settings: PruneSettings,
+}
+
+/// What happens to one managed stage whose manifest is gone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum PruneDecision {
+    /// Deleted after every create and update of the run.
+    Delete,
+    /// Something uses it; `users` in the user's words ("bound to flow `x`").
+    Blocked { users: Vec<String> },
+    /// `--prune` was not given.
+    NotPruned,
+    /// A guard holds it back; `reason` says which.
+    HeldBack { reason: String },
+}
+
+/// A managed stage no manifest declares any more.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PruneEntry {
+    pub uuid: Uuid,
+    /// Its live name.
+    pub name: String,
+    #[serde(flatten)]
+    pub decision: PruneDecision,
+}
+
+/// Managed, live stages that no manifest matches, names or pins: the only
+/// stages prune may delete. Sorted by name.
+pub fn candidates<'a>(
+    inventory: &Inventory,
+    live: &'a [LiveStage],
+    desired: &[DesiredStage],
+    plan: &Plan,
+) -> Vec<&'a LiveStage> {
+    let matched: BTreeSet<Uuid> = plan.stages.iter().filter_map(|s| s.uuid()).collect();
+    let pinned: BTreeSet<Uuid> = desired.iter().filter_map(|d| d.uuid).collect();
+    let named: BTreeSet<&str> = desired.iter().map(|d| d.fields.name.trim()).collect();
+    let mut out: Vec<&LiveStage> = live
+        .iter()
+        .filter(|l| inventory.contains(l.uuid))
+        .filter(|l| !matched.contains(&l.uuid) && !pinned.contains(&l.uuid))
+        .filter(|l| !named.contains(l.fields.name.trim()))
+        .collect();
+    out.sort_by(|a, b| a.fields.name.cmp(&b.fields.name).then(a.uuid.cmp(&b.uuid)));
+    out
+}
+
+/// Managed stages that are not live any more (deleted out of band): to be
+/// dropped from the inventory. Only meaningful with a complete live list.
+pub fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
+    let live: BTreeSet<Uuid> = live.iter().map(|l| l.uuid).collect();
+    inventory
+        .iter()
+        .map(|(uuid, _)| uuid)
+        .filter(|u| !live.contains(u))
+        .collect()
+}
+
+/// Decides every candidate; see the module docs for the rules.
+pub fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
+    let candidates = candidates(inputs.inventory, inputs.live, inputs.desired, inputs.plan);
+    let entry = |stage: &LiveStage, decision| PruneEntry {
+        uuid: stage.uuid,
+        name: stage.fields.name.trim().to_owned(),
+        decision,
+    };
+    if !inputs.settings.enabled {
+        return candidates
+            .into_iter()
+            .map(|s| entry(s, PruneDecision::NotPruned))
+            .collect();
+    }
+    let unsafe_source = if !inputs.manifests_complete {
+        Some("the manifests were not all read and valid; nothing is pruned")
+    } else if inputs.desired.is_empty() {
+        Some("the manifests declare no stage at all (an empty directory?); nothing is pruned")
+    } else if !inputs.live_complete {
+        Some("authentik's stages could not be listed completely; nothing is pruned")
+    } else {
+        None
+    };
+    if let Some(reason) = unsafe_source {
+        return candidates
+            .into_iter()
+            .map(|s| {
+                entry(
+                    s,
+                    PruneDecision::HeldBack {
+                        reason: reason.to_owned(),
+                    },
+                )
+            })
+            .collect();
+    }
+
+    let mut entries: Vec<PruneEntry> = candidates
+        .into_iter()
+        .map(|s| {
+            let decision = match inputs.used_by.get(&s.uuid) {
+                None => PruneDecision::HeldBack {
+                    reason: "what uses it is not known (used_by was not asked); nothing is deleted without asking".to_owned(),
+                },
+                Some(users) if users.is_empty() => PruneDecision::Delete,
+                Some(users) => PruneDecision::Blocked {
+                    users: describe_users(users),
+                },
+            };
+            entry(s, decision)
+        })
+        .collect();
+
+    let deletes = entries
+        .iter()
+        .filter(|e| e.decision == PruneDecision::Delete)
+        .count();
+    let managed = inputs
+        .live
+        .iter()
+        .filter(|l| inputs.inventory.contains(l.uuid))
+        .count();
+    let limit = inputs.settings.limit(managed);
+    if deletes > limit {
+        let allowed = match inputs.settings.max_deletes {
+            Some(n) => format!("--max-deletes {n}"),
+            None => format!(
+                "{limit} ({DEFAULT_MAX_DELETE_PERCENT}% of {managed} managed stages, at least 1)"
+            ),
+        };
+        let reason = format!(
+            "this run would delete {deletes} stages, more than the {allowed} allowed; nothing is deleted (pass --max-deletes {deletes} to allow it)"
+        );
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.decision == PruneDecision::Delete)
+        {
+            e.decision = PruneDecision::HeldBack {
+                reason: reason.clone(),
+            };
+        }
+    }
+    entries
+}
+
+/// `used_by` in the user's words: "bound to flow `slug`", "captcha of
+/// identification stage `name`", others by model name. A binding is not named
+/// when its flow is (it says the same thing).
+pub fn describe_users(users: &[UsedBy]) -> Vec<String> {
+    let has_flow = users.iter().any(|u| u.model_name == "flow");
+    users
+        .iter()
+        .filter(|u| !(has_flow && u.model_name == "flowstagebinding"))
+        .map(|u| match u.model_name.as_str() {
+            "flow" => format!("bound to flow `{}`", flow_slug(&u.name)),
+            "identificationstage" => format!(
+                "captcha of identification stage `{}`",
+                u.name.strip_prefix("Stage ").unwrap_or(&u.name)
+            ),
+            model => format!("used by {model} `{}`", u.name),
+        })
+        .collect()
+}
+
+/// authentik names a flow `Flow <name> (<slug>)`: the slug, as users know it.
+fn flow_slug(name: &str) -> &str {
+    name.strip_prefix("Flow ")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .and_then(|rest| rest.rsplit_once(" ("))
+        .map_or(name, |(_, slug)| slug)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::capabilities::Capabilities;
+    use crate::capabilities::ServerVersion;
+    use crate::plan::{PlanInputs, plan};
+    use crate::secret::{KeySource, SecretString};
+    use crate::stage::{Origin, StageFields};
+    use crate::state::{KeyState, ManagedAs};
+
+    fn live(name: &str, n: u128) -> LiveStage {
+        LiveStage {
+            uuid: Uuid::from_u128(n),
+            fields: StageFields::with_defaults(name, "site"),
+        }
+    }
+
+    fn desired(name: &str) -> DesiredStage {
+        DesiredStage {
+            origin: Origin {
+                file: PathBuf::from(format!("{name}.yaml")),
+                line: 1,
+                column: 1,
+            },
+            uuid: None,
+            fields: StageFields::with_defaults(name, "site"),
+            key_source: KeySource::Env("KEY".into()),
+            private_key: SecretString::from("k"),
+        }
+    }
+
+    fn user(model_name: &str, name: &str, action: &str) -> UsedBy {
+        UsedBy {
+            app: "authentik_flows".into(),
+            model_name: model_name.into(),
+            pk: "1".into(),
+            name: name.into(),
+            action: action.into(),
+        }
+    }
+
+    /// A world of `live` stages, all managed unless listed in `unmanaged`,
+    /// with manifests for `kept`.
+    struct World {
+        live: Vec<LiveStage>,
+        desired: Vec<DesiredStage>,
+        inventory: Inventory,
+        used_by: BTreeMap<Uuid, Vec<UsedBy>>,
+        manifests_complete: bool,
+        live_complete: bool,
+    }
+
+    impl World {
+        fn new(live: Vec<LiveStage>, kept: &[&str], unmanaged: &[&str]) -> World {
+            let mut inventory = Inventory::default();
+            for l in &live {
+                if !unmanaged.contains(&l.fields.name.as_str()) {
+                    inventory.manage(l.uuid, &l.fields.name, ManagedAs::Created);
+                }
+            }
+            let used_by = live.iter().map(|l| (l.uuid, Vec::new())).collect();
+            World {
+                desired: kept.iter().map(|n| desired(n)).collect(),
+                live,
+                inventory,
+                used_by,
+                manifests_complete: true,
+                live_complete: true,
+            }
+        }
+
+        fn decide(&self, settings: PruneSettings) -> Vec<(String, PruneDecision)> {
+            let keys = KeyState::default();
+            let foreign = BTreeMap::new();
+            let plan = plan(&PlanInputs {
+                desired: &self.desired,
+                live: &self.live,
+                keys: &keys,
+                capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+                foreign_names: &foreign,
+            });
+            decide(&PruneInputs {
+                inventory: &self.inventory,
+                live: &self.live,
+                desired: &self.desired,
+                plan: &plan,
+                used_by: &self.used_by,
+                manifests_complete: self.manifests_complete,
+                live_complete: self.live_complete,
+                settings,
+            })
+            .into_iter()
+            .map(|e| (e.name, e.decision))
+            .collect()
+        }
+    }
+
+    const PRUNE: PruneSettings = PruneSettings {
+        enabled: true,
+        max_deletes: None,
+    };
+
+    fn held(d: &PruneDecision) -> &str {
+        match d {
+            PruneDecision::HeldBack { reason } => reason,
+            other => panic!("expected held back, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_managed_stages_without_a_manifest_are_candidates() {
+        let world = World::new(
+            vec![live("kept", 1), live("gone", 2), live("clicked", 3)],
+            &["kept"],
+            &["clicked"],
+        );
+        assert_eq!(
+            world.decide(PRUNE),
+            vec![("gone".to_owned(), PruneDecision::Delete)]
+        );
+        assert_eq!(
+            world.decide(PruneSettings::default()),
+            vec![("gone".to_owned(), PruneDecision::NotPruned)]
+        );
+    }
+
+    #[test]
+    fn a_used_stage_is_blocked_and_its_users_named() {
+        let mut world = World::new(vec![live("a", 1), live("b", 2), live("c", 3)], &["a"], &[]);
+        world.used_by.insert(
+            Uuid::from_u128(2),
+            vec![
+                user(
+                    "flow",
+                    "Flow default-authentication-flow (default-authentication-flow)",
+                    "cascade_many",
+                ),
+                user("flowstagebinding", "Flow-stage binding #10 to x", "cascade"),
+                user("identificationstage", "Stage login-ident", "set_null"),
+                user("somethingelse", "Thing t", "cascade"),
+            ],
+        );
+        let decided = world.decide(PRUNE);
+        assert_eq!(
+            decided[0],
+            (
+                "b".to_owned(),
+                PruneDecision::Blocked {
+                    users: vec![
+                        "bound to flow `default-authentication-flow`".into(),
+                        "captcha of identification stage `login-ident`".into(),
+                        "used by somethingelse `Thing t`".into(),
+                    ]
+                }
+            )
+        );
+        assert_eq!(decided[1], ("c".to_owned(), PruneDecision::Delete));
+    }
+
+    #[test]
+    fn no_used_by_answer_means_no_delete() {
+        let mut world = World::new(vec![live("a", 1), live("b", 2)], &["a"], &[]);
+        world.used_by.clear();
+        assert!(held(&world.decide(PRUNE)[0].1).contains("used_by was not asked"));
+    }
+
+    #[test]
+    fn incomplete_or_empty_sources_hold_every_delete_back() {
+        let base = || World::new(vec![live("a", 1), live("b", 2)], &["a"], &[]);
+        let mut w = base();
+        w.manifests_complete = false;
+        assert!(held(&w.decide(PRUNE)[0].1).contains("manifests were not all read"));
+        let mut w = base();
+        w.live_complete = false;
+        assert!(held(&w.decide(PRUNE)[0].1).contains("could not be listed completely"));
+        let w = World::new(vec![live("a", 1), live("b", 2)], &[], &[]);
+        let decided = w.decide(PRUNE);
+        assert_eq!(decided.len(), 2);
+        assert!(
+            decided
+                .iter()
+                .all(|(_, d)| held(d).contains("declare no stage at all"))
+        );
+    }
+
+    #[test]
+    fn the_guard_allows_a_quarter_of_the_managed_stages_and_at_least_one() {
+        assert_eq!(PRUNE.limit(0), 1);
+        assert_eq!(PRUNE.limit(7), 1);
+        assert_eq!(PRUNE.limit(8), 2);
+        assert_eq!(PRUNE.limit(100), 25);
+        let allow = |n| PruneSettings {
+            enabled: true,
+            max_deletes: Some(n),
+        };
+        assert_eq!(allow(0).limit(100), 0);
+
+        // 8 managed stages, 2 gone: at the limit, both deleted.
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let stages = || {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| live(n, i as u128 + 1))
+                .collect::<Vec<_>>()
+        };
+        let keep = |k: usize| names[..k].iter().map(String::as_str).collect::<Vec<_>>();
+        let w = World::new(stages(), &keep(6), &[]);
+        assert!(
+            w.decide(PRUNE)
+                .iter()
+                .all(|(_, d)| *d == PruneDecision::Delete)
+        );
+        // 3 gone: one over, nothing deleted, and the plan says why.
+        let w = World::new(stages(), &keep(5), &[]);
+        let decided = w.decide(PRUNE);
+        assert_eq!(decided.len(), 3);
+        assert_eq!(
+            held(&decided[0].1),
+            "this run would delete 3 stages, more than the 2 (25% of 8 managed stages, at least 1) allowed; nothing is deleted (pass --max-deletes 3 to allow it)"
+        );
+        assert!(decided.iter().all(|(_, d)| held(d) == held(&decided[0].1)));
+        assert!(
+            w.decide(allow(3))
+                .iter()
+                .all(|(_, d)| *d == PruneDecision::Delete)
+        );
+        assert!(held(&w.decide(allow(2))[0].1).contains("more than the --max-deletes 2 allowed"));
+    }
+
+    #[test]
+    fn blocked_stages_do_not_count_against_the_guard() {
+        let mut w = World::new(
+            vec![live("a", 1), live("b", 2), live("c", 3), live("d", 4)],
+            &["a", "b"],
+            &[],
+        );
+        w.used_by.insert(
+            Uuid::from_u128(3),
+            vec![user("identificationstage", "Stage x", "set_null")],
+        );
+        let decided = w.decide(PRUNE);
+        assert!(matches!(decided[0].1, PruneDecision::Blocked { .. }));
+        assert_eq!(decided[1].1, PruneDecision::Delete);
+    }
+
+    #[test]
+    fn a_stage_a_manifest_names_or_pins_is_never_a_candidate() {
+        let mut w = World::new(vec![live("a", 1), live("b", 2)], &["a"], &[]);
+        // An erroneous manifest pinning b (unknown uuid elsewhere) still keeps it.
+        let mut pin = desired("renamed-b");
+        pin.uuid = Some(Uuid::from_u128(2));
+        w.desired.push(pin);
+        assert!(w.decide(PRUNE).is_empty());
+    }
+
+    #[test]
+    fn gone_lists_managed_stages_no_longer_live() {
+        let w = World::new(vec![live("a", 1)], &["a"], &[]);
+        let mut inventory = w.inventory.clone();
+        inventory.manage(Uuid::from_u128(9), "deleted-in-ui", ManagedAs::Adopted);
+        assert_eq!(gone(&inventory, &w.live), vec![Uuid::from_u128(9)]);
+    }
+
+    #[test]
+    fn flow_slugs_come_from_authentiks_flow_names() {
+        assert_eq!(flow_slug("Flow Login (default-login)"), "default-login");
+        assert_eq!(flow_slug("Flow a (b) (c)"), "c");
+        assert_eq!(flow_slug("odd"), "odd");
+    }
+}
