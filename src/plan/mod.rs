@@ -388,6 +388,11 @@ pub fn names_to_check(desired: &[DesiredStage], live: &[LiveStage]) -> Vec<Strin
 }
 
 fn foreign_message(name: &str, kind: &str) -> String {
+    // authentik names a stage type by its verbose name ("Identification
+    // Stage"), the simulator by its model ("identification"): both read
+    // "an identification stage".
+    let kind = kind.trim().to_lowercase();
+    let kind = kind.strip_suffix(" stage").unwrap_or(&kind);
     let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
         "an"
     } else {

@@ -861,3 +861,22 @@ fn pruned_stages_leave_the_unmanaged_list() {
     assert!(!p.has_changes(), "not pruned is no change");
     assert!(!p.prune_refused());
 }
+
+#[test]
+fn a_stage_type_named_by_its_verbose_name_reads_as_one_kind_of_stage() {
+    let ds = [desired("login", None), desired("mail", None)];
+    let foreign = BTreeMap::from([
+        ("login".to_owned(), "Identification Stage".to_owned()),
+        ("mail".to_owned(), "Email Stage".to_owned()),
+    ]);
+    let p = run_with(&ds, &[], &KeyState::default(), NEW, &foreign);
+    assert_eq!(
+        error_message(&p.stages[0]),
+        "name \"login\" is already used by an identification stage; stage names are unique across all stage types"
+    );
+    assert!(
+        error_message(&p.stages[1]).contains("used by an email stage;"),
+        "{}",
+        error_message(&p.stages[1])
+    );
+}
