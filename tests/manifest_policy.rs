@@ -461,3 +461,26 @@ async fn every_plan_format_shows_the_key_source_and_a_key_moving_to_a_new_host()
     assert_eq!(json["stages"][0]["key_source"], "!Env LOGIN_KEY");
     assert_eq!(sim.request_counts().writes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_is_named_as_written_so_its_existence_and_link_target_stay_hidden() {
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    plant_outside_files(&ws);
+    ws.write("a.yaml", &doc("!File ../outside-key", HCAPTCHA));
+    ws.write(
+        "b.yaml",
+        &doc("!File innocent-key", HCAPTCHA).replace("stage", "other"),
+    );
+    let out = run(cmd(&ws, &sim, &["validate", "stages"])).await;
+    let report = stdout(&out);
+    assert_eq!(out.status.code(), Some(3), "{report}");
+    // Neither the resolved target of the link nor the existing file's real
+    // path is shown: only what the manifest wrote.
+    let resolved = ws.root.path().join("outside-key").display().to_string();
+    assert!(
+        !report.contains(&format!("{resolved} is refused")),
+        "{report}"
+    );
+    assert!(report.contains("innocent-key"), "{report}");
+}

@@ -252,3 +252,25 @@ fn every_copy_of_a_duplicate_name_names_the_others() {
         "{stdout}"
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn a_folder_that_cannot_be_read_makes_the_set_invalid_not_smaller() {
+    // An unmounted folder behind a symlink: its manifests are unknown, so the
+    // set is not complete (prune must not take its stages for removed).
+    let dir = tempfile::tempdir().unwrap();
+    let stages = dir.path().join("stages");
+    std::fs::create_dir(&stages).unwrap();
+    std::fs::write(
+        stages.join("a.yaml"),
+        "name: a\npublic_key: p\nprivate_key: !Env TEST_CAPTCHA_SECRET\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/nonexistent/team-a", stages.join("team-a")).unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stdout.contains("stages/team-a: error: cannot read:"),
+        "{stdout}"
+    );
+}

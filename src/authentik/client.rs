@@ -1000,6 +1000,20 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     crate::output::escape(&parts.join(": ")).into_owned()
 }
 
+/// `raw` with anything between `://` and the last `@` of the authority cut
+/// out: a URL that does not parse is still quoted in its error, and must not
+/// show a password written into it.
+fn without_userinfo(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://…@{}", &rest[at + 1..]),
+        None => raw.to_owned(),
+    }
+}
+
 /// The install's root as a URL ending in `/`: tolerates a trailing slash and an
 /// included `/api/v3`; refuses credentials, queries and fragments.
 pub(crate) fn normalise_url(raw: &str) -> Result<Url, ApiError> {
@@ -1009,7 +1023,7 @@ pub(crate) fn normalise_url(raw: &str) -> Result<Url, ApiError> {
         reason: reason.to_owned(),
     };
     let mut url = Url::parse(raw).map_err(|e| {
-        let shown = crate::output::escape(raw).into_owned();
+        let shown = crate::output::escape(&without_userinfo(raw)).into_owned();
         match e {
             url::ParseError::RelativeUrlWithoutBase => {
                 bad(shown, "it needs a scheme, e.g. https://auth.example.com")
@@ -1107,6 +1121,18 @@ mod tests {
         assert!(norm("https://auth.example.com/?x=1").contains("query"));
         let e = norm("https://user:hunter2@auth.example.com");
         assert!(e.contains("credentials") && !e.contains("hunter2"), "{e}");
+        // A URL that does not parse is quoted, without what looks like a password.
+        for unparsable in [
+            "https://admin:hunter2@auth.example.com:99999",
+            "https://admin:hun@ter2@auth.example.com:99999/x@y",
+        ] {
+            let e = norm(unparsable);
+            assert!(
+                e.starts_with("ERR ") && !e.contains("hunter2") && !e.contains("ter2"),
+                "{e}"
+            );
+            assert!(e.contains("auth.example.com:99999"), "{e}");
+        }
     }
 
     fn answer(status: u16, content_type: &str, body: &str) -> Answer {

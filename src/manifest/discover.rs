@@ -94,11 +94,20 @@ fn walk_dir(
             return;
         }
     };
-    let mut names: Vec<_> = entries
-        .take(MAX_ENTRIES + 1)
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
+    let mut names = Vec::new();
+    for entry in entries.take(MAX_ENTRIES + 1) {
+        match entry {
+            Ok(entry) => names.push(entry.file_name()),
+            // An entry that cannot be read may be a folder of manifests: the
+            // set is not complete, and saying nothing would let prune take
+            // its stages for removed.
+            Err(err) => out.push(Found::Problem {
+                is_file: false,
+                path: dir.to_path_buf(),
+                message: format!("cannot read a folder entry: {}", io_message(&err)),
+            }),
+        }
+    }
     names.sort();
     for name in names {
         *budget = budget.saturating_sub(1);
@@ -118,18 +127,19 @@ fn walk_dir(
         let meta = match fs::metadata(&path) {
             Ok(meta) => meta,
             Err(err) => {
+                // Whatever it is (a dangling symlink to an unmounted folder, a
+                // file without permission), it may hold manifests: an error,
+                // so that nothing reads the set as complete.
                 let is_loop = err.raw_os_error() == Some(40); // ELOOP
-                if is_manifest_name || is_loop {
-                    out.push(Found::Problem {
-                        is_file: !is_loop,
-                        message: if is_loop {
-                            "symlink loop; not followed".into()
-                        } else {
-                            format!("cannot read: {}", io_message(&err))
-                        },
-                        path,
-                    });
-                }
+                out.push(Found::Problem {
+                    is_file: is_manifest_name && !is_loop,
+                    message: if is_loop {
+                        "symlink loop; not followed".into()
+                    } else {
+                        format!("cannot read: {}", io_message(&err))
+                    },
+                    path,
+                });
                 continue;
             }
         };

@@ -429,10 +429,12 @@ fn read_file(full: &Path, root: &Path, policy: &Policy) -> Result<SecretString, 
         }
         Err(e) => return Err(cannot_read(&e)),
     };
+    // Refused under the path as written, not the resolved one: the answer must
+    // not tell whether the file exists, nor where a symlink leads.
     policy
         .secrets
         .check_file(root, &resolved)
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| policy.secrets.refuse_file(full).to_string())?;
     let meta = std::fs::metadata(&resolved).map_err(|e| cannot_read(&e))?;
     if !meta.is_file() {
         return Err(format!("`!File` {shown} is not a regular file"));
