@@ -101,7 +101,8 @@ enum CommandArgs {
         concurrency: u16,
         /// Apply exactly this saved plan (from `plan --out`), without asking, or
         /// nothing: exit 4 if authentik or the manifests changed since it was made.
-        #[arg(long, value_name = "FILE")]
+        /// A saved plan holds no deletes, so it does not go with --prune.
+        #[arg(long, value_name = "FILE", conflicts_with = "prune")]
         plan: Option<PathBuf>,
         /// With --plan: refuse a plan file older than this.
         #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "plan")]
@@ -848,5 +849,13 @@ mod tests {
         assert_eq!(parse_debounce("100ms"), Ok(MIN_DEBOUNCE));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_saved_plan_does_not_go_with_prune() {
+        let err =
+            Cli::try_parse_from(["stagesync", "apply", "--plan", "p.json", "--prune"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        assert!(Cli::try_parse_from(["stagesync", "apply", "--plan", "p.json"]).is_ok());
     }
 }

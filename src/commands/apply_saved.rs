@@ -42,6 +42,9 @@ pub async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> 
     // Locked before reading live state, as a plain apply does: no other apply
     // or daemon writes between the check and the writes.
     let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
+    for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+        eprintln!("warning: {}", escape(&line));
+    }
     let live = reconcile::fetch_live(&client, |live| saved.names_to_check(live)).await?;
     let verified = check(
         &saved,

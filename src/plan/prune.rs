@@ -151,6 +151,11 @@ pub fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
         Some("the manifests declare no stage at all (an empty directory?); nothing is pruned")
     } else if !inputs.live_complete {
         Some("authentik's stages could not be listed completely; nothing is pruned")
+    } else if inputs.plan.has_errors() {
+        // A stage in error may be the new home of a candidate (a manifest
+        // renamed without a pin is a create plus a delete): deleting the old
+        // stage while the new one cannot be written would leave neither.
+        Some("a stage of the manifests cannot be planned (see its error); nothing is pruned")
     } else {
         None
     };
@@ -427,6 +432,20 @@ mod tests {
             decided
                 .iter()
                 .all(|(_, d)| held(d).contains("declare no stage at all"))
+        );
+    }
+
+    #[test]
+    fn a_stage_in_error_holds_every_delete_back() {
+        // Two manifests name `a` (an error for both): `b`, managed and named by
+        // none, is not deleted while the plan has an error.
+        let w = World::new(vec![live("a", 1), live("b", 2)], &["a", "a"], &[]);
+        let decided = w.decide(PRUNE);
+        assert_eq!(decided.len(), 1, "{decided:?}");
+        assert_eq!(decided[0].0, "b");
+        assert!(
+            held(&decided[0].1).contains("cannot be planned"),
+            "{decided:?}"
         );
     }
 

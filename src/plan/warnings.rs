@@ -75,14 +75,22 @@ pub fn warnings(plan: &Plan) -> Vec<Warning> {
     found
 }
 
-/// `host` or `host:port` of a URL; the text itself when it does not parse.
+/// `host` or `host:port` of an https URL, `scheme://host[:port]` of any
+/// other (so a move to plain http on the same host, which sends the key
+/// unencrypted, is a change too); the text itself when it does not parse.
 fn host_of(url: &str) -> String {
     match url::Url::parse(url.trim()) {
-        Ok(parsed) => match (parsed.host_str(), parsed.port()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            (None, _) => url.to_owned(),
-        },
+        Ok(parsed) => {
+            let host = match (parsed.host_str(), parsed.port()) {
+                (Some(host), Some(port)) => format!("{host}:{port}"),
+                (Some(host), None) => host.to_owned(),
+                (None, _) => return url.to_owned(),
+            };
+            match parsed.scheme() {
+                "https" => host,
+                scheme => format!("{scheme}://{host}"),
+            }
+        }
         Err(_) => url.to_owned(),
     }
 }
@@ -97,6 +105,12 @@ mod tests {
         assert_eq!(host_of("https://a.example:8443/x"), "a.example:8443");
         assert_eq!(host_of("https://a.example:443/x"), "a.example");
         assert_eq!(host_of("not a url"), "not a url");
+        // Plain http on the same host is another place to send the key.
+        assert_eq!(host_of("http://a.example/x"), "http://a.example");
+        assert_ne!(
+            host_of("http://a.example/x"),
+            host_of("https://a.example/x")
+        );
     }
 
     #[test]
