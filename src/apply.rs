@@ -198,6 +198,9 @@ pub enum DeleteResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteSkip {
     Cancelled,
+    /// Still waiting on authentik when the grace period after a stop signal
+    /// ended: whether the stage was deleted is unknown (the next run sees).
+    Abandoned,
     /// A create or update of the same apply was not made.
     WritesIncomplete,
 }
@@ -206,6 +209,9 @@ impl fmt::Display for DeleteSkip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             DeleteSkip::Cancelled => "interrupted",
+            DeleteSkip::Abandoned => {
+                "abandoned at shutdown without an answer; whether authentik deleted it is unknown, the next run sees"
+            }
             DeleteSkip::WritesIncomplete => {
                 "a create or update of this run was not made; deletes wait for a run where every write succeeds"
             }
@@ -601,7 +607,7 @@ pub async fn apply(
     let writes_made = outcomes
         .iter()
         .all(|o| matches!(o.result, WriteResult::Written(_)));
-    let deletes = delete_pruned(client, plan, writes_made, &stop.cancel).await;
+    let deletes = delete_pruned(client, plan, writes_made, stop).await;
     for delete in &deletes {
         if matches!(
             delete.result,
@@ -618,16 +624,21 @@ async fn delete_pruned(
     client: &Client,
     plan: &Plan,
     writes_made: bool,
-    cancel: &CancellationToken,
+    stop: &Stop,
 ) -> Vec<DeleteOutcome> {
     let mut out = Vec::new();
     for entry in plan.deletes() {
         let result = if !writes_made {
             DeleteResult::Skipped(DeleteSkip::WritesIncomplete)
-        } else if cancel.is_cancelled() {
+        } else if stop.cancel.is_cancelled() {
             DeleteResult::Skipped(DeleteSkip::Cancelled)
         } else {
-            delete_one(client, entry.uuid).await
+            // A delete in flight gets the same grace period as a write.
+            tokio::select! {
+                biased;
+                () = stop.abandon.cancelled() => DeleteResult::Skipped(DeleteSkip::Abandoned),
+                result = delete_one(client, entry.uuid) => result,
+            }
         };
         out.push(DeleteOutcome {
             uuid: entry.uuid,
