@@ -356,6 +356,9 @@ impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
                 self.state
                     .keys_mut()
                     .record(live.uuid, &pending.write.private_key);
+                if pending.target == Target::Create {
+                    self.state.record_created(live.uuid, &live.fields.name);
+                }
             }
             // Never sent: what was known before still holds.
             WriteResult::Skipped(_) => {

@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use uuid::Uuid;
+
 use crate::apply::{ApplyReport, DeleteResult, Operation, WriteResult};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
@@ -153,8 +155,13 @@ pub fn record_inventory(
     for uuid in prune::gone(inventory, live) {
         inventory.forget(uuid);
     }
+    // Only stages that are live now: a saved plan's in-sync entry may name a
+    // stage deleted since (it is left alone, not adopted again).
+    let is_live = |uuid: Uuid| live.iter().any(|l| l.uuid == uuid);
     for entry in &plan.stages {
-        if let Action::InSync { uuid } | Action::Update { uuid, .. } = entry.action {
+        if let Action::InSync { uuid } | Action::Update { uuid, .. } = entry.action
+            && is_live(uuid)
+        {
             inventory.manage(uuid, &entry.name, ManagedAs::Adopted);
         }
     }

@@ -419,6 +419,10 @@ pub trait KeyStore {
     fn save(&mut self) -> Result<(), StateError>;
     /// Saves if a batched save is due.
     fn save_if_due(&mut self) -> Result<bool, StateError>;
+    /// Records a stage this run created in the inventory, so it is saved with
+    /// the next batched save rather than only at the end (a crash in between
+    /// must not make the stage unmanaged). Nothing for a store without one.
+    fn record_created(&mut self, _uuid: Uuid, _name: &str) {}
 }
 
 impl KeyStore for KeyState {
@@ -448,6 +452,9 @@ impl KeyStore for StateFile {
     }
     fn save_if_due(&mut self) -> Result<bool, StateError> {
         StateFile::save_if_due(self)
+    }
+    fn record_created(&mut self, uuid: Uuid, name: &str) {
+        self.inventory_mut().manage(uuid, name, ManagedAs::Created);
     }
 }
 
@@ -1016,6 +1023,22 @@ mod tests {
         let keys = StateFile::read_only(&path).unwrap();
         assert_eq!(keys.status(uuid, &key("new")), KeyStatus::Unchanged);
         assert_eq!(keys.in_flight().count(), 0);
+    }
+
+    #[test]
+    fn a_created_stage_enters_the_inventory_with_the_next_batched_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let uuid = Uuid::from_u128(9);
+        let mut state = StateFile::open_for_write(&path).unwrap();
+        KeyStore::record_created(&mut state, uuid, "signup");
+        // The first save is always due: what a kill -9 after it finds.
+        assert!(state.save_if_due().unwrap());
+        let (_, inventory) = StateFile::read_only_with_inventory(&path).unwrap();
+        assert_eq!(
+            inventory.get(uuid).map(|m| (m.name.as_str(), m.managed_as)),
+            Some(("signup", ManagedAs::Created))
+        );
     }
 
     #[test]
