@@ -316,6 +316,9 @@ struct Pending<'p> {
     outcome: Option<WriteOutcome>,
     /// Set while its key is marked in flight (write-ahead).
     mark: Option<KeyMark>,
+    /// False when authentik's answer did not confirm the key (a lost create
+    /// found by name): the key is then not recorded, it reads as unknown.
+    key_confirmed: bool,
 }
 
 impl Pending<'_> {
@@ -353,9 +356,11 @@ impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
         let pending = &mut self.writes[index];
         match &result {
             WriteResult::Written(live) => {
-                self.state
-                    .keys_mut()
-                    .record(live.uuid, &pending.write.private_key);
+                if pending.key_confirmed {
+                    self.state
+                        .keys_mut()
+                        .record(live.uuid, &pending.write.private_key);
+                }
                 if pending.target == Target::Create {
                     self.state.record_created(live.uuid, &live.fields.name);
                 }
@@ -435,6 +440,7 @@ pub async fn apply(
                 after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
                 outcome: None,
                 mark: None,
+                key_confirmed: true,
             })
             .collect(),
         state,
@@ -527,7 +533,7 @@ pub async fn apply(
 
         // Start writes as slots free up, and settle each as it completes.
         let mut queue = wave.into_iter().peekable();
-        let mut tasks: JoinSet<Result<LiveStage, ApiError>> = JoinSet::new();
+        let mut tasks: JoinSet<Result<(LiveStage, bool), ApiError>> = JoinSet::new();
         let mut index_of_task = HashMap::new();
         while queue.peek().is_some() || !tasks.is_empty() {
             tokio::select! {
@@ -549,7 +555,14 @@ pub async fn apply(
                 }
                 Some(joined) = tasks.join_next_with_id() => {
                     let (index, result) = match joined {
-                        Ok((id, result)) => (index_of_task[&id], result.map_err(WriteError::from)),
+                        Ok((id, result)) => {
+                            let index = index_of_task[&id];
+                            let result = result.map(|(live, key_confirmed)| {
+                                run.writes[index].key_confirmed = key_confirmed;
+                                live
+                            });
+                            (index, result.map_err(WriteError::from))
+                        }
                         // A write task only ends without a result if it
                         // panicked (a bug): reported as failed, never skipped
                         // in silence.
@@ -666,16 +679,29 @@ async fn delete_one(client: &Client, uuid: uuid::Uuid) -> DeleteResult {
     }
 }
 
-/// The one request of a write.
-async fn send(client: &Client, target: Target, write: &Write) -> Result<LiveStage, ApiError> {
+/// The one request of a write, and whether its answer confirms the key.
+async fn send(
+    client: &Client,
+    target: Target,
+    write: &Write,
+) -> Result<(LiveStage, bool), ApiError> {
     // The plan's fields are already cut to what the server knows.
     let request = StageWrite {
         fields: &write.fields,
         private_key: &write.private_key,
     };
     match target {
-        Target::Create => client.create_stage(&request).await,
-        Target::Update(uuid) => client.update_stage(uuid, &request).await,
+        Target::Create => client
+            .create_stage_reporting(&request)
+            .await
+            .map(|created| {
+                let confirmed = created.key_confirmed();
+                (created.into_live(), confirmed)
+            }),
+        Target::Update(uuid) => client
+            .update_stage(uuid, &request)
+            .await
+            .map(|live| (live, true)),
     }
 }
 

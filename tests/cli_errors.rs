@@ -1303,7 +1303,22 @@ async fn a_lost_create_is_not_duplicated() {
     );
     assert_eq!(sim.request_counts().get("POST", LIST), 1, "sent once");
 
-    // The state knows the key: the next plan is in sync.
+    // The stage was found by name, not confirmed by an answer: another writer
+    // may have created it with another key, so the key reads as unknown (never
+    // wrongly unchanged) and the next apply writes it once more.
+    let mut c = cmd(&ws, &sim);
+    c.arg("plan");
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("private_key: (sensitive) unknown"),
+        "{}",
+        describe(&out)
+    );
+    let mut c = cmd(&ws, &sim);
+    c.args(["apply", "--yes"]);
+    let out = run_checked(c).await;
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let mut c = cmd(&ws, &sim);
     c.arg("plan");
     let out = run_checked(c).await;

@@ -133,6 +133,28 @@ pub struct RequestRecord {
 
 type Observer = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
 
+/// What a create ended with.
+#[derive(Debug)]
+pub(crate) enum Created {
+    /// authentik answered the `POST`: the stage holds the key that was sent.
+    Confirmed(LiveStage),
+    /// The answer was lost and the name was found: probably this create, but
+    /// another writer may have made it, so its key is not known.
+    FoundByName(LiveStage),
+}
+
+impl Created {
+    pub(crate) fn key_confirmed(&self) -> bool {
+        matches!(self, Created::Confirmed(_))
+    }
+
+    pub(crate) fn into_live(self) -> LiveStage {
+        match self {
+            Created::Confirmed(live) | Created::FoundByName(live) => live,
+        }
+    }
+}
+
 /// A connection to one authentik install.
 #[derive(Clone)]
 pub struct Client {
@@ -492,6 +514,18 @@ impl Client {
     /// 5xx, authentik's empty 405) is not sent again blindly: the name is looked
     /// up first and the stage returned if the first attempt did create it.
     pub async fn create_stage(&self, write: &StageWrite<'_>) -> Result<LiveStage, ApiError> {
+        self.create_stage_reporting(write)
+            .await
+            .map(Created::into_live)
+    }
+
+    /// [`Client::create_stage`], saying whether the stage is known to hold the
+    /// key that was sent: a stage found by name after a lost answer may be one
+    /// someone else created meanwhile, with another key.
+    pub(crate) async fn create_stage_reporting(
+        &self,
+        write: &StageWrite<'_>,
+    ) -> Result<Created, ApiError> {
         let body = wire::write_body(write)?;
         let name = write.fields.name.trim();
         let call = Call {
@@ -504,22 +538,24 @@ impl Client {
             Ok(outcome) => outcome,
             Err(e) if e.is_transient() => {
                 return match self.find_captcha_by_name(name).await {
-                    Ok(Some(stage)) => Ok(stage),
+                    Ok(Some(stage)) => Ok(Created::FoundByName(stage)),
                     _ => Err(e),
                 };
             }
             Err(e) => return Err(e),
         };
         match outcome {
-            Executed::Found(stage) => Ok(stage),
+            Executed::Found(stage) => Ok(Created::FoundByName(stage)),
             Executed::Answer(answer, attempts) => {
                 if answer.status >= 500
                     && let Ok(Some(stage)) = self.find_captcha_by_name(name).await
                 {
-                    return Ok(stage);
+                    return Ok(Created::FoundByName(stage));
                 }
                 let answer = self.check(answer, None, attempts)?;
-                parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
+                parse_json::<WireCaptchaStage>(&answer)
+                    .map(WireCaptchaStage::into_live)
+                    .map(Created::Confirmed)
             }
         }
     }
