@@ -230,7 +230,7 @@ async fn a_name_held_by_another_stage_type_is_found_either_way() {
         let out = run(cmd).await;
         let text = format!("{}{}", stdout(&out), stderr(&out));
         assert!(
-            text.contains("new-0001") && text.contains("Identification"),
+            text.contains("new-0001") && text.contains("already used by an identification stage"),
             "{creates} creates: {text}"
         );
         assert_ne!(out.status.code(), Some(0), "{text}");
