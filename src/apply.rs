@@ -62,7 +62,7 @@ use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
 /// What a write was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Create,
     Update,
 }
@@ -75,7 +75,7 @@ impl Operation {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Operation::Create => "create",
             Operation::Update => "update",
@@ -83,7 +83,7 @@ impl Operation {
     }
 
     /// "created" / "updated", for reports and logs.
-    pub fn past_tense(self) -> &'static str {
+    pub(crate) fn past_tense(self) -> &'static str {
         match self {
             Operation::Create => "created",
             Operation::Update => "updated",
@@ -95,15 +95,16 @@ impl Operation {
 #[derive(Debug)]
 pub struct WriteOutcome {
     /// The plan entry this is the outcome of.
-    pub entry: EntryId,
+    #[cfg(test)]
+    pub(crate) entry: EntryId,
     pub name: String,
-    pub origin: Origin,
-    pub operation: Operation,
-    pub result: WriteResult,
+    pub(crate) origin: Origin,
+    pub(crate) operation: Operation,
+    pub(crate) result: WriteResult,
 }
 
 #[derive(Debug)]
-pub enum WriteResult {
+pub(crate) enum WriteResult {
     /// authentik accepted the write and answered with the stage.
     Written(LiveStage),
     /// authentik (or the network) refused it, or stagesync failed; the message
@@ -133,7 +134,7 @@ pub enum WriteError {
 
 /// Why a write was not sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     /// The caller held it back (the daemon: the stage is in backoff).
     HeldBack,
     /// Cancelled before it started.
@@ -177,14 +178,14 @@ impl fmt::Display for SkipReason {
 
 /// The result of one prune delete.
 #[derive(Debug)]
-pub struct DeleteOutcome {
-    pub uuid: uuid::Uuid,
-    pub name: String,
-    pub result: DeleteResult,
+pub(crate) struct DeleteOutcome {
+    pub(crate) uuid: uuid::Uuid,
+    pub(crate) name: String,
+    pub(crate) result: DeleteResult,
 }
 
 #[derive(Debug)]
-pub enum DeleteResult {
+pub(crate) enum DeleteResult {
     Deleted,
     /// 404: someone else deleted it; nothing to do.
     AlreadyGone,
@@ -196,7 +197,7 @@ pub enum DeleteResult {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DeleteSkip {
+pub(crate) enum DeleteSkip {
     Cancelled,
     /// Still waiting on authentik when the grace period after a stop signal
     /// ended: whether the stage was deleted is unknown (the next run sees).
@@ -223,7 +224,7 @@ impl fmt::Display for DeleteSkip {
 #[derive(Debug, Default)]
 pub struct ApplyReport {
     pub outcomes: Vec<WriteOutcome>,
-    pub deletes: Vec<DeleteOutcome>,
+    pub(crate) deletes: Vec<DeleteOutcome>,
 }
 
 impl ApplyReport {
@@ -258,11 +259,11 @@ impl ApplyReport {
 #[derive(Clone, Debug)]
 pub struct Stop {
     /// No write starts once this fires; the ones in flight go on.
-    pub cancel: CancellationToken,
+    pub(crate) cancel: CancellationToken,
     /// The writes in flight are given up once this fires (the grace period
     /// after a stop signal is over): they are reported as
     /// [`WriteError::Abandoned`] and their keys stay unknown.
-    pub abandon: CancellationToken,
+    pub(crate) abandon: CancellationToken,
 }
 
 impl Stop {
@@ -277,14 +278,14 @@ impl Stop {
 
 /// How much of a shutdown timeout is kept for saving the state and exiting
 /// once the writes in flight are abandoned (at most a second).
-pub fn grace_period(shutdown_timeout: Duration) -> Duration {
+pub(crate) fn grace_period(shutdown_timeout: Duration) -> Duration {
     shutdown_timeout - (shutdown_timeout / 4).min(Duration::from_secs(1))
 }
 
 impl Stop {
     /// Once [`Stop::cancel`] fires, fires [`Stop::abandon`] when the
     /// [`grace_period`] of `shutdown_timeout` is over.
-    pub fn abandon_after_grace(&self, shutdown_timeout: Duration) {
+    pub(crate) fn abandon_after_grace(&self, shutdown_timeout: Duration) {
         let stop = self.clone();
         tokio::spawn(async move {
             stop.cancel.cancelled().await;
@@ -375,6 +376,7 @@ impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
             WriteResult::Failed(_) => {}
         }
         let outcome = WriteOutcome {
+            #[cfg(test)]
             entry: pending.entry.id,
             name: pending.entry.name.clone(),
             origin: pending.entry.origin.clone(),
@@ -612,6 +614,7 @@ pub async fn apply(
         .map(|w| {
             // Every write is decided by now (cancelled, skipped or sent).
             w.outcome.unwrap_or_else(|| WriteOutcome {
+                #[cfg(test)]
                 entry: w.entry.id,
                 name: w.entry.name.clone(),
                 origin: w.entry.origin.clone(),

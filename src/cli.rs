@@ -336,7 +336,7 @@ struct DaemonArgs {
 
 /// Output format of a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
     Markdown,
@@ -344,7 +344,7 @@ pub enum Format {
 
 /// Output format of a report (`verify`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     Text,
     Json,
 }
@@ -356,7 +356,7 @@ pub enum LogFormat {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ColorChoice {
+pub(crate) enum ColorChoice {
     Auto,
     Always,
     Never,
@@ -364,13 +364,13 @@ pub enum ColorChoice {
 
 /// An HTTP listen address, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Listen {
+pub(crate) enum Listen {
     Off,
     On(SocketAddr),
 }
 
 impl Listen {
-    pub fn addr(self) -> Option<SocketAddr> {
+    pub(crate) fn addr(self) -> Option<SocketAddr> {
         match self {
             Listen::Off => None,
             Listen::On(addr) => Some(addr),
@@ -400,10 +400,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// 1,000 stages, a pass every 5 s keeps a worker 40% busy, and anything much
 /// shorter would take it over. Reverting a UI edit within seconds is not worth
 /// that; file changes are acted on at once anyway.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// The shortest `--debounce`: an editor's save is a burst of events within a
 /// few milliseconds; below 100 ms one save could start several passes.
-pub const MIN_DEBOUNCE: Duration = Duration::from_millis(100);
+pub(crate) const MIN_DEBOUNCE: Duration = Duration::from_millis(100);
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
     at_least(
@@ -434,15 +434,15 @@ fn at_least(d: Duration, min: Duration, why: &str) -> Result<Duration, String> {
 /// Everything a run of stagesync decided from its command line and environment.
 #[derive(Debug)]
 pub struct Config {
-    pub command: Command,
+    pub(crate) command: Command,
     pub log_format: LogFormat,
     /// Whether to colour stdout, decided once from `--color`, the terminal and
     /// `NO_COLOR`.
-    pub color: bool,
+    pub(crate) color: bool,
 }
 
 #[derive(Debug)]
-pub enum Command {
+pub(crate) enum Command {
     Validate(ValidateConfig),
     Plan(PlanConfig),
     Apply(ApplyConfig),
@@ -454,83 +454,83 @@ pub enum Command {
 }
 
 #[derive(Debug)]
-pub struct ValidateConfig {
-    pub dir: PathBuf,
-    pub policy: Policy,
+pub(crate) struct ValidateConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) policy: Policy,
 }
 
 /// What plan, apply and run share.
 #[derive(Debug)]
-pub struct ReconcileConfig {
+pub(crate) struct ReconcileConfig {
     /// The manifest directory.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// What the manifests may read and where their keys may go.
-    pub policy: Policy,
-    pub client: ClientSettings,
-    pub state_file: PathBuf,
+    pub(crate) policy: Policy,
+    pub(crate) client: ClientSettings,
+    pub(crate) state_file: PathBuf,
     /// `--prune`, `--max-deletes`.
-    pub prune: PruneSettings,
+    pub(crate) prune: PruneSettings,
 }
 
 #[derive(Debug)]
-pub struct PlanConfig {
-    pub reconcile: ReconcileConfig,
-    pub format: Format,
-    pub ignore_unknown_keys: bool,
+pub(crate) struct PlanConfig {
+    pub(crate) reconcile: ReconcileConfig,
+    pub(crate) format: Format,
+    pub(crate) ignore_unknown_keys: bool,
     /// Where to save the plan file, if anywhere.
-    pub out: Option<PathBuf>,
-    pub verify_keys: bool,
+    pub(crate) out: Option<PathBuf>,
+    pub(crate) verify_keys: bool,
 }
 
 #[derive(Debug)]
-pub struct ApplyConfig {
-    pub reconcile: ReconcileConfig,
-    pub format: Format,
-    pub yes: bool,
-    pub concurrency: usize,
+pub(crate) struct ApplyConfig {
+    pub(crate) reconcile: ReconcileConfig,
+    pub(crate) format: Format,
+    pub(crate) yes: bool,
+    pub(crate) concurrency: usize,
     /// Apply this saved plan instead of planning.
-    pub plan_file: Option<PathBuf>,
+    pub(crate) plan_file: Option<PathBuf>,
     /// How old a saved plan may be.
-    pub max_age: Duration,
-    pub shutdown_timeout: Duration,
+    pub(crate) max_age: Duration,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
-pub struct RunConfig {
-    pub reconcile: ReconcileConfig,
-    pub interval: Duration,
-    pub debounce: Duration,
-    pub dry_run: bool,
-    pub listen: Option<SocketAddr>,
-    pub concurrency: usize,
-    pub verify_keys: bool,
-    pub shutdown_timeout: Duration,
+pub(crate) struct RunConfig {
+    pub(crate) reconcile: ReconcileConfig,
+    pub(crate) interval: Duration,
+    pub(crate) debounce: Duration,
+    pub(crate) dry_run: bool,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) concurrency: usize,
+    pub(crate) verify_keys: bool,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 #[derive(Debug)]
-pub struct DemoConfig {
-    pub dir: PathBuf,
-    pub policy: Policy,
-    pub listen: Option<SocketAddr>,
-    pub daemon: bool,
+pub(crate) struct DemoConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) policy: Policy,
+    pub(crate) listen: Option<SocketAddr>,
+    pub(crate) daemon: bool,
 }
 
 #[derive(Debug)]
-pub struct ExportConfig {
-    pub policy: Policy,
-    pub client: ClientSettings,
-    pub dir: PathBuf,
-    pub force: bool,
+pub(crate) struct ExportConfig {
+    pub(crate) policy: Policy,
+    pub(crate) client: ClientSettings,
+    pub(crate) dir: PathBuf,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug)]
-pub struct VerifyConfig {
-    pub dir: PathBuf,
-    pub policy: Policy,
-    pub format: ReportFormat,
-    pub timeout: Duration,
-    pub concurrency: usize,
-    pub strict: bool,
+pub(crate) struct VerifyConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) policy: Policy,
+    pub(crate) format: ReportFormat,
+    pub(crate) timeout: Duration,
+    pub(crate) concurrency: usize,
+    pub(crate) strict: bool,
 }
 
 /// A configuration that cannot work; reported with exit code 3.
@@ -751,7 +751,9 @@ impl StateArgs {
 }
 
 /// `$XDG_STATE_HOME/stagesync/state.json`, else `~/.local/state/stagesync/state.json`.
-pub fn default_state_file(env: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+pub(crate) fn default_state_file(
+    env: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
     let non_empty = |v: Option<std::ffi::OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
     let base = non_empty(env("XDG_STATE_HOME"))
         .or_else(|| non_empty(env("HOME")).map(|home| home.join(".local").join("state")))?;

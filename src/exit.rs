@@ -42,24 +42,24 @@ use crate::output::escape;
 use crate::plan::saved::{Refusal, SaveError};
 
 /// Success; for `plan`, also "everything is in sync".
-pub const SUCCESS: i32 = 0;
+pub(crate) const SUCCESS: i32 = 0;
 /// A runtime error: authentik unreachable or refusing, a write that failed.
-pub const FAILURE: i32 = 1;
+pub(crate) const FAILURE: i32 = 1;
 /// `plan` found changes to make.
-pub const CHANGES_PENDING: i32 = 2;
+pub(crate) const CHANGES_PENDING: i32 = 2;
 /// Invalid manifests or configuration; nothing was contacted or written.
-pub const INVALID: i32 = 3;
+pub(crate) const INVALID: i32 = 3;
 /// `apply --plan`: the saved plan no longer matches what it was made from
 /// (or is expired, edited, for another server); nothing was written.
-pub const STALE_PLAN: i32 = 4;
+pub(crate) const STALE_PLAN: i32 = 4;
 /// The command line itself is wrong (`EX_USAGE`).
-pub const USAGE: i32 = 64;
+pub(crate) const USAGE: i32 = 64;
 /// SIGINT (128 + 2) stopped `apply` (which saved the state and printed what
 /// it did), or a second one ended the daemon at once.
-pub const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 /// SIGTERM (128 + 15) stopped `apply` (which saved the state and printed
 /// what it did), or a second one ended the daemon at once.
-pub const TERMINATED: i32 = 143;
+pub(crate) const TERMINATED: i32 = 143;
 
 /// How a command that ran to its end went; what happened is already in its
 /// output.
@@ -229,7 +229,7 @@ pub fn report(err: &anyhow::Error) {
 /// The stderr text of an error. A runtime error is one line with each cause
 /// once: many messages already quote their source (`state file X: Is a
 /// directory`), and anyhow's `{:#}` would repeat it.
-pub fn render(err: &anyhow::Error) -> String {
+pub(crate) fn render(err: &anyhow::Error) -> String {
     if let Some(err) = err.downcast_ref::<CommandError>() {
         return err.render();
     }

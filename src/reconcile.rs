@@ -25,9 +25,8 @@ use crate::state::{Inventory, KeyState, ManagedAs};
 /// A plan together with what it was made from, ready to show or to apply.
 pub struct Planned {
     pub plan: Plan,
-    pub desired: Vec<DesiredStage>,
-    pub live: Vec<LiveStage>,
-    pub capabilities: Capabilities,
+    pub(crate) desired: Vec<DesiredStage>,
+    pub(crate) live: Vec<LiveStage>,
 }
 
 /// Looks `names` up among every stage type; returns those held by a stage that
@@ -45,17 +44,17 @@ async fn foreign_names(
 }
 
 /// What authentik has, as one pass sees it.
-pub struct Live {
-    pub capabilities: Capabilities,
+pub(crate) struct Live {
+    pub(crate) capabilities: Capabilities,
     /// Every live captcha stage.
-    pub stages: Vec<LiveStage>,
+    pub(crate) stages: Vec<LiveStage>,
     /// name -> kind for the names looked up that a stage of another type holds.
-    pub foreign_names: BTreeMap<String, String>,
+    pub(crate) foreign_names: BTreeMap<String, String>,
 }
 
 /// Fetches the server version and every captcha stage, then looks up the
 /// names `names_to_check` picks from them among all stage types.
-pub async fn fetch_live(
+pub(crate) async fn fetch_live(
     client: &Client,
     names_to_check: impl FnOnce(&[LiveStage]) -> Vec<String>,
 ) -> Result<Live, ApiError> {
@@ -92,7 +91,6 @@ pub async fn fetch_and_plan(
         plan,
         desired,
         live,
-        capabilities,
     })
 }
 
@@ -101,7 +99,7 @@ pub async fn fetch_and_plan(
 /// complete and valid manifest set that declares something); the live list is
 /// complete here, or fetching it would have failed. A candidate that vanished
 /// meanwhile is left out (it is gone).
-pub async fn add_prune(
+pub(crate) async fn add_prune(
     client: &Client,
     mut planned: Planned,
     inventory: &Inventory,
@@ -145,7 +143,7 @@ pub async fn add_prune(
 /// longer live are dropped, every stage a manifest matched is adopted, every
 /// stage written is recorded (created ones as such), every deleted (or found
 /// gone) stage is dropped. Returns whether anything changed.
-pub fn record_inventory(
+pub(crate) fn record_inventory(
     inventory: &mut Inventory,
     plan: &Plan,
     live: &[LiveStage],

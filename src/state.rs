@@ -82,14 +82,14 @@ use uuid::Uuid;
 use crate::secret::{ExposeSecret, PrivateKey};
 
 /// The version of the state file format this build writes.
-pub const STATE_FORMAT_VERSION: u32 = 2;
+pub(crate) const STATE_FORMAT_VERSION: u32 = 2;
 /// The older versions this build reads (and rewrites as the current one).
 const READABLE_VERSIONS: [u32; 2] = [1, STATE_FORMAT_VERSION];
 
 /// The longest a recorded outcome waits for [`StateFile::save_if_due`]: one
 /// atomic save (two fsyncs) a second costs nothing next to 300 writes, and a
 /// crash loses at most this much of the record (which then reads as unknown).
-pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How many symlinks [`resolve`] follows before giving up (as Linux's `ELOOP`).
 const MAX_SYMLINKS: usize = 40;
@@ -129,7 +129,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 
 /// A salted SHA-256 of a private key. Safe to print and to store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fingerprint {
+pub(crate) struct Fingerprint {
     /// 16 random bytes, hex.
     salt: String,
     /// `SHA-256(salt bytes || trimmed key bytes)`, hex.
@@ -250,7 +250,7 @@ impl Entry {
 
 /// What [`KeyState::mark_in_flight`] replaced, for [`KeyState::unmark`].
 #[derive(Debug)]
-pub struct KeyMark {
+pub(crate) struct KeyMark {
     uuid: Uuid,
     previous: Option<Entry>,
 }
@@ -264,7 +264,7 @@ pub struct KeyState {
 impl KeyState {
     /// Whether `key` is what authentik holds for stage `uuid`, as far as
     /// stagesync knows.
-    pub fn status(&self, uuid: Uuid, key: &PrivateKey) -> KeyStatus {
+    pub(crate) fn status(&self, uuid: Uuid, key: &PrivateKey) -> KeyStatus {
         match self.stages.get(&uuid) {
             Some(Entry::Written(fp)) if fp.matches(key) => KeyStatus::Unchanged,
             Some(Entry::Written(_)) => KeyStatus::Rotated,
@@ -281,7 +281,7 @@ impl KeyState {
 
     /// Marks stage `uuid`'s key as being written: it reads as unknown until
     /// [`KeyState::record`]. Save the file after this and before sending.
-    pub fn mark_in_flight(&mut self, uuid: Uuid) -> KeyMark {
+    pub(crate) fn mark_in_flight(&mut self, uuid: Uuid) -> KeyMark {
         KeyMark {
             uuid,
             previous: self.stages.insert(uuid, Entry::InFlight),
@@ -290,7 +290,7 @@ impl KeyState {
 
     /// Takes a mark back: the write was not sent after all (cancelled before
     /// it started), so what was known before still holds.
-    pub fn unmark(&mut self, mark: KeyMark) {
+    pub(crate) fn unmark(&mut self, mark: KeyMark) {
         if self.stages.get(&mark.uuid) == Some(&Entry::InFlight) {
             match mark.previous {
                 Some(previous) => self.stages.insert(mark.uuid, previous),
@@ -299,12 +299,12 @@ impl KeyState {
         }
     }
 
-    pub fn forget(&mut self, uuid: Uuid) {
+    pub(crate) fn forget(&mut self, uuid: Uuid) {
         self.stages.remove(&uuid);
     }
 
     /// The entries that could not be read, and why. Each reads as unknown.
-    pub fn damaged(&self) -> impl Iterator<Item = (Uuid, &str)> {
+    pub(crate) fn damaged(&self) -> impl Iterator<Item = (Uuid, &str)> {
         self.stages.iter().filter_map(|(uuid, entry)| match entry {
             Entry::Damaged { problem, .. } => Some((*uuid, problem.as_str())),
             _ => None,
@@ -313,7 +313,7 @@ impl KeyState {
 
     /// One line per damaged entry, naming the file (given as `path`), for
     /// stderr or the log.
-    pub fn damage_report<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = String> + 'a {
+    pub(crate) fn damage_report<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = String> + 'a {
         self.damaged().map(move |(uuid, problem)| {
             format!(
                 "state file {}: the entry of stage {uuid} is damaged ({problem}); its key reads as unknown and the next apply writes it again",
@@ -323,18 +323,21 @@ impl KeyState {
     }
 
     /// The stages whose key write was never answered.
-    pub fn in_flight(&self) -> impl Iterator<Item = Uuid> + '_ {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> impl Iterator<Item = Uuid> + '_ {
         self.stages
             .iter()
             .filter(|(_, e)| matches!(e, Entry::InFlight))
             .map(|(uuid, _)| *uuid)
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.stages.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.stages.is_empty()
     }
 }
@@ -342,7 +345,7 @@ impl KeyState {
 /// How a stage came to be managed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ManagedAs {
+pub(crate) enum ManagedAs {
     /// stagesync created it.
     Created,
     /// It existed and a manifest matched it (by name or pinned uuid).
@@ -351,10 +354,10 @@ pub enum ManagedAs {
 
 /// A stage stagesync manages, as last seen.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManagedStage {
+pub(crate) struct ManagedStage {
     /// Its name when last created, matched or written.
-    pub name: String,
-    pub managed_as: ManagedAs,
+    pub(crate) name: String,
+    pub(crate) managed_as: ManagedAs,
 }
 
 /// The stages stagesync manages, by uuid: created by it or matched by a
@@ -362,14 +365,14 @@ pub struct ManagedStage {
 /// (clicked together in the UI) is never in it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Inventory {
+pub(crate) struct Inventory {
     stages: BTreeMap<Uuid, ManagedStage>,
 }
 
 impl Inventory {
     /// Records `uuid` as managed under `name`. A stage once created stays
     /// `Created` when it is matched later.
-    pub fn manage(&mut self, uuid: Uuid, name: &str, managed_as: ManagedAs) {
+    pub(crate) fn manage(&mut self, uuid: Uuid, name: &str, managed_as: ManagedAs) {
         let managed_as = match self.stages.get(&uuid) {
             Some(known) if known.managed_as == ManagedAs::Created => ManagedAs::Created,
             _ => managed_as,
@@ -384,27 +387,29 @@ impl Inventory {
     }
 
     /// Drops `uuid` (deleted, or found gone).
-    pub fn forget(&mut self, uuid: Uuid) {
+    pub(crate) fn forget(&mut self, uuid: Uuid) {
         self.stages.remove(&uuid);
     }
 
-    pub fn get(&self, uuid: Uuid) -> Option<&ManagedStage> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, uuid: Uuid) -> Option<&ManagedStage> {
         self.stages.get(&uuid)
     }
 
-    pub fn contains(&self, uuid: Uuid) -> bool {
+    pub(crate) fn contains(&self, uuid: Uuid) -> bool {
         self.stages.contains_key(&uuid)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (Uuid, &ManagedStage)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Uuid, &ManagedStage)> {
         self.stages.iter().map(|(u, s)| (*u, s))
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.stages.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.stages.is_empty()
     }
 }
@@ -590,11 +595,13 @@ impl StateFile {
     }
 
     /// [`Self::read_only`] with the inventory (for `plan --prune`).
-    pub fn read_only_with_inventory(path: &Path) -> Result<(KeyState, Inventory), StateError> {
+    pub(crate) fn read_only_with_inventory(
+        path: &Path,
+    ) -> Result<(KeyState, Inventory), StateError> {
         load(path)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -603,25 +610,19 @@ impl StateFile {
     }
 
     /// The keys, to change them; the next [`StateFile::save_if_due`] saves.
-    pub fn keys_mut(&mut self) -> &mut KeyState {
+    pub(crate) fn keys_mut(&mut self) -> &mut KeyState {
         self.dirty = true;
         &mut self.keys
     }
 
-    pub fn inventory(&self) -> &Inventory {
+    pub(crate) fn inventory(&self) -> &Inventory {
         &self.inventory
     }
 
     /// The inventory, to change it; the next [`StateFile::save_if_due`] saves.
-    pub fn inventory_mut(&mut self) -> &mut Inventory {
+    pub(crate) fn inventory_mut(&mut self) -> &mut Inventory {
         self.dirty = true;
         &mut self.inventory
-    }
-
-    /// Both halves at once, for an apply that records keys and the inventory.
-    pub fn keys_and_inventory_mut(&mut self) -> (&mut KeyState, &mut Inventory) {
-        self.dirty = true;
-        (&mut self.keys, &mut self.inventory)
     }
 
     /// Saves now if anything changed since the last save (always, the first
@@ -635,7 +636,7 @@ impl StateFile {
 
     /// Saves if something changed and the last save is [`SAVE_INTERVAL`] old:
     /// after each write that completes. Returns whether it saved.
-    pub fn save_if_due(&mut self) -> Result<bool, StateError> {
+    pub(crate) fn save_if_due(&mut self) -> Result<bool, StateError> {
         let due = self
             .last_saved
             .is_none_or(|at| at.elapsed() >= SAVE_INTERVAL);

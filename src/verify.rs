@@ -47,7 +47,7 @@ use crate::stage::{DesiredStage, StageFields};
 /// The response token every probe sends: no provider ever issued it.
 pub const PROBE_TOKEN: &str = "stagesync-key-check-probe-not-a-captcha-response";
 /// The `remoteip` every probe sends: TEST-NET-1 (RFC 5737), nobody's address.
-pub const PROBE_REMOTE_IP: &str = "192.0.2.1";
+pub(crate) const PROBE_REMOTE_IP: &str = "192.0.2.1";
 /// How much of an answer is read: a provider's verdict is under 1 KiB.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Error codes kept from one answer, and characters kept of each.
@@ -70,7 +70,7 @@ const TOKEN_REFUSED: [&str; 6] = [
 
 /// Decides whether a provider URL may receive a key: `Err` says why not.
 /// The operator's allowlist, resolved from flags, never from a manifest.
-pub type HostCheck<'a> = &'a (dyn Fn(&Url) -> Result<(), String> + Sync);
+pub(crate) type HostCheck<'a> = &'a (dyn Fn(&Url) -> Result<(), String> + Sync);
 
 /// The operator's provider allowlist as a [`HostCheck`]: the manifests passed
 /// the same check while loading; asking again per URL keeps the rule next to
@@ -81,7 +81,7 @@ pub(crate) fn allowed_by(hosts: &ProviderHosts) -> impl Fn(&Url) -> Result<(), S
 
 /// How a probe's body is encoded, from the stage's `request_content_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BodyEncoding {
+pub(crate) enum BodyEncoding {
     Form,
     Json,
 }
@@ -89,7 +89,7 @@ pub enum BodyEncoding {
 impl BodyEncoding {
     /// JSON only for `application/json`; the default and anything else is a form,
     /// as authentik sends it.
-    pub fn from_content_type(content_type: Option<&str>) -> Self {
+    pub(crate) fn from_content_type(content_type: Option<&str>) -> Self {
         match content_type {
             Some(ct) if ct.trim().eq_ignore_ascii_case("application/json") => BodyEncoding::Json,
             _ => BodyEncoding::Form,
@@ -99,23 +99,23 @@ impl BodyEncoding {
 
 /// What one key check sends, and where.
 #[derive(Clone, Debug)]
-pub struct KeyProbe {
-    pub stage: String,
-    pub api_url: String,
-    pub site_key: String,
-    pub encoding: BodyEncoding,
-    pub private_key: PrivateKey,
+pub(crate) struct KeyProbe {
+    pub(crate) stage: String,
+    pub(crate) api_url: String,
+    pub(crate) site_key: String,
+    pub(crate) encoding: BodyEncoding,
+    pub(crate) private_key: PrivateKey,
 }
 
 impl KeyProbe {
-    pub fn from_desired(desired: &DesiredStage) -> Self {
+    pub(crate) fn from_desired(desired: &DesiredStage) -> Self {
         Self::new(&desired.fields, &desired.private_key)
     }
 
     /// The probe for a stage with these fields and key. Given the fields a
     /// write sends (cut to what the server knows), the encoding is the one that
     /// authentik version would use.
-    pub fn new(fields: &StageFields, private_key: &PrivateKey) -> Self {
+    pub(crate) fn new(fields: &StageFields, private_key: &PrivateKey) -> Self {
         KeyProbe {
             stage: fields.name.trim().to_owned(),
             api_url: fields.api_url.clone(),
@@ -161,7 +161,7 @@ impl KeyProbe {
 /// The answer to "does this key work?", as the metric labels it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Valid,
     Invalid,
     Mismatch,
@@ -169,7 +169,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Verdict::Valid => "valid",
             Verdict::Invalid => "invalid",
@@ -181,7 +181,7 @@ impl Verdict {
 
 /// Why a check ended as it did. Never holds a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The secret was accepted, only the probe token was refused.
     TokenRefused,
     /// `success: true` for a made-up token: an always-pass test key.
@@ -207,7 +207,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         match self {
             Reason::TokenRefused | Reason::ProbeAccepted => Verdict::Valid,
             Reason::SecretRefused => Verdict::Invalid,
@@ -217,12 +217,12 @@ impl Reason {
     }
 
     /// Whether the provider was asked (false: refused or unusable URL).
-    pub fn contacted(&self) -> bool {
+    pub(crate) fn contacted(&self) -> bool {
         !matches!(self, Reason::NotAllowed(_) | Reason::BadUrl(_))
     }
 
     /// A sentence for people. May hold text from a manifest: escape before printing.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Reason::TokenRefused => {
                 "the provider accepted the key (it refused only the probe token)".into()
@@ -250,18 +250,18 @@ impl Reason {
 
 /// The result of one stage's key check.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KeyCheck {
-    pub stage: String,
-    pub api_url: String,
-    pub reason: Reason,
+pub(crate) struct KeyCheck {
+    pub(crate) stage: String,
+    pub(crate) api_url: String,
+    pub(crate) reason: Reason,
     /// The provider's own `error-codes`, as it sent them (bounded).
-    pub error_codes: Vec<String>,
+    pub(crate) error_codes: Vec<String>,
     /// The HTTP status, when an answer arrived.
-    pub status: Option<u16>,
+    pub(crate) status: Option<u16>,
 }
 
 impl KeyCheck {
-    pub fn verdict(&self) -> Verdict {
+    pub(crate) fn verdict(&self) -> Verdict {
         self.reason.verdict()
     }
 }
@@ -275,7 +275,7 @@ struct ProviderAnswer {
 }
 
 /// The verdict of one answer, and the provider's codes. Pure.
-pub fn classify(status: u16, body: &[u8]) -> (Reason, Vec<String>) {
+pub(crate) fn classify(status: u16, body: &[u8]) -> (Reason, Vec<String>) {
     if !(200..300).contains(&status) && !(400..500).contains(&status) {
         return (Reason::Status(status), Vec::new());
     }
@@ -311,11 +311,11 @@ pub fn classify(status: u16, body: &[u8]) -> (Reason, Vec<String>) {
 
 /// How key checks run.
 #[derive(Clone, Copy, Debug)]
-pub struct ProbeSettings {
+pub(crate) struct ProbeSettings {
     /// For one whole check: connect, send, read the answer.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Checks in flight at once.
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
 }
 
 impl Default for ProbeSettings {
@@ -330,7 +330,7 @@ impl Default for ProbeSettings {
 
 /// The client that asks providers. Build once, reuse (the daemon keeps one).
 #[derive(Clone)]
-pub struct Prober {
+pub(crate) struct Prober {
     http: reqwest::Client,
     settings: ProbeSettings,
 }
@@ -338,10 +338,10 @@ pub struct Prober {
 /// The HTTP client could not be built (TLS set-up).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the HTTP client for key checks: {0}")]
-pub struct ProberError(String);
+pub(crate) struct ProberError(String);
 
 impl Prober {
-    pub fn new(settings: ProbeSettings) -> Result<Prober, ProberError> {
+    pub(crate) fn new(settings: ProbeSettings) -> Result<Prober, ProberError> {
         let http = reqwest::Client::builder()
             .user_agent(concat!("stagesync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.timeout)
@@ -354,7 +354,11 @@ impl Prober {
 
     /// Checks every probe's key, at most `concurrency` at once; the results come
     /// in the order of `probes`. URLs `allowed` refuses are never contacted.
-    pub async fn verify(&self, probes: &[KeyProbe], allowed: HostCheck<'_>) -> Vec<KeyCheck> {
+    pub(crate) async fn verify(
+        &self,
+        probes: &[KeyProbe],
+        allowed: HostCheck<'_>,
+    ) -> Vec<KeyCheck> {
         let mut results: Vec<Option<KeyCheck>> = vec![None; probes.len()];
         let permits = Arc::new(Semaphore::new(self.settings.concurrency.max(1)));
         let mut tasks = JoinSet::new();

@@ -20,7 +20,7 @@ use crate::reconcile;
 use crate::stage::LiveStage;
 use crate::state::StateFile;
 
-pub async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
     if let Some(path) = cfg.plan_file.clone() {
         return apply_saved::run(cfg, &path, color).await;
     }
@@ -243,7 +243,7 @@ async fn confirm() -> Result<bool> {
 }
 
 /// One line per write (as [`Progress`] prints them), then the summary line.
-pub fn render_report(report: &ApplyReport) -> String {
+pub(crate) fn render_report(report: &ApplyReport) -> String {
     let mut out = String::from("\n");
     for outcome in &report.outcomes {
         out.push_str(&render_outcome(outcome));

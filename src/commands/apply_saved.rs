@@ -24,7 +24,7 @@ use crate::state::StateFile;
 /// A plan file larger than this is refused unread: 10,000 stages make ~20 MiB.
 const MAX_PLAN_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-pub async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> {
     let refused = |refusal| CommandError::PlanRefused {
         path: path.to_owned(),
         refusal,

@@ -52,7 +52,7 @@ const DEMO_INTERVAL: Duration = Duration::from_secs(15);
 /// multi-threaded process is undefined behaviour on most platforms.
 /// Only variables the policy allows are asked for, so stagesync's own
 /// (`AUTHENTIK_*`, `STAGESYNC_*`) never get a demo value.
-pub fn set_demo_secrets(dir: &Path, policy: &Policy) {
+pub(crate) fn set_demo_secrets(dir: &Path, policy: &Policy) {
     let wanted = RefCell::new(Vec::new());
     let _ = crate::manifest::load_with_env(dir, policy, &|var| {
         wanted.borrow_mut().push(var.to_owned());
@@ -69,7 +69,7 @@ pub fn set_demo_secrets(dir: &Path, policy: &Policy) {
     }
 }
 
-pub async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     let mut desired = load_desired(&cfg.dir, &cfg.policy)?;
     desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 

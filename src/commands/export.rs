@@ -27,7 +27,7 @@ use crate::manifest::{self, Severity};
 use crate::output::{self, escape};
 use crate::stage::{Field, LiveStage, StageFields};
 
-pub async fn run(cfg: ExportConfig) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
     let client = connect(&cfg.client)?;
     let mut live = client.list_captcha_stages().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
@@ -195,7 +195,8 @@ fn file_stem(name: &str) -> String {
 /// `CAPTCHA_<NAME>_PRIVATE_KEY`, with the name upper-cased and anything that
 /// cannot be in a variable name turned into `_`. Two names can map to one
 /// variable; `export` makes them unique with a suffix.
-pub fn key_variable(name: &str) -> String {
+#[cfg(test)]
+pub(crate) fn key_variable(name: &str) -> String {
     format!("CAPTCHA_{}_PRIVATE_KEY", variable_part(name))
 }
 
@@ -213,7 +214,7 @@ fn variable_part(name: &str) -> String {
 
 /// The manifest text of one live stage. Fields equal to authentik's defaults are
 /// omitted; `request_content_type` only when the server reported it.
-pub fn manifest_for(stage: &LiveStage, key_variable: &str) -> String {
+pub(crate) fn manifest_for(stage: &LiveStage, key_variable: &str) -> String {
     let defaults = StageFields::with_defaults(&stage.fields.name, &stage.fields.public_key);
     let mut out = String::new();
     let _ = writeln!(

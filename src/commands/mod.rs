@@ -11,14 +11,14 @@ use crate::manifest;
 use crate::policy::Policy;
 use crate::stage::DesiredStage;
 
-pub mod apply;
+pub(crate) mod apply;
 mod apply_saved;
-pub mod demo;
-pub mod export;
-pub mod plan;
-pub mod run;
-pub mod validate;
-pub mod verify;
+pub(crate) mod demo;
+pub(crate) mod export;
+pub(crate) mod plan;
+pub(crate) mod run;
+pub(crate) mod validate;
+pub(crate) mod verify;
 
 /// Runs the chosen command on a Tokio runtime.
 pub fn dispatch(config: Config) -> Result<Outcome> {

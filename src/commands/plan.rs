@@ -18,7 +18,7 @@ use crate::reconcile;
 use crate::state::{StateFile, write_private_file};
 use crate::verify::{ProbeSettings, Prober, allowed_by};
 
-pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let (keys, inventory) = StateFile::read_only_with_inventory(&cfg.reconcile.state_file)?;
     for line in keys.damage_report(&cfg.reconcile.state_file) {
@@ -77,7 +77,7 @@ pub async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
 }
 
 /// Renders a plan in the chosen format.
-pub fn render(plan: &Plan, format: Format, color: bool) -> String {
+pub(crate) fn render(plan: &Plan, format: Format, color: bool) -> String {
     match format {
         Format::Text => plan::render_text(plan, color),
         Format::Json => plan::render_json(plan),
@@ -87,7 +87,7 @@ pub fn render(plan: &Plan, format: Format, color: bool) -> String {
 
 /// Failed when a stage cannot be planned or a prune is refused (blocked, held
 /// back), else whether changes are pending.
-pub fn outcome(plan: &Plan) -> Outcome {
+pub(crate) fn outcome(plan: &Plan) -> Outcome {
     if plan.summary().error > 0 || plan.prune_refused() {
         Outcome::Failed
     } else if plan.has_changes() {

@@ -19,7 +19,7 @@ use crate::exit::{self, Outcome};
 use crate::state::StateFile;
 use crate::verify::{ProbeSettings, Prober};
 
-pub async fn run(cfg: RunConfig) -> Result<Outcome> {
+pub(crate) async fn run(cfg: RunConfig) -> Result<Outcome> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let observed = metrics.clone();

@@ -12,7 +12,7 @@ use crate::exit::{CommandError, Outcome};
 use crate::manifest::{self, Manifests, Severity};
 use crate::output;
 
-pub async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
     let manifests = manifest::load(&cfg.dir, &cfg.policy).map_err(CommandError::ManifestDir)?;
     output::print_stdout(&render(&manifests, color))?;
     Ok(if manifests.is_valid() {
@@ -25,7 +25,7 @@ pub async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
 /// The report: every diagnostic, then the summary line, with the severity
 /// styled when `color` (file contents are escaped, so these are the only
 /// escape sequences).
-pub fn render(manifests: &Manifests, color: bool) -> String {
+pub(crate) fn render(manifests: &Manifests, color: bool) -> String {
     let mut out = String::new();
     for diagnostic in &manifests.diagnostics {
         let style = match diagnostic.severity {
@@ -46,7 +46,7 @@ pub fn render(manifests: &Manifests, color: bool) -> String {
 }
 
 /// `2 errors, 1 warning in 5 files (7 stages)`.
-pub fn summary(manifests: &Manifests) -> String {
+pub(crate) fn summary(manifests: &Manifests) -> String {
     let stages = manifests.stages().count();
     format!(
         "{}, {} in {} ({})",

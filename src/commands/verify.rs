@@ -15,9 +15,9 @@ use crate::output::{self, escape};
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict, allowed_by};
 
 /// `format_version` of the JSON report.
-pub const JSON_FORMAT_VERSION: u32 = 1;
+pub(crate) const JSON_FORMAT_VERSION: u32 = 1;
 
-pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.dir, &cfg.policy)?;
     let probes: Vec<KeyProbe> = desired.iter().map(KeyProbe::from_desired).collect();
     let prober = Prober::new(ProbeSettings {
@@ -46,15 +46,15 @@ pub async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
 
 /// How many checks ended in each verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    pub valid: usize,
-    pub invalid: usize,
-    pub mismatch: usize,
-    pub unknown: usize,
+pub(crate) struct Counts {
+    pub(crate) valid: usize,
+    pub(crate) invalid: usize,
+    pub(crate) mismatch: usize,
+    pub(crate) unknown: usize,
 }
 
 impl Counts {
-    pub fn of(checks: &[KeyCheck]) -> Counts {
+    pub(crate) fn of(checks: &[KeyCheck]) -> Counts {
         let mut counts = Counts::default();
         for check in checks {
             match check.verdict() {
@@ -69,7 +69,7 @@ impl Counts {
 }
 
 /// Failed when a key is invalid or mismatched, or unknown under `--strict`.
-pub fn outcome(counts: &Counts, strict: bool) -> Outcome {
+pub(crate) fn outcome(counts: &Counts, strict: bool) -> Outcome {
     if counts.invalid > 0 || counts.mismatch > 0 || (strict && counts.unknown > 0) {
         Outcome::Failed
     } else {
@@ -79,7 +79,7 @@ pub fn outcome(counts: &Counts, strict: bool) -> Outcome {
 
 /// One line per stage (`invalid  login  https://...: the provider refused the
 /// key (error-codes: invalid-input-secret)`), then a summary line.
-pub fn render_text(checks: &[KeyCheck], color: bool) -> String {
+pub(crate) fn render_text(checks: &[KeyCheck], color: bool) -> String {
     let mut out = String::new();
     let stages: Vec<_> = checks.iter().map(|c| escape(&c.stage)).collect();
     let width = stages.iter().map(|s| s.chars().count()).max().unwrap_or(0);
@@ -146,7 +146,7 @@ struct JsonCheck<'a> {
 }
 
 /// The report as one JSON document (serde escapes every control character).
-pub fn render_json(checks: &[KeyCheck]) -> String {
+pub(crate) fn render_json(checks: &[KeyCheck]) -> String {
     let report = JsonReport {
         format_version: JSON_FORMAT_VERSION,
         checks: checks

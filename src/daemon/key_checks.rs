@@ -41,7 +41,7 @@ use crate::verify::{BodyEncoding, KeyCheck, KeyProbe, Prober, Verdict, allowed_b
 
 /// What one check sent for a stage, without the key itself.
 #[derive(Clone, Debug)]
-pub struct Sent {
+pub(crate) struct Sent {
     key: Fingerprint,
     api_url: String,
     site_key: String,
@@ -49,7 +49,7 @@ pub struct Sent {
 }
 
 impl Sent {
-    pub fn of(probe: &KeyProbe) -> Self {
+    pub(crate) fn of(probe: &KeyProbe) -> Self {
         Sent {
             key: Fingerprint::new(&probe.private_key),
             api_url: probe.api_url.clone(),
@@ -59,7 +59,7 @@ impl Sent {
     }
 
     /// Whether a check of `probe` would send the same as this one did.
-    pub fn same_as(&self, probe: &KeyProbe) -> bool {
+    pub(crate) fn same_as(&self, probe: &KeyProbe) -> bool {
         self.api_url == probe.api_url
             && self.site_key == probe.site_key
             && self.encoding == probe.encoding
@@ -70,19 +70,19 @@ impl Sent {
 /// How long after a check that could not tell (`unknown`) it is tried again:
 /// long enough not to press a struggling provider, short enough that an alert
 /// on `unknown` clears on its own once the provider answers.
-pub const RETRY_UNKNOWN: Duration = Duration::from_secs(15 * 60);
+pub(crate) const RETRY_UNKNOWN: Duration = Duration::from_secs(15 * 60);
 
 /// What the daemon remembers of one stage's key.
 #[derive(Clone, Debug)]
-pub struct Remembered {
+pub(crate) struct Remembered {
     /// What the latest check sent (or is sending).
-    pub sent: Sent,
+    pub(crate) sent: Sent,
     /// Identifies that check, so a late answer to an earlier one is dropped.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// The last result recorded for the stage (possibly of an earlier key).
-    pub result: Option<Verdict>,
+    pub(crate) result: Option<Verdict>,
     /// When the latest check was started.
-    pub started: Instant,
+    pub(crate) started: Instant,
 }
 
 impl Remembered {
@@ -95,18 +95,22 @@ impl Remembered {
 
 /// What is due this pass.
 #[derive(Debug, Default)]
-pub struct Due {
+pub(crate) struct Due {
     /// Stages to check, each with the first probe of its name.
-    pub check: Vec<KeyProbe>,
+    pub(crate) check: Vec<KeyProbe>,
     /// Stages no longer in the manifests.
-    pub gone: Vec<String>,
+    pub(crate) gone: Vec<String>,
 }
 
 /// Which probes differ from what was last sent for their stage (or ended
 /// `unknown` [`RETRY_UNKNOWN`] before `now`), and which remembered stages are
 /// gone (pure but for hashing). A name that appears twice (the plan reports
 /// that conflict) is checked with its first probe.
-pub fn due(remembered: &BTreeMap<String, Remembered>, probes: Vec<KeyProbe>, now: Instant) -> Due {
+pub(crate) fn due(
+    remembered: &BTreeMap<String, Remembered>,
+    probes: Vec<KeyProbe>,
+    now: Instant,
+) -> Due {
     let mut names = BTreeSet::new();
     let mut check = Vec::new();
     for probe in probes {
@@ -134,7 +138,7 @@ struct Memory {
 }
 
 /// The daemon's key checks: what was checked, and the prober that checks.
-pub struct KeyChecks {
+pub(crate) struct KeyChecks {
     prober: Prober,
     /// The operator's provider allowlist: a key goes nowhere else.
     hosts: Arc<ProviderHosts>,
@@ -167,7 +171,7 @@ impl KeyChecks {
     /// Starts checking the keys that are due among `stages` (name, fields and
     /// key of every desired stage) and forgets the stages that are gone.
     /// Returns at once; the checks record their results when they end.
-    pub fn schedule<'a>(
+    pub(crate) fn schedule<'a>(
         &self,
         stages: impl IntoIterator<Item = (&'a crate::stage::StageFields, &'a PrivateKey)>,
     ) {

@@ -46,7 +46,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::verify::Verdict;
 
 /// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The HTTP methods the API client uses, created at zero on start.
 const KNOWN_METHODS: [&str; 4] = ["GET", "POST", "PUT", "PATCH"];
@@ -54,7 +54,7 @@ const KNOWN_METHODS: [&str; 4] = ["GET", "POST", "PUT", "PATCH"];
 macro_rules! label_value {
     ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $ty {
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($ty::$variant => $text),+ }
             }
         }
@@ -75,7 +75,7 @@ pub enum Outcome {
 label_value!(Outcome { Success => "success", Failure => "failure" });
 
 impl Outcome {
-    pub fn of(success: bool) -> Self {
+    pub(crate) fn of(success: bool) -> Self {
         if success {
             Outcome::Success
         } else {
@@ -95,7 +95,7 @@ label_value!(WriteOperation { Create => "create", Update => "update" });
 /// An HTTP response's class, or `Error` when no response came (connection
 /// refused, timeout, TLS).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum StatusClass {
+pub(crate) enum StatusClass {
     Informational,
     Success,
     Redirection,
@@ -114,7 +114,7 @@ label_value!(StatusClass {
 
 impl StatusClass {
     /// The class of a response's status code; `None` (no response) is `Error`.
-    pub fn of(status: Option<u16>) -> Self {
+    pub(crate) fn of(status: Option<u16>) -> Self {
         match status {
             Some(100..=199) => StatusClass::Informational,
             Some(200..=299) => StatusClass::Success,
@@ -382,7 +382,7 @@ impl Metrics {
     }
 
     /// The result of the last check of `stage`'s key (replaces the previous one).
-    pub fn set_key_check(&self, stage: &str, verdict: Verdict) {
+    pub(crate) fn set_key_check(&self, stage: &str, verdict: Verdict) {
         for result in VERDICTS {
             self.key_checks
                 .get_or_create(&KeyCheckLabels {
@@ -394,7 +394,7 @@ impl Metrics {
     }
 
     /// `stage` left the manifests: its key check series go.
-    pub fn remove_key_check(&self, stage: &str) {
+    pub(crate) fn remove_key_check(&self, stage: &str) {
         for result in VERDICTS {
             self.key_checks.remove(&KeyCheckLabels {
                 stage: stage.to_owned(),
@@ -404,7 +404,7 @@ impl Metrics {
     }
 
     /// The whole registry in OpenMetrics text format.
-    pub fn encode(&self) -> Result<String, fmt::Error> {
+    pub(crate) fn encode(&self) -> Result<String, fmt::Error> {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -83,14 +83,14 @@ const AUTHENTIK_RETRY_CAP: Duration = Duration::from_secs(30);
 /// The key fingerprints. A dry run only reads the state file, each pass (it
 /// must not block `apply`, whose writes it should then see); a writing daemon
 /// holds the file's lock for its whole life.
-pub enum Keys {
+pub(crate) enum Keys {
     Writable(StateFile),
     ReadOnly(PathBuf),
 }
 
 /// What the plan wants for one stage, as far as the pass is concerned.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Wanted {
+pub(crate) enum Wanted {
     InSync,
     /// A create or an update; `change` describes it for a dry run's log line.
     Write {
@@ -114,15 +114,15 @@ impl Wanted {
 
 /// A stage of the plan, as [`decide`] sees it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PlannedStage {
-    pub name: String,
-    pub file: PathBuf,
-    pub wanted: Wanted,
+pub(crate) struct PlannedStage {
+    pub(crate) name: String,
+    pub(crate) file: PathBuf,
+    pub(crate) wanted: Wanted,
 }
 
 /// Why a stage that needs a write is not written this pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Hold {
+pub(crate) enum Hold {
     /// It failed recently; its delay has not passed.
     BackedOff,
     /// `--dry-run`: drift is reported, never written. `change` says what.
@@ -131,14 +131,14 @@ pub enum Hold {
 
 /// What a pass does with each stage of the plan.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Every stage, in plan order, with what happens to it.
-    pub stages: Vec<(PlannedStage, Step)>,
+    pub(crate) stages: Vec<(PlannedStage, Step)>,
 }
 
 /// What happens to one stage this pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing to write.
     InSync,
     /// The plan failed for it; nothing to write.
@@ -151,7 +151,7 @@ pub enum Step {
 
 impl Decision {
     /// The names of the stages to write.
-    pub fn writes(&self) -> BTreeSet<&str> {
+    pub(crate) fn writes(&self) -> BTreeSet<&str> {
         self.stages
             .iter()
             .filter(|(_, step)| *step == Step::Write)
@@ -162,7 +162,7 @@ impl Decision {
 
 /// Decides what to write (pure): every stage the plan wants written, except
 /// those whose backoff has not passed at `now`, and nothing in a dry run.
-pub fn decide(
+pub(crate) fn decide(
     stages: Vec<PlannedStage>,
     backoff: &Backoff,
     now: Instant,
@@ -193,7 +193,7 @@ pub fn decide(
 
 /// How one attempted write ended, as the summary needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WriteEnd {
+pub(crate) enum WriteEnd {
     /// authentik accepted it; `change` describes what was done.
     Written {
         operation: Operation,
@@ -210,7 +210,7 @@ pub enum WriteEnd {
 
 /// Whether and how live state was read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reading {
+pub(crate) enum Reading {
     /// Not asked: there is nothing desired yet (the source was never seen).
     NotAsked,
     Read,
@@ -220,7 +220,7 @@ pub enum Reading {
 
 /// Where one stage ended this pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StageEnd {
+pub(crate) enum StageEnd {
     InSync,
     Written {
         operation: Operation,
@@ -238,28 +238,32 @@ pub enum StageEnd {
 
 /// Why drift was left as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Drift {
+pub(crate) enum Drift {
     Held(Hold),
     Skipped(String),
 }
 
 /// What one pass amounts to: the input of metrics, `/readyz`, backoff and logs.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PassReport {
-    pub source_available: bool,
-    pub manifest_errors: usize,
-    pub authentik: Reading,
+pub(crate) struct PassReport {
+    pub(crate) source_available: bool,
+    pub(crate) manifest_errors: usize,
+    pub(crate) authentik: Reading,
     /// Per-state counts; `None` when live state was not read (the counts stay
     /// as last seen: zeroing `failed` during an outage would silence the
     /// alerts built on it).
-    pub counts: Option<StageCounts>,
+    pub(crate) counts: Option<StageCounts>,
     /// Every stage of the plan, with its file.
-    pub stages: Vec<(PlannedStage, StageEnd)>,
+    pub(crate) stages: Vec<(PlannedStage, StageEnd)>,
 }
 
 impl PassReport {
     /// A pass that did not get as far as reading live state.
-    pub fn unread(source_available: bool, manifest_errors: usize, authentik: Reading) -> Self {
+    pub(crate) fn unread(
+        source_available: bool,
+        manifest_errors: usize,
+        authentik: Reading,
+    ) -> Self {
         PassReport {
             source_available,
             manifest_errors,
@@ -270,13 +274,13 @@ impl PassReport {
     }
 
     /// Live state was read and no stage failed.
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.authentik == Reading::Read && self.counts.is_some_and(|c| c.failed == 0)
     }
 
     /// What `/readyz` is decided from. Not asking authentik is no reason to be
     /// unready: the source is.
-    pub fn health(&self) -> PassHealth {
+    pub(crate) fn health(&self) -> PassHealth {
         PassHealth {
             source_available: self.source_available,
             manifest_errors: self.manifest_errors,
@@ -288,7 +292,8 @@ impl PassReport {
     }
 
     /// What failed this pass, with the message.
-    pub fn failures(&self) -> Vec<(Subject, &str)> {
+    #[cfg(test)]
+    pub(crate) fn failures(&self) -> Vec<(Subject, &str)> {
         let mut failed = Vec::new();
         if let Reading::Failed(message) = &self.authentik {
             failed.push((Subject::Authentik, message.as_str()));
@@ -308,7 +313,7 @@ impl PassReport {
 /// Sums up a pass that read live state (pure): `writes` are the ends of the
 /// writes `decision` asked for, by stage name; a decided write without an end
 /// (the write step skipped it) counts as drift not started.
-pub fn summarize(
+pub(crate) fn summarize(
     decision: Decision,
     mut writes: BTreeMap<String, WriteEnd>,
     source_available: bool,
@@ -361,7 +366,7 @@ pub fn summarize(
 /// of the manifest files `changed` holds, and those whose `!File` key it holds.
 /// `known_as` gives the paths the watcher may name a file by (it reports real
 /// paths, the manifests keep the paths as typed).
-pub fn stages_in_changed_files(
+pub(crate) fn stages_in_changed_files(
     files: &BTreeMap<PathBuf, Vec<DesiredStage>>,
     changed: &ChangedFiles,
     known_as: impl Fn(&Path) -> Vec<PathBuf>,
@@ -391,7 +396,7 @@ pub fn stages_in_changed_files(
 /// Forgets the backoff a pass's trigger makes moot (pure): every subject's on
 /// SIGHUP; otherwise that of the `changed` stages only. Stages no longer
 /// `desired` are forgotten in both (and their last error with them).
-pub fn forget_backoff(
+pub(crate) fn forget_backoff(
     backoff: &mut Backoff,
     failures: &mut FailureLog,
     trigger: Trigger,
@@ -429,15 +434,15 @@ fn known_as(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Everything a pass needs and remembers.
-pub struct Reconciler {
-    pub dir: PathBuf,
+pub(crate) struct Reconciler {
+    pub(crate) dir: PathBuf,
     /// The operator's policy the manifests are checked against on every read.
-    pub policy: Arc<Policy>,
-    pub client: Client,
-    pub keys: Keys,
-    pub concurrency: usize,
-    pub metrics: Arc<Metrics>,
-    pub health: Arc<Health>,
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) client: Client,
+    pub(crate) keys: Keys,
+    pub(crate) concurrency: usize,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) health: Arc<Health>,
     /// The last valid stages of each manifest file, by path.
     last_valid: BTreeMap<PathBuf, Vec<DesiredStage>>,
     /// Whether manifests were ever read; before that there is nothing to keep.
@@ -458,7 +463,7 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    pub fn new(
+    pub(crate) fn new(
         dir: PathBuf,
         policy: Arc<Policy>,
         client: Client,
@@ -489,26 +494,26 @@ impl Reconciler {
 
     /// Checks each stage's key with its captcha provider when it is first seen
     /// and whenever it changes (see [`KeyChecks`]); the pass does not wait.
-    pub fn with_key_checks(mut self, key_checks: KeyChecks) -> Self {
+    pub(crate) fn with_key_checks(mut self, key_checks: KeyChecks) -> Self {
         self.key_checks = Some(key_checks);
         self
     }
 
     /// Prunes with `settings`; a delete needs two passes `debounce` apart.
-    pub fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
+    pub(crate) fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
         self.prune = PruneMemory::new(settings, debounce);
         self
     }
 
     /// Writes still in flight when `abandon` fires are given up, their keys
     /// left unknown, so that a stop signal ends the pass in bounded time.
-    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+    pub(crate) fn with_abandon(mut self, abandon: CancellationToken) -> Self {
         self.abandon = abandon;
         self
     }
 
     /// One reconcile: read the manifests, fetch live state, plan, apply.
-    pub async fn pass(&mut self, ctx: PassContext) -> PassOutcome {
+    pub(crate) async fn pass(&mut self, ctx: PassContext) -> PassOutcome {
         let started = Instant::now();
         debug!(trigger = ctx.trigger.as_str(), "reconcile starting");
         // A changed file's stages, as they were and as they are now.

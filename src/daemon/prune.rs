@@ -27,8 +27,8 @@ use crate::plan::{Plan, PruneDecision, PruneSettings};
 
 /// What the daemon remembers about pruning between passes.
 #[derive(Debug)]
-pub struct PruneMemory {
-    pub settings: PruneSettings,
+pub(crate) struct PruneMemory {
+    pub(crate) settings: PruneSettings,
     debounce: Duration,
     /// When each delete candidate was first seen, for the two-pass guard.
     first_seen: BTreeMap<Uuid, Instant>,
@@ -37,7 +37,7 @@ pub struct PruneMemory {
 }
 
 impl PruneMemory {
-    pub fn new(settings: PruneSettings, debounce: Duration) -> Self {
+    pub(crate) fn new(settings: PruneSettings, debounce: Duration) -> Self {
         PruneMemory {
             settings,
             debounce,
@@ -48,7 +48,7 @@ impl PruneMemory {
 
     /// Holds back every delete first seen less than a debounce ago (pure but
     /// for the memory). Returns when the next pass should run to confirm them.
-    pub fn confirm(&mut self, plan: &mut Plan, now: Instant) -> Option<Duration> {
+    pub(crate) fn confirm(&mut self, plan: &mut Plan, now: Instant) -> Option<Duration> {
         let deletes: Vec<Uuid> = plan.deletes().map(|e| e.uuid).collect();
         self.first_seen.retain(|uuid, _| deletes.contains(uuid));
         let mut wait: Option<Duration> = None;
@@ -70,7 +70,7 @@ impl PruneMemory {
     }
 
     /// Logs the prune decisions that changed since the last pass.
-    pub fn log_decisions(&mut self, plan: &Plan) {
+    pub(crate) fn log_decisions(&mut self, plan: &Plan) {
         let mut now_logged = BTreeMap::new();
         for entry in &plan.prune {
             let (line, warn_level) = match &entry.decision {
@@ -97,7 +97,7 @@ impl PruneMemory {
 }
 
 /// One log line per delete.
-pub fn log_deletes(deletes: &[DeleteOutcome]) {
+pub(crate) fn log_deletes(deletes: &[DeleteOutcome]) {
     for delete in deletes {
         let stage = escape(&delete.name);
         let uuid = delete.uuid;

@@ -44,11 +44,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How far a periodic pass may move from the interval, either way (±10%).
-pub const JITTER_FRACTION: f64 = 0.10;
+pub(crate) const JITTER_FRACTION: f64 = 0.10;
 
 /// The soonest a pass may ask to run again: a pass returning "retry now"
 /// repeatedly must not turn the loop into a busy loop against authentik.
-pub const MIN_RETRY: Duration = Duration::from_secs(1);
+pub(crate) const MIN_RETRY: Duration = Duration::from_secs(1);
 
 /// Room for triggers waiting while a pass runs. Any number coalesce into one
 /// pass, so a small buffer is enough; see [`TriggerSender::send`].
@@ -56,7 +56,7 @@ const TRIGGER_BUFFER: usize = 16;
 
 /// More changed paths than this between two passes are not listed one by one:
 /// the set becomes "everything" (a checkout of thousands of files).
-pub const MAX_CHANGED_PATHS: usize = 1000;
+pub(crate) const MAX_CHANGED_PATHS: usize = 1000;
 
 /// Why a pass runs. Every pass is a full pass; the reason is for logs, and a
 /// SIGHUP also makes the pass forget every backoff.
@@ -77,7 +77,7 @@ pub enum Trigger {
 impl Trigger {
     /// The reason to report when several triggers coalesce into one pass: the
     /// most specific one (an operator's SIGHUP over a file change over a timer).
-    pub fn merge(self, other: Trigger) -> Trigger {
+    pub(crate) fn merge(self, other: Trigger) -> Trigger {
         if other.rank() > self.rank() {
             other
         } else {
@@ -96,7 +96,7 @@ impl Trigger {
     }
 
     /// A short description for log lines.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Startup => "startup",
             Trigger::FilesChanged => "files changed",
@@ -118,17 +118,17 @@ impl std::fmt::Display for Trigger {
 pub struct PassOutcome {
     /// Run again after this long, if sooner than the interval (the earliest
     /// moment a backed-off stage may be retried).
-    pub retry_in: Option<Duration>,
+    pub(crate) retry_in: Option<Duration>,
 }
 
 impl PassOutcome {
     /// Nothing to retry: the next pass comes with the interval or a trigger.
-    pub fn done() -> Self {
+    pub(crate) fn done() -> Self {
         Self::default()
     }
 
     /// Run again after `delay` unless something triggers a pass sooner.
-    pub fn retry_in(delay: Duration) -> Self {
+    pub(crate) fn retry_in(delay: Duration) -> Self {
         Self {
             retry_in: Some(delay),
         }
@@ -147,19 +147,19 @@ impl From<()> for PassOutcome {
 /// directory was swapped or re-created, the watcher lost events, too many
 /// paths).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ChangedFiles {
+pub(crate) struct ChangedFiles {
     paths: BTreeSet<PathBuf>,
     everything: bool,
 }
 
 impl ChangedFiles {
     /// No file changed (a startup, timer or retry pass).
-    pub fn none() -> Self {
+    pub(crate) fn none() -> Self {
         Self::default()
     }
 
     /// Any file may have changed.
-    pub fn everything() -> Self {
+    pub(crate) fn everything() -> Self {
         ChangedFiles {
             paths: BTreeSet::new(),
             everything: true,
@@ -167,7 +167,7 @@ impl ChangedFiles {
     }
 
     /// Adds one changed file or folder.
-    pub fn add(&mut self, path: PathBuf) {
+    pub(crate) fn add(&mut self, path: PathBuf) {
         if self.everything {
             return;
         }
@@ -178,7 +178,7 @@ impl ChangedFiles {
     }
 
     /// Adds everything `other` holds.
-    pub fn merge(&mut self, other: ChangedFiles) {
+    pub(crate) fn merge(&mut self, other: ChangedFiles) {
         if other.everything {
             *self = Self::everything();
         }
@@ -187,17 +187,17 @@ impl ChangedFiles {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         !self.everything && self.paths.is_empty()
     }
 
-    pub fn is_everything(&self) -> bool {
+    pub(crate) fn is_everything(&self) -> bool {
         self.everything
     }
 
     /// Whether `path` changed: it is listed, a folder above it is, or
     /// everything changed.
-    pub fn contains(&self, path: &Path) -> bool {
+    pub(crate) fn contains(&self, path: &Path) -> bool {
         self.everything || path.ancestors().any(|p| self.paths.contains(p))
     }
 }
@@ -258,7 +258,7 @@ fn lock(changed: &Mutex<ChangedFiles>) -> std::sync::MutexGuard<'_, ChangedFiles
 impl TriggerSender {
     /// Asks for a pass because `changed` files changed. The paths are recorded
     /// before the trigger is sent, so the pass that answers it sees them.
-    pub fn send_files_changed(&self, changed: ChangedFiles) {
+    pub(crate) fn send_files_changed(&self, changed: ChangedFiles) {
         lock(&self.changed).merge(changed);
         self.send(Trigger::FilesChanged);
     }
@@ -268,7 +268,7 @@ impl TriggerSender {
     /// [`Trigger::Signal`] is also recorded beside the channel first, so the
     /// pass that follows is a SIGHUP pass even if this one is dropped. After
     /// the loop has stopped, the trigger is dropped.
-    pub fn send(&self, trigger: Trigger) {
+    pub(crate) fn send(&self, trigger: Trigger) {
         if trigger == Trigger::Signal {
             self.signal_pending.store(true, Ordering::SeqCst);
         }
@@ -289,7 +289,7 @@ impl TriggerReceiver {
     }
 
     /// The files changed since the last call, leaving none.
-    pub fn take_changed(&mut self) -> ChangedFiles {
+    pub(crate) fn take_changed(&mut self) -> ChangedFiles {
         std::mem::take(&mut *lock(&self.changed))
     }
 
@@ -311,7 +311,7 @@ impl TriggerReceiver {
 /// `interval` moved by up to ±[`JITTER_FRACTION`]; `unit` in `[0, 1]` picks
 /// where (0 = 10% early, 0.5 = on time, 1 = 10% late). Values outside are
 /// clamped.
-pub fn jittered(interval: Duration, unit: f64) -> Duration {
+pub(crate) fn jittered(interval: Duration, unit: f64) -> Duration {
     let unit = if unit.is_nan() {
         0.5
     } else {
@@ -325,7 +325,7 @@ pub fn jittered(interval: Duration, unit: f64) -> Duration {
 /// until `cancel` fires. Returns once the pass in flight at cancellation has
 /// finished. `pass` gets why it runs and the files changed since the last
 /// pass, and may return `()` or a [`PassOutcome`].
-pub async fn run_loop<F, Fut, O>(
+pub(crate) async fn run_loop<F, Fut, O>(
     mut triggers: TriggerReceiver,
     interval: Duration,
     cancel: CancellationToken,

@@ -96,11 +96,11 @@ use super::scheduler::{ChangedFiles, TriggerSender};
 use crate::manifest;
 
 /// How often to look again for a directory to watch that does not exist yet.
-pub const RETRY_MISSING: Duration = Duration::from_secs(5);
+pub(crate) const RETRY_MISSING: Duration = Duration::from_secs(5);
 
 /// A hint is sent at the latest this many debounce periods after the first
 /// event of a burst, even if events keep coming.
-pub const MAX_WAIT_FACTOR: u32 = 10;
+pub(crate) const MAX_WAIT_FACTOR: u32 = 10;
 
 /// How many changed paths a debug log line names.
 const SAMPLE_PATHS: usize = 5;
@@ -110,11 +110,11 @@ const SAMPLE_FOLDERS: usize = 1000;
 
 /// How many entries a look into changed folders reads, at most, per burst;
 /// beyond that the folders are taken to hold manifests.
-pub const MAX_FOLDER_ENTRIES: usize = 10_000;
+pub(crate) const MAX_FOLDER_ENTRIES: usize = 10_000;
 
 /// The log target of the per-event trace line. Logged only when `RUST_LOG`
 /// names it: see the module's traps.
-pub const EVENT_LOG_TARGET: &str = "stagesync::watch::events";
+pub(crate) const EVENT_LOG_TARGET: &str = "stagesync::watch::events";
 
 /// The watcher could not start.
 #[derive(Debug, thiserror::Error)]

@@ -56,14 +56,16 @@
 //! - Fields the server does not know ([`Capabilities::knows`]) are neither
 //!   compared nor shown nor sent, or an old server would show drift forever.
 
-pub mod prune;
+pub(crate) mod prune;
 mod render;
 pub mod saved;
 mod warnings;
 
-pub use prune::{PruneDecision, PruneEntry, PruneSettings};
-pub use render::{JSON_FORMAT_VERSION, render_json, render_markdown, render_text};
-pub use warnings::{Warning, warnings};
+pub(crate) use prune::{PruneDecision, PruneEntry, PruneSettings};
+#[cfg(test)]
+use render::JSON_FORMAT_VERSION;
+pub(crate) use render::{render_json, render_markdown, render_text};
+pub(crate) use warnings::{Warning, warnings};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -99,7 +101,7 @@ pub struct PlanInputs<'a> {
 /// Stable for a given plan: a saved plan keeps its entries in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct EntryId(pub usize);
+pub(crate) struct EntryId(pub usize);
 
 impl fmt::Display for EntryId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,18 +112,18 @@ impl fmt::Display for EntryId {
 /// What to do with one manifest's stage.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StagePlan {
-    pub id: EntryId,
+    pub(crate) id: EntryId,
     /// The desired name, trimmed.
     pub name: String,
-    pub origin: Origin,
+    pub(crate) origin: Origin,
     /// Where the private key came from: what a plan shows instead of the key.
-    pub key_source: KeySource,
+    pub(crate) key_source: KeySource,
     pub action: Action,
 }
 
 impl StagePlan {
     /// The live stage this entry writes to or matched, if any.
-    pub fn uuid(&self) -> Option<Uuid> {
+    pub(crate) fn uuid(&self) -> Option<Uuid> {
         match &self.action {
             Action::Create { .. } => None,
             Action::Update { uuid, .. } | Action::InSync { uuid } => Some(*uuid),
@@ -157,7 +159,7 @@ pub enum Action {
 
 impl Action {
     /// Where the write goes and what it sends, for the actions that write.
-    pub fn write(&self) -> Option<(Target, &Write)> {
+    pub(crate) fn write(&self) -> Option<(Target, &Write)> {
         match self {
             Action::Create { write, .. } => Some((Target::Create, write)),
             Action::Update { uuid, write, .. } => Some((Target::Update(*uuid), write)),
@@ -168,7 +170,7 @@ impl Action {
 
 /// Where a write goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// `POST`: a new stage; authentik picks its uuid.
     Create,
     /// `PUT` over the live stage with this uuid.
@@ -181,13 +183,13 @@ pub enum Target {
 pub struct Write {
     /// Normalised, and cut to the fields the server knows
     /// ([`Capabilities::sendable`]).
-    pub fields: StageFields,
+    pub(crate) fields: StageFields,
     /// The resolved key (a secret type: never printed). A saved plan does not
     /// store it; it resolves [`StagePlan::key_source`] again.
-    pub private_key: PrivateKey,
+    pub(crate) private_key: PrivateKey,
     /// The entry that must be written first: it renames a stage away from the
     /// name this write takes. If it is not written, neither is this one.
-    pub after: Option<EntryId>,
+    pub(crate) after: Option<EntryId>,
 }
 
 /// Equal when they would send the same thing (the keys are compared too).
@@ -201,9 +203,9 @@ impl PartialEq for Write {
 
 /// A live captcha stage no manifest names.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Unmanaged {
-    pub uuid: Uuid,
-    pub name: String,
+pub(crate) struct Unmanaged {
+    pub(crate) uuid: Uuid,
+    pub(crate) name: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -211,44 +213,44 @@ pub struct Plan {
     /// One entry per desired stage, in the order of the inputs.
     pub stages: Vec<StagePlan>,
     /// Sorted by name.
-    pub unmanaged: Vec<Unmanaged>,
+    pub(crate) unmanaged: Vec<Unmanaged>,
     /// The fields the server knows, in display order: what was compared and
     /// what a write sends.
-    pub known_fields: Vec<Field>,
+    pub(crate) known_fields: Vec<Field>,
     /// The server the plan was made for.
-    pub capabilities: Capabilities,
+    pub(crate) capabilities: Capabilities,
     /// `plan --verify-keys`: the key check of each entry that writes its key
     /// (see [`Plan::key_probes`]). Empty when keys were not checked; the
     /// renderings then show nothing about them.
-    pub key_checks: BTreeMap<EntryId, KeyCheck>,
+    pub(crate) key_checks: BTreeMap<EntryId, KeyCheck>,
     /// Managed stages no manifest declares any more, sorted by name, and what
     /// happens to each ([`prune`]); empty until [`Plan::with_prune`]. Deletes
     /// run after every create and update.
-    pub prune: Vec<PruneEntry>,
+    pub(crate) prune: Vec<PruneEntry>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    pub create: usize,
-    pub update: usize,
-    pub in_sync: usize,
-    pub error: usize,
-    pub unmanaged: usize,
+pub(crate) struct Summary {
+    pub(crate) create: usize,
+    pub(crate) update: usize,
+    pub(crate) in_sync: usize,
+    pub(crate) error: usize,
+    pub(crate) unmanaged: usize,
     /// Security-relevant changes ([`warnings`]): a key or the login page's
     /// script moving to another host.
-    pub warnings: usize,
+    pub(crate) warnings: usize,
     /// Prune counts: shown (and serialised) only when not zero, so plans
     /// without anything to prune read as before.
     #[serde(skip_serializing_if = "is_zero")]
-    pub delete: usize,
+    pub(crate) delete: usize,
     #[serde(skip_serializing_if = "is_zero")]
-    pub blocked: usize,
+    pub(crate) blocked: usize,
     /// Held back by a guard.
     #[serde(skip_serializing_if = "is_zero")]
-    pub held_back: usize,
+    pub(crate) held_back: usize,
     /// Not pruned because `--prune` was not given.
     #[serde(skip_serializing_if = "is_zero")]
-    pub not_pruned: usize,
+    pub(crate) not_pruned: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -257,18 +259,18 @@ fn is_zero(n: &usize) -> bool {
 
 impl Plan {
     /// The entry with this id.
-    pub fn entry(&self, id: EntryId) -> Option<&StagePlan> {
+    pub(crate) fn entry(&self, id: EntryId) -> Option<&StagePlan> {
         self.stages.get(id.0)
     }
 
     /// The live stage `entry`'s write waits for (it is renamed away from the
     /// name the write takes), as plans show it.
-    pub fn waits_for(&self, entry: &StagePlan) -> Option<Uuid> {
+    pub(crate) fn waits_for(&self, entry: &StagePlan) -> Option<Uuid> {
         let (_, write) = entry.action.write()?;
         self.entry(write.after?)?.uuid()
     }
 
-    pub fn summary(&self) -> Summary {
+    pub(crate) fn summary(&self) -> Summary {
         let mut s = Summary {
             unmanaged: self.unmanaged.len(),
             warnings: warnings(self).len(),
@@ -296,7 +298,7 @@ impl Plan {
     /// What a key check sends for each entry that writes (every write sends
     /// the key): the fields as written, so the body is encoded as this server
     /// version would encode it.
-    pub fn key_probes(&self) -> Vec<(EntryId, KeyProbe)> {
+    pub(crate) fn key_probes(&self) -> Vec<(EntryId, KeyProbe)> {
         self.stages
             .iter()
             .filter_map(|entry| {
@@ -307,7 +309,7 @@ impl Plan {
     }
 
     /// Whether applying would write (or delete) anything.
-    pub fn has_changes(&self) -> bool {
+    pub(crate) fn has_changes(&self) -> bool {
         self.stages
             .iter()
             .any(|s| matches!(s.action, Action::Create { .. } | Action::Update { .. }))
@@ -315,7 +317,7 @@ impl Plan {
     }
 
     /// The stages this plan deletes, in order.
-    pub fn deletes(&self) -> impl Iterator<Item = &PruneEntry> {
+    pub(crate) fn deletes(&self) -> impl Iterator<Item = &PruneEntry> {
         self.prune
             .iter()
             .filter(|e| e.decision == PruneDecision::Delete)
@@ -323,7 +325,7 @@ impl Plan {
 
     /// Whether prune was asked for something it may not do (a stage in use,
     /// or a guard holding deletes back): the run does not converge.
-    pub fn prune_refused(&self) -> bool {
+    pub(crate) fn prune_refused(&self) -> bool {
         self.prune.iter().any(|e| {
             matches!(
                 e.decision,
@@ -334,19 +336,21 @@ impl Plan {
 
     /// Adds the prune decisions ([`prune::decide`]); their stages leave
     /// [`Plan::unmanaged`] (they are managed, only their manifests are gone).
-    pub fn with_prune(mut self, entries: Vec<PruneEntry>) -> Plan {
+    #[cfg(test)]
+    pub(crate) fn with_prune(mut self, entries: Vec<PruneEntry>) -> Plan {
         self.set_prune(entries);
         self
     }
 
     /// [`Self::with_prune`] in place.
-    pub fn set_prune(&mut self, entries: Vec<PruneEntry>) {
+    pub(crate) fn set_prune(&mut self, entries: Vec<PruneEntry>) {
         let pruned: BTreeSet<Uuid> = entries.iter().map(|e| e.uuid).collect();
         self.unmanaged.retain(|u| !pruned.contains(&u.uuid));
         self.prune = entries;
     }
 
-    pub fn has_errors(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_errors(&self) -> bool {
         self.stages
             .iter()
             .any(|s| matches!(s.action, Action::Error { .. }))
@@ -355,7 +359,7 @@ impl Plan {
     /// The plan as seen by someone without the state file (a CI job checking a
     /// pull request): a stage whose only difference is a key stagesync has no
     /// record of counts as in sync. Field drift and rotated keys still show.
-    pub fn ignoring_unknown_keys(mut self) -> Plan {
+    pub(crate) fn ignoring_unknown_keys(mut self) -> Plan {
         for stage in &mut self.stages {
             if let Action::Update {
                 uuid,
@@ -375,7 +379,7 @@ impl Plan {
 /// Desired names (trimmed, sorted, deduplicated) that no live captcha stage
 /// holds: the names a plan may create or rename to. The caller looks them up
 /// among all stage types and passes the hits as `foreign_names`.
-pub fn names_to_check(desired: &[DesiredStage], live: &[LiveStage]) -> Vec<String> {
+pub(crate) fn names_to_check(desired: &[DesiredStage], live: &[LiveStage]) -> Vec<String> {
     let held: BTreeSet<&str> = live.iter().map(|l| l.fields.name.trim()).collect();
     desired
         .iter()

@@ -39,46 +39,46 @@ use crate::state::Inventory;
 
 /// The operator's prune flags.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PruneSettings {
+pub(crate) struct PruneSettings {
     /// `--prune`.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// `--max-deletes N`; `None` = the default share.
-    pub max_deletes: Option<usize>,
+    pub(crate) max_deletes: Option<usize>,
 }
 
 /// The default guard: a run deletes at most this share of the managed stages
 /// (octoDNS-style), and at least one.
-pub const DEFAULT_MAX_DELETE_PERCENT: usize = 25;
+pub(crate) const DEFAULT_MAX_DELETE_PERCENT: usize = 25;
 
 impl PruneSettings {
     /// How many deletes one run may make, given `managed` live managed stages.
-    pub fn limit(&self, managed: usize) -> usize {
+    pub(crate) fn limit(&self, managed: usize) -> usize {
         self.max_deletes
             .unwrap_or_else(|| (managed * DEFAULT_MAX_DELETE_PERCENT / 100).max(1))
     }
 }
 
 /// Everything a prune decision is a function of.
-pub struct PruneInputs<'a> {
-    pub inventory: &'a Inventory,
+pub(crate) struct PruneInputs<'a> {
+    pub(crate) inventory: &'a Inventory,
     /// Every live captcha stage.
-    pub live: &'a [LiveStage],
-    pub desired: &'a [DesiredStage],
+    pub(crate) live: &'a [LiveStage],
+    pub(crate) desired: &'a [DesiredStage],
     /// The plan of `desired` against `live` (its matched stages are kept).
-    pub plan: &'a Plan,
+    pub(crate) plan: &'a Plan,
     /// `used_by` per candidate, as authentik answered.
-    pub used_by: &'a BTreeMap<Uuid, Vec<UsedBy>>,
+    pub(crate) used_by: &'a BTreeMap<Uuid, Vec<UsedBy>>,
     /// Every manifest was read and is valid.
-    pub manifests_complete: bool,
+    pub(crate) manifests_complete: bool,
     /// The live list was read to its last page.
-    pub live_complete: bool,
-    pub settings: PruneSettings,
+    pub(crate) live_complete: bool,
+    pub(crate) settings: PruneSettings,
 }
 
 /// What happens to one managed stage whose manifest is gone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
-pub enum PruneDecision {
+pub(crate) enum PruneDecision {
     /// Deleted after every create and update of the run.
     Delete,
     /// Something uses it; `users` in the user's words ("bound to flow `x`").
@@ -91,17 +91,17 @@ pub enum PruneDecision {
 
 /// A managed stage no manifest declares any more.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PruneEntry {
-    pub uuid: Uuid,
+pub(crate) struct PruneEntry {
+    pub(crate) uuid: Uuid,
     /// Its live name.
-    pub name: String,
+    pub(crate) name: String,
     #[serde(flatten)]
-    pub decision: PruneDecision,
+    pub(crate) decision: PruneDecision,
 }
 
 /// Managed, live stages that no manifest matches, names or pins: the only
 /// stages prune may delete. Sorted by name.
-pub fn candidates<'a>(
+pub(crate) fn candidates<'a>(
     inventory: &Inventory,
     live: &'a [LiveStage],
     desired: &[DesiredStage],
@@ -122,7 +122,7 @@ pub fn candidates<'a>(
 
 /// Managed stages that are not live any more (deleted out of band): to be
 /// dropped from the inventory. Only meaningful with a complete live list.
-pub fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
+pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
     let live: BTreeSet<Uuid> = live.iter().map(|l| l.uuid).collect();
     inventory
         .iter()
@@ -132,7 +132,7 @@ pub fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
 }
 
 /// Decides every candidate; see the module docs for the rules.
-pub fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
+pub(crate) fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
     let candidates = candidates(inputs.inventory, inputs.live, inputs.desired, inputs.plan);
     let entry = |stage: &LiveStage, decision| PruneEntry {
         uuid: stage.uuid,
@@ -224,7 +224,7 @@ pub fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
 /// `used_by` in the user's words: "bound to flow `slug`", "captcha of
 /// identification stage `name`", others by model name. A binding is not named
 /// when its flow is (it says the same thing).
-pub fn describe_users(users: &[UsedBy]) -> Vec<String> {
+pub(crate) fn describe_users(users: &[UsedBy]) -> Vec<String> {
     let has_flow = users.iter().any(|u| u.model_name == "flow");
     users
         .iter()

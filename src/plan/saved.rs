@@ -62,38 +62,39 @@ pub const PLAN_FILE_FORMAT_VERSION: u64 = 1;
 
 /// The default of `apply --plan --max-age`: a reviewed plan is applied the
 /// same day or planned again.
-pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+#[cfg(test)]
+pub(crate) const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How far in the future a plan file's creation time may be (clocks of the CI
 /// runner that planned and of the one that applies differ a little).
-pub const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 
 /// A plan file, as written and as read back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SavedPlan {
-    pub format_version: u64,
+    pub(crate) format_version: u64,
     /// RFC 3339, UTC, whole seconds.
-    pub created_at: String,
-    pub server: SavedServer,
+    pub(crate) created_at: String,
+    pub(crate) server: SavedServer,
     /// 16 random bytes, hex: the salt of every `key` fingerprint in the file.
-    pub salt: String,
-    pub entries: Vec<SavedEntry>,
+    pub(crate) salt: String,
+    pub(crate) entries: Vec<SavedEntry>,
     /// `sha256:<hex>` of the canonical JSON of the file without this key.
-    pub digest: String,
+    pub(crate) digest: String,
 }
 
 /// The authentik the plan was made against.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedServer {
+pub(crate) struct SavedServer {
     /// The API root as the client normalised it (`https://auth.example.com`).
-    pub url: String,
+    pub(crate) url: String,
     /// authentik's version, e.g. `2025.12.4`; it decides the compared fields.
-    pub version: String,
+    pub(crate) version: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SavedAction {
+pub(crate) enum SavedAction {
     Create,
     Update,
     InSync,
@@ -109,46 +110,46 @@ impl SavedAction {
 
 /// One plan entry, without its key.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SavedEntry {
+pub(crate) struct SavedEntry {
     /// Its position in `entries`.
-    pub id: usize,
-    pub action: SavedAction,
+    pub(crate) id: usize,
+    pub(crate) action: SavedAction,
     /// The desired name, trimmed (for a delete: the live name).
-    pub name: String,
-    pub origin: Option<SavedOrigin>,
+    pub(crate) name: String,
+    pub(crate) origin: Option<SavedOrigin>,
     /// The live stage written to or matched; `None` for a create.
-    pub uuid: Option<Uuid>,
+    pub(crate) uuid: Option<Uuid>,
     /// The manifest's `uuid` pin, if it has one.
-    pub pinned_uuid: Option<Uuid>,
+    pub(crate) pinned_uuid: Option<Uuid>,
     /// The entry that must be written first: it renames a stage away from
     /// the name this one takes.
-    pub after: Option<usize>,
+    pub(crate) after: Option<usize>,
     /// `!Env NAME`, `!File path` or `literal value`; `None` for a delete.
-    pub key_source: Option<String>,
+    pub(crate) key_source: Option<String>,
     /// What was known of the key when planned (shown, not checked).
-    pub private_key: Option<KeyStatus>,
+    pub(crate) private_key: Option<KeyStatus>,
     /// live -> desired, for a reader of the file (not checked: `digests.live`
     /// pins the live side and `fields` the desired one).
     #[serde(default, skip_deserializing)]
-    pub changes: Vec<FieldChange>,
+    pub(crate) changes: Vec<FieldChange>,
     /// What a create or an update sends, cut to the fields the server knows.
-    pub fields: Option<StageFields>,
-    pub digests: SavedDigests,
+    pub(crate) fields: Option<StageFields>,
+    pub(crate) digests: SavedDigests,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedOrigin {
-    pub file: String,
-    pub line: usize,
-    pub column: usize,
+pub(crate) struct SavedOrigin {
+    pub(crate) file: String,
+    pub(crate) line: usize,
+    pub(crate) column: usize,
 }
 
 /// `sha256:<hex>` each; see the module docs for what each covers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SavedDigests {
-    pub live: Option<String>,
-    pub desired: Option<String>,
-    pub key: Option<String>,
+pub(crate) struct SavedDigests {
+    pub(crate) live: Option<String>,
+    pub(crate) desired: Option<String>,
+    pub(crate) key: Option<String>,
 }
 
 /// Why a plan file is not written.
@@ -197,7 +198,7 @@ pub enum Refusal {
 
 /// What changed since the plan, for one entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub(crate) enum Change {
     /// The live stage's compared fields differ from those planned against.
     LiveEdited,
     /// The live stage the entry writes to no longer exists.
@@ -214,7 +215,8 @@ pub enum Change {
 
 impl Change {
     /// A stable word for JSON and tests.
-    pub fn kind(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Change::LiveEdited => "live_edited",
             Change::StageGone => "stage_gone",
@@ -247,11 +249,11 @@ impl fmt::Display for Change {
 /// The changes of one entry since the plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StageReport {
-    pub entry: usize,
-    pub name: String,
+    pub(crate) entry: usize,
+    pub(crate) name: String,
     /// `file:line` of the manifest when planned, if the entry had one.
-    pub origin: Option<String>,
-    pub changes: Vec<Change>,
+    pub(crate) origin: Option<String>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl fmt::Display for StageReport {
@@ -273,30 +275,30 @@ impl fmt::Display for StageReport {
 
 /// A plan file that passed [`check`]: apply its writing entries, nothing else.
 #[derive(Debug, PartialEq)]
-pub struct Verified {
+pub(crate) struct Verified {
     /// Entry id -> index of the fresh manifest stage it matched (where its
     /// key comes from), for every entry that has a manifest.
-    pub desired_of: BTreeMap<usize, usize>,
+    pub(crate) desired_of: BTreeMap<usize, usize>,
     /// Entries in sync when planned that changed since: not written.
-    pub left_alone: Vec<StageReport>,
+    pub(crate) left_alone: Vec<StageReport>,
     /// Names of manifest stages the file has no entry for: not written.
-    pub unplanned: Vec<String>,
+    pub(crate) unplanned: Vec<String>,
 }
 
 /// Everything [`check`] compares a plan file with, read just before applying.
-pub struct Fresh<'a> {
+pub(crate) struct Fresh<'a> {
     /// The manifests, keys resolved.
-    pub desired: &'a [DesiredStage],
+    pub(crate) desired: &'a [DesiredStage],
     /// Every live captcha stage.
-    pub live: &'a [LiveStage],
+    pub(crate) live: &'a [LiveStage],
     /// name -> kind for the names from [`SavedPlan::names_to_check`] that a
     /// stage of another type holds.
-    pub foreign_names: &'a BTreeMap<String, String>,
+    pub(crate) foreign_names: &'a BTreeMap<String, String>,
     /// The API root the client will write to, normalised.
-    pub url: &'a str,
-    pub version: ServerVersion,
-    pub now: SystemTime,
-    pub max_age: Duration,
+    pub(crate) url: &'a str,
+    pub(crate) version: ServerVersion,
+    pub(crate) now: SystemTime,
+    pub(crate) max_age: Duration,
 }
 
 fn sha256_tagged(bytes: &[u8]) -> String {
@@ -512,7 +514,7 @@ impl SavedPlan {
 
     /// Reads a plan file: its version first (a newer format is reported as
     /// such), then its digest, then its shape.
-    pub fn parse(text: &str) -> Result<SavedPlan, Refusal> {
+    pub(crate) fn parse(text: &str) -> Result<SavedPlan, Refusal> {
         let corrupt = |why: String| Refusal::Corrupt(why);
         let document: Json =
             serde_json::from_str(text).map_err(|e| corrupt(format!("not JSON ({e})")))?;
@@ -597,18 +599,19 @@ impl SavedPlan {
     }
 
     /// The server the plan was made for.
-    pub fn capabilities(&self) -> Option<Capabilities> {
+    pub(crate) fn capabilities(&self) -> Option<Capabilities> {
         ServerVersion::parse(&self.server.version).map(Capabilities::for_version)
     }
 
     /// Whether applying would write anything.
-    pub fn has_changes(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_changes(&self) -> bool {
         self.entries.iter().any(|e| e.action.writes())
     }
 
     /// Names that writing entries take and no live captcha stage holds: the
     /// caller looks them up among all stage types for [`Fresh::foreign_names`].
-    pub fn names_to_check(&self, live: &[LiveStage]) -> Vec<String> {
+    pub(crate) fn names_to_check(&self, live: &[LiveStage]) -> Vec<String> {
         let held: BTreeSet<&str> = live.iter().map(|l| l.fields.name.trim()).collect();
         let mut names: Vec<String> = self
             .entries
@@ -626,7 +629,7 @@ impl SavedPlan {
 
 /// Whether `saved` may be applied now: the file is fresh, for this server,
 /// and every writing entry's live stage, manifest, key and name are as planned.
-pub fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
+pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
     if saved.server.url != fresh.url {
         return Err(Refusal::OtherServer {
             planned: saved.server.url.clone(),
@@ -798,7 +801,7 @@ pub fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
 /// order, each writing entry's fields as saved and its key from the manifest
 /// `verified` matched it to. Entries in sync when planned write nothing, even
 /// if they drifted since. `live` is the state `check` saw.
-pub fn to_plan(
+pub(crate) fn to_plan(
     saved: &SavedPlan,
     verified: &Verified,
     desired: &[DesiredStage],

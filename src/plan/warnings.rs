@@ -18,19 +18,19 @@ use crate::stage::{Field, Value};
 
 /// One security-relevant change of one stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Warning {
-    pub stage: String,
+pub(crate) struct Warning {
+    pub(crate) stage: String,
     /// `api_url` or `js_url`.
-    pub field: &'static str,
+    pub(crate) field: &'static str,
     /// The live host (with its port, when not the default).
-    pub from: String,
+    pub(crate) from: String,
     /// The manifest's host.
-    pub to: String,
+    pub(crate) to: String,
 }
 
 impl Warning {
     /// What the change means, without the stage's name.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         let what = if self.field == Field::ApiUrl.key() {
             "the key will be sent to a new host"
         } else {
@@ -48,7 +48,7 @@ impl fmt::Display for Warning {
 }
 
 /// Every change of an `api_url` or `js_url` host in `plan`, in stage order.
-pub fn warnings(plan: &Plan) -> Vec<Warning> {
+pub(crate) fn warnings(plan: &Plan) -> Vec<Warning> {
     let mut found = Vec::new();
     for stage in &plan.stages {
         let Action::Update { changes, .. } = &stage.action else {

@@ -44,9 +44,9 @@ pub enum FaultKind {
 pub struct Fault {
     pub kind: FaultKind,
     /// `None` matches every method.
-    pub method: Option<String>,
+    pub(crate) method: Option<String>,
     /// `None` matches every path.
-    pub path_prefix: Option<String>,
+    pub(crate) path_prefix: Option<String>,
     /// How many matching requests it hits.
     pub times: usize,
 }
@@ -120,20 +120,20 @@ pub(crate) fn take(queue: &mut Vec<Fault>, method: &str, path: &str) -> Option<F
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LatencyProfile {
     /// A page of `GET /stages/captcha/`.
-    pub captcha_page: std::time::Duration,
+    pub(crate) captcha_page: std::time::Duration,
     /// A page of `GET /stages/all/`.
-    pub all_stages_page: std::time::Duration,
+    pub(crate) all_stages_page: std::time::Duration,
     /// A `GET` with `?name=` (a look-up by name, on either list).
-    pub name_lookup: std::time::Duration,
-    pub put: std::time::Duration,
-    pub post: std::time::Duration,
+    pub(crate) name_lookup: std::time::Duration,
+    pub(crate) put: std::time::Duration,
+    pub(crate) post: std::time::Duration,
     /// Everything else (the version, PATCH, DELETE, unknown routes).
-    pub other: std::time::Duration,
+    pub(crate) other: std::time::Duration,
 }
 
 impl LatencyProfile {
     /// The same latency for every request.
-    pub fn uniform(d: std::time::Duration) -> Self {
+    pub(crate) fn uniform(d: std::time::Duration) -> Self {
         LatencyProfile {
             captcha_page: d,
             all_stages_page: d,
@@ -224,12 +224,6 @@ impl RequestCounts {
             .filter(|((m, _), _)| matches!(m.as_str(), "POST" | "PUT" | "PATCH" | "DELETE"))
             .map(|(_, n)| n)
             .sum()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, u64)> {
-        self.by_route
-            .iter()
-            .map(|((m, p), n)| (m.as_str(), p.as_str(), *n))
     }
 }
 

@@ -17,9 +17,9 @@
 //! The state sits behind a `std::sync::Mutex`, not a tokio one: no `.await`
 //! happens while it is held.
 
-pub mod fault;
+pub(crate) mod fault;
 pub mod provider;
-pub mod routes;
+pub(crate) mod routes;
 mod store;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The path the fake provider answers on.
-pub const SITEVERIFY_PATH: &str = "/siteverify";
+pub(crate) const SITEVERIFY_PATH: &str = "/siteverify";
 
 /// How the fake provider answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,7 +114,7 @@ impl ProviderHandle {
     }
 
     /// Makes `secret` a good secret too, for the site key `site_key`.
-    pub fn add_site(&self, secret: &str, site_key: &str) {
+    pub(crate) fn add_site(&self, secret: &str, site_key: &str) {
         lock(&self.shared.sites).push((secret.to_owned(), site_key.to_owned()));
     }
 
@@ -132,7 +132,7 @@ impl ProviderHandle {
     }
 
     /// Stops accepting connections.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.cancel.cancel();
     }
 }

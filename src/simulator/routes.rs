@@ -11,16 +11,16 @@ use uuid::Uuid;
 
 use super::store::{NAME_INDEX_LIMIT, Store, WriteMode};
 
-pub const ALLOW_LIST: &str = "GET, POST, HEAD, OPTIONS";
-pub const ALLOW_ONE: &str = "GET, PUT, PATCH, DELETE, HEAD, OPTIONS";
-pub const ALLOW_READ: &str = "GET, HEAD, OPTIONS";
+pub(crate) const ALLOW_LIST: &str = "GET, POST, HEAD, OPTIONS";
+pub(crate) const ALLOW_ONE: &str = "GET, PUT, PATCH, DELETE, HEAD, OPTIONS";
+pub(crate) const ALLOW_READ: &str = "GET, HEAD, OPTIONS";
 
 /// The first bytes of authentik's 404 page, as recorded.
-pub const HTML_404: &str = "\n\n\n\n\n<!DOCTYPE html>\n<html\n    lang=\"en\"\n    data-theme=\"light\"\n    data-theme-choice=\"auto\"\n>\n    <head>\n        <meta charset=\"UTF-8\">\n        <meta name=\"viewport\" content=\"width=device-width, initial-scale=1, maximum-scale=1\">\n        \n        <meta name=\"darkreader-lock\">\n        <title>\nauthentik\n</title>\n    </head>\n    <body>\n        <h1>Not Found</h1>\n        <p>The requested resource was not found on this server.</p>\n    </body>\n</html>\n";
+pub(crate) const HTML_404: &str = "\n\n\n\n\n<!DOCTYPE html>\n<html\n    lang=\"en\"\n    data-theme=\"light\"\n    data-theme-choice=\"auto\"\n>\n    <head>\n        <meta charset=\"UTF-8\">\n        <meta name=\"viewport\" content=\"width=device-width, initial-scale=1, maximum-scale=1\">\n        \n        <meta name=\"darkreader-lock\">\n        <title>\nauthentik\n</title>\n    </head>\n    <body>\n        <h1>Not Found</h1>\n        <p>The requested resource was not found on this server.</p>\n    </body>\n</html>\n";
 
 /// A route of the API, by pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Version,
     CaptchaList,
     CaptchaOne(String),
@@ -30,7 +30,7 @@ pub enum Route {
 }
 
 impl Route {
-    pub fn resolve(path: &str) -> Route {
+    pub(crate) fn resolve(path: &str) -> Route {
         let Some(rest) = path.strip_prefix("/api/v3/") else {
             return Route::Unknown;
         };
@@ -53,7 +53,7 @@ impl Route {
     }
 
     /// The pattern requests are counted under (matches the client's route names).
-    pub fn pattern(&self) -> &'static str {
+    pub(crate) fn pattern(&self) -> &'static str {
         match self {
             Route::Version => "/api/v3/admin/version/",
             Route::CaptchaList => "/api/v3/stages/captcha/",
@@ -80,7 +80,7 @@ impl Route {
 
 /// What the simulator answers, before it becomes HTTP.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Body {
+pub(crate) enum Body {
     Json(Value),
     Html(String),
     /// No body (204).
@@ -90,10 +90,10 @@ pub enum Body {
 }
 
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reply {
-    pub status: u16,
-    pub allow: Option<&'static str>,
-    pub body: Body,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) allow: Option<&'static str>,
+    pub(crate) body: Body,
 }
 
 impl Reply {
@@ -109,7 +109,7 @@ impl Reply {
         Reply::json(status, route, json!({ "detail": detail }))
     }
 
-    pub fn html_404() -> Reply {
+    pub(crate) fn html_404() -> Reply {
         Reply {
             status: 404,
             allow: None,
@@ -117,7 +117,7 @@ impl Reply {
         }
     }
 
-    pub fn internal_error() -> Reply {
+    pub(crate) fn internal_error() -> Reply {
         Reply {
             status: 405,
             allow: Some(ALLOW_READ),
@@ -126,7 +126,7 @@ impl Reply {
     }
 
     /// `(content-type, bytes)` of the body.
-    pub fn encode(&self) -> (Option<&'static str>, Vec<u8>) {
+    pub(crate) fn encode(&self) -> (Option<&'static str>, Vec<u8>) {
         match &self.body {
             Body::Json(v) => (
                 Some("application/json; charset=utf-8"),
@@ -141,13 +141,13 @@ impl Reply {
 
 /// The parts of a request the behaviour depends on.
 pub(crate) struct Incoming<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub accept: Option<&'a str>,
-    pub authorization: Option<&'a str>,
-    pub content_type: Option<&'a str>,
-    pub body: &'a [u8],
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: Option<&'a str>,
+    pub(crate) accept: Option<&'a str>,
+    pub(crate) authorization: Option<&'a str>,
+    pub(crate) content_type: Option<&'a str>,
+    pub(crate) body: &'a [u8],
 }
 
 /// Answers one request against the store.

@@ -18,56 +18,57 @@ use crate::stage::{self, Field, LiveStage, StageFields};
 
 /// Names longer than this (bytes) overflow authentik's unique index: the real
 /// server answers with its empty 405 internal error.
-pub const NAME_INDEX_LIMIT: usize = 2700;
+pub(crate) const NAME_INDEX_LIMIT: usize = 2700;
 /// DRF's FloatField refuses longer strings.
 const FLOAT_STRING_LIMIT: usize = 1000;
 
-pub const CONTENT_TYPES: [&str; 2] = ["application/x-www-form-urlencoded", "application/json"];
+pub(crate) const CONTENT_TYPES: [&str; 2] =
+    ["application/x-www-form-urlencoded", "application/json"];
 
 #[derive(Clone, Debug)]
 pub(crate) struct CaptchaRecord {
-    pub uuid: Uuid,
+    pub(crate) uuid: Uuid,
     /// `request_content_type` is always `Some` here; it is shown only from 2026.8.
-    pub fields: StageFields,
-    pub private_key: String,
+    pub(crate) fields: StageFields,
+    pub(crate) private_key: String,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct OtherRecord {
-    pub uuid: Uuid,
-    pub name: String,
-    pub component: String,
+    pub(crate) uuid: Uuid,
+    pub(crate) name: String,
+    pub(crate) component: String,
     /// An identification stage's embedded captcha stage.
-    pub captcha_stage: Option<Uuid>,
+    pub(crate) captcha_stage: Option<Uuid>,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct FlowRecord {
-    pub uuid: Uuid,
-    pub ptr: Uuid,
-    pub name: String,
-    pub slug: String,
-    pub title: String,
+    pub(crate) uuid: Uuid,
+    pub(crate) ptr: Uuid,
+    pub(crate) name: String,
+    pub(crate) slug: String,
+    pub(crate) title: String,
 }
 
 #[derive(Clone, Debug)]
 pub(crate) struct FlowBinding {
-    pub flow: Uuid,
-    pub binding_uuid: Uuid,
-    pub stage: Uuid,
-    pub order: i64,
+    pub(crate) flow: Uuid,
+    pub(crate) binding_uuid: Uuid,
+    pub(crate) stage: Uuid,
+    pub(crate) order: i64,
 }
 
 #[derive(Debug)]
 pub(crate) struct Store {
-    pub version: String,
-    pub token: String,
-    pub default_page_size: usize,
-    pub max_page_size: usize,
-    pub captcha: Vec<CaptchaRecord>,
-    pub others: Vec<OtherRecord>,
-    pub flows: Vec<FlowRecord>,
-    pub bindings: Vec<FlowBinding>,
+    pub(crate) version: String,
+    pub(crate) token: String,
+    pub(crate) default_page_size: usize,
+    pub(crate) max_page_size: usize,
+    pub(crate) captcha: Vec<CaptchaRecord>,
+    pub(crate) others: Vec<OtherRecord>,
+    pub(crate) flows: Vec<FlowRecord>,
+    pub(crate) bindings: Vec<FlowBinding>,
 }
 
 /// How a write validates its body.
@@ -81,22 +82,22 @@ pub(crate) enum WriteMode {
 /// Validated values of a write; `None` = not given.
 #[derive(Debug, Default)]
 pub(crate) struct Validated {
-    pub name: Option<String>,
-    pub public_key: Option<String>,
-    pub private_key: Option<String>,
-    pub js_url: Option<String>,
-    pub api_url: Option<String>,
-    pub interactive: Option<bool>,
-    pub score_min_threshold: Option<f64>,
-    pub score_max_threshold: Option<f64>,
-    pub error_on_invalid_score: Option<bool>,
-    pub request_content_type: Option<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) public_key: Option<String>,
+    pub(crate) private_key: Option<String>,
+    pub(crate) js_url: Option<String>,
+    pub(crate) api_url: Option<String>,
+    pub(crate) interactive: Option<bool>,
+    pub(crate) score_min_threshold: Option<f64>,
+    pub(crate) score_max_threshold: Option<f64>,
+    pub(crate) error_on_invalid_score: Option<bool>,
+    pub(crate) request_content_type: Option<String>,
 }
 
 pub(crate) type FieldErrors = Map<String, Value>;
 
 impl Store {
-    pub fn capabilities(&self) -> Capabilities {
+    pub(crate) fn capabilities(&self) -> Capabilities {
         Capabilities::for_version(
             ServerVersion::parse(&self.version).unwrap_or(ServerVersion::new(2025, 12, 4)),
         )
@@ -111,7 +112,7 @@ impl Store {
 
     /// DRF's validation of a `CaptchaStageRequest`, field errors in
     /// declaration order.
-    pub fn validate(
+    pub(crate) fn validate(
         &self,
         body: &Map<String, Value>,
         mode: WriteMode,
@@ -171,7 +172,7 @@ impl Store {
     }
 
     /// Creates a stage from validated values (defaults for what is missing).
-    pub fn create(&mut self, v: Validated) -> Uuid {
+    pub(crate) fn create(&mut self, v: Validated) -> Uuid {
         let fields = StageFields {
             name: v.name.unwrap_or_default(),
             public_key: v.public_key.unwrap_or_default(),
@@ -202,7 +203,7 @@ impl Store {
     }
 
     /// Applies given values; omitted ones keep their current value (PUT too).
-    pub fn update(&mut self, uuid: Uuid, v: Validated) {
+    pub(crate) fn update(&mut self, uuid: Uuid, v: Validated) {
         let Some(rec) = self.captcha.iter_mut().find(|s| s.uuid == uuid) else {
             return;
         };
@@ -241,7 +242,7 @@ impl Store {
 
     /// authentik's delete: no protection; bindings cascade, an identification
     /// stage's `captcha_stage` is set to null.
-    pub fn delete(&mut self, uuid: Uuid) -> bool {
+    pub(crate) fn delete(&mut self, uuid: Uuid) -> bool {
         let before = self.captcha.len();
         self.captcha.retain(|s| s.uuid != uuid);
         self.bindings.retain(|b| b.stage != uuid);
@@ -253,12 +254,12 @@ impl Store {
         before != self.captcha.len()
     }
 
-    pub fn find(&self, uuid: Uuid) -> Option<&CaptchaRecord> {
+    pub(crate) fn find(&self, uuid: Uuid) -> Option<&CaptchaRecord> {
         self.captcha.iter().find(|s| s.uuid == uuid)
     }
 
     /// A captcha stage as the API shows it.
-    pub fn render(&self, rec: &CaptchaRecord) -> Value {
+    pub(crate) fn render(&self, rec: &CaptchaRecord) -> Value {
         let f = &rec.fields;
         let mut v = self.stage_base(
             rec.uuid,
@@ -311,7 +312,7 @@ impl Store {
         })
     }
 
-    pub fn render_other(&self, rec: &OtherRecord) -> Value {
+    pub(crate) fn render_other(&self, rec: &OtherRecord) -> Value {
         let kind = rec
             .component
             .trim_start_matches("ak-stage-")
@@ -379,7 +380,7 @@ impl Store {
     /// `used_by`, grouped by model as authentik's collector lists them: the
     /// flows (`cascade_many`), the bindings (`cascade`), then the
     /// identification stages embedding the captcha (`set_null`).
-    pub fn used_by(&self, stage: Uuid) -> Value {
+    pub(crate) fn used_by(&self, stage: Uuid) -> Value {
         let mut out = Vec::new();
         for f in self.flows_of(stage) {
             out.push(json!({
@@ -407,7 +408,7 @@ impl Store {
     }
 
     /// Every captcha stage as a client reads it.
-    pub fn live_stages(&self) -> Vec<LiveStage> {
+    pub(crate) fn live_stages(&self) -> Vec<LiveStage> {
         let shows_ct = self.capabilities().knows(Field::RequestContentType);
         self.captcha
             .iter()

@@ -13,7 +13,9 @@ mod json;
 mod markdown;
 mod text;
 
-pub use json::{JSON_FORMAT_VERSION, render_json};
+#[cfg(test)]
+pub use json::JSON_FORMAT_VERSION;
+pub use json::render_json;
 pub use markdown::render_markdown;
 pub use text::render_text;
 
