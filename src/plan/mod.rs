@@ -349,7 +349,6 @@ impl Plan {
         self.prune = entries;
     }
 
-    #[cfg(test)]
     pub(crate) fn has_errors(&self) -> bool {
         self.stages
             .iter()
