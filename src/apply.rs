@@ -711,7 +711,6 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::path::PathBuf;
     use std::time::Duration;
 
     use uuid::Uuid;
@@ -720,7 +719,7 @@ mod tests {
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
     use crate::capabilities::Capabilities;
     use crate::plan::{self, PlanInputs};
-    use crate::secret::{KeySource, SecretString};
+    use crate::secret::SecretString;
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
     use crate::stage::{DesiredStage, StageFields};
 
@@ -755,17 +754,7 @@ mod tests {
     }
 
     fn desired(name: &str, pin: Option<Uuid>) -> DesiredStage {
-        DesiredStage {
-            origin: Origin {
-                file: PathBuf::from(format!("{name}.yaml")),
-                line: 1,
-                column: 1,
-            },
-            uuid: pin,
-            fields: StageFields::with_defaults(name, "site"),
-            key_source: KeySource::Env("KEY".into()),
-            private_key: SecretString::from("k"),
-        }
+        DesiredStage::for_test(name, pin)
     }
 
     fn plan_for(desired: &[DesiredStage], live: &[LiveStage]) -> Plan {

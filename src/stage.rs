@@ -251,6 +251,25 @@ pub struct DesiredStage {
     pub private_key: PrivateKey,
 }
 
+#[cfg(test)]
+impl DesiredStage {
+    /// A manifest `NAME.yaml` declaring `name` (site key `site`, key `!Env KEY`
+    /// = `k`), pinned to `pin`: the unit tests' stock stage.
+    pub(crate) fn for_test(name: &str, pin: Option<Uuid>) -> DesiredStage {
+        DesiredStage {
+            origin: Origin {
+                file: std::path::PathBuf::from(format!("{name}.yaml")),
+                line: 1,
+                column: 1,
+            },
+            uuid: pin,
+            fields: StageFields::with_defaults(name, "site"),
+            key_source: crate::secret::KeySource::Env("KEY".into()),
+            private_key: crate::secret::SecretString::from("k"),
+        }
+    }
+}
+
 /// One thing that uses a stage, as authentik's `used_by` lists it: a flow
 /// (`model_name` `flow`, action `cascade_many`), a flow-stage binding
 /// (`flowstagebinding`, `cascade`), an identification stage embedding the

@@ -250,14 +250,11 @@ fn flow_slug(name: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
     use crate::capabilities::Capabilities;
     use crate::capabilities::ServerVersion;
     use crate::plan::{PlanInputs, plan};
-    use crate::secret::{KeySource, SecretString};
-    use crate::stage::{Origin, StageFields};
+    use crate::stage::StageFields;
     use crate::state::{KeyState, ManagedAs};
 
     fn live(name: &str, n: u128) -> LiveStage {
@@ -268,17 +265,7 @@ mod tests {
     }
 
     fn desired(name: &str) -> DesiredStage {
-        DesiredStage {
-            origin: Origin {
-                file: PathBuf::from(format!("{name}.yaml")),
-                line: 1,
-                column: 1,
-            },
-            uuid: None,
-            fields: StageFields::with_defaults(name, "site"),
-            key_source: KeySource::Env("KEY".into()),
-            private_key: SecretString::from("k"),
-        }
+        DesiredStage::for_test(name, None)
     }
 
     fn user(model_name: &str, name: &str, action: &str) -> UsedBy {
