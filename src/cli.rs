@@ -362,6 +362,21 @@ pub(crate) enum ColorChoice {
     Never,
 }
 
+impl ColorChoice {
+    /// Whether to colour what goes to stdout: `always`, `never`, or with `auto`
+    /// only when stdout is a terminal and `NO_COLOR` is not set (anstream
+    /// decides, following the NO_COLOR and CLICOLOR conventions).
+    fn for_stdout(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never
+            }
+        }
+    }
+}
+
 /// An HTTP listen address, or none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Listen {
@@ -650,7 +665,7 @@ impl Cli {
         Ok(Config {
             command,
             log_format: self.log_format,
-            color: crate::output::stdout_color(self.color),
+            color: self.color.for_stdout(),
         })
     }
 }

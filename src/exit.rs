@@ -38,8 +38,8 @@ use std::path::PathBuf;
 use crate::authentik::ApiError;
 use crate::cli::ConfigError;
 use crate::manifest::{Diagnostic, SourceError};
-use crate::output::escape;
 use crate::plan::saved::{Refusal, SaveError};
+use crate::text::escape;
 
 /// Success; for `plan`, also "everything is in sync".
 pub(crate) const SUCCESS: i32 = 0;

@@ -55,4 +55,5 @@ pub mod secret;
 pub mod simulator;
 pub mod stage;
 pub mod state;
+pub(crate) mod text;
 pub mod verify;

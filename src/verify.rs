@@ -35,14 +35,13 @@ use std::time::Duration;
 
 use reqwest::Url;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
-use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::authentik::client::error_chain;
+pub(crate) use crate::plan::key_check::{BodyEncoding, KeyCheck, KeyProbe, Reason, Verdict};
 use crate::policy::ProviderHosts;
-use crate::secret::{ExposeSecret, PrivateKey};
-use crate::stage::{DesiredStage, StageFields};
+use crate::secret::ExposeSecret;
+use crate::text::error_chain;
 
 /// The response token every probe sends: no provider ever issued it.
 pub const PROBE_TOKEN: &str = "stagesync-key-check-probe-not-a-captcha-response";
@@ -79,190 +78,36 @@ pub(crate) fn allowed_by(hosts: &ProviderHosts) -> impl Fn(&Url) -> Result<(), S
     move |url| hosts.check(url).map_err(|refused| refused.to_string())
 }
 
-/// How a probe's body is encoded, from the stage's `request_content_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum BodyEncoding {
-    Form,
-    Json,
-}
-
-impl BodyEncoding {
-    /// JSON only for `application/json`; the default and anything else is a form,
-    /// as authentik sends it.
-    pub(crate) fn from_content_type(content_type: Option<&str>) -> Self {
-        match content_type {
-            Some(ct) if ct.trim().eq_ignore_ascii_case("application/json") => BodyEncoding::Json,
-            _ => BodyEncoding::Form,
-        }
-    }
-}
-
-/// What one key check sends, and where.
-#[derive(Clone, Debug)]
-pub(crate) struct KeyProbe {
-    pub(crate) stage: String,
-    pub(crate) api_url: String,
-    pub(crate) site_key: String,
-    pub(crate) encoding: BodyEncoding,
-    pub(crate) private_key: PrivateKey,
-}
-
-impl KeyProbe {
-    pub(crate) fn from_desired(desired: &DesiredStage) -> Self {
-        Self::new(&desired.fields, &desired.private_key)
-    }
-
-    /// The probe for a stage with these fields and key. Given the fields a
-    /// write sends (cut to what the server knows), the encoding is the one that
-    /// authentik version would use.
-    pub(crate) fn new(fields: &StageFields, private_key: &PrivateKey) -> Self {
-        KeyProbe {
-            stage: fields.name.trim().to_owned(),
-            api_url: fields.api_url.clone(),
-            site_key: fields.public_key.clone(),
-            encoding: BodyEncoding::from_content_type(fields.request_content_type.as_deref()),
-            private_key: private_key.clone(),
-        }
-    }
-
-    /// The body and its content type. Holds the key: goes on the wire and nowhere else.
-    fn body(&self) -> (&'static str, Vec<u8>) {
-        let fields = [
-            ("secret", self.private_key.expose_secret()),
-            ("response", PROBE_TOKEN),
-            ("remoteip", PROBE_REMOTE_IP),
-            ("sitekey", self.site_key.as_str()),
-        ];
-        match self.encoding {
-            BodyEncoding::Form => {
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                for (name, value) in fields {
-                    form.append_pair(name, value);
-                }
-                (
-                    "application/x-www-form-urlencoded",
-                    form.finish().into_bytes(),
-                )
+/// The body of a probe and its content type. Holds the key: goes on the wire
+/// and nowhere else.
+fn probe_body(probe: &KeyProbe) -> (&'static str, Vec<u8>) {
+    let fields = [
+        ("secret", probe.private_key.expose_secret()),
+        ("response", PROBE_TOKEN),
+        ("remoteip", PROBE_REMOTE_IP),
+        ("sitekey", probe.site_key.as_str()),
+    ];
+    match probe.encoding {
+        BodyEncoding::Form => {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (name, value) in fields {
+                form.append_pair(name, value);
             }
-            BodyEncoding::Json => {
-                let object: serde_json::Map<String, serde_json::Value> = fields
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value.into()))
-                    .collect();
-                (
-                    "application/json",
-                    serde_json::to_vec(&object).unwrap_or_default(),
-                )
-            }
+            (
+                "application/x-www-form-urlencoded",
+                form.finish().into_bytes(),
+            )
         }
-    }
-}
-
-/// The answer to "does this key work?", as the metric labels it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum Verdict {
-    Valid,
-    Invalid,
-    Mismatch,
-    Unknown,
-}
-
-impl Verdict {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Valid => "valid",
-            Verdict::Invalid => "invalid",
-            Verdict::Mismatch => "mismatch",
-            Verdict::Unknown => "unknown",
+        BodyEncoding::Json => {
+            let object: serde_json::Map<String, serde_json::Value> = fields
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.into()))
+                .collect();
+            (
+                "application/json",
+                serde_json::to_vec(&object).unwrap_or_default(),
+            )
         }
-    }
-}
-
-/// Why a check ended as it did. Never holds a key.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Reason {
-    /// The secret was accepted, only the probe token was refused.
-    TokenRefused,
-    /// `success: true` for a made-up token: an always-pass test key.
-    ProbeAccepted,
-    /// The provider refused the secret.
-    SecretRefused,
-    /// The secret belongs to another site key (hCaptcha).
-    SiteKeyMismatch,
-    /// The operator's host check refused the URL; nothing was sent.
-    NotAllowed(String),
-    /// `api_url` is not a URL that can be asked.
-    BadUrl(String),
-    /// No complete answer within the timeout.
-    Timeout(Duration),
-    /// Connection refused, DNS, TLS, reset.
-    Network(String),
-    /// A status that carries no verdict (3xx, 5xx, or 4xx without the provider's JSON).
-    Status(u16),
-    /// An answer that is not the provider's JSON (an HTML page, a proxy's error).
-    NotProviderJson,
-    /// The provider's JSON, but no code that tells about the secret.
-    NoVerdict,
-}
-
-impl Reason {
-    pub(crate) fn verdict(&self) -> Verdict {
-        match self {
-            Reason::TokenRefused | Reason::ProbeAccepted => Verdict::Valid,
-            Reason::SecretRefused => Verdict::Invalid,
-            Reason::SiteKeyMismatch => Verdict::Mismatch,
-            _ => Verdict::Unknown,
-        }
-    }
-
-    /// Whether the provider was asked (false: refused or unusable URL).
-    pub(crate) fn contacted(&self) -> bool {
-        !matches!(self, Reason::NotAllowed(_) | Reason::BadUrl(_))
-    }
-
-    /// A sentence for people. May hold text from a manifest: escape before printing.
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Reason::TokenRefused => {
-                "the provider accepted the key (it refused only the probe token)".into()
-            }
-            Reason::ProbeAccepted => {
-                "the provider accepted the key and even the probe token (an always-pass test key?)"
-                    .into()
-            }
-            Reason::SecretRefused => "the provider refused the key".into(),
-            Reason::SiteKeyMismatch => "the key belongs to another site key than public_key".into(),
-            Reason::NotAllowed(why) => format!("not contacted: {why}"),
-            Reason::BadUrl(why) => format!("not contacted: api_url cannot be used: {why}"),
-            Reason::Timeout(limit) => {
-                format!("no answer within {}", humantime::format_duration(*limit))
-            }
-            Reason::Network(why) => format!("could not reach the provider: {why}"),
-            Reason::Status(status) => format!("HTTP {status} without a verdict"),
-            Reason::NotProviderJson => {
-                "the answer is not a captcha provider's JSON (wrong api_url?)".into()
-            }
-            Reason::NoVerdict => "the provider did not say whether it accepts the key".into(),
-        }
-    }
-}
-
-/// The result of one stage's key check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct KeyCheck {
-    pub(crate) stage: String,
-    pub(crate) api_url: String,
-    pub(crate) reason: Reason,
-    /// The provider's own `error-codes`, as it sent them (bounded).
-    pub(crate) error_codes: Vec<String>,
-    /// The HTTP status, when an answer arrived.
-    pub(crate) status: Option<u16>,
-}
-
-impl KeyCheck {
-    pub(crate) fn verdict(&self) -> Verdict {
-        self.reason.verdict()
     }
 }
 
@@ -401,7 +246,7 @@ impl Prober {
 
     async fn check(&self, probe: &KeyProbe, url: Url) -> KeyCheck {
         tracing::debug!(stage = %probe.stage, api_url = %url, "key check: asking the provider");
-        let (content_type, body) = probe.body();
+        let (content_type, body) = probe_body(probe);
         let request = self
             .http
             .post(url)
@@ -530,15 +375,15 @@ mod tests {
             api_url: "https://p.example/siteverify".into(),
             site_key: "site & key".into(),
             encoding,
-            private_key: PrivateKey::from("k=1&2".to_owned()),
+            private_key: crate::secret::SecretString::from("k=1&2".to_owned()),
         };
-        let (ct, body) = probe(BodyEncoding::Form).body();
+        let (ct, body) = probe_body(&probe(BodyEncoding::Form));
         assert_eq!(ct, "application/x-www-form-urlencoded");
         let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
         assert!(form.contains(&("secret".into(), "k=1&2".into())));
         assert!(form.contains(&("sitekey".into(), "site & key".into())));
         assert!(form.contains(&("response".into(), PROBE_TOKEN.into())));
-        let (ct, body) = probe(BodyEncoding::Json).body();
+        let (ct, body) = probe_body(&probe(BodyEncoding::Json));
         assert_eq!(ct, "application/json");
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["secret"], "k=1&2");

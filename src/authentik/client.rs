@@ -37,6 +37,7 @@ use super::wire::{
 use super::{ApiError, ClientSettings, ServerVersion};
 use crate::secret::ExposeSecret;
 use crate::stage::{LiveStage, UsedBy};
+use crate::text::error_chain;
 
 /// Route patterns, as reported to the observer (low cardinality, no uuids).
 pub(crate) const ROUTE_VERSION: &str = "/api/v3/admin/version/";
@@ -323,7 +324,7 @@ impl Client {
             status: 200,
             excerpt: format!(
                 "version_current {:?} is not a version",
-                crate::output::escape(&v.version_current)
+                crate::text::escape(&v.version_current)
             ),
         })
     }
@@ -678,7 +679,7 @@ impl Client {
                 && let Some(stage) = Box::pin(self.find_captcha_by_name(name)).await?
             {
                 tracing::info!(
-                    stage = %crate::output::escape(name),
+                    stage = %crate::text::escape(name),
                     "the create's answer was lost but the stage exists: not creating it again"
                 );
                 return Ok(Executed::Found(stage));
@@ -826,7 +827,7 @@ impl Client {
                 excerpt: match &answer.location {
                     Some(to) => format!(
                         "redirected to {}: pass the install's final URL with --url",
-                        crate::output::escape(to)
+                        crate::text::escape(to)
                     ),
                     None => excerpt(&answer.body),
                 },
@@ -1019,23 +1020,6 @@ fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
     text.contains("certificate") || text.contains("tls handshake")
 }
 
-/// The messages of an error and its sources, deduplicated, on one line.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = current {
-        let text = err.to_string();
-        // hyper's wrappers ("client error (Connect)") say nothing the causes
-        // after them do not say better.
-        let wrapper = text.starts_with("client error (") && err.source().is_some();
-        if !wrapper && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        current = err.source();
-    }
-    crate::output::escape(&parts.join(": ")).into_owned()
-}
-
 /// `raw` with anything between `://` and the last `@` of the authority cut
 /// out: a URL that does not parse is still quoted in its error, and must not
 /// show a password written into it.
@@ -1059,7 +1043,7 @@ pub(crate) fn normalise_url(raw: &str) -> Result<Url, ApiError> {
         reason: reason.to_owned(),
     };
     let mut url = Url::parse(raw).map_err(|e| {
-        let shown = crate::output::escape(&without_userinfo(raw)).into_owned();
+        let shown = crate::text::escape(&without_userinfo(raw)).into_owned();
         match e {
             url::ParseError::RelativeUrlWithoutBase => {
                 bad(shown, "it needs a scheme, e.g. https://auth.example.com")

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
-use crate::output::escape;
+use crate::text::escape;
 
 /// How many characters of a body, or of one of authentik's messages, an error
 /// quotes: enough for any message authentik writes, short enough to read.

@@ -11,19 +11,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::apply::{self, ApplyReport, DeleteResult, WriteError, WriteOutcome, WriteResult};
 use crate::authentik::Client;
 use crate::cli::{ApplyConfig, Format};
-use crate::commands::{apply_saved, connect, load_desired, plan::render};
+use crate::commands::{connect, load_desired, plan::render};
 use crate::daemon::signals::DELIBERATE_SECOND_SIGNAL;
 use crate::exit::{CommandError, Outcome};
-use crate::output::{self, escape};
+use crate::output;
 use crate::plan::Plan;
 use crate::reconcile;
 use crate::stage::LiveStage;
 use crate::state::StateFile;
+use crate::text::escape;
 
 pub(crate) async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
-    if let Some(path) = cfg.plan_file.clone() {
-        return apply_saved::run(cfg, &path, color).await;
-    }
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let client = connect(&cfg.reconcile.client)?;
     // Lock the state file before planning, so the key status the plan shows is

@@ -16,10 +16,11 @@ use crate::cli::ApplyConfig;
 use crate::commands::apply::write;
 use crate::commands::{connect, load_desired, plan::render};
 use crate::exit::{CommandError, Outcome};
-use crate::output::{self, escape};
+use crate::output;
 use crate::plan::saved::{self, Fresh, Refusal, SavedPlan, check};
 use crate::reconcile;
 use crate::state::StateFile;
+use crate::text::escape;
 
 /// A plan file larger than this is refused unread: 10,000 stages make ~20 MiB.
 const MAX_PLAN_FILE_BYTES: u64 = 64 * 1024 * 1024;

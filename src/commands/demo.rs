@@ -22,7 +22,7 @@ use crate::authentik::{Client, ClientSettings};
 use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
 use crate::commands::{apply::render_report, load_desired, verify};
 use crate::exit::Outcome;
-use crate::output::{self, escape};
+use crate::output;
 use crate::plan::{self, PruneSettings};
 use crate::policy::{Policy, ProviderHosts};
 use crate::reconcile;
@@ -30,6 +30,7 @@ use crate::secret::ExposeSecret;
 use crate::simulator::{self, SimConfig, provider};
 use crate::stage::{DesiredStage, StageFields};
 use crate::state::{ManagedAs, StateFile};
+use crate::text::escape;
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, allowed_by};
 
 const DEMO_TOKEN: &str = "demo-token";

@@ -24,8 +24,9 @@ use crate::cli::ExportConfig;
 use crate::commands::connect;
 use crate::exit::{CommandError, Outcome};
 use crate::manifest::{self, Severity};
-use crate::output::{self, escape};
+use crate::output;
 use crate::stage::{Field, LiveStage, StageFields};
+use crate::text::escape;
 
 pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
     let client = connect(&cfg.client)?;

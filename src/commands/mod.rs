@@ -33,7 +33,10 @@ pub fn dispatch(config: Config) -> Result<Outcome> {
         match config.command {
             Command::Validate(cfg) => validate::run(cfg, color).await,
             Command::Plan(cfg) => plan::run(cfg, color).await,
-            Command::Apply(cfg) => apply::run(cfg, color).await,
+            Command::Apply(cfg) => match cfg.plan_file.clone() {
+                Some(path) => apply_saved::run(cfg, &path, color).await,
+                None => apply::run(cfg, color).await,
+            },
             Command::Run(cfg) => run::run(cfg).await,
             Command::Demo(cfg) => demo::run(cfg, color).await,
             Command::Export(cfg) => export::run(cfg).await,

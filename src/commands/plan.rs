@@ -11,18 +11,19 @@ use rand::RngCore;
 use crate::cli::{Format, PlanConfig};
 use crate::commands::{connect, load_desired};
 use crate::exit::{CommandError, Outcome};
-use crate::output::{self, escape};
+use crate::output;
 use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Plan};
 use crate::reconcile;
 use crate::state::{StateFile, write_private_file};
+use crate::text::escape;
 use crate::verify::{ProbeSettings, Prober, allowed_by};
 
 pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
     let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
     let (keys, inventory) = StateFile::read_only_with_inventory(&cfg.reconcile.state_file)?;
     for line in keys.damage_report(&cfg.reconcile.state_file) {
-        eprintln!("warning: {}", output::escape(&line));
+        eprintln!("warning: {}", escape(&line));
     }
     let client = connect(&cfg.reconcile.client)?;
     let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::cli::{ReportFormat, VerifyConfig};
 use crate::commands::load_desired;
 use crate::exit::Outcome;
-use crate::output::{self, escape};
+use crate::output;
+use crate::text::escape;
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict, allowed_by};
 
 /// `format_version` of the JSON report.

@@ -62,7 +62,7 @@ pub(crate) fn readiness_of(pass: &PassHealth) -> Readiness {
 }
 
 fn short(text: &str) -> String {
-    let escaped = crate::output::escape(text);
+    let escaped = crate::text::escape(text);
     if escaped.chars().count() <= MAX_REASON_CHARS {
         escaped.into_owned()
     } else {

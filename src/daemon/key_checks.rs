@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::daemon::metrics::Metrics;
-use crate::output::escape;
 use crate::policy::ProviderHosts;
 use crate::secret::PrivateKey;
 use crate::state::Fingerprint;
+use crate::text::escape;
 use crate::verify::{BodyEncoding, KeyCheck, KeyProbe, Prober, Verdict, allowed_by};
 
 /// What one check sent for a stage, without the key itself.

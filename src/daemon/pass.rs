@@ -66,7 +66,6 @@ use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
 use crate::daemon::prune::{self, PruneMemory};
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::manifest::{self, Manifests, SourceError};
-use crate::output::escape;
 use crate::plan::Action;
 use crate::plan::{PruneDecision, PruneSettings};
 use crate::policy::Policy;
@@ -74,6 +73,7 @@ use crate::reconcile;
 use crate::secret::KeySource;
 use crate::stage::DesiredStage;
 use crate::state::{Inventory, KeyState, StateFile};
+use crate::text::escape;
 
 /// The longest wait before reading live state again after a failure. Lower
 /// than the per-stage cap (5 min): a failed read is one cheap GET, and after an

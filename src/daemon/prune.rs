@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::apply::{DeleteOutcome, DeleteResult};
-use crate::output::escape;
 use crate::plan::{Plan, PruneDecision, PruneSettings};
+use crate::text::escape;
 
 /// What the daemon remembers about pruning between passes.
 #[derive(Debug)]

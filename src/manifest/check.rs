@@ -376,7 +376,7 @@ pub(crate) fn check_http_url(s: &str) -> Result<(), String> {
     // the text itself is checked first: what is sent is this text, unrepaired.
     if let Some(c) = s
         .chars()
-        .find(|&c| c.is_whitespace() || c.is_control() || crate::output::is_invisible(c))
+        .find(|&c| c.is_whitespace() || c.is_control() || crate::text::is_invisible(c))
     {
         return Err(format!("it contains the character U+{:04X}", c as u32));
     }
@@ -491,7 +491,7 @@ fn identifier(value: String, node: &Node, key: &str, problems: &mut Problems<'_>
         Some(key),
         format!(
             "`{key}` has leading or trailing whitespace, which authentik removes; `{}` is used",
-            crate::output::escape(&shorten(trimmed))
+            crate::text::escape(&shorten(trimmed))
         ),
     );
     trimmed.to_owned()

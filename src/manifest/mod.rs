@@ -33,10 +33,10 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
-use crate::output::escape;
 use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::stage::{DesiredStage, Origin};
+use crate::text::escape;
 
 pub(crate) use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
 

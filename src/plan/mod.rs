@@ -56,6 +56,7 @@
 //! - Fields the server does not know ([`Capabilities::knows`]) are neither
 //!   compared nor shown nor sent, or an old server would show drift forever.
 
+pub(crate) mod key_check;
 pub(crate) mod prune;
 mod render;
 pub mod saved;
@@ -79,7 +80,7 @@ use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFie
 use crate::state::KeyState;
 /// Re-exported: plans show it, but it is decided by the key state.
 pub use crate::state::KeyStatus;
-use crate::verify::{KeyCheck, KeyProbe};
+use key_check::{KeyCheck, KeyProbe};
 
 /// Everything a plan is a function of.
 pub struct PlanInputs<'a> {

@@ -51,11 +51,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::authentik::{Capabilities, ServerVersion};
-use crate::output::escape;
 use crate::plan::{Action, EntryId, KeyStatus, Plan, StagePlan, Write};
 use crate::secret::{KeySource, PrivateKey};
 use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFields};
 use crate::state;
+use crate::text::escape;
 
 /// The `format_version` this build writes and reads.
 pub const PLAN_FILE_FORMAT_VERSION: u64 = 1;

@@ -8,9 +8,9 @@
 
 use serde::Serialize;
 
+use crate::plan::key_check::Verdict;
 use crate::plan::{Action, KeyStatus, Plan, PruneEntry, Summary, Unmanaged, Warning};
 use crate::stage::{FieldChange, StageFields};
-use crate::verify::Verdict;
 
 /// `format_version` of [`render_json`]'s output.
 pub const JSON_FORMAT_VERSION: u32 = 1;

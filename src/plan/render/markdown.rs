@@ -12,9 +12,9 @@ use super::{
     body_lines, has_any, key_check_text, origin_short, prune_label, prune_lines, summary_line,
     warning_lines,
 };
-use crate::output::escape;
+use crate::plan::key_check::Verdict;
 use crate::plan::{Action, Plan};
-use crate::verify::Verdict;
+use crate::text::escape;
 
 fn longest_backtick_run(s: &str) -> usize {
     s.split(|c| c != '`').map(str::len).max().unwrap_or(0)

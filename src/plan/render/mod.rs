@@ -6,7 +6,7 @@
 //! the renderers show only the [`KeyStatus`] and the
 //! [`crate::secret::KeySource`], which names a variable or a file. Names and
 //! values come from manifests and from authentik, so the text and Markdown
-//! renderers pass them through [`crate::output::escape`] (JSON escapes control
+//! renderers pass them through [`crate::text::escape`] (JSON escapes control
 //! characters itself).
 
 mod json;
@@ -22,10 +22,10 @@ pub use text::render_text;
 use similar::TextDiff;
 
 use super::{Action, KeyStatus, Plan, PruneDecision, PruneEntry, Summary, Warning};
-use crate::output::escape;
+use crate::plan::key_check::KeyCheck;
 use crate::secret::KeySource;
 use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
-use crate::verify::KeyCheck;
+use crate::text::escape;
 
 /// `Plan: 1 to create, 2 to update, 5 in sync, 1 unmanaged.`, with
 /// `, 1 error` / `, 2 errors` before the full stop when there are errors.

@@ -25,9 +25,9 @@ use anstyle::{AnsiColor, Style};
 use super::{
     body_lines, key_check_text, origin_short, prune_label, prune_lines, summary_line, warning_lines,
 };
-use crate::output::escape;
+use crate::plan::key_check::Verdict;
 use crate::plan::{Action, Plan, PruneDecision, StagePlan};
-use crate::verify::Verdict;
+use crate::text::escape;
 
 const INDENT: &str = "    ";
 
