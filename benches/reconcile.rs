@@ -26,8 +26,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::{self, LatencyProfile, SimConfig, SimHandle};
-use stagesync::stage::StageFields;
 
 const TOKEN: &str = "bench-token";
 const DOCS_PER_FILE: usize = 1000;

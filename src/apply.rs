@@ -55,9 +55,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::authentik::{ApiError, Client, StageWrite};
+use crate::authentik::{ApiError, Client};
+use crate::kinds::Origin;
+use crate::kinds::captcha::LiveStage;
+use crate::kinds::captcha::api::{StageWrite, Stages};
 use crate::plan::{EntryId, Plan, StagePlan, Target, Write, prune};
-use crate::stage::{LiveStage, Origin};
 use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
 /// What a write was.
@@ -669,13 +671,14 @@ async fn delete_pruned(
 }
 
 async fn delete_one(client: &Client, uuid: uuid::Uuid) -> DeleteResult {
-    match client.used_by(uuid).await {
+    let stages = Stages::new(client);
+    match stages.used_by(uuid).await {
         Ok(users) if users.is_empty() => {}
         Ok(users) => return DeleteResult::InUse(prune::describe_users(&users)),
         Err(ApiError::StageNotFound { .. }) => return DeleteResult::AlreadyGone,
         Err(e) => return DeleteResult::Failed(e),
     }
-    match client.delete_stage(uuid).await {
+    match stages.delete(uuid).await {
         Ok(()) => DeleteResult::Deleted,
         Err(ApiError::StageNotFound { .. }) => DeleteResult::AlreadyGone,
         Err(e) => DeleteResult::Failed(e),
@@ -694,15 +697,9 @@ async fn send(
         private_key: &write.private_key,
     };
     match target {
-        Target::Create => client
-            .create_stage_reporting(&request)
-            .await
-            .map(|created| {
-                let confirmed = created.key_confirmed();
-                (created.into_live(), confirmed)
-            }),
-        Target::Update(uuid) => client
-            .update_stage(uuid, &request)
+        Target::Create => Stages::new(client).create_reporting(&request).await,
+        Target::Update(uuid) => Stages::new(client)
+            .update(uuid, &request)
             .await
             .map(|live| (live, true)),
     }
@@ -718,10 +715,10 @@ mod tests {
     use super::*;
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
     use crate::capabilities::Capabilities;
+    use crate::kinds::captcha::{DesiredStage, StageFields};
     use crate::plan::{self, PlanInputs};
     use crate::secret::SecretString;
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
-    use crate::stage::{DesiredStage, StageFields};
 
     const TOKEN: &str = "apply-test-token";
     const VERSION: &str = "2025.12.4";

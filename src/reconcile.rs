@@ -17,9 +17,10 @@ use uuid::Uuid;
 use crate::apply::{ApplyReport, DeleteResult, Operation, WriteResult};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
+use crate::kinds::captcha::api::Stages;
+use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::plan::prune::{self, PruneInputs};
 use crate::plan::{self, Action, Plan, PlanInputs, PruneSettings};
-use crate::stage::{DesiredStage, LiveStage};
 use crate::state::{Inventory, KeyState, ManagedAs};
 
 /// A plan together with what it was made from, ready to show or to apply.
@@ -59,7 +60,7 @@ pub(crate) async fn fetch_live(
     names_to_check: impl FnOnce(&[LiveStage]) -> Vec<String>,
 ) -> Result<Live, ApiError> {
     let version = client.version().await?;
-    let stages = client.list_captcha_stages().await?;
+    let stages = Stages::new(client).list().await?;
     let foreign_names = foreign_names(client, names_to_check(&stages)).await?;
     Ok(Live {
         capabilities: Capabilities::for_version(version),
@@ -115,7 +116,7 @@ pub(crate) async fn add_prune(
                 .map(|l| l.uuid)
                 .collect();
         for uuid in candidates {
-            match client.used_by(uuid).await {
+            match Stages::new(client).used_by(uuid).await {
                 Ok(users) => {
                     used_by.insert(uuid, users);
                 }

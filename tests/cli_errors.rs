@@ -14,8 +14,8 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::{Fault, FaultKind, RequestCounts, SimHandle};
-use stagesync::stage::StageFields;
 use support::cli::{TOKEN, Workspace, manifest, path_str, run, start_sim, stderr, stdout};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stagesync::authentik::{ApiError, Client, RequestRecord, RetryPolicy};
+use stagesync::kinds::captcha::StageFields;
+use stagesync::kinds::captcha::api::Stages;
 use stagesync::simulator::{Fault, FaultKind, SimConfig};
-use stagesync::stage::StageFields;
 use support::client::*;
 use uuid::Uuid;
 
@@ -37,10 +38,7 @@ fn observed(client: Client) -> (Client, Arc<Mutex<Vec<RequestRecord>>>) {
 async fn lists_every_page_with_the_largest_page_size() {
     let sim = sim().await;
     seed_many(&sim, 250);
-    let stages = client(&sim.url())
-        .list_captcha_stages()
-        .await
-        .expect("list");
+    let stages = Stages::new(&client(&sim.url())).list().await.expect("list");
     assert_eq!(stages.len(), 250);
     let mut names: Vec<_> = stages.iter().map(|s| s.fields.name.clone()).collect();
     names.dedup();
@@ -56,10 +54,7 @@ async fn follows_next_when_the_install_caps_pages_lower() {
     })
     .await;
     seed_many(&sim, 95);
-    let stages = client(&sim.url())
-        .list_captcha_stages()
-        .await
-        .expect("list");
+    let stages = Stages::new(&client(&sim.url())).list().await.expect("list");
     assert_eq!(stages.len(), 95);
     assert_eq!(sim.request_counts().get("GET", LIST), 4);
 }
@@ -68,8 +63,8 @@ async fn follows_next_when_the_install_caps_pages_lower() {
 async fn an_empty_install_lists_nothing_in_one_request() {
     let sim = sim().await;
     assert!(
-        client(&sim.url())
-            .list_captcha_stages()
+        Stages::new(&client(&sim.url()))
+            .list()
             .await
             .unwrap()
             .is_empty()
@@ -100,8 +95,8 @@ async fn creates_and_updates_with_every_field_and_the_key() {
         score_min_threshold: 0.7,
         ..StageFields::with_defaults("login", "site")
     };
-    let created = c
-        .create_stage(&write(&fields, &key(" first-key "), "2025.12.4").request())
+    let created = Stages::new(&c)
+        .create(&write(&fields, &key(" first-key "), "2025.12.4").request())
         .await
         .expect("create");
     assert_eq!(created.fields.js_url, "https://js.example/api.js");
@@ -121,8 +116,8 @@ async fn creates_and_updates_with_every_field_and_the_key() {
         ..fields.clone()
     }
     .normalized();
-    let updated = c
-        .update_stage(
+    let updated = Stages::new(&c)
+        .update(
             created.uuid,
             &write(&desired, &key("second-key"), "2025.12.4").request(),
         )
@@ -170,7 +165,7 @@ async fn used_by_names_flows_bindings_and_embedding_stages_then_delete_strips_th
     let ident = sim.seed_identification_stage("ident", Some(captcha));
     let c = client(&sim.url());
 
-    let users = c.used_by(captcha).await.unwrap();
+    let users = Stages::new(&c).used_by(captcha).await.unwrap();
     let models: Vec<(&str, &str)> = users
         .iter()
         .map(|u| (u.model_name.as_str(), u.action.as_str()))
@@ -185,18 +180,18 @@ async fn used_by_names_flows_bindings_and_embedding_stages_then_delete_strips_th
     );
     assert_eq!(users[0].name, "Flow login (login)");
     assert_eq!(users[2].name, "Stage ident");
-    assert!(c.used_by(unused).await.unwrap().is_empty());
+    assert!(Stages::new(&c).used_by(unused).await.unwrap().is_empty());
 
     // authentik deletes whatever uses the stage: bindings go, the embedding is nulled.
-    c.delete_stage(captcha).await.unwrap();
+    Stages::new(&c).delete(captcha).await.unwrap();
     assert_eq!(sim.bindings_of_flow(flow), vec![]);
     assert_eq!(sim.captcha_of_identification_stage(ident), Some(None));
     assert!(matches!(
-        c.delete_stage(captcha).await,
+        Stages::new(&c).delete(captcha).await,
         Err(ApiError::StageNotFound { uuid }) if uuid == captcha
     ));
     assert!(matches!(
-        c.used_by(captcha).await,
+        Stages::new(&c).used_by(captcha).await,
         Err(ApiError::StageNotFound { .. })
     ));
 }
@@ -207,13 +202,13 @@ async fn a_delete_answered_503_is_retried_and_used_by_errors_are_errors() {
     let captcha = sim.seed_captcha(StageFields::with_defaults("cap", "p"), "k");
     sim.inject(Fault::status(503).on("DELETE", "/api/v3/stages/captcha/"));
     let c = client(&sim.url());
-    c.delete_stage(captcha).await.unwrap();
+    Stages::new(&c).delete(captcha).await.unwrap();
     assert!(sim.captcha_stages().is_empty());
     // A 403 on used_by is an error in plain words, never an empty list.
     let other = sim.seed_captcha(StageFields::with_defaults("other", "p"), "k");
     let denied = client_from(&settings_with_token(&sim.url(), "wrong-token"));
     assert!(matches!(
-        denied.used_by(other).await,
+        Stages::new(&denied).used_by(other).await,
         Err(ApiError::Forbidden { .. })
     ));
 }
@@ -224,7 +219,7 @@ async fn a_delete_answered_503_is_retried_and_used_by_errors_are_errors() {
 async fn a_rejected_token_is_a_403_in_plain_words_and_not_retried() {
     let sim = sim().await;
     let c = client_from(&settings_with_token(&sim.url(), "wrong-token"));
-    let err = c.list_captcha_stages().await.unwrap_err();
+    let err = Stages::new(&c).list().await.unwrap_err();
     assert!(matches!(err, ApiError::Forbidden { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -254,8 +249,8 @@ async fn a_json_404_on_a_uuid_is_a_missing_stage_and_is_not_retried() {
     let sim = sim().await;
     let id = Uuid::new_v4();
     let fields = StageFields::with_defaults("x", "p");
-    let err = client(&sim.url())
-        .update_stage(id, &write(&fields, &key("k"), "2025.12.4").request())
+    let err = Stages::new(&client(&sim.url()))
+        .update(id, &write(&fields, &key("k"), "2025.12.4").request())
         .await
         .unwrap_err();
     assert!(matches!(err, ApiError::StageNotFound { uuid } if uuid == id));
@@ -274,8 +269,8 @@ async fn a_400_lists_every_field_and_is_not_retried() {
         public_key: "  ".into(),
         ..StageFields::with_defaults("taken", "p")
     };
-    let err = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
+    let err = Stages::new(&client(&sim.url()))
+        .create(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .unwrap_err();
     match &err {
@@ -378,7 +373,7 @@ async fn a_body_that_is_not_the_expected_json_is_an_error_with_an_excerpt() {
             && !text.contains('\u{1b}'),
         "{text}"
     );
-    let err = c.list_captcha_stages().await.unwrap_err();
+    let err = Stages::new(&c).list().await.unwrap_err();
     assert!(
         matches!(err, ApiError::UnexpectedResponse { status: 418, .. }),
         "{err:?}"
@@ -395,7 +390,7 @@ async fn a_body_that_is_not_the_expected_json_is_an_error_with_an_excerpt() {
 async fn a_server_that_stays_unavailable_fails_after_bounded_attempts() {
     let sim = sim().await;
     sim.inject(Fault::status(503).times(100));
-    let err = client(&sim.url()).list_captcha_stages().await.unwrap_err();
+    let err = Stages::new(&client(&sim.url())).list().await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -466,8 +461,8 @@ async fn survives_503s_resets_truncated_bodies_and_authentiks_empty_405() {
         let extra = fault.times as u64;
         let label = format!("{:?}", fault.kind);
         sim.inject(fault.on("GET", LIST));
-        let stages = c
-            .list_captcha_stages()
+        let stages = Stages::new(&c)
+            .list()
             .await
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         assert_eq!(stages.len(), 3, "{label}");
@@ -543,8 +538,8 @@ async fn puts_are_retried_through_authentiks_internal_error() {
         interactive: true,
         ..StageFields::with_defaults("a", "p")
     };
-    let live = client(&sim.url())
-        .update_stage(id, &write(&fields, &key("k2"), "2025.12.4").request())
+    let live = Stages::new(&client(&sim.url()))
+        .update(id, &write(&fields, &key("k2"), "2025.12.4").request())
         .await
         .expect("retried");
     assert!(live.fields.interactive);
@@ -559,8 +554,8 @@ async fn a_create_whose_answer_was_lost_is_not_sent_again() {
     // The server creates the stage, then the answer breaks off.
     sim.inject(Fault::new(FaultKind::Truncated).on("POST", LIST));
     let fields = StageFields::with_defaults("login", "site");
-    let live = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
+    let live = Stages::new(&client(&sim.url()))
+        .create(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .expect("found after the lost answer");
     assert_eq!(live.fields.name, "login");
@@ -575,8 +570,8 @@ async fn a_create_that_did_not_happen_is_sent_again_after_the_lookup() {
     sim.inject(Fault::new(FaultKind::EmptyHtml405).on("POST", LIST));
     sim.inject(Fault::new(FaultKind::Reset).on("POST", LIST));
     let fields = StageFields::with_defaults("login", "site");
-    let live = client(&sim.url())
-        .create_stage(&write(&fields, &key("k"), "2025.12.4").request())
+    let live = Stages::new(&client(&sim.url()))
+        .create(&write(&fields, &key("k"), "2025.12.4").request())
         .await
         .expect("created");
     assert_eq!(sim.captcha_stages(), vec![live]);
@@ -602,9 +597,9 @@ async fn request_content_type_is_sent_only_to_servers_that_know_it() {
     let old = sim().await;
     let c = client(&old.url());
     let caps = stagesync::authentik::Capabilities::for_version(c.version().await.unwrap());
-    let live = c
-        .create_stage(&stagesync::authentik::StageWrite {
-            fields: &caps.sendable(fields.clone()),
+    let live = Stages::new(&c)
+        .create(&stagesync::kinds::captcha::api::StageWrite {
+            fields: &fields.clone().sendable(caps),
             private_key: &key("k"),
         })
         .await
@@ -630,9 +625,9 @@ async fn request_content_type_is_sent_only_to_servers_that_know_it() {
     .await;
     let c = client(&new.url());
     let caps = stagesync::authentik::Capabilities::for_version(c.version().await.unwrap());
-    let live = c
-        .create_stage(&stagesync::authentik::StageWrite {
-            fields: &caps.sendable(fields.clone()),
+    let live = Stages::new(&c)
+        .create(&stagesync::kinds::captcha::api::StageWrite {
+            fields: &fields.clone().sendable(caps),
             private_key: &key("k"),
         })
         .await
@@ -654,10 +649,10 @@ async fn thresholds_stored_as_nan_read_as_nan_and_are_never_sent() {
         "k",
     );
     let c = client(&sim.url());
-    let live = c.list_captcha_stages().await.unwrap();
+    let live = Stages::new(&c).list().await.unwrap();
     assert!(live[0].fields.score_min_threshold.is_nan());
-    let err = c
-        .update_stage(
+    let err = Stages::new(&c)
+        .update(
             id,
             &write(&live[0].fields, &key("k"), "2025.12.4").request(),
         )
@@ -704,8 +699,8 @@ async fn a_write_whose_answer_is_lost_was_still_made() {
     // Every attempt is made by the server and its answer lost: the client
     // reports a failure, the server holds the new key.
     sim.inject(Fault::new(FaultKind::LostAnswer).on("PUT", one).times(10));
-    let err = c
-        .update_stage(
+    let err = Stages::new(&c)
+        .update(
             uuid,
             &write(&fields, &key("new-key"), "2025.12.4").request(),
         )
@@ -721,8 +716,8 @@ async fn a_write_whose_answer_is_lost_was_still_made() {
             .on("PUT", one)
             .times(10),
     );
-    let err = c
-        .update_stage(
+    let err = Stages::new(&c)
+        .update(
             uuid,
             &write(&fields, &key("third-key"), "2025.12.4").request(),
         )

@@ -9,8 +9,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use stagesync::authentik::Client;
+use stagesync::kinds::captcha::StageFields;
+use stagesync::kinds::captcha::api::Stages;
 use stagesync::simulator::{Fault, FaultKind};
-use stagesync::stage::StageFields;
 use support::client::*;
 
 #[derive(Clone, Default)]
@@ -48,14 +49,14 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
     seen.push(format!("{:?}", c.version().await.expect("version")));
     let fields = StageFields::with_defaults("login", "site");
     sim.inject(Fault::new(FaultKind::Truncated).on("POST", "/api/v3/stages/captcha/"));
-    let live = c
-        .create_stage(&write(&fields, &key(KEY_A), "2025.12.4").request())
+    let live = Stages::new(&c)
+        .create(&write(&fields, &key(KEY_A), "2025.12.4").request())
         .await
         .expect("create");
     sim.inject(Fault::status(503).on("PUT", "/api/v3/stages/captcha/"));
     sim.inject(Fault::new(FaultKind::Reset).on("PUT", "/api/v3/stages/captcha/"));
-    let updated = c
-        .update_stage(
+    let updated = Stages::new(&c)
+        .update(
             live.uuid,
             &write(&fields, &key(KEY_B), "2025.12.4").request(),
         )
@@ -73,14 +74,14 @@ async fn no_secret_reaches_logs_errors_or_debug_output() {
         public_key: " ".into(),
         ..StageFields::with_defaults("other", "p")
     };
-    let err = c
-        .create_stage(&write(&blank, &key(KEY_A), "2025.12.4").request())
+    let err = Stages::new(&c)
+        .create(&write(&blank, &key(KEY_A), "2025.12.4").request())
         .await
         .unwrap_err();
     tracing::error!(error = %err, debug = ?err, "create failed");
     seen.push(format!("{err} {err:?}"));
     let wrong = settings_with_token(&sim.url(), WRONG_TOKEN);
-    let err = client_from(&wrong).list_captcha_stages().await.unwrap_err();
+    let err = Stages::new(&client_from(&wrong)).list().await.unwrap_err();
     tracing::error!(error = %err, debug = ?err, "list failed");
     seen.push(format!(
         "{err} {err:?} {wrong:?} {:?}",

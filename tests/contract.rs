@@ -16,8 +16,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use stagesync::kinds::captcha::StageFields;
+use stagesync::kinds::captcha::api::Stages;
 use stagesync::simulator::SimHandle;
-use stagesync::stage::StageFields;
 use support::client::*;
 
 const RECORDED: &str = include_str!("fixtures/exchanges-2025.12.4.json");
@@ -815,13 +816,13 @@ async fn the_clients_request_bodies_match_authentiks_schema() {
         ..StageFields::with_defaults("a", "p")
     };
     let secret = key("private");
-    client
-        .create_stage(&write(&fields, &secret, "2025.12.4").request())
+    Stages::new(&client)
+        .create(&write(&fields, &secret, "2025.12.4").request())
         .await
         .expect("create");
     let id = uuid::Uuid::parse_str("db44783d-b6a4-4fc0-bae4-2a08e5151f2e").unwrap();
-    client
-        .update_stage(id, &write(&fields, &secret, "2026.5.6").request())
+    Stages::new(&client)
+        .update(id, &write(&fields, &secret, "2026.5.6").request())
         .await
         .expect("update");
 

@@ -19,12 +19,13 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use stagesync::apply::{Stop, apply};
 use stagesync::authentik::{Client, ClientSettings};
+use stagesync::kinds::captcha::{DEFAULT_API_URL, DEFAULT_JS_URL, DesiredStage, StageFields};
 use stagesync::manifest;
 use stagesync::plan::Action;
 use stagesync::reconcile::fetch_and_plan;
 use stagesync::secret::SecretString;
 use stagesync::simulator::{self, SimConfig, SimHandle};
-use stagesync::stage::{DEFAULT_API_URL, DEFAULT_JS_URL, DesiredStage, Field, StageFields};
+
 use stagesync::state::KeyState;
 
 const OLD: &str = "2025.12.4";
@@ -456,9 +457,7 @@ async fn converges(
     for entry in &first.plan.stages {
         let kind = match &entry.action {
             Action::Create { .. } => "create",
-            Action::Update { changes, .. } if changes.iter().any(|c| c.field == Field::Name) => {
-                "rename"
-            }
+            Action::Update { changes, .. } if changes.iter().any(|c| c.field == "name") => "rename",
             Action::Update { .. } => "update",
             Action::InSync { .. } => "in sync",
             Action::Error { .. } => "error",

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use stagesync::daemon::backoff;
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::Fault;
-use stagesync::stage::StageFields;
 use support::cli::TOKEN;
 use support::daemon::{self, Daemon, Harness, metric_value};
 use support::files::atomic_save;

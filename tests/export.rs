@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use stagesync::kinds::captcha::{DesiredStage, StageFields};
 use stagesync::manifest;
 use stagesync::simulator::{self, SimConfig, SimHandle};
-use stagesync::stage::{DesiredStage, StageFields};
 use support::cli::{TOKEN, Workspace, run, stderr, stdout};
 
 /// The stage with every optional field away from its default.

@@ -18,11 +18,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use stagesync::apply::{Stop, apply};
+use stagesync::kinds::Origin;
+use stagesync::kinds::captcha::{DesiredStage, StageFields};
 use stagesync::plan::{Action, KeyStatus};
 use stagesync::reconcile::fetch_and_plan;
 use stagesync::secret::{KeySource, SecretString};
 use stagesync::simulator::{Fault, FaultKind, SimHandle};
-use stagesync::stage::{DesiredStage, Origin, StageFields};
 use stagesync::state::StateFile;
 use support::client::{client, sim};
 

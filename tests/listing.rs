@@ -2,8 +2,8 @@
 //! changes meanwhile: the real binary against the simulator (request counts)
 //! and against a scripted server whose list shifts between pages.
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::{RequestCounts, SimHandle};
-use stagesync::stage::StageFields;
 use support::cli::{Workspace, run, start_sim, stderr, stdout};
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};

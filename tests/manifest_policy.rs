@@ -395,7 +395,7 @@ async fn the_shipped_examples_pass_with_the_defaults() {
 async fn every_plan_format_shows_the_key_source_and_a_key_moving_to_a_new_host() {
     let sim = start_sim().await;
     sim.seed_captcha(
-        stagesync::stage::StageFields::with_defaults("stage", "site-key"),
+        stagesync::kinds::captcha::StageFields::with_defaults("stage", "site-key"),
         "old-key",
     );
     let ws = Workspace::new();

@@ -1,7 +1,7 @@
 //! `plan` and `apply` end to end: the real binary against the simulator on loopback.
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::{Fault, FaultKind};
-use stagesync::stage::StageFields;
 use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
 
 const LIST: &str = "/api/v3/stages/captcha/";

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::SimHandle;
-use stagesync::stage::StageFields;
 use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
 use uuid::Uuid;
 

@@ -9,10 +9,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 use stagesync::authentik::{Capabilities, ServerVersion};
+use stagesync::kinds::Origin;
+use stagesync::kinds::captcha::{DesiredStage, LiveStage, StageFields};
 use stagesync::plan::saved::{PLAN_FILE_FORMAT_VERSION, SavedPlan};
 use stagesync::plan::{PlanInputs, plan};
 use stagesync::secret::{KeySource, SecretString};
-use stagesync::stage::{DesiredStage, LiveStage, Origin, StageFields};
 use stagesync::state::KeyState;
 use uuid::Uuid;
 

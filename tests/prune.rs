@@ -2,8 +2,8 @@
 //! Stages are created by `apply` (so they are in the state file's inventory),
 //! then their manifests are removed.
 
+use stagesync::kinds::captcha::StageFields;
 use stagesync::simulator::{Fault, SimHandle};
-use stagesync::stage::StageFields;
 use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
 
 /// Writes `stages/<name>.yaml` for each name (keys from `$KEY`).

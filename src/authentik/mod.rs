@@ -1,23 +1,26 @@
-//! authentik's Captcha Stage API: the client, its retries and errors, and the
-//! wire format. What the server version allows is pure and lives in
-//! [`crate::capabilities`]; it is re-exported here because every caller of the
-//! client needs it.
+//! Talking to authentik: the transport every kind's endpoints use, its
+//! retries and errors, and what is not a kind's own. What the server version
+//! allows is pure and lives in [`crate::capabilities`]; it is re-exported here
+//! because every caller of the client needs it. Each kind's endpoints are in
+//! its own module (the captcha stage's: [`crate::kinds::captcha::api`]).
 //!
-//! - [`client`]: the HTTP client: retries, bounded answers, errors in the user's words.
-//! - [`name_check`]: which stages hold a set of names, by look-ups or by
-//!   listing every stage, whichever costs fewer calls.
+//! - [`transport`]: the HTTP client: retries, bounded answers, pages of lists,
+//!   a create whose answer was lost, errors in the user's words.
+//! - [`name_check`]: which stages (of any type) hold a set of names, by
+//!   look-ups or by listing every stage, whichever costs fewer calls.
+//! - `wire`: pages, the version, stages of every type, the shape of a 400.
 
-pub(crate) mod client;
 pub(crate) mod error;
 pub(crate) mod name_check;
 pub(crate) mod retry;
+pub(crate) mod transport;
 pub(crate) mod wire;
 
 pub use crate::capabilities::{Capabilities, ServerVersion};
-pub use client::{Client, RequestRecord};
 pub use error::ApiError;
 pub use retry::RetryPolicy;
-pub use wire::{NamedStage, StageWrite};
+pub use transport::{Client, RequestRecord};
+pub use wire::NamedStage;
 
 use std::path::PathBuf;
 use std::time::Duration;

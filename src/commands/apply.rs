@@ -14,10 +14,10 @@ use crate::cli::{ApplyConfig, Format};
 use crate::commands::{connect, load_desired, plan::render};
 use crate::daemon::signals::DELIBERATE_SECOND_SIGNAL;
 use crate::exit::{CommandError, Outcome};
+use crate::kinds::captcha::LiveStage;
 use crate::output;
 use crate::plan::Plan;
 use crate::reconcile;
-use crate::stage::LiveStage;
 use crate::state::StateFile;
 use crate::text::escape;
 

@@ -15,7 +15,6 @@
 //!   target, which replaces a link rather than writing through it.
 
 use std::collections::BTreeSet;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -23,14 +22,16 @@ use anyhow::{Context, Result};
 use crate::cli::ExportConfig;
 use crate::commands::connect;
 use crate::exit::{CommandError, Outcome};
+use crate::kinds::captcha::LiveStage;
+use crate::kinds::captcha::api::Stages;
+use crate::kinds::captcha::export::manifest_for;
 use crate::manifest::{self, Severity};
 use crate::output;
-use crate::stage::{Field, LiveStage, StageFields};
 use crate::text::escape;
 
 pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
     let client = connect(&cfg.client)?;
-    let mut live = client.list_captcha_stages().await?;
+    let mut live = Stages::new(&client).list().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let files = plan_files(&cfg.dir, &live);
@@ -213,62 +214,10 @@ fn variable_part(name: &str) -> String {
         .collect()
 }
 
-/// The manifest text of one live stage. Fields equal to authentik's defaults are
-/// omitted; `request_content_type` only when the server reported it.
-pub(crate) fn manifest_for(stage: &LiveStage, key_variable: &str) -> String {
-    let defaults = StageFields::with_defaults(&stage.fields.name, &stage.fields.public_key);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Exported by stagesync from authentik (stage {}).",
-        stage.uuid
-    );
-    let _ = writeln!(out, "name: {}", yaml_str(&stage.fields.name));
-    let _ = writeln!(out, "public_key: {}", yaml_str(&stage.fields.public_key));
-    let _ = writeln!(
-        out,
-        "# authentik never returns the private key: set this variable to it."
-    );
-    let _ = writeln!(out, "private_key: !Env {key_variable}");
-    for field in Field::ALL {
-        if matches!(field, Field::Name | Field::PublicKey) {
-            continue;
-        }
-        let value = stage.fields.get(field);
-        if matches!(value, crate::stage::Value::Absent) || value.same_as(&defaults.get(field)) {
-            continue;
-        }
-        let text = match value {
-            crate::stage::Value::Str(s) => yaml_str(&s),
-            other => other.to_string(),
-        };
-        let _ = writeln!(out, "{}: {text}", field.key());
-    }
-    out
-}
-
-/// A YAML scalar for `s`: plain when that is unambiguous, else double-quoted
-/// (a JSON string is a valid YAML double-quoted scalar).
-fn yaml_str(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:".contains(c))
-        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && !s.contains(": ")
-        && !matches!(
-            s.to_ascii_lowercase().as_str(),
-            "true" | "false" | "yes" | "no" | "on" | "off" | "null" | "y" | "n"
-        );
-    if plain {
-        s.to_owned()
-    } else {
-        serde_json::to_string(s).unwrap_or_default()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::captcha::StageFields;
     use uuid::Uuid;
 
     #[test]
@@ -305,33 +254,5 @@ mod tests {
         // A name whose own variable is a suffixed one already taken.
         assert_eq!(files[2].path, PathBuf::from("out/a_b_2.yaml"));
         assert_eq!(files[2].key_variable, "CAPTCHA_A_B_2_2_PRIVATE_KEY");
-    }
-
-    #[test]
-    fn defaults_are_omitted_and_others_kept() {
-        let mut fields = StageFields::with_defaults("rec-login", "site key");
-        fields.score_min_threshold = 0.7;
-        fields.request_content_type = None;
-        let text = manifest_for(
-            &LiveStage {
-                uuid: Uuid::nil(),
-                fields,
-            },
-            "CAPTCHA_REC_LOGIN_PRIVATE_KEY",
-        );
-        assert!(text.contains("name: rec-login\n"));
-        assert!(text.contains("public_key: \"site key\"\n"));
-        assert!(text.contains("private_key: !Env CAPTCHA_REC_LOGIN_PRIVATE_KEY\n"));
-        assert!(text.contains("score_min_threshold: 0.7\n"));
-        assert!(!text.contains("js_url"));
-        assert!(!text.contains("request_content_type"));
-    }
-
-    #[test]
-    fn ambiguous_strings_are_quoted() {
-        assert_eq!(yaml_str("yes"), "\"yes\"");
-        assert_eq!(yaml_str("123"), "\"123\"");
-        assert_eq!(yaml_str("https://x.example/a.js"), "https://x.example/a.js");
-        assert_eq!(yaml_str("a\"b\n"), "\"a\\\"b\\n\"");
     }
 }

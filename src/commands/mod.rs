@@ -7,9 +7,9 @@ use clap::CommandFactory;
 use crate::authentik::{Client, ClientSettings};
 use crate::cli::{Cli, Command, Config};
 use crate::exit::{CommandError, Outcome};
+use crate::kinds::captcha::DesiredStage;
 use crate::manifest;
 use crate::policy::Policy;
-use crate::stage::DesiredStage;
 
 pub(crate) mod apply;
 mod apply_saved;

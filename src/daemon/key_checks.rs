@@ -173,7 +173,7 @@ impl KeyChecks {
     /// Returns at once; the checks record their results when they end.
     pub(crate) fn schedule<'a>(
         &self,
-        stages: impl IntoIterator<Item = (&'a crate::stage::StageFields, &'a PrivateKey)>,
+        stages: impl IntoIterator<Item = (&'a crate::kinds::captcha::StageFields, &'a PrivateKey)>,
     ) {
         let probes = stages
             .into_iter()
@@ -268,7 +268,7 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stage::StageFields;
+    use crate::kinds::captcha::StageFields;
     use crate::verify::Reason;
 
     fn probe(name: &str, key: &str) -> KeyProbe {

@@ -65,13 +65,13 @@ use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
 use crate::daemon::prune::{self, PruneMemory};
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
+use crate::kinds::captcha::DesiredStage;
 use crate::manifest::{self, Manifests, SourceError};
 use crate::plan::Action;
 use crate::plan::{PruneDecision, PruneSettings};
 use crate::policy::Policy;
 use crate::reconcile;
 use crate::secret::KeySource;
-use crate::stage::DesiredStage;
 use crate::state::{Inventory, KeyState, StateFile};
 use crate::text::escape;
 
@@ -973,8 +973,9 @@ fn describe(action: &Action, tense: Tense) -> String {
 
 #[cfg(test)]
 mod tests {
+    use crate::kinds::Origin;
+    use crate::kinds::captcha::StageFields;
     use crate::secret::SecretString;
-    use crate::stage::{Origin, StageFields};
 
     use super::*;
 

@@ -1,54 +1,36 @@
-//! One parsed YAML document to a stage specification, collecting every problem.
+//! One parsed YAML document to a specification of a kind's object, checked
+//! against the kind's [`ManifestSpec`], collecting every problem.
+//!
+//! Generic: the structure of a document (a mapping of plain keys, none
+//! unknown or given twice, only known tags) and each field by its
+//! [`FieldType`]. What a kind adds (its fields, its secret and pin keys, its
+//! rules across fields) is data in its table; nothing here names a field.
 //!
 //! Pure: no file system, no environment. Secret references are only recorded
 //! here ([`KeySpec`]); reading them is the caller's I/O.
 //!
 //! Traps:
-//! - A literal `private_key` is a secret in git: it is accepted with a warning,
-//!   and its value never appears in any message (nor does any other value that
+//! - A literal secret is a secret in git: it is accepted with a warning, and
+//!   its value never appears in any message (nor does any other value that
 //!   could be a key: messages name keys and types, not contents).
-//! - `score_min_threshold > score_max_threshold` is checked against authentik's
-//!   default for the omitted one, since that is what the stage will end up with.
-//! - `js_url` and `api_url` decide where authentik sends the key and which
-//!   script the login page runs: they are checked against the operator's
+//! - A rule across fields (`score_min_threshold <= score_max_threshold`) sees
+//!   authentik's default for an omitted field, since that is what the object
+//!   will end up with.
+//! - [`FieldType::Url`] decides where authentik sends a key and which script a
+//!   login page runs: it is checked against the operator's
 //!   [`crate::policy::ProviderHosts`], never against anything the manifest says.
-//! - authentik trims `name` and `public_key`: surrounding whitespace is
-//!   normalised away here, with a warning, so the plan never shows a change
-//!   that every apply would make again.
+//! - authentik trims names and text: surrounding whitespace is normalised away
+//!   here, with a warning, so the plan never shows a change that every apply
+//!   would make again.
 
 use secrecy::SecretString;
 use uuid::Uuid;
 
 use super::yaml::{Kind, Node};
 use super::{Diagnostic, Severity};
+use crate::kinds::field::{self, FieldSpec, FieldType, ManifestSpec, Value};
 use crate::policy::Policy;
 use crate::secret::KeySource;
-use crate::stage::{Field, StageFields};
-
-/// Every key a manifest may hold, in documentation order.
-pub(crate) const KEYS: [&str; 11] = [
-    "name",
-    "public_key",
-    "private_key",
-    "uuid",
-    "js_url",
-    "api_url",
-    "interactive",
-    "score_min_threshold",
-    "score_max_threshold",
-    "error_on_invalid_score",
-    "request_content_type",
-];
-
-/// The values `request_content_type` accepts.
-pub(crate) const REQUEST_CONTENT_TYPES: [&str; 2] =
-    ["application/x-www-form-urlencoded", "application/json"];
-
-/// The longest stage name accepted, in characters. authentik stores names in a
-/// unique index whose entries fail above about 2.7 KB (it then answers an empty
-/// 405); 255 characters are at most 1,020 bytes of UTF-8, well below, and more
-/// than any name a person reads in a list.
-pub(crate) const MAX_NAME_CHARS: usize = 255;
 
 /// Problems reported per file before the rest of the file is skipped.
 pub(crate) const MAX_PROBLEMS_PER_FILE: usize = 100;
@@ -82,10 +64,10 @@ pub(crate) struct KeySpec {
 
 /// A document that passed every check of its own.
 #[derive(Debug)]
-pub(crate) struct StageSpec {
+pub(crate) struct Spec<T> {
     pub(crate) origin: Pos,
     pub(crate) uuid: Option<(Uuid, Pos)>,
-    pub(crate) fields: StageFields,
+    pub(crate) fields: T,
     pub(crate) key: KeySpec,
 }
 
@@ -141,14 +123,71 @@ impl<'a> Problems<'a> {
     }
 }
 
-/// Checks one document. `None` when it has errors (all of them are in `problems`).
-pub(crate) fn check_document(
+/// Checks one document against a kind's [`ManifestSpec`]. `None` when it has
+/// errors (all of them are in `problems`).
+pub(crate) fn check_document<T: Default>(
     doc: &Node,
+    spec: &ManifestSpec<T>,
     policy: &Policy,
     problems: &mut Problems<'_>,
-) -> Option<StageSpec> {
+) -> Option<Spec<T>> {
     let errors_before = problems.errors;
-    check_tag(doc, None, problems);
+    let keys = spec.keys();
+    let secret_key = spec.secret.map(|s| s.key);
+    let seen = document_keys(doc, &keys, secret_key, problems)?;
+    let get = |key: &str| seen.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v);
+
+    let mut fields = field::defaults(spec.fields);
+    let mut key = None;
+    let mut uuid = None;
+    // The fields whose value the manifest gave and that passed their check.
+    let mut valid: Vec<&str> = Vec::new();
+    for name in &keys {
+        if Some(*name) == secret_key {
+            key = required(get(name), name, doc, problems)
+                .and_then(|node| secret(node, name, policy, problems));
+        } else if Some(*name) == spec.pin.map(|p| p.key) {
+            uuid = get(name).and_then(|node| pin(node, name, problems));
+        } else if let Some(field) = spec.fields.iter().find(|f| f.key == *name) {
+            let node = if field.required() {
+                required(get(name), name, doc, problems)
+            } else {
+                get(name)
+            };
+            if let Some(value) = node.and_then(|node| field_value(node, field, policy, problems)) {
+                field.set(&mut fields, value);
+                valid.push(name);
+            }
+        }
+    }
+    let given = |key: &str| valid.contains(&key);
+    for violation in (spec.rules)(&fields, &given) {
+        let pos = violation.at.and_then(get).map_or(Pos::of(doc), Pos::of);
+        problems.error(pos, Some(violation.field), violation.message);
+    }
+
+    if problems.errors > errors_before {
+        return None;
+    }
+    field::normalise(spec.fields, &mut fields);
+    Some(Spec {
+        origin: Pos::of(doc),
+        uuid,
+        fields,
+        key: key?,
+    })
+}
+
+/// The keys of a document, each with its position and value: a mapping of
+/// plain strings, each known and given once. Problems are reported (an
+/// unknown key with the closest known one); `None` when it is not a mapping.
+fn document_keys<'n>(
+    doc: &'n Node,
+    keys: &[&'static str],
+    secret_key: Option<&str>,
+    problems: &mut Problems<'_>,
+) -> Option<Vec<(&'static str, Pos, &'n Node)>> {
+    check_tag(doc, None, secret_key, problems);
     let Kind::Map(entries) = &doc.kind else {
         problems.error(
             Pos::of(doc),
@@ -161,7 +200,7 @@ pub(crate) fn check_document(
         return None;
     };
 
-    let mut seen: Vec<(&str, Pos, &Node)> = Vec::new();
+    let mut seen: Vec<(&'static str, Pos, &Node)> = Vec::new();
     for (key, value) in entries {
         if problems.full() {
             return None;
@@ -197,157 +236,113 @@ pub(crate) fn check_document(
             );
             continue;
         }
-        if !KEYS.contains(&name) {
+        let Some(known) = keys.iter().find(|k| **k == name) else {
             let name = &*shorten(name);
-            let message = match closest_key(name) {
+            let message = match closest_key(name, keys) {
                 Some(suggestion) => format!("unknown key `{name}`; did you mean `{suggestion}`?"),
-                None => format!("unknown key `{name}`; known keys: {}", KEYS.join(", ")),
+                None => format!("unknown key `{name}`; known keys: {}", keys.join(", ")),
             };
             problems.error(Pos::of(key), Some(name), message);
             continue;
-        }
-        check_tag(value, Some(name), problems);
-        seen.push((name, Pos::of(key), value));
+        };
+        check_tag(value, Some(name), secret_key, problems);
+        seen.push((known, Pos::of(key), value));
     }
+    Some(seen)
+}
 
-    let get = |key: &str| seen.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v);
-    let mut fields = StageFields::with_defaults("", "");
-
-    let name_node = required(get("name"), "name", doc, problems);
-    if let Some(node) = name_node
-        && let Some(s) = non_empty_string(node, "name", problems)
-    {
-        fields.name = identifier(s, node, "name", problems);
-        if fields.name.chars().count() > MAX_NAME_CHARS {
-            problems.error(
-                Pos::of(node),
-                Some("name"),
-                format!(
-                    "`name` is {} characters long; at most {MAX_NAME_CHARS} are accepted",
-                    fields.name.chars().count()
-                ),
-            );
-        }
-    }
-    if let Some(node) = required(get("public_key"), "public_key", doc, problems)
-        && let Some(s) = non_empty_string(node, "public_key", problems)
-    {
-        fields.public_key = identifier(s, node, "public_key", problems);
-    }
-    let key = required(get("private_key"), "private_key", doc, problems)
-        .and_then(|node| private_key(node, policy, problems));
-
-    let uuid = get("uuid").and_then(|node| {
-        let s = non_empty_string(node, "uuid", problems)?;
-        let text = s.trim();
-        let plain_form = text.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-        match Uuid::try_parse(text) {
-            Ok(u) if plain_form => Some((u, Pos::of(node))),
-            _ => {
+/// A field's value, checked as its [`FieldType`] says.
+fn field_value<T>(
+    node: &Node,
+    field: &FieldSpec<T>,
+    policy: &Policy,
+    problems: &mut Problems<'_>,
+) -> Option<Value> {
+    let key = field.key;
+    match field.ty {
+        FieldType::Name { max_chars } => {
+            let s = non_empty_string(node, key, problems)?;
+            let name = identifier(s, node, key, problems);
+            let chars = name.chars().count();
+            if chars > max_chars {
                 problems.error(
                     Pos::of(node),
-                    Some("uuid"),
-                    "`uuid` is not a valid UUID (expected the form 6ba7b810-9dad-11d1-80b4-00c04fd430c8)".into(),
+                    Some(key),
+                    format!("`{key}` is {chars} characters long; at most {max_chars} are accepted"),
                 );
-                None
             }
+            Some(Value::Str(name))
         }
-    });
-    for (field, slot) in [
-        (Field::JsUrl, &mut fields.js_url),
-        (Field::ApiUrl, &mut fields.api_url),
-    ] {
-        if let Some(node) = get(field.key())
-            && let Some(s) = non_empty_string(node, field.key(), problems)
-        {
+        FieldType::Text => {
+            let s = non_empty_string(node, key, problems)?;
+            Some(Value::Str(identifier(s, node, key, problems)))
+        }
+        FieldType::Url => {
+            let s = non_empty_string(node, key, problems)?;
             if let Err(why) = check_http_url(s.trim()) {
                 problems.error(
                     Pos::of(node),
-                    Some(field.key()),
-                    format!("`{}` must be an absolute http(s) URL: {why}", field.key()),
+                    Some(key),
+                    format!("`{key}` must be an absolute http(s) URL: {why}"),
                 );
             } else if let Err(why) = policy.hosts.check_str(s.trim()) {
                 problems.error(
                     Pos::of(node),
-                    Some(field.key()),
-                    format!("`{}` is refused: {why}", field.key()),
+                    Some(key),
+                    format!("`{key}` is refused: {why}"),
                 );
             }
-            *slot = s;
+            Some(Value::Str(s))
         }
-    }
-    for (field, slot) in [
-        (Field::Interactive, &mut fields.interactive),
-        (
-            Field::ErrorOnInvalidScore,
-            &mut fields.error_on_invalid_score,
-        ),
-    ] {
-        if let Some(node) = get(field.key()) {
-            match node.kind {
-                Kind::Bool(b) => *slot = b,
-                _ => type_error(node, field.key(), "a boolean (true or false)", problems),
+        FieldType::Bool => match node.kind {
+            Kind::Bool(b) => Some(Value::Bool(b)),
+            _ => {
+                type_error(node, key, field.ty.expected(), problems);
+                None
             }
-        }
-    }
-    let min = get("score_min_threshold").and_then(|n| number(n, "score_min_threshold", problems));
-    let max = get("score_max_threshold").and_then(|n| number(n, "score_max_threshold", problems));
-    if let Some((v, _)) = min {
-        fields.score_min_threshold = v;
-    }
-    if let Some((v, _)) = max {
-        fields.score_max_threshold = v;
-    }
-    if fields.score_min_threshold > fields.score_max_threshold {
-        let (pos, field) = match (min, max) {
-            (Some((_, p)), _) => (p, "score_min_threshold"),
-            (None, Some((_, p))) => (p, "score_max_threshold"),
-            (None, None) => (Pos::of(doc), "score_min_threshold"),
-        };
-        let shown = |value: f64, given: bool| {
-            let value = crate::stage::Value::Num(value);
-            if given {
-                value.to_string()
+        },
+        FieldType::Fraction => fraction(node, key, problems).map(Value::Num),
+        FieldType::Choice(choices) => {
+            let s = non_empty_string(node, key, problems)?;
+            if choices.contains(&s.as_str()) {
+                Some(Value::Str(s))
             } else {
-                format!("{value}, authentik's default")
+                problems.error(
+                    Pos::of(node),
+                    Some(key),
+                    format!(
+                        "`{key}` must be one of {}",
+                        choices
+                            .iter()
+                            .map(|t| format!("`{t}`"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+                None
             }
-        };
-        problems.error(
-            pos,
-            Some(field),
-            format!(
-                "score_min_threshold ({}) is greater than score_max_threshold ({})",
-                shown(fields.score_min_threshold, min.is_some()),
-                shown(fields.score_max_threshold, max.is_some()),
-            ),
-        );
+        }
     }
-    if let Some(node) = get("request_content_type")
-        && let Some(s) = non_empty_string(node, "request_content_type", problems)
-    {
-        if REQUEST_CONTENT_TYPES.contains(&s.as_str()) {
-            fields.request_content_type = Some(s);
-        } else {
+}
+
+/// A uuid pin: the plain hyphenated (or 32-digit) form only.
+fn pin(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<(Uuid, Pos)> {
+    let s = non_empty_string(node, key, problems)?;
+    let text = s.trim();
+    let plain_form = text.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    match Uuid::try_parse(text) {
+        Ok(u) if plain_form => Some((u, Pos::of(node))),
+        _ => {
             problems.error(
                 Pos::of(node),
-                Some("request_content_type"),
+                Some(key),
                 format!(
-                    "`request_content_type` must be one of {}",
-                    REQUEST_CONTENT_TYPES.map(|t| format!("`{t}`")).join(", ")
+                    "`{key}` is not a valid UUID (expected the form 6ba7b810-9dad-11d1-80b4-00c04fd430c8)"
                 ),
             );
+            None
         }
     }
-
-    if problems.errors > errors_before {
-        return None;
-    }
-    Some(StageSpec {
-        origin: Pos::of(doc),
-        uuid,
-        fields: fields.normalized(),
-        key: key?,
-    })
 }
 
 /// A key as shown in a message: at most 60 characters, so a hostile key
@@ -361,9 +356,9 @@ fn shorten(key: &str) -> String {
 }
 
 /// The known key closest to `unknown`, if it is close enough to be a typo.
-pub(crate) fn closest_key(unknown: &str) -> Option<&'static str> {
+pub(crate) fn closest_key(unknown: &str, keys: &[&'static str]) -> Option<&'static str> {
     let lowered = unknown.to_lowercase().replace('-', "_");
-    KEYS.iter()
+    keys.iter()
         .map(|k| (*k, strsim::jaro_winkler(&lowered, k)))
         .filter(|(_, score)| *score >= 0.8)
         .max_by(|a, b| a.1.total_cmp(&b.1))
@@ -400,7 +395,12 @@ pub(crate) fn check_http_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_tag(node: &Node, key: Option<&str>, problems: &mut Problems<'_>) {
+fn check_tag(
+    node: &Node,
+    key: Option<&str>,
+    secret_key: Option<&str>,
+    problems: &mut Problems<'_>,
+) {
     let Some(tag) = node.tag.as_deref() else {
         return;
     };
@@ -414,13 +414,14 @@ fn check_tag(node: &Node, key: Option<&str>, problems: &mut Problems<'_>) {
     {
         return;
     }
-    if key == Some("private_key") && matches!(tag, "!Env" | "!File") {
+    if key.is_some() && key == secret_key && matches!(tag, "!Env" | "!File") {
         return;
     }
+    let on = secret_key.unwrap_or("private_key");
     let hint = if matches!(tag, "!Env" | "!File") {
-        " (`!Env` and `!File` are only allowed on `private_key`)"
+        format!(" (`!Env` and `!File` are only allowed on `{on}`)")
     } else {
-        " (known tags: `!Env VAR` and `!File path`, on `private_key`)"
+        format!(" (known tags: `!Env VAR` and `!File path`, on `{on}`)")
     };
     problems.error(Pos::of(node), key, format!("unknown tag `{tag}`{hint}"));
 }
@@ -497,7 +498,7 @@ fn identifier(value: String, node: &Node, key: &str, problems: &mut Problems<'_>
     trimmed.to_owned()
 }
 
-fn number(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<(f64, Pos)> {
+fn fraction(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<f64> {
     let value = match node.kind {
         Kind::Int(i) => i as f64,
         Kind::Float(f) => f,
@@ -524,17 +525,18 @@ fn number(node: &Node, key: &str, problems: &mut Problems<'_>) -> Option<(f64, P
         );
         return None;
     }
-    Some((value, Pos::of(node)))
+    Some(value)
 }
 
-fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Option<KeySpec> {
-    const KEY: &str = "private_key";
+/// The write-only secret: `!Env VAR` (a name the policy allows), `!File
+/// path`, or a literal (with a warning: secrets do not belong in git).
+fn secret(node: &Node, key: &str, policy: &Policy, problems: &mut Problems<'_>) -> Option<KeySpec> {
     let pos = Pos::of(node);
     let tag = node.tag.as_deref();
     let Kind::Str(s) = &node.kind else {
         type_error(
             node,
-            KEY,
+            key,
             "`!Env VARIABLE`, `!File path` or a string",
             problems,
         );
@@ -549,7 +551,7 @@ fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Opt
             {
                 problems.error(
                     pos,
-                    Some(KEY),
+                    Some(key),
                     "`!Env` needs an environment variable name, such as `!Env HCAPTCHA_SECRET`"
                         .into(),
                 );
@@ -558,7 +560,7 @@ fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Opt
             // Here as well as before the variable is read, so the refusal is
             // reported even when another field of the document is wrong.
             if let Err(refused) = policy.secrets.check_env(value) {
-                problems.error(pos, Some(KEY), refused.to_string());
+                problems.error(pos, Some(key), refused.to_string());
                 return None;
             }
             Some(KeySpec {
@@ -571,7 +573,7 @@ fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Opt
             if value.is_empty() || value.contains('\0') {
                 problems.error(
                     pos,
-                    Some(KEY),
+                    Some(key),
                     "`!File` needs a path, such as `!File /run/secrets/hcaptcha`".into(),
                 );
                 return None;
@@ -584,15 +586,15 @@ fn private_key(node: &Node, policy: &Policy, problems: &mut Problems<'_>) -> Opt
         }
         Some(t) if !t.starts_with(CORE_TAG_PREFIX) => None, // reported by check_tag
         _ if value.is_empty() => {
-            problems.error(pos, Some(KEY), "`private_key` must not be empty".into());
+            problems.error(pos, Some(key), format!("`{key}` must not be empty"));
             None
         }
         _ => {
             problems.push(
                 Severity::Warning,
                 pos,
-                Some(KEY),
-                "`private_key` is a literal value; secrets do not belong in git, use `!Env VARIABLE` or `!File path`".into(),
+                Some(key),
+                format!("`{key}` is a literal value; secrets do not belong in git, use `!Env VARIABLE` or `!File path`"),
             );
             Some(KeySpec {
                 source: KeySource::Literal,
@@ -609,13 +611,14 @@ mod tests {
 
     #[test]
     fn typos_get_the_closest_key_and_nonsense_gets_none() {
-        assert_eq!(closest_key("nmae"), Some("name"));
+        let keys = crate::kinds::captcha::MANIFEST.keys();
+        assert_eq!(closest_key("nmae", &keys), Some("name"));
         assert_eq!(
-            closest_key("score_min_treshold"),
+            closest_key("score_min_treshold", &keys),
             Some("score_min_threshold")
         );
-        assert_eq!(closest_key("Public-Key"), Some("public_key"));
-        assert_eq!(closest_key("favourite_colour"), None);
+        assert_eq!(closest_key("Public-Key", &keys), Some("public_key"));
+        assert_eq!(closest_key("favourite_colour", &keys), None);
     }
 
     #[test]

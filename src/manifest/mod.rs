@@ -33,9 +33,10 @@ use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
+use crate::kinds::Origin;
+use crate::kinds::captcha::{self, DesiredStage};
 use crate::policy::Policy;
 use crate::secret::KeySource;
-use crate::stage::{DesiredStage, Origin};
 use crate::text::escape;
 
 pub(crate) use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
@@ -299,7 +300,8 @@ pub(crate) fn load_file(
         if problems.full() {
             break;
         }
-        let Some(spec) = check::check_document(document, policy, &mut problems) else {
+        let Some(spec) = check::check_document(document, &captcha::MANIFEST, policy, &mut problems)
+        else {
             continue;
         };
         if let KeySource::File(p) = &spec.key.source {
@@ -567,8 +569,8 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::check::MAX_NAME_CHARS;
     use super::*;
+    use crate::kinds::captcha::MAX_NAME_CHARS;
 
     fn no_env(_: &str) -> Option<std::ffi::OsString> {
         None
@@ -621,7 +623,7 @@ mod tests {
         assert_eq!(stage.fields.score_max_threshold, 1.0);
         assert_eq!(
             stage.fields.request_content_type.as_deref(),
-            Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE)
+            Some(crate::kinds::captcha::DEFAULT_REQUEST_CONTENT_TYPE)
         );
         assert_eq!((stage.origin.line, stage.origin.column), (2, 1));
         use secrecy::ExposeSecret;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::kinds::captcha::{DesiredStage, StageFields};
 use crate::secret::PrivateKey;
-use crate::stage::{DesiredStage, StageFields};
 
 /// How a probe's body is encoded, from the stage's `request_content_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -75,8 +75,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::capabilities::Capabilities;
+use crate::kinds::Origin;
+use crate::kinds::captcha::{DesiredStage, LiveStage, StageFields};
+use crate::kinds::field::FieldChange;
 use crate::secret::{ExposeSecret, KeySource, PrivateKey};
-use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFields};
 use crate::state::KeyState;
 /// Re-exported: plans show it, but it is decided by the key state.
 pub use crate::state::KeyStatus;
@@ -217,7 +219,7 @@ pub struct Plan {
     pub(crate) unmanaged: Vec<Unmanaged>,
     /// The fields the server knows, in display order: what was compared and
     /// what a write sends.
-    pub(crate) known_fields: Vec<Field>,
+    pub(crate) known_fields: Vec<&'static str>,
     /// The server the plan was made for.
     pub(crate) capabilities: Capabilities,
     /// `plan --verify-keys`: the key check of each entry that writes its key
@@ -597,10 +599,11 @@ impl<'a> Planner<'a> {
     /// what the server knows), its key, and the entry it waits for.
     fn write(&self, desired: &DesiredStage, after: Option<EntryId>) -> Write {
         Write {
-            fields: self
-                .inputs
-                .capabilities
-                .sendable(desired.fields.clone().normalized()),
+            fields: desired
+                .fields
+                .clone()
+                .normalized()
+                .sendable(self.inputs.capabilities),
             private_key: desired.private_key.clone(),
             after,
         }
@@ -613,7 +616,7 @@ impl<'a> Planner<'a> {
             .fields
             .clone()
             .normalized()
-            .changes_to(&write.fields, |f| caps.knows(f));
+            .changes_to(&write.fields, |f| f.known_by(caps));
         let key = self.inputs.keys.status(live.uuid, &desired.private_key);
         if changes.is_empty() && key == KeyStatus::Unchanged {
             Action::InSync { uuid: live.uuid }
@@ -736,10 +739,7 @@ impl Plan {
         Plan {
             stages,
             unmanaged,
-            known_fields: Field::ALL
-                .into_iter()
-                .filter(|f| capabilities.knows(*f))
-                .collect(),
+            known_fields: StageFields::known_keys(capabilities),
             capabilities,
             key_checks: BTreeMap::new(),
             prune: Vec::new(),

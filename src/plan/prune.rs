@@ -34,7 +34,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::Plan;
-use crate::stage::{DesiredStage, LiveStage, UsedBy};
+use crate::kinds::UsedBy;
+use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::state::Inventory;
 
 /// The operator's prune flags.
@@ -253,8 +254,8 @@ mod tests {
     use super::*;
     use crate::capabilities::Capabilities;
     use crate::capabilities::ServerVersion;
+    use crate::kinds::captcha::StageFields;
     use crate::plan::{PlanInputs, plan};
-    use crate::stage::StageFields;
     use crate::state::{KeyState, ManagedAs};
 
     fn live(name: &str, n: u128) -> LiveStage {

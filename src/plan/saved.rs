@@ -51,9 +51,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::authentik::{Capabilities, ServerVersion};
+use crate::kinds::Origin;
+use crate::kinds::captcha::{DesiredStage, LiveStage, StageFields};
+use crate::kinds::field::FieldChange;
 use crate::plan::{Action, EntryId, KeyStatus, Plan, StagePlan, Write};
 use crate::secret::{KeySource, PrivateKey};
-use crate::stage::{DesiredStage, Field, FieldChange, LiveStage, Origin, StageFields};
 use crate::state;
 use crate::text::escape;
 
@@ -357,13 +359,12 @@ fn file_digest(document: &serde_json::Map<String, Json>) -> String {
 /// The fields of `fields` that `capabilities` compares, normalised.
 fn compared(fields: &StageFields, capabilities: Capabilities) -> BTreeMap<&'static str, Json> {
     let fields = fields.clone().normalized();
-    Field::ALL
+    StageFields::known_keys(capabilities)
         .into_iter()
-        .filter(|f| capabilities.knows(*f))
         .map(|f| {
             (
-                f.key(),
-                serde_json::to_value(fields.get(f)).unwrap_or(Json::Null),
+                f,
+                serde_json::to_value(fields.value(f)).unwrap_or(Json::Null),
             )
         })
         .collect()
@@ -718,7 +719,7 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
                     if desired_digest(manifest) != *desired_digest_then {
                         changes.push(Change::ManifestChanged { detail: None });
                     } else if let Some(fields) = &entry.fields
-                        && *fields != capabilities.sendable(manifest.fields.clone().normalized())
+                        && *fields != manifest.fields.clone().normalized().sendable(capabilities)
                     {
                         // The manifest is as planned but the file would write
                         // something else: a made-up file with a recomputed digest.
@@ -837,7 +838,7 @@ pub(crate) fn to_plan(
                         .fields
                         .clone()
                         .normalized()
-                        .changes_to(fields, |f| capabilities.knows(f)),
+                        .changes_to(fields, |f| f.known_by(capabilities)),
                     write: write(fields)?,
                     key,
                 }

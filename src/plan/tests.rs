@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::authentik::ServerVersion;
+use crate::kinds::field::{FieldChange, Value};
 use crate::secret::{PrivateKey, SecretString};
-use crate::stage::{FieldChange, Value};
 
 const NEW: Capabilities = Capabilities {
     version: ServerVersion::new(2026, 8, 0),
@@ -121,7 +121,7 @@ fn a_changed_field_is_an_update_old_to_new() {
     assert_eq!(
         changes,
         &[FieldChange {
-            field: Field::ScoreMinThreshold,
+            field: "score_min_threshold",
             old: Value::Num(0.5),
             new: Value::Num(0.7)
         }]
@@ -183,7 +183,7 @@ fn a_pinned_uuid_with_another_live_name_is_a_rename() {
         panic!("expected an update: {p:?}");
     };
     assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0].field, Field::Name);
+    assert_eq!(changes[0].field, "name");
     assert_eq!(changes[0].old, Value::Str("old-name".into()));
     assert_eq!(changes[0].new, Value::Str("new-name".into()));
     assert_eq!(p.waits_for(&p.stages[0]), None);
@@ -315,7 +315,7 @@ fn an_old_server_neither_compares_nor_sends_request_content_type() {
         &BTreeMap::new(),
     );
     assert!(matches!(old.stages[0].action, Action::InSync { .. }));
-    assert!(!old.known_fields.contains(&Field::RequestContentType));
+    assert!(!old.known_fields.contains(&"request_content_type"));
     let new = run(std::slice::from_ref(&d), &l, &known_keys(&l));
     assert!(matches!(new.stages[0].action, Action::Update { .. }));
 
@@ -546,7 +546,7 @@ fn an_empty_plan_renders() {
 /// the fields the server knows.
 fn stored(fields: &StageFields, caps: Capabilities) -> StageFields {
     let mut f = fields.clone().normalized();
-    if !caps.knows(Field::RequestContentType) {
+    if !crate::kinds::captcha::REQUEST_CONTENT_TYPE.known_by(caps) {
         f.request_content_type = None;
     }
     f

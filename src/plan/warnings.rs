@@ -1,20 +1,16 @@
 //! Security-relevant changes in a plan, which a reviewer must not miss in a
-//! long diff: an update that moves `api_url` to another host sends the key
-//! authentik already holds to that host on the next captcha check, and one that
-//! moves `js_url` makes every visitor's browser run a script from elsewhere.
+//! long diff, flagged in every rendering and counted in the summary. Each
+//! kind says which of its changes are such ([`crate::kinds::captcha::warnings`]:
+//! a key or a login page's script moving to another host).
 //!
-//! Pure: a function of the [`Plan`]. Hosts are compared with their port
-//! (`host:8443` is another host than `host`), after the URL parser's
-//! normalisation (lower case); a URL that does not parse is compared as text.
-//! A new stage is not a change of host: its hosts are in its diff, and the
-//! manifest checks allowed them.
+//! Pure: a function of the [`Plan`].
 
 use std::fmt;
 
 use serde::Serialize;
 
 use super::{Action, Plan};
-use crate::stage::{Field, Value};
+use crate::kinds::captcha;
 
 /// One security-relevant change of one stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,11 +27,7 @@ pub(crate) struct Warning {
 impl Warning {
     /// What the change means, without the stage's name.
     pub(crate) fn message(&self) -> String {
-        let what = if self.field == Field::ApiUrl.key() {
-            "the key will be sent to a new host"
-        } else {
-            "the login page will load its script from a new host"
-        };
+        let what = captcha::warnings::meaning(self.field);
         format!("{what}: {} -> {} ({})", self.from, self.to, self.field)
     }
 }
@@ -47,71 +39,28 @@ impl fmt::Display for Warning {
     }
 }
 
-/// Every change of an `api_url` or `js_url` host in `plan`, in stage order.
+/// Every security-relevant change in `plan`, in entry order.
 pub(crate) fn warnings(plan: &Plan) -> Vec<Warning> {
     let mut found = Vec::new();
     for stage in &plan.stages {
         let Action::Update { changes, .. } = &stage.action else {
             continue;
         };
-        for change in changes {
-            if !matches!(change.field, Field::ApiUrl | Field::JsUrl) {
-                continue;
-            }
-            let (Value::Str(old), Value::Str(new)) = (&change.old, &change.new) else {
-                continue;
-            };
-            let (from, to) = (host_of(old), host_of(new));
-            if from != to {
-                found.push(Warning {
-                    stage: stage.name.clone(),
-                    field: change.field.key(),
-                    from,
-                    to,
-                });
-            }
+        for (field, from, to) in captcha::warnings::host_moves(changes) {
+            found.push(Warning {
+                stage: stage.name.clone(),
+                field,
+                from,
+                to,
+            });
         }
     }
     found
 }
 
-/// `host` or `host:port` of an https URL, `scheme://host[:port]` of any
-/// other (so a move to plain http on the same host, which sends the key
-/// unencrypted, is a change too); the text itself when it does not parse.
-fn host_of(url: &str) -> String {
-    match url::Url::parse(url.trim()) {
-        Ok(parsed) => {
-            let host = match (parsed.host_str(), parsed.port()) {
-                (Some(host), Some(port)) => format!("{host}:{port}"),
-                (Some(host), None) => host.to_owned(),
-                (None, _) => return url.to_owned(),
-            };
-            match parsed.scheme() {
-                "https" => host,
-                scheme => format!("{scheme}://{host}"),
-            }
-        }
-        Err(_) => url.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hosts_compare_with_their_port_and_in_lower_case() {
-        assert_eq!(host_of("https://WWW.Google.com/x"), "www.google.com");
-        assert_eq!(host_of("https://a.example:8443/x"), "a.example:8443");
-        assert_eq!(host_of("https://a.example:443/x"), "a.example");
-        assert_eq!(host_of("not a url"), "not a url");
-        // Plain http on the same host is another place to send the key.
-        assert_eq!(host_of("http://a.example/x"), "http://a.example");
-        assert_ne!(
-            host_of("http://a.example/x"),
-            host_of("https://a.example/x")
-        );
-    }
 
     #[test]
     fn messages_name_both_hosts() {

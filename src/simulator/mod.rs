@@ -41,7 +41,8 @@ use uuid::Uuid;
 
 pub use fault::{Fault, FaultKind, LatencyProfile, RequestCounts};
 
-use crate::stage::{LiveStage, StageFields};
+use crate::kinds::captcha::{FIELDS, LiveStage, StageFields};
+use crate::kinds::field;
 use store::{CaptchaRecord, FlowBinding, FlowRecord, OtherRecord, Store};
 
 /// How the simulator starts.
@@ -138,9 +139,7 @@ impl SimHandle {
     pub fn seed_captcha(&self, fields: StageFields, private_key: &str) -> Uuid {
         let uuid = Uuid::new_v4();
         let mut fields = fields.normalized();
-        if fields.request_content_type.is_none() {
-            fields.request_content_type = Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE.into());
-        }
+        field::fill_absent(&FIELDS, &mut fields);
         lock(&self.shared.store).captcha.push(CaptchaRecord {
             uuid,
             fields,
@@ -243,10 +242,7 @@ impl SimHandle {
         let mut store = lock(&self.shared.store);
         if let Some(rec) = store.captcha.iter_mut().find(|r| r.uuid == uuid) {
             f(&mut rec.fields);
-            if rec.fields.request_content_type.is_none() {
-                rec.fields.request_content_type =
-                    Some(crate::stage::DEFAULT_REQUEST_CONTENT_TYPE.into());
-            }
+            field::fill_absent(&FIELDS, &mut rec.fields);
         }
     }
 

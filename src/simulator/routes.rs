@@ -351,11 +351,7 @@ fn write(
         Ok(v) => v,
         Err(errors) => return Reply::json(400, route, Value::Object(errors)),
     };
-    if validated
-        .name
-        .as_ref()
-        .is_some_and(|n| n.len() > NAME_INDEX_LIMIT)
-    {
+    if validated.name().is_some_and(|n| n.len() > NAME_INDEX_LIMIT) {
         return Reply::internal_error();
     }
     match uuid {

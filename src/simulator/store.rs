@@ -14,16 +14,14 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::authentik::{Capabilities, ServerVersion};
-use crate::stage::{self, Field, LiveStage, StageFields};
+use crate::kinds::captcha::{FIELDS, LiveStage, StageFields};
+use crate::kinds::field::{self, FieldType, Value as FieldValue};
 
 /// Names longer than this (bytes) overflow authentik's unique index: the real
 /// server answers with its empty 405 internal error.
 pub(crate) const NAME_INDEX_LIMIT: usize = 2700;
 /// DRF's FloatField refuses longer strings.
 const FLOAT_STRING_LIMIT: usize = 1000;
-
-pub(crate) const CONTENT_TYPES: [&str; 2] =
-    ["application/x-www-form-urlencoded", "application/json"];
 
 #[derive(Clone, Debug)]
 pub(crate) struct CaptchaRecord {
@@ -79,20 +77,25 @@ pub(crate) enum WriteMode {
     Partial,
 }
 
-/// Validated values of a write; `None` = not given.
+/// Validated values of a write: the fields given (by key), and the key.
 #[derive(Debug, Default)]
 pub(crate) struct Validated {
-    pub(crate) name: Option<String>,
-    pub(crate) public_key: Option<String>,
+    pub(crate) fields: Vec<(&'static str, FieldValue)>,
     pub(crate) private_key: Option<String>,
-    pub(crate) js_url: Option<String>,
-    pub(crate) api_url: Option<String>,
-    pub(crate) interactive: Option<bool>,
-    pub(crate) score_min_threshold: Option<f64>,
-    pub(crate) score_max_threshold: Option<f64>,
-    pub(crate) error_on_invalid_score: Option<bool>,
-    pub(crate) request_content_type: Option<String>,
 }
+
+impl Validated {
+    /// The name given, if any.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.fields.iter().find_map(|(key, value)| match value {
+            FieldValue::Str(name) if *key == NAME_KEY => Some(name.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// The key of the field that is the object's name (unique across stage types).
+const NAME_KEY: &str = "name";
 
 pub(crate) type FieldErrors = Map<String, Value>;
 
@@ -110,8 +113,10 @@ impl Store {
             || self.others.iter().any(|s| s.name == name)
     }
 
-    /// DRF's validation of a `CaptchaStageRequest`, field errors in
-    /// declaration order.
+    /// DRF's validation of a `CaptchaStageRequest`, every field of the
+    /// kind's table the server knows coerced as DRF coerces its type, plus the
+    /// write-only `private_key`. A field without a default is required, except
+    /// in a partial update.
     pub(crate) fn validate(
         &self,
         body: &Map<String, Value>,
@@ -124,45 +129,49 @@ impl Store {
         let mut fail = |key: &str, msg: String| {
             errors.insert(key.to_owned(), json!([msg]));
         };
-        macro_rules! field {
-            ($key:literal, $parse:expr, $req:expr) => {
-                match body.get($key) {
-                    None if $req => {
-                        fail($key, "This field is required.".into());
-                        None
-                    }
-                    None => None,
-                    Some(Value::Null) => {
-                        fail($key, "This field may not be null.".into());
-                        None
-                    }
-                    Some(v) => match $parse(v) {
-                        Ok(x) => Some(x),
-                        Err(msg) => {
-                            fail($key, msg);
-                            None
-                        }
-                    },
-                }
-            };
-        }
-        out.name = field!("name", char_field, required);
-        if let Some(name) = &out.name
-            && self.name_taken(name, except)
+        let given = |key: &str, is_required: bool, fail: &mut dyn FnMut(&str, String)| match body
+            .get(key)
         {
-            fail("name", "stage with this name already exists.".into());
-            out.name = None;
+            None if is_required => {
+                fail(key, "This field is required.".into());
+                None
+            }
+            None => None,
+            Some(Value::Null) => {
+                fail(key, "This field may not be null.".into());
+                None
+            }
+            Some(v) => Some(v),
+        };
+        let capabilities = self.capabilities();
+        for spec in FIELDS.iter().filter(|f| f.known_by(capabilities)) {
+            let Some(raw) = given(spec.key, required && spec.required(), &mut fail) else {
+                continue;
+            };
+            let coerced = match spec.ty {
+                FieldType::Name { .. } | FieldType::Text | FieldType::Url => {
+                    char_field(raw).map(FieldValue::Str)
+                }
+                FieldType::Bool => boolean_field(raw).map(FieldValue::Bool),
+                FieldType::Fraction => float_field(raw).map(FieldValue::Num),
+                FieldType::Choice(choices) => choice_field(raw, choices).map(FieldValue::Str),
+            };
+            match coerced {
+                Ok(FieldValue::Str(name))
+                    if matches!(spec.ty, FieldType::Name { .. })
+                        && self.name_taken(&name, except) =>
+                {
+                    fail(spec.key, "stage with this name already exists.".into());
+                }
+                Ok(value) => out.fields.push((spec.key, value)),
+                Err(msg) => fail(spec.key, msg),
+            }
         }
-        out.public_key = field!("public_key", char_field, required);
-        out.private_key = field!("private_key", char_field, required);
-        out.js_url = field!("js_url", char_field, false);
-        out.api_url = field!("api_url", char_field, false);
-        out.interactive = field!("interactive", boolean_field, false);
-        out.score_min_threshold = field!("score_min_threshold", float_field, false);
-        out.score_max_threshold = field!("score_max_threshold", float_field, false);
-        out.error_on_invalid_score = field!("error_on_invalid_score", boolean_field, false);
-        if self.capabilities().knows(Field::RequestContentType) {
-            out.request_content_type = field!("request_content_type", choice_field, false);
+        if let Some(raw) = given("private_key", required, &mut fail) {
+            match char_field(raw) {
+                Ok(key) => out.private_key = Some(key),
+                Err(msg) => fail("private_key", msg),
+            }
         }
         if errors.is_empty() {
             Ok(out)
@@ -173,26 +182,8 @@ impl Store {
 
     /// Creates a stage from validated values (defaults for what is missing).
     pub(crate) fn create(&mut self, v: Validated) -> Uuid {
-        let fields = StageFields {
-            name: v.name.unwrap_or_default(),
-            public_key: v.public_key.unwrap_or_default(),
-            js_url: v.js_url.unwrap_or_else(|| stage::DEFAULT_JS_URL.into()),
-            api_url: v.api_url.unwrap_or_else(|| stage::DEFAULT_API_URL.into()),
-            interactive: v.interactive.unwrap_or(stage::DEFAULT_INTERACTIVE),
-            score_min_threshold: v
-                .score_min_threshold
-                .unwrap_or(stage::DEFAULT_SCORE_MIN_THRESHOLD),
-            score_max_threshold: v
-                .score_max_threshold
-                .unwrap_or(stage::DEFAULT_SCORE_MAX_THRESHOLD),
-            error_on_invalid_score: v
-                .error_on_invalid_score
-                .unwrap_or(stage::DEFAULT_ERROR_ON_INVALID_SCORE),
-            request_content_type: Some(
-                v.request_content_type
-                    .unwrap_or_else(|| stage::DEFAULT_REQUEST_CONTENT_TYPE.into()),
-            ),
-        };
+        let mut fields: StageFields = field::defaults(&FIELDS);
+        set_given(&mut fields, v.fields);
         let uuid = Uuid::new_v4();
         self.captcha.push(CaptchaRecord {
             uuid,
@@ -207,36 +198,9 @@ impl Store {
         let Some(rec) = self.captcha.iter_mut().find(|s| s.uuid == uuid) else {
             return;
         };
-        let f = &mut rec.fields;
-        if let Some(x) = v.name {
-            f.name = x;
-        }
-        if let Some(x) = v.public_key {
-            f.public_key = x;
-        }
+        set_given(&mut rec.fields, v.fields);
         if let Some(x) = v.private_key {
             rec.private_key = x;
-        }
-        if let Some(x) = v.js_url {
-            f.js_url = x;
-        }
-        if let Some(x) = v.api_url {
-            f.api_url = x;
-        }
-        if let Some(x) = v.interactive {
-            f.interactive = x;
-        }
-        if let Some(x) = v.score_min_threshold {
-            f.score_min_threshold = x;
-        }
-        if let Some(x) = v.score_max_threshold {
-            f.score_max_threshold = x;
-        }
-        if let Some(x) = v.error_on_invalid_score {
-            f.error_on_invalid_score = x;
-        }
-        if let Some(x) = v.request_content_type {
-            f.request_content_type = Some(x);
         }
     }
 
@@ -269,25 +233,18 @@ impl Store {
             "authentik_stages_captcha.captchastage",
         );
         let o = v.as_object_mut().expect("stage_base builds an object");
-        o.insert("public_key".into(), json!(f.public_key));
-        o.insert("js_url".into(), json!(f.js_url));
-        o.insert("api_url".into(), json!(f.api_url));
-        o.insert("interactive".into(), json!(f.interactive));
-        o.insert("score_min_threshold".into(), number(f.score_min_threshold));
-        o.insert("score_max_threshold".into(), number(f.score_max_threshold));
-        o.insert(
-            "error_on_invalid_score".into(),
-            json!(f.error_on_invalid_score),
-        );
-        if self.capabilities().knows(Field::RequestContentType) {
-            o.insert(
-                "request_content_type".into(),
-                json!(
-                    f.request_content_type
-                        .as_deref()
-                        .unwrap_or(stage::DEFAULT_REQUEST_CONTENT_TYPE)
-                ),
-            );
+        let capabilities = self.capabilities();
+        for spec in FIELDS
+            .iter()
+            .filter(|f| !matches!(f.ty, FieldType::Name { .. }) && f.known_by(capabilities))
+        {
+            let value = match spec.get(f) {
+                FieldValue::Str(s) => json!(s),
+                FieldValue::Bool(b) => json!(b),
+                FieldValue::Num(n) => number(n),
+                FieldValue::Absent => Value::Null,
+            };
+            o.insert(spec.key.into(), value);
         }
         v
     }
@@ -407,23 +364,26 @@ impl Store {
         Value::Array(out)
     }
 
-    /// Every captcha stage as a client reads it.
+    /// Every captcha stage as a client reads it (without the fields this
+    /// version does not report).
     pub(crate) fn live_stages(&self) -> Vec<LiveStage> {
-        let shows_ct = self.capabilities().knows(Field::RequestContentType);
+        let capabilities = self.capabilities();
         self.captcha
             .iter()
             .map(|rec| LiveStage {
                 uuid: rec.uuid,
-                fields: StageFields {
-                    request_content_type: if shows_ct {
-                        rec.fields.request_content_type.clone()
-                    } else {
-                        None
-                    },
-                    ..rec.fields.clone()
-                },
+                fields: rec.fields.clone().sendable(capabilities),
             })
             .collect()
+    }
+}
+
+/// Sets each given value in `fields`.
+fn set_given(fields: &mut StageFields, given: Vec<(&'static str, FieldValue)>) {
+    for (key, value) in given {
+        if let Some(spec) = FIELDS.iter().find(|f| f.key == key) {
+            spec.set(fields, value);
+        }
     }
 }
 
@@ -491,15 +451,15 @@ fn float_field(v: &Value) -> Result<f64, String> {
     }
 }
 
-/// DRF `ChoiceField` over the two content types.
-fn choice_field(v: &Value) -> Result<String, String> {
+/// DRF `ChoiceField` over `choices`.
+fn choice_field(v: &Value, choices: &[&str]) -> Result<String, String> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => python_str(n),
         Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
         other => other.to_string(),
     };
-    if CONTENT_TYPES.contains(&s.as_str()) {
+    if choices.contains(&s.as_str()) {
         Ok(s)
     } else {
         Err(format!("\"{s}\" is not a valid choice."))

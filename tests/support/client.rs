@@ -3,12 +3,11 @@
 
 use std::time::Duration;
 
-use stagesync::authentik::{
-    Capabilities, Client, ClientSettings, RetryPolicy, ServerVersion, StageWrite,
-};
+use stagesync::authentik::{Capabilities, Client, ClientSettings, RetryPolicy, ServerVersion};
+use stagesync::kinds::captcha::StageFields;
+use stagesync::kinds::captcha::api::StageWrite;
 use stagesync::secret::SecretString;
 use stagesync::simulator::{self, SimConfig, SimHandle};
-use stagesync::stage::StageFields;
 
 /// The token the simulator accepts in these tests. Distinctive, so a leak is
 /// easy to find in captured output.
@@ -77,7 +76,7 @@ pub fn key(s: &str) -> SecretString {
 /// Pass [`SendableWrite::request`] to the client.
 pub fn write(fields: &StageFields, private_key: &SecretString, version: &str) -> SendableWrite {
     SendableWrite {
-        fields: caps(version).sendable(fields.clone()),
+        fields: fields.clone().sendable(caps(version)),
         private_key: private_key.clone(),
     }
 }

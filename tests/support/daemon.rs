@@ -20,8 +20,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stagesync::kinds::captcha::LiveStage;
 use stagesync::simulator::SimHandle;
-use stagesync::stage::LiveStage;
 
 use crate::cli::{TOKEN, Workspace, start_sim};
 

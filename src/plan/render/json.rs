@@ -8,9 +8,10 @@
 
 use serde::Serialize;
 
+use crate::kinds::captcha::StageFields;
+use crate::kinds::field::FieldChange;
 use crate::plan::key_check::Verdict;
 use crate::plan::{Action, KeyStatus, Plan, PruneEntry, Summary, Unmanaged, Warning};
-use crate::stage::{FieldChange, StageFields};
 
 /// `format_version` of [`render_json`]'s output.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -137,7 +138,7 @@ pub fn render_json(plan: &Plan) -> String {
         format_version: JSON_FORMAT_VERSION,
         summary: plan.summary(),
         has_changes: plan.has_changes(),
-        known_fields: plan.known_fields.iter().map(|f| f.key()).collect(),
+        known_fields: plan.known_fields.clone(),
         stages,
         unmanaged: &plan.unmanaged,
         warnings: crate::plan::warnings(plan)

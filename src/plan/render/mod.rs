@@ -22,9 +22,11 @@ pub use text::render_text;
 use similar::TextDiff;
 
 use super::{Action, KeyStatus, Plan, PruneDecision, PruneEntry, Summary, Warning};
+use crate::kinds::Origin;
+use crate::kinds::captcha::StageFields;
+use crate::kinds::field::{FieldChange, Value};
 use crate::plan::key_check::KeyCheck;
 use crate::secret::KeySource;
-use crate::stage::{Field, FieldChange, Origin, StageFields, Value};
 use crate::text::escape;
 
 /// `Plan: 1 to create, 2 to update, 5 in sync, 1 unmanaged.`, with
@@ -93,27 +95,27 @@ fn origin_short(origin: &Origin) -> String {
     escape(&format!("{}:{}", origin.file.display(), origin.line)).into_owned()
 }
 
-fn field_line(field: Field, value: &Value) -> String {
+fn field_line(field: &str, value: &Value) -> String {
     escape(&format!("{field}: {value}")).into_owned()
 }
 
 /// One YAML-ish `field: value` line per known field.
-fn field_lines(fields: &StageFields, known: &[Field]) -> Vec<String> {
+fn field_lines(fields: &StageFields, known: &[&'static str]) -> Vec<String> {
     known
         .iter()
-        .map(|&f| field_line(f, &fields.get(f)))
+        .map(|&f| field_line(f, &fields.value(f)))
         .collect()
 }
 
 /// A unified diff (live -> manifest) of the known fields of an update, with
 /// every field as context so the reviewer sees the whole stage.
-fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[Field]) -> String {
-    let line_of = |f: Field, live: bool| {
+fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[&'static str]) -> String {
+    let line_of = |f: &'static str, live: bool| {
         let value = changes
             .iter()
             .find(|c| c.field == f)
             .map(|c| if live { c.old.clone() } else { c.new.clone() })
-            .unwrap_or_else(|| desired.get(f));
+            .unwrap_or_else(|| desired.value(f));
         field_line(f, &value) + "\n"
     };
     let old: String = known.iter().map(|&f| line_of(f, true)).collect();
@@ -128,7 +130,7 @@ fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[Field]) 
 /// The lines of the body shown under an entry's header (without indentation),
 /// shared by the text and Markdown renderers. Diff lines start with their
 /// unified-diff marker.
-fn body_lines(action: &Action, source: &KeySource, known: &[Field]) -> Vec<String> {
+fn body_lines(action: &Action, source: &KeySource, known: &[&'static str]) -> Vec<String> {
     match action {
         Action::Create { write, key } => field_lines(&write.fields, known)
             .into_iter()

@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
 use super::*;
+use crate::kinds::Origin;
 use crate::plan::{PlanInputs, plan};
 use crate::secret::{KeySource, SecretString};
-use crate::stage::Origin;
 use crate::state::KeyState;
 
 const URL: &str = "https://auth.example.com";

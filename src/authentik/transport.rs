@@ -1,14 +1,17 @@
-//! The HTTP client for authentik's Captcha Stage API.
+//! The HTTP transport to authentik's API, for every kind's endpoints.
 //!
 //! One [`Client`] per run; cloning is cheap. Every call goes through one retry
 //! loop ([`super::retry`]) and one place that turns a status into an
-//! [`ApiError`] in the user's words. Traps handled here:
+//! [`ApiError`] in the user's words. It knows requests, answers and lists, not
+//! kinds: each kind's endpoints are in its own module (the captcha stage's in
+//! [`crate::kinds::captcha::api`]). Traps handled here:
 //!
 //! - the trailing slash is required: a path without it is an HTML 404, so every
-//!   route below ends with `/`;
+//!   route ends with `/`;
 //! - an HTML page (404 or even 200) means there is no authentik API at the URL;
 //! - a create whose answer was lost may have succeeded: before sending it again
-//!   the client looks the name up and returns the stage it finds;
+//!   the client looks the name up in the list it posted to
+//!   ([`Client::create`]) and returns the object it finds;
 //! - redirects are not followed: a POST would silently turn into a GET, and the
 //!   token must not follow a redirect to another host;
 //! - the token lives in a sensitive header built once; it never reaches a log;
@@ -31,24 +34,13 @@ use uuid::Uuid;
 
 use super::error::{MAX_BODY_BYTES, cut, excerpt, excerpt_of_start};
 use super::retry::{RetryPolicy, is_retryable_status, parse_retry_after};
-use super::wire::{
-    self, NamedStage, Page, StageWrite, WireAnyStage, WireCaptchaStage, WireVersion,
-};
+use super::wire::{self, Page, WireVersion};
 use super::{ApiError, ClientSettings, ServerVersion};
 use crate::secret::ExposeSecret;
-use crate::stage::{LiveStage, UsedBy};
 use crate::text::error_chain;
 
 /// Route patterns, as reported to the observer (low cardinality, no uuids).
 pub(crate) const ROUTE_VERSION: &str = "/api/v3/admin/version/";
-pub(crate) const ROUTE_CAPTCHA_LIST: &str = "/api/v3/stages/captcha/";
-pub(crate) const ROUTE_CAPTCHA_ONE: &str = "/api/v3/stages/captcha/{uuid}/";
-pub(crate) const ROUTE_STAGES_ALL: &str = "/api/v3/stages/all/";
-pub(crate) const ROUTE_CAPTCHA_USED_BY: &str = "/api/v3/stages/captcha/{uuid}/used_by/";
-
-/// Entries of one `used_by` answer beyond which it is deemed broken: a stage
-/// in ten thousand flows is not a captcha stage anyone prunes.
-const MAX_USED_BY: usize = 10_000;
 
 /// Page size asked for when listing: authentik's default cap.
 pub(crate) const LIST_PAGE_SIZE: u32 = 100;
@@ -61,27 +53,12 @@ pub(crate) const LIST_PAGE_CONCURRENCY: usize = 4;
 /// Reads of a list that changed while it was paged through, before giving up.
 const MAX_LIST_READS: u32 = 3;
 
-/// The lists the client pages through.
+/// A list the client pages through: its path under `/api/v3/` and its route
+/// pattern (for the observer).
 #[derive(Clone, Copy, Debug)]
-enum ListOf {
-    CaptchaStages,
-    AllStages,
-}
-
-impl ListOf {
-    fn path(self) -> &'static str {
-        match self {
-            ListOf::CaptchaStages => "stages/captcha/",
-            ListOf::AllStages => "stages/all/",
-        }
-    }
-
-    fn route(self) -> &'static str {
-        match self {
-            ListOf::CaptchaStages => ROUTE_CAPTCHA_LIST,
-            ListOf::AllStages => ROUTE_STAGES_ALL,
-        }
-    }
+pub(crate) struct List {
+    pub(crate) path: &'static str,
+    pub(crate) route: &'static str,
 }
 
 /// A list read to its end, page by page, or the reason to read it again.
@@ -90,33 +67,8 @@ enum Listed<T> {
     Changed(String),
 }
 
-/// The first page of `stages/all/`, kept so that listing the rest does not
-/// fetch it again.
-pub(crate) struct AllStagesPage {
-    page: Page<WireAnyStage>,
-    /// How many pages the list has, when the server says.
-    pages: Option<u64>,
-}
-
-impl AllStagesPage {
-    /// Pages in the whole list (1 when the server does not say and there is no
-    /// next page; `None` when it does not say and there is one).
-    pub(crate) fn pages(&self) -> Option<u64> {
-        if self.page.pagination.next == 0.0 {
-            Some(1)
-        } else {
-            self.pages
-        }
-    }
-
-    /// The stages on this page.
-    pub(crate) fn stages(&self) -> impl Iterator<Item = NamedStage> + '_ {
-        self.page.results.iter().map(WireAnyStage::to_named)
-    }
-}
-
 /// `total_pages`, when the server says and it is a sane page count.
-fn page_count(p: &wire::Pagination) -> Option<u64> {
+pub(crate) fn page_count(p: &wire::Pagination) -> Option<u64> {
     let total = p.total_pages?;
     (total.fract() == 0.0 && total >= 1.0 && total <= MAX_PAGES as f64).then_some(total as u64)
 }
@@ -134,26 +86,14 @@ pub struct RequestRecord {
 
 type Observer = Arc<dyn Fn(&RequestRecord) + Send + Sync>;
 
-/// What a create ended with.
+/// What a create ended with: the object as authentik answered it.
 #[derive(Debug)]
-pub(crate) enum Created {
-    /// authentik answered the `POST`: the stage holds the key that was sent.
-    Confirmed(LiveStage),
+pub(crate) enum Created<T> {
+    /// authentik answered the `POST`: the object holds what was sent.
+    Confirmed(T),
     /// The answer was lost and the name was found: probably this create, but
-    /// another writer may have made it, so its key is not known.
-    FoundByName(LiveStage),
-}
-
-impl Created {
-    pub(crate) fn key_confirmed(&self) -> bool {
-        matches!(self, Created::Confirmed(_))
-    }
-
-    pub(crate) fn into_live(self) -> LiveStage {
-        match self {
-            Created::Confirmed(live) | Created::FoundByName(live) => live,
-        }
-    }
+    /// another writer may have made it, so what it holds is not known.
+    FoundByName(T),
 }
 
 /// A connection to one authentik install.
@@ -208,18 +148,27 @@ impl Answer {
 }
 
 /// One logical request.
-struct Call<'a> {
-    method: Method,
-    route: &'static str,
-    url: Url,
-    body: Option<&'a Value>,
+pub(crate) struct Call<'a> {
+    pub(crate) method: Method,
+    /// The route pattern, for the observer.
+    pub(crate) route: &'static str,
+    pub(crate) url: Url,
+    pub(crate) body: Option<&'a Value>,
 }
 
 /// What the retry loop ends with.
 enum Executed {
     Answer(Answer, u32),
-    /// A create's answer was lost, and the stage was found by name.
-    Found(LiveStage),
+    /// A create's answer was lost, and the object was found by name.
+    Found(Value),
+}
+
+/// How to find the object a create made, should its answer be lost: the list
+/// it was posted to, filtered by its name.
+#[derive(Clone, Copy)]
+struct LostCreate<'a> {
+    list: List,
+    name: &'a str,
 }
 
 impl Client {
@@ -329,37 +278,6 @@ impl Client {
         })
     }
 
-    /// Every captcha stage: see [`Self::list_every_page`].
-    pub async fn list_captcha_stages(&self) -> Result<Vec<LiveStage>, ApiError> {
-        let stages: Vec<WireCaptchaStage> = self
-            .list_every_page(ListOf::CaptchaStages, None, |s: &WireCaptchaStage| s.pk)
-            .await?;
-        Ok(stages
-            .into_iter()
-            .map(WireCaptchaStage::into_live)
-            .collect())
-    }
-
-    /// The first page (of 100) of stages of every type: its `count` says how
-    /// many pages the whole list has, which decides whether listing it beats
-    /// looking names up one by one.
-    pub(crate) async fn first_page_of_all_stages(&self) -> Result<AllStagesPage, ApiError> {
-        let page: Page<WireAnyStage> = self.list_page(ListOf::AllStages, 1).await?;
-        let pages = page_count(&page.pagination);
-        Ok(AllStagesPage { page, pages })
-    }
-
-    /// Every stage of every type, `first` being the page already read.
-    pub(crate) async fn list_all_stages(
-        &self,
-        first: AllStagesPage,
-    ) -> Result<Vec<NamedStage>, ApiError> {
-        let stages = self
-            .list_every_page(ListOf::AllStages, Some(first.page), |s: &WireAnyStage| s.pk)
-            .await?;
-        Ok(stages.into_iter().map(WireAnyStage::into_named).collect())
-    }
-
     /// Reads a whole list, pages of [`LIST_PAGE_SIZE`]. The first page tells
     /// how many there are (`total_pages`); the others are fetched
     /// [`LIST_PAGE_CONCURRENCY`] at a time. A server that does not say
@@ -370,9 +288,9 @@ impl Client {
     /// none. Items are kept once per uuid, and when the total (`count`) differs
     /// between pages, or a page has gone, the list is read again from the
     /// start, at most [`MAX_LIST_READS`] times in all.
-    async fn list_every_page<T>(
+    pub(crate) async fn list_every_page<T>(
         &self,
-        list: ListOf,
+        list: List,
         mut first: Option<Page<T>>,
         uuid: fn(&T) -> Uuid,
     ) -> Result<Vec<T>, ApiError>
@@ -398,7 +316,7 @@ impl Client {
                     }
                     if repeated > 0 {
                         tracing::debug!(
-                            path = list.route(),
+                            path = list.route,
                             repeated,
                             "items listed on two pages (the list shifted while it was read) are kept once"
                         );
@@ -406,18 +324,18 @@ impl Client {
                     return Ok(items);
                 }
                 Listed::Changed(why) => {
-                    tracing::debug!(path = list.route(), read, "{why}: reading the list again");
+                    tracing::debug!(path = list.route, read, "{why}: reading the list again");
                 }
             }
         }
         Err(ApiError::ListKeptChanging {
-            route: list.route(),
+            route: list.route,
             reads: MAX_LIST_READS,
         })
     }
 
     /// The pages after `first`, or word that the list changed meanwhile.
-    async fn read_rest<T>(&self, list: ListOf, first: Page<T>) -> Result<Listed<T>, ApiError>
+    async fn read_rest<T>(&self, list: List, first: Page<T>) -> Result<Listed<T>, ApiError>
     where
         T: DeserializeOwned + Send + 'static,
     {
@@ -486,152 +404,120 @@ impl Client {
     }
 
     /// One page of a list.
-    async fn list_page<T: DeserializeOwned>(
+    pub(crate) async fn list_page<T: DeserializeOwned>(
         &self,
-        list: ListOf,
+        list: List,
         page: u64,
     ) -> Result<Page<T>, ApiError> {
-        let mut url = self.endpoint(list.path())?;
+        let mut url = self.endpoint(list.path)?;
         url.query_pairs_mut()
             .append_pair("page_size", &LIST_PAGE_SIZE.to_string())
             .append_pair("page", &page.to_string());
-        self.get_json(url, list.route()).await
+        self.get_json(url, list.route).await
     }
 
-    /// The stage of any type that holds `name` (names are unique across types).
-    pub async fn find_stage_by_name(&self, name: &str) -> Result<Option<NamedStage>, ApiError> {
-        let name = name.trim();
-        let mut url = self.endpoint("stages/all/")?;
+    /// The items of `list` whose `name` is exactly `name` (authentik's
+    /// `?name=` filter: trimmed, case-sensitive).
+    pub(crate) async fn find_by_name(
+        &self,
+        list: List,
+        name: &str,
+    ) -> Result<Vec<Value>, ApiError> {
+        let mut url = self.endpoint(list.path)?;
         url.query_pairs_mut().append_pair("name", name);
-        let list: Page<WireAnyStage> = self.get_json(url, ROUTE_STAGES_ALL).await?;
-        Ok(list
+        let page: Page<Value> = self.get_json(url, list.route).await?;
+        Ok(page
             .results
             .into_iter()
-            .map(WireAnyStage::into_named)
-            .find(|s| s.name == name))
+            .filter(|item| item.get("name").and_then(Value::as_str) == Some(name))
+            .collect())
     }
 
-    /// `POST` a new stage. A create whose answer was lost (broken connection,
-    /// 5xx, authentik's empty 405) is not sent again blindly: the name is looked
-    /// up first and the stage returned if the first attempt did create it.
-    pub async fn create_stage(&self, write: &StageWrite<'_>) -> Result<LiveStage, ApiError> {
-        self.create_stage_reporting(write)
-            .await
-            .map(Created::into_live)
-    }
-
-    /// [`Client::create_stage`], saying whether the stage is known to hold the
-    /// key that was sent: a stage found by name after a lost answer may be one
-    /// someone else created meanwhile, with another key.
-    pub(crate) async fn create_stage_reporting(
+    /// `POST` a new object named `name` to `list`. A create whose answer was
+    /// lost (broken connection, 5xx, authentik's empty 405) is not sent again
+    /// blindly: the name is looked up in `list` first, and the object returned
+    /// if the first attempt did create it ([`Created::FoundByName`]).
+    pub(crate) async fn create<T: DeserializeOwned>(
         &self,
-        write: &StageWrite<'_>,
-    ) -> Result<Created, ApiError> {
-        let body = wire::write_body(write)?;
-        let name = write.fields.name.trim();
+        list: List,
+        name: &str,
+        body: &Value,
+    ) -> Result<Created<T>, ApiError> {
+        let lost = LostCreate { list, name };
         let call = Call {
             method: Method::POST,
-            route: ROUTE_CAPTCHA_LIST,
-            url: self.endpoint("stages/captcha/")?,
-            body: Some(&body),
+            route: list.route,
+            url: self.endpoint(list.path)?,
+            body: Some(body),
         };
-        let outcome = match self.execute(&call, Some(name)).await {
+        let found = || async {
+            match self.find_by_name(list, name).await?.into_iter().next() {
+                Some(object) => serde_json::from_value::<T>(object).map(Some).map_err(|e| {
+                    ApiError::UnexpectedResponse {
+                        status: 200,
+                        excerpt: format!("not the expected JSON ({e})"),
+                    }
+                }),
+                None => Ok(None),
+            }
+        };
+        let outcome = match self.execute(&call, Some(lost)).await {
             Ok(outcome) => outcome,
             Err(e) if e.is_transient() => {
-                return match self.find_captcha_by_name(name).await {
-                    Ok(Some(stage)) => Ok(Created::FoundByName(stage)),
+                return match found().await {
+                    Ok(Some(object)) => Ok(Created::FoundByName(object)),
                     _ => Err(e),
                 };
             }
             Err(e) => return Err(e),
         };
         match outcome {
-            Executed::Found(stage) => Ok(Created::FoundByName(stage)),
+            Executed::Found(object) => serde_json::from_value::<T>(object)
+                .map(Created::FoundByName)
+                .map_err(|e| ApiError::UnexpectedResponse {
+                    status: 200,
+                    excerpt: format!("not the expected JSON ({e})"),
+                }),
             Executed::Answer(answer, attempts) => {
                 if answer.status >= 500
-                    && let Ok(Some(stage)) = self.find_captcha_by_name(name).await
+                    && let Ok(Some(object)) = found().await
                 {
-                    return Ok(Created::FoundByName(stage));
+                    return Ok(Created::FoundByName(object));
                 }
                 let answer = self.check(answer, None, attempts)?;
-                parse_json::<WireCaptchaStage>(&answer)
-                    .map(WireCaptchaStage::into_live)
-                    .map(Created::Confirmed)
+                parse_json::<T>(&answer).map(Created::Confirmed)
             }
         }
     }
 
-    /// `PUT` every managed field and the private key (PUT keeps omitted
-    /// optional fields, so everything is sent to converge).
-    pub async fn update_stage(
+    /// A request that is not a create, its answer checked and read as `T`; a
+    /// JSON 404 on a detail route is [`ApiError::StageNotFound`] naming `uuid`.
+    pub(crate) async fn send<T: DeserializeOwned>(
         &self,
-        uuid: Uuid,
-        write: &StageWrite<'_>,
-    ) -> Result<LiveStage, ApiError> {
-        let body = wire::write_body(write)?;
-        let call = Call {
-            method: Method::PUT,
-            route: ROUTE_CAPTCHA_ONE,
-            url: self.endpoint(&format!("stages/captcha/{uuid}/"))?,
-            body: Some(&body),
-        };
-        let answer = self.execute_checked(&call, Some(uuid)).await?;
-        parse_json::<WireCaptchaStage>(&answer).map(WireCaptchaStage::into_live)
+        call: &Call<'_>,
+        uuid: Option<Uuid>,
+    ) -> Result<T, ApiError> {
+        let answer = self.execute_checked(call, uuid).await?;
+        parse_json(&answer)
     }
 
-    /// `GET .../{uuid}/used_by/`: everything a delete of the stage would
-    /// cascade to or null (flows, bindings, identification stages). An empty
-    /// list means nothing uses it. 404 is [`ApiError::StageNotFound`].
-    pub async fn used_by(&self, uuid: Uuid) -> Result<Vec<UsedBy>, ApiError> {
-        let call = Call {
-            method: Method::GET,
-            route: ROUTE_CAPTCHA_USED_BY,
-            url: self.endpoint(&format!("stages/captcha/{uuid}/used_by/"))?,
-            body: None,
-        };
-        let answer = self.execute_checked(&call, Some(uuid)).await?;
-        let users: Vec<UsedBy> = parse_json(&answer)?;
-        if users.len() > MAX_USED_BY {
-            return Err(ApiError::UnexpectedResponse {
-                status: answer.status,
-                excerpt: format!("used_by lists {} entries", users.len()),
-            });
-        }
-        Ok(users)
+    /// A request whose answer has no body (a `DELETE`), its status checked.
+    pub(crate) async fn send_without_answer(
+        &self,
+        call: &Call<'_>,
+        uuid: Option<Uuid>,
+    ) -> Result<(), ApiError> {
+        self.execute_checked(call, uuid).await.map(drop)
     }
 
-    /// `DELETE .../{uuid}/`: 204 whatever uses the stage (authentik cascades
-    /// bindings and nulls embedding stages: ask [`Self::used_by`] first). A
-    /// stage already gone is [`ApiError::StageNotFound`].
-    pub async fn delete_stage(&self, uuid: Uuid) -> Result<(), ApiError> {
-        let call = Call {
-            method: Method::DELETE,
-            route: ROUTE_CAPTCHA_ONE,
-            url: self.endpoint(&format!("stages/captcha/{uuid}/"))?,
-            body: None,
-        };
-        self.execute_checked(&call, Some(uuid)).await.map(drop)
-    }
-
-    async fn find_captcha_by_name(&self, name: &str) -> Result<Option<LiveStage>, ApiError> {
-        let mut url = self.endpoint("stages/captcha/")?;
-        url.query_pairs_mut().append_pair("name", name);
-        let list: Page<WireCaptchaStage> = self.get_json(url, ROUTE_CAPTCHA_LIST).await?;
-        Ok(list
-            .results
-            .into_iter()
-            .map(WireCaptchaStage::into_live)
-            .find(|s| s.fields.name == name))
-    }
-
-    fn endpoint(&self, path: &str) -> Result<Url, ApiError> {
+    pub(crate) fn endpoint(&self, path: &str) -> Result<Url, ApiError> {
         self.inner.api.join(path).map_err(|e| ApiError::BadUrl {
             url: self.inner.base.clone(),
             reason: e.to_string(),
         })
     }
 
-    async fn get_json<T: DeserializeOwned>(
+    pub(crate) async fn get_json<T: DeserializeOwned>(
         &self,
         url: Url,
         route: &'static str,
@@ -665,7 +551,7 @@ impl Client {
     async fn execute(
         &self,
         call: &Call<'_>,
-        lost_create: Option<&str>,
+        lost_create: Option<LostCreate<'_>>,
     ) -> Result<Executed, ApiError> {
         let policy = &self.retry;
         let mut delays = policy.delays();
@@ -674,15 +560,18 @@ impl Client {
         loop {
             attempts += 1;
             if attempts > 1
-                && let Some(name) = lost_create
+                && let Some(lost) = lost_create
                 // Boxed: the lookup goes through this same loop.
-                && let Some(stage) = Box::pin(self.find_captcha_by_name(name)).await?
+                && let Some(object) = Box::pin(self.find_by_name(lost.list, lost.name))
+                    .await?
+                    .into_iter()
+                    .next()
             {
                 tracing::info!(
-                    stage = %crate::text::escape(name),
+                    stage = %crate::text::escape(lost.name),
                     "the create's answer was lost but the stage exists: not creating it again"
                 );
-                return Ok(Executed::Found(stage));
+                return Ok(Executed::Found(object));
             }
             let (failure, retry_after) = match self.attempt(call).await {
                 Ok(answer) if is_retryable_status(answer.status, answer.empty_html()) => {
