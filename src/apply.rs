@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client};
+use crate::kinds::Kind;
 use crate::kinds::Origin;
 use crate::kinds::captcha::LiveStage;
 use crate::kinds::captcha::api::{StageWrite, Stages};
@@ -365,7 +366,8 @@ impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
                         .record(live.uuid, &pending.write.private_key);
                 }
                 if pending.target == Target::Create {
-                    self.state.record_created(live.uuid, &live.fields.name);
+                    self.state
+                        .record_created(Kind::CaptchaStage, live.uuid, &live.fields.name);
                 }
             }
             // Never sent: what was known before still holds.

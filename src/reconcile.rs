@@ -17,6 +17,7 @@ use uuid::Uuid;
 use crate::apply::{ApplyReport, DeleteResult, Operation, WriteResult};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
+use crate::kinds::Kind;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::plan::prune::{self, PruneInputs};
@@ -161,7 +162,7 @@ pub(crate) fn record_inventory(
         if let Action::InSync { uuid } | Action::Update { uuid, .. } = entry.action
             && is_live(uuid)
         {
-            inventory.manage(uuid, &entry.name, ManagedAs::Adopted);
+            inventory.manage(Kind::CaptchaStage, uuid, &entry.name, ManagedAs::Adopted);
         }
     }
     if let Some(report) = report {
@@ -171,7 +172,7 @@ pub(crate) fn record_inventory(
                     Operation::Create => ManagedAs::Created,
                     Operation::Update => ManagedAs::Adopted,
                 };
-                inventory.manage(live.uuid, &live.fields.name, how);
+                inventory.manage(Kind::CaptchaStage, live.uuid, &live.fields.name, how);
             }
         }
         for delete in &report.deletes {

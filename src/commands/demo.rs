@@ -22,6 +22,7 @@ use crate::authentik::{Client, ClientSettings};
 use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
 use crate::commands::{apply::render_report, load_desired, verify};
 use crate::exit::Outcome;
+use crate::kinds::Kind;
 use crate::kinds::captcha::{DesiredStage, StageFields};
 use crate::output;
 use crate::plan::{self, PruneSettings};
@@ -107,7 +108,7 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         let orphan = sim.seed_captcha(StageFields::with_defaults(DEMO_ORPHAN, "old-site"), "k");
         state
             .inventory_mut()
-            .manage(orphan, DEMO_ORPHAN, ManagedAs::Created);
+            .manage(Kind::CaptchaStage, orphan, DEMO_ORPHAN, ManagedAs::Created);
         sim.seed_flow_binding(orphan, "default-authentication-flow", "Welcome", 10);
         sim.seed_identification_stage("default-authentication-identification", Some(orphan));
         state.save()?;

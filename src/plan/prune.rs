@@ -34,6 +34,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::Plan;
+use crate::kinds::Kind;
 use crate::kinds::UsedBy;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::state::Inventory;
@@ -113,7 +114,7 @@ pub(crate) fn candidates<'a>(
     let named: BTreeSet<&str> = desired.iter().map(|d| d.fields.name.trim()).collect();
     let mut out: Vec<&LiveStage> = live
         .iter()
-        .filter(|l| inventory.contains(l.uuid))
+        .filter(|l| inventory.contains(Kind::CaptchaStage, l.uuid))
         .filter(|l| !matched.contains(&l.uuid) && !pinned.contains(&l.uuid))
         .filter(|l| !named.contains(l.fields.name.trim()))
         .collect();
@@ -126,7 +127,7 @@ pub(crate) fn candidates<'a>(
 pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
     let live: BTreeSet<Uuid> = live.iter().map(|l| l.uuid).collect();
     inventory
-        .iter()
+        .of_kind(Kind::CaptchaStage)
         .map(|(uuid, _)| uuid)
         .filter(|u| !live.contains(u))
         .collect()
@@ -197,7 +198,7 @@ pub(crate) fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
     let managed = inputs
         .live
         .iter()
-        .filter(|l| inputs.inventory.contains(l.uuid))
+        .filter(|l| inputs.inventory.contains(Kind::CaptchaStage, l.uuid))
         .count();
     let limit = inputs.settings.limit(managed);
     if deletes > limit {
@@ -295,7 +296,12 @@ mod tests {
             let mut inventory = Inventory::default();
             for l in &live {
                 if !unmanaged.contains(&l.fields.name.as_str()) {
-                    inventory.manage(l.uuid, &l.fields.name, ManagedAs::Created);
+                    inventory.manage(
+                        Kind::CaptchaStage,
+                        l.uuid,
+                        &l.fields.name,
+                        ManagedAs::Created,
+                    );
                 }
             }
             let used_by = live.iter().map(|l| (l.uuid, Vec::new())).collect();
@@ -512,7 +518,12 @@ mod tests {
     fn gone_lists_managed_stages_no_longer_live() {
         let w = World::new(vec![live("a", 1)], &["a"], &[]);
         let mut inventory = w.inventory.clone();
-        inventory.manage(Uuid::from_u128(9), "deleted-in-ui", ManagedAs::Adopted);
+        inventory.manage(
+            Kind::CaptchaStage,
+            Uuid::from_u128(9),
+            "deleted-in-ui",
+            ManagedAs::Adopted,
+        );
         assert_eq!(gone(&inventory, &w.live), vec![Uuid::from_u128(9)]);
     }
 
