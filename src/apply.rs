@@ -1,49 +1,44 @@
-//! Executes a plan: one write per entry that writes, a bounded number at a time.
+//! Executes a plan: one request per entry that acts (a create, an update, a
+//! delete), a bounded number at a time, each when the entries it waits for
+//! are made.
 //!
 //! `apply` does not decide anything, and needs nothing but the [`Plan`]: every
-//! entry that writes carries its [`Write`] (target, fields, key, the entry it
-//! waits for). The contract, which the daemon and the `apply` command rely on:
+//! entry that acts carries its [`Action::target`], its [`crate::plan::Write`]
+//! and the entries it waits for ([`Entry::after`]). It is written once for
+//! every kind: the requests themselves are the kind's ([`crate::kinds`]). The
+//! contract, which the daemon and the `apply` command rely on:
 //!
-//! - [`ApplyReport::outcomes`] has exactly one [`WriteOutcome`] per entry whose
-//!   [`crate::plan::Action::write`] is `Some`, in plan order, each naming its
-//!   [`EntryId`].
-//!   Entries that write nothing (in sync, errors) have no outcome.
-//! - An outcome is [`WriteResult::Written`] (authentik's answer),
-//!   [`WriteResult::Failed`] (authentik's error, or an internal error if the
-//!   write task panicked: the write may or may not have reached authentik, so
-//!   its key is not recorded) or [`WriteResult::Skipped`] with a [`SkipReason`].
-//! - A write whose `after` entry was not written (failed, held back, skipped) is
-//!   skipped, naming that entry: sending it would only fail on authentik's
-//!   unique names. This follows chains.
+//! - [`ApplyReport::outcomes`] has exactly one [`Outcome`] per entry that
+//!   acts, in plan order, each naming its [`EntryId`]. Entries that act on
+//!   nothing (in sync, errors, held deletes) have no outcome.
+//! - An outcome ([`Ended`]) is written (authentik's answer), deleted (or found
+//!   already gone: a 404 is not a failure), in use (a delete that `used_by`,
+//!   asked again right before it, refuses: the plan may be minutes old),
+//!   failed (authentik's error, or an internal error if the task panicked: the
+//!   request may or may not have reached authentik, so a key is not recorded)
+//!   or skipped with a [`SkipReason`].
+//! - An entry whose dependency was not made (failed, held back, skipped) is
+//!   skipped, naming it: a write that takes a name another's rename frees
+//!   would only fail on authentik's unique names; a delete waits for every
+//!   write, since a manifest renamed without a pin is a create plus a delete.
+//!   This follows chains.
 //! - The caller may hold entries back (the daemon: stages in backoff); they are
 //!   skipped with [`SkipReason::HeldBack`], and their dependants with them.
-//! - [`Stop::cancel`] stops *starting* writes; the ones in flight go on. Every
-//!   write not started is [`SkipReason::Cancelled`]. [`Stop::abandon`] (the
-//!   grace period is over) gives up the writes in flight:
+//! - [`Stop::cancel`] stops *starting* requests; the ones in flight go on.
+//!   Every entry not started is [`SkipReason::Cancelled`]. [`Stop::abandon`]
+//!   (the grace period is over) gives up the requests in flight:
 //!   [`WriteError::Abandoned`].
-//! - The state file tells the truth at every moment (write-ahead, see
-//!   [`crate::state`]): before a wave is sent, the keys it changes are marked
-//!   in flight and the file is saved; a write that succeeds records the
-//!   fingerprint of the key it sent; one that fails, is abandoned or panics
-//!   leaves the mark, so its key reads as unknown and is sent again next time.
-//!   Outcomes are saved in batches as they come, and each is handed to the
-//!   caller's `on_outcome` at once (progress, log lines); the caller saves
-//!   once more at the end.
 //!
-//!
-//! Deletes (prune, [`Plan::prune`]) run after every create and update, one at
-//! a time, each in [`ApplyReport::deletes`]:
-//! - none runs if any write of this apply was not made (failed, held back,
-//!   skipped): a manifest renamed without a pin is a create plus a delete, and
-//!   deleting the old stage when the new one failed would leave neither;
-//! - `used_by` is asked again right before each delete (the plan may be
-//!   minutes old, the operator may have bound the stage since): anything in it
-//!   and the stage is not deleted ([`DeleteResult::InUse`]);
-//! - a stage already gone (404) is [`DeleteResult::AlreadyGone`], not a failure;
-//!   either way its key fingerprint is forgotten.
-//!
-//! Adding an action kind: one more arm in [`Operation`] and in `send`; the
-//! ordering, the skipping and the outcomes above stay as they are.
+//! It keeps the record true as it goes, through the [`KeyStore`] it is given
+//! (the state file, write-ahead, see [`crate::state`]): before a wave is sent,
+//! the keys it changes are marked in flight and the file is saved; a write
+//! that succeeds records the fingerprint of the key it sent, a created object
+//! enters the inventory, a deleted one's key is forgotten; a write that fails,
+//! is abandoned or panics leaves the mark, so its key reads as unknown and is
+//! sent again next time. Outcomes are saved in batches as they come, and each
+//! is handed to the caller's `on_outcome` at once (progress, log lines); the
+//! caller records the rest (adoptions, [`crate::reconcile`]) and saves once
+//! more at the end.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -56,18 +51,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client};
-use crate::kinds::Kind;
-use crate::kinds::Origin;
-use crate::kinds::captcha::LiveStage;
-use crate::kinds::captcha::api::{StageWrite, Stages};
-use crate::plan::{EntryId, Plan, StagePlan, Target, Write, prune};
+use crate::kinds::{self, Kind, Origin, Written};
+use crate::plan::{Action, Dependency, Entry, EntryId, Plan, Target, Why, prune};
 use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
-/// What a write was.
+/// What a request was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Operation {
     Create,
     Update,
+    Delete,
 }
 
 impl Operation {
@@ -75,6 +68,7 @@ impl Operation {
         match target {
             Target::Create => Operation::Create,
             Target::Update(_) => Operation::Update,
+            Target::Delete(_) => Operation::Delete,
         }
     }
 
@@ -82,34 +76,51 @@ impl Operation {
         match self {
             Operation::Create => "create",
             Operation::Update => "update",
+            Operation::Delete => "delete",
         }
     }
 
-    /// "created" / "updated", for reports and logs.
+    /// "created" / "updated" / "deleted", for reports and logs.
     pub(crate) fn past_tense(self) -> &'static str {
         match self {
             Operation::Create => "created",
             Operation::Update => "updated",
+            Operation::Delete => "deleted",
         }
     }
 }
 
-/// The result of one entry's write.
+/// What one entry came to.
 #[derive(Debug)]
-pub struct WriteOutcome {
+pub struct Outcome {
     /// The plan entry this is the outcome of.
-    #[cfg(test)]
     pub(crate) entry: EntryId,
+    pub(crate) kind: Kind,
     pub name: String,
-    pub(crate) origin: Origin,
+    /// Its manifest; `None` for a delete.
+    pub(crate) origin: Option<Origin>,
+    /// The live object it targets (an update's, a delete's); `None` for a create.
+    pub(crate) uuid: Option<Uuid>,
     pub(crate) operation: Operation,
-    pub(crate) result: WriteResult,
+    pub(crate) result: Ended,
 }
 
+impl Outcome {
+    /// Whether the entry was made: written, deleted, or found already gone.
+    pub(crate) fn made(&self) -> bool {
+        matches!(self.result, Ended::Written(_) | Ended::Deleted { .. })
+    }
+}
+
+/// How an entry ended.
 #[derive(Debug)]
-pub(crate) enum WriteResult {
-    /// authentik accepted the write and answered with the stage.
-    Written(LiveStage),
+pub(crate) enum Ended {
+    /// A create or an update: authentik accepted it and answered with the object.
+    Written(Written),
+    /// A delete: authentik deleted it, or it was gone already (404).
+    Deleted { already_gone: bool },
+    /// A delete not made: `used_by`, asked right before it, lists these users.
+    InUse(Vec<String>),
     /// authentik (or the network) refused it, or stagesync failed; the message
     /// is the user's.
     Failed(WriteError),
@@ -117,13 +128,13 @@ pub(crate) enum WriteResult {
     Skipped(SkipReason),
 }
 
-/// Why a write failed.
+/// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
     #[error(transparent)]
     Api(#[from] ApiError),
-    /// A bug in stagesync (the write task panicked). Whether authentik received
-    /// the write is unknown.
+    /// A bug in stagesync (the task panicked). Whether authentik received the
+    /// request is unknown.
     #[error(
         "internal error: the write stopped unexpectedly ({0}); whether authentik received it is unknown, the next plan will show"
     )]
@@ -135,7 +146,7 @@ pub enum WriteError {
     Abandoned,
 }
 
-/// Why a write was not sent.
+/// Why an entry was not sent.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum SkipReason {
     /// The caller held it back (the daemon: the stage is in backoff).
@@ -145,14 +156,17 @@ pub(crate) enum SkipReason {
     /// Its key change could not be recorded in the state file first (the
     /// message says why), so it was not sent.
     StateNotSaved(String),
-    /// It takes the name `taken`, which entry `entry` (named `name`) renames
-    /// its stage away from, and that write was not made.
-    Dependency {
+    /// It waits for entry `entry` (named `name`), which was not made: it
+    /// `failed`, or was not sent. `taken` is this entry's own name.
+    Waited {
         entry: EntryId,
         name: String,
+        why: Why,
         taken: String,
         failed: bool,
     },
+    /// A delete: a create or update of this apply was not made.
+    WritesIncomplete,
 }
 
 impl fmt::Display for SkipReason {
@@ -163,8 +177,9 @@ impl fmt::Display for SkipReason {
             SkipReason::StateNotSaved(why) => {
                 write!(f, "its key change could not be recorded first ({why})")
             }
-            SkipReason::Dependency {
+            SkipReason::Waited {
                 name,
+                why: Why::FreesName,
                 taken,
                 failed,
                 ..
@@ -175,95 +190,52 @@ impl fmt::Display for SkipReason {
                     "it takes the name {taken:?}, which {name} is being renamed away from; that update {what}"
                 )
             }
+            SkipReason::WritesIncomplete => f.write_str(
+                "a create or update of this run was not made; deletes wait for a run where every write succeeds",
+            ),
         }
     }
 }
 
-/// The result of one prune delete.
-#[derive(Debug)]
-pub(crate) struct DeleteOutcome {
-    pub(crate) uuid: uuid::Uuid,
-    pub(crate) name: String,
-    pub(crate) result: DeleteResult,
-}
-
-#[derive(Debug)]
-pub(crate) enum DeleteResult {
-    Deleted,
-    /// 404: someone else deleted it; nothing to do.
-    AlreadyGone,
-    /// `used_by` right before the delete listed users: not deleted.
-    InUse(Vec<String>),
-    Failed(ApiError),
-    /// Not sent: interrupted, or a write of this apply was not made.
-    Skipped(DeleteSkip),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum DeleteSkip {
-    Cancelled,
-    /// Still waiting on authentik when the grace period after a stop signal
-    /// ended: whether the stage was deleted is unknown (the next run sees).
-    Abandoned,
-    /// A create or update of the same apply was not made.
-    WritesIncomplete,
-}
-
-impl fmt::Display for DeleteSkip {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DeleteSkip::Cancelled => "interrupted",
-            DeleteSkip::Abandoned => {
-                "abandoned at shutdown without an answer; whether authentik deleted it is unknown, the next run sees"
-            }
-            DeleteSkip::WritesIncomplete => {
-                "a create or update of this run was not made; deletes wait for a run where every write succeeds"
-            }
-        })
-    }
-}
-
-/// Every write of one apply, in plan order, then every delete.
+/// Every outcome of one apply, in plan order.
 #[derive(Debug, Default)]
 pub struct ApplyReport {
-    pub outcomes: Vec<WriteOutcome>,
-    pub(crate) deletes: Vec<DeleteOutcome>,
+    pub outcomes: Vec<Outcome>,
 }
 
 impl ApplyReport {
-    pub fn failed(&self) -> impl Iterator<Item = (&WriteOutcome, &WriteError)> {
+    pub fn failed(&self) -> impl Iterator<Item = (&Outcome, &WriteError)> {
         self.outcomes.iter().filter_map(|o| match &o.result {
-            WriteResult::Failed(e) => Some((o, e)),
+            Ended::Failed(e) => Some((o, e)),
             _ => None,
         })
     }
 
-    /// How many writes were not sent.
+    /// How many entries were not sent.
     pub fn skipped(&self) -> usize {
         self.outcomes
             .iter()
-            .filter(|o| matches!(o.result, WriteResult::Skipped(_)))
+            .filter(|o| matches!(o.result, Ended::Skipped(_)))
             .count()
     }
 
-    /// True when every planned write and delete succeeded.
+    /// True when every entry that acts was made.
     pub fn converged(&self) -> bool {
-        self.outcomes
-            .iter()
-            .all(|o| matches!(o.result, WriteResult::Written(_)))
-            && self
-                .deletes
-                .iter()
-                .all(|d| matches!(d.result, DeleteResult::Deleted | DeleteResult::AlreadyGone))
+        self.outcomes.iter().all(Outcome::made)
+    }
+
+    /// The outcome of entry `id`, if it acts.
+    pub(crate) fn of(&self, id: EntryId) -> Option<&Outcome> {
+        self.outcomes.iter().find(|o| o.entry == id)
     }
 }
 
 /// How an apply is stopped early. [`Stop::abandon`] implies [`Stop::cancel`].
 #[derive(Clone, Debug)]
 pub struct Stop {
-    /// No write starts once this fires; the ones in flight go on.
+    /// No request starts once this fires; the ones in flight go on.
     pub(crate) cancel: CancellationToken,
-    /// The writes in flight are given up once this fires (the grace period
+    /// The requests in flight are given up once this fires (the grace period
     /// after a stop signal is over): they are reported as
     /// [`WriteError::Abandoned`] and their keys stay unknown.
     pub(crate) abandon: CancellationToken,
@@ -279,15 +251,441 @@ impl Stop {
     }
 }
 
+impl Default for Stop {
+    fn default() -> Self {
+        Stop::new()
+    }
+}
+
+/// What one entry waits for, resolved to the entries that act.
+#[derive(Clone, Debug)]
+enum Waits {
+    /// An entry of this apply (its index), or one that does not act here.
+    On(Result<usize, EntryId>, Why),
+    /// Every create and update of this apply.
+    EveryWrite,
+}
+
+/// One entry of this apply, as the scheduler tracks it.
+struct Pending<'p> {
+    entry: &'p Entry,
+    target: Target,
+    waits: Vec<Waits>,
+    /// `None` until the entry is settled.
+    outcome: Option<Outcome>,
+    /// Set while its key is marked in flight (write-ahead).
+    mark: Option<KeyMark>,
+}
+
+impl Pending<'_> {
+    fn result(&self) -> Option<&Ended> {
+        self.outcome.as_ref().map(|o| &o.result)
+    }
+
+    fn is_write(&self) -> bool {
+        !matches!(self.target, Target::Delete(_))
+    }
+
+    /// The object whose key this write changes, when stagesync does not
+    /// already know authentik holds that key: its entry must be marked in
+    /// flight before the write is sent. A create has no uuid before its
+    /// answer; a lost create leaves no entry, which reads as unknown just the
+    /// same.
+    fn key_to_mark(&self, keys: &KeyState) -> Option<Uuid> {
+        let secret = self.entry.action.write()?.secret.as_ref()?;
+        match self.target {
+            Target::Update(uuid) => {
+                (keys.status(uuid, secret) != KeyStatus::Unchanged).then_some(uuid)
+            }
+            Target::Create | Target::Delete(_) => None,
+        }
+    }
+}
+
+/// The entries of one apply and where their outcomes go.
+struct Run<'p, F> {
+    pending: Vec<Pending<'p>>,
+    state: &'p mut dyn KeyStore,
+    on_outcome: F,
+    /// Whether a batched save already failed (warned about once).
+    save_failed: bool,
+}
+
+impl<F: FnMut(&Outcome)> Run<'_, F> {
+    /// Settles entry `index`: records what the outcome changes in the state
+    /// (a written key, a created object, a deleted object's key), hands the
+    /// outcome to the caller and saves the state when a save is due.
+    fn settle(&mut self, index: usize, result: Ended) {
+        let pending = &mut self.pending[index];
+        match &result {
+            Ended::Written(written) => {
+                if written.secret_confirmed
+                    && let Some(secret) =
+                        pending.entry.action.write().and_then(|w| w.secret.as_ref())
+                {
+                    self.state.keys_mut().record(written.uuid, secret);
+                }
+                if pending.target == Target::Create {
+                    self.state
+                        .record_created(pending.entry.kind, written.uuid, &written.name);
+                }
+            }
+            Ended::Deleted { .. } => {
+                if let Target::Delete(uuid) = pending.target {
+                    self.state.keys_mut().forget(uuid);
+                }
+            }
+            // Never sent: what was known before still holds.
+            Ended::Skipped(_) | Ended::InUse(_) => {
+                if let Some(mark) = pending.mark.take() {
+                    self.state.keys_mut().unmark(mark);
+                }
+            }
+            // Maybe made: the mark stays, the key reads as unknown.
+            Ended::Failed(_) => {}
+        }
+        let outcome = Outcome {
+            entry: pending.entry.id,
+            kind: pending.entry.kind,
+            name: pending.entry.name.clone(),
+            origin: pending.entry.origin.clone(),
+            uuid: pending.target.uuid(),
+            operation: Operation::of(pending.target),
+            result,
+        };
+        (self.on_outcome)(&outcome);
+        pending.outcome = Some(outcome);
+        if let Err(err) = self.state.save_if_due()
+            && !std::mem::replace(&mut self.save_failed, true)
+        {
+            tracing::warn!(error = %err, "cannot save the state file; trying again at the end");
+        }
+    }
+
+    fn unsettled(&self) -> Vec<usize> {
+        (0..self.pending.len())
+            .filter(|&i| self.pending[i].outcome.is_none())
+            .collect()
+    }
+
+    /// Whether entry `i` may start now (`Some(None)`), must be skipped
+    /// (`Some(Some(reason))`), or still waits (`None`).
+    fn readiness(
+        &self,
+        i: usize,
+        name_of: &dyn Fn(EntryId) -> String,
+    ) -> Option<Option<SkipReason>> {
+        let pending = &self.pending[i];
+        for waits in &pending.waits {
+            match waits {
+                Waits::On(Err(missing), why) => {
+                    return Some(Some(SkipReason::Waited {
+                        entry: *missing,
+                        name: name_of(*missing),
+                        why: why.clone(),
+                        taken: pending.entry.name.clone(),
+                        failed: false,
+                    }));
+                }
+                Waits::On(Ok(j), why) => match self.pending[*j].result() {
+                    None => return None,
+                    Some(Ended::Written(_) | Ended::Deleted { .. }) => {}
+                    Some(other) => {
+                        let on = self.pending[*j].entry;
+                        return Some(Some(SkipReason::Waited {
+                            entry: on.id,
+                            name: on.name.clone(),
+                            why: why.clone(),
+                            taken: pending.entry.name.clone(),
+                            failed: matches!(other, Ended::Failed(_)),
+                        }));
+                    }
+                },
+                Waits::EveryWrite => {
+                    let writes = self.pending.iter().filter(|p| p.is_write());
+                    let mut made = true;
+                    for write in writes {
+                        match write.result() {
+                            None => return None,
+                            Some(Ended::Written(_)) => {}
+                            Some(_) => made = false,
+                        }
+                    }
+                    if !made {
+                        return Some(Some(SkipReason::WritesIncomplete));
+                    }
+                }
+            }
+        }
+        Some(None)
+    }
+}
+
 /// How much of a shutdown timeout is kept for saving the state and exiting
-/// once the writes in flight are abandoned (at most a second).
+/// once the requests in flight are abandoned (at most a second).
 pub(crate) fn grace_period(shutdown_timeout: Duration) -> Duration {
     shutdown_timeout - (shutdown_timeout / 4).min(Duration::from_secs(1))
 }
 
+/// Runs the entries of `plan` that act, at most `concurrency` at once,
+/// keeping `state` true as they go (write-ahead: see [`crate::state`]).
+/// `hold_back(id)` lets the daemon keep entries in backoff from being made
+/// this time; `on_outcome` sees each outcome as soon as it is settled (for
+/// progress and log lines), the report has them all in plan order.
+///
+/// Entries run in waves: one that waits for another starts once that one is
+/// made. Before a wave is sent, the keys it changes are marked in flight and
+/// the state is saved; if that save fails, the wave's key changes are not
+/// sent. See the module docs for the outcomes.
+pub async fn apply(
+    client: &Client,
+    plan: &Plan,
+    state: &mut dyn KeyStore,
+    concurrency: usize,
+    stop: &Stop,
+    hold_back: impl Fn(EntryId) -> bool,
+    on_outcome: impl FnMut(&Outcome),
+) -> ApplyReport {
+    let acting: Vec<(&Entry, Target)> = plan
+        .entries
+        .iter()
+        .filter_map(|entry| entry.action.target().map(|t| (entry, t)))
+        .collect();
+    let position: HashMap<EntryId, usize> = acting
+        .iter()
+        .enumerate()
+        .map(|(i, (entry, _))| (entry.id, i))
+        .collect();
+    let name_of = |id: EntryId| {
+        plan.entry(id)
+            .map_or_else(|| id.to_string(), |e| e.name.clone())
+    };
+    let mut run = Run {
+        pending: acting
+            .iter()
+            .map(|&(entry, target)| Pending {
+                entry,
+                target,
+                waits: entry
+                    .after
+                    .iter()
+                    .map(|dependency| match dependency {
+                        // One that does not act in this plan cannot be made.
+                        Dependency::Entry { on, why } => {
+                            Waits::On(position.get(on).copied().ok_or(*on), why.clone())
+                        }
+                        Dependency::EveryWrite => Waits::EveryWrite,
+                    })
+                    .collect(),
+                outcome: None,
+                mark: None,
+            })
+            .collect(),
+        state,
+        on_outcome,
+        save_failed: false,
+    };
+    for i in 0..run.pending.len() {
+        if hold_back(run.pending[i].entry.id) {
+            run.settle(i, Ended::Skipped(SkipReason::HeldBack));
+        }
+    }
+
+    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    loop {
+        if stop.cancel.is_cancelled() {
+            for i in run.unsettled() {
+                run.settle(i, Ended::Skipped(SkipReason::Cancelled));
+            }
+            break;
+        }
+        // Entries whose dependencies are settled: skipped if one was not made.
+        let mut wave = Vec::new();
+        let mut progress = true;
+        while progress {
+            progress = false;
+            for i in run.unsettled() {
+                if wave.contains(&i) {
+                    continue;
+                }
+                match run.readiness(i, &name_of) {
+                    None => {}
+                    Some(Some(reason)) => {
+                        run.settle(i, Ended::Skipped(reason));
+                        progress = true;
+                    }
+                    Some(None) => wave.push(i),
+                }
+            }
+        }
+        if wave.is_empty() {
+            // Unsettled entries left here wait on each other: a cycle, which
+            // the planner refuses. Skip them rather than wait forever.
+            for i in run.unsettled() {
+                let on = run.pending[i].waits.iter().find_map(|w| match w {
+                    Waits::On(Ok(j), why) => Some((*j, why.clone())),
+                    _ => None,
+                });
+                let reason = match on {
+                    Some((j, why)) => SkipReason::Waited {
+                        entry: run.pending[j].entry.id,
+                        name: run.pending[j].entry.name.clone(),
+                        why,
+                        taken: run.pending[i].entry.name.clone(),
+                        failed: false,
+                    },
+                    None => SkipReason::WritesIncomplete,
+                };
+                run.settle(i, Ended::Skipped(reason));
+            }
+            break;
+        }
+
+        // Write-ahead: the keys this wave changes read as unknown on disk
+        // before any of them is sent.
+        let mut marked = false;
+        for &i in &wave {
+            if let Some(uuid) = run.pending[i].key_to_mark(run.state.keys()) {
+                run.pending[i].mark = Some(run.state.keys_mut().mark_in_flight(uuid));
+                marked = true;
+            }
+        }
+        if marked && let Err(err) = run.state.save() {
+            let message = err.to_string();
+            tracing::error!(error = %message, "cannot save the state file: not sending the key changes that need it");
+            for &i in &wave {
+                if run.pending[i].mark.is_some() {
+                    run.settle(
+                        i,
+                        Ended::Skipped(SkipReason::StateNotSaved(message.clone())),
+                    );
+                }
+            }
+            wave.retain(|&i| run.pending[i].outcome.is_none());
+        }
+
+        // Start requests as slots free up, and settle each as it completes.
+        let mut queue = wave.into_iter().peekable();
+        let mut tasks: JoinSet<Ended> = JoinSet::new();
+        let mut index_of_task = HashMap::new();
+        while queue.peek().is_some() || !tasks.is_empty() {
+            tokio::select! {
+                biased;
+                () = stop.abandon.cancelled() => {
+                    // Dropping a request closes its connection; whether
+                    // authentik made it is unknown, and its key stays
+                    // marked in flight.
+                    tasks.abort_all();
+                    let mut abandoned: Vec<usize> = index_of_task.values().copied().collect();
+                    abandoned.sort_unstable();
+                    for index in abandoned {
+                        if run.pending[index].outcome.is_none() {
+                            run.settle(index, Ended::Failed(WriteError::Abandoned));
+                        }
+                    }
+                    // The next turn of the outer loop marks the rest cancelled.
+                    break;
+                }
+                Some(joined) = tasks.join_next_with_id() => {
+                    let (index, result) = match joined {
+                        Ok((id, result)) => (index_of_task[&id], result),
+                        // A task only ends without a result if it panicked (a
+                        // bug): reported as failed, never skipped in silence.
+                        Err(err) => {
+                            let index = index_of_task[&err.id()];
+                            let entry = run.pending[index].entry;
+                            let why = if err.is_panic() { "panicked" } else { "was aborted" };
+                            let file = entry.origin.as_ref().map(|o| o.file.display().to_string()).unwrap_or_default();
+                            tracing::error!(stage = %entry.name, file = %file, "internal error: the write task {why}");
+                            (index, Ended::Failed(WriteError::Internal(format!("the write task {why}"))))
+                        }
+                    };
+                    run.settle(index, result);
+                }
+                // Cancelled: start nothing more; the requests in flight go on.
+                () = stop.cancel.cancelled(), if queue.peek().is_some() => {
+                    for index in queue.by_ref() {
+                        run.settle(index, Ended::Skipped(SkipReason::Cancelled));
+                    }
+                }
+                permit = permits.clone().acquire_owned(), if queue.peek().is_some() => {
+                    let (Ok(permit), Some(index)) = (permit, queue.next()) else {
+                        continue;
+                    };
+                    let client = client.clone();
+                    let entry = run.pending[index].entry.clone();
+                    let target = run.pending[index].target;
+                    let task = tasks.spawn(async move {
+                        let result = send(&client, &entry, target).await;
+                        drop(permit);
+                        result
+                    });
+                    index_of_task.insert(task.id(), index);
+                }
+            }
+        }
+    }
+
+    let outcomes = run
+        .pending
+        .into_iter()
+        .map(|p| {
+            // Every entry is settled by now (cancelled, skipped or sent).
+            p.outcome.unwrap_or_else(|| Outcome {
+                entry: p.entry.id,
+                kind: p.entry.kind,
+                name: p.entry.name.clone(),
+                origin: p.entry.origin.clone(),
+                uuid: p.target.uuid(),
+                operation: Operation::of(p.target),
+                result: Ended::Skipped(SkipReason::Cancelled),
+            })
+        })
+        .collect();
+    ApplyReport { outcomes }
+}
+
+/// The requests of one entry: its write, or its delete once `used_by` (asked
+/// again: the operator may have bound the object since the plan) is empty.
+async fn send(client: &Client, entry: &Entry, target: Target) -> Ended {
+    let result = match (target, &entry.action) {
+        (Target::Create, Action::Create { write, .. }) => {
+            kinds::create(client, &write.object, write.secret.as_ref())
+                .await
+                .map(Ended::Written)
+        }
+        (Target::Update(uuid), Action::Update { write, .. }) => {
+            kinds::update(client, uuid, &write.object, write.secret.as_ref())
+                .await
+                .map(Ended::Written)
+        }
+        (Target::Delete(uuid), _) => delete(client, entry.kind, uuid).await,
+        _ => Err(ApiError::ClientSetup {
+            reason: format!("entry {} has no request to send", entry.id),
+        }),
+    };
+    result.unwrap_or_else(|err| Ended::Failed(WriteError::Api(err)))
+}
+
+async fn delete(client: &Client, kind: Kind, uuid: Uuid) -> Result<Ended, ApiError> {
+    match kinds::used_by(client, kind, uuid).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => return Ok(Ended::InUse(prune::describe_users(&users))),
+        Err(ApiError::StageNotFound { .. }) => return Ok(Ended::Deleted { already_gone: true }),
+        Err(e) => return Err(e),
+    }
+    match kinds::delete(client, kind, uuid).await {
+        Ok(()) => Ok(Ended::Deleted {
+            already_gone: false,
+        }),
+        Err(ApiError::StageNotFound { .. }) => Ok(Ended::Deleted { already_gone: true }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Once [`Stop::cancel`] fires, fires [`Stop::abandon`] when the
+/// [`grace_period`] of `shutdown_timeout` is over.
 impl Stop {
-    /// Once [`Stop::cancel`] fires, fires [`Stop::abandon`] when the
-    /// [`grace_period`] of `shutdown_timeout` is over.
     pub(crate) fn abandon_after_grace(&self, shutdown_timeout: Duration) {
         let stop = self.clone();
         tokio::spawn(async move {
@@ -303,410 +701,6 @@ impl Stop {
     }
 }
 
-impl Default for Stop {
-    fn default() -> Self {
-        Stop::new()
-    }
-}
-
-/// One write of this apply, as the scheduler tracks it.
-struct Pending<'p> {
-    entry: &'p StagePlan,
-    target: Target,
-    write: &'p Write,
-    /// Index (into the outcomes) of the write that must succeed first.
-    after: Option<Result<usize, EntryId>>,
-    /// `None` until the write is decided.
-    outcome: Option<WriteOutcome>,
-    /// Set while its key is marked in flight (write-ahead).
-    mark: Option<KeyMark>,
-    /// False when authentik's answer did not confirm the key (a lost create
-    /// found by name): the key is then not recorded, it reads as unknown.
-    key_confirmed: bool,
-}
-
-impl Pending<'_> {
-    fn result(&self) -> Option<&WriteResult> {
-        self.outcome.as_ref().map(|o| &o.result)
-    }
-
-    /// The stage whose key this write changes, when stagesync does not already
-    /// know authentik holds that key: its entry must be marked in flight
-    /// before the write is sent. A create has no uuid before its answer; a
-    /// lost create leaves no entry, which reads as unknown just the same.
-    fn key_to_mark(&self, keys: &KeyState) -> Option<Uuid> {
-        match self.target {
-            Target::Update(uuid) => {
-                (keys.status(uuid, &self.write.private_key) != KeyStatus::Unchanged).then_some(uuid)
-            }
-            Target::Create => None,
-        }
-    }
-}
-
-/// The writes of one apply and where their outcomes go.
-struct Run<'p, F> {
-    writes: Vec<Pending<'p>>,
-    state: &'p mut dyn KeyStore,
-    on_outcome: F,
-    /// Whether a batched save already failed (warned about once).
-    save_failed: bool,
-}
-
-impl<F: FnMut(&WriteOutcome)> Run<'_, F> {
-    /// Settles write `index`: records the key of a successful write, reports
-    /// the outcome and saves the state when a save is due.
-    fn decide(&mut self, index: usize, result: WriteResult) {
-        let pending = &mut self.writes[index];
-        match &result {
-            WriteResult::Written(live) => {
-                if pending.key_confirmed {
-                    self.state
-                        .keys_mut()
-                        .record(live.uuid, &pending.write.private_key);
-                }
-                if pending.target == Target::Create {
-                    self.state
-                        .record_created(Kind::CaptchaStage, live.uuid, &live.fields.name);
-                }
-            }
-            // Never sent: what was known before still holds.
-            WriteResult::Skipped(_) => {
-                if let Some(mark) = pending.mark.take() {
-                    self.state.keys_mut().unmark(mark);
-                }
-            }
-            // Maybe made: the mark stays, the key reads as unknown.
-            WriteResult::Failed(_) => {}
-        }
-        let outcome = WriteOutcome {
-            #[cfg(test)]
-            entry: pending.entry.id,
-            name: pending.entry.name.clone(),
-            origin: pending.entry.origin.clone(),
-            operation: Operation::of(pending.target),
-            result,
-        };
-        (self.on_outcome)(&outcome);
-        pending.outcome = Some(outcome);
-        if let Err(err) = self.state.save_if_due()
-            && !std::mem::replace(&mut self.save_failed, true)
-        {
-            tracing::warn!(error = %err, "cannot save the state file; trying again at the end");
-        }
-    }
-
-    fn undecided(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.writes.len()).filter(|&i| self.writes[i].outcome.is_none())
-    }
-}
-
-/// Runs the writes of `plan`, at most `concurrency` at once, keeping `state`
-/// true as they go (write-ahead: see [`crate::state`]). `hold_back(name)` lets
-/// the daemon keep stages in backoff from being written this time;
-/// `on_outcome` sees each outcome as soon as it is decided (for progress and
-/// log lines), the report has them all in plan order.
-///
-/// Writes run in waves: one whose name is being freed by another entry's
-/// rename waits for that rename (authentik's names are unique). Before a wave
-/// is sent, the keys it changes are marked in flight and the state is saved;
-/// if that save fails, the wave's key changes are not sent. See the module
-/// docs for the outcomes.
-pub async fn apply(
-    client: &Client,
-    plan: &Plan,
-    state: &mut dyn KeyStore,
-    concurrency: usize,
-    stop: &Stop,
-    hold_back: impl Fn(&str) -> bool,
-    on_outcome: impl FnMut(&WriteOutcome),
-) -> ApplyReport {
-    let entries: Vec<_> = plan
-        .stages
-        .iter()
-        .filter_map(|entry| entry.action.write().map(|(t, w)| (entry, t, w)))
-        .collect();
-    let position: HashMap<EntryId, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, (entry, ..))| (entry.id, i))
-        .collect();
-    let name_of = |id: EntryId| {
-        plan.entry(id)
-            .map_or_else(|| id.to_string(), |e| e.name.clone())
-    };
-    let mut run = Run {
-        writes: entries
-            .iter()
-            .map(|&(entry, target, write)| Pending {
-                entry,
-                target,
-                write,
-                // An `after` that is not a write of this plan cannot be satisfied.
-                after: write.after.map(|id| position.get(&id).copied().ok_or(id)),
-                outcome: None,
-                mark: None,
-                key_confirmed: true,
-            })
-            .collect(),
-        state,
-        on_outcome,
-        save_failed: false,
-    };
-    for i in 0..run.writes.len() {
-        if hold_back(&run.writes[i].entry.name) {
-            run.decide(i, WriteResult::Skipped(SkipReason::HeldBack));
-        }
-    }
-
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    loop {
-        if stop.cancel.is_cancelled() {
-            for i in run.undecided().collect::<Vec<_>>() {
-                run.decide(i, WriteResult::Skipped(SkipReason::Cancelled));
-            }
-            break;
-        }
-        // Writes whose dependency is decided: skipped if it was not written.
-        let mut wave = Vec::new();
-        for i in run.undecided().collect::<Vec<_>>() {
-            let skip = match run.writes[i].after {
-                None => None,
-                Some(Err(missing)) => Some(SkipReason::Dependency {
-                    entry: missing,
-                    name: name_of(missing),
-                    taken: entries[i].0.name.clone(),
-                    failed: false,
-                }),
-                Some(Ok(j)) => match run.writes[j].result() {
-                    None => continue,
-                    Some(WriteResult::Written(_)) => None,
-                    Some(other) => Some(SkipReason::Dependency {
-                        entry: entries[j].0.id,
-                        name: entries[j].0.name.clone(),
-                        taken: entries[i].0.name.clone(),
-                        failed: matches!(other, WriteResult::Failed(_)),
-                    }),
-                },
-            };
-            match skip {
-                Some(reason) => run.decide(i, WriteResult::Skipped(reason)),
-                None => wave.push(i),
-            }
-        }
-        if wave.is_empty() {
-            // Undecided writes left here wait on each other: a cycle, which the
-            // planner refuses. Skip them rather than wait forever.
-            for i in run.undecided().collect::<Vec<_>>() {
-                if let Some(Ok(j)) = run.writes[i].after {
-                    let entry = entries[j].0;
-                    run.decide(
-                        i,
-                        WriteResult::Skipped(SkipReason::Dependency {
-                            entry: entry.id,
-                            name: entry.name.clone(),
-                            taken: entries[i].0.name.clone(),
-                            failed: false,
-                        }),
-                    );
-                }
-            }
-            break;
-        }
-
-        // Write-ahead: the keys this wave changes read as unknown on disk
-        // before any of them is sent.
-        let mut marked = false;
-        for &i in &wave {
-            if let Some(uuid) = run.writes[i].key_to_mark(run.state.keys()) {
-                run.writes[i].mark = Some(run.state.keys_mut().mark_in_flight(uuid));
-                marked = true;
-            }
-        }
-        if marked && let Err(err) = run.state.save() {
-            let message = err.to_string();
-            tracing::error!(error = %message, "cannot save the state file: not sending the key changes that need it");
-            for &i in &wave {
-                if run.writes[i].mark.is_some() {
-                    run.decide(
-                        i,
-                        WriteResult::Skipped(SkipReason::StateNotSaved(message.clone())),
-                    );
-                }
-            }
-            wave.retain(|&i| run.writes[i].outcome.is_none());
-        }
-
-        // Start writes as slots free up, and settle each as it completes.
-        let mut queue = wave.into_iter().peekable();
-        let mut tasks: JoinSet<Result<(LiveStage, bool), ApiError>> = JoinSet::new();
-        let mut index_of_task = HashMap::new();
-        while queue.peek().is_some() || !tasks.is_empty() {
-            tokio::select! {
-                biased;
-                () = stop.abandon.cancelled() => {
-                    // Dropping a request closes its connection; whether
-                    // authentik made the write is unknown, and its key stays
-                    // marked in flight.
-                    tasks.abort_all();
-                    let mut abandoned: Vec<usize> = index_of_task.values().copied().collect();
-                    abandoned.sort_unstable();
-                    for index in abandoned {
-                        if run.writes[index].outcome.is_none() {
-                            run.decide(index, WriteResult::Failed(WriteError::Abandoned));
-                        }
-                    }
-                    // The next turn of the outer loop marks the rest cancelled.
-                    break;
-                }
-                Some(joined) = tasks.join_next_with_id() => {
-                    let (index, result) = match joined {
-                        Ok((id, result)) => {
-                            let index = index_of_task[&id];
-                            let result = result.map(|(live, key_confirmed)| {
-                                run.writes[index].key_confirmed = key_confirmed;
-                                live
-                            });
-                            (index, result.map_err(WriteError::from))
-                        }
-                        // A write task only ends without a result if it
-                        // panicked (a bug): reported as failed, never skipped
-                        // in silence.
-                        Err(err) => {
-                            let index = index_of_task[&err.id()];
-                            let entry = entries[index].0;
-                            let why = if err.is_panic() { "panicked" } else { "was aborted" };
-                            tracing::error!(stage = %entry.name, file = %entry.origin.file.display(), "internal error: the write task {why}");
-                            (index, Err(WriteError::Internal(format!("the write task {why}"))))
-                        }
-                    };
-                    run.decide(
-                        index,
-                        match result {
-                            Ok(live) => WriteResult::Written(live),
-                            Err(err) => WriteResult::Failed(err),
-                        },
-                    );
-                }
-                // Cancelled: start nothing more; the writes in flight go on.
-                () = stop.cancel.cancelled(), if queue.peek().is_some() => {
-                    for index in queue.by_ref() {
-                        run.decide(index, WriteResult::Skipped(SkipReason::Cancelled));
-                    }
-                }
-                permit = permits.clone().acquire_owned(), if queue.peek().is_some() => {
-                    let (Ok(permit), Some(index)) = (permit, queue.next()) else {
-                        continue;
-                    };
-                    let client = client.clone();
-                    let target = run.writes[index].target;
-                    let write = run.writes[index].write.clone();
-                    let task = tasks.spawn(async move {
-                        let result = send(&client, target, &write).await;
-                        drop(permit);
-                        result
-                    });
-                    index_of_task.insert(task.id(), index);
-                }
-            }
-        }
-    }
-
-    let Run { writes, state, .. } = run;
-    let outcomes = writes
-        .into_iter()
-        .map(|w| {
-            // Every write is decided by now (cancelled, skipped or sent).
-            w.outcome.unwrap_or_else(|| WriteOutcome {
-                #[cfg(test)]
-                entry: w.entry.id,
-                name: w.entry.name.clone(),
-                origin: w.entry.origin.clone(),
-                operation: Operation::of(w.target),
-                result: WriteResult::Skipped(SkipReason::Cancelled),
-            })
-        })
-        .collect::<Vec<_>>();
-    let writes_made = outcomes
-        .iter()
-        .all(|o| matches!(o.result, WriteResult::Written(_)));
-    let deletes = delete_pruned(client, plan, writes_made, stop).await;
-    for delete in &deletes {
-        if matches!(
-            delete.result,
-            DeleteResult::Deleted | DeleteResult::AlreadyGone
-        ) {
-            state.keys_mut().forget(delete.uuid);
-        }
-    }
-    ApplyReport { outcomes, deletes }
-}
-
-/// The plan's deletes, one at a time, each after asking `used_by` again.
-async fn delete_pruned(
-    client: &Client,
-    plan: &Plan,
-    writes_made: bool,
-    stop: &Stop,
-) -> Vec<DeleteOutcome> {
-    let mut out = Vec::new();
-    for entry in plan.deletes() {
-        let result = if !writes_made {
-            DeleteResult::Skipped(DeleteSkip::WritesIncomplete)
-        } else if stop.cancel.is_cancelled() {
-            DeleteResult::Skipped(DeleteSkip::Cancelled)
-        } else {
-            // A delete in flight gets the same grace period as a write.
-            tokio::select! {
-                biased;
-                () = stop.abandon.cancelled() => DeleteResult::Skipped(DeleteSkip::Abandoned),
-                result = delete_one(client, entry.uuid) => result,
-            }
-        };
-        out.push(DeleteOutcome {
-            uuid: entry.uuid,
-            name: entry.name.clone(),
-            result,
-        });
-    }
-    out
-}
-
-async fn delete_one(client: &Client, uuid: uuid::Uuid) -> DeleteResult {
-    let stages = Stages::new(client);
-    match stages.used_by(uuid).await {
-        Ok(users) if users.is_empty() => {}
-        Ok(users) => return DeleteResult::InUse(prune::describe_users(&users)),
-        Err(ApiError::StageNotFound { .. }) => return DeleteResult::AlreadyGone,
-        Err(e) => return DeleteResult::Failed(e),
-    }
-    match stages.delete(uuid).await {
-        Ok(()) => DeleteResult::Deleted,
-        Err(ApiError::StageNotFound { .. }) => DeleteResult::AlreadyGone,
-        Err(e) => DeleteResult::Failed(e),
-    }
-}
-
-/// The one request of a write, and whether its answer confirms the key.
-async fn send(
-    client: &Client,
-    target: Target,
-    write: &Write,
-) -> Result<(LiveStage, bool), ApiError> {
-    // The plan's fields are already cut to what the server knows.
-    let request = StageWrite {
-        fields: &write.fields,
-        private_key: &write.private_key,
-    };
-    match target {
-        Target::Create => Stages::new(client).create_reporting(&request).await,
-        Target::Update(uuid) => Stages::new(client)
-            .update(uuid, &request)
-            .await
-            .map(|live| (live, true)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -717,7 +711,7 @@ mod tests {
     use super::*;
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
     use crate::capabilities::Capabilities;
-    use crate::kinds::captcha::{DesiredStage, StageFields};
+    use crate::kinds::captcha::{DesiredStage, LiveStage, StageFields};
     use crate::plan::{self, PlanInputs};
     use crate::secret::SecretString;
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
@@ -790,9 +784,11 @@ mod tests {
             .iter()
             .map(|o| {
                 let what = match &o.result {
-                    WriteResult::Written(_) => "written".to_owned(),
-                    WriteResult::Failed(e) => format!("failed: {e}"),
-                    WriteResult::Skipped(why) => format!("skipped: {why}"),
+                    Ended::Written(_) => "written".to_owned(),
+                    Ended::Failed(e) => format!("failed: {e}"),
+                    Ended::Skipped(why) => format!("skipped: {why}"),
+                    Ended::Deleted { .. } => "deleted".to_owned(),
+                    Ended::InUse(users) => format!("in use: {}", users.join(", ")),
                 };
                 (o.entry.0, o.name.as_str(), what)
             })
@@ -807,16 +803,8 @@ mod tests {
         hold_back: impl Fn(&str) -> bool,
     ) -> (ApplyReport, KeyState) {
         let mut keys = KeyState::default();
-        let report = apply(
-            client,
-            plan,
-            &mut keys,
-            concurrency,
-            stop,
-            hold_back,
-            |_| {},
-        )
-        .await;
+        let held = |id: EntryId| plan.entry(id).is_some_and(|e| hold_back(&e.name));
+        let report = apply(client, plan, &mut keys, concurrency, stop, held, |_| {}).await;
         (report, keys)
     }
 
@@ -863,7 +851,7 @@ mod tests {
         assert_eq!(got[2], (2, "c", "written".to_owned()));
         assert!(matches!(
             report.outcomes[0].result,
-            WriteResult::Skipped(SkipReason::Dependency {
+            Ended::Skipped(SkipReason::Waited {
                 entry: EntryId(1),
                 failed: true,
                 ..
@@ -1041,7 +1029,7 @@ mod tests {
         )
         .await;
 
-        assert!(matches!(report.outcomes[0].result, WriteResult::Failed(_)));
+        assert!(matches!(report.outcomes[0].result, Ended::Failed(_)));
         assert_eq!(sim.private_key_of(uuid).as_deref(), Some("k"));
         for key in ["old", "k"] {
             assert_eq!(
@@ -1099,7 +1087,7 @@ mod tests {
         assert!(
             matches!(
                 report.outcomes[0].result,
-                WriteResult::Failed(WriteError::Abandoned)
+                Ended::Failed(WriteError::Abandoned)
             ),
             "{report:?}"
         );

@@ -1,14 +1,14 @@
 //! How a run of stagesync ends: every exit code, and the one place that maps a
 //! command's result to a code and prints its error.
 //!
-//! A command returns an [`Outcome`] when it ran to its end (its own output says
+//! A command returns an [`Exit`] when it ran to its end (its own output says
 //! what happened), or an error. Errors whose wording or exit code are part of
 //! the interface are a [`CommandError`]; anything else is a runtime failure
 //! (exit 1) printed with its causes. `main` calls [`report`] and [`code`]; no
-//! command prints its own `error:` line or picks a code. The one exception is
-//! deliberate: a second Ctrl-C or SIGTERM to the daemon, or a third to `apply`,
-//! exits at once ([`INTERRUPTED`],
-//! [`TERMINATED`]) without unwinding to `main`.
+//! command prints its own `error:` line or picks a code, and nothing but
+//! `main` ends the process: a third Ctrl-C or SIGTERM ends the command at
+//! once, and `main` exits with [`INTERRUPTED`] or [`TERMINATED`]
+//! ([`crate::signals`]).
 //!
 //! The codes follow the conventions CI systems already know from `terraform
 //! plan -detailed-exitcode` (2 = changes pending), BSD `sysexits.h` (64 =
@@ -55,16 +55,16 @@ pub(crate) const STALE_PLAN: i32 = 4;
 /// The command line itself is wrong (`EX_USAGE`).
 pub(crate) const USAGE: i32 = 64;
 /// SIGINT (128 + 2) stopped `apply` (which saved the state and printed what
-/// it did), or a second one ended the daemon at once.
+/// it did), a second one abandoned the daemon's writes in flight, or a third
+/// ended the process at once.
 pub(crate) const INTERRUPTED: i32 = 130;
-/// SIGTERM (128 + 15) stopped `apply` (which saved the state and printed
-/// what it did), or a second one ended the daemon at once.
+/// SIGTERM (128 + 15), as [`INTERRUPTED`].
 pub(crate) const TERMINATED: i32 = 143;
 
 /// How a command that ran to its end went; what happened is already in its
 /// output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Exit {
     /// Done; for `plan`, in sync.
     Success,
     /// `plan` shows changes to make.
@@ -76,21 +76,22 @@ pub enum Outcome {
     /// The report says what failed: a stage that cannot be planned, a write
     /// that failed, a demo that did not converge.
     Failed,
-    /// SIGINT stopped `apply`; its summary says what was not started or abandoned.
+    /// SIGINT stopped `apply` (its summary says what was not started or
+    /// abandoned), abandoned the daemon's writes, or ended the process.
     Interrupted,
-    /// SIGTERM stopped `apply`; its summary says what was not started or abandoned.
+    /// SIGTERM, as [`Exit::Interrupted`].
     Terminated,
 }
 
-impl Outcome {
+impl Exit {
     pub fn code(self) -> i32 {
         match self {
-            Outcome::Success => SUCCESS,
-            Outcome::ChangesPending => CHANGES_PENDING,
-            Outcome::Invalid => INVALID,
-            Outcome::Declined | Outcome::Failed => FAILURE,
-            Outcome::Interrupted => INTERRUPTED,
-            Outcome::Terminated => TERMINATED,
+            Exit::Success => SUCCESS,
+            Exit::ChangesPending => CHANGES_PENDING,
+            Exit::Invalid => INVALID,
+            Exit::Declined | Exit::Failed => FAILURE,
+            Exit::Interrupted => INTERRUPTED,
+            Exit::Terminated => TERMINATED,
         }
     }
 }
@@ -206,7 +207,7 @@ impl CommandError {
 }
 
 /// The exit code of a command's result.
-pub fn code(result: &anyhow::Result<Outcome>) -> i32 {
+pub fn code(result: &anyhow::Result<Exit>) -> i32 {
     match result {
         Ok(outcome) => outcome.code(),
         Err(err) => err
@@ -257,11 +258,11 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_their_codes() {
-        assert_eq!(code(&Ok(Outcome::Success)), 0);
-        assert_eq!(code(&Ok(Outcome::ChangesPending)), 2);
-        assert_eq!(code(&Ok(Outcome::Invalid)), 3);
-        assert_eq!(code(&Ok(Outcome::Declined)), 1);
-        assert_eq!(code(&Ok(Outcome::Failed)), 1);
+        assert_eq!(code(&Ok(Exit::Success)), 0);
+        assert_eq!(code(&Ok(Exit::ChangesPending)), 2);
+        assert_eq!(code(&Ok(Exit::Invalid)), 3);
+        assert_eq!(code(&Ok(Exit::Declined)), 1);
+        assert_eq!(code(&Ok(Exit::Failed)), 1);
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //! - [`cli`]: the command line, turned once into resolved configuration;
 //!   [`commands`]: one module per subcommand.
 //! - [`exit`]: every exit code, and the one place that maps a command's
-//!   [`exit::Outcome`] or error to a code and prints the error.
+//!   [`exit::Exit`] or error to a code and prints the error.
 
 pub mod apply;
 pub mod authentik;
@@ -53,6 +53,7 @@ pub mod plan;
 pub mod policy;
 pub mod reconcile;
 pub mod secret;
+pub mod signals;
 pub mod simulator;
 pub mod state;
 pub(crate) mod text;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use stagesync::cli::Cli;
-use stagesync::exit::{self, CommandError, Outcome};
+use stagesync::exit::{self, CommandError, Exit};
 use stagesync::{commands, logging};
 
 fn main() -> ExitCode {
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(exit::code(&result)).unwrap_or(1))
 }
 
-fn run() -> anyhow::Result<Outcome> {
+fn run() -> anyhow::Result<Exit> {
     let config = Cli::try_parse()
         .map_err(CommandError::CommandLine)?
         .resolve()

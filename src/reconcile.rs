@@ -1,52 +1,48 @@
-//! The shared path of `plan`, `apply` and the daemon: fetch live state, then
-//! plan; `apply --plan` fetches the same live state ([`fetch_live`]) to check a
-//! saved plan against.
+//! The one pipeline of `plan`, `apply`, `apply --plan`, `run` and `demo`: a
+//! [`Session`] (the client, the state, the policy) whose steps are
 //!
-//! This is the I/O wrapped around the pure planner. It makes the minimum of
-//! calls: one version call, one list call per 100 live stages, and, for the
-//! would-be creates, either one name look-up each or one call per 100 stages of
-//! every type, whichever is fewer ([`crate::authentik::name_check`]: a name may
-//! be held by a stage of another type, which the captcha list cannot show).
-//! Never one GET per stage. With `--prune`, one `used_by` per prune candidate
-//! ([`add_prune`]), and only then.
+//! load -> fetch -> plan -> execute -> record -> save
+//!
+//! - [`Session::load`]: the manifests (I/O); the one-shot commands refuse an
+//!   invalid set ([`crate::commands`]), the daemon keeps the last valid stages
+//!   of a broken file ([`crate::daemon::pass`]);
+//! - [`Session::fetch`]: live state with the fewest calls: one version call,
+//!   one list call per 100 live stages, and, for the would-be creates, either
+//!   one name look-up each or one call per 100 stages of every type, whichever
+//!   is fewer ([`crate::authentik::name_check`]: a name may be held by a stage
+//!   of another type, which the captcha list cannot show). Never one GET per
+//!   stage;
+//! - [`Session::plan`]: the pure planner ([`crate::plan::plan`]), then, for
+//!   prune, one `used_by` per candidate (and only then) and the prune
+//!   decisions ([`crate::plan::prune::decide`]);
+//! - [`Session::execute`]: [`crate::apply::apply`], keeping the state file
+//!   true as it goes;
+//! - [`Session::record`]: the inventory brought up to date ([`record_inventory`]);
+//! - [`Session::save`]: the state file, once more at the end.
+//!
+//! Each caller adds only its own: `plan` renders, `apply` asks, `apply --plan`
+//! compares with the saved file, the daemon decides what to hold back and
+//! sums a pass up.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
-use crate::apply::{ApplyReport, DeleteResult, Operation, WriteResult};
+use crate::apply::{self, ApplyReport, Ended, Operation, Outcome};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
-use crate::kinds::Kind;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
-use crate::plan::prune::{self, PruneInputs};
-use crate::plan::{self, Action, Plan, PlanInputs, PruneSettings};
-use crate::state::{Inventory, KeyState, ManagedAs};
+use crate::kinds::{self, Kind};
+use crate::manifest::{self, Manifests, SourceError};
+use crate::plan::prune::{self, PruneInputs, PruneSettings};
+use crate::plan::{self, Action, EntryId, Plan, PlanInputs};
+use crate::policy::Policy;
+use crate::state::{Inventory, KeyState, KeyStore, ManagedAs, StateError, StateFile};
 
-/// A plan together with what it was made from, ready to show or to apply.
-pub struct Planned {
-    pub plan: Plan,
-    pub(crate) desired: Vec<DesiredStage>,
-    pub(crate) live: Vec<LiveStage>,
-}
-
-/// Looks `names` up among every stage type; returns those held by a stage that
-/// is not a captcha stage, with that stage's kind.
-async fn foreign_names(
-    client: &Client,
-    names: Vec<String>,
-) -> Result<BTreeMap<String, String>, ApiError> {
-    Ok(name_check::holders_of(client, names)
-        .await?
-        .into_iter()
-        .filter(|(_, holder)| !holder.is_captcha)
-        .map(|(name, holder)| (name, holder.kind))
-        .collect())
-}
-
-/// What authentik has, as one pass sees it.
-pub(crate) struct Live {
+/// What authentik has, as one fetch sees it.
+pub struct Live {
     pub(crate) capabilities: Capabilities,
     /// Every live captcha stage.
     pub(crate) stages: Vec<LiveStage>,
@@ -54,97 +50,279 @@ pub(crate) struct Live {
     pub(crate) foreign_names: BTreeMap<String, String>,
 }
 
-/// Fetches the server version and every captcha stage, then looks up the
-/// names `names_to_check` picks from them among all stage types.
-pub(crate) async fn fetch_live(
-    client: &Client,
-    names_to_check: impl FnOnce(&[LiveStage]) -> Vec<String>,
-) -> Result<Live, ApiError> {
-    let version = client.version().await?;
-    let stages = Stages::new(client).list().await?;
-    let foreign_names = foreign_names(client, names_to_check(&stages)).await?;
-    Ok(Live {
-        capabilities: Capabilities::for_version(version),
-        stages,
-        foreign_names,
-    })
+/// A plan together with what it was made from, ready to show or to execute.
+pub struct Planned {
+    pub plan: Plan,
+    pub(crate) desired: Vec<DesiredStage>,
+    pub(crate) live: Vec<LiveStage>,
 }
 
-/// Fetches live state from authentik and plans `desired` against it.
+/// The state a session keeps the keys and the inventory in.
+pub(crate) enum State {
+    /// Locked for writing for the session's life (`apply`, `run`).
+    Locked(StateFile),
+    /// Read without a lock: `plan`, and a dry-run daemon (it must not block
+    /// an `apply`, whose writes it should then see: it reads again each pass).
+    ReadOnly {
+        path: PathBuf,
+        keys: KeyState,
+        inventory: Inventory,
+    },
+}
+
+impl State {
+    /// Locks and reads the state file.
+    pub(crate) fn locked(path: &Path) -> Result<State, StateError> {
+        StateFile::open_for_write(path).map(State::Locked)
+    }
+
+    /// Reads the state file without locking it.
+    pub(crate) fn read_only(path: &Path) -> Result<State, StateError> {
+        let (keys, inventory) = StateFile::read_only_with_inventory(path)?;
+        Ok(State::ReadOnly {
+            path: path.to_owned(),
+            keys,
+            inventory,
+        })
+    }
+
+    pub(crate) fn keys(&self) -> &KeyState {
+        match self {
+            State::Locked(file) => file.keys(),
+            State::ReadOnly { keys, .. } => keys,
+        }
+    }
+
+    pub(crate) fn inventory(&self) -> &Inventory {
+        match self {
+            State::Locked(file) => file.inventory(),
+            State::ReadOnly { inventory, .. } => inventory,
+        }
+    }
+
+    /// Where the state file is, as the operator named it.
+    pub(crate) fn path(&self) -> &Path {
+        match self {
+            State::Locked(file) => file.path(),
+            State::ReadOnly { path, .. } => path,
+        }
+    }
+
+    /// One warning line per damaged key entry, naming the file.
+    pub(crate) fn damage_report(&self) -> Vec<String> {
+        self.keys().damage_report(self.path()).collect()
+    }
+}
+
+/// A client, a state and a policy: everything the steps share.
+pub struct Session {
+    pub(crate) client: Client,
+    pub(crate) state: State,
+    pub(crate) policy: Policy,
+}
+
+impl Session {
+    pub(crate) fn new(client: Client, state: State, policy: Policy) -> Session {
+        Session {
+            client,
+            state,
+            policy,
+        }
+    }
+
+    /// Load: every manifest under `dir`, checked against the operator's
+    /// policy, read off the async threads. A panic while reading is a bug, not
+    /// a missing directory: it is raised here as if the read had run inline
+    /// (its message reaches stderr).
+    pub(crate) async fn load(&self, dir: &Path) -> Result<Manifests, SourceError> {
+        let shown = dir.to_owned();
+        let (dir, policy) = (dir.to_owned(), self.policy.clone());
+        let read = tokio::task::spawn_blocking(move || manifest::load(&dir, &policy));
+        match read.await {
+            Ok(read) => read,
+            Err(err) => match err.try_into_panic() {
+                Ok(payload) => std::panic::resume_unwind(payload),
+                Err(err) => Err(SourceError::Unreadable(
+                    shown,
+                    std::io::Error::other(format!("reading the manifests stopped: {err}")),
+                )),
+            },
+        }
+    }
+
+    /// Reads the state file again, when it is not held locked (a dry-run
+    /// daemon, each pass). A file that cannot be read keeps what was read
+    /// before, and says why.
+    pub(crate) fn refresh_state(&mut self) -> Result<(), StateError> {
+        if let State::ReadOnly { path, .. } = &self.state {
+            self.state = State::read_only(&path.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Fetch: the server version and every captcha stage, then the names
+    /// `desired` would create or rename to, among all stage types.
+    pub(crate) async fn fetch(&self, desired: &[DesiredStage]) -> Result<Live, ApiError> {
+        let version = self.client.version().await?;
+        let stages = Stages::new(&self.client).list().await?;
+        let names = plan::names_to_check(desired, &stages);
+        let foreign_names = name_check::holders_of(&self.client, names)
+            .await?
+            .into_iter()
+            .filter(|(_, holder)| !holder.is_captcha)
+            .map(|(name, holder)| (name, holder.kind))
+            .collect();
+        Ok(Live {
+            capabilities: Capabilities::for_version(version),
+            stages,
+            foreign_names,
+        })
+    }
+
+    /// Plan: `desired` against `live`, with the prune decisions. `used_by` is
+    /// asked for each candidate only when prune may delete at all (`--prune`,
+    /// a complete and valid manifest set that declares something); the live
+    /// list is complete here, or fetching it would have failed. A candidate
+    /// that vanished meanwhile is left out (it is gone).
+    pub(crate) async fn plan(
+        &self,
+        desired: Vec<DesiredStage>,
+        live: Live,
+        settings: PruneSettings,
+        manifests_complete: bool,
+    ) -> Result<Planned, ApiError> {
+        let mut plan = plan::plan(&PlanInputs {
+            desired: &desired,
+            live: &live.stages,
+            keys: self.state.keys(),
+            capabilities: live.capabilities,
+            foreign_names: &live.foreign_names,
+        });
+        let mut live = live.stages;
+        let inventory = self.state.inventory();
+        let mut used_by = BTreeMap::new();
+        let mut vanished = Vec::new();
+        if settings.enabled && manifests_complete && !desired.is_empty() {
+            let candidates: Vec<Uuid> = prune::candidates(inventory, &live, &desired, &plan)
+                .into_iter()
+                .map(|l| l.uuid)
+                .collect();
+            for uuid in candidates {
+                match kinds::used_by(&self.client, Kind::CaptchaStage, uuid).await {
+                    Ok(users) => {
+                        used_by.insert(uuid, users);
+                    }
+                    Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        live.retain(|l| !vanished.contains(&l.uuid));
+        let deletes = prune::decide(&PruneInputs {
+            inventory,
+            live: &live,
+            desired: &desired,
+            plan: &plan,
+            used_by: &used_by,
+            manifests_complete,
+            live_complete: true,
+            settings,
+        });
+        plan.add_deletes(deletes);
+        Ok(Planned {
+            plan,
+            desired,
+            live,
+        })
+    }
+
+    /// Fetch and plan, for the callers that take both at once.
+    pub(crate) async fn fetch_and_plan(
+        &self,
+        desired: Vec<DesiredStage>,
+        settings: PruneSettings,
+        manifests_complete: bool,
+    ) -> Result<Planned, ApiError> {
+        let live = self.fetch(&desired).await?;
+        self.plan(desired, live, settings, manifests_complete).await
+    }
+
+    /// Execute: the plan's entries that act, through [`apply::apply`]; in a
+    /// read-only session nothing is sent.
+    pub(crate) async fn execute(
+        &mut self,
+        plan: &Plan,
+        concurrency: usize,
+        stop: &apply::Stop,
+        hold_back: impl Fn(EntryId) -> bool,
+        on_outcome: impl FnMut(&Outcome),
+    ) -> ApplyReport {
+        match &mut self.state {
+            State::Locked(file) => {
+                apply::apply(
+                    &self.client,
+                    plan,
+                    file,
+                    concurrency,
+                    stop,
+                    hold_back,
+                    on_outcome,
+                )
+                .await
+            }
+            State::ReadOnly { .. } => ApplyReport::default(),
+        }
+    }
+
+    /// Record: the inventory brought up to date with the plan and what its
+    /// execution made ([`record_inventory`]). Returns whether it changed.
+    pub(crate) fn record(&mut self, planned: &Planned, report: Option<&ApplyReport>) -> bool {
+        match &mut self.state {
+            State::Locked(file) => {
+                record_inventory(file.inventory_mut(), &planned.plan, &planned.live, report)
+            }
+            State::ReadOnly { .. } => false,
+        }
+    }
+
+    /// Save: the state file, durably; nothing for a read-only session.
+    pub(crate) fn save(&mut self) -> Result<(), StateError> {
+        match &mut self.state {
+            State::Locked(file) => KeyStore::save(file),
+            State::ReadOnly { .. } => Ok(()),
+        }
+    }
+}
+
+/// Fetches live state from authentik and plans `desired` against it, with
+/// `keys` as the record of keys and without prune: the library's short way to
+/// a plan (what the property tests drive).
 pub async fn fetch_and_plan(
     client: &Client,
     desired: Vec<DesiredStage>,
     keys: &KeyState,
 ) -> Result<Planned, ApiError> {
-    let Live {
-        capabilities,
-        stages: live,
-        foreign_names,
-    } = fetch_live(client, |live| plan::names_to_check(&desired, live)).await?;
-
-    let plan = plan::plan(&PlanInputs {
-        desired: &desired,
-        live: &live,
-        keys,
-        capabilities,
-        foreign_names: &foreign_names,
-    });
-    Ok(Planned {
-        plan,
-        desired,
-        live,
-    })
+    let session = Session::new(
+        client.clone(),
+        State::ReadOnly {
+            path: PathBuf::new(),
+            keys: keys.clone(),
+            inventory: Inventory::default(),
+        },
+        Policy::default(),
+    );
+    session
+        .fetch_and_plan(desired, PruneSettings::default(), true)
+        .await
 }
 
-/// Adds the prune decisions to `planned` ([`prune::decide`]). `used_by` is
-/// asked for each candidate only when prune may delete at all (`--prune`, a
-/// complete and valid manifest set that declares something); the live list is
-/// complete here, or fetching it would have failed. A candidate that vanished
-/// meanwhile is left out (it is gone).
-pub(crate) async fn add_prune(
-    client: &Client,
-    mut planned: Planned,
-    inventory: &Inventory,
-    settings: PruneSettings,
-    manifests_complete: bool,
-) -> Result<Planned, ApiError> {
-    let mut used_by = BTreeMap::new();
-    let mut vanished = Vec::new();
-    if settings.enabled && manifests_complete && !planned.desired.is_empty() {
-        let candidates: Vec<uuid::Uuid> =
-            prune::candidates(inventory, &planned.live, &planned.desired, &planned.plan)
-                .into_iter()
-                .map(|l| l.uuid)
-                .collect();
-        for uuid in candidates {
-            match Stages::new(client).used_by(uuid).await {
-                Ok(users) => {
-                    used_by.insert(uuid, users);
-                }
-                Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    planned.live.retain(|l| !vanished.contains(&l.uuid));
-    let entries = prune::decide(&PruneInputs {
-        inventory,
-        live: &planned.live,
-        desired: &planned.desired,
-        plan: &planned.plan,
-        used_by: &used_by,
-        manifests_complete,
-        live_complete: true,
-        settings,
-    });
-    planned.plan.set_prune(entries);
-    Ok(planned)
-}
-
-/// Brings the inventory up to date after a pass or an apply: managed stages no
-/// longer live are dropped, every stage a manifest matched is adopted, every
-/// stage written is recorded (created ones as such), every deleted (or found
-/// gone) stage is dropped. Returns whether anything changed.
+/// Brings the inventory up to date after a pass or an apply: managed stages
+/// no longer live are dropped; a stage a manifest matched is adopted when it
+/// was in sync already or its write succeeded (a write that failed, was
+/// abandoned or was held back does not make it managed: removing its manifest
+/// must not propose deleting a stage stagesync never got to write); every
+/// stage created is recorded as such; every deleted (or found gone) stage is
+/// dropped. Returns whether anything changed.
 pub(crate) fn record_inventory(
     inventory: &mut Inventory,
     plan: &Plan,
@@ -158,30 +336,28 @@ pub(crate) fn record_inventory(
     // Only stages that are live now: a saved plan's in-sync entry may name a
     // stage deleted since (it is left alone, not adopted again).
     let is_live = |uuid: Uuid| live.iter().any(|l| l.uuid == uuid);
-    for entry in &plan.stages {
-        if let Action::InSync { uuid } | Action::Update { uuid, .. } = entry.action
+    for entry in plan.manifest_entries() {
+        if let Action::InSync { uuid } = entry.action
             && is_live(uuid)
         {
-            inventory.manage(Kind::CaptchaStage, uuid, &entry.name, ManagedAs::Adopted);
+            inventory.manage(entry.kind, uuid, &entry.name, ManagedAs::Adopted);
         }
     }
-    if let Some(report) = report {
-        for outcome in &report.outcomes {
-            if let WriteResult::Written(live) = &outcome.result {
+    for outcome in report.into_iter().flat_map(|r| &r.outcomes) {
+        match &outcome.result {
+            Ended::Written(written) => {
                 let how = match outcome.operation {
                     Operation::Create => ManagedAs::Created,
-                    Operation::Update => ManagedAs::Adopted,
+                    Operation::Update | Operation::Delete => ManagedAs::Adopted,
                 };
-                inventory.manage(Kind::CaptchaStage, live.uuid, &live.fields.name, how);
+                inventory.manage(outcome.kind, written.uuid, &written.name, how);
             }
-        }
-        for delete in &report.deletes {
-            if matches!(
-                delete.result,
-                DeleteResult::Deleted | DeleteResult::AlreadyGone
-            ) {
-                inventory.forget(delete.uuid);
+            Ended::Deleted { .. } => {
+                if let Some(uuid) = plan.entry(outcome.entry).and_then(|e| e.uuid()) {
+                    inventory.forget(uuid);
+                }
             }
+            Ended::InUse(_) | Ended::Failed(_) | Ended::Skipped(_) => {}
         }
     }
     *inventory != before

@@ -1,5 +1,5 @@
 //! The layout rules of `src/`, checked on the source text: no import cycle
-//! among modules.
+//! among modules, and no `process::exit` outside `main.rs`.
 //!
 //! A module is a file (`plan/saved.rs` is `plan::saved`). An edge `a -> b` is a
 //! path `crate::b...` (or `super::...`) written in `a`'s code, test modules
@@ -286,4 +286,19 @@ fn no_import_cycle_among_modules() {
         }
     }
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+#[test]
+fn only_main_ends_the_process() {
+    let (src, files) = sources();
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|(module, _)| module != &["main".to_owned()])
+        .filter(|(_, text)| code_of(text).contains("process::exit"))
+        .map(|(module, ..)| module.join("::"))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "process::exit outside {}: {offenders:?}",
+        src.join("main.rs").display()
+    );
 }

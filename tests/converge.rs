@@ -454,13 +454,14 @@ async fn converges(
     let first = fetch_and_plan(&client, load(dir.path())?, &keys)
         .await
         .map_err(|e| TestCaseError::fail(format!("first plan: {e}")))?;
-    for entry in &first.plan.stages {
+    for entry in &first.plan.entries {
         let kind = match &entry.action {
             Action::Create { .. } => "create",
             Action::Update { changes, .. } if changes.iter().any(|c| c.field == "name") => "rename",
             Action::Update { .. } => "update",
             Action::InSync { .. } => "in sync",
             Action::Error { .. } => "error",
+            Action::Delete { .. } => "delete",
         };
         *seen.entry(kind).or_default() += 1;
     }
@@ -479,7 +480,7 @@ async fn converges(
     let second = fetch_and_plan(&client, load(dir.path())?, &keys)
         .await
         .map_err(|e| TestCaseError::fail(format!("second plan: {e}")))?;
-    for (before, after) in first.plan.stages.iter().zip(&second.plan.stages) {
+    for (before, after) in first.plan.entries.iter().zip(&second.plan.entries) {
         if matches!(before.action, Action::Error { .. }) {
             // Refused then; it must still be refused, never a new write.
             prop_assert!(
@@ -597,7 +598,7 @@ fn request_content_type_never_causes_a_perpetual_diff_across_versions() {
                 sim.request_counts().writes(),
                 writes_expected,
                 "{version}: {:?}",
-                planned.plan.stages
+                planned.plan.entries
             );
             sim.reset_counts();
             let after = fetch_and_plan(&client, desired(), &keys)
@@ -606,11 +607,11 @@ fn request_content_type_never_causes_a_perpetual_diff_across_versions() {
             assert!(
                 after
                     .plan
-                    .stages
+                    .entries
                     .iter()
                     .all(|s| matches!(s.action, Action::InSync { .. })),
                 "{version}: {:?}",
-                after.plan.stages
+                after.plan.entries
             );
             assert_eq!(sim.request_counts().writes(), 0);
         }

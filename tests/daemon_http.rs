@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use stagesync::daemon::health::{Health, PassHealth};
 use stagesync::daemon::http::{self, AppState};
-use stagesync::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
+use stagesync::daemon::metrics::{Counts, Metrics, ResultLabel, WriteOperation};
+use stagesync::kinds::Kind;
 use tokio_util::sync::CancellationToken;
 
 struct Server {
@@ -110,18 +111,21 @@ async fn readyz_follows_the_last_pass() {
 async fn metrics_are_served_in_openmetrics_text() {
     let s = start().await;
     s.metrics.record_reconcile(
-        Outcome::Success,
+        ResultLabel::Success,
         Duration::from_millis(300),
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
     );
-    s.metrics.set_stage_counts(StageCounts {
-        in_sync: 4,
-        drifted: 1,
-        failed: 0,
-        ..StageCounts::default()
-    });
+    s.metrics.set_counts(
+        Kind::CaptchaStage,
+        Counts {
+            in_sync: 4,
+            drifted: 1,
+            failed: 0,
+            ..Counts::default()
+        },
+    );
     s.metrics
-        .record_write(WriteOperation::Create, Outcome::Failure);
+        .record_write(WriteOperation::Create, ResultLabel::Failure);
     s.metrics.record_api_request("GET", Some(503));
     s.metrics.set_source_available(true);
 

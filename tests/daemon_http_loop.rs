@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use stagesync::daemon::health::{Health, PassHealth};
-use stagesync::daemon::metrics::{Metrics, Outcome};
+use stagesync::daemon::metrics::{Metrics, ResultLabel};
 use stagesync::daemon::{self, PassContext, Settings};
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +53,7 @@ async fn file_changes_drive_passes_and_readiness() {
         listener: Some(listener),
         health: health.clone(),
         metrics: metrics.clone(),
-        handle_signals: false,
+        hangup: false,
     };
     // The stand-in pass: a manifest is "invalid" when it contains "broken".
     let pass = {
@@ -80,7 +80,11 @@ async fn file_changes_drive_passes_and_readiness() {
                 health.record_pass(&report);
                 metrics.set_manifest_errors(report.manifest_errors);
                 metrics.set_source_available(report.source_available);
-                metrics.record_reconcile(Outcome::Success, started.elapsed(), SystemTime::now());
+                metrics.record_reconcile(
+                    ResultLabel::Success,
+                    started.elapsed(),
+                    SystemTime::now(),
+                );
                 passes.fetch_add(1, Ordering::SeqCst);
             }
         }

@@ -116,7 +116,7 @@ async fn plan_tells_the_truth(
         .await
         .map_err(|e| TestCaseError::fail(format!("plan: {e}")))?;
     let mut unchanged = 0;
-    for entry in &planned.plan.stages {
+    for entry in &planned.plan.entries {
         let (uuid, key_unchanged) = match &entry.action {
             Action::InSync { uuid } => (*uuid, true),
             Action::Update { uuid, key, .. } => (*uuid, *key == KeyStatus::Unchanged),

@@ -1,78 +1,64 @@
-//! `stagesync apply`: plan, show the plan, confirm, then converge authentik.
+//! `stagesync apply`: plan, show the plan, confirm, then converge authentik:
+//! the pipeline ([`Session`]) with a question before the writes, and the
+//! report of what was made.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::apply::{self, ApplyReport, DeleteResult, WriteError, WriteOutcome, WriteResult};
-use crate::authentik::Client;
+use crate::apply::{ApplyReport, Ended, Operation, Outcome, WriteError};
 use crate::cli::{ApplyConfig, Format};
 use crate::commands::{connect, load_desired, plan::render};
-use crate::daemon::signals::DELIBERATE_SECOND_SIGNAL;
-use crate::exit::{CommandError, Outcome};
-use crate::kinds::captcha::LiveStage;
-use crate::output;
-use crate::plan::Plan;
-use crate::reconcile;
-use crate::state::StateFile;
+use crate::exit::{CommandError, Exit};
+use crate::output::Console;
+use crate::reconcile::{Planned, Session, State};
+use crate::signals::{Announce, Shutdown, StopSignal};
 use crate::text::escape;
 
-pub(crate) async fn run(cfg: ApplyConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
+pub(crate) async fn run(
+    cfg: ApplyConfig,
+    console: &Console,
+    shutdown: &Shutdown,
+    color: bool,
+) -> Result<Exit> {
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy, console)?;
     let client = connect(&cfg.reconcile.client)?;
     // Lock the state file before planning, so the key status the plan shows is
     // the one this apply will act on.
-    let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
-    for line in state.keys().damage_report(&cfg.reconcile.state_file) {
-        eprintln!("warning: {}", escape(&line));
+    let state = State::locked(&cfg.reconcile.state_file)?;
+    for line in state.damage_report() {
+        console.errln(&format!("warning: {}", escape(&line)));
     }
-    let planned = reconcile::fetch_and_plan(&client, desired, state.keys()).await?;
+    let mut session = Session::new(client, state, cfg.reconcile.policy.clone());
     // The one-shot commands only get here with every manifest valid.
-    let planned = reconcile::add_prune(
-        &client,
-        planned,
-        state.inventory(),
-        cfg.reconcile.prune,
-        true,
-    )
-    .await?;
-    output::print_stdout(&render(&planned.plan, cfg.format, color))?;
+    let planned = session
+        .fetch_and_plan(desired, cfg.reconcile.prune, true)
+        .await?;
+    console.out(&render(&planned.plan, cfg.format, color))?;
 
     // A blocked or held-back prune is not converged: it fails, like an error.
     let plan_errors = planned.plan.summary().error + usize::from(planned.plan.prune_refused());
     if !planned.plan.has_changes() {
         // Nothing to write, but matched stages are adopted into the inventory.
-        if reconcile::record_inventory(state.inventory_mut(), &planned.plan, &planned.live, None) {
-            state.save()?;
+        if session.record(&planned, None) {
+            session.save()?;
         }
         return Ok(if plan_errors > 0 {
-            Outcome::Failed
+            Exit::Failed
         } else {
-            Outcome::Success
+            Exit::Success
         });
     }
-    if !cfg.yes && !confirm().await? {
-        return Ok(Outcome::Declined);
+    if !cfg.yes && !confirm(console).await? {
+        return Ok(Exit::Declined);
     }
-
-    let writes = write(
-        &client,
-        &planned.plan,
-        &planned.live,
-        &mut state,
-        cfg.concurrency,
-        cfg.format,
-        cfg.shutdown_timeout,
-    )
-    .await?;
-    Ok(writes.outcome(plan_errors))
+    let writes = write(&mut session, &planned, &cfg, console, shutdown).await?;
+    Ok(writes.exit(plan_errors))
 }
 
-/// What [`write`] did: every write's outcome, and the stop signal that ended
+/// What [`write`] did: every entry's outcome, and the stop signal that ended
 /// it early, if one did.
 pub(crate) struct Writes {
     pub(crate) report: ApplyReport,
@@ -81,152 +67,77 @@ pub(crate) struct Writes {
 
 impl Writes {
     /// A stop signal decides the exit (130/143); otherwise success only when
-    /// every write landed and the plan had no errors.
-    pub(crate) fn outcome(&self, plan_errors: usize) -> Outcome {
+    /// every entry was made and the plan had no errors.
+    pub(crate) fn exit(&self, plan_errors: usize) -> Exit {
         match self.stopped {
-            Some(signal) => signal.outcome(),
-            None if self.report.converged() && plan_errors == 0 => Outcome::Success,
-            None => Outcome::Failed,
+            Some(signal) => signal.exit(),
+            None if self.report.converged() && plan_errors == 0 => Exit::Success,
+            None => Exit::Failed,
         }
     }
 }
 
-/// Executes `plan`'s writes, with the progress shown as they complete, stop
-/// signals handled (see [`stop_on_signals`]), the state file saved, and the
-/// summary printed (on stderr under `--format json`, so stdout stays one JSON
-/// document). The report is printed before a failed save is returned.
+/// Executes `planned`, with the progress shown as writes complete, stop
+/// signals handled (see [`crate::signals`]), the inventory recorded and the
+/// state file saved, and the summary printed (on stderr under `--format
+/// json`, so stdout stays one JSON document). The report is printed before a
+/// failed save is returned.
 pub(crate) async fn write(
-    client: &Client,
-    plan: &Plan,
-    live: &[LiveStage],
-    state: &mut StateFile,
-    concurrency: usize,
-    format: Format,
-    shutdown_timeout: Duration,
+    session: &mut Session,
+    planned: &Planned,
+    cfg: &ApplyConfig,
+    console: &Console,
+    shutdown: &Shutdown,
 ) -> Result<Writes> {
-    let stop = apply::Stop::new();
-    let stopped_by = stop_on_signals(&stop, shutdown_timeout)?;
-    let writes = plan
-        .stages
+    shutdown.listen(cfg.shutdown_timeout, Announce::Stderr, false)?;
+    let writes = planned
+        .plan
+        .entries
         .iter()
         .filter(|e| e.action.write().is_some())
         .count();
-    let mut progress = Progress::new(writes, format);
-    let report = apply::apply(
-        client,
-        plan,
-        state,
-        concurrency,
-        &stop,
-        |_| false,
-        |outcome| progress.record(outcome),
-    )
-    .await;
+    let mut progress = Progress::new(writes, cfg.format, console);
+    let report = session
+        .execute(
+            &planned.plan,
+            cfg.concurrency,
+            &shutdown.stop,
+            |_| false,
+            |outcome| progress.record(outcome),
+        )
+        .await;
     let printed_lines = progress.finish();
-    reconcile::record_inventory(state.inventory_mut(), plan, live, Some(&report));
-    let saved = state.save();
+    session.record(planned, Some(&report));
+    let saved = session.save();
 
     let mut text = render_summary(&report);
     if !printed_lines {
         text.insert(0, '\n');
     }
-    let stopped = stopped_by.get().copied();
+    let stopped = shutdown.stopped_by();
     if let Some(signal) = stopped {
-        text.push_str(&render_stop(&report, signal, state.path(), saved.is_ok()));
+        text.push_str(&render_stop(
+            &report,
+            signal,
+            session.state.path(),
+            saved.is_ok(),
+        ));
     }
-    if format == Format::Json {
-        eprint!("{text}");
+    if cfg.format == Format::Json {
+        console.err(&text);
     } else {
-        output::print_stdout(&text)?;
+        console.out(&text)?;
     }
     saved?;
     Ok(Writes { report, stopped })
 }
 
-/// The stop signal that ended an apply.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum StopSignal {
-    Interrupt,
-    Terminate,
-}
-
-impl StopSignal {
-    fn name(self) -> &'static str {
-        match self {
-            StopSignal::Interrupt => "SIGINT",
-            StopSignal::Terminate => "SIGTERM",
-        }
-    }
-
-    fn outcome(self) -> Outcome {
-        match self {
-            StopSignal::Interrupt => Outcome::Interrupted,
-            StopSignal::Terminate => Outcome::Terminated,
-        }
-    }
-}
-
-/// SIGINT or SIGTERM: no new writes, the writes in flight get the grace
-/// period of `shutdown_timeout`. A second one abandons them at once (the
-/// state is still saved); a third exits without saving. Returns where the
-/// first signal is recorded.
-fn stop_on_signals(
-    stop: &apply::Stop,
-    shutdown_timeout: Duration,
-) -> Result<Arc<OnceLock<StopSignal>>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let stopped_by = Arc::new(OnceLock::new());
-    let first = stopped_by.clone();
-    let stop = stop.clone();
-    stop.abandon_after_grace(shutdown_timeout);
-    tokio::spawn(async move {
-        let mut next = async || {
-            tokio::select! {
-                Some(()) = term.recv() => StopSignal::Terminate,
-                Some(()) = int.recv() => StopSignal::Interrupt,
-                else => std::future::pending().await,
-            }
-        };
-        let signal = next().await;
-        let _ = first.set(signal);
-        eprintln!(
-            "{} received: starting no more writes; the writes in flight get {} to finish, then are abandoned (send it again to abandon them now)",
-            signal.name(),
-            humantime::format_duration(apply::grace_period(shutdown_timeout)),
-        );
-        stop.cancel.cancel();
-        let at = Instant::now();
-        loop {
-            let again = next().await;
-            if at.elapsed() < DELIBERATE_SECOND_SIGNAL {
-                continue;
-            }
-            if !stop.abandon.is_cancelled() {
-                eprintln!(
-                    "{} received again: abandoning the writes in flight now",
-                    again.name()
-                );
-                stop.abandon.cancel();
-            } else {
-                eprintln!(
-                    "{} received again: exiting without saving the state file",
-                    again.name()
-                );
-                std::process::exit(again.outcome().code());
-            }
-        }
-    });
-    Ok(stopped_by)
-}
-
 /// Asks on the terminal; refuses when there is none (a CI job must say `--yes`).
-async fn confirm() -> Result<bool> {
+async fn confirm(console: &Console) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Err(CommandError::NoTerminalToConfirm.into());
     }
-    eprint!("\nApply these changes? Only 'yes' is accepted: ");
+    console.err("\nApply these changes? Only 'yes' is accepted: ");
     let answer = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line).map(|_| line)
@@ -235,15 +146,19 @@ async fn confirm() -> Result<bool> {
     if answer.trim() == "yes" {
         Ok(true)
     } else {
-        eprintln!("Apply cancelled; nothing was written.");
+        console.errln("Apply cancelled; nothing was written.");
         Ok(false)
     }
 }
 
-/// One line per write (as [`Progress`] prints them), then the summary line.
+/// One line per entry (as [`Progress`] prints writes), then the summary line.
 pub(crate) fn render_report(report: &ApplyReport) -> String {
     let mut out = String::from("\n");
-    for outcome in &report.outcomes {
+    for outcome in report
+        .outcomes
+        .iter()
+        .filter(|o| o.operation != Operation::Delete)
+    {
         out.push_str(&render_outcome(outcome));
     }
     out.push_str(&render_summary(report));
@@ -251,76 +166,96 @@ pub(crate) fn render_report(report: &ApplyReport) -> String {
 }
 
 /// The line of one write.
-fn render_outcome(outcome: &WriteOutcome) -> String {
+fn render_outcome(outcome: &Outcome) -> String {
     let name = escape(&outcome.name);
     match &outcome.result {
-        WriteResult::Written(live) => {
+        Ended::Written(written) => {
             let verb = outcome.operation.past_tense();
-            format!("{verb} {name} ({})\n", live.uuid)
+            format!("{verb} {name} ({})\n", written.uuid)
         }
         // The manifest as the plan names it (file:line), so the two read alike.
-        WriteResult::Failed(err) => format!(
+        Ended::Failed(err) => format!(
             "failed to {} {name} ({}): {}\n",
             outcome.operation.as_str(),
-            escape(&format!(
-                "{}:{}",
-                outcome.origin.file.display(),
-                outcome.origin.line
-            )),
+            escape(
+                &outcome
+                    .origin
+                    .as_ref()
+                    .map(|o| format!("{}:{}", o.file.display(), o.line))
+                    .unwrap_or_default()
+            ),
             escape(&err.to_string())
         ),
-        WriteResult::Skipped(why) => format!("not started: {name}: {}\n", escape(&why.to_string())),
+        Ended::Skipped(why) => format!("not started: {name}: {}\n", escape(&why.to_string())),
+        Ended::Deleted { .. } | Ended::InUse(_) => String::new(),
     }
 }
 
-/// `Apply: 1 created, 2 updated, 0 failed[, 3 not started].`
+/// The lines of the deletes, then
+/// `Apply: 1 created, 2 updated[, 1 deleted], 0 failed[, 3 not started].`
 fn render_summary(report: &ApplyReport) -> String {
-    let (mut created, mut updated) = (0, 0);
-    for outcome in &report.outcomes {
-        if let WriteResult::Written(_) = outcome.result {
-            match outcome.operation {
-                apply::Operation::Create => created += 1,
-                apply::Operation::Update => updated += 1,
-            }
-        }
-    }
+    let (mut created, mut updated, mut deleted) = (0, 0, 0);
+    let mut failed = 0;
+    let mut skipped = 0;
     let mut out = String::new();
-    let mut deleted = 0;
-    let mut failed = report.failed().count();
-    let mut skipped = report.skipped();
-    for delete in &report.deletes {
-        let name = escape(&delete.name);
-        let uuid = delete.uuid;
-        match &delete.result {
-            DeleteResult::Deleted => {
-                deleted += 1;
-                out.push_str(&format!("deleted {name} ({uuid})\n"));
+    let mut any_delete = false;
+    for outcome in &report.outcomes {
+        let name = escape(&outcome.name);
+        match (outcome.operation, &outcome.result) {
+            (Operation::Create, Ended::Written(_)) => created += 1,
+            (Operation::Update, Ended::Written(_)) => updated += 1,
+            (Operation::Delete, result) => {
+                any_delete = true;
+                match result {
+                    Ended::Deleted {
+                        already_gone: false,
+                    } => {
+                        deleted += 1;
+                        out.push_str(&format!("deleted {name} ({})\n", delete_uuid(outcome)));
+                    }
+                    Ended::Deleted { already_gone: true } => {
+                        out.push_str(&format!(
+                            "already gone: {name} ({})\n",
+                            delete_uuid(outcome)
+                        ));
+                    }
+                    Ended::InUse(users) => {
+                        failed += 1;
+                        out.push_str(&format!(
+                            "not deleted {name} ({}): in use now: {}\n",
+                            delete_uuid(outcome),
+                            escape(&users.join(", "))
+                        ));
+                    }
+                    // Abandoned at shutdown: not started, as far as anyone knows.
+                    Ended::Failed(WriteError::Abandoned) => {
+                        skipped += 1;
+                        out.push_str(&format!(
+                            "not started: delete {name}: abandoned at shutdown without an answer; whether authentik deleted it is unknown, the next run sees\n"
+                        ));
+                    }
+                    Ended::Failed(err) => {
+                        failed += 1;
+                        out.push_str(&format!(
+                            "failed to delete {name} ({}): {}\n",
+                            delete_uuid(outcome),
+                            escape(&err.to_string())
+                        ));
+                    }
+                    Ended::Skipped(why) => {
+                        skipped += 1;
+                        out.push_str(&format!("not started: delete {name}: {why}\n"));
+                    }
+                    Ended::Written(_) => {}
+                }
             }
-            DeleteResult::AlreadyGone => {
-                out.push_str(&format!("already gone: {name} ({uuid})\n"));
-            }
-            DeleteResult::InUse(users) => {
-                failed += 1;
-                out.push_str(&format!(
-                    "not deleted {name} ({uuid}): in use now: {}\n",
-                    escape(&users.join(", "))
-                ));
-            }
-            DeleteResult::Failed(err) => {
-                failed += 1;
-                out.push_str(&format!(
-                    "failed to delete {name} ({uuid}): {}\n",
-                    escape(&err.to_string())
-                ));
-            }
-            DeleteResult::Skipped(why) => {
-                skipped += 1;
-                out.push_str(&format!("not started: delete {name}: {why}\n"));
-            }
+            (_, Ended::Failed(_)) => failed += 1,
+            (_, Ended::Skipped(_)) => skipped += 1,
+            _ => {}
         }
     }
     out.push_str(&format!("Apply: {created} created, {updated} updated, "));
-    if !report.deletes.is_empty() {
+    if any_delete {
         out.push_str(&format!("{deleted} deleted, "));
     }
     out.push_str(&format!("{failed} failed"));
@@ -331,12 +266,17 @@ fn render_summary(report: &ApplyReport) -> String {
     out
 }
 
+/// The live stage a delete's outcome is about.
+fn delete_uuid(outcome: &Outcome) -> String {
+    outcome.uuid.map(|u| u.to_string()).unwrap_or_default()
+}
+
 /// What a stop signal did: what was not started, what was abandoned, and
 /// whether the state file has it.
 fn render_stop(report: &ApplyReport, signal: StopSignal, state_file: &Path, saved: bool) -> String {
     let abandoned = report
         .failed()
-        .filter(|(_, e)| matches!(e, WriteError::Abandoned))
+        .filter(|(o, e)| o.operation != Operation::Delete && matches!(e, WriteError::Abandoned))
         .count();
     let mut out = format!(
         "Stopped by {}: {} not started, {abandoned} abandoned without an answer",
@@ -359,16 +299,17 @@ fn render_stop(report: &ApplyReport, signal: StopSignal, state_file: &Path, save
 /// (done of total, failures so far, time left) with the lines printed above
 /// it; otherwise one line per write as it completes. The lines go where the
 /// summary goes: stdout, or stderr with `--format json` (stdout is the plan).
-struct Progress {
+struct Progress<'c> {
     bar: Option<ProgressBar>,
     to_stderr: bool,
+    console: &'c Console,
     started: bool,
     failed: usize,
 }
 
-impl Progress {
-    fn new(total: usize, format: Format) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+impl<'c> Progress<'c> {
+    fn new(total: usize, format: Format, console: &'c Console) -> Self {
+        let bar = console.err_is_terminal().then(|| {
             let bar = ProgressBar::new(total as u64);
             bar.set_style(
                 ProgressStyle::with_template(
@@ -382,29 +323,35 @@ impl Progress {
         Progress {
             bar,
             to_stderr: format == Format::Json,
+            console,
             started: false,
             failed: 0,
         }
     }
 
-    fn record(&mut self, outcome: &WriteOutcome) {
+    /// Shows a write's line as soon as it is settled (deletes are listed in
+    /// the summary).
+    fn record(&mut self, outcome: &Outcome) {
+        if outcome.operation == Operation::Delete {
+            return;
+        }
         let mut line = render_outcome(outcome);
         if !std::mem::replace(&mut self.started, true) {
             line.insert(0, '\n');
         }
-        let to_stderr = self.to_stderr;
+        let (to_stderr, console) = (self.to_stderr, self.console);
         let print = || {
             if to_stderr {
-                eprint!("{line}");
+                console.err(&line);
             } else {
                 // A closed stdout (`| head`) must not stop the apply.
-                let _ = output::print_stdout(&line);
+                let _ = console.out(&line);
             }
         };
         match &self.bar {
             Some(bar) => {
                 bar.suspend(print);
-                if matches!(outcome.result, WriteResult::Failed(_)) {
+                if matches!(outcome.result, Ended::Failed(_)) {
                     self.failed += 1;
                     bar.set_message(format!("{} failed", self.failed));
                 }

@@ -1,8 +1,9 @@
 //! `stagesync apply --plan FILE [DIR]`: apply exactly a saved plan, or nothing.
 //!
 //! The file is read and checked first (version, digest), then the manifests
-//! are loaded (for the keys, which the file does not hold) and live state is
-//! read with the state file locked, as `apply` does; [`check`] decides. Any
+//! are loaded (for the keys, which the file does not hold), the state file is
+//! locked, and the plan is made again from live state, as `apply` makes it
+//! (with prune when the file holds deletes); [`check`] compares the two. Any
 //! refusal is a [`CommandError::PlanRefused`] (exit 4) before a single write.
 //! There is no confirmation prompt: the reviewed file is the confirmation.
 
@@ -15,17 +16,23 @@ use anyhow::Result;
 use crate::cli::ApplyConfig;
 use crate::commands::apply::write;
 use crate::commands::{connect, load_desired, plan::render};
-use crate::exit::{CommandError, Outcome};
-use crate::output;
+use crate::exit::{CommandError, Exit};
+use crate::output::Console;
 use crate::plan::saved::{self, Fresh, Refusal, SavedPlan, check};
-use crate::reconcile;
-use crate::state::StateFile;
+use crate::reconcile::{Planned, Session, State};
+use crate::signals::Shutdown;
 use crate::text::escape;
 
 /// A plan file larger than this is refused unread: 10,000 stages make ~20 MiB.
 const MAX_PLAN_FILE_BYTES: u64 = 64 * 1024 * 1024;
 
-pub(crate) async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(
+    cfg: ApplyConfig,
+    path: &Path,
+    console: &Console,
+    shutdown: &Shutdown,
+    color: bool,
+) -> Result<Exit> {
     let refused = |refusal| CommandError::PlanRefused {
         path: path.to_owned(),
         refusal,
@@ -38,57 +45,55 @@ pub(crate) async fn run(cfg: ApplyConfig, path: &Path, color: bool) -> Result<Ou
         ReadError::Refused(refusal) => refused(refusal),
     })?;
     let saved = SavedPlan::parse(&text).map_err(refused)?;
-    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy, console)?;
     let client = connect(&cfg.reconcile.client)?;
     // Locked before reading live state, as a plain apply does: no other apply
     // or daemon writes between the check and the writes.
-    let mut state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
-    for line in state.keys().damage_report(&cfg.reconcile.state_file) {
-        eprintln!("warning: {}", escape(&line));
+    let state = State::locked(&cfg.reconcile.state_file)?;
+    for line in state.damage_report() {
+        console.errln(&format!("warning: {}", escape(&line)));
     }
-    let live = reconcile::fetch_live(&client, |live| saved.names_to_check(live)).await?;
+    let mut session = Session::new(client, state, cfg.reconcile.policy.clone());
+    let fresh = session
+        .fetch_and_plan(desired, saved.prune_settings(), true)
+        .await?;
     let verified = check(
         &saved,
         &Fresh {
-            desired: &desired,
-            live: &live.stages,
-            foreign_names: &live.foreign_names,
-            url: client.base_url(),
-            version: live.capabilities.version,
+            plan: &fresh.plan,
+            desired: &fresh.desired,
+            live: &fresh.live,
+            url: session.client.base_url(),
+            version: fresh.plan.capabilities.version,
             now: SystemTime::now(),
             max_age: cfg.max_age,
         },
     )
     .map_err(refused)?;
-    let plan = saved::to_plan(&saved, &verified, &desired, &live.stages).map_err(refused)?;
+    let planned = Planned {
+        plan: saved::to_plan(&fresh.plan, &verified),
+        desired: fresh.desired,
+        live: fresh.live,
+    };
 
-    output::print_stdout(&render(&plan, cfg.format, color))?;
+    console.out(&render(&planned.plan, cfg.format, color))?;
     for report in &verified.left_alone {
-        eprintln!(
+        console.errln(&format!(
             "note: left alone: {report} (in sync when planned, changed since: not reviewed; the next plan shows it)"
-        );
+        ));
     }
     for name in &verified.unplanned {
-        eprintln!(
+        console.errln(&format!(
             "note: left alone: {} is not in the plan file (the next plan shows it)",
             escape(name)
-        );
+        ));
     }
-    if !plan.has_changes() {
-        return Ok(Outcome::Success);
+    if !planned.plan.has_changes() {
+        return Ok(Exit::Success);
     }
-    let writes = write(
-        &client,
-        &plan,
-        &live.stages,
-        &mut state,
-        cfg.concurrency,
-        cfg.format,
-        cfg.shutdown_timeout,
-    )
-    .await?;
+    let writes = write(&mut session, &planned, &cfg, console, shutdown).await?;
     // A saved plan holds no error entries: it is saved only when it has none.
-    Ok(writes.outcome(0))
+    Ok(writes.exit(0))
 }
 
 enum ReadError {

@@ -21,14 +21,15 @@ use crate::apply;
 use crate::authentik::{Client, ClientSettings};
 use crate::cli::{DemoConfig, ReconcileConfig, RunConfig};
 use crate::commands::{apply::render_report, load_desired, verify};
-use crate::exit::Outcome;
+use crate::exit::Exit;
 use crate::kinds::Kind;
 use crate::kinds::captcha::{DesiredStage, StageFields};
-use crate::output;
+use crate::output::Console;
 use crate::plan::{self, PruneSettings};
 use crate::policy::{Policy, ProviderHosts};
-use crate::reconcile;
+use crate::reconcile::{Session, State};
 use crate::secret::ExposeSecret;
+use crate::signals::Shutdown;
 use crate::simulator::{self, SimConfig, provider};
 use crate::state::{ManagedAs, StateFile};
 use crate::text::escape;
@@ -54,7 +55,7 @@ const DEMO_INTERVAL: Duration = Duration::from_secs(15);
 /// multi-threaded process is undefined behaviour on most platforms.
 /// Only variables the policy allows are asked for, so stagesync's own
 /// (`AUTHENTIK_*`, `STAGESYNC_*`) never get a demo value.
-pub(crate) fn set_demo_secrets(dir: &Path, policy: &Policy) {
+pub(crate) fn set_demo_secrets(dir: &Path, policy: &Policy, console: &Console) {
     let wanted = RefCell::new(Vec::new());
     let _ = crate::manifest::load_with_env(dir, policy, &|var| {
         wanted.borrow_mut().push(var.to_owned());
@@ -67,12 +68,19 @@ pub(crate) fn set_demo_secrets(dir: &Path, policy: &Policy) {
         // SAFETY: called from `dispatch` before the runtime (or any other
         // thread) exists, so nothing reads the environment concurrently.
         unsafe { std::env::set_var(&var, format!("demo-secret-{}", var.to_ascii_lowercase())) };
-        eprintln!("demo: set {var} to a demo value (real keys come from your environment)");
+        console.errln(&format!(
+            "demo: set {var} to a demo value (real keys come from your environment)"
+        ));
     }
 }
 
-pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
-    let mut desired = load_desired(&cfg.dir, &cfg.policy)?;
+pub(crate) async fn run(
+    cfg: DemoConfig,
+    console: &Console,
+    shutdown: &Shutdown,
+    color: bool,
+) -> Result<Exit> {
+    let mut desired = load_desired(&cfg.dir, &cfg.policy, console)?;
     desired.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
 
     let sim = simulator::start(SimConfig {
@@ -113,10 +121,10 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         sim.seed_identification_stage("default-authentication-identification", Some(orphan));
         state.save()?;
     }
-    eprintln!(
+    console.errln(&format!(
         "demo: an authentik simulator is listening on {} (token {DEMO_TOKEN:?}, a demo value)",
         sim.url()
-    );
+    ));
 
     let settings = ClientSettings {
         url: sim.url(),
@@ -128,69 +136,65 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         request_timeout: ClientSettings::DEFAULT_REQUEST_TIMEOUT,
     };
     let client = Client::new(&settings)?;
-    let mut state = StateFile::open_for_write(&state_file)?;
+    let mut session = Session::new(client, State::locked(&state_file)?, cfg.policy.clone());
 
     heading(
         "1. stagesync plan --prune: what differs from the manifests",
         color,
+        console,
     );
-    let planned = plan_with_prune(&client, &desired, &state).await?;
-    output::print_stdout(&plan::render_text(&planned.plan, color))?;
+    let planned = session
+        .fetch_and_plan(desired.clone(), DEMO_PRUNE, true)
+        .await?;
+    console.out(&plan::render_text(&planned.plan, color))?;
 
-    heading("2. stagesync apply --prune --yes: converge", color);
-    let report = apply::apply(
-        &client,
-        &planned.plan,
-        &mut state,
-        4,
-        &apply::Stop::new(),
-        |_| false,
-        |_| {},
-    )
-    .await;
-    reconcile::record_inventory(
-        state.inventory_mut(),
-        &planned.plan,
-        &planned.live,
-        Some(&report),
-    );
-    state.save()?;
-    output::print_stdout(render_report(&report).trim_start())?;
+    heading("2. stagesync apply --prune --yes: converge", color, console);
+    let report = session
+        .execute(&planned.plan, 4, &apply::Stop::new(), |_| false, |_| {})
+        .await;
+    session.record(&planned, Some(&report));
+    session.save()?;
+    console.out(render_report(&report).trim_start())?;
 
     heading(
         "3. stagesync plan --prune again: nothing left to do but the blocked prune",
         color,
+        console,
     );
-    let again = plan_with_prune(&client, &desired, &state).await?;
-    output::print_stdout(&plan::render_text(&again.plan, color))?;
-    drop(state);
+    let again = session
+        .fetch_and_plan(desired.clone(), DEMO_PRUNE, true)
+        .await?;
+    console.out(&plan::render_text(&again.plan, color))?;
+    drop(session);
 
     if !report.converged() || again.plan.has_changes() {
-        eprintln!("demo: the simulator did not converge; this is a bug");
-        return Ok(Outcome::Failed);
+        console.errln("demo: the simulator did not converge; this is a bug");
+        return Ok(Exit::Failed);
     }
 
-    heading("4. stagesync verify: do the keys work?", color);
-    let checks = verify_keys(&desired).await?;
-    output::print_stdout(&verify::render_text(&checks, color))?;
-    if verify::outcome(&verify::Counts::of(&checks), false) != Outcome::Success {
-        output::print_stdout(
+    heading("4. stagesync verify: do the keys work?", color, console);
+    let checks = verify_keys(&desired, console).await?;
+    console.out(&verify::render_text(&checks, color))?;
+    if verify::outcome(&verify::Counts::of(&checks), false) != Exit::Success {
+        console.out(
             "stagesync verify would exit 1 here; `stagesync run --verify-keys` reports it as the stagesync_key_check metric.\n",
         )?;
     }
     if !cfg.daemon {
-        return Ok(Outcome::Success);
+        return Ok(Exit::Success);
     }
 
     heading(
         "5. stagesync run: keeping it converged (Ctrl-C to stop)",
         color,
+        console,
     );
     let example = planned
         .plan
-        .stages
-        .first()
-        .map(|s| s.origin.file.display().to_string());
+        .manifest_entries()
+        .next()
+        .and_then(|s| s.origin.as_ref())
+        .map(|o| o.file.display().to_string());
     let mut intro = String::new();
     if let Some(file) = example {
         intro.push_str(&format!(
@@ -202,7 +206,9 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
     let listen = cfg.listen.filter(|addr| {
         let free = std::net::TcpListener::bind(addr).is_ok();
         if !free {
-            eprintln!("demo: {addr} is in use; running without the health and metrics endpoints");
+            console.errln(&format!(
+                "demo: {addr} is in use; running without the health and metrics endpoints"
+            ));
         }
         free
     });
@@ -215,7 +221,7 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n\n",
         DEMO_INTERVAL.as_secs()
     ));
-    output::print_stdout(&intro)?;
+    console.out(&intro)?;
 
     let ui_edit = tokio::spawn({
         let sim = sim.clone();
@@ -247,7 +253,7 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
         verify_keys: false,
         shutdown_timeout: Duration::from_secs(10),
     };
-    let outcome = crate::commands::run::run(run).await;
+    let outcome = crate::commands::run::run(run, shutdown).await;
     ui_edit.abort();
     sim.shutdown();
     outcome
@@ -258,7 +264,7 @@ pub(crate) async fn run(cfg: DemoConfig, color: bool) -> Result<Outcome> {
 /// should not be sent them). The provider knows every stage's key but the last
 /// one's, as if that key had been rotated at the provider and not in the
 /// manifest, so the report shows one invalid key.
-async fn verify_keys(desired: &[DesiredStage]) -> Result<Vec<KeyCheck>> {
+async fn verify_keys(desired: &[DesiredStage], console: &Console) -> Result<Vec<KeyCheck>> {
     let Some((bad, good)) = desired.split_last() else {
         return Ok(Vec::new());
     };
@@ -269,11 +275,11 @@ async fn verify_keys(desired: &[DesiredStage]) -> Result<Vec<KeyCheck>> {
         fake.add_site(stage.private_key.expose_secret(), &stage.fields.public_key);
     }
     let url = fake.siteverify_url();
-    eprintln!(
+    console.errln(&format!(
         "demo: key checks go to a fake captcha provider on {url} instead of each stage's api_url \
          (the demo keys are made up) and allows that host only; it knows every key but {}'s",
         escape(&bad.fields.name)
-    );
+    ));
     let probes: Vec<KeyProbe> = desired
         .iter()
         .map(|stage| KeyProbe {
@@ -289,21 +295,12 @@ async fn verify_keys(desired: &[DesiredStage]) -> Result<Vec<KeyCheck>> {
     Ok(checks)
 }
 
-async fn plan_with_prune(
-    client: &Client,
-    desired: &[DesiredStage],
-    state: &StateFile,
-) -> Result<reconcile::Planned> {
-    let planned = reconcile::fetch_and_plan(client, desired.to_vec(), state.keys()).await?;
-    Ok(reconcile::add_prune(client, planned, state.inventory(), DEMO_PRUNE, true).await?)
-}
-
-fn heading(text: &str, color: bool) {
+fn heading(text: &str, color: bool, console: &Console) {
     let style = anstyle::Style::new().bold();
     let line = if color {
         format!("\n{}== {text}{}\n\n", style.render(), style.render_reset())
     } else {
         format!("\n== {text}\n\n")
     };
-    let _ = output::print_stdout(&line);
+    let _ = console.out(&line);
 }

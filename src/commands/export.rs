@@ -21,15 +21,15 @@ use anyhow::{Context, Result};
 
 use crate::cli::ExportConfig;
 use crate::commands::connect;
-use crate::exit::{CommandError, Outcome};
+use crate::exit::{CommandError, Exit};
 use crate::kinds::captcha::LiveStage;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::export::manifest_for;
 use crate::manifest::{self, Severity};
-use crate::output;
+use crate::output::Console;
 use crate::text::escape;
 
-pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
     let client = connect(&cfg.client)?;
     let mut live = Stages::new(&client).list().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
@@ -65,7 +65,7 @@ pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
         let text = manifest_for(file.stage, &file.key_variable);
         write_inside(&file.path, &text, cfg.force)
             .with_context(|| format!("cannot write {}", file.path.display()))?;
-        output::print_stdout(&format!(
+        console.out(&format!(
             "wrote {} ({})\n",
             escape(&file.path.display().to_string()),
             escape(&file.stage.fields.name)
@@ -81,16 +81,18 @@ pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
         );
         for diagnostic in diagnostics.iter().filter(|d| d.severity == Severity::Error) {
             unrepresentable += 1;
-            eprintln!("warning: authentik holds a value manifests do not accept: {diagnostic}");
+            console.errln(&format!(
+                "warning: authentik holds a value manifests do not accept: {diagnostic}"
+            ));
         }
     }
     if unrepresentable > 0 {
-        eprintln!(
-            "warning: fix the values above before `stagesync plan`; `stagesync validate` shows them again"
+        console.errln(
+            "warning: fix the values above before `stagesync plan`; `stagesync validate` shows them again",
         );
     }
     let vars: Vec<&str> = files.iter().map(|f| f.key_variable.as_str()).collect();
-    eprintln!(
+    console.errln(&format!(
         "Exported {} stage(s). authentik never returns private keys: set {} before `stagesync plan`.",
         files.len(),
         if vars.is_empty() {
@@ -98,8 +100,8 @@ pub(crate) async fn run(cfg: ExportConfig) -> Result<Outcome> {
         } else {
             vars.join(", ")
         }
-    );
-    Ok(Outcome::Success)
+    ));
+    Ok(Exit::Success)
 }
 
 /// Writes `text` to `path` without following a symlink at `path`: a new file

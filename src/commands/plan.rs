@@ -10,30 +10,31 @@ use rand::RngCore;
 
 use crate::cli::{Format, PlanConfig};
 use crate::commands::{connect, load_desired};
-use crate::exit::{CommandError, Outcome};
-use crate::output;
+use crate::exit::{CommandError, Exit};
+use crate::output::Console;
 use crate::plan::saved::SavedPlan;
 use crate::plan::{self, Plan};
-use crate::reconcile;
-use crate::state::{StateFile, write_private_file};
+use crate::reconcile::{Planned, Session, State};
+use crate::state::write_private_file;
 use crate::text::escape;
 use crate::verify::{ProbeSettings, Prober, allowed_by};
 
-pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy)?;
-    let (keys, inventory) = StateFile::read_only_with_inventory(&cfg.reconcile.state_file)?;
-    for line in keys.damage_report(&cfg.reconcile.state_file) {
-        eprintln!("warning: {}", escape(&line));
+pub(crate) async fn run(cfg: PlanConfig, console: &Console, color: bool) -> Result<Exit> {
+    let desired = load_desired(&cfg.reconcile.dir, &cfg.reconcile.policy, console)?;
+    let state = State::read_only(&cfg.reconcile.state_file)?;
+    for line in state.damage_report() {
+        console.errln(&format!("warning: {}", escape(&line)));
     }
     let client = connect(&cfg.reconcile.client)?;
-    let planned = reconcile::fetch_and_plan(&client, desired, &keys).await?;
+    let session = Session::new(client, state, cfg.reconcile.policy.clone());
     // The one-shot commands only get here with every manifest valid.
-    let reconcile::Planned {
+    let Planned {
         mut plan,
         desired,
         live,
-        ..
-    } = reconcile::add_prune(&client, planned, &inventory, cfg.reconcile.prune, true).await?;
+    } = session
+        .fetch_and_plan(desired, cfg.reconcile.prune, true)
+        .await?;
     if cfg.ignore_unknown_keys {
         plan = plan.ignoring_unknown_keys();
     }
@@ -45,7 +46,7 @@ pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
             .await;
         plan.key_checks = entries.into_iter().zip(checks).collect();
     }
-    output::print_stdout(&render(&plan, cfg.format, color))?;
+    console.out(&render(&plan, cfg.format, color))?;
     if let Some(path) = &cfg.out {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);
@@ -53,7 +54,7 @@ pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
             &plan,
             &desired,
             &live,
-            client.base_url(),
+            session.client.base_url(),
             SystemTime::now(),
             salt,
         )
@@ -68,11 +69,6 @@ pub(crate) async fn run(cfg: PlanConfig, color: bool) -> Result<Outcome> {
                 escape(&path.display().to_string())
             )
         })?;
-        if plan.deletes().next().is_some() {
-            eprintln!(
-                "note: the plan file holds no deletes: `apply --plan` never prunes; prune with `apply --prune`"
-            );
-        }
     }
     Ok(outcome(&plan))
 }
@@ -88,12 +84,12 @@ pub(crate) fn render(plan: &Plan, format: Format, color: bool) -> String {
 
 /// Failed when a stage cannot be planned or a prune is refused (blocked, held
 /// back), else whether changes are pending.
-pub(crate) fn outcome(plan: &Plan) -> Outcome {
+pub(crate) fn outcome(plan: &Plan) -> Exit {
     if plan.summary().error > 0 || plan.prune_refused() {
-        Outcome::Failed
+        Exit::Failed
     } else if plan.has_changes() {
-        Outcome::ChangesPending
+        Exit::ChangesPending
     } else {
-        Outcome::Success
+        Exit::Success
     }
 }

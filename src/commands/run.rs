@@ -1,25 +1,25 @@
-//! `stagesync run`: the long-running reconciler.
+//! `stagesync run`: the long-running reconciler: the pipeline ([`Session`])
+//! in the daemon's passes ([`Passes`]), around which [`daemon::run`] puts the
+//! watcher, the scheduler, the HTTP endpoints and SIGHUP.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
 use tokio::sync::Mutex;
-use tokio_util::sync::CancellationToken;
 
-use crate::apply;
 use crate::cli::RunConfig;
 use crate::commands::connect;
 use crate::daemon::health::Health;
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::pass::{Keys, Reconciler};
+use crate::daemon::pass::Passes;
 use crate::daemon::{self, Settings, http};
-use crate::exit::{self, Outcome};
-use crate::state::StateFile;
+use crate::exit::Exit;
+use crate::reconcile::{Session, State};
+use crate::signals::{Announce, Shutdown, StopSignal};
 use crate::verify::{ProbeSettings, Prober};
 
-pub(crate) async fn run(cfg: RunConfig) -> Result<Outcome> {
+pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::new());
     let observed = metrics.clone();
@@ -29,22 +29,26 @@ pub(crate) async fn run(cfg: RunConfig) -> Result<Outcome> {
         .with_observer(Arc::new(move |r| {
             observed.record_api_request(r.method, r.status)
         }));
-    let keys = if cfg.dry_run {
-        Keys::ReadOnly(cfg.reconcile.state_file.clone())
+    // A dry run only reads the state file, each pass: it must not block
+    // `apply`, whose writes it should then see. A writing daemon holds the
+    // file's lock for its whole life.
+    let state = if cfg.dry_run {
+        State::read_only(&cfg.reconcile.state_file)?
     } else {
-        let state = StateFile::open_for_write(&cfg.reconcile.state_file)?;
-        for line in state.keys().damage_report(&cfg.reconcile.state_file) {
+        let state = State::locked(&cfg.reconcile.state_file)?;
+        for line in state.damage_report() {
             tracing::warn!("{line}");
         }
-        Keys::Writable(state)
+        state
     };
     let listener = match cfg.listen {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
+    let session = Session::new(client, state, cfg.reconcile.policy.clone());
     tracing::info!(
         dir = %cfg.reconcile.dir.display(),
-        url = client.base_url(),
+        url = session.client.base_url(),
         interval = ?cfg.interval,
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
@@ -56,26 +60,23 @@ pub(crate) async fn run(cfg: RunConfig) -> Result<Outcome> {
     // A stop signal cancels; the writes in flight then get the grace period,
     // and a backstop ends the process at the shutdown timeout whatever still
     // runs (the state file is saved atomically, so it is whole either way).
-    let stop = apply::Stop::new();
-    stop.abandon_after_grace(cfg.shutdown_timeout);
-    exit_at_shutdown_timeout(stop.cancel.clone(), cfg.shutdown_timeout);
-    let mut reconciler = Reconciler::new(
+    shutdown.listen(cfg.shutdown_timeout, Announce::Log, true)?;
+    let mut passes = Passes::new(
         cfg.reconcile.dir.clone(),
-        Arc::new(cfg.reconcile.policy.clone()),
-        client,
-        keys,
+        session,
+        cfg.dry_run,
         cfg.concurrency,
         metrics.clone(),
         health.clone(),
     )
-    .with_abandon(stop.abandon.clone())
+    .with_abandon(shutdown.stop.abandon.clone())
     .with_prune(cfg.reconcile.prune, cfg.debounce);
     if cfg.verify_keys {
         let prober = Prober::new(ProbeSettings::default())?;
         let hosts = cfg.reconcile.policy.hosts.clone();
-        reconciler = reconciler.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
+        passes = passes.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
     }
-    let reconciler = Arc::new(Mutex::new(reconciler));
+    let passes = Arc::new(Mutex::new(passes));
     let settings = Settings {
         dir: cfg.reconcile.dir,
         interval: cfg.interval,
@@ -83,24 +84,18 @@ pub(crate) async fn run(cfg: RunConfig) -> Result<Outcome> {
         listener,
         health,
         metrics,
-        handle_signals: true,
+        hangup: true,
     };
-    daemon::run(settings, stop.cancel.clone(), move |ctx| {
-        let reconciler = reconciler.clone();
-        async move { reconciler.lock().await.pass(ctx).await }
+    daemon::run(settings, shutdown.stop.cancel.clone(), move |ctx| {
+        let passes = passes.clone();
+        async move { passes.lock().await.run(ctx).await }
     })
     .await?;
     tracing::info!("stagesync run stopped");
-    Ok(Outcome::Success)
-}
-
-/// Once `cancel` fires, exits the process (0, as a finished shutdown would) if
-/// it is still running `shutdown_timeout` later.
-fn exit_at_shutdown_timeout(cancel: CancellationToken, shutdown_timeout: Duration) {
-    tokio::spawn(async move {
-        cancel.cancelled().await;
-        tokio::time::sleep(shutdown_timeout).await;
-        tracing::error!(timeout = ?shutdown_timeout, "the shutdown timeout passed, exiting now");
-        std::process::exit(exit::SUCCESS);
-    });
+    // A second stop signal abandoned the writes in flight: the operator
+    // insisted, as 128 + the signal number says; a first one is a finished
+    // shutdown.
+    Ok(shutdown
+        .abandoned_by()
+        .map_or(Exit::Success, StopSignal::exit))
 }

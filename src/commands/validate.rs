@@ -8,17 +8,17 @@
 use anyhow::Result;
 
 use crate::cli::ValidateConfig;
-use crate::exit::{CommandError, Outcome};
+use crate::exit::{CommandError, Exit};
 use crate::manifest::{self, Manifests, Severity};
-use crate::output;
+use crate::output::Console;
 
-pub(crate) async fn run(cfg: ValidateConfig, color: bool) -> Result<Outcome> {
+pub(crate) async fn run(cfg: ValidateConfig, console: &Console, color: bool) -> Result<Exit> {
     let manifests = manifest::load(&cfg.dir, &cfg.policy).map_err(CommandError::ManifestDir)?;
-    output::print_stdout(&render(&manifests, color))?;
+    console.out(&render(&manifests, color))?;
     Ok(if manifests.is_valid() {
-        Outcome::Success
+        Exit::Success
     } else {
-        Outcome::Invalid
+        Exit::Invalid
     })
 }
 

@@ -10,16 +10,16 @@ use serde::Serialize;
 
 use crate::cli::{ReportFormat, VerifyConfig};
 use crate::commands::load_desired;
-use crate::exit::Outcome;
-use crate::output;
+use crate::exit::Exit;
+use crate::output::Console;
 use crate::text::escape;
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, Verdict, allowed_by};
 
 /// `format_version` of the JSON report.
 pub(crate) const JSON_FORMAT_VERSION: u32 = 1;
 
-pub(crate) async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
-    let desired = load_desired(&cfg.dir, &cfg.policy)?;
+pub(crate) async fn run(cfg: VerifyConfig, console: &Console, color: bool) -> Result<Exit> {
+    let desired = load_desired(&cfg.dir, &cfg.policy, console)?;
     let probes: Vec<KeyProbe> = desired.iter().map(KeyProbe::from_desired).collect();
     let prober = Prober::new(ProbeSettings {
         timeout: cfg.timeout,
@@ -30,17 +30,17 @@ pub(crate) async fn run(cfg: VerifyConfig, color: bool) -> Result<Outcome> {
         ReportFormat::Text => render_text(&checks, color),
         ReportFormat::Json => render_json(&checks),
     };
-    output::print_stdout(&report)?;
+    console.out(&report)?;
     let counts = Counts::of(&checks);
     if counts.unknown > 0 && !cfg.strict {
-        eprintln!(
+        console.errln(&format!(
             "warning: {} could not be checked (see above; --strict makes this fail)",
             if counts.unknown == 1 {
                 "1 key".to_owned()
             } else {
                 format!("{} keys", counts.unknown)
             }
-        );
+        ));
     }
     Ok(outcome(&counts, cfg.strict))
 }
@@ -70,11 +70,11 @@ impl Counts {
 }
 
 /// Failed when a key is invalid or mismatched, or unknown under `--strict`.
-pub(crate) fn outcome(counts: &Counts, strict: bool) -> Outcome {
+pub(crate) fn outcome(counts: &Counts, strict: bool) -> Exit {
     if counts.invalid > 0 || counts.mismatch > 0 || (strict && counts.unknown > 0) {
-        Outcome::Failed
+        Exit::Failed
     } else {
-        Outcome::Success
+        Exit::Success
     }
 }
 
@@ -187,16 +187,16 @@ mod tests {
     #[test]
     fn invalid_and_mismatch_fail_unknown_only_when_strict() {
         let unknown = Counts::of(&[check("a", Reason::NoVerdict, &[])]);
-        assert_eq!(outcome(&unknown, false), Outcome::Success);
-        assert_eq!(outcome(&unknown, true), Outcome::Failed);
+        assert_eq!(outcome(&unknown, false), Exit::Success);
+        assert_eq!(outcome(&unknown, true), Exit::Failed);
         for reason in [Reason::SecretRefused, Reason::SiteKeyMismatch] {
             assert_eq!(
                 outcome(&Counts::of(&[check("a", reason, &[])]), false),
-                Outcome::Failed
+                Exit::Failed
             );
         }
         let valid = Counts::of(&[check("a", Reason::TokenRefused, &[])]);
-        assert_eq!(outcome(&valid, true), Outcome::Success);
+        assert_eq!(outcome(&valid, true), Exit::Success);
     }
 
     #[test]

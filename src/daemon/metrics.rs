@@ -32,6 +32,7 @@
 //!   moves a value instead of starting a new series (no gap, no stale series
 //!   for the lookback window). A stage has no series until its first check ends.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -43,6 +44,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::kinds::Kind;
 use crate::verify::Verdict;
 
 /// The content type of [`Metrics::encode`]'s output.
@@ -68,18 +70,18 @@ macro_rules! label_value {
 
 /// How something ended.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Outcome {
+pub enum ResultLabel {
     Success,
     Failure,
 }
-label_value!(Outcome { Success => "success", Failure => "failure" });
+label_value!(ResultLabel { Success => "success", Failure => "failure" });
 
-impl Outcome {
+impl ResultLabel {
     pub(crate) fn of(success: bool) -> Self {
         if success {
-            Outcome::Success
+            ResultLabel::Success
         } else {
-            Outcome::Failure
+            ResultLabel::Failure
         }
     }
 }
@@ -158,7 +160,7 @@ struct KeyCheckLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: Outcome,
+    result: ResultLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -169,7 +171,7 @@ struct StatusLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WriteLabels {
     operation: WriteOperation,
-    result: Outcome,
+    result: ResultLabel,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,9 +180,9 @@ struct ApiLabels {
     status_class: StatusClass,
 }
 
-/// How many managed stages are in each state after a pass.
+/// How many managed objects of a kind are in each state after a pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StageCounts {
+pub struct Counts {
     pub in_sync: usize,
     pub drifted: usize,
     pub failed: usize,
@@ -197,7 +199,8 @@ pub struct Metrics {
     registry: Registry,
     reconciles: Family<ResultLabels, Counter>,
     reconcile_duration: Histogram,
-    stages: Family<StatusLabels, Gauge>,
+    /// One family per kind: `stagesync_stages` for captcha stages.
+    counts: BTreeMap<Kind, Family<StatusLabels, Gauge>>,
     writes: Family<WriteLabels, Counter>,
     api_requests: Family<ApiLabels, Counter>,
     last_success: Gauge<f64, AtomicU64>,
@@ -230,12 +233,13 @@ impl Metrics {
             Unit::Seconds,
             reconcile_duration.clone(),
         );
-        let stages = Family::<StatusLabels, Gauge>::default();
-        registry.register(
-            "stagesync_stages",
-            "Managed stages after the last pass, by status",
-            stages.clone(),
-        );
+        let mut counts = BTreeMap::new();
+        for kind in Kind::ALL {
+            let family = Family::<StatusLabels, Gauge>::default();
+            let (name, help) = kind.counted_as();
+            registry.register(name, help, family.clone());
+            counts.insert(kind, family);
+        }
         let writes = Family::<WriteLabels, Counter>::default();
         registry.register(
             "stagesync_writes",
@@ -276,7 +280,7 @@ impl Metrics {
 
         // `get_or_create` is how a series is created; the guard it returns is
         // dropped at once.
-        for result in [Outcome::Success, Outcome::Failure] {
+        for result in [ResultLabel::Success, ResultLabel::Failure] {
             let _ = reconciles.get_or_create(&ResultLabels { result });
             for operation in [WriteOperation::Create, WriteOperation::Update] {
                 let _ = writes.get_or_create(&WriteLabels { operation, result });
@@ -289,7 +293,9 @@ impl Metrics {
             StageStatus::Pruned,
             StageStatus::Blocked,
         ] {
-            let _ = stages.get_or_create(&StatusLabels { status });
+            for family in counts.values() {
+                let _ = family.get_or_create(&StatusLabels { status });
+            }
         }
         for method in KNOWN_METHODS {
             for status_class in [
@@ -309,7 +315,7 @@ impl Metrics {
             registry,
             reconciles,
             reconcile_duration,
-            stages,
+            counts,
             writes,
             api_requests,
             last_success,
@@ -321,12 +327,17 @@ impl Metrics {
 
     /// A pass ended. On success, `finished_at` becomes the last successful
     /// reconcile timestamp.
-    pub fn record_reconcile(&self, outcome: Outcome, duration: Duration, finished_at: SystemTime) {
+    pub fn record_reconcile(
+        &self,
+        outcome: ResultLabel,
+        duration: Duration,
+        finished_at: SystemTime,
+    ) {
         self.reconciles
             .get_or_create(&ResultLabels { result: outcome })
             .inc();
         self.reconcile_duration.observe(duration.as_secs_f64());
-        if outcome == Outcome::Success {
+        if outcome == ResultLabel::Success {
             let unix = finished_at
                 .duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64());
@@ -334,8 +345,12 @@ impl Metrics {
         }
     }
 
-    /// Stage counts after a pass (replaces the previous ones).
-    pub fn set_stage_counts(&self, counts: StageCounts) {
+    /// The counts of `kind` after a pass, replacing the previous ones
+    /// (`stagesync_stages` for captcha stages).
+    pub fn set_counts(&self, kind: Kind, counts: Counts) {
+        let Some(family) = self.counts.get(&kind) else {
+            return;
+        };
         for (status, n) in [
             (StageStatus::InSync, counts.in_sync),
             (StageStatus::Drifted, counts.drifted),
@@ -343,14 +358,14 @@ impl Metrics {
             (StageStatus::Pruned, counts.pruned),
             (StageStatus::Blocked, counts.blocked),
         ] {
-            self.stages
+            family
                 .get_or_create(&StatusLabels { status })
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
     /// One write (create or update) finished.
-    pub fn record_write(&self, operation: WriteOperation, outcome: Outcome) {
+    pub fn record_write(&self, operation: WriteOperation, outcome: ResultLabel) {
         self.writes
             .get_or_create(&WriteLabels {
                 operation,
@@ -453,21 +468,24 @@ mod tests {
     fn recorded_values_show_up() {
         let m = Metrics::new();
         let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        m.record_reconcile(Outcome::Success, Duration::from_millis(120), at);
+        m.record_reconcile(ResultLabel::Success, Duration::from_millis(120), at);
         m.record_reconcile(
-            Outcome::Failure,
+            ResultLabel::Failure,
             Duration::from_secs(3),
             at + Duration::from_secs(60),
         );
-        m.set_stage_counts(StageCounts {
-            in_sync: 7,
-            drifted: 2,
-            failed: 1,
-            pruned: 3,
-            blocked: 1,
-        });
-        m.record_write(WriteOperation::Update, Outcome::Success);
-        m.record_write(WriteOperation::Update, Outcome::Success);
+        m.set_counts(
+            Kind::CaptchaStage,
+            Counts {
+                in_sync: 7,
+                drifted: 2,
+                failed: 1,
+                pruned: 3,
+                blocked: 1,
+            },
+        );
+        m.record_write(WriteOperation::Update, ResultLabel::Success);
+        m.record_write(WriteOperation::Update, ResultLabel::Success);
         m.record_api_request("get", Some(200));
         m.record_api_request("DELETE", Some(404));
         m.record_api_request("PATCH", None);

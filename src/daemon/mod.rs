@@ -12,16 +12,17 @@
 //!   secret files manifests reference) into debounced hints for the scheduler.
 //!   Events are hints; the pass re-reads everything, and the periodic pass
 //!   repairs anything an event missed.
-//! - [`signals`]: SIGTERM/SIGINT cancel (a second one exits at once), SIGHUP
-//!   triggers a pass.
+//! - stop signals are the command's input ([`crate::signals::Shutdown`]: the
+//!   token [`run`] stops on); SIGHUP triggers a pass.
 //! - [`backoff`]: per-stage exponential backoff, and "log on state change" so a
 //!   failing stage is logged when it starts or stops failing, not on every retry.
 //! - [`metrics`]: the Prometheus registry and one method per thing to record.
 //! - [`health`]: what `/readyz` answers, decided from the last pass.
 //! - [`http`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`prune`]: prune in the daemon: deletes confirmed by two passes, their logs.
-//! - [`pass`]: the reconcile pass itself (load, fetch and plan, apply), with
-//!   what it remembers between passes.
+//! - [`pass`]: the reconcile pass itself (the pipeline of
+//!   [`crate::reconcile::Session`] plus decide and summarize), with what it
+//!   remembers between passes.
 //! - [`key_checks`]: `--verify-keys`, each stage's key checked with its captcha
 //!   provider when first seen and when it changes, beside the pass.
 //!
@@ -35,8 +36,9 @@
 //! ```text
 //! let listener = daemon::http::bind(addr).await?;
 //! daemon::run(Settings { dir, interval, debounce, listener: Some(listener),
-//!                        health, metrics, handle_signals: true },
-//!             cancel, |ctx: PassContext| async move { /* load, plan, apply, record */ }).await?;
+//!                        health, metrics, hangup: true },
+//!             shutdown.stop.cancel.clone(),
+//!             |ctx: PassContext| async move { /* load, plan, apply, record */ }).await?;
 //! ```
 //!
 //! What the pass is expected to do with these pieces (it owns the decisions):
@@ -61,7 +63,6 @@ pub mod metrics;
 pub mod pass;
 pub mod prune;
 pub mod scheduler;
-pub(crate) mod signals;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -89,9 +90,8 @@ pub struct Settings {
     pub listener: Option<TcpListener>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// Install the SIGTERM/SIGINT/SIGHUP handlers (off in tests that share a
-    /// process).
-    pub handle_signals: bool,
+    /// Install the SIGHUP handler (off in tests that share a process).
+    pub hangup: bool,
 }
 
 /// What a pass gets besides its closure's captures.
@@ -104,7 +104,8 @@ pub struct PassContext {
     /// The watcher, to [`Watcher::set_extra_paths`] to the secret files the
     /// manifests just read reference.
     pub(crate) watcher: Arc<Watcher>,
-    /// Fires on SIGTERM/SIGINT: finish the writes in flight, start no new ones.
+    /// Fires on the first stop signal: finish the writes in flight, start no
+    /// new ones.
     pub(crate) cancel: CancellationToken,
 }
 
@@ -112,15 +113,15 @@ pub struct PassContext {
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Signals(#[from] signals::SignalError),
+    Signals(#[from] crate::signals::SignalError),
     #[error(transparent)]
     Watch(#[from] watch::WatchError),
     #[error(transparent)]
     Http(#[from] http::HttpError),
 }
 
-/// Runs the daemon until `cancel` fires (or a stop signal arrives): watcher,
-/// signal handlers, HTTP server and the reconcile loop around `pass`. Returns
+/// Runs the daemon until `cancel` fires (the first stop signal): watcher,
+/// SIGHUP handler, HTTP server and the reconcile loop around `pass`. Returns
 /// after the pass in flight has finished and the HTTP server has stopped.
 pub async fn run<F, Fut, O>(
     settings: Settings,
@@ -133,8 +134,12 @@ where
     O: Into<PassOutcome>,
 {
     let (triggers, receiver) = scheduler::trigger_channel();
-    let signal_task = if settings.handle_signals {
-        Some(signals::spawn(cancel.clone(), triggers.clone())?)
+    let hangup_task = if settings.hangup {
+        let triggers = triggers.clone();
+        Some(crate::signals::on_hangup(move || {
+            tracing::info!("SIGHUP received, reconciling now");
+            triggers.send(Trigger::Signal);
+        })?)
     } else {
         None
     };
@@ -176,8 +181,8 @@ where
             Err(err) => tracing::warn!(error = %err, "HTTP server task failed"),
         }
     }
-    // The signal task keeps running (dropping its handle does not stop it), so
-    // a second stop signal during the rest of the shutdown still exits at once.
-    drop(signal_task);
+    if let Some(task) = hangup_task {
+        task.abort();
+    }
     Ok(())
 }

@@ -1,15 +1,24 @@
-//! The daemon's reconcile pass: the same load -> fetch-and-plan -> apply path
-//! as `stagesync apply`, with memory between passes.
+//! The daemon's reconcile pass: the pipeline of `stagesync apply`
+//! ([`crate::reconcile::Session`]: load, fetch, plan, execute, record, save),
+//! with memory between passes.
 //!
-//! The pass is I/O around pure steps, so each decision has unit tests:
-//! - [`stages_in_changed_files`]: whose backoff a file change forgets;
-//! - [`decide`]: which stages to write, and which to hold back and why
-//!   ([`Hold`]: backed off, dry run);
-//! - `apply` writes what was decided (one call, the only write);
-//! - [`summarize`]: what the pass amounts to, as a [`PassReport`] (counts,
-//!   readiness, every stage's end, what failed);
-//! - [`Reconciler::record`]: the thin step that puts the report into metrics,
-//!   health, backoff and the failure log, and logs what is news.
+//! A pass reads as its steps ([`Passes::run`]), each a short function; the
+//! decisions are pure, so each has unit tests:
+//! - load ([`Passes::load`]): read the manifests, keep the last valid stages
+//!   of a broken file, watch the `!File` keys;
+//! - fetch and plan ([`Passes::fetch_and_plan`]), as `apply` does;
+//! - [`decide`] (pure): which entries to write, and which to hold back and
+//!   why ([`Hold`]: backed off, dry run); prune's two-pass guard
+//!   ([`crate::daemon::prune`]);
+//! - execute ([`Passes::execute`]): the one call that writes;
+//! - record ([`Passes::record`]): the inventory and the state file;
+//! - [`summarize`] (pure): what the pass amounts to, as a [`PassReport`]
+//!   (counts, readiness, every entry's end, what failed);
+//! - publish ([`Passes::publish`]): the report into metrics, health, backoff
+//!   and the failure log, logging what is news.
+//!
+//! Every entry is named by its [`EntryId`] from plan to report; names are for
+//! logs and backoff subjects only.
 //!
 //! Key checks (`--verify-keys`, [`KeyChecks`]) sit beside these steps, not in
 //! them: right after the manifests are read, the pass hands the keys that are
@@ -44,9 +53,10 @@
 //! new failure once the writes are done; each naming the stage and its file; a
 //! pass that changes nothing logs at DEBUG.
 //!
-//! Prune (`--prune`, see [`crate::daemon::prune`]): deletes run after the
-//! pass's writes, only when this pass read a complete, valid manifest set, and
-//! only for stages whose manifest two passes a debounce apart found gone.
+//! Prune (`--prune`, see [`crate::daemon::prune`]): deletes are entries of the
+//! plan like writes, made after them, only when this pass read a complete,
+//! valid manifest set, and only for stages whose manifest two passes a
+//! debounce apart found gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -56,23 +66,20 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::apply::{self, Operation, WriteResult};
-use crate::authentik::Client;
+use crate::apply::{self, ApplyReport, Ended, Operation};
 use crate::daemon::PassContext;
 use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::key_checks::KeyChecks;
-use crate::daemon::metrics::{Metrics, Outcome, StageCounts, WriteOperation};
-use crate::daemon::prune::{self, PruneMemory};
+use crate::daemon::metrics::{Counts, Metrics, ResultLabel, WriteOperation};
+use crate::daemon::prune::PruneMemory;
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
+use crate::kinds::Kind;
 use crate::kinds::captcha::DesiredStage;
 use crate::manifest::{self, Manifests, SourceError};
-use crate::plan::Action;
-use crate::plan::{PruneDecision, PruneSettings};
-use crate::policy::Policy;
-use crate::reconcile;
+use crate::plan::{Action, EntryId, Held, Plan, PruneSettings};
+use crate::reconcile::{Planned, Session};
 use crate::secret::KeySource;
-use crate::state::{Inventory, KeyState, StateFile};
 use crate::text::escape;
 
 /// The longest wait before reading live state again after a failure. Lower
@@ -80,15 +87,7 @@ use crate::text::escape;
 /// outage authentik should be reconverged within half a minute, not five.
 const AUTHENTIK_RETRY_CAP: Duration = Duration::from_secs(30);
 
-/// The key fingerprints. A dry run only reads the state file, each pass (it
-/// must not block `apply`, whose writes it should then see); a writing daemon
-/// holds the file's lock for its whole life.
-pub(crate) enum Keys {
-    Writable(StateFile),
-    ReadOnly(PathBuf),
-}
-
-/// What the plan wants for one stage, as far as the pass is concerned.
+/// What the plan wants for one entry, as far as the pass is concerned.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Wanted {
     InSync,
@@ -103,7 +102,7 @@ pub(crate) enum Wanted {
 impl Wanted {
     fn of(action: &Action) -> Self {
         match action {
-            Action::InSync { .. } => Wanted::InSync,
+            Action::InSync { .. } | Action::Delete { .. } => Wanted::InSync,
             Action::Error { message, .. } => Wanted::PlanError(message.clone()),
             Action::Create { .. } | Action::Update { .. } => Wanted::Write {
                 change: describe(action, Tense::Pending),
@@ -112,12 +111,31 @@ impl Wanted {
     }
 }
 
-/// A stage of the plan, as [`decide`] sees it.
+/// A manifest entry of the plan, as [`decide`] sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PlannedStage {
+    pub(crate) entry: EntryId,
     pub(crate) name: String,
     pub(crate) file: PathBuf,
     pub(crate) wanted: Wanted,
+}
+
+impl PlannedStage {
+    /// The manifest entries of `plan`.
+    fn of_plan(plan: &Plan) -> Vec<PlannedStage> {
+        plan.manifest_entries()
+            .map(|entry| PlannedStage {
+                entry: entry.id,
+                name: entry.name.clone(),
+                file: entry
+                    .origin
+                    .as_ref()
+                    .map(|o| o.file.clone())
+                    .unwrap_or_default(),
+                wanted: Wanted::of(&entry.action),
+            })
+            .collect()
+    }
 }
 
 /// Why a stage that needs a write is not written this pass.
@@ -131,7 +149,7 @@ pub(crate) enum Hold {
 
 /// What a pass does with each stage of the plan.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub(crate) struct Decision {
+pub(crate) struct WriteDecision {
     /// Every stage, in plan order, with what happens to it.
     pub(crate) stages: Vec<(PlannedStage, Step)>,
 }
@@ -149,13 +167,13 @@ pub(crate) enum Step {
     Hold(Hold),
 }
 
-impl Decision {
-    /// The names of the stages to write.
-    pub(crate) fn writes(&self) -> BTreeSet<&str> {
+impl WriteDecision {
+    /// The entries to write.
+    pub(crate) fn writes(&self) -> BTreeSet<EntryId> {
         self.stages
             .iter()
             .filter(|(_, step)| *step == Step::Write)
-            .map(|(stage, _)| stage.name.as_str())
+            .map(|(stage, _)| stage.entry)
             .collect()
     }
 }
@@ -167,7 +185,7 @@ pub(crate) fn decide(
     backoff: &Backoff,
     now: Instant,
     dry_run: bool,
-) -> Decision {
+) -> WriteDecision {
     let stages = stages
         .into_iter()
         .map(|stage| {
@@ -188,7 +206,7 @@ pub(crate) fn decide(
             (stage, step)
         })
         .collect();
-    Decision { stages }
+    WriteDecision { stages }
 }
 
 /// How one attempted write ended, as the summary needs it.
@@ -206,6 +224,25 @@ pub(crate) enum WriteEnd {
     },
     /// Never sent: cancelled, or the write it depends on was not made.
     Skipped(String),
+}
+
+impl WriteEnd {
+    /// The end of a write's outcome; `change_of` describes the entry's change.
+    fn of(outcome: &apply::Outcome, change: String) -> Option<WriteEnd> {
+        Some(match &outcome.result {
+            Ended::Written(written) => WriteEnd::Written {
+                operation: outcome.operation,
+                uuid: written.uuid.to_string(),
+                change,
+            },
+            Ended::Failed(err) => WriteEnd::Failed {
+                operation: outcome.operation,
+                message: err.to_string(),
+            },
+            Ended::Skipped(why) => WriteEnd::Skipped(why.to_string()),
+            Ended::Deleted { .. } | Ended::InUse(_) => return None,
+        })
+    }
 }
 
 /// Whether and how live state was read.
@@ -249,10 +286,10 @@ pub(crate) struct PassReport {
     pub(crate) source_available: bool,
     pub(crate) manifest_errors: usize,
     pub(crate) authentik: Reading,
-    /// Per-state counts; `None` when live state was not read (the counts stay
-    /// as last seen: zeroing `failed` during an outage would silence the
-    /// alerts built on it).
-    pub(crate) counts: Option<StageCounts>,
+    /// Per-state counts of each kind; `None` when live state was not read (the
+    /// counts stay as last seen: zeroing `failed` during an outage would
+    /// silence the alerts built on it).
+    pub(crate) counts: Option<BTreeMap<Kind, Counts>>,
     /// Every stage of the plan, with its file.
     pub(crate) stages: Vec<(PlannedStage, StageEnd)>,
 }
@@ -275,7 +312,11 @@ impl PassReport {
 
     /// Live state was read and no stage failed.
     pub(crate) fn success(&self) -> bool {
-        self.authentik == Reading::Read && self.counts.is_some_and(|c| c.failed == 0)
+        self.authentik == Reading::Read
+            && self
+                .counts
+                .as_ref()
+                .is_some_and(|c| c.values().all(|c| c.failed == 0))
     }
 
     /// What `/readyz` is decided from. Not asking authentik is no reason to be
@@ -311,15 +352,18 @@ impl PassReport {
 }
 
 /// Sums up a pass that read live state (pure): `writes` are the ends of the
-/// writes `decision` asked for, by stage name; a decided write without an end
-/// (the write step skipped it) counts as drift not started.
+/// writes `decision` asked for, by entry; a decided write without an end (the
+/// write step skipped it) counts as drift not started. `plan` and `report`
+/// give the deletes: made (`pruned`) and in use (`blocked`).
 pub(crate) fn summarize(
-    decision: Decision,
-    mut writes: BTreeMap<String, WriteEnd>,
+    decision: WriteDecision,
+    mut writes: BTreeMap<EntryId, WriteEnd>,
+    plan: &Plan,
+    report: Option<&ApplyReport>,
     source_available: bool,
     manifest_errors: usize,
 ) -> PassReport {
-    let mut counts = StageCounts::default();
+    let mut counts: BTreeMap<Kind, Counts> = BTreeMap::new();
     let stages = decision
         .stages
         .into_iter()
@@ -328,7 +372,7 @@ pub(crate) fn summarize(
                 Step::InSync => StageEnd::InSync,
                 Step::PlanError(message) => StageEnd::PlanFailed(message),
                 Step::Hold(hold) => StageEnd::Drifted(Drift::Held(hold)),
-                Step::Write => match writes.remove(&stage.name) {
+                Step::Write => match writes.remove(&stage.entry) {
                     Some(WriteEnd::Written {
                         operation,
                         uuid,
@@ -345,14 +389,42 @@ pub(crate) fn summarize(
                     None => StageEnd::Drifted(Drift::Skipped("not attempted".into())),
                 },
             };
+            let kind = plan
+                .entry(stage.entry)
+                .map_or(Kind::CaptchaStage, |e| e.kind);
+            let count = counts.entry(kind).or_default();
             match end {
-                StageEnd::InSync | StageEnd::Written { .. } => counts.in_sync += 1,
-                StageEnd::PlanFailed(_) | StageEnd::WriteFailed { .. } => counts.failed += 1,
-                StageEnd::Drifted(_) => counts.drifted += 1,
+                StageEnd::InSync | StageEnd::Written { .. } => count.in_sync += 1,
+                StageEnd::PlanFailed(_) | StageEnd::WriteFailed { .. } => count.failed += 1,
+                StageEnd::Drifted(_) => count.drifted += 1,
             }
             (stage, end)
         })
         .collect();
+    for entry in plan.prune_entries() {
+        let count = counts.entry(entry.kind).or_default();
+        match &entry.action {
+            Action::Delete {
+                held: Some(Held::InUse { .. }),
+                ..
+            } => count.blocked += 1,
+            Action::Delete { held: None, .. } => {
+                let deleted = report.and_then(|r| r.of(entry.id)).is_some_and(|o| {
+                    matches!(
+                        o.result,
+                        Ended::Deleted {
+                            already_gone: false
+                        }
+                    )
+                });
+                if deleted {
+                    count.pruned += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    counts.entry(Kind::CaptchaStage).or_default();
     PassReport {
         source_available,
         manifest_errors,
@@ -433,13 +505,15 @@ fn known_as(path: &Path) -> Vec<PathBuf> {
     names
 }
 
-/// Everything a pass needs and remembers.
-pub(crate) struct Reconciler {
+/// Everything the daemon's passes need and remember between them.
+pub(crate) struct Passes {
     pub(crate) dir: PathBuf,
-    /// The operator's policy the manifests are checked against on every read.
-    pub(crate) policy: Arc<Policy>,
-    pub(crate) client: Client,
-    pub(crate) keys: Keys,
+    /// The client, the state and the operator's policy the manifests are
+    /// checked against on every read.
+    pub(crate) session: Session,
+    /// `--dry-run`: drift is reported, nothing is written (the state file is
+    /// then read each pass, never locked).
+    pub(crate) dry_run: bool,
     pub(crate) concurrency: usize,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) health: Arc<Health>,
@@ -462,21 +536,27 @@ pub(crate) struct Reconciler {
     prune: PruneMemory,
 }
 
-impl Reconciler {
+/// What a load found: whether the source was available, how many manifest
+/// errors it has, and the secret files to watch.
+struct Loaded {
+    source_available: bool,
+    manifest_errors: usize,
+    secret_files: Vec<PathBuf>,
+}
+
+impl Passes {
     pub(crate) fn new(
         dir: PathBuf,
-        policy: Arc<Policy>,
-        client: Client,
-        keys: Keys,
+        session: Session,
+        dry_run: bool,
         concurrency: usize,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
     ) -> Self {
-        Reconciler {
+        Passes {
             dir,
-            policy,
-            client,
-            keys,
+            session,
+            dry_run,
             last_secret_files: Vec::new(),
             concurrency,
             metrics,
@@ -512,33 +592,59 @@ impl Reconciler {
         self
     }
 
-    /// One reconcile: read the manifests, fetch live state, plan, apply.
-    pub(crate) async fn pass(&mut self, ctx: PassContext) -> PassOutcome {
+    /// One reconcile: load, fetch and plan, decide, execute, record,
+    /// summarize, publish.
+    pub(crate) async fn run(&mut self, ctx: PassContext) -> PassOutcome {
         let started = Instant::now();
         debug!(trigger = ctx.trigger.as_str(), "reconcile starting");
+        let loaded = self.load(&ctx).await;
+        if !self.seen_source {
+            let reading = Reading::NotAsked;
+            let report =
+                PassReport::unread(loaded.source_available, loaded.manifest_errors, reading);
+            return self.publish(&report, started);
+        }
+        // Prune only from a complete, valid manifest set read by this pass.
+        let complete = loaded.source_available && loaded.manifest_errors == 0;
+        let mut planned = match self.fetch_and_plan(complete, &ctx.cancel).await {
+            Some(Ok(planned)) => planned,
+            Some(Err(reading)) => {
+                let report =
+                    PassReport::unread(loaded.source_available, loaded.manifest_errors, reading);
+                return self.publish(&report, started);
+            }
+            None => return PassOutcome::done(),
+        };
+        let (decision, confirm_prune_in) = self.decide(&mut planned);
+        let (writes, report) = self.execute(&planned, &decision, &ctx).await;
+        self.record(&planned, report.as_ref());
+        let summary = summarize(
+            decision,
+            writes,
+            &planned.plan,
+            report.as_ref(),
+            loaded.source_available,
+            loaded.manifest_errors,
+        );
+        let outcome = self.publish(&summary, started);
+        match (outcome.retry_in, confirm_prune_in) {
+            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
+            (None, Some(b)) => PassOutcome::retry_in(b),
+            _ => outcome,
+        }
+    }
+
+    /// Load: the manifests (off the async threads), taken into the last valid
+    /// state; forgets the backoff the trigger makes moot and schedules the key
+    /// checks that are due.
+    async fn load(&mut self, ctx: &PassContext) -> Loaded {
         // A changed file's stages, as they were and as they are now.
         let mut changed_stages = stages_in_changed_files(&self.last_valid, &ctx.changed, known_as);
-
-        let dir = self.dir.clone();
-        let policy = self.policy.clone();
-        // A panic while reading is a bug, not a missing directory: raise it here
-        // as if the read had run inline (its message reaches stderr), rather
-        // than report "source unavailable" and throw the message away.
-        let read = tokio::task::spawn_blocking(move || manifest::load(&dir, &policy));
-        let loaded = match read.await {
-            Ok(loaded) => loaded,
-            Err(err) => match err.try_into_panic() {
-                Ok(payload) => std::panic::resume_unwind(payload),
-                Err(err) => Err(SourceError::Unreadable(
-                    self.dir.clone(),
-                    std::io::Error::other(format!("reading the manifests stopped: {err}")),
-                )),
-            },
-        };
-        let (source_available, manifest_errors, secret_files) = self.absorb(loaded);
-        ctx.watcher.set_extra_paths(secret_files);
-        self.metrics.set_source_available(source_available);
-        self.metrics.set_manifest_errors(manifest_errors);
+        let read = self.session.load(&self.dir).await;
+        let loaded = self.absorb(read);
+        ctx.watcher.set_extra_paths(loaded.secret_files.clone());
+        self.metrics.set_source_available(loaded.source_available);
+        self.metrics.set_manifest_errors(loaded.manifest_errors);
         changed_stages.extend(stages_in_changed_files(
             &self.last_valid,
             &ctx.changed,
@@ -567,86 +673,49 @@ impl Reconciler {
                     .map(|s| (&s.fields, &s.private_key)),
             );
         }
+        loaded
+    }
 
-        if !self.seen_source {
-            let report = PassReport::unread(source_available, manifest_errors, Reading::NotAsked);
-            return self.record(&report, started);
+    /// Fetch and plan the last valid desired state, as `apply` does. `None`
+    /// when a stop signal abandoned it: reading live state writes nothing, so
+    /// a stop abandons it at once (with authentik failing, the client's
+    /// retries would otherwise hold the exit for as long as they last).
+    async fn fetch_and_plan(
+        &mut self,
+        manifests_complete: bool,
+        cancel: &CancellationToken,
+    ) -> Option<Result<Planned, Reading>> {
+        if let Err(err) = self.session.refresh_state() {
+            warn!(error = %err, "cannot read the state file; key status shows as unknown");
         }
-
         let desired: Vec<DesiredStage> = self.last_valid.values().flatten().cloned().collect();
-        // Prune only from a complete, valid manifest set read by this pass.
-        let manifests_complete = source_available && manifest_errors == 0;
-        let read_only_keys;
-        let inventory: Inventory;
-        let keys = match &self.keys {
-            Keys::Writable(state) => {
-                inventory = state.inventory().clone();
-                state.keys()
+        let settings = self.prune.settings;
+        tokio::select! {
+            planned = self.session.fetch_and_plan(desired, settings, manifests_complete) => {
+                Some(planned.map_err(|err| Reading::Failed(err.to_string())))
             }
-            Keys::ReadOnly(path) => match StateFile::read_only_with_inventory(path) {
-                Ok((keys, read)) => {
-                    read_only_keys = keys;
-                    inventory = read;
-                    &read_only_keys
-                }
-                Err(err) => {
-                    read_only_keys = KeyState::default();
-                    inventory = Inventory::default();
-                    warn!(error = %err, "cannot read the state file; key status shows as unknown");
-                    &read_only_keys
-                }
-            },
-        };
-        // Reading live state writes nothing, so a stop signal abandons it at
-        // once: with authentik failing, the client's retries would otherwise
-        // hold the exit for as long as they last (tens of seconds).
-        let fetched = tokio::select! {
-            fetched = reconcile::fetch_and_plan(&self.client, desired, keys) => fetched,
-            () = ctx.cancel.cancelled() => {
+            () = cancel.cancelled() => {
                 debug!("stopping: reading live state abandoned, nothing was written");
-                return PassOutcome::done();
+                None
             }
-        };
-        let fetched = match fetched {
-            Ok(planned) => {
-                reconcile::add_prune(
-                    &self.client,
-                    planned,
-                    &inventory,
-                    self.prune.settings,
-                    manifests_complete,
-                )
-                .await
-            }
-            Err(err) => Err(err),
-        };
-        let mut planned = match fetched {
-            Ok(planned) => planned,
-            Err(err) => {
-                let reading = Reading::Failed(err.to_string());
-                let report = PassReport::unread(source_available, manifest_errors, reading);
-                return self.record(&report, started);
-            }
-        };
+        }
+    }
 
-        let stages = planned
-            .plan
-            .stages
-            .iter()
-            .map(|entry| PlannedStage {
-                name: entry.name.clone(),
-                file: entry.origin.file.clone(),
-                wanted: Wanted::of(&entry.action),
-            })
-            .collect();
-        let dry_run = matches!(self.keys, Keys::ReadOnly(_));
-        let decision = decide(stages, &self.backoff, Instant::now(), dry_run);
-        let confirm_prune_in = if dry_run {
-            for entry in &mut planned.plan.prune {
-                if entry.decision == PruneDecision::Delete {
-                    entry.decision = PruneDecision::HeldBack {
+    /// Decide: which writes to make (backoff, dry run) and which deletes
+    /// (a dry run makes none; prune's two-pass guard). Returns when a pass
+    /// should run to confirm a delete.
+    fn decide(&mut self, planned: &mut Planned) -> (WriteDecision, Option<Duration>) {
+        let stages = PlannedStage::of_plan(&planned.plan);
+        let decision = decide(stages, &self.backoff, Instant::now(), self.dry_run);
+        let confirm_prune_in = if self.dry_run {
+            for entry in &mut planned.plan.entries {
+                if let Action::Delete {
+                    held: held @ None, ..
+                } = &mut entry.action
+                {
+                    *held = Some(Held::Guard {
                         reason: "dry run: would be deleted".into(),
-                    };
+                    });
                 }
             }
             None
@@ -654,112 +723,65 @@ impl Reconciler {
             self.prune.confirm(&mut planned.plan, Instant::now())
         };
         self.prune.log_decisions(&planned.plan);
-        let blocked = planned
-            .plan
-            .prune
-            .iter()
-            .filter(|e| matches!(e.decision, PruneDecision::Blocked { .. }))
-            .count();
-        let mut pruned = 0;
+        (decision, confirm_prune_in)
+    }
 
-        let mut writes = BTreeMap::new();
+    /// Execute: the decided writes and the plan's deletes, each change
+    /// logged as soon as it is made (a kill in the middle of a long pass
+    /// loses none). Returns the ends of the writes, by entry, and the report.
+    async fn execute(
+        &mut self,
+        planned: &Planned,
+        decision: &WriteDecision,
+        ctx: &PassContext,
+    ) -> (BTreeMap<EntryId, WriteEnd>, Option<ApplyReport>) {
         let to_write = decision.writes();
-        if let Keys::Writable(state) = &mut self.keys
-            && to_write.is_empty()
-            && planned.plan.deletes().next().is_none()
-            && reconcile::record_inventory(
-                state.inventory_mut(),
-                &planned.plan,
-                &planned.live,
-                None,
-            )
-            && let Err(err) = state.save()
-        {
-            error!(error = %err, "cannot save the state file's inventory");
+        if self.dry_run || (to_write.is_empty() && planned.plan.deletes().next().is_none()) {
+            return (BTreeMap::new(), None);
         }
-        if let Keys::Writable(state) = &mut self.keys
-            && (!to_write.is_empty() || planned.plan.deletes().next().is_some())
-        {
-            let actions: BTreeMap<&str, &Action> = planned
-                .plan
-                .stages
-                .iter()
-                .map(|e| (e.name.as_str(), &e.action))
-                .collect();
-            let change_of = |name: &str| {
-                actions
-                    .get(name)
-                    .map(|action| describe(action, Tense::Done))
-                    .unwrap_or_default()
-            };
-            let report = apply::apply(
-                &self.client,
-                &planned.plan,
-                state,
-                self.concurrency,
-                &apply::Stop {
-                    cancel: ctx.cancel.clone(),
-                    abandon: self.abandon.clone(),
-                },
-                |name| !to_write.contains(name),
-                // The line of a change is logged as soon as it is made, so a
-                // kill in the middle of a long pass loses none.
-                |outcome| {
-                    if let WriteResult::Written(live) = &outcome.result {
-                        info!(stage = %outcome.name, file = outcome.origin.file.display().to_string(), uuid = %live.uuid, change = %change_of(&outcome.name), "{} stage", outcome.operation.past_tense());
-                    }
-                },
-            )
+        let plan = &planned.plan;
+        let change_of = |id: EntryId| {
+            plan.entry(id)
+                .map(|e| describe(&e.action, Tense::Done))
+                .unwrap_or_default()
+        };
+        let stop = apply::Stop {
+            cancel: ctx.cancel.clone(),
+            abandon: self.abandon.clone(),
+        };
+        let writes_held = |id: EntryId| {
+            plan.entry(id)
+                .is_some_and(|e| e.is_manifest() && !to_write.contains(&id))
+        };
+        let report = self
+            .session
+            .execute(plan, self.concurrency, &stop, writes_held, |outcome| {
+                log_outcome(outcome, &change_of(outcome.entry));
+            })
             .await;
-            prune::log_deletes(&report.deletes);
-            pruned = report
-                .deletes
-                .iter()
-                .filter(|d| matches!(d.result, apply::DeleteResult::Deleted))
-                .count();
-            reconcile::record_inventory(
-                state.inventory_mut(),
-                &planned.plan,
-                &planned.live,
-                Some(&report),
-            );
-            for outcome in report.outcomes {
-                let end = match outcome.result {
-                    WriteResult::Written(live) => WriteEnd::Written {
-                        operation: outcome.operation,
-                        uuid: live.uuid.to_string(),
-                        change: change_of(&outcome.name),
-                    },
-                    WriteResult::Failed(err) => WriteEnd::Failed {
-                        operation: outcome.operation,
-                        message: err.to_string(),
-                    },
-                    WriteResult::Skipped(why) => WriteEnd::Skipped(why.to_string()),
-                };
-                writes.insert(outcome.name, end);
-            }
-            if let Err(err) = state.save() {
-                error!(error = %err, "cannot save the state file; key status may show as unknown next time");
-            }
-        }
-        let mut report = summarize(decision, writes, source_available, manifest_errors);
-        if let Some(counts) = &mut report.counts {
-            counts.pruned = pruned;
-            counts.blocked = blocked;
-        }
-        let outcome = self.record(&report, started);
-        match (outcome.retry_in, confirm_prune_in) {
-            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
-            (None, Some(b)) => PassOutcome::retry_in(b),
-            _ => outcome,
+        let writes = report
+            .outcomes
+            .iter()
+            .filter_map(|o| Some((o.entry, WriteEnd::of(o, change_of(o.entry))?)))
+            .collect();
+        (writes, Some(report))
+    }
+
+    /// Record: the inventory, and the state file saved.
+    fn record(&mut self, planned: &Planned, report: Option<&ApplyReport>) {
+        let changed = self.session.record(planned, report);
+        if (changed || report.is_some())
+            && let Err(err) = self.session.save()
+        {
+            error!(error = %err, "cannot save the state file; key status may show as unknown next time");
         }
     }
 
-    /// Records `report` in metrics, health, backoff and the failure log, logs
-    /// what is news, and says when the next pass should run.
-    fn record(&mut self, report: &PassReport, started: Instant) -> PassOutcome {
+    /// Publish: `report` into metrics, health, backoff and the failure log,
+    /// logging what is news; says when the next pass should run.
+    fn publish(&mut self, report: &PassReport, started: Instant) -> PassOutcome {
         let now = Instant::now();
-        let url = self.client.base_url();
+        let url = self.session.client.base_url().to_owned();
         match &report.authentik {
             Reading::NotAsked => {}
             Reading::Read => {
@@ -781,65 +803,23 @@ impl Reconciler {
             }
         }
         for (stage, end) in &report.stages {
-            let subject = Subject::stage(&stage.name);
-            let (name, file) = (&stage.name, stage.file.display().to_string());
-            match end {
-                StageEnd::InSync => {
-                    if self.failures.success(&subject).is_news() {
-                        info!(stage = %name, file, "stage is in sync again");
-                    }
-                }
-                // Its line was logged when the write completed (see `pass`).
-                StageEnd::Written { operation, .. } => {
-                    self.metrics
-                        .record_write(write_operation(*operation), Outcome::Success);
-                    self.backoff.record_success(&subject);
-                    self.failures.success(&subject);
-                }
-                StageEnd::PlanFailed(message) => {
-                    if self.failures.failure(&subject, message).is_news() {
-                        error!(stage = %name, file, error = %message, "cannot plan stage");
-                    }
-                }
-                StageEnd::WriteFailed { operation, message } => {
-                    self.metrics
-                        .record_write(write_operation(*operation), Outcome::Failure);
-                    let delay = self.backoff.record_failure(&subject, now);
-                    if self.failures.failure(&subject, message).is_news() {
-                        warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
-                    }
-                }
-                StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
-                    if self
-                        .failures
-                        .failure(&subject, &format!("drift: {change}"))
-                        .is_news()
-                    {
-                        info!(stage = %name, file, drift = %change, "drift found (dry run: not written)");
-                    }
-                }
-                StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
-                    debug!(stage = %name, file, "write held back: backing off after a failure");
-                }
-                StageEnd::Drifted(Drift::Skipped(why)) => {
-                    debug!(stage = %name, file, why = %why, "write skipped");
-                }
-            }
+            self.publish_stage(stage, end, now);
         }
         if report
             .counts
-            .is_some_and(|c| c.drifted == 0 && c.failed == 0)
+            .as_ref()
+            .is_some_and(|c| c.values().all(|c| c.drifted == 0 && c.failed == 0))
         {
             debug!("reconcile: everything in sync");
         }
 
         self.metrics.record_reconcile(
-            Outcome::of(report.success()),
+            ResultLabel::of(report.success()),
             started.elapsed(),
             SystemTime::now(),
         );
-        if let Some(counts) = report.counts {
-            self.metrics.set_stage_counts(counts);
+        for (kind, counts) in report.counts.iter().flatten() {
+            self.metrics.set_counts(*kind, *counts);
         }
         self.health.record_pass(&report.health());
         debug!(elapsed = ?started.elapsed(), counts = ?report.counts, "reconcile finished");
@@ -858,21 +838,67 @@ impl Reconciler {
         }
     }
 
-    /// Takes what was read into the last valid state. Returns whether the
-    /// source was available, how many manifest errors there are, and the
-    /// secret files to watch.
-    fn absorb(&mut self, loaded: Result<Manifests, SourceError>) -> (bool, usize, Vec<PathBuf>) {
+    /// One stage's end in metrics, backoff, the failure log and the log.
+    fn publish_stage(&mut self, stage: &PlannedStage, end: &StageEnd, now: Instant) {
+        let subject = Subject::stage(&stage.name);
+        let (name, file) = (&stage.name, stage.file.display().to_string());
+        match end {
+            StageEnd::InSync => {
+                if self.failures.success(&subject).is_news() {
+                    info!(stage = %name, file, "stage is in sync again");
+                }
+            }
+            // Its line was logged when the write completed (see `execute`).
+            StageEnd::Written { operation, .. } => {
+                self.metrics
+                    .record_write(write_operation(*operation), ResultLabel::Success);
+                self.backoff.record_success(&subject);
+                self.failures.success(&subject);
+            }
+            StageEnd::PlanFailed(message) => {
+                if self.failures.failure(&subject, message).is_news() {
+                    error!(stage = %name, file, error = %message, "cannot plan stage");
+                }
+            }
+            StageEnd::WriteFailed { operation, message } => {
+                self.metrics
+                    .record_write(write_operation(*operation), ResultLabel::Failure);
+                let delay = self.backoff.record_failure(&subject, now);
+                if self.failures.failure(&subject, message).is_news() {
+                    warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
+                }
+            }
+            StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
+                if self
+                    .failures
+                    .failure(&subject, &format!("drift: {change}"))
+                    .is_news()
+                {
+                    info!(stage = %name, file, drift = %change, "drift found (dry run: not written)");
+                }
+            }
+            StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
+                debug!(stage = %name, file, "write held back: backing off after a failure");
+            }
+            StageEnd::Drifted(Drift::Skipped(why)) => {
+                debug!(stage = %name, file, why = %why, "write skipped");
+            }
+        }
+    }
+
+    /// Takes what was read into the last valid state.
+    fn absorb(&mut self, loaded: Result<Manifests, SourceError>) -> Loaded {
         let manifests = match loaded {
             // An empty directory after manifests were seen is a swap in progress
             // or a lost mount, not "nothing is desired".
             Ok(m) if !m.files.is_empty() || self.last_valid.is_empty() => m,
             Ok(_) => {
                 self.source_unavailable("the manifest directory is empty");
-                return (false, 0, self.last_secret_files.clone());
+                return self.unavailable();
             }
             Err(err) => {
                 self.source_unavailable(&err.to_string());
-                return (false, 0, self.last_secret_files.clone());
+                return self.unavailable();
             }
         };
         if self.failures.success(&Subject::Source).is_news() {
@@ -908,15 +934,25 @@ impl Reconciler {
             }
         }
         self.last_secret_files = secrets.clone();
-        (
-            true,
-            manifests
+        Loaded {
+            source_available: true,
+            manifest_errors: manifests
                 .diagnostics
                 .iter()
                 .filter(|d| d.severity == manifest::Severity::Error)
                 .count(),
-            secrets,
-        )
+            secret_files: secrets,
+        }
+    }
+
+    /// What a load that found no usable source keeps: the secret files to
+    /// watch from the last read.
+    fn unavailable(&self) -> Loaded {
+        Loaded {
+            source_available: false,
+            manifest_errors: 0,
+            secret_files: self.last_secret_files.clone(),
+        }
     }
 
     fn source_unavailable(&mut self, why: &str) {
@@ -940,7 +976,7 @@ enum Tense {
 fn write_operation(operation: Operation) -> WriteOperation {
     match operation {
         Operation::Create => WriteOperation::Create,
-        Operation::Update => WriteOperation::Update,
+        Operation::Update | Operation::Delete => WriteOperation::Update,
     }
 }
 
@@ -968,6 +1004,24 @@ fn describe(action: &Action, tense: Tense) -> String {
         }
         Action::InSync { .. } => "in sync".to_owned(),
         Action::Error { message, .. } => message.clone(),
+        Action::Delete { .. } => "delete".to_owned(),
+    }
+}
+
+/// The log line of one outcome, as soon as it is settled: a change made
+/// (INFO), a delete's end; failures are logged once the writes are done.
+fn log_outcome(outcome: &apply::Outcome, change: &str) {
+    let file = outcome
+        .origin
+        .as_ref()
+        .map(|o| o.file.display().to_string())
+        .unwrap_or_default();
+    match (&outcome.result, outcome.operation) {
+        (Ended::Written(written), _) => {
+            info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
+        }
+        (result, Operation::Delete) => crate::daemon::prune::log_delete(outcome, result),
+        _ => {}
     }
 }
 
@@ -979,8 +1033,31 @@ mod tests {
 
     use super::*;
 
+    /// The entry id the tests give the stage `name`.
+    fn id(name: &str) -> EntryId {
+        const NAMES: [&str; 7] = ["ok", "bad", "new", "held", "refused", "later", "skipped"];
+        EntryId(NAMES.iter().position(|n| *n == name).expect("a test name"))
+    }
+
+    fn ids(names: &[&str]) -> BTreeSet<EntryId> {
+        names.iter().map(|n| id(n)).collect()
+    }
+
+    /// A plan without entries: what the summary asks the kind of an entry of.
+    fn no_plan() -> Plan {
+        Plan::assemble(
+            Vec::new(),
+            &[],
+            &BTreeSet::new(),
+            crate::capabilities::Capabilities::for_version(
+                crate::capabilities::ServerVersion::new(2025, 12, 4),
+            ),
+        )
+    }
+
     fn planned(name: &str, wanted: Wanted) -> PlannedStage {
         PlannedStage {
+            entry: id(name),
             name: name.to_owned(),
             file: PathBuf::from(format!("stages/{name}.yaml")),
             wanted,
@@ -1058,7 +1135,7 @@ mod tests {
                 Step::Hold(Hold::BackedOff),
             ]
         );
-        assert_eq!(decision.writes(), BTreeSet::from(["new"]));
+        assert_eq!(decision.writes(), ids(&["new"]));
 
         let later = decide(
             stages,
@@ -1066,11 +1143,7 @@ mod tests {
             now + crate::daemon::backoff::BASE_DELAY,
             false,
         );
-        assert_eq!(
-            later.writes(),
-            BTreeSet::from(["held", "new"]),
-            "its delay passed"
-        );
+        assert_eq!(later.writes(), ids(&["held", "new"]), "its delay passed");
     }
 
     #[test]
@@ -1107,7 +1180,7 @@ mod tests {
         let decision = decide(stages, &backoff, now, false);
         let writes = BTreeMap::from([
             (
-                "new".to_owned(),
+                id("new"),
                 WriteEnd::Written {
                     operation: Operation::Create,
                     uuid: "u".into(),
@@ -1115,23 +1188,26 @@ mod tests {
                 },
             ),
             (
-                "refused".to_owned(),
+                id("refused"),
                 WriteEnd::Failed {
                     operation: Operation::Update,
                     message: "HTTP 403".into(),
                 },
             ),
-            ("later".to_owned(), WriteEnd::Skipped("interrupted".into())),
+            (id("later"), WriteEnd::Skipped("interrupted".into())),
         ]);
-        let report = summarize(decision, writes, true, 2);
+        let report = summarize(decision, writes, &no_plan(), None, true, 2);
         assert_eq!(
             report.counts,
-            Some(StageCounts {
-                in_sync: 2,
-                drifted: 3,
-                failed: 2,
-                ..StageCounts::default()
-            })
+            Some(BTreeMap::from([(
+                Kind::CaptchaStage,
+                Counts {
+                    in_sync: 2,
+                    drifted: 3,
+                    failed: 2,
+                    ..Counts::default()
+                }
+            )]))
         );
         assert_eq!(
             report.failures(),
@@ -1181,6 +1257,8 @@ mod tests {
                 false,
             ),
             BTreeMap::new(),
+            &no_plan(),
+            None,
             true,
             0,
         );

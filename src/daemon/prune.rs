@@ -9,7 +9,7 @@
 //!
 //! A pass only prunes with a complete, valid manifest set (no manifest errors,
 //! the directory readable and not empty) and a complete live list: the pass
-//! says so to [`crate::reconcile::add_prune`]. A pass that kept an invalid
+//! says so to [`crate::reconcile::Session::plan`]. A pass that kept an invalid
 //! file's last valid stages is not complete.
 //!
 //! Logs: one INFO line per delete; blocked and held-back stages are logged
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-use crate::apply::{DeleteOutcome, DeleteResult};
-use crate::plan::{Plan, PruneDecision, PruneSettings};
+use crate::apply::{Ended, Outcome};
+use crate::plan::{Action, Held, Plan, PruneSettings};
 use crate::text::escape;
 
 /// What the daemon remembers about pruning between passes.
@@ -49,21 +49,25 @@ impl PruneMemory {
     /// Holds back every delete first seen less than a debounce ago (pure but
     /// for the memory). Returns when the next pass should run to confirm them.
     pub(crate) fn confirm(&mut self, plan: &mut Plan, now: Instant) -> Option<Duration> {
-        let deletes: Vec<Uuid> = plan.deletes().map(|e| e.uuid).collect();
+        let deletes: Vec<Uuid> = plan.deletes().filter_map(|e| e.uuid()).collect();
         self.first_seen.retain(|uuid, _| deletes.contains(uuid));
         let mut wait: Option<Duration> = None;
-        for entry in &mut plan.prune {
-            if entry.decision != PruneDecision::Delete {
+        for entry in &mut plan.entries {
+            let Action::Delete {
+                uuid,
+                held: held @ None,
+            } = &mut entry.action
+            else {
                 continue;
-            }
-            let seen = *self.first_seen.entry(entry.uuid).or_insert(now);
+            };
+            let seen = *self.first_seen.entry(*uuid).or_insert(now);
             let age = now.saturating_duration_since(seen);
             if age < self.debounce {
                 let left = self.debounce - age;
                 wait = Some(wait.map_or(left, |w| w.min(left)));
-                entry.decision = PruneDecision::HeldBack {
+                *held = Some(Held::Guard {
                     reason: "its manifest was gone on this pass only; deleted on the next pass if it is still gone".into(),
-                };
+                });
             }
         }
         wait
@@ -72,50 +76,53 @@ impl PruneMemory {
     /// Logs the prune decisions that changed since the last pass.
     pub(crate) fn log_decisions(&mut self, plan: &Plan) {
         let mut now_logged = BTreeMap::new();
-        for entry in &plan.prune {
-            let (line, warn_level) = match &entry.decision {
-                PruneDecision::Delete => continue,
-                PruneDecision::Blocked { users } => (format!("in use: {}", users.join(", ")), true),
-                PruneDecision::HeldBack { reason } => (reason.clone(), false),
-                PruneDecision::NotPruned => (
+        for entry in plan.prune_entries() {
+            let Action::Delete { uuid, held } = &entry.action else {
+                continue;
+            };
+            let (line, warn_level) = match held {
+                None => continue,
+                Some(Held::InUse { users }) => (format!("in use: {}", users.join(", ")), true),
+                Some(Held::Guard { reason }) => (reason.clone(), false),
+                Some(Held::NotPruned) => (
                     "no longer in the manifests (not pruned; --prune would delete it)".to_owned(),
                     false,
                 ),
             };
-            if self.logged.get(&entry.uuid) != Some(&line) {
+            if self.logged.get(uuid) != Some(&line) {
                 let (stage, why) = (escape(&entry.name), escape(&line));
                 if warn_level {
-                    warn!(stage = %stage, uuid = %entry.uuid, why = %why, "not pruned: the stage is in use; unbind it first, or restore its manifest");
+                    warn!(stage = %stage, uuid = %uuid, why = %why, "not pruned: the stage is in use; unbind it first, or restore its manifest");
                 } else {
-                    info!(stage = %stage, uuid = %entry.uuid, why = %why, "not pruned");
+                    info!(stage = %stage, uuid = %uuid, why = %why, "not pruned");
                 }
             }
-            now_logged.insert(entry.uuid, line);
+            now_logged.insert(*uuid, line);
         }
         self.logged = now_logged;
     }
 }
 
-/// One log line per delete.
-pub(crate) fn log_deletes(deletes: &[DeleteOutcome]) {
-    for delete in deletes {
-        let stage = escape(&delete.name);
-        let uuid = delete.uuid;
-        match &delete.result {
-            DeleteResult::Deleted => {
-                info!(stage = %stage, %uuid, "deleted stage (pruned: no manifest declares it)");
-            }
-            DeleteResult::AlreadyGone => info!(stage = %stage, %uuid, "stage already gone"),
-            DeleteResult::InUse(users) => {
-                warn!(stage = %stage, %uuid, users = %escape(&users.join(", ")), "not deleted: in use now");
-            }
-            DeleteResult::Failed(err) => {
-                warn!(stage = %stage, %uuid, error = %escape(&err.to_string()), "delete failed");
-            }
-            DeleteResult::Skipped(why) => {
-                debug!(stage = %stage, %uuid, why = %why, "delete not started")
-            }
+/// The log line of a delete's outcome.
+pub(crate) fn log_delete(outcome: &Outcome, result: &Ended) {
+    let stage = escape(&outcome.name);
+    match result {
+        Ended::Deleted {
+            already_gone: false,
+        } => {
+            info!(stage = %stage, "deleted stage (pruned: no manifest declares it)");
         }
+        Ended::Deleted { already_gone: true } => info!(stage = %stage, "stage already gone"),
+        Ended::InUse(users) => {
+            warn!(stage = %stage, users = %escape(&users.join(", ")), "not deleted: in use now");
+        }
+        Ended::Failed(err) => {
+            warn!(stage = %stage, error = %escape(&err.to_string()), "delete failed");
+        }
+        Ended::Skipped(why) => {
+            debug!(stage = %stage, why = %why, "delete not started")
+        }
+        Ended::Written(_) => {}
     }
 }
 
@@ -123,27 +130,28 @@ pub(crate) fn log_deletes(deletes: &[DeleteOutcome]) {
 mod tests {
     use super::*;
     use crate::capabilities::{Capabilities, ServerVersion};
-    use crate::plan::PruneEntry;
+    use crate::kinds::Kind;
+    use crate::plan::prune::Decided;
 
     fn plan_deleting(uuids: &[u128]) -> Plan {
-        Plan {
-            stages: Vec::new(),
-            unmanaged: Vec::new(),
-            known_fields: Vec::new(),
-            capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
-            key_checks: Default::default(),
-            prune: Vec::new(),
-        }
-        .with_prune(
+        let mut plan = Plan::assemble(
+            Vec::new(),
+            &[],
+            &Default::default(),
+            Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+        );
+        plan.add_deletes(
             uuids
                 .iter()
-                .map(|n| PruneEntry {
+                .map(|n| Decided {
+                    kind: Kind::CaptchaStage,
                     uuid: Uuid::from_u128(*n),
                     name: format!("s{n}"),
-                    decision: PruneDecision::Delete,
+                    held: None,
                 })
                 .collect(),
-        )
+        );
+        plan
     }
 
     #[test]
@@ -162,7 +170,11 @@ mod tests {
 
         let mut later = plan_deleting(&[1, 2]);
         let wait = memory.confirm(&mut later, t0 + Duration::from_millis(600));
-        let deleted: Vec<u128> = later.deletes().map(|e| e.uuid.as_u128()).collect();
+        let deleted: Vec<u128> = later
+            .deletes()
+            .filter_map(|e| e.uuid())
+            .map(|u| u.as_u128())
+            .collect();
         assert_eq!(deleted, [1], "2 was first seen 400 ms ago");
         assert_eq!(wait, Some(Duration::from_millis(100)));
 

@@ -22,6 +22,12 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::authentik::{ApiError, Client};
+use crate::capabilities::Capabilities;
+use crate::secret::PrivateKey;
+use field::Value;
 
 /// Every kind of object stagesync manages.
 #[derive(
@@ -35,11 +41,111 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order plans and metrics list them.
+    pub const ALL: [Kind; 1] = [Kind::CaptchaStage];
+
+    /// The metric a pass counts this kind's objects in, by status, and its
+    /// help text.
+    pub(crate) fn counted_as(self) -> (&'static str, &'static str) {
+        match self {
+            Kind::CaptchaStage => (
+                "stagesync_stages",
+                "Managed stages after the last pass, by status",
+            ),
+        }
+    }
+
     /// The kind in the user's words, for messages: `captcha stage`.
     pub fn noun(self) -> &'static str {
         match self {
             Kind::CaptchaStage => "captcha stage",
         }
+    }
+}
+
+/// What a write sends: a kind's fields, normalised and cut to what the
+/// server knows. Serialised as the fields alone (a saved plan's `fields`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Object {
+    CaptchaStage(captcha::StageFields),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::CaptchaStage(_) => Kind::CaptchaStage,
+        }
+    }
+
+    /// The value of the field `key`.
+    pub(crate) fn value(&self, key: &str) -> Value {
+        match self {
+            Object::CaptchaStage(fields) => fields.value(key),
+        }
+    }
+}
+
+/// What a write made, as authentik answered: the object's uuid and name, and
+/// whether the answer confirms the secret that was sent (a create found by
+/// name after a lost answer does not: someone else may have made it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub uuid: Uuid,
+    pub name: String,
+    pub(crate) secret_confirmed: bool,
+}
+
+impl Kind {
+    /// The keys of the fields of this kind the server knows, in table order:
+    /// what is compared, shown and sent.
+    pub(crate) fn known_keys(self, capabilities: Capabilities) -> Vec<&'static str> {
+        match self {
+            Kind::CaptchaStage => captcha::StageFields::known_keys(capabilities),
+        }
+    }
+}
+
+/// `POST`s `object` (with its secret) to its kind's list.
+pub(crate) async fn create(
+    client: &Client,
+    object: &Object,
+    secret: Option<&PrivateKey>,
+) -> Result<Written, ApiError> {
+    match object {
+        Object::CaptchaStage(fields) => captcha::api::write(client, None, fields, secret).await,
+    }
+}
+
+/// Writes `object` (with its secret) over the live object `uuid`.
+pub(crate) async fn update(
+    client: &Client,
+    uuid: Uuid,
+    object: &Object,
+    secret: Option<&PrivateKey>,
+) -> Result<Written, ApiError> {
+    match object {
+        Object::CaptchaStage(fields) => {
+            captcha::api::write(client, Some(uuid), fields, secret).await
+        }
+    }
+}
+
+/// What uses the live object `uuid` of `kind` (an empty list: nothing).
+pub(crate) async fn used_by(
+    client: &Client,
+    kind: Kind,
+    uuid: Uuid,
+) -> Result<Vec<UsedBy>, ApiError> {
+    match kind {
+        Kind::CaptchaStage => captcha::api::Stages::new(client).used_by(uuid).await,
+    }
+}
+
+/// Deletes the live object `uuid` of `kind`.
+pub(crate) async fn delete(client: &Client, kind: Kind, uuid: Uuid) -> Result<(), ApiError> {
+    match kind {
+        Kind::CaptchaStage => captcha::api::Stages::new(client).delete(uuid).await,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Prune: which managed stages a run deletes, and why each other one is not
+//! Prune: which managed objects a run deletes, and why each other one is not
 //! deleted. Pure: the caller asks authentik's `used_by` for the candidates and
-//! passes the answers in.
+//! passes the answers in; the decisions become the plan's delete entries
+//! ([`super::Plan::add_deletes`]), each with its [`Held`] reason when it is
+//! not made.
 //!
 //! The rules, in order:
 //! 1. Only stages in the [`Inventory`] (created by stagesync, or matched by a
@@ -9,14 +11,14 @@
 //! 2. A candidate is a managed, live stage that no manifest matches, names or
 //!    pins ([`candidates`]). A managed stage that is no longer live is gone
 //!    ([`gone`]): the caller drops it from the inventory.
-//! 3. Without `--prune` a candidate is [`PruneDecision::NotPruned`].
+//! 3. Without `--prune` a candidate is [`Held::NotPruned`].
 //! 4. With `--prune`, nothing is deleted unless the manifest set was read
 //!    completely and is valid, it declares at least one stage (an empty
 //!    directory is a checkout in progress or a lost mount, not "delete
 //!    everything"), and the live list is complete: every candidate is then
-//!    [`PruneDecision::HeldBack`] with the reason.
+//!    [`Held::Guard`] with the reason.
 //! 5. A candidate that anything uses (`used_by` not empty: a flow binding, an
-//!    identification stage embedding it, ...) is [`PruneDecision::Blocked`],
+//!    identification stage embedding it, ...) is [`Held::InUse`],
 //!    naming the users: authentik's delete would silently unbind it or strip
 //!    the captcha from a login form. A candidate whose `used_by` answer is
 //!    missing is held back: no delete without asking.
@@ -30,13 +32,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::Plan;
-use crate::kinds::Kind;
-use crate::kinds::UsedBy;
+use super::{Held, Plan};
 use crate::kinds::captcha::{DesiredStage, LiveStage};
+use crate::kinds::{Kind, UsedBy};
 use crate::state::Inventory;
 
 /// The operator's prune flags.
@@ -77,28 +77,15 @@ pub(crate) struct PruneInputs<'a> {
     pub(crate) settings: PruneSettings,
 }
 
-/// What happens to one managed stage whose manifest is gone.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "snake_case")]
-pub(crate) enum PruneDecision {
-    /// Deleted after every create and update of the run.
-    Delete,
-    /// Something uses it; `users` in the user's words ("bound to flow `x`").
-    Blocked { users: Vec<String> },
-    /// `--prune` was not given.
-    NotPruned,
-    /// A guard holds it back; `reason` says which.
-    HeldBack { reason: String },
-}
-
-/// A managed stage no manifest declares any more.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub(crate) struct PruneEntry {
+/// What happens to one managed object whose manifest is gone: deleted, or
+/// `held` and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Decided {
+    pub(crate) kind: Kind,
     pub(crate) uuid: Uuid,
     /// Its live name.
     pub(crate) name: String,
-    #[serde(flatten)]
-    pub(crate) decision: PruneDecision,
+    pub(crate) held: Option<Held>,
 }
 
 /// Managed, live stages that no manifest matches, names or pins: the only
@@ -109,7 +96,7 @@ pub(crate) fn candidates<'a>(
     desired: &[DesiredStage],
     plan: &Plan,
 ) -> Vec<&'a LiveStage> {
-    let matched: BTreeSet<Uuid> = plan.stages.iter().filter_map(|s| s.uuid()).collect();
+    let matched: BTreeSet<Uuid> = plan.manifest_entries().filter_map(|e| e.uuid()).collect();
     let pinned: BTreeSet<Uuid> = desired.iter().filter_map(|d| d.uuid).collect();
     let named: BTreeSet<&str> = desired.iter().map(|d| d.fields.name.trim()).collect();
     let mut out: Vec<&LiveStage> = live
@@ -134,17 +121,18 @@ pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
 }
 
 /// Decides every candidate; see the module docs for the rules.
-pub(crate) fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
+pub(crate) fn decide(inputs: &PruneInputs) -> Vec<Decided> {
     let candidates = candidates(inputs.inventory, inputs.live, inputs.desired, inputs.plan);
-    let entry = |stage: &LiveStage, decision| PruneEntry {
+    let entry = |stage: &LiveStage, held| Decided {
+        kind: Kind::CaptchaStage,
         uuid: stage.uuid,
         name: stage.fields.name.trim().to_owned(),
-        decision,
+        held,
     };
     if !inputs.settings.enabled {
         return candidates
             .into_iter()
-            .map(|s| entry(s, PruneDecision::NotPruned))
+            .map(|s| entry(s, Some(Held::NotPruned)))
             .collect();
     }
     let unsafe_source = if !inputs.manifests_complete {
@@ -167,34 +155,31 @@ pub(crate) fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
             .map(|s| {
                 entry(
                     s,
-                    PruneDecision::HeldBack {
+                    Some(Held::Guard {
                         reason: reason.to_owned(),
-                    },
+                    }),
                 )
             })
             .collect();
     }
 
-    let mut entries: Vec<PruneEntry> = candidates
+    let mut entries: Vec<Decided> = candidates
         .into_iter()
         .map(|s| {
-            let decision = match inputs.used_by.get(&s.uuid) {
-                None => PruneDecision::HeldBack {
+            let held = match inputs.used_by.get(&s.uuid) {
+                None => Some(Held::Guard {
                     reason: "what uses it is not known (used_by was not asked); nothing is deleted without asking".to_owned(),
-                },
-                Some(users) if users.is_empty() => PruneDecision::Delete,
-                Some(users) => PruneDecision::Blocked {
+                }),
+                Some(users) if users.is_empty() => None,
+                Some(users) => Some(Held::InUse {
                     users: describe_users(users),
-                },
+                }),
             };
-            entry(s, decision)
+            entry(s, held)
         })
         .collect();
 
-    let deletes = entries
-        .iter()
-        .filter(|e| e.decision == PruneDecision::Delete)
-        .count();
+    let deletes = entries.iter().filter(|e| e.held.is_none()).count();
     let managed = inputs
         .live
         .iter()
@@ -211,13 +196,10 @@ pub(crate) fn decide(inputs: &PruneInputs) -> Vec<PruneEntry> {
         let reason = format!(
             "this run would delete {deletes} stages, more than the {allowed} allowed; nothing is deleted (pass --max-deletes {deletes} to allow it)"
         );
-        for e in entries
-            .iter_mut()
-            .filter(|e| e.decision == PruneDecision::Delete)
-        {
-            e.decision = PruneDecision::HeldBack {
+        for e in entries.iter_mut().filter(|e| e.held.is_none()) {
+            e.held = Some(Held::Guard {
                 reason: reason.clone(),
-            };
+            });
         }
     }
     entries
@@ -315,7 +297,7 @@ mod tests {
             }
         }
 
-        fn decide(&self, settings: PruneSettings) -> Vec<(String, PruneDecision)> {
+        fn decide(&self, settings: PruneSettings) -> Vec<(String, Option<Held>)> {
             let keys = KeyState::default();
             let foreign = BTreeMap::new();
             let plan = plan(&PlanInputs {
@@ -336,7 +318,7 @@ mod tests {
                 settings,
             })
             .into_iter()
-            .map(|e| (e.name, e.decision))
+            .map(|e| (e.name, e.held))
             .collect()
         }
     }
@@ -346,9 +328,9 @@ mod tests {
         max_deletes: None,
     };
 
-    fn held(d: &PruneDecision) -> &str {
+    fn held(d: &Option<Held>) -> &str {
         match d {
-            PruneDecision::HeldBack { reason } => reason,
+            Some(Held::Guard { reason }) => reason,
             other => panic!("expected held back, got {other:?}"),
         }
     }
@@ -360,13 +342,10 @@ mod tests {
             &["kept"],
             &["clicked"],
         );
-        assert_eq!(
-            world.decide(PRUNE),
-            vec![("gone".to_owned(), PruneDecision::Delete)]
-        );
+        assert_eq!(world.decide(PRUNE), vec![("gone".to_owned(), None)]);
         assert_eq!(
             world.decide(PruneSettings::default()),
-            vec![("gone".to_owned(), PruneDecision::NotPruned)]
+            vec![("gone".to_owned(), Some(Held::NotPruned))]
         );
     }
 
@@ -391,16 +370,16 @@ mod tests {
             decided[0],
             (
                 "b".to_owned(),
-                PruneDecision::Blocked {
+                Some(Held::InUse {
                     users: vec![
                         "bound to flow `default-authentication-flow`".into(),
                         "captcha of identification stage `login-ident`".into(),
                         "used by somethingelse `Thing t`".into(),
                     ]
-                }
+                })
             )
         );
-        assert_eq!(decided[1], ("c".to_owned(), PruneDecision::Delete));
+        assert_eq!(decided[1], ("c".to_owned(), None));
     }
 
     #[test]
@@ -466,11 +445,7 @@ mod tests {
         };
         let keep = |k: usize| names[..k].iter().map(String::as_str).collect::<Vec<_>>();
         let w = World::new(stages(), &keep(6), &[]);
-        assert!(
-            w.decide(PRUNE)
-                .iter()
-                .all(|(_, d)| *d == PruneDecision::Delete)
-        );
+        assert!(w.decide(PRUNE).iter().all(|(_, d)| d.is_none()));
         // 3 gone: one over, nothing deleted, and the plan says why.
         let w = World::new(stages(), &keep(5), &[]);
         let decided = w.decide(PRUNE);
@@ -480,11 +455,7 @@ mod tests {
             "this run would delete 3 stages, more than the 2 (25% of 8 managed stages, at least 1) allowed; nothing is deleted (pass --max-deletes 3 to allow it)"
         );
         assert!(decided.iter().all(|(_, d)| held(d) == held(&decided[0].1)));
-        assert!(
-            w.decide(allow(3))
-                .iter()
-                .all(|(_, d)| *d == PruneDecision::Delete)
-        );
+        assert!(w.decide(allow(3)).iter().all(|(_, d)| d.is_none()));
         assert!(held(&w.decide(allow(2))[0].1).contains("more than the --max-deletes 2 allowed"));
     }
 
@@ -500,8 +471,8 @@ mod tests {
             vec![user("identificationstage", "Stage x", "set_null")],
         );
         let decided = w.decide(PRUNE);
-        assert!(matches!(decided[0].1, PruneDecision::Blocked { .. }));
-        assert_eq!(decided[1].1, PruneDecision::Delete);
+        assert!(matches!(decided[0].1, Some(Held::InUse { .. })));
+        assert_eq!(decided[1].1, None);
     }
 
     #[test]

@@ -2,47 +2,55 @@
 //! exactly its entries, or nothing.
 //!
 //! A plan file is versioned JSON ([`PLAN_FILE_FORMAT_VERSION`]; schema in
-//! `schema/plan-file.schema.json`). It holds no secret: per entry the action,
-//! the fields to write, where the key comes from (`!Env NAME`, `!File path`,
-//! `literal value`, never the value) and digests pinning what the plan was
-//! made from:
+//! `schema/plan-file.schema.json`). It holds no secret: per entry its kind,
+//! the action, the fields to write, where the key comes from (`!Env NAME`,
+//! `!File path`, `literal value`, never the value) and digests pinning what
+//! the plan was made from:
 //!
-//! - `live`: SHA-256 of the live stage as listed: its uuid and every compared
+//! - `live`: SHA-256 of the live object as listed: its uuid and every compared
 //!   field, normalised as the planner compares them;
-//! - `desired`: SHA-256 of the manifest's stage: every field (normalised), the
+//! - `desired`: SHA-256 of the manifest's object: every field (normalised), the
 //!   uuid pin and the key source;
 //! - `key`: the key's salted fingerprint, `SHA-256(salt || entry id || key)`
 //!   with the file's random `salt`, so a file never holds the bare SHA of a key
 //!   and two entries with the same key have unrelated fingerprints.
 //!
-//! The file as a whole pins the server (`url` as normalised, `version`), its
-//! creation time, and `digest`: SHA-256 of the canonical JSON of everything
-//! else (keys sorted, no whitespace), so an edited file is detected.
+//! A `delete` entry (a prune) pins only its live object. The file as a whole
+//! pins the server (`url` as normalised, `version`), its creation time, and
+//! `digest`: SHA-256 of the canonical JSON of everything else (keys sorted, no
+//! whitespace), so an edited file is detected.
 //!
 //! The flow is pure on both sides: [`SavedPlan::from_plan`] then
 //! [`SavedPlan::to_json`] when saving; [`SavedPlan::parse`] (version, digest,
-//! shape) then [`check`] against fresh manifests and live state when applying.
-//! `check` returns [`Verified`] (which entries write, with which manifest's key)
-//! or a [`Refusal`]; reading the file, the clock and authentik stay with the caller.
+//! shape) then [`check`] when applying. `check` compares the file with a plan
+//! made again from the manifests and live state of now ([`Fresh::plan`], by
+//! the same planner: no second matcher) and returns [`Verified`] (which of the
+//! fresh plan's entries to apply) or a [`Refusal`]; [`to_plan`] is then the
+//! fresh plan cut to them. Reading the file, the clock and authentik stay with
+//! the caller.
 //!
 //! Traps:
 //! - The whole-file digest catches an edited or damaged file, not a forged one
-//!   (anyone can recompute a SHA-256). So [`check`] also requires that what an
-//!   entry would write is exactly what the fresh manifest says: a hand-made
-//!   file can only write what the manifests and the operator's keys already allow.
-//! - Entries in sync when planned write nothing. If their stage drifted since
+//!   (anyone can recompute a SHA-256). So [`check`] requires every entry to be
+//!   exactly what the manifests plan now: it targets the object its manifest
+//!   matches now (uuid pin or name), writes what the manifest says, waits for
+//!   what the manifests make it wait for, and an entry saved as in sync must
+//!   be in sync (it may not hide a change the manifests ask for); a delete
+//!   must be a delete the manifests and the inventory allow now (`used_by`
+//!   asked again). A hand-made file can only make stagesync do less than the
+//!   manifests ask, never something else.
+//! - Entries in sync when planned write nothing. If their object drifted since
 //!   (live edited, manifest changed, gone), they are left alone and reported in
 //!   [`Verified::left_alone`], never refused: they were not reviewed, and the
 //!   next plan shows them. Manifests that are not in the file at all are
 //!   [`Verified::unplanned`] and left alone too.
-//! - Entry ids are positions and `after` refers to one: entries are never
-//!   reordered or dropped between saving and applying.
-//! - `delete` is a reserved action: the format, the schema and [`check`] know
-//!   it (a delete pins only the live stage), but no plan makes one yet.
+//! - Entry ids are positions, `after` refers to one and the key fingerprint
+//!   mixes one in: entries are never reordered or dropped between saving and
+//!   applying. A saved id is not the fresh plan's id: entries are paired by
+//!   their manifest (a delete by its uuid).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -51,11 +59,11 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::authentik::{Capabilities, ServerVersion};
-use crate::kinds::Origin;
 use crate::kinds::captcha::{DesiredStage, LiveStage, StageFields};
 use crate::kinds::field::FieldChange;
-use crate::plan::{Action, EntryId, KeyStatus, Plan, StagePlan, Write};
-use crate::secret::{KeySource, PrivateKey};
+use crate::kinds::{Kind, Object};
+use crate::plan::{Action, Dependency, Entry, EntryId, Held, KeyStatus, Plan, Why};
+use crate::secret::PrivateKey;
 use crate::state;
 use crate::text::escape;
 
@@ -100,7 +108,7 @@ pub(crate) enum SavedAction {
     Create,
     Update,
     InSync,
-    /// Reserved for prune; no plan makes one yet.
+    /// A prune: the managed object is deleted.
     Delete,
 }
 
@@ -115,6 +123,10 @@ impl SavedAction {
 pub(crate) struct SavedEntry {
     /// Its position in `entries`.
     pub(crate) id: usize,
+    /// The kind of object; files from before kinds existed hold captcha
+    /// stages only.
+    #[serde(default)]
+    pub(crate) kind: Kind,
     pub(crate) action: SavedAction,
     /// The desired name, trimmed (for a delete: the live name).
     pub(crate) name: String,
@@ -135,8 +147,35 @@ pub(crate) struct SavedEntry {
     #[serde(default, skip_deserializing)]
     pub(crate) changes: Vec<FieldChange>,
     /// What a create or an update sends, cut to the fields the server knows.
-    pub(crate) fields: Option<StageFields>,
+    pub(crate) fields: Option<SavedFields>,
     pub(crate) digests: SavedDigests,
+}
+
+/// The fields an entry writes, as its kind's table names them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum SavedFields {
+    CaptchaStage(StageFields),
+}
+
+impl SavedFields {
+    fn of(object: &Object) -> Self {
+        match object {
+            Object::CaptchaStage(fields) => SavedFields::CaptchaStage(fields.clone()),
+        }
+    }
+
+    fn to_object(&self) -> Object {
+        match self {
+            SavedFields::CaptchaStage(fields) => Object::CaptchaStage(fields.clone()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            SavedFields::CaptchaStage(fields) => fields.name.trim(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +235,12 @@ pub enum Refusal {
     ServerVersionChanged { planned: String, now: String },
     #[error("{} planned stage(s) changed since the plan was made", .0.len())]
     Stale(Vec<StageReport>),
+    #[error(
+        "{} entr{} of the plan file are not what the manifests plan (a plan file edited by hand?)",
+        .0.len(),
+        if .0.len() == 1 { "y" } else { "ies" }
+    )]
+    NotFromManifests(Vec<StageReport>),
 }
 
 /// What changed since the plan, for one entry.
@@ -213,6 +258,12 @@ pub(crate) enum Change {
     /// The name the entry takes is now held by another stage; `message` says
     /// which, as a plan would.
     NameTaken { message: String },
+    /// A delete that is no delete now: something uses the object (`used_by`
+    /// asked again), a guard holds it back, or a manifest declares it again.
+    NotDeleted { reason: String },
+    /// Not what the manifests plan now, though nothing it was made from
+    /// changed: the entry was not made by `plan --out`.
+    Forged { message: String },
 }
 
 impl Change {
@@ -225,6 +276,8 @@ impl Change {
             Change::ManifestChanged { .. } => "manifest_changed",
             Change::KeyChanged => "key_changed",
             Change::NameTaken { .. } => "name_taken",
+            Change::NotDeleted { .. } => "not_deleted",
+            Change::Forged { .. } => "forged",
         }
     }
 }
@@ -244,6 +297,8 @@ impl fmt::Display for Change {
                 f.write_str("key changed: the private key it points to is not the planned one")
             }
             Change::NameTaken { message } => write!(f, "name taken: {}", escape(message)),
+            Change::NotDeleted { reason } => write!(f, "not a delete now: {}", escape(reason)),
+            Change::Forged { message } => write!(f, "{}", escape(message)),
         }
     }
 }
@@ -278,9 +333,10 @@ impl fmt::Display for StageReport {
 /// A plan file that passed [`check`]: apply its writing entries, nothing else.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Verified {
-    /// Entry id -> index of the fresh manifest stage it matched (where its
-    /// key comes from), for every entry that has a manifest.
-    pub(crate) desired_of: BTreeMap<usize, usize>,
+    /// The fresh plan's entries the file lists, in the file's order, and
+    /// whether each is applied (a write or a delete the file carries, still as
+    /// planned) or only shown (saved in sync).
+    pub(crate) entries: Vec<(EntryId, bool)>,
     /// Entries in sync when planned that changed since: not written.
     pub(crate) left_alone: Vec<StageReport>,
     /// Names of manifest stages the file has no entry for: not written.
@@ -289,13 +345,13 @@ pub(crate) struct Verified {
 
 /// Everything [`check`] compares a plan file with, read just before applying.
 pub(crate) struct Fresh<'a> {
-    /// The manifests, keys resolved.
+    /// The plan made now from `desired` and `live`, as `plan` would make it
+    /// (with prune when the file holds deletes: [`SavedPlan::prune_settings`]).
+    pub(crate) plan: &'a Plan,
+    /// The manifests, keys resolved, in the order the plan was made from.
     pub(crate) desired: &'a [DesiredStage],
     /// Every live captcha stage.
     pub(crate) live: &'a [LiveStage],
-    /// name -> kind for the names from [`SavedPlan::names_to_check`] that a
-    /// stage of another type holds.
-    pub(crate) foreign_names: &'a BTreeMap<String, String>,
     /// The API root the client will write to, normalised.
     pub(crate) url: &'a str,
     pub(crate) version: ServerVersion,
@@ -409,7 +465,8 @@ fn origin_text(origin: &SavedOrigin) -> String {
 impl SavedPlan {
     /// The plan file for `plan`, made from `desired` (keys resolved, in the
     /// order the plan was made from) against `live` on the server at `url`.
-    /// `salt` is 16 random bytes from the caller.
+    /// It holds every manifest entry and every delete that is made (a held
+    /// delete does nothing). `salt` is 16 random bytes from the caller.
     pub fn from_plan(
         plan: &Plan,
         desired: &[DesiredStage],
@@ -424,18 +481,23 @@ impl SavedPlan {
             return Err(SaveError::PlanHasErrors(errors));
         }
         let live_by_uuid: HashMap<Uuid, &LiveStage> = live.iter().map(|l| (l.uuid, l)).collect();
-        let entries = plan
-            .stages
+        let saved: Vec<&Entry> = plan
+            .entries
             .iter()
-            .map(|stage| {
-                // An entry of a manifest has its index as id (entries are in
-                // input order); an entry with no manifest (a delete, once plans
-                // make them) pins only its live stage.
-                let id = stage.id.0;
-                let manifest = desired.get(id);
-                let (action, uuid, write, changes, key) = match &stage.action {
+            .filter(|e| !matches!(e.action, Action::Delete { held: Some(_), .. }))
+            .collect();
+        let position: HashMap<EntryId, usize> =
+            saved.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+        let entries = saved
+            .iter()
+            .enumerate()
+            .map(|(id, entry)| {
+                // A manifest entry's plan id is its manifest's index (manifest
+                // entries come first, in input order).
+                let manifest = entry.origin.as_ref().and_then(|_| desired.get(entry.id.0));
+                let (action, uuid, write, changes, key) = match &entry.action {
                     Action::Create { write, key } => {
-                        (SavedAction::Create, None, Some(write), &[][..], *key)
+                        (SavedAction::Create, None, Some(write), &[][..], Some(*key))
                     }
                     Action::Update {
                         uuid,
@@ -447,33 +509,41 @@ impl SavedPlan {
                         Some(*uuid),
                         Some(write),
                         &changes[..],
-                        *key,
+                        Some(*key),
                     ),
                     Action::InSync { uuid } => (
                         SavedAction::InSync,
                         Some(*uuid),
                         None,
                         &[][..],
-                        KeyStatus::Unchanged,
+                        Some(KeyStatus::Unchanged),
                     ),
+                    Action::Delete { uuid, .. } => {
+                        (SavedAction::Delete, Some(*uuid), None, &[][..], None)
+                    }
                     Action::Error { .. } => unreachable!("plans with errors are refused above"),
                 };
+                let after = entry.after.iter().find_map(|d| match d {
+                    Dependency::Entry { on, .. } => position.get(on).copied(),
+                    Dependency::EveryWrite => None,
+                });
                 SavedEntry {
                     id,
+                    kind: entry.kind,
                     action,
-                    name: stage.name.clone(),
-                    origin: Some(SavedOrigin {
-                        file: stage.origin.file.display().to_string(),
-                        line: stage.origin.line,
-                        column: stage.origin.column,
+                    name: entry.name.clone(),
+                    origin: entry.origin.as_ref().map(|o| SavedOrigin {
+                        file: o.file.display().to_string(),
+                        line: o.line,
+                        column: o.column,
                     }),
                     uuid,
                     pinned_uuid: manifest.and_then(|m| m.uuid),
-                    after: write.and_then(|w| w.after).map(|a| a.0),
-                    key_source: Some(stage.key_source.to_string()),
-                    private_key: Some(key),
+                    after,
+                    key_source: entry.key_source.as_ref().map(ToString::to_string),
+                    private_key: key,
                     changes: changes.to_vec(),
-                    fields: write.map(|w| w.fields.clone()),
+                    fields: write.map(|w| SavedFields::of(&w.object)),
                     digests: SavedDigests {
                         live: uuid
                             .and_then(|u| live_by_uuid.get(&u))
@@ -587,7 +657,10 @@ impl SavedPlan {
                         && d.key.is_some()
                 }
                 SavedAction::Delete => {
-                    entry.uuid.is_some() && entry.fields.is_none() && d.live.is_some()
+                    entry.uuid.is_some()
+                        && entry.fields.is_none()
+                        && entry.after.is_none()
+                        && d.live.is_some()
                 }
             };
             if !needs {
@@ -599,37 +672,30 @@ impl SavedPlan {
         Ok(())
     }
 
-    /// The server the plan was made for.
-    pub(crate) fn capabilities(&self) -> Option<Capabilities> {
-        ServerVersion::parse(&self.server.version).map(Capabilities::for_version)
-    }
-
     /// Whether applying would write anything.
     #[cfg(test)]
     pub(crate) fn has_changes(&self) -> bool {
         self.entries.iter().any(|e| e.action.writes())
     }
 
-    /// Names that writing entries take and no live captcha stage holds: the
-    /// caller looks them up among all stage types for [`Fresh::foreign_names`].
-    pub(crate) fn names_to_check(&self, live: &[LiveStage]) -> Vec<String> {
-        let held: BTreeSet<&str> = live.iter().map(|l| l.fields.name.trim()).collect();
-        let mut names: Vec<String> = self
+    /// How the fresh plan prunes: as `--prune` with the deletes this file
+    /// holds as the limit (the reviewer saw exactly these), or not at all.
+    pub(crate) fn prune_settings(&self) -> super::PruneSettings {
+        let deletes = self
             .entries
             .iter()
-            .filter_map(|e| e.fields.as_ref())
-            .map(|f| f.name.trim())
-            .filter(|n| !held.contains(n))
-            .map(str::to_owned)
-            .collect();
-        names.sort();
-        names.dedup();
-        names
+            .filter(|e| e.action == SavedAction::Delete)
+            .count();
+        super::PruneSettings {
+            enabled: deletes > 0,
+            max_deletes: (deletes > 0).then_some(deletes),
+        }
     }
 }
 
 /// Whether `saved` may be applied now: the file is fresh, for this server,
-/// and every writing entry's live stage, manifest, key and name are as planned.
+/// and every entry is what the manifests plan now ([`Fresh::plan`]), made
+/// from the same live objects, manifests and keys. See the module docs.
 pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusal> {
     if saved.server.url != fresh.url {
         return Err(Refusal::OtherServer {
@@ -665,11 +731,6 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         state::unhex(&saved.salt).ok_or_else(|| Refusal::Corrupt("salt is not hex".into()))?;
 
     let live_by_uuid: HashMap<Uuid, &LiveStage> = fresh.live.iter().map(|l| (l.uuid, l)).collect();
-    let live_by_name: HashMap<&str, &LiveStage> = fresh
-        .live
-        .iter()
-        .map(|l| (l.fields.name.trim(), l))
-        .collect();
     let desired_by_pin: HashMap<Uuid, usize> = fresh
         .desired
         .iter()
@@ -683,13 +744,47 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         .map(|(i, d)| (d.fields.name.trim(), i))
         .collect();
 
+    // Each saved entry's fresh entry: a manifest entry's by its manifest (pin,
+    // else name), a delete's by its uuid.
+    let mut fresh_of: Vec<Option<EntryId>> = Vec::with_capacity(saved.entries.len());
+    for entry in &saved.entries {
+        let found = match entry.action {
+            SavedAction::Delete => fresh
+                .plan
+                .prune_entries()
+                .find(|e| e.uuid() == entry.uuid)
+                .map(|e| e.id),
+            _ => entry
+                .pinned_uuid
+                .and_then(|u| desired_by_pin.get(&u))
+                .or_else(|| desired_by_name.get(entry.name.as_str()))
+                .map(|&i| EntryId(i)),
+        };
+        if let Some(id) = found
+            && fresh_of.contains(&Some(id))
+        {
+            return Err(Refusal::Corrupt(format!(
+                "entry {} ({:?}) is the second entry of one stage",
+                entry.id, entry.name
+            )));
+        }
+        fresh_of.push(found);
+    }
+
     let mut verified = Verified {
-        desired_of: BTreeMap::new(),
+        entries: Vec::new(),
         left_alone: Vec::new(),
         unplanned: Vec::new(),
     };
     let mut stale = Vec::new();
-    for entry in &saved.entries {
+    let mut forged = Vec::new();
+    for (entry, fresh_id) in saved.entries.iter().zip(&fresh_of) {
+        let report = |changes| StageReport {
+            entry: entry.id,
+            name: entry.name.clone(),
+            origin: entry.origin.as_ref().map(origin_text),
+            changes,
+        };
         let mut changes = Vec::new();
 
         if let Some(uuid) = entry.uuid {
@@ -702,31 +797,18 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
                 }
             }
         }
-
+        let manifest = match entry.action {
+            SavedAction::Delete => None,
+            _ => fresh_id.map(|id| &fresh.desired[id.0]),
+        };
         if let Some(desired_digest_then) = &entry.digests.desired {
-            let found = entry
-                .pinned_uuid
-                .and_then(|u| desired_by_pin.get(&u))
-                .or_else(|| desired_by_name.get(entry.name.as_str()))
-                .copied();
-            match found {
+            match manifest {
                 None => changes.push(Change::ManifestChanged {
                     detail: Some("no manifest declares this stage any more".into()),
                 }),
-                Some(index) => {
-                    verified.desired_of.insert(entry.id, index);
-                    let manifest = &fresh.desired[index];
+                Some(manifest) => {
                     if desired_digest(manifest) != *desired_digest_then {
                         changes.push(Change::ManifestChanged { detail: None });
-                    } else if let Some(fields) = &entry.fields
-                        && *fields != manifest.fields.clone().normalized().sendable(capabilities)
-                    {
-                        // The manifest is as planned but the file would write
-                        // something else: a made-up file with a recomputed digest.
-                        return Err(Refusal::Corrupt(format!(
-                            "entry {} ({:?}) would write fields its manifest does not say",
-                            entry.id, entry.name
-                        )));
                     }
                     if entry.digests.key.as_deref()
                         != Some(&key_digest(&salt, entry.id, &manifest.private_key))
@@ -736,171 +818,250 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
                 }
             }
         }
-
-        if let Some(fields) = entry.fields.as_ref().filter(|_| entry.action.writes()) {
-            let name = fields.name.trim();
-            // The stage the entry writes, and the one whose rename frees the
-            // name, may hold it; anything else is in the way.
-            let freed_by = entry
-                .after
-                .and_then(|a| saved.entries.get(a))
-                .and_then(|a| a.uuid);
-            match live_by_name.get(name) {
-                Some(holder)
-                    if Some(holder.uuid) != entry.uuid && Some(holder.uuid) != freed_by =>
-                {
-                    changes.push(Change::NameTaken {
-                        message: format!(
-                            "name {name:?} is already used by captcha stage {}",
-                            holder.uuid
-                        ),
-                    })
+        let fresh_entry = fresh_id.and_then(|id| fresh.plan.entry(id));
+        if changes.is_empty()
+            && let Some(fresh_entry) = fresh_entry
+        {
+            match compare(saved, entry, fresh_entry, &fresh_of, fresh.plan) {
+                Ok(()) => {}
+                Err(Comparison::Changed(change)) => changes.push(change),
+                Err(Comparison::Forged(message)) => {
+                    forged.push(report(vec![Change::Forged { message }]));
+                    continue;
                 }
-                Some(_) => {}
-                None => {
-                    if let Some(kind) = fresh.foreign_names.get(name) {
-                        changes.push(Change::NameTaken {
-                            message: super::foreign_message(name, kind),
-                        });
-                    }
-                }
+                Err(Comparison::Corrupt(message)) => return Err(Refusal::Corrupt(message)),
             }
+        } else if changes.is_empty() && entry.action == SavedAction::Delete {
+            changes.push(Change::NotDeleted {
+                reason: "it is not a managed stage whose manifest is gone (not in the inventory, or a manifest declares it)".into(),
+            });
         }
 
         if changes.is_empty() {
+            if let Some(id) = *fresh_id {
+                let acts = entry.action.writes()
+                    && fresh_entry.is_some_and(|e| e.action.target().is_some());
+                verified.entries.push((id, acts));
+            }
             continue;
         }
-        let report = StageReport {
-            entry: entry.id,
-            name: entry.name.clone(),
-            origin: entry.origin.as_ref().map(origin_text),
-            changes,
-        };
         if entry.action.writes() {
-            stale.push(report);
+            stale.push(report(changes));
         } else {
-            verified.left_alone.push(report);
+            if let Some(id) = *fresh_id {
+                verified.entries.push((id, false));
+            }
+            verified.left_alone.push(report(changes));
         }
     }
     if !stale.is_empty() {
         return Err(Refusal::Stale(stale));
     }
+    if !forged.is_empty() {
+        return Err(Refusal::NotFromManifests(forged));
+    }
 
-    let planned: std::collections::BTreeSet<usize> =
-        verified.desired_of.values().copied().collect();
+    let planned: BTreeSet<EntryId> = fresh_of.iter().flatten().copied().collect();
     verified.unplanned = fresh
-        .desired
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !planned.contains(i))
-        .map(|(_, d)| d.fields.name.trim().to_owned())
+        .plan
+        .manifest_entries()
+        .filter(|e| !planned.contains(&e.id))
+        .map(|e| e.name.clone())
         .collect();
     Ok(verified)
 }
 
-/// The plan to execute for a file that passed [`check`]: its entries in
-/// order, each writing entry's fields as saved and its key from the manifest
-/// `verified` matched it to. Entries in sync when planned write nothing, even
-/// if they drifted since. `live` is the state `check` saw.
-pub(crate) fn to_plan(
-    saved: &SavedPlan,
-    verified: &Verified,
-    desired: &[DesiredStage],
-    live: &[LiveStage],
-) -> Result<Plan, Refusal> {
-    let capabilities = saved
-        .capabilities()
-        .ok_or_else(|| Refusal::Corrupt(format!("server version {:?}", saved.server.version)))?;
-    let live_by_uuid: HashMap<Uuid, &LiveStage> = live.iter().map(|l| (l.uuid, l)).collect();
-    let mut stages = Vec::with_capacity(saved.entries.len());
-    for entry in &saved.entries {
-        let manifest = verified.desired_of.get(&entry.id).map(|&i| &desired[i]);
-        let unmatched = || Refusal::Corrupt(format!("entry {} has no manifest", entry.id));
-        let write = |fields: &StageFields| -> Result<Write, Refusal> {
-            Ok(Write {
-                fields: fields.clone(),
-                private_key: manifest.ok_or_else(unmatched)?.private_key.clone(),
-                after: entry.after.map(EntryId),
-            })
-        };
-        let key = entry.private_key.unwrap_or(KeyStatus::Unknown);
-        let action = match (entry.action, &entry.fields, entry.uuid) {
-            (SavedAction::Create, Some(fields), None) => Action::Create {
-                write: write(fields)?,
-                key,
-            },
-            (SavedAction::Update, Some(fields), Some(uuid)) => {
-                let live = live_by_uuid.get(&uuid).ok_or_else(unmatched)?;
-                Action::Update {
-                    uuid,
-                    // The live digest matched: these are the changes reviewed.
-                    changes: live
-                        .fields
-                        .clone()
-                        .normalized()
-                        .changes_to(fields, |f| f.known_by(capabilities)),
-                    write: write(fields)?,
-                    key,
-                }
-            }
-            (SavedAction::InSync, None, Some(uuid)) => Action::InSync { uuid },
-            (SavedAction::Delete, ..) => {
-                return Err(Refusal::Corrupt(format!(
-                    "entry {} ({:?}) deletes a stage; this stagesync does not apply deletes",
-                    entry.id, entry.name
-                )));
-            }
-            _ => return Err(Refusal::Corrupt(format!("entry {} is malformed", entry.id))),
-        };
-        let (origin, key_source) = match manifest {
-            Some(m) => (m.origin.clone(), m.key_source.clone()),
-            None => (
-                entry
-                    .origin
-                    .as_ref()
-                    .map(SavedOrigin::to_origin)
-                    .unwrap_or(Origin {
-                        file: PathBuf::new(),
-                        line: 0,
-                        column: 0,
-                    }),
-                entry
-                    .key_source
-                    .as_deref()
-                    .map(parse_key_source)
-                    .unwrap_or(KeySource::Literal),
-            ),
-        };
-        stages.push(StagePlan {
-            id: EntryId(entry.id),
-            name: entry.name.clone(),
-            origin,
-            key_source,
-            action,
-        });
-    }
-    let claimed: BTreeSet<Uuid> = saved.entries.iter().filter_map(|e| e.uuid).collect();
-    Ok(Plan::assemble(stages, live, &claimed, capabilities))
+/// Why a saved entry that nothing changed for is not what the fresh plan says.
+enum Comparison {
+    /// Something changed that the digests do not cover (a name taken, a
+    /// stage in use): a stale plan.
+    Changed(Change),
+    /// The file says something the manifests never planned.
+    Forged(String),
+    /// The entry writes something its manifest does not say.
+    Corrupt(String),
 }
 
-impl SavedOrigin {
-    fn to_origin(&self) -> Origin {
-        Origin {
-            file: PathBuf::from(&self.file),
-            line: self.line,
-            column: self.column,
+/// Whether the saved `entry` is what the manifests plan now (`fresh_entry`):
+/// the same action on the same object, the same fields, waiting for the same
+/// entry. Only for entries whose live object, manifest and key are as planned.
+fn compare(
+    saved: &SavedPlan,
+    entry: &SavedEntry,
+    fresh_entry: &Entry,
+    fresh_of: &[Option<EntryId>],
+    plan: &Plan,
+) -> Result<(), Comparison> {
+    let what = |uuid: Option<Uuid>| match uuid {
+        Some(uuid) => format!("captcha stage {uuid}"),
+        None => "a new stage".to_owned(),
+    };
+    let targets = |uuid: Option<Uuid>| {
+        Comparison::Forged(format!(
+            "the file {} {}, but its manifest means {} now",
+            match entry.action {
+                SavedAction::Create => "creates",
+                SavedAction::Update => "writes",
+                SavedAction::InSync | SavedAction::Delete => "keeps",
+            },
+            what(entry.uuid),
+            what(uuid),
+        ))
+    };
+    match (&entry.action, &fresh_entry.action) {
+        (SavedAction::Delete, Action::Delete { held: None, .. }) => return Ok(()),
+        (
+            SavedAction::Delete,
+            Action::Delete {
+                held: Some(held), ..
+            },
+        ) => {
+            let reason = match held {
+                Held::InUse { users } => format!("in use now: {}", users.join(", ")),
+                Held::Guard { reason } => reason.clone(),
+                Held::NotPruned => "--prune is not in force".into(),
+            };
+            return Err(Comparison::Changed(Change::NotDeleted { reason }));
+        }
+        // The name the entry takes is held now (by another captcha stage, or
+        // one of another type): what a plan would say.
+        (SavedAction::Create | SavedAction::Update, Action::Error { message, .. }) => {
+            return Err(Comparison::Changed(Change::NameTaken {
+                message: message.clone(),
+            }));
+        }
+        (SavedAction::Create, Action::Update { uuid, .. } | Action::InSync { uuid }) => {
+            return Err(Comparison::Changed(Change::NameTaken {
+                message: format!(
+                    "name {:?} is already used by captcha stage {uuid}",
+                    entry.name
+                ),
+            }));
+        }
+        (_, Action::Error { message, .. }) => {
+            return Err(Comparison::Forged(format!(
+                "the manifests cannot plan it now: {message}"
+            )));
+        }
+        (SavedAction::Create, Action::Create { .. }) => {}
+        (
+            SavedAction::Update | SavedAction::InSync,
+            Action::Update { uuid, .. } | Action::InSync { uuid },
+        ) if Some(*uuid) == entry.uuid => {}
+        (_, action) => {
+            let uuid = match action {
+                Action::Update { uuid, .. } | Action::InSync { uuid } => Some(*uuid),
+                _ => None,
+            };
+            return Err(targets(uuid));
         }
     }
+    // Saved in sync: the fresh plan may find its key unknown (a plan made
+    // without the state file), never a field to change.
+    if entry.action == SavedAction::InSync {
+        if let Action::Update { changes, .. } = &fresh_entry.action
+            && !changes.is_empty()
+        {
+            let fields: Vec<&str> = changes.iter().map(|c| c.field).collect();
+            return Err(Comparison::Forged(format!(
+                "saved as in sync, but its manifest asks for a change ({})",
+                fields.join(", ")
+            )));
+        }
+        return Ok(());
+    }
+    if let (Some(fields), Some(write)) = (&entry.fields, fresh_entry.action.write())
+        && fields.to_object() != write.object
+    {
+        // The manifest is as planned but the file would write something
+        // else: a made-up file with a recomputed digest.
+        return Err(Comparison::Corrupt(format!(
+            "entry {} ({:?}) would write fields its manifest does not say",
+            entry.id, entry.name
+        )));
+    }
+    if entry
+        .fields
+        .as_ref()
+        .is_some_and(|f| f.name() != entry.name)
+    {
+        return Err(Comparison::Corrupt(format!(
+            "entry {} ({:?}) is named otherwise than the stage it writes",
+            entry.id, entry.name
+        )));
+    }
+    let saved_after = entry.after.and_then(|a| fresh_of.get(a).copied().flatten());
+    let fresh_after = fresh_entry.after.iter().find_map(|d| match d {
+        Dependency::Entry {
+            on,
+            why: Why::FreesName,
+        } => Some(*on),
+        Dependency::EveryWrite => None,
+    });
+    if saved_after != fresh_after {
+        let name = |id: Option<EntryId>| {
+            id.and_then(|id| plan.entry(id))
+                .map_or("nothing".to_owned(), |e| format!("{:?}", e.name))
+        };
+        let _ = saved;
+        return Err(Comparison::Forged(format!(
+            "the file makes it wait for {}, the manifests for {}",
+            name(saved_after),
+            name(fresh_after)
+        )));
+    }
+    Ok(())
 }
 
-/// The inverse of [`KeySource`]'s `Display`, for entries whose manifest is gone.
-fn parse_key_source(text: &str) -> KeySource {
-    if let Some(var) = text.strip_prefix("!Env ") {
-        KeySource::Env(var.to_owned())
-    } else if let Some(path) = text.strip_prefix("!File ") {
-        KeySource::File(PathBuf::from(path))
-    } else {
-        KeySource::Literal
+/// The plan to execute for a file that passed [`check`]: the fresh plan's
+/// entries the file lists, in the file's order, renumbered; those the file
+/// does not make (saved in sync, in sync now) shown as in sync, acting on
+/// nothing.
+pub(crate) fn to_plan(fresh: &Plan, verified: &Verified) -> Plan {
+    // What the file lists, as it is to be shown: an entry it does not make
+    // acts on nothing (in sync, when it has a live stage; left out if not).
+    let mut kept: Vec<Entry> = Vec::with_capacity(verified.entries.len());
+    let mut old_ids = Vec::with_capacity(verified.entries.len());
+    for (id, acts) in &verified.entries {
+        let Some(entry) = fresh.entry(*id) else {
+            continue;
+        };
+        let mut entry = entry.clone();
+        if !acts && entry.action.target().is_some() || matches!(entry.action, Action::Error { .. })
+        {
+            match (&entry.action, entry.uuid()) {
+                (Action::Delete { .. }, _) | (_, None) => continue,
+                (_, Some(uuid)) => entry.action = Action::InSync { uuid },
+            }
+        }
+        old_ids.push(*id);
+        kept.push(entry);
+    }
+    let renumbered: HashMap<EntryId, EntryId> = old_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, EntryId(i)))
+        .collect();
+    for (i, entry) in kept.iter_mut().enumerate() {
+        entry.id = EntryId(i);
+        entry.after = entry
+            .after
+            .iter()
+            .map(|d| match d {
+                Dependency::Entry { on, why } => Dependency::Entry {
+                    // One the file does not list: waited for, never made.
+                    on: renumbered.get(on).copied().unwrap_or(EntryId(usize::MAX)),
+                    why: why.clone(),
+                },
+                Dependency::EveryWrite => Dependency::EveryWrite,
+            })
+            .collect();
+    }
+    Plan {
+        entries: kept,
+        unmanaged: fresh.unmanaged.clone(),
+        capabilities: fresh.capabilities,
+        key_checks: BTreeMap::new(),
     }
 }
 

@@ -6,7 +6,9 @@ use uuid::Uuid;
 
 use super::*;
 use crate::authentik::ServerVersion;
+use crate::kinds::captcha::StageFields;
 use crate::kinds::field::{FieldChange, Value};
+use crate::plan::prune::Decided;
 use crate::secret::{PrivateKey, SecretString};
 
 const NEW: Capabilities = Capabilities {
@@ -70,7 +72,7 @@ fn run_with(
     })
 }
 
-fn error_message(stage: &StagePlan) -> &str {
+fn error_message(stage: &Entry) -> &str {
     match &stage.action {
         Action::Error { message, .. } => message,
         other => panic!("expected an error, got {other:?}"),
@@ -80,10 +82,10 @@ fn error_message(stage: &StagePlan) -> &str {
 #[test]
 fn a_stage_not_live_is_created_with_an_unknown_key() {
     let p = run(&[desired("rec", None)], &[], &KeyState::default());
-    assert_eq!(p.stages.len(), 1);
+    assert_eq!(p.entries.len(), 1);
     assert!(matches!(
-        &p.stages[0].action,
-        Action::Create { write, key: KeyStatus::Unknown } if write.fields.name == "rec"
+        &p.entries[0].action,
+        Action::Create { write, key: KeyStatus::Unknown } if write.object.value("name") == Value::Str("rec".into())
     ));
     assert!(p.has_changes());
 }
@@ -93,12 +95,12 @@ fn same_fields_and_recorded_key_are_in_sync() {
     let l = [live(1, "rec")];
     let p = run(&[desired("  rec ", None)], &l, &known_keys(&l));
     assert_eq!(
-        p.stages[0].action,
+        p.entries[0].action,
         Action::InSync {
             uuid: Uuid::from_u128(1)
         }
     );
-    assert_eq!(p.stages[0].name, "rec");
+    assert_eq!(p.entries[0].name, "rec");
     assert!(!p.has_changes());
     assert!(p.unmanaged.is_empty());
 }
@@ -112,7 +114,7 @@ fn a_changed_field_is_an_update_old_to_new() {
     let p = run(&[d], &l, &known_keys(&l));
     let Action::Update {
         uuid, changes, key, ..
-    } = &p.stages[0].action
+    } = &p.entries[0].action
     else {
         panic!("expected an update: {p:?}");
     };
@@ -135,12 +137,12 @@ fn a_key_alone_rotated_or_unknown_is_an_update_without_field_changes() {
     d.private_key = SecretString::from("new key");
     let rotated = run(std::slice::from_ref(&d), &l, &known_keys(&l));
     assert!(matches!(
-        &rotated.stages[0].action,
+        &rotated.entries[0].action,
         Action::Update { changes, key: KeyStatus::Rotated, .. } if changes.is_empty()
     ));
     let unknown = run(&[d], &l, &KeyState::default());
     assert!(matches!(
-        &unknown.stages[0].action,
+        &unknown.entries[0].action,
         Action::Update { changes, key: KeyStatus::Unknown, .. } if changes.is_empty()
     ));
 }
@@ -156,16 +158,16 @@ fn ignoring_unknown_keys_hides_only_key_only_updates_with_unknown_keys() {
     let keys = known_keys(&l[2..]);
     let plan = run(&[a, b, c], &l, &keys).ignoring_unknown_keys();
     assert!(
-        matches!(plan.stages[0].action, Action::InSync { .. }),
+        matches!(plan.entries[0].action, Action::InSync { .. }),
         "unknown key only"
     );
     assert!(
-        matches!(&plan.stages[1].action, Action::Update { changes, .. } if changes.len() == 1),
+        matches!(&plan.entries[1].action, Action::Update { changes, .. } if changes.len() == 1),
         "field drift still shows"
     );
     assert!(
         matches!(
-            plan.stages[2].action,
+            plan.entries[2].action,
             Action::Update {
                 key: KeyStatus::Rotated,
                 ..
@@ -179,14 +181,14 @@ fn ignoring_unknown_keys_hides_only_key_only_updates_with_unknown_keys() {
 fn a_pinned_uuid_with_another_live_name_is_a_rename() {
     let l = [live(1, "old-name")];
     let p = run(&[desired("new-name", Some(1))], &l, &known_keys(&l));
-    let Action::Update { changes, .. } = &p.stages[0].action else {
+    let Action::Update { changes, .. } = &p.entries[0].action else {
         panic!("expected an update: {p:?}");
     };
     assert_eq!(changes.len(), 1);
     assert_eq!(changes[0].field, "name");
     assert_eq!(changes[0].old, Value::Str("old-name".into()));
     assert_eq!(changes[0].new, Value::Str("new-name".into()));
-    assert_eq!(p.waits_for(&p.stages[0]), None);
+    assert_eq!(p.waits_for(&p.entries[0]), None);
 }
 
 #[test]
@@ -196,7 +198,7 @@ fn a_pinned_uuid_not_live_is_an_error_that_says_to_remove_the_pin() {
         &[live(1, "rec")],
         &KeyState::default(),
     );
-    let message = error_message(&p.stages[0]);
+    let message = error_message(&p.entries[0]);
     assert!(message.contains(&Uuid::from_u128(9).to_string()));
     assert!(message.contains("remove the `uuid` line"));
     // The live stage of the same name is not silently taken over.
@@ -214,16 +216,16 @@ fn a_stage_claimed_by_a_pin_is_not_matched_again_by_name() {
         &l,
         &known_keys(&l),
     );
-    assert!(matches!(p.stages[0].action, Action::Update { .. }));
-    assert!(matches!(p.stages[1].action, Action::Create { .. }));
-    assert_eq!(p.waits_for(&p.stages[1]), Some(Uuid::from_u128(1)));
+    assert!(matches!(p.entries[0].action, Action::Update { .. }));
+    assert!(matches!(p.entries[1].action, Action::Create { .. }));
+    assert_eq!(p.waits_for(&p.entries[1]), Some(Uuid::from_u128(1)));
 }
 
 #[test]
 fn a_rename_onto_a_name_another_captcha_stage_keeps_is_an_error() {
     let l = [live(1, "a"), live(2, "b")];
     let p = run(&[desired("b", Some(1))], &l, &known_keys(&l));
-    let message = error_message(&p.stages[0]);
+    let message = error_message(&p.entries[0]);
     assert!(
         message.starts_with("cannot rename to \"b\": name \"b\" is already used by captcha stage")
     );
@@ -239,9 +241,9 @@ fn a_rename_onto_a_name_being_vacated_waits_for_it() {
         &l,
         &known_keys(&l),
     );
-    assert!(matches!(p.stages[0].action, Action::Update { .. }));
-    assert_eq!(p.waits_for(&p.stages[0]), Some(Uuid::from_u128(2)));
-    assert_eq!(p.waits_for(&p.stages[1]), None);
+    assert!(matches!(p.entries[0].action, Action::Update { .. }));
+    assert_eq!(p.waits_for(&p.entries[0]), Some(Uuid::from_u128(2)));
+    assert_eq!(p.waits_for(&p.entries[1]), None);
 }
 
 #[test]
@@ -252,7 +254,7 @@ fn a_swap_of_names_is_an_error() {
         &l,
         &known_keys(&l),
     );
-    for stage in &p.stages {
+    for stage in &p.entries {
         assert!(error_message(stage).contains("cycle of renames"));
     }
     assert!(p.unmanaged.is_empty());
@@ -273,11 +275,11 @@ fn a_name_held_by_another_stage_type_is_an_error_found_while_planning() {
     ]);
     let p = run_with(&ds, &l, &known_keys(&l), NEW, &foreign);
     assert_eq!(
-        error_message(&p.stages[0]),
+        error_message(&p.entries[0]),
         "name \"login\" is already used by an identification stage; stage names are unique across all stage types"
     );
-    assert!(error_message(&p.stages[1]).contains("password stage"));
-    assert!(matches!(p.stages[2].action, Action::Create { .. }));
+    assert!(error_message(&p.entries[1]).contains("password stage"));
+    assert!(matches!(p.entries[2].action, Action::Create { .. }));
 }
 
 #[test]
@@ -314,10 +316,13 @@ fn an_old_server_neither_compares_nor_sends_request_content_type() {
         OLD,
         &BTreeMap::new(),
     );
-    assert!(matches!(old.stages[0].action, Action::InSync { .. }));
-    assert!(!old.known_fields.contains(&"request_content_type"));
+    assert!(matches!(old.entries[0].action, Action::InSync { .. }));
+    assert!(
+        !old.known_fields(crate::kinds::Kind::CaptchaStage)
+            .contains(&"request_content_type")
+    );
     let new = run(std::slice::from_ref(&d), &l, &known_keys(&l));
-    assert!(matches!(new.stages[0].action, Action::Update { .. }));
+    assert!(matches!(new.entries[0].action, Action::Update { .. }));
 
     let create = run_with(
         &[desired("other", None)],
@@ -327,8 +332,8 @@ fn an_old_server_neither_compares_nor_sends_request_content_type() {
         &BTreeMap::new(),
     );
     assert!(matches!(
-        &create.stages[0].action,
-        Action::Create { write, .. } if write.fields.request_content_type.is_none()
+        &create.entries[0].action,
+        Action::Create { write, .. } if write.object.value("request_content_type") == Value::Absent
     ));
 }
 
@@ -338,7 +343,7 @@ fn duplicate_names_or_pins_are_errors_for_every_copy() {
     let mut second = desired("a", None);
     second.origin = origin(7);
     let p = run(&[desired("a", None), second], &l, &known_keys(&l));
-    for stage in &p.stages {
+    for stage in &p.entries {
         assert_eq!(
             error_message(stage),
             "name \"a\" is declared by more than one manifest (stages/captcha.yaml:1, stages/captcha.yaml:7)"
@@ -352,7 +357,7 @@ fn duplicate_names_or_pins_are_errors_for_every_copy() {
         &l,
         &known_keys(&l),
     );
-    assert!(error_message(&p.stages[0]).starts_with("uuid"));
+    assert!(error_message(&p.entries[0]).starts_with("uuid"));
     assert!(p.unmanaged.is_empty());
 }
 
@@ -562,8 +567,8 @@ fn apply_model(
     foreign: &BTreeMap<String, String>,
 ) -> Result<(), String> {
     let mut done: BTreeSet<Uuid> = BTreeSet::new();
-    let mut pending: Vec<&StagePlan> = plan
-        .stages
+    let mut pending: Vec<&Entry> = plan
+        .entries
         .iter()
         .filter(|s| matches!(s.action, Action::Create { .. } | Action::Update { .. }))
         .collect();
@@ -576,8 +581,8 @@ fn apply_model(
                 waiting.push(stage);
                 continue;
             }
-            let (_, write) = stage.action.write().expect("filtered above");
-            let key = &write.private_key;
+            let write = stage.action.write().expect("filtered above");
+            let key = write.secret.as_ref().expect("a captcha write has its key");
             let taken = |name: &str, except: Option<Uuid>, live: &[LiveStage]| {
                 foreign.contains_key(name)
                     || live
@@ -586,7 +591,8 @@ fn apply_model(
             };
             match &stage.action {
                 Action::Create { write, .. } => {
-                    let f = stored(&write.fields, caps);
+                    let Object::CaptchaStage(fields) = &write.object;
+                    let f = stored(fields, caps);
                     if taken(&f.name, None, live) {
                         return Err(format!("create of taken name {:?}", f.name));
                     }
@@ -596,7 +602,8 @@ fn apply_model(
                     keys.record(uuid, key);
                 }
                 Action::Update { uuid, write, .. } => {
-                    let f = stored(&write.fields, caps);
+                    let Object::CaptchaStage(fields) = &write.object;
+                    let f = stored(fields, caps);
                     if taken(&f.name, Some(*uuid), live) {
                         return Err(format!("rename to taken name {:?}", f.name));
                     }
@@ -750,14 +757,14 @@ proptest! {
             .map_err(|e| TestCaseError::fail(format!("{e}\nplan: {first:#?}")))?;
 
         let second = run_with(&desired, &live, &keys, caps, &foreign);
-        for stage in &second.stages {
+        for stage in &second.entries {
             prop_assert!(
                 matches!(stage.action, Action::InSync { .. } | Action::Error { .. }),
                 "perpetual diff: {:?}\nfirst plan: {:#?}", stage, first
             );
         }
         // Errors stay errors (nothing was written for them) and nothing else became one.
-        let errors = |p: &Plan| p.stages.iter().filter(|s| matches!(s.action, Action::Error { .. })).map(|s| s.id).collect::<Vec<_>>();
+        let errors = |p: &Plan| p.entries.iter().filter(|s| matches!(s.action, Action::Error { .. })).map(|s| s.id).collect::<Vec<_>>();
         prop_assert_eq!(errors(&first), errors(&second));
         // Unmanaged stages were never touched.
         for u in &unmanaged_before {
@@ -793,32 +800,35 @@ fn every_kind_of_prune_entry() -> Plan {
     let l = [live(0xb1, "rec-kept")];
     let mut d = desired("rec-kept", None);
     d.fields.score_min_threshold = 0.7;
-    let entry = |n: u128, name: &str, decision| PruneEntry {
+    let entry = |n: u128, name: &str, held| Decided {
+        kind: Kind::CaptchaStage,
         uuid: Uuid::from_u128(n),
         name: name.to_owned(),
-        decision,
+        held,
     };
-    run(&[d], &l, &known_keys(&l)).with_prune(vec![
-        entry(0xc1, "rec-old", PruneDecision::Delete),
+    let mut p = run(&[d], &l, &known_keys(&l));
+    p.add_deletes(vec![
+        entry(0xc1, "rec-old", None),
         entry(
             0xc2,
             "rec-login-old",
-            PruneDecision::Blocked {
+            Some(Held::InUse {
                 users: vec![
                     "bound to flow `default-authentication-flow`".into(),
                     "captcha of identification stage `login-ident`".into(),
                 ],
-            },
+            }),
         ),
         entry(
             0xc3,
             "rec-many",
-            PruneDecision::HeldBack {
+            Some(Held::Guard {
                 reason: "this run would delete 3 stages, more than the --max-deletes 2 allowed; nothing is deleted (pass --max-deletes 3 to allow it)".into(),
-            },
+            }),
         ),
-        entry(0xc4, "rec-\u{1b}[31mred", PruneDecision::NotPruned),
-    ])
+        entry(0xc4, "rec-\u{1b}[31mred", Some(Held::NotPruned)),
+    ]);
+    p
 }
 
 #[test]
@@ -846,10 +856,12 @@ fn pruned_stages_leave_the_unmanaged_list() {
     let l = [live(1, "kept"), live(2, "gone"), live(3, "clicked")];
     let p = run(&[desired("kept", None)], &l, &known_keys(&l));
     assert_eq!(p.unmanaged.len(), 2);
-    let p = p.with_prune(vec![PruneEntry {
+    let mut p = p;
+    p.add_deletes(vec![Decided {
+        kind: Kind::CaptchaStage,
         uuid: Uuid::from_u128(2),
         name: "gone".into(),
-        decision: PruneDecision::NotPruned,
+        held: Some(Held::NotPruned),
     }]);
     assert_eq!(
         p.unmanaged
@@ -871,12 +883,12 @@ fn a_stage_type_named_by_its_verbose_name_reads_as_one_kind_of_stage() {
     ]);
     let p = run_with(&ds, &[], &KeyState::default(), NEW, &foreign);
     assert_eq!(
-        error_message(&p.stages[0]),
+        error_message(&p.entries[0]),
         "name \"login\" is already used by an identification stage; stage names are unique across all stage types"
     );
     assert!(
-        error_message(&p.stages[1]).contains("used by an email stage;"),
+        error_message(&p.entries[1]).contains("used by an email stage;"),
         "{}",
-        error_message(&p.stages[1])
+        error_message(&p.entries[1])
     );
 }

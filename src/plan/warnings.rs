@@ -42,7 +42,7 @@ impl fmt::Display for Warning {
 /// Every security-relevant change in `plan`, in entry order.
 pub(crate) fn warnings(plan: &Plan) -> Vec<Warning> {
     let mut found = Vec::new();
-    for stage in &plan.stages {
+    for stage in &plan.entries {
         let Action::Update { changes, .. } = &stage.action else {
             continue;
         };

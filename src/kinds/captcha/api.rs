@@ -23,8 +23,8 @@ use uuid::Uuid;
 use super::{FIELDS, LiveStage, StageFields};
 use crate::authentik::transport::{Call, Created, List};
 use crate::authentik::{ApiError, Client};
-use crate::kinds::UsedBy;
 use crate::kinds::field;
+use crate::kinds::{UsedBy, Written};
 use crate::secret::{ExposeSecret, PrivateKey};
 
 /// The list of captcha stages, as the observer names its route.
@@ -83,6 +83,36 @@ pub(crate) fn write_body(write: &StageWrite<'_>) -> Result<Value, ApiError> {
         Value::from(write.private_key.expose_secret()),
     );
     Ok(Value::Object(body))
+}
+
+/// A plan's write of a captcha stage: a create (`uuid` `None`) or an update,
+/// and what it made. A captcha stage cannot be written without its key.
+pub(crate) async fn write(
+    client: &Client,
+    uuid: Option<Uuid>,
+    fields: &StageFields,
+    private_key: Option<&PrivateKey>,
+) -> Result<Written, ApiError> {
+    let Some(private_key) = private_key else {
+        return Err(ApiError::ClientSetup {
+            reason: "a captcha stage is written with its private key, and this write has none"
+                .into(),
+        });
+    };
+    let request = StageWrite {
+        fields,
+        private_key,
+    };
+    let stages = Stages::new(client);
+    let (live, secret_confirmed) = match uuid {
+        None => stages.create_reporting(&request).await?,
+        Some(uuid) => (stages.update(uuid, &request).await?, true),
+    };
+    Ok(Written {
+        uuid: live.uuid,
+        name: live.fields.name,
+        secret_confirmed,
+    })
 }
 
 /// The captcha stage endpoints of one authentik. Cheap to make and to clone.

@@ -14,12 +14,14 @@
 //!   the live side of an older server, and neither compared nor sent to one.
 //!
 //! The rest of the kind: [`MANIFEST`] (what a document holds beyond the
-//! fields, and the rule across them), [`api`] (endpoints and wire format),
-//! [`warnings`] (changes a reviewer must not miss) and [`export`] (a manifest
-//! from a live stage).
+//! fields, and the rule across them), [`matching`] (which live stage a
+//! manifest means: its identity, and renames that wait for each other),
+//! [`api`] (endpoints and wire format), [`warnings`] (changes a reviewer must
+//! not miss) and [`export`] (a manifest from a live stage).
 
 pub mod api;
 pub(crate) mod export;
+pub(crate) mod matching;
 pub(crate) mod warnings;
 
 use serde::{Deserialize, Serialize};

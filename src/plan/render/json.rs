@@ -8,10 +8,10 @@
 
 use serde::Serialize;
 
-use crate::kinds::captcha::StageFields;
+use crate::kinds::Object;
 use crate::kinds::field::FieldChange;
 use crate::plan::key_check::Verdict;
-use crate::plan::{Action, KeyStatus, Plan, PruneEntry, Summary, Unmanaged, Warning};
+use crate::plan::{Action, Held, KeyStatus, Plan, Summary, Unmanaged, Warning};
 
 /// `format_version` of [`render_json`]'s output.
 pub const JSON_FORMAT_VERSION: u32 = 1;
@@ -28,8 +28,37 @@ struct JsonPlan<'a> {
     warnings: Vec<JsonWarning>,
     /// Managed stages whose manifests are gone: `{uuid, name, decision}` with
     /// `users` (blocked) or `reason` (held back). Left out when empty.
-    #[serde(skip_serializing_if = "<[PruneEntry]>::is_empty")]
-    prune: &'a [PruneEntry],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    prune: Vec<JsonPrune<'a>>,
+}
+
+/// A delete entry, as the `prune` array shows it.
+#[derive(Serialize)]
+struct JsonPrune<'a> {
+    uuid: uuid::Uuid,
+    name: &'a str,
+    #[serde(flatten)]
+    decision: JsonDecision<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+enum JsonDecision<'a> {
+    Delete,
+    Blocked { users: &'a [String] },
+    NotPruned,
+    HeldBack { reason: &'a str },
+}
+
+impl<'a> JsonDecision<'a> {
+    fn of(held: Option<&'a Held>) -> Self {
+        match held {
+            None => JsonDecision::Delete,
+            Some(Held::InUse { users }) => JsonDecision::Blocked { users },
+            Some(Held::NotPruned) => JsonDecision::NotPruned,
+            Some(Held::Guard { reason }) => JsonDecision::HeldBack { reason },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -56,7 +85,7 @@ struct JsonStage<'a> {
     key_source: String,
     private_key: Option<KeyStatus>,
     changes: &'a [FieldChange],
-    fields: Option<&'a StageFields>,
+    fields: Option<&'a Object>,
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_check: Option<JsonKeyCheck<'a>>,
@@ -76,13 +105,12 @@ struct JsonKeyCheck<'a> {
 /// The plan as one pretty-printed JSON document, with a trailing newline.
 pub fn render_json(plan: &Plan) -> String {
     let stages = plan
-        .stages
-        .iter()
+        .manifest_entries()
         .map(|s| {
             let (action, uuid, key, changes, fields, message): (_, _, _, &[FieldChange], _, _) =
                 match &s.action {
                     Action::Create { write, key } => {
-                        ("create", None, Some(*key), &[], Some(&write.fields), None)
+                        ("create", None, Some(*key), &[], Some(&write.object), None)
                     }
                     Action::Update {
                         uuid,
@@ -94,7 +122,7 @@ pub fn render_json(plan: &Plan) -> String {
                         Some(*uuid),
                         Some(*key),
                         changes,
-                        Some(&write.fields),
+                        Some(&write.object),
                         None,
                     ),
                     Action::InSync { uuid } => (
@@ -108,18 +136,27 @@ pub fn render_json(plan: &Plan) -> String {
                     Action::Error { uuid, message } => {
                         ("error", *uuid, None, &[], None, Some(message.as_str()))
                     }
+                    Action::Delete { uuid, .. } => ("delete", Some(*uuid), None, &[], None, None),
                 };
             JsonStage {
                 action,
                 name: &s.name,
                 origin: JsonOrigin {
-                    file: s.origin.file.display().to_string(),
-                    line: s.origin.line,
-                    column: s.origin.column,
+                    file: s
+                        .origin
+                        .as_ref()
+                        .map(|o| o.file.display().to_string())
+                        .unwrap_or_default(),
+                    line: s.origin.as_ref().map_or(0, |o| o.line),
+                    column: s.origin.as_ref().map_or(0, |o| o.column),
                 },
                 uuid,
                 after: plan.waits_for(s),
-                key_source: s.key_source.to_string(),
+                key_source: s
+                    .key_source
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 private_key: key,
                 changes,
                 fields,
@@ -138,7 +175,7 @@ pub fn render_json(plan: &Plan) -> String {
         format_version: JSON_FORMAT_VERSION,
         summary: plan.summary(),
         has_changes: plan.has_changes(),
-        known_fields: plan.known_fields.clone(),
+        known_fields: plan.known_fields(crate::kinds::Kind::CaptchaStage),
         stages,
         unmanaged: &plan.unmanaged,
         warnings: crate::plan::warnings(plan)
@@ -148,7 +185,17 @@ pub fn render_json(plan: &Plan) -> String {
                 warning,
             })
             .collect(),
-        prune: &plan.prune,
+        prune: plan
+            .prune_entries()
+            .filter_map(|entry| match &entry.action {
+                Action::Delete { uuid, held } => Some(JsonPrune {
+                    uuid: *uuid,
+                    name: &entry.name,
+                    decision: JsonDecision::of(held.as_ref()),
+                }),
+                _ => None,
+            })
+            .collect(),
     };
     match serde_json::to_string_pretty(&doc) {
         Ok(mut s) => {

@@ -9,8 +9,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    body_lines, has_any, key_check_text, origin_short, prune_label, prune_lines, summary_line,
-    warning_lines,
+    body_lines, delete_of, has_any, key_check_text, origin_short, prune_label, prune_lines,
+    summary_line, warning_lines,
 };
 use crate::plan::key_check::Verdict;
 use crate::plan::{Action, Plan};
@@ -61,6 +61,11 @@ fn fenced(lang: &str, lines: &[String]) -> String {
     out
 }
 
+/// `file:line` of an entry's manifest.
+fn origin_of(entry: &crate::plan::Entry) -> String {
+    entry.origin.as_ref().map(origin_short).unwrap_or_default()
+}
+
 /// The plan as GitHub-flavoured Markdown.
 pub fn render_markdown(plan: &Plan) -> String {
     let summary = plan.summary();
@@ -99,13 +104,13 @@ pub fn render_markdown(plan: &Plan) -> String {
 
     if has_any(plan, |a| matches!(a, Action::Error { .. })) {
         out.push_str("#### Errors\n\n");
-        for stage in &plan.stages {
+        for stage in plan.manifest_entries() {
             if let Action::Error { message, .. } = &stage.action {
                 let _ = writeln!(
                     out,
                     "- **! error** {} ({}): {}",
                     code(&stage.name),
-                    code(&origin_short(&stage.origin)),
+                    code(&origin_of(stage)),
                     text(message)
                 );
             }
@@ -113,17 +118,17 @@ pub fn render_markdown(plan: &Plan) -> String {
         out.push('\n');
     }
 
-    for stage in &plan.stages {
+    for stage in plan.manifest_entries() {
         let label = match stage.action {
             Action::Create { .. } => "+ create",
             Action::Update { .. } => "~ update",
-            Action::InSync { .. } | Action::Error { .. } => continue,
+            Action::InSync { .. } | Action::Error { .. } | Action::Delete { .. } => continue,
         };
         let _ = writeln!(
             out,
             "#### {label} {} ({})\n",
             code(&stage.name),
-            code(&origin_short(&stage.origin))
+            code(&origin_of(stage))
         );
         if let Some(after) = plan.waits_for(stage) {
             let _ = writeln!(
@@ -137,7 +142,11 @@ pub fn render_markdown(plan: &Plan) -> String {
         }
         out.push_str(&fenced(
             "diff",
-            &body_lines(&stage.action, &stage.key_source, &plan.known_fields),
+            &body_lines(
+                &stage.action,
+                stage.key_source.as_ref(),
+                &plan.known_fields(stage.kind),
+            ),
         ));
         out.push('\n');
         if let Some(check) = plan.key_checks.get(&stage.id) {
@@ -154,15 +163,18 @@ pub fn render_markdown(plan: &Plan) -> String {
         }
     }
 
-    for entry in &plan.prune {
+    for entry in plan.prune_entries() {
+        let Some((uuid, held)) = delete_of(&entry.action) else {
+            continue;
+        };
         let _ = writeln!(
             out,
             "#### {} {} ({})\n",
-            prune_label(entry),
+            prune_label(held),
             code(&entry.name),
-            code(&entry.uuid.to_string())
+            code(&uuid.to_string())
         );
-        for line in prune_lines(entry) {
+        for line in prune_lines(held) {
             let _ = writeln!(out, "- {}", text(&line));
         }
         out.push('\n');
@@ -174,14 +186,9 @@ pub fn render_markdown(plan: &Plan) -> String {
             "<details><summary>{} in sync</summary>\n",
             summary.in_sync
         );
-        for stage in &plan.stages {
+        for stage in plan.manifest_entries() {
             if matches!(stage.action, Action::InSync { .. }) {
-                let _ = writeln!(
-                    out,
-                    "- {} ({})",
-                    code(&stage.name),
-                    code(&origin_short(&stage.origin))
-                );
+                let _ = writeln!(out, "- {} ({})", code(&stage.name), code(&origin_of(stage)));
             }
         }
         out.push_str("\n</details>\n\n");

@@ -21,9 +21,9 @@ pub use text::render_text;
 
 use similar::TextDiff;
 
-use super::{Action, KeyStatus, Plan, PruneDecision, PruneEntry, Summary, Warning};
+use super::{Action, Held, KeyStatus, Plan, Summary, Warning};
+use crate::kinds::Object;
 use crate::kinds::Origin;
-use crate::kinds::captcha::StageFields;
 use crate::kinds::field::{FieldChange, Value};
 use crate::plan::key_check::KeyCheck;
 use crate::secret::KeySource;
@@ -100,16 +100,16 @@ fn field_line(field: &str, value: &Value) -> String {
 }
 
 /// One YAML-ish `field: value` line per known field.
-fn field_lines(fields: &StageFields, known: &[&'static str]) -> Vec<String> {
+fn field_lines(object: &Object, known: &[&'static str]) -> Vec<String> {
     known
         .iter()
-        .map(|&f| field_line(f, &fields.value(f)))
+        .map(|&f| field_line(f, &object.value(f)))
         .collect()
 }
 
 /// A unified diff (live -> manifest) of the known fields of an update, with
 /// every field as context so the reviewer sees the whole stage.
-fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[&'static str]) -> String {
+fn update_diff(desired: &Object, changes: &[FieldChange], known: &[&'static str]) -> String {
     let line_of = |f: &'static str, live: bool| {
         let value = changes
             .iter()
@@ -129,13 +129,14 @@ fn update_diff(desired: &StageFields, changes: &[FieldChange], known: &[&'static
 
 /// The lines of the body shown under an entry's header (without indentation),
 /// shared by the text and Markdown renderers. Diff lines start with their
-/// unified-diff marker.
-fn body_lines(action: &Action, source: &KeySource, known: &[&'static str]) -> Vec<String> {
+/// unified-diff marker. The secret's line only for a kind that has one.
+fn body_lines(action: &Action, source: Option<&KeySource>, known: &[&'static str]) -> Vec<String> {
+    let secret = |key: KeyStatus| source.map(|source| format!(" {}", key_line(key, source)));
     match action {
-        Action::Create { write, key } => field_lines(&write.fields, known)
+        Action::Create { write, key } => field_lines(&write.object, known)
             .into_iter()
             .map(|l| format!("+{l}"))
-            .chain(std::iter::once(format!(" {}", key_line(*key, source))))
+            .chain(secret(*key))
             .collect(),
         Action::Update {
             changes,
@@ -146,15 +147,15 @@ fn body_lines(action: &Action, source: &KeySource, known: &[&'static str]) -> Ve
             let mut lines: Vec<String> = if changes.is_empty() {
                 vec![" (no field changes)".to_owned()]
             } else {
-                update_diff(&write.fields, changes, known)
+                update_diff(&write.object, changes, known)
                     .lines()
                     .map(str::to_owned)
                     .collect()
             };
-            lines.push(format!(" {}", key_line(*key, source)));
+            lines.extend(secret(*key));
             lines
         }
-        Action::InSync { .. } | Action::Error { .. } => Vec::new(),
+        Action::InSync { .. } | Action::Error { .. } | Action::Delete { .. } => Vec::new(),
     }
 }
 
@@ -169,38 +170,46 @@ fn key_check_text(check: &KeyCheck) -> String {
 }
 
 fn has_any(plan: &Plan, pred: impl Fn(&Action) -> bool) -> bool {
-    plan.stages.iter().any(|s| pred(&s.action))
+    plan.entries.iter().any(|s| pred(&s.action))
 }
 
-/// The header label of a prune entry, shared by the text and Markdown plans.
-fn prune_label(entry: &PruneEntry) -> &'static str {
-    match entry.decision {
-        PruneDecision::Delete => "- delete",
-        PruneDecision::Blocked { .. } => "! blocked",
-        PruneDecision::HeldBack { .. } => "! held back",
-        PruneDecision::NotPruned => "= not pruned",
+/// The header label of a delete entry, shared by the text and Markdown plans.
+fn prune_label(held: Option<&Held>) -> &'static str {
+    match held {
+        None => "- delete",
+        Some(Held::InUse { .. }) => "! blocked",
+        Some(Held::Guard { .. }) => "! held back",
+        Some(Held::NotPruned) => "= not pruned",
     }
 }
 
-/// The lines under a prune entry's header (unescaped: names come from
+/// The lines under a delete entry's header (unescaped: names come from
 /// authentik, so each renderer escapes them its own way).
-fn prune_lines(entry: &PruneEntry) -> Vec<String> {
-    match &entry.decision {
-        PruneDecision::Delete => {
+fn prune_lines(held: Option<&Held>) -> Vec<String> {
+    match held {
+        None => {
             vec!["no longer in the manifests: deleted after every create and update".to_owned()]
         }
-        PruneDecision::Blocked { users } => {
+        Some(Held::InUse { users }) => {
             let mut lines = vec!["no longer in the manifests, but in use: not deleted".to_owned()];
             lines.extend(users.iter().cloned());
             lines.push("unbind it first, or restore its manifest".to_owned());
             lines
         }
-        PruneDecision::HeldBack { reason } => vec![
+        Some(Held::Guard { reason }) => vec![
             "no longer in the manifests; not deleted:".to_owned(),
             reason.clone(),
         ],
-        PruneDecision::NotPruned => {
+        Some(Held::NotPruned) => {
             vec!["no longer in the manifests (not pruned; --prune would delete it)".to_owned()]
         }
+    }
+}
+
+/// A delete entry's live object and why it is not deleted, if it is not.
+fn delete_of(action: &Action) -> Option<(uuid::Uuid, Option<&Held>)> {
+    match action {
+        Action::Delete { uuid, held } => Some((*uuid, held.as_ref())),
+        _ => None,
     }
 }

@@ -23,10 +23,11 @@ use std::fmt::Write as _;
 use anstyle::{AnsiColor, Style};
 
 use super::{
-    body_lines, key_check_text, origin_short, prune_label, prune_lines, summary_line, warning_lines,
+    body_lines, delete_of, key_check_text, origin_short, prune_label, prune_lines, summary_line,
+    warning_lines,
 };
 use crate::plan::key_check::Verdict;
-use crate::plan::{Action, Plan, PruneDecision, StagePlan};
+use crate::plan::{Action, Entry, Held, Plan};
 use crate::text::escape;
 
 const INDENT: &str = "    ";
@@ -60,12 +61,13 @@ impl Painter {
     }
 }
 
-fn header(stage: &StagePlan) -> (&'static str, Style) {
+fn header(stage: &Entry) -> (&'static str, Style) {
     match stage.action {
         Action::Create { .. } => ("+ create", AnsiColor::Green.on_default().bold()),
         Action::Update { .. } => ("~ update", AnsiColor::Yellow.on_default().bold()),
         Action::InSync { .. } => ("= in sync", Style::new().dimmed()),
         Action::Error { .. } => ("! error", AnsiColor::Red.on_default().bold()),
+        Action::Delete { .. } => ("- delete", AnsiColor::Red.on_default().bold()),
     }
 }
 
@@ -75,7 +77,7 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
     let warnings = crate::plan::warnings(plan);
     let mut out = String::new();
     let mut previous_in_sync = None;
-    for stage in &plan.stages {
+    for stage in plan.manifest_entries() {
         let in_sync = matches!(stage.action, Action::InSync { .. });
         // A blank line between entries; consecutive in-sync entries stay compact.
         if previous_in_sync.is_some_and(|prev| !(prev && in_sync)) {
@@ -88,7 +90,7 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
             "{} {} ({})",
             painter.paint(style, label),
             painter.paint(Style::new().bold(), &escape(&stage.name)),
-            origin_short(&stage.origin),
+            stage.origin.as_ref().map(origin_short).unwrap_or_default(),
         );
         if let Some(after) = plan.waits_for(stage) {
             let _ = writeln!(
@@ -103,7 +105,8 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
                 painter.paint(AnsiColor::Red.on_default(), &escape(message))
             );
         }
-        for line in body_lines(&stage.action, &stage.key_source, &plan.known_fields) {
+        let known = plan.known_fields(stage.kind);
+        for line in body_lines(&stage.action, stage.key_source.as_ref(), &known) {
             let _ = writeln!(out, "{INDENT}{}", painter.diff_line(&line));
         }
         for line in warning_lines(&warnings, &stage.name) {
@@ -123,25 +126,26 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
             );
         }
     }
-    if !plan.stages.is_empty() {
+    if plan.manifest_entries().next().is_some() {
         out.push('\n');
     }
-    for entry in &plan.prune {
-        let style = match entry.decision {
-            PruneDecision::Delete => AnsiColor::Red.on_default().bold(),
-            PruneDecision::Blocked { .. } | PruneDecision::HeldBack { .. } => {
-                AnsiColor::Yellow.on_default().bold()
-            }
-            PruneDecision::NotPruned => Style::new().dimmed(),
+    for entry in plan.prune_entries() {
+        let Some((uuid, held)) = delete_of(&entry.action) else {
+            continue;
+        };
+        let style = match held {
+            None => AnsiColor::Red.on_default().bold(),
+            Some(Held::InUse { .. } | Held::Guard { .. }) => AnsiColor::Yellow.on_default().bold(),
+            Some(Held::NotPruned) => Style::new().dimmed(),
         };
         let _ = writeln!(
             out,
             "{} {} ({})",
-            painter.paint(style, prune_label(entry)),
+            painter.paint(style, prune_label(held)),
             painter.paint(Style::new().bold(), &escape(&entry.name)),
-            entry.uuid,
+            uuid,
         );
-        for line in prune_lines(entry) {
+        for line in prune_lines(held) {
             let _ = writeln!(out, "{INDENT}{}", escape(&line));
         }
         out.push('\n');

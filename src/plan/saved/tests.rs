@@ -82,23 +82,39 @@ fn save_with_salt(w: &World, salt: [u8; 16]) -> Result<SavedPlan, SaveError> {
     SavedPlan::from_plan(&plan_of(w), &w.desired, &w.live, URL, t0(), salt)
 }
 
-fn check_at(
-    saved: &SavedPlan,
-    w: &World,
-    foreign: &BTreeMap<String, String>,
-) -> Result<Verified, Refusal> {
+/// The plan made again from `w` (names in `foreign` held by stages of
+/// other types), as `apply --plan` makes it.
+fn fresh_plan(w: &World, foreign: &BTreeMap<String, String>) -> Plan {
+    plan(&PlanInputs {
+        desired: &w.desired,
+        live: &w.live,
+        keys: &w.keys,
+        capabilities: Capabilities::for_version(VERSION),
+        foreign_names: foreign,
+    })
+}
+
+fn check_against(saved: &SavedPlan, w: &World, fresh: &Plan) -> Result<Verified, Refusal> {
     check(
         saved,
         &Fresh {
+            plan: fresh,
             desired: &w.desired,
             live: &w.live,
-            foreign_names: foreign,
             url: URL,
             version: VERSION,
             now: t0() + Duration::from_secs(600),
             max_age: DEFAULT_MAX_AGE,
         },
     )
+}
+
+fn check_at(
+    saved: &SavedPlan,
+    w: &World,
+    foreign: &BTreeMap<String, String>,
+) -> Result<Verified, Refusal> {
+    check_against(saved, w, &fresh_plan(w, foreign))
 }
 
 fn refused(result: Result<Verified, Refusal>) -> Vec<StageReport> {
@@ -245,8 +261,9 @@ fn an_unchanged_world_passes_and_says_where_each_key_comes_from() {
     let saved = reparsed(&save(&w));
     let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
     assert_eq!(
-        verified.desired_of,
-        BTreeMap::from([(0, 0), (1, 1), (2, 2)])
+        verified.entries,
+        [(EntryId(0), true), (EntryId(1), true), (EntryId(2), false)],
+        "the update and the create are made, the in-sync entry only shown"
     );
     assert!(verified.left_alone.is_empty());
     assert!(verified.unplanned.is_empty());
@@ -345,7 +362,7 @@ fn a_name_taken_since_refuses() {
     );
 
     let w = world();
-    assert_eq!(saved.names_to_check(&w.live), ["signup"]);
+    assert_eq!(crate::plan::names_to_check(&w.desired, &w.live), ["signup"]);
     let foreign = BTreeMap::from([("signup".to_owned(), "identification".to_owned())]);
     let reports = refused(check_at(&saved, &w, &foreign));
     assert_eq!(
@@ -396,20 +413,21 @@ fn a_manifest_added_since_is_not_applied() {
     w.desired.push(desired("newcomer", None, "k"));
     let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
     assert_eq!(verified.unplanned, ["newcomer"]);
-    assert!(!verified.desired_of.values().any(|&i| i == 3));
+    assert!(!verified.entries.iter().any(|(id, _)| id.0 == 3));
 }
 
 #[test]
 fn old_future_foreign_and_upgraded_plans_are_refused() {
     let w = world();
     let saved = save(&w);
+    let planned = fresh_plan(&w, &BTreeMap::new());
     let fresh = |url, version, now, max_age| {
         check(
             &saved,
             &Fresh {
+                plan: &planned,
                 desired: &w.desired,
                 live: &w.live,
-                foreign_names: &BTreeMap::new(),
                 url,
                 version,
                 now,
@@ -462,7 +480,9 @@ fn old_future_foreign_and_upgraded_plans_are_refused() {
 fn a_forged_file_cannot_write_what_the_manifests_do_not_say() {
     let w = world();
     let mut saved = save(&w);
-    let fields = saved.entries[1].fields.as_mut().unwrap();
+    let Some(SavedFields::CaptchaStage(fields)) = saved.entries[1].fields.as_mut() else {
+        panic!("a create has fields");
+    };
     fields.api_url = "https://attacker.example/siteverify".into();
     saved.digest = saved.computed_digest();
     let saved = reparsed(&saved);
@@ -472,14 +492,89 @@ fn a_forged_file_cannot_write_what_the_manifests_do_not_say() {
     ));
 }
 
+/// `w` with `stray` (live 8) managed and declared by no manifest, planned
+/// with `--prune`; `users` is what `used_by` says of it.
+fn with_prune(w: &World, users: Vec<crate::kinds::UsedBy>) -> Plan {
+    let mut inventory = crate::state::Inventory::default();
+    inventory.manage(
+        crate::kinds::Kind::CaptchaStage,
+        Uuid::from_u128(8),
+        "stray",
+        crate::state::ManagedAs::Created,
+    );
+    let mut planned = fresh_plan(w, &BTreeMap::new());
+    let decided = crate::plan::prune::decide(&crate::plan::prune::PruneInputs {
+        inventory: &inventory,
+        live: &w.live,
+        desired: &w.desired,
+        plan: &planned,
+        used_by: &BTreeMap::from([(Uuid::from_u128(8), users)]),
+        manifests_complete: true,
+        live_complete: true,
+        settings: crate::plan::PruneSettings {
+            enabled: true,
+            max_deletes: Some(1),
+        },
+    });
+    planned.add_deletes(decided);
+    planned
+}
+
 #[test]
-fn a_reserved_delete_entry_pins_its_live_stage() {
+fn a_saved_delete_is_made_while_it_is_still_the_delete_planned() {
+    let mut w = world();
+    w.live.push(live(8, "stray"));
+    let planned = with_prune(&w, Vec::new());
+    let saved =
+        reparsed(&SavedPlan::from_plan(&planned, &w.desired, &w.live, URL, t0(), SALT).unwrap());
+    assert_eq!(saved.entries[3].action, SavedAction::Delete);
+    assert_eq!(saved.entries[3].uuid, Some(Uuid::from_u128(8)));
+    assert_eq!(
+        saved.prune_settings(),
+        crate::plan::PruneSettings {
+            enabled: true,
+            max_deletes: Some(1)
+        }
+    );
+    let verified = check_against(&saved, &w, &with_prune(&w, Vec::new())).unwrap();
+    assert!(verified.entries.contains(&(EntryId(3), true)));
+    assert_eq!(
+        to_plan(&with_prune(&w, Vec::new()), &verified)
+            .deletes()
+            .count(),
+        1
+    );
+
+    // Bound since: not a delete any more, and nothing is applied.
+    let bound = crate::kinds::UsedBy {
+        app: "authentik_flows".into(),
+        model_name: "flow".into(),
+        pk: "1".into(),
+        name: "Flow Login (login)".into(),
+        action: "cascade_many".into(),
+    };
+    let reports = refused(check_against(&saved, &w, &with_prune(&w, vec![bound])));
+    assert_eq!(
+        reports[0].to_string(),
+        "stray: not a delete now: in use now: bound to flow `login`"
+    );
+    // Edited since: its live digest no longer matches.
+    w.live[2].fields.interactive = true;
+    assert_eq!(
+        stale(check_against(&saved, &w, &with_prune(&w, Vec::new()))),
+        [("stray".to_owned(), vec!["live_edited"])]
+    );
+}
+
+#[test]
+fn a_delete_the_manifests_do_not_plan_is_refused() {
     let mut w = world();
     let stray = live(8, "stray");
     w.live.push(stray.clone());
     let mut saved = save(&w);
     saved.entries.push(SavedEntry {
         id: 3,
+        kind: crate::kinds::Kind::CaptchaStage,
         action: SavedAction::Delete,
         name: "stray".into(),
         origin: None,
@@ -498,12 +593,83 @@ fn a_reserved_delete_entry_pins_its_live_stage() {
     });
     saved.digest = saved.computed_digest();
     let saved = reparsed(&saved);
-    assert!(check_at(&saved, &w, &BTreeMap::new()).is_ok());
-    w.live[2].fields.interactive = true;
+    // Not managed (no inventory), so no plan deletes it.
     assert_eq!(
         stale(check_at(&saved, &w, &BTreeMap::new())),
-        [("stray".to_owned(), vec!["live_edited"])]
+        [("stray".to_owned(), vec!["not_deleted"])]
     );
+}
+
+#[test]
+fn an_entry_retargeted_at_another_stage_is_refused() {
+    // A hand-made file: the create of `signup` turned into an update of the
+    // unmanaged stage 9, its digests recomputed.
+    let mut w = world();
+    let unmanaged = live(9, "clicked");
+    w.live.push(unmanaged.clone());
+    let mut saved = save(&w);
+    let entry = &mut saved.entries[1];
+    entry.action = SavedAction::Update;
+    entry.uuid = Some(unmanaged.uuid);
+    entry.digests.live = Some(live_digest(&unmanaged, Capabilities::for_version(VERSION)));
+    saved.digest = saved.computed_digest();
+    let saved = reparsed(&saved);
+    match check_at(&saved, &w, &BTreeMap::new()) {
+        Err(Refusal::NotFromManifests(reports)) => {
+            assert_eq!(reports.len(), 1);
+            assert_eq!(
+                reports[0].to_string(),
+                format!(
+                    "signup (stages/signup.yaml:1): the file writes captcha stage {}, but its manifest means a new stage now",
+                    unmanaged.uuid
+                )
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_in_sync_entry_may_not_hide_a_change_the_manifests_ask_for() {
+    // A hand-made file: the update of `login` saved as in sync, so that
+    // applying it would skip the change in silence.
+    let w = world();
+    let mut saved = save(&w);
+    let entry = &mut saved.entries[0];
+    entry.action = SavedAction::InSync;
+    entry.fields = None;
+    entry.changes = Vec::new();
+    saved.digest = saved.computed_digest();
+    let saved = reparsed(&saved);
+    match check_at(&saved, &w, &BTreeMap::new()) {
+        Err(Refusal::NotFromManifests(reports)) => assert_eq!(
+            reports[0].to_string(),
+            "login (stages/login.yaml:1): saved as in sync, but its manifest asks for a change (score_min_threshold)"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_entry_waiting_for_what_the_manifests_do_not_say_is_refused() {
+    let mut w = World {
+        desired: vec![
+            desired("renamed", Some(5), "k1"),
+            desired("old", None, "k2"),
+        ],
+        live: vec![live(5, "old")],
+        keys: KeyState::default(),
+    };
+    w.desired[0].fields.public_key = "site-old".into();
+    let mut saved = save(&w);
+    saved.entries[1].after = None;
+    saved.digest = saved.computed_digest();
+    let saved = reparsed(&saved);
+    assert!(matches!(
+        check_at(&saved, &w, &BTreeMap::new()),
+        Err(Refusal::NotFromManifests(reports))
+            if reports[0].to_string().contains("the file makes it wait for nothing, the manifests for \"renamed\"")
+    ));
 }
 
 #[test]
@@ -512,7 +678,7 @@ fn a_verified_file_becomes_the_plan_it_was_saved_from() {
     let original = plan_of(&w);
     let saved = reparsed(&save(&w));
     let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
-    let rebuilt = to_plan(&saved, &verified, &w.desired, &w.live).unwrap();
+    let rebuilt = to_plan(&fresh_plan(&w, &BTreeMap::new()), &verified);
     assert_eq!(rebuilt, original);
 }
 
@@ -522,9 +688,9 @@ fn a_drifted_in_sync_entry_still_writes_nothing() {
     let saved = save(&w);
     w.live[1].fields.interactive = true;
     let verified = check_at(&saved, &w, &BTreeMap::new()).unwrap();
-    let rebuilt = to_plan(&saved, &verified, &w.desired, &w.live).unwrap();
+    let rebuilt = to_plan(&fresh_plan(&w, &BTreeMap::new()), &verified);
     assert_eq!(
-        rebuilt.stages[2].action,
+        rebuilt.entries[2].action,
         Action::InSync {
             uuid: w.live[1].uuid
         }
