@@ -193,7 +193,7 @@ impl CommandError {
         }
         out.push_str(&format!("error: {}\n", escape(&self.to_string())));
         if let CommandError::PlanRefused { refusal, .. } = self {
-            if let Refusal::Stale(reports) = refusal {
+            if let Refusal::Stale(reports) | Refusal::NotFromManifests(reports) = refusal {
                 for report in reports {
                     out.push_str(&format!("  {report}\n"));
                 }

@@ -348,3 +348,81 @@ fn the_daemon_logs_each_write_when_it_completes_not_at_the_end_of_the_pass() {
     );
     daemon.wait_for_log_count("INFO created stage", 40);
 }
+
+/// The state file's inventory: the uuids of the stages stagesync manages.
+fn managed(h: &Harness) -> Vec<String> {
+    let text = std::fs::read_to_string(h.ws.state_file()).unwrap_or_default();
+    let state: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    state["inventory"]
+        .as_object()
+        .map(|inventory| inventory.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stage_whose_write_failed_or_was_abandoned_is_not_adopted() {
+    // A stage made in the UI that a manifest now names (it differs: an
+    // update). Adopting it into the inventory would let `--prune` delete it
+    // once its manifest is removed, though stagesync never wrote it.
+    let h = Harness::new();
+    let found = h.sim.seed_captcha(
+        stagesync::kinds::captcha::StageFields::with_defaults("stage-000", "clicked-site"),
+        "ui-key",
+    );
+    write_stages(&h, 0, 1);
+
+    // A write authentik refuses (400): not adopted.
+    h.sim.inject(
+        Fault::new(FaultKind::Status {
+            status: 400,
+            retry_after: None,
+            body: r#"{"public_key": ["refused"]}"#.to_owned(),
+        })
+        .on("PUT", CAPTCHA),
+    );
+    let out = apply(&h, KEY_A, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !managed(&h).contains(&found.to_string()),
+        "{:?}",
+        managed(&h)
+    );
+
+    // A write abandoned at shutdown (its answer never came): not adopted.
+    h.sim
+        .inject(Fault::new(FaultKind::HangAfterProcessing).on("PUT", CAPTCHA));
+    let child = spawn_apply(&h, KEY_A, &["--shutdown-timeout", "2s"]);
+    wait_until("the hanging write", DEADLINE, || holding(&h, KEY_A) == 1);
+    signal(&child, libc::SIGTERM);
+    let (out, _) = wait_exit(child, Duration::from_secs(8));
+    assert_eq!(out.status.code(), Some(143), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("abandoned at shutdown without an answer"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        !managed(&h).contains(&found.to_string()),
+        "{:?}",
+        managed(&h)
+    );
+
+    // Its manifest removed: it is not proposed for deletion, it is unmanaged.
+    std::fs::remove_file(h.ws.stages().join("stage-000.yaml")).expect("removed");
+    h.ws.write("other.yaml", &manifest("other", "site", "KEY", ""));
+    let out =
+        h.ws.cmd(&h.sim)
+            .args(["plan", "--prune", "stages"])
+            .env("KEY", KEY_A)
+            .output()
+            .expect("plan runs");
+    let text = stdout(&out);
+    assert!(!text.contains("- delete stage-000"), "{text}");
+    assert!(text.contains(&format!("? stage-000 ({found})")), "{text}");
+
+    // A write that succeeds adopts it.
+    std::fs::remove_file(h.ws.stages().join("other.yaml")).expect("removed");
+    write_stages(&h, 0, 1);
+    assert!(apply(&h, KEY_A, &[]).status.success());
+    assert!(managed(&h).contains(&found.to_string()));
+}

@@ -236,9 +236,9 @@ pub enum Refusal {
     #[error("{} planned stage(s) changed since the plan was made", .0.len())]
     Stale(Vec<StageReport>),
     #[error(
-        "{} entr{} of the plan file are not what the manifests plan (a plan file edited by hand?)",
-        .0.len(),
-        if .0.len() == 1 { "y" } else { "ies" }
+        "{} of the plan file {} not what the manifests plan (a plan file edited by hand?)",
+        if .0.len() == 1 { "1 entry".to_owned() } else { format!("{} entries", .0.len()) },
+        if .0.len() == 1 { "is" } else { "are" }
     )]
     NotFromManifests(Vec<StageReport>),
 }
