@@ -5,38 +5,55 @@
 //!
 //! The flow is `manifests -> plan <- live state`, then `plan -> apply`; the daemon
 //! wraps the same path in a loop. Loading, fetching and writing are I/O at the
-//! edges; comparing and rendering are pure functions of their inputs.
+//! edges; comparing and rendering are pure functions of their inputs. The
+//! pipeline is written once; what differs per kind of object is data in that
+//! kind's folder.
 //!
-//! - [`stage`]: the one domain type ([`stage::StageFields`]) for a stage's desired
-//!   and live fields, with authentik's defaults and normalisation.
+//! - [`kinds`]: the kinds of objects stagesync manages, each a table plus a few
+//!   functions: identity, fields (one table: defaults, normalisation, manifest
+//!   keys and checks, diff, wire body, JSON schemas), endpoints, dependencies.
+//!   [`kinds::captcha`] is the first kind, [`kinds::field`] the table machinery.
 //! - [`secret`]: private keys and tokens as types that cannot be printed, and the
 //!   `!Env` / `!File` references manifests use instead of values.
-//! - [`manifest`]: finds `*.yaml` files under a directory, parses and checks them
-//!   (with file, line and column for every problem) and resolves secret references.
-//! - [`capabilities`]: what the connected authentik's version allows
+//! - [`manifest`]: finds `*.yaml` files under a directory, parses them and checks
+//!   each document against its kind's table (with file, line and column for
+//!   every problem), and resolves secret references.
+//! - [`capabilities`]: what the connected authentik's version is
 //!   ([`capabilities::Capabilities`]), pure.
-//! - [`authentik`]: the API client (pagination, retries, errors in the user's
-//!   words) and the wire format.
+//! - [`authentik`]: the transport to authentik's API (pagination, retries,
+//!   errors in the user's words) and name look-ups across stage types; each
+//!   kind's endpoints live with the kind.
 //! - [`simulator`]: an in-memory authentik that answers as the real one does; the
 //!   demo, the tests and the benchmarks share it.
 //! - [`policy`]: the operator's policy (trusted): which `!File` / `!Env`
 //!   references a manifest may use, and the captcha provider hosts a key may
 //!   be sent to. Resolved once in [`cli`], checked while manifests load.
-//! - [`plan`]: a pure function of (desired, live, recorded key fingerprints) to a
-//!   plan, and its renderings as text, JSON and Markdown; [`plan::saved`] is the
-//!   plan file of `plan --out` and the pure check `apply --plan` makes of it.
-//! - [`state`]: the state file of salted fingerprints of the keys stagesync wrote.
-//! - [`reconcile`]: the shared path of plan, apply and the daemon: fetch live
-//!   state with the fewest calls, then plan.
+//! - [`plan`]: a pure function of (desired, live, recorded key fingerprints,
+//!   what may be pruned) to one list of entries (writes and deletes, ordered by
+//!   their dependencies), and its renderings as text, JSON and Markdown;
+//!   [`plan::saved`] is the plan file of `plan --out` and the pure comparison
+//!   `apply --plan` makes of it with a plan made again.
+//! - [`state`]: the state file: salted fingerprints of the keys stagesync
+//!   wrote, and the inventory of the objects it manages.
+//! - [`reconcile`]: the one pipeline of plan, apply, apply --plan, run and
+//!   demo: a [`reconcile::Session`] whose steps are load, fetch, plan,
+//!   execute, record, save.
 //! - [`verify`]: key checks: asks each stage's captcha provider whether its
 //!   private key works, with a made-up response token.
 //! - [`apply`]: executes a plan with bounded concurrency; it does not decide one.
 //! - [`daemon`]: `stagesync run`: watcher, scheduler (periodic resync, one pass
-//!   at a time), signals, backoff, health, metrics and the HTTP endpoints.
+//!   at a time), backoff, health, metrics, the HTTP endpoints and the pass.
+//! - [`signals`]: stop signals as an input ([`signals::Shutdown`]) for `apply`
+//!   and `run`, and SIGHUP for the daemon.
 //! - [`cli`]: the command line, turned once into resolved configuration;
-//!   [`commands`]: one module per subcommand.
+//!   [`commands`]: one module per subcommand, writing through an
+//!   [`output::Console`] that tests capture.
 //! - [`exit`]: every exit code, and the one place that maps a command's
-//!   [`exit::Exit`] or error to a code and prints the error.
+//!   [`exit::Exit`] or error to a code and prints the error; only `main` ends
+//!   the process.
+//! - `text`: escaping of outside text and error chains (a leaf module).
+//!
+//! No module imports another that imports it back (`tests/architecture.rs`).
 
 pub mod apply;
 pub mod authentik;

@@ -99,3 +99,76 @@ pub(crate) fn load_desired(
 pub(crate) fn connect(settings: &ClientSettings) -> Result<Client, CommandError> {
     Client::new(settings).map_err(CommandError::Connection)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cli::{Format, PlanConfig, ReconcileConfig};
+    use crate::plan::PruneSettings;
+    use crate::simulator::{self, SimConfig};
+
+    /// A command run in-process writes through the console it is given: the
+    /// plan (data) to stdout, a manifest's warning to stderr.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_command_writes_through_its_console() {
+        let sim = simulator::start(SimConfig {
+            token: "console-test-token".into(),
+            ..SimConfig::default()
+        })
+        .await
+        .expect("simulator starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            dir.path().join("login.yaml"),
+            "name: login\npublic_key: site\nprivate_key: a-literal-key\n",
+        )
+        .expect("manifest");
+        let cfg = PlanConfig {
+            reconcile: ReconcileConfig {
+                dir: dir.path().to_owned(),
+                policy: Policy::default(),
+                client: ClientSettings {
+                    url: sim.url(),
+                    token: "console-test-token".to_owned().into(),
+                    ca_file: None,
+                    insecure_skip_tls_verify: false,
+                    allow_http: false,
+                    connect_timeout: Duration::from_secs(5),
+                    request_timeout: Duration::from_secs(5),
+                },
+                state_file: dir.path().join("state.json"),
+                prune: PruneSettings::default(),
+            },
+            format: Format::Text,
+            ignore_unknown_keys: false,
+            out: None,
+            verify_keys: false,
+        };
+        let (console, captured) = Console::captured();
+        let exit = plan::run(cfg, &console, false).await.expect("plan runs");
+        assert_eq!(exit, Exit::ChangesPending);
+        assert!(
+            captured.stdout().contains("+ create login"),
+            "{}",
+            captured.stdout()
+        );
+        assert!(
+            captured
+                .stdout()
+                .ends_with("Plan: 1 to create, 0 to update, 0 in sync, 0 unmanaged.\n"),
+            "{}",
+            captured.stdout()
+        );
+        assert!(
+            captured
+                .stderr()
+                .contains("warning: `private_key` is a literal value"),
+            "{}",
+            captured.stderr()
+        );
+        assert!(!captured.stdout().contains("a-literal-key"));
+        sim.shutdown();
+    }
+}
