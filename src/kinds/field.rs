@@ -481,7 +481,8 @@ pub(crate) fn manifest_schema<T>(spec: &ManifestSpec<T>, head: &[(&str, &str)]) 
         out.push_str(&format!("  {}: {},\n", json!(key), json!(value)));
     }
     out.push_str("  \"type\": \"object\",\n  \"additionalProperties\": false,\n");
-    out.push_str(&format!("  \"required\": {},\n", json!(required)));
+    let required: Vec<String> = required.iter().map(|k| json!(k).to_string()).collect();
+    out.push_str(&format!("  \"required\": [{}],\n", required.join(", ")));
     out.push_str("  \"properties\": {\n");
     for (i, (key, schema)) in properties.iter().enumerate() {
         let comma = if i + 1 < properties.len() { "," } else { "" };
@@ -495,35 +496,39 @@ pub(crate) fn manifest_schema<T>(spec: &ManifestSpec<T>, head: &[(&str, &str)]) 
     out
 }
 
-/// The `fields` object a plan file's `$defs` holds for `fields`: every key,
-/// its JSON type, and the fields every server knows as required.
-pub(crate) fn saved_fields_schema<T>(
-    fields: &[FieldSpec<T>],
-    description: &str,
-) -> serde_json::Value {
-    let mut properties = serde_json::Map::new();
-    for field in fields {
-        let ty = match field.ty {
-            FieldType::Bool => "boolean",
-            FieldType::Fraction => "number",
-            FieldType::Name { .. } | FieldType::Text | FieldType::Url | FieldType::Choice(_) => {
-                "string"
-            }
-        };
-        properties.insert(field.key.to_owned(), json!({"type": ty}));
-    }
-    let required: Vec<&str> = fields
+/// The `"fields": {...}` member a plan file's `$defs` holds, as the text of
+/// `schema/plan-file.schema.json` (four spaces in, trailing comma): every key
+/// in table order with its JSON type, and the fields every server knows as
+/// required.
+pub(crate) fn saved_fields_schema<T>(fields: &[FieldSpec<T>], description: &str) -> String {
+    let json_type = |ty: FieldType| match ty {
+        FieldType::Bool => "boolean",
+        FieldType::Fraction => "number",
+        FieldType::Name { .. } | FieldType::Text | FieldType::Url | FieldType::Choice(_) => {
+            "string"
+        }
+    };
+    let required: Vec<String> = fields
         .iter()
         .filter(|f| f.since.is_none())
-        .map(|f| f.key)
+        .map(|f| format!("        {}", json!(f.key)))
         .collect();
-    json!({
-        "description": description,
-        "type": "object",
-        "additionalProperties": false,
-        "required": required,
-        "properties": properties,
-    })
+    let properties: Vec<String> = fields
+        .iter()
+        .map(|f| {
+            format!(
+                "        {}: {{ \"type\": \"{}\" }}",
+                json!(f.key),
+                json_type(f.ty)
+            )
+        })
+        .collect();
+    format!(
+        "    \"fields\": {{\n      \"description\": {},\n      \"type\": \"object\",\n      \"additionalProperties\": false,\n      \"required\": [\n{}\n      ],\n      \"properties\": {{\n{}\n      }}\n    }},\n",
+        json!(description),
+        required.join(",\n"),
+        properties.join(",\n"),
+    )
 }
 
 /// A schema fragment on one line, `description` first (the rest sorted).

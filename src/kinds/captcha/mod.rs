@@ -223,9 +223,9 @@ pub fn manifest_schema() -> String {
     )
 }
 
-/// The `fields` a plan file's entries hold (`$defs.fields` of
-/// `schema/plan-file.schema.json`).
-pub fn saved_fields_schema() -> serde_json::Value {
+/// The `fields` a plan file's entries hold: the `"fields"` member of
+/// `$defs` in `schema/plan-file.schema.json`, as its text.
+pub fn saved_fields_schema() -> String {
     field::saved_fields_schema(
         &FIELDS,
         "What a create or update sends (normalised; request_content_type only when the server knows it).",
