@@ -368,11 +368,27 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
             .collect()
     }
 
+    /// Where the creates and updates stand: `None` while one is unsettled,
+    /// else whether every one was made (what a delete waits for).
+    fn writes_made(&self) -> Option<bool> {
+        let mut made = true;
+        for write in self.pending.iter().filter(|p| p.is_write()) {
+            match write.result() {
+                None => return None,
+                Some(Ended::Written(_)) => {}
+                Some(_) => made = false,
+            }
+        }
+        Some(made)
+    }
+
     /// Whether entry `i` may start now (`Some(None)`), must be skipped
-    /// (`Some(Some(reason))`), or still waits (`None`).
+    /// (`Some(Some(reason))`), or still waits (`None`). `writes_made` is
+    /// [`Self::writes_made`], asked once per round.
     fn readiness(
         &self,
         i: usize,
+        writes_made: Option<bool>,
         name_of: &dyn Fn(EntryId) -> String,
     ) -> Option<Option<SkipReason>> {
         let pending = &self.pending[i];
@@ -401,20 +417,11 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
                         }));
                     }
                 },
-                Waits::EveryWrite => {
-                    let writes = self.pending.iter().filter(|p| p.is_write());
-                    let mut made = true;
-                    for write in writes {
-                        match write.result() {
-                            None => return None,
-                            Some(Ended::Written(_)) => {}
-                            Some(_) => made = false,
-                        }
-                    }
-                    if !made {
-                        return Some(Some(SkipReason::WritesIncomplete));
-                    }
-                }
+                Waits::EveryWrite => match writes_made {
+                    None => return None,
+                    Some(true) => {}
+                    Some(false) => return Some(Some(SkipReason::WritesIncomplete)),
+                },
             }
         }
         Some(None)
@@ -499,22 +506,28 @@ pub async fn apply(
             }
             break;
         }
-        // Entries whose dependencies are settled: skipped if one was not made.
+        // Entries whose dependencies are settled: skipped if one was not
+        // made (which may settle others: a skip follows chains).
         let mut wave = Vec::new();
+        let mut in_wave = vec![false; run.pending.len()];
         let mut progress = true;
         while progress {
             progress = false;
+            let writes_made = run.writes_made();
             for i in run.unsettled() {
-                if wave.contains(&i) {
+                if in_wave[i] {
                     continue;
                 }
-                match run.readiness(i, &name_of) {
+                match run.readiness(i, writes_made, &name_of) {
                     None => {}
                     Some(Some(reason)) => {
                         run.settle(i, Ended::Skipped(reason));
                         progress = true;
                     }
-                    Some(None) => wave.push(i),
+                    Some(None) => {
+                        in_wave[i] = true;
+                        wave.push(i);
+                    }
                 }
             }
         }

@@ -280,10 +280,10 @@ mod tests {
     const READY: &str = "signal-child-ready";
 
     /// In the child process: the handlers installed, then a "write in
-    /// flight" of `in_flight` once stopping, cut short by an abandon; the
-    /// child exits as `main` would: with the forced exit, else the code of
-    /// the signal that abandoned the work, else 0.
-    fn child(in_flight: Duration) {
+    /// flight" of `in_flight` once stopping, cut short by an abandon unless
+    /// `stubborn`; the child exits as `main` would: with the forced exit,
+    /// else the code of the signal that abandoned the work, else 0.
+    fn child(in_flight: Duration, stubborn: bool) -> ! {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let code = runtime.block_on(async {
             let shutdown = Shutdown::new();
@@ -293,9 +293,15 @@ mod tests {
             println!("{READY}");
             let work = async {
                 shutdown.stop.cancel.cancelled().await;
+                let abandoned = async {
+                    if stubborn {
+                        std::future::pending::<()>().await;
+                    }
+                    shutdown.stop.abandon.cancelled().await;
+                };
                 tokio::select! {
                     () = tokio::time::sleep(in_flight) => {}
-                    () = shutdown.stop.abandon.cancelled() => {}
+                    () = abandoned => {}
                 }
                 shutdown
                     .abandoned_by()
@@ -362,25 +368,23 @@ mod tests {
         }
     }
 
-    /// The child's part of a test, when this process is the child.
+    /// The child's part of a test, when this process is the child (it
+    /// then never returns).
     fn as_child(in_flight: Duration) -> bool {
         match std::env::var(CHILD_ENV).as_deref() {
-            Ok("child") => {
-                child(in_flight);
-                true
-            }
+            Ok("child") => child(in_flight, false),
+            Ok("stubborn") => child(in_flight, true),
             Ok(_) => true,
             Err(_) => false,
         }
     }
 
     #[test]
-    fn a_second_stop_signal_abandons_the_work_in_flight_and_a_third_ends_it() {
+    fn a_second_stop_signal_abandons_the_work_in_flight() {
         if as_child(Duration::from_secs(60)) {
             return;
         }
-        let test =
-            "signals::tests::a_second_stop_signal_abandons_the_work_in_flight_and_a_third_ends_it";
+        let test = "signals::tests::a_second_stop_signal_abandons_the_work_in_flight";
         assert_eq!(
             run_child(test, "child", &["TERM", "TERM"], DELIBERATE),
             Some(Exit::Terminated.code()),
@@ -395,25 +399,8 @@ mod tests {
     #[test]
     fn a_third_stop_signal_forces_the_end() {
         // The work ignores the abandon here: only the forced end stops it.
-        match std::env::var(CHILD_ENV).as_deref() {
-            Ok("stubborn") => {
-                let runtime = tokio::runtime::Runtime::new().expect("runtime");
-                let code = runtime.block_on(async {
-                    let shutdown = Shutdown::new();
-                    shutdown
-                        .listen(Duration::from_secs(60), Announce::Log, false)
-                        .expect("handlers install");
-                    println!("{READY}");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(60)) => 0,
-                        exit = shutdown.forced() => exit.code(),
-                    }
-                });
-                runtime.shutdown_background();
-                std::process::exit(code);
-            }
-            Ok(_) => return,
-            Err(_) => {}
+        if as_child(Duration::from_secs(60)) {
+            return;
         }
         let test = "signals::tests::a_third_stop_signal_forces_the_end";
         assert_eq!(

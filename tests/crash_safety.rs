@@ -426,3 +426,54 @@ fn a_stage_whose_write_failed_or_was_abandoned_is_not_adopted() {
     assert!(apply(&h, KEY_A, &[]).status.success());
     assert!(managed(&h).contains(&found.to_string()));
 }
+
+#[test]
+fn a_second_sigterm_abandons_the_daemons_writes_at_once_and_still_saves_the_state() {
+    let h = Harness::new();
+    write_stages(&h, 0, 2);
+    assert!(apply(&h, KEY_A, &[]).status.success());
+
+    h.sim.inject(
+        Fault::new(FaultKind::HangAfterProcessing)
+            .on("PUT", CAPTCHA)
+            .times(100),
+    );
+    // A grace period far longer than the test: only the second signal ends it.
+    let mut daemon = h.start_daemon(
+        h.ws.stages(),
+        &["--shutdown-timeout", "60s"],
+        &[("KEY", KEY_B)],
+    );
+    wait_until("the hanging writes", DEADLINE, || holding(&h, KEY_B) == 2);
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_for_log("stopping: finishing writes in flight (send it again to abandon them now)");
+    // More than 0.5 s later: the operator insisting, not the same stop twice.
+    std::thread::sleep(Duration::from_millis(700));
+    let signalled = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(10))
+        .expect("the daemon exits");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(3),
+        "took {:?}\n{}",
+        signalled.elapsed(),
+        daemon.log()
+    );
+    assert_eq!(status.code(), Some(143), "{}", daemon.log());
+    assert!(
+        daemon
+            .log()
+            .contains("SIGTERM received again: abandoning the writes in flight now"),
+        "{}",
+        daemon.log()
+    );
+    assert!(
+        daemon.log().contains("stagesync run stopped"),
+        "{}",
+        daemon.log()
+    );
+    // Saved: both keys sent and never confirmed read as unknown.
+    assert_eq!(plan_tells_the_truth(&h, KEY_A), 0);
+    assert_eq!(plan_tells_the_truth(&h, KEY_B), 0);
+}

@@ -938,10 +938,12 @@ fn compare(
                 ),
             }));
         }
+        // In sync when planned, and not any more (a manifest added since
+        // declares the same name): left alone, as any change since.
         (_, Action::Error { message, .. }) => {
-            return Err(Comparison::Forged(format!(
-                "the manifests cannot plan it now: {message}"
-            )));
+            return Err(Comparison::Changed(Change::ManifestChanged {
+                detail: Some(format!("the manifests cannot plan it now: {message}")),
+            }));
         }
         (SavedAction::Create, Action::Create { .. }) => {}
         (
