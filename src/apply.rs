@@ -1007,6 +1007,101 @@ mod tests {
         assert_eq!(server.received_requests().await.unwrap().len(), 1);
     }
 
+    /// `plan` with a delete of each of `uuids` (made, not held) added.
+    fn with_deletes(mut plan: Plan, uuids: &[(Uuid, &str)]) -> Plan {
+        plan.add_deletes(
+            uuids
+                .iter()
+                .map(|(uuid, name)| crate::plan::prune::Decided {
+                    kind: Kind::CaptchaStage,
+                    uuid: *uuid,
+                    name: (*name).to_owned(),
+                    held: None,
+                })
+                .collect(),
+        );
+        plan
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deletes_wait_for_every_write_and_ask_used_by_again() {
+        let (sim, client) = sim().await;
+        let gone = sim.seed_captcha(StageFields::with_defaults("gone", "site"), "k");
+        let bound = sim.seed_captcha(StageFields::with_defaults("bound", "site"), "k");
+        let vanished = sim.seed_captcha(StageFields::with_defaults("vanished", "site"), "k");
+        let deletes = [(gone, "gone"), (bound, "bound"), (vanished, "vanished")];
+
+        // A write of the same apply fails: no delete is made.
+        sim.inject(
+            Fault::new(FaultKind::Status {
+                status: 400,
+                retry_after: None,
+                body: r#"{"name": ["refused"]}"#.to_owned(),
+            })
+            .on("POST", CAPTCHA),
+        );
+        let plan = with_deletes(plan_for(&[desired("new", None)], &[]), &deletes);
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
+        let got = summary(&report);
+        assert!(got[0].2.starts_with("failed: "), "{got:?}");
+        for (_, name, what) in &got[1..] {
+            assert_eq!(
+                what,
+                "skipped: a create or update of this run was not made; deletes wait for a run where every write succeeds",
+                "{name}"
+            );
+        }
+        assert_eq!(sim.captcha_stages().len(), 3, "nothing deleted");
+
+        // Every write made: each delete asks used_by first.
+        sim.seed_flow_binding(bound, "default-authentication-flow", "Welcome", 10);
+        sim.delete(vanished);
+        let mut keys = KeyState::default();
+        keys.record(gone, &SecretString::from("k"));
+        keys.record(vanished, &SecretString::from("k"));
+        let plan = with_deletes(plan_for(&[], &[]), &deletes);
+        let report = apply(
+            &client,
+            &plan,
+            &mut keys,
+            4,
+            &Stop::new(),
+            |_| false,
+            |_| {},
+        )
+        .await;
+        assert!(matches!(
+            report.outcomes[0].result,
+            Ended::Deleted {
+                already_gone: false
+            }
+        ));
+        assert!(
+            matches!(&report.outcomes[1].result, Ended::InUse(users) if users == &["bound to flow `default-authentication-flow`"]),
+            "{:?}",
+            report.outcomes[1]
+        );
+        assert!(matches!(
+            report.outcomes[2].result,
+            Ended::Deleted { already_gone: true }
+        ));
+        assert_eq!(report.outcomes[1].uuid, Some(bound));
+        assert!(!report.converged(), "a delete in use is not converged");
+        let names: Vec<String> = sim
+            .captcha_stages()
+            .into_iter()
+            .map(|s| s.fields.name)
+            .collect();
+        assert_eq!(names, ["bound"]);
+        for uuid in [gone, vanished] {
+            assert_eq!(
+                keys.status(uuid, &SecretString::from("k")),
+                crate::state::KeyStatus::Unknown,
+                "a deleted stage's key is forgotten"
+            );
+        }
+    }
+
     /// A stage recorded with key "old", planned to get "k": a key change.
     fn rotation(sim: &SimHandle) -> (Plan, Uuid, KeyState) {
         let uuid = sim.seed_captcha(StageFields::with_defaults("a", "site"), "old");

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, Stop};
 use crate::exit::Exit;
+use crate::output::Console;
 
 /// A second stop signal closer than this to the previous one is the same stop
 /// delivered twice, not an operator insisting.
@@ -84,11 +85,11 @@ fn install(kind: SignalKind, name: &'static str) -> Result<Signal, SignalError> 
     })
 }
 
-/// Who hears of a stop signal: `apply` says it on stderr (the user is at
-/// the terminal), the daemon in its log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Who hears of a stop signal: `apply` says it on its console's stderr (the
+/// user is at the terminal), the daemon in its log.
+#[derive(Clone, Debug)]
 pub(crate) enum Announce {
-    Stderr,
+    Console(Console),
     Log,
 }
 
@@ -161,16 +162,16 @@ impl Shutdown {
                 }
                 last = Some(Instant::now());
                 count += 1;
-                this.on_signal(count, signal, shutdown_timeout, announce);
+                this.on_signal(count, signal, shutdown_timeout, &announce);
             }
         });
         Ok(())
     }
 
     /// The `n`th deliberate stop signal.
-    fn on_signal(&self, n: usize, signal: StopSignal, timeout: Duration, announce: Announce) {
+    fn on_signal(&self, n: usize, signal: StopSignal, timeout: Duration, announce: &Announce) {
         let say = |message: &str| match announce {
-            Announce::Stderr => eprintln!("{message}"),
+            Announce::Console(console) => console.errln(message),
             Announce::Log => tracing::warn!(signal = signal.name(), "{message}"),
         };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,11 +180,11 @@ impl Shutdown {
                 seen.first = Some(signal);
                 drop(seen);
                 match announce {
-                    Announce::Stderr => eprintln!(
+                    Announce::Console(console) => console.errln(&format!(
                         "{} received: starting no more writes; the writes in flight get {} to finish, then are abandoned (send it again to abandon them now)",
                         signal.name(),
                         humantime::format_duration(apply::grace_period(timeout)),
-                    ),
+                    )),
                     Announce::Log => tracing::info!(
                         signal = signal.name(),
                         "stopping: finishing writes in flight (send it again to abandon them now)"

@@ -89,7 +89,11 @@ pub(crate) async fn write(
     console: &Console,
     shutdown: &Shutdown,
 ) -> Result<Writes> {
-    shutdown.listen(cfg.shutdown_timeout, Announce::Stderr, false)?;
+    shutdown.listen(
+        cfg.shutdown_timeout,
+        Announce::Console(console.clone()),
+        false,
+    )?;
     let writes = planned
         .plan
         .entries

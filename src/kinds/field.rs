@@ -743,6 +743,110 @@ mod tests {
     }
 
     #[test]
+    fn a_stored_object_gets_the_defaults_of_what_it_lacks() {
+        let mut thing = Thing {
+            name: "n".into(),
+            note: None,
+            on: false,
+            level: 0.25,
+        };
+        fill_absent(&FIELDS, &mut thing);
+        assert_eq!(thing.note.as_deref(), Some("a"), "absent: its default");
+        assert!(!thing.on, "set values are kept");
+        assert_eq!(thing.level, 0.25);
+    }
+
+    #[test]
+    fn each_type_says_what_it_expects_and_its_schema() {
+        assert_eq!(FieldType::Bool.expected(), "a boolean (true or false)");
+        assert_eq!(FieldType::Fraction.expected(), "a number");
+        for text in [
+            FieldType::Name { max_chars: 1 },
+            FieldType::Text,
+            FieldType::Url,
+            FieldType::Choice(&["x"]),
+        ] {
+            assert_eq!(text.expected(), "a string");
+            assert_eq!(schema_of(text)["type"], "string");
+        }
+        assert_eq!(schema_of(FieldType::Bool), json!({"type": "boolean"}));
+        assert_eq!(schema_of(FieldType::Text)["pattern"], "\\S");
+        assert!(
+            schema_of(FieldType::Url)["pattern"]
+                .as_str()
+                .is_some_and(|p| p.contains("[Hh][Tt][Tt][Pp][Ss]?://"))
+        );
+        assert_eq!(schema_of(FieldType::Fraction)["minimum"], 0);
+    }
+
+    fn spec() -> ManifestSpec<Thing> {
+        ManifestSpec {
+            fields: &FIELDS,
+            lead: 1,
+            secret: Some(KeyDoc {
+                key: "secret",
+                doc: "The secret.",
+            }),
+            pin: Some(KeyDoc {
+                key: "pin",
+                doc: "The pin.",
+            }),
+            rules: |_, _| Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_documents_keys_are_the_lead_fields_the_secret_the_pin_then_the_rest() {
+        assert_eq!(
+            spec().keys(),
+            ["name", "secret", "pin", "note", "on", "level"]
+        );
+        let schema: serde_json::Value =
+            serde_json::from_str(&manifest_schema(&spec(), &[("title", "Things")])).unwrap();
+        assert_eq!(schema["title"], "Things");
+        assert_eq!(schema["additionalProperties"], false);
+        assert_eq!(
+            schema["required"],
+            json!(["name", "secret"]),
+            "the fields without a default and the secret; never the pin"
+        );
+        assert_eq!(schema["properties"]["secret"]["description"], "The secret.");
+        assert!(schema["properties"]["pin"]["pattern"].is_string());
+        assert_eq!(schema["properties"]["on"]["type"], "boolean");
+    }
+
+    #[test]
+    fn a_plan_files_fields_are_every_key_with_the_versionless_ones_required() {
+        let text = saved_fields_schema(&FIELDS, "What is sent.");
+        assert!(text.starts_with("    \"fields\": {\n"), "{text}");
+        assert!(text.ends_with("    },\n"), "{text}");
+        let member: serde_json::Value =
+            serde_json::from_str(&format!("{{{}}}", text.trim_end().trim_end_matches(',')))
+                .unwrap();
+        let fields = &member["fields"];
+        assert_eq!(fields["description"], "What is sent.");
+        assert_eq!(fields["required"], json!(["name", "on", "level"]));
+        assert_eq!(fields["properties"]["note"], json!({"type": "string"}));
+        assert_eq!(fields["properties"]["on"], json!({"type": "boolean"}));
+        assert_eq!(fields["properties"]["level"], json!({"type": "number"}));
+    }
+
+    #[test]
+    fn an_answer_with_a_value_of_the_wrong_type_names_what_it_is() {
+        let answer = |v: serde_json::Value| v.as_object().unwrap().clone();
+        for (value, what) in [
+            (json!(null), "null"),
+            (json!(true), "a boolean"),
+            (json!(1), "a number"),
+            (json!([1]), "an array"),
+            (json!({}), "an object"),
+        ] {
+            let err = from_json::<Thing>(&FIELDS, &answer(json!({"name": value}))).unwrap_err();
+            assert_eq!(err, format!("field `name` is {what}, not a string"));
+        }
+    }
+
+    #[test]
     fn values_display_as_plans_show_them() {
         assert_eq!(Value::Num(1.0).to_string(), "1.0");
         assert_eq!(Value::Num(0.25).to_string(), "0.25");
@@ -750,6 +854,12 @@ mod tests {
         assert_eq!(Value::Absent.to_string(), "(not reported)");
         assert!(Value::Str(" a ".into()).same_as(&Value::Str("a".into())));
         assert!(Value::Num(f64::NAN).same_as(&Value::Num(f64::NAN)));
+        assert!(!Value::Num(f64::NAN).same_as(&Value::Num(0.5)));
+        assert!(!Value::Num(0.5).same_as(&Value::Num(f64::NAN)));
+        assert!(Value::Num(-0.0).same_as(&Value::Num(0.0)));
         assert!(!Value::Num(0.5).same_as(&Value::Str("0.5".into())));
+        assert!(!Value::Str("a".into()).same_as(&Value::Str("b".into())));
+        assert!(Value::Bool(true).same_as(&Value::Bool(true)));
+        assert!(!Value::Absent.same_as(&Value::Str(String::new())));
     }
 }

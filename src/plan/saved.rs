@@ -822,7 +822,7 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         if changes.is_empty()
             && let Some(fresh_entry) = fresh_entry
         {
-            match compare(saved, entry, fresh_entry, &fresh_of, fresh.plan) {
+            match compare(entry, fresh_entry, &fresh_of, fresh.plan) {
                 Ok(()) => {}
                 Err(Comparison::Changed(change)) => changes.push(change),
                 Err(Comparison::Forged(message)) => {
@@ -886,7 +886,6 @@ enum Comparison {
 /// the same action on the same object, the same fields, waiting for the same
 /// entry. Only for entries whose live object, manifest and key are as planned.
 fn compare(
-    saved: &SavedPlan,
     entry: &SavedEntry,
     fresh_entry: &Entry,
     fresh_of: &[Option<EntryId>],
@@ -1005,7 +1004,6 @@ fn compare(
             id.and_then(|id| plan.entry(id))
                 .map_or("nothing".to_owned(), |e| format!("{:?}", e.name))
         };
-        let _ = saved;
         return Err(Comparison::Forged(format!(
             "the file makes it wait for {}, the manifests for {}",
             name(saved_after),
