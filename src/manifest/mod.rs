@@ -4,7 +4,8 @@
 //!
 //! The flow is `discover` (I/O: walk the folder, read files under 1 MiB) ->
 //! `yaml` (text to a positioned tree; parser limits stop hostile input) ->
-//! `check` (pure: one document to a stage spec, every problem collected) ->
+//! `check` (pure: one document checked against its kind's table, every problem
+//! collected) ->
 //! key resolution (I/O: `!Env`, `!File`, each first checked against the
 //! operator's [`Policy`]) -> cross-file checks (duplicate names and uuids
 //! anywhere in the directory, reported at both places).

@@ -747,6 +747,7 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
     // Each saved entry's fresh entry: a manifest entry's by its manifest (pin,
     // else name), a delete's by its uuid.
     let mut fresh_of: Vec<Option<EntryId>> = Vec::with_capacity(saved.entries.len());
+    let mut paired: BTreeSet<EntryId> = BTreeSet::new();
     for entry in &saved.entries {
         let found = match entry.action {
             SavedAction::Delete => fresh
@@ -761,7 +762,7 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
                 .map(|&i| EntryId(i)),
         };
         if let Some(id) = found
-            && fresh_of.contains(&Some(id))
+            && !paired.insert(id)
         {
             return Err(Refusal::Corrupt(format!(
                 "entry {} ({:?}) is the second entry of one stage",

@@ -1,8 +1,9 @@
-//! The state file: what stagesync knows of the private keys it wrote.
+//! The state file: what stagesync knows of the private keys it wrote, and the
+//! inventory of the objects it manages.
 //!
 //! authentik never returns a captcha stage's `private_key`, so drift of the key
 //! cannot be read back. Instead stagesync records per stage uuid what it knows
-//! of the key authentik holds, an [`Entry`]:
+//! of the key authentik holds, an entry (`keys::Entry`):
 //!
 //! - *written*: a [`Fingerprint`], a random 16-byte salt and
 //!   `SHA-256(salt || key)`, both hex, of the key authentik confirmed it

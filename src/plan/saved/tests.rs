@@ -698,3 +698,17 @@ fn a_drifted_in_sync_entry_still_writes_nothing() {
     assert_eq!(rebuilt.summary().update, 1);
     assert_eq!(rebuilt.summary().create, 1);
 }
+
+#[test]
+fn two_entries_of_one_stage_are_refused() {
+    let w = world();
+    let mut saved = save(&w);
+    // The in-sync entry renamed after another: both pair with `login`.
+    saved.entries[2].name = "login".into();
+    saved.digest = saved.computed_digest();
+    let saved = reparsed(&saved);
+    assert!(matches!(
+        check_at(&saved, &w, &BTreeMap::new()),
+        Err(Refusal::Corrupt(m)) if m == "entry 2 (\"login\") is the second entry of one stage"
+    ));
+}
