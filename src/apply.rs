@@ -458,6 +458,13 @@ pub async fn apply(
         .iter()
         .filter_map(|entry| entry.action.target().map(|t| (entry, t)))
         .collect();
+    // Every key of this apply, before the first is sent: an answer to one
+    // write cannot show another's key either.
+    client.never_repeat(
+        acting
+            .iter()
+            .filter_map(|(entry, _)| entry.action.write()?.secret.as_ref()),
+    );
     let position: HashMap<EntryId, usize> = acting
         .iter()
         .enumerate()

@@ -22,7 +22,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::authentik::ClientSettings;
 use crate::plan::PruneSettings;
-use crate::policy::{Policy, PolicyError, ProviderHosts, SecretsPolicy};
+use crate::policy::{
+    AllowedDir, OwnFile, Policy, PolicyError, ProviderHosts, SecretsPolicy, lexical_normal,
+};
 use crate::secret::{SecretString, Token};
 
 const AFTER_HELP: &str = "\
@@ -675,11 +677,17 @@ impl ReconcileArgs {
         self,
         env: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<ReconcileConfig, ConfigError> {
+        let mut policy = self.manifests.policy.resolve()?;
+        let state_file = self.state.resolve(env)?;
+        policy.secrets.protect(state_file.clone(), OwnFile::State);
+        if let Some(token_file) = &self.connection.token_file {
+            policy.secrets.protect(token_file.clone(), OwnFile::Token);
+        }
         Ok(ReconcileConfig {
             dir: self.manifests.dir,
-            policy: self.manifests.policy.resolve()?,
+            policy,
             client: self.connection.resolve()?,
-            state_file: self.state.resolve(env)?,
+            state_file,
             prune: PruneSettings {
                 enabled: self.prune.prune,
                 max_deletes: self.prune.max_deletes,
@@ -689,15 +697,20 @@ impl ReconcileArgs {
 }
 
 impl PolicyArgs {
-    /// The policy, with each `--secrets-dir` made canonical (so a symlinked
-    /// directory is compared by where it leads); a missing one is an error.
+    /// The policy, with each `--secrets-dir` made absolute and canonical (a
+    /// `!File` path may name it either way); a missing one is an error. The
+    /// state file its environment names (or the default one) is protected:
+    /// commands that take `--state-file` or `--token-file` protect those too.
     fn resolve(self) -> Result<Policy, ConfigError> {
         let secrets_dirs = self
             .secrets_dirs
             .into_iter()
             .filter(|d| !d.as_os_str().is_empty())
             .map(|path| match std::fs::canonicalize(&path) {
-                Ok(dir) if dir.is_dir() => Ok(dir),
+                Ok(canonical) if canonical.is_dir() => Ok(AllowedDir {
+                    given: lexical_normal(&std::path::absolute(&path).unwrap_or(path)),
+                    canonical,
+                }),
                 Ok(_) => Err(ConfigError::SecretsDir {
                     path,
                     source: std::io::Error::other("not a directory"),
@@ -708,8 +721,17 @@ impl PolicyArgs {
         let non_empty = |v: Vec<String>| -> Vec<String> {
             v.into_iter().filter(|s| !s.trim().is_empty()).collect()
         };
+        let mut secrets = SecretsPolicy::new(secrets_dirs, &non_empty(self.env_allow))?;
+        let env = |name: &str| std::env::var_os(name);
+        let state_file = env("STAGESYNC_STATE_FILE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| default_state_file(env));
+        if let Some(path) = state_file {
+            secrets.protect(path, OwnFile::State);
+        }
         Ok(Policy {
-            secrets: SecretsPolicy::new(secrets_dirs, &non_empty(self.env_allow))?,
+            secrets,
             hosts: ProviderHosts::new(&non_empty(self.provider_hosts))?,
         })
     }

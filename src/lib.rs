@@ -18,6 +18,8 @@
 //! - [`manifest`]: finds `*.yaml` files under a directory, parses them and checks
 //!   each document against its kind's table (with file, line and column for
 //!   every problem), and resolves secret references.
+//! - `confined`: opening untrusted paths beneath a directory handle (no `..` or
+//!   symlink leads out), regular files only, bounded reads.
 //! - [`capabilities`]: what the connected authentik's version is
 //!   ([`capabilities::Capabilities`]), pure.
 //! - [`authentik`]: the transport to authentik's API (pagination, retries,
@@ -60,6 +62,7 @@ pub mod authentik;
 pub mod capabilities;
 pub mod cli;
 pub mod commands;
+pub(crate) mod confined;
 pub mod daemon;
 pub mod exit;
 pub mod kinds;

@@ -6,23 +6,29 @@
 //! makes, with flags and environment variables resolved once in [`crate::cli`]:
 //!
 //! - [`SecretsPolicy`]: which `!File` paths and `!Env` variables a manifest may
-//!   reference. A `!File` must resolve (symlinks included) inside the manifest
-//!   directory or a `--secrets-dir`; an `!Env` variable may never be one of
-//!   stagesync's own (`AUTHENTIK_*`, `STAGESYNC_*`), and with `--env-allow` it
-//!   must match one of the operator's globs.
+//!   reference. A `!File` must lie inside the manifest directory or a
+//!   `--secrets-dir` ([`AllowedDir`]), and is opened beneath that directory's
+//!   handle, so no symlink leads it out; stagesync's own token and state files
+//!   are never a key, wherever they are ([`OwnFile`]). An `!Env` variable may
+//!   never be one of stagesync's own (`AUTHENTIK_*`, `STAGESYNC_*`), and with
+//!   `--env-allow` it must match one of the operator's globs.
 //! - [`ProviderHosts`]: the hosts `js_url` and `api_url` may name. authentik
 //!   POSTs the private key to `api_url`, and every visitor's browser runs the
 //!   script at `js_url`: both must be `https://` on a built-in captcha provider
 //!   host ([`BUILT_IN_PROVIDER_HOSTS`]) or one the operator added.
 //!
-//! Pure: no file system, no environment. Paths given to [`SecretsPolicy`] must
-//! already be canonical (the caller resolves symlinks, which is I/O).
+//! Pure: no file system, no environment. The caller resolves the operator's
+//! directories ([`AllowedDir::canonical`]) and opens files (I/O).
 //!
 //! Traps:
 //! - Nothing in a manifest can widen a policy: there is no manifest key for it,
 //!   and the policy is built before any manifest is read.
 //! - A URL's host is compared after the URL parser's normalisation (lower case,
 //!   punycode), so `https://www.google.com@evil.example/` is `evil.example`.
+//!   authentik stores the string as written, and other parsers (Python's, the
+//!   browser's) may read another host out of it: a URL whose authority is not
+//!   written exactly as parsed (a backslash, user info, percent-encoding) is
+//!   refused, so every parser sees the host that was checked.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -70,11 +76,55 @@ pub struct Policy {
 /// Which secret references a manifest may use.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SecretsPolicy {
-    /// Canonical directories whose files `!File` may read (`--secrets-dir`).
-    secrets_dirs: Vec<PathBuf>,
+    /// Directories whose files `!File` may read (`--secrets-dir`).
+    secrets_dirs: Vec<AllowedDir>,
     /// `--env-allow` globs; `None` when none was given (any variable but
     /// stagesync's own).
     env_allow: Option<(GlobSet, Vec<String>)>,
+    /// stagesync's own files, never read as a key wherever they are.
+    own_files: Vec<(PathBuf, OwnFile)>,
+}
+
+/// A directory `!File` may read beneath: the manifest directory or a
+/// `--secrets-dir`. A path is matched by its text against both forms, so that
+/// `!File /run/secrets/key` works whether `/run/secrets` is a symlink or not;
+/// the file is then opened beneath the directory's handle, which no symlink
+/// leaves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct AllowedDir {
+    /// As the operator wrote it, made absolute, `..` resolved by its text.
+    pub(crate) given: PathBuf,
+    /// Where it leads, symlinks resolved.
+    pub(crate) canonical: PathBuf,
+}
+
+impl AllowedDir {
+    /// `path` (absolute, `..` resolved by its text: see [`lexical_normal`])
+    /// relative to this directory, when it lies strictly below it.
+    pub(crate) fn below<'a>(&self, path: &'a Path) -> Option<&'a Path> {
+        [&self.given, &self.canonical]
+            .into_iter()
+            .find_map(|dir| path.strip_prefix(dir).ok())
+            .filter(|rest| !rest.as_os_str().is_empty())
+    }
+}
+
+/// A file stagesync itself uses, which a manifest may never read as a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OwnFile {
+    /// `--token-file`: the authentik API token.
+    Token,
+    /// `--state-file` (or its default): the key fingerprints and inventory.
+    State,
+}
+
+impl fmt::Display for OwnFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OwnFile::Token => "stagesync's API token file (--token-file)",
+            OwnFile::State => "stagesync's state file",
+        })
+    }
 }
 
 /// Why a `!Env` reference is refused. Names the variable, never a value.
@@ -88,14 +138,15 @@ pub(crate) enum EnvRefused {
     NotAllowed { var: String, patterns: Vec<String> },
 }
 
-/// Why a `!File` reference is refused.
+/// Why a `!File` reference is refused: it lies outside, or a symlink on its
+/// way leads out. The same words whether or not the file exists.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
     "`!File` {shown} is refused: it lies outside the manifest directory{}",
     allowed_dirs(.secrets_dirs)
 )]
 pub(crate) struct FileRefused {
-    /// The path as resolved (symlinks followed), for the message.
+    /// The path as the manifest wrote it (joined to the manifest's folder).
     pub(crate) shown: String,
     pub(crate) secrets_dirs: Vec<PathBuf>,
 }
@@ -110,10 +161,9 @@ fn allowed_dirs(dirs: &[PathBuf]) -> String {
 }
 
 impl SecretsPolicy {
-    /// `secrets_dirs` must be canonical (symlinks resolved); `env_allow` are globs
-    /// such as `*_CAPTCHA_KEY` (`*`, `?`, `[...]`, `{a,b}`).
+    /// `env_allow` are globs such as `*_CAPTCHA_KEY` (`*`, `?`, `[...]`, `{a,b}`).
     pub(crate) fn new(
-        secrets_dirs: Vec<PathBuf>,
+        secrets_dirs: Vec<AllowedDir>,
         env_allow: &[String],
     ) -> Result<Self, PolicyError> {
         let env_allow = if env_allow.is_empty() {
@@ -136,6 +186,7 @@ impl SecretsPolicy {
         Ok(SecretsPolicy {
             secrets_dirs,
             env_allow,
+            own_files: Vec::new(),
         })
     }
 
@@ -157,40 +208,34 @@ impl SecretsPolicy {
         }
     }
 
-    /// May a manifest under `manifest_dir` read the file `resolved`? Both
-    /// canonical: a symlink inside the manifest directory that points elsewhere
-    /// is judged by where it points.
-    pub(crate) fn check_file(
-        &self,
-        manifest_dir: &Path,
-        resolved: &Path,
-    ) -> Result<(), FileRefused> {
-        let inside = |root: &Path| resolved.starts_with(root) && resolved != root;
-        if inside(manifest_dir) || self.secrets_dirs.iter().any(|d| inside(d)) {
-            return Ok(());
-        }
-        Err(self.refuse_file(resolved))
+    /// The `--secrets-dir` directories.
+    pub(crate) fn secrets_dirs(&self) -> &[AllowedDir] {
+        &self.secrets_dirs
     }
 
-    /// The refusal of `path`, for a path refused before it could be resolved.
+    /// Never lets a manifest read `path` as a key (compared by identity when
+    /// manifests load, so a hard link or a symlink to it is refused too).
+    pub(crate) fn protect(&mut self, path: PathBuf, what: OwnFile) {
+        self.own_files.push((path, what));
+    }
+
+    /// The files [`Self::protect`] named.
+    pub(crate) fn own_files(&self) -> &[(PathBuf, OwnFile)] {
+        &self.own_files
+    }
+
+    /// The refusal of `path` (as the manifest wrote it).
     pub(crate) fn refuse_file(&self, path: &Path) -> FileRefused {
         FileRefused {
             shown: path.display().to_string(),
-            secrets_dirs: self.secrets_dirs.clone(),
+            secrets_dirs: self.secrets_dirs.iter().map(|d| d.given.clone()).collect(),
         }
-    }
-
-    /// Whether `path` (not canonical: it may not exist) could lie inside an
-    /// allowed directory, judged by its text alone. Used to word the error for
-    /// a path that cannot be resolved without saying whether it exists.
-    pub(crate) fn lexically_allowed(&self, manifest_dir: &Path, path: &Path) -> bool {
-        let path = lexical_normal(path);
-        path.starts_with(manifest_dir) || self.secrets_dirs.iter().any(|d| path.starts_with(d))
     }
 }
 
-/// `a/b/../c` as `a/c`, without touching the file system.
-fn lexical_normal(path: &Path) -> PathBuf {
+/// `a/b/../c` as `a/c`, without touching the file system (for an absolute
+/// path: `/..` is `/`).
+pub(crate) fn lexical_normal(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     for component in path.components() {
@@ -239,6 +284,10 @@ pub(crate) enum HostRefused {
     PlainHttp { host: String },
     #[error("the scheme `{0}` is not https")]
     Scheme(String),
+    #[error(
+        "other URL parsers (authentik's, a browser's) may read another host out of it than stagesync checked: write the host plainly, without a backslash, white space, user info (`user@`), percent-encoding or non-ASCII letters (punycode is fine)"
+    )]
+    Ambiguous,
     #[error("it has no host")]
     NoHost,
 }
@@ -282,11 +331,42 @@ impl ProviderHosts {
         })
     }
 
-    /// [`Self::check`] of a URL as a manifest writes it.
+    /// [`Self::check`] of a URL as a manifest writes it. authentik stores the
+    /// string as written and other parsers read it (Python's for `api_url`,
+    /// every visitor's browser for `js_url`); they agree with this one only on
+    /// a plainly written authority. `https://www.google.com\@evil.example/` is
+    /// `www.google.com` to a WHATWG parser (a backslash is a slash) and
+    /// `evil.example` to Python's: anything but `host` or `host:port`, written
+    /// as parsed, is refused.
     pub(crate) fn check_str(&self, url: &str) -> Result<(), HostRefused> {
-        let url = Url::parse(url).map_err(|_| HostRefused::NoHost)?;
-        self.check(&url)
+        let parsed = Url::parse(url).map_err(|_| HostRefused::NoHost)?;
+        self.check(&parsed)?;
+        let plain = !url
+            .chars()
+            .any(|c| c == '\\' || c.is_whitespace() || c.is_control());
+        let as_parsed = match (written_authority(url), parsed.host_str()) {
+            (Some(written), Some(host)) => {
+                let written = written.to_ascii_lowercase();
+                written == host
+                    || parsed
+                        .port_or_known_default()
+                        .is_some_and(|port| written == format!("{host}:{port}"))
+            }
+            _ => false,
+        };
+        if plain && as_parsed {
+            Ok(())
+        } else {
+            Err(HostRefused::Ambiguous)
+        }
     }
+}
+
+/// The authority of `url` as written: between `scheme://` and the first `/`,
+/// `?` or `#`.
+fn written_authority(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    Some(rest.split(['/', '?', '#']).next().unwrap_or(rest))
 }
 
 fn with_port(host: &str, port: Option<u16>) -> String {
@@ -389,6 +469,57 @@ mod tests {
     }
 
     #[test]
+    fn a_url_other_parsers_may_read_differently_is_refused() {
+        let h = hosts(&["captcha.internal:8443", "[::1]:9000"]);
+        for url in [
+            "https://www.google.com\\@evil.test/recaptcha/api/siteverify",
+            "https://www.google.com/recaptcha\\api.js",
+            "https://user@www.google.com/recaptcha/api.js",
+            "https://www.google.com@www.google.com/",
+            "https://www.google%2ecom/recaptcha/api.js",
+            "https://www.goo\tgle.com/",
+            "https://www.google.com\n/",
+            "https://www.google.com:/recaptcha/api.js",
+            "https://www.google.com/recaptcha /api.js",
+            "https://www.google.com/recaptcha\u{7f}/api.js",
+            "https://www.google.com/\u{2028}",
+            "https://www.goo\u{ad}gle.com/",
+            "https://ｗｗｗ.google.com/",
+            "https://captcha.internal:08443/",
+        ] {
+            assert_eq!(h.check_str(url), Err(HostRefused::Ambiguous), "{url}");
+        }
+        // Where this parser already sees a foreign host, that is the refusal.
+        for url in [
+            "https://evil.test\\.www.google.com/",
+            "https://www.google.com%2f@evil.test/",
+        ] {
+            assert_eq!(
+                h.check_str(url),
+                Err(HostRefused::Host {
+                    host: "evil.test".into()
+                }),
+                "{url}"
+            );
+        }
+        for url in [
+            "HTTPS://WWW.Google.COM:443/recaptcha/api.js",
+            "https://www.google.com?x=1",
+            "https://www.google.com#f",
+            "https://captcha.internal:8443/v?a=b@c",
+            "https://[::1]:9000/siteverify",
+        ] {
+            assert_eq!(h.check_str(url), Ok(()), "{url}");
+        }
+        assert_eq!(
+            written_authority("https://a.example:1/b?c#d"),
+            Some("a.example:1")
+        );
+        assert_eq!(written_authority("https://a.example"), Some("a.example"));
+        assert_eq!(written_authority("a.example"), None);
+    }
+
+    #[test]
     fn operator_additions_allow_exactly_their_host_port_and_scheme() {
         let h = hosts(&[
             "captcha.internal",
@@ -443,29 +574,60 @@ mod tests {
     }
 
     #[test]
-    fn files_must_lie_inside_the_manifest_directory_or_a_secrets_dir() {
+    fn a_path_lies_below_an_allowed_directory_by_either_of_its_names() {
+        let dir = AllowedDir {
+            given: "/run/secrets".into(),
+            canonical: "/run/keys-2026".into(),
+        };
+        assert_eq!(
+            dir.below(Path::new("/run/secrets/a/b")),
+            Some(Path::new("a/b"))
+        );
+        assert_eq!(
+            dir.below(Path::new("/run/keys-2026/a")),
+            Some(Path::new("a"))
+        );
+        assert_eq!(dir.below(Path::new("/run/secrets")), None);
+        assert_eq!(dir.below(Path::new("/run/secrets-other/a")), None);
+        assert_eq!(dir.below(Path::new("/etc/passwd")), None);
+        assert_eq!(
+            lexical_normal(Path::new("/srv/stages/a/../../x")),
+            Path::new("/srv/x")
+        );
+        assert_eq!(lexical_normal(Path::new("/../a/./b")), Path::new("/a/b"));
+    }
+
+    #[test]
+    fn a_refusal_names_the_operators_directories_as_written() {
         let open = SecretsPolicy::default();
-        let root = Path::new("/srv/stages");
-        assert_eq!(
-            open.check_file(root, Path::new("/srv/stages/keys/a")),
-            Ok(())
-        );
-        assert!(open.check_file(root, Path::new("/etc/passwd")).is_err());
+        let refused = open.refuse_file(Path::new("stages/../x")).to_string();
         assert!(
-            open.check_file(root, Path::new("/srv/stages-other/a"))
-                .is_err()
+            refused.starts_with("`!File` stages/../x is refused: it lies outside the manifest directory (the operator can allow"),
+            "{refused}"
         );
-        assert!(open.check_file(root, Path::new("/srv/stages")).is_err());
-        let with_dir = SecretsPolicy::new(vec!["/run/secrets".into()], &[]).unwrap();
+        let mut with_dir = SecretsPolicy::new(
+            vec![AllowedDir {
+                given: "/run/secrets".into(),
+                canonical: "/run/keys-2026".into(),
+            }],
+            &[],
+        )
+        .unwrap();
+        with_dir.protect("/etc/stagesync/token".into(), OwnFile::Token);
+        let refused = with_dir.refuse_file(Path::new("/etc/passwd")).to_string();
+        assert!(
+            refused.contains("--secrets-dir directories (/run/secrets)"),
+            "{refused}"
+        );
         assert_eq!(
-            with_dir.check_file(root, Path::new("/run/secrets/h")),
-            Ok(())
+            with_dir.own_files(),
+            [("/etc/stagesync/token".into(), OwnFile::Token)]
         );
-        let refused = with_dir
-            .check_file(root, Path::new("/etc/passwd"))
-            .unwrap_err();
-        assert!(refused.to_string().contains("/run/secrets"), "{refused}");
-        assert!(with_dir.lexically_allowed(root, Path::new("/srv/stages/a/../b")));
-        assert!(!with_dir.lexically_allowed(root, Path::new("/srv/stages/../../x")));
+        assert_eq!(with_dir.secrets_dirs()[0].given, Path::new("/run/secrets"));
+        assert_eq!(
+            OwnFile::Token.to_string(),
+            "stagesync's API token file (--token-file)"
+        );
+        assert_eq!(OwnFile::State.to_string(), "stagesync's state file");
     }
 }

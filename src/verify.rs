@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 
 pub(crate) use crate::plan::key_check::{BodyEncoding, KeyCheck, KeyProbe, Reason, Verdict};
 use crate::policy::ProviderHosts;
-use crate::secret::ExposeSecret;
+use crate::secret::{ExposeSecret, Redactor};
 use crate::text::error_chain;
 
 /// The response token every probe sends: no provider ever issued it.
@@ -277,6 +277,8 @@ impl Prober {
                 None,
             ),
             Ok(Ok((status, body))) => {
+                // A provider may quote the key it was sent: never repeat it.
+                let body = Redactor::of(&probe.private_key).redact(&body).into_owned();
                 let (reason, codes) = classify(status, &body);
                 (reason, codes, Some(status))
             }

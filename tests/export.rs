@@ -379,3 +379,51 @@ async fn export_never_writes_through_a_symlink_in_the_directory() {
     }
     sim.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_too_long_for_a_file_name_is_cut_and_every_file_is_written() {
+    let sim = start("2025.12.4").await;
+    let long = format!("{}-tail", "Very Long Captcha Name ".repeat(13));
+    assert!(long.chars().count() >= 300);
+    sim.seed_captcha(StageFields::with_defaults(&long, "p"), "seeded-secret-k8");
+    let ws = Workspace::new();
+    let result = export(&ws, &sim, false).await;
+    assert_eq!(result.status.code(), Some(0), "{}", stderr(&result));
+    let written = files(&out_dir(&ws));
+    assert_eq!(written.len(), 8, "{:?}", written.keys());
+    let (file, text) = written
+        .iter()
+        .find(|(_, text)| text.contains("-tail"))
+        .expect("the long name's manifest");
+    assert!(file.len() <= 105, "{file}");
+    assert!(file.starts_with("very-long-captcha-name-"), "{file}");
+    let variable = key_variable(text).expect("an !Env key");
+    assert!(variable.len() <= 130, "{variable}");
+    sim.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_fails_part_way_leaves_nothing_behind() {
+    let sim = start("2025.12.4").await;
+    let ws = Workspace::new();
+    let out = out_dir(&ws);
+    // The last file in name order cannot be put in place: a folder is there.
+    std::fs::create_dir_all(out.join("sign-up-2.yaml/inside")).unwrap();
+    let result = export(&ws, &sim, true).await;
+    assert_eq!(result.status.code(), Some(1));
+    let err = stderr(&result);
+    assert!(
+        err.contains("cannot write") && err.contains("sign-up-2.yaml; nothing was written"),
+        "{err}"
+    );
+    let left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        left,
+        ["sign-up-2.yaml"],
+        "no manifest and no temporary file"
+    );
+    sim.shutdown();
+}

@@ -102,6 +102,24 @@ fn attacks() -> Vec<Attack> {
             refusal: "`attacker.example` is not a captcha provider host",
         },
         Attack {
+            what: "an api_url other parsers read as another host",
+            manifest: doc(
+                "!Env LOGIN_KEY",
+                "api_url: https://www.google.com\\@attacker.example/recaptcha/api/siteverify\n",
+            ),
+            line: 4,
+            refusal: "`api_url` is refused: other URL parsers (authentik's, a browser's) may read another host",
+        },
+        Attack {
+            what: "a js_url with user info",
+            manifest: doc(
+                "!Env LOGIN_KEY",
+                "js_url: https://attacker.example@www.google.com/recaptcha/api.js\n",
+            ),
+            line: 4,
+            refusal: "`js_url` is refused: other URL parsers",
+        },
+        Attack {
             what: "a plain http api_url",
             manifest: doc(
                 "!Env LOGIN_KEY",

@@ -437,3 +437,33 @@ async fn without_the_state_file_only_ignore_unknown_keys_gives_a_clean_ci_plan()
         stdout(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidirectional_control_is_escaped_for_people_and_kept_for_parsers() {
+    // docs/plan.md: the text and Markdown plans escape U+202E; the JSON plan
+    // and the plan file keep the name as it is (JSON needs no escape there).
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    ws.write(
+        "a.yaml",
+        &manifest("\"login\u{202e}nimda\"", "site", "LOGIN_KEY", ""),
+    );
+    for (format, raw) in [("text", false), ("markdown", false), ("json", true)] {
+        let mut cmd = ws.cmd(&sim);
+        cmd.env("LOGIN_KEY", "login-key-value").args([
+            "plan",
+            "--format",
+            format,
+            "--out",
+            "plan.json",
+            "stages",
+        ]);
+        let out = run(cmd).await;
+        assert_eq!(out.status.code(), Some(2), "{format}: {}", stderr(&out));
+        let shown = stdout(&out);
+        assert_eq!(shown.contains('\u{202e}'), raw, "{format}: {shown}");
+        assert_eq!(shown.contains("\\u{202e}"), !raw, "{format}: {shown}");
+    }
+    let file = std::fs::read_to_string(ws.root.path().join("plan.json")).unwrap();
+    assert!(file.contains("login\u{202e}nimda"), "{file}");
+}

@@ -162,6 +162,8 @@ fn the_default_directory_is_stages() {
 #[cfg(unix)]
 #[test]
 fn a_symlink_to_the_file_system_root_is_not_walked() {
+    // Symlinks are followed only within the manifest directory: `/` is not
+    // walked, and the set is invalid (what lies behind the link is unknown).
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("stages")).unwrap();
     std::os::unix::fs::symlink("/", dir.path().join("stages/root")).unwrap();
@@ -169,7 +171,7 @@ fn a_symlink_to_the_file_system_root_is_not_walked() {
     assert_eq!(code, 3);
     assert_eq!(
         stdout,
-        "stages/root: error: symlink loop: it leads back to a folder above it; not followed\n\
+        "stages/root: error: a symlink leads outside the manifest directory; not followed (only links that stay inside are)\n\
          1 error, 0 warnings in 0 files (0 stages)\n"
     );
 }
@@ -256,8 +258,9 @@ fn every_copy_of_a_duplicate_name_names_the_others() {
 #[cfg(unix)]
 #[test]
 fn a_folder_that_cannot_be_read_makes_the_set_invalid_not_smaller() {
-    // An unmounted folder behind a symlink: its manifests are unknown, so the
-    // set is not complete (prune must not take its stages for removed).
+    // A folder behind a symlink that leads nowhere (not mounted yet): its
+    // manifests are unknown, so the set is not complete (prune must not take
+    // its stages for removed).
     let dir = tempfile::tempdir().unwrap();
     let stages = dir.path().join("stages");
     std::fs::create_dir(&stages).unwrap();
@@ -266,11 +269,50 @@ fn a_folder_that_cannot_be_read_makes_the_set_invalid_not_smaller() {
         "name: a\npublic_key: p\nprivate_key: !Env TEST_CAPTCHA_SECRET\n",
     )
     .unwrap();
-    std::os::unix::fs::symlink("/nonexistent/team-a", stages.join("team-a")).unwrap();
+    std::os::unix::fs::symlink("mounts/team-a", stages.join("team-a")).unwrap();
     let (code, stdout, _) = validate_in(dir.path(), "stages");
     assert_eq!(code, 3, "{stdout}");
     assert!(
         stdout.contains("stages/team-a: error: cannot read:"),
         "{stdout}"
     );
+}
+
+#[test]
+fn an_endless_env_name_or_file_path_is_refused_without_being_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("stages")).unwrap();
+    let long = "A".repeat(100_000);
+    std::fs::write(
+        dir.path().join("stages/env.yaml"),
+        format!("name: a\npublic_key: p\nprivate_key: !Env {long}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("stages/file.yaml"),
+        format!("name: b\npublic_key: p\nprivate_key: !File {long}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("stages/tag.yaml"),
+        format!("name: c\npublic_key: p\nprivate_key: !{long} x\n"),
+    )
+    .unwrap();
+    let (code, stdout, _) = validate_in(dir.path(), "stages");
+    assert_eq!(code, 3);
+    assert!(
+        stdout.contains(
+            "stages/env.yaml:3:19: error: `!Env` names a variable of 100000 characters; at most 255 are accepted"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "stages/file.yaml:3:20: error: `!File` names a path of 100000 bytes; at most 4096 are accepted"
+        ),
+        "{stdout}"
+    );
+    // Any other message quoting the manifest is cut.
+    assert!(stdout.contains("more characters)"), "{stdout}");
+    assert!(stdout.len() < 4_000, "{} bytes of output", stdout.len());
 }

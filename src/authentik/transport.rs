@@ -15,6 +15,10 @@
 //! - redirects are not followed: a POST would silently turn into a GET, and the
 //!   token must not follow a redirect to another host;
 //! - the token lives in a sensitive header built once; it never reaches a log;
+//! - a server may echo the token or a key it was sent (an error detail, a
+//!   validation message): every answer passes through the client's
+//!   [`Redactor`] (the token, and every key a write of this client sends)
+//!   before anything parses or quotes it;
 //! - no answer is read past [`MAX_BODY_BYTES`], so a server that sends without
 //!   end costs bounded memory;
 //! - a list can change while it is paged through: items are kept once per
@@ -36,7 +40,7 @@ use super::error::{MAX_BODY_BYTES, cut, excerpt, excerpt_of_start};
 use super::retry::{RetryPolicy, is_retryable_status, parse_retry_after};
 use super::wire::{self, Page, WireVersion};
 use super::{ApiError, ClientSettings, ServerVersion};
-use crate::secret::ExposeSecret;
+use crate::secret::{ExposeSecret, PrivateKey, Redactor};
 use crate::text::error_chain;
 
 /// Route patterns, as reported to the observer (low cardinality, no uuids).
@@ -116,6 +120,8 @@ struct Inner {
     /// The limits, named in a timeout's message.
     connect_timeout: Duration,
     request_timeout: Duration,
+    /// The token and every key sent: never repeated from an answer.
+    redactor: Redactor,
 }
 
 impl std::fmt::Debug for Client {
@@ -227,6 +233,8 @@ impl Client {
         let http = builder.build().map_err(|e| ApiError::ClientSetup {
             reason: error_chain(&e),
         })?;
+        let redactor = Redactor::default();
+        redactor.add(&settings.token);
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
@@ -234,6 +242,7 @@ impl Client {
                 base,
                 connect_timeout: settings.connect_timeout,
                 request_timeout: settings.request_timeout,
+                redactor,
             }),
             observer: None,
             retry: RetryPolicy::default(),
@@ -256,6 +265,15 @@ impl Client {
     pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
         self
+    }
+
+    /// Never repeats `keys` from an answer (see [`Redactor`]): a write adds its
+    /// own key; a caller about to write several adds them all first, so that
+    /// an answer to one write cannot show another's key either.
+    pub(crate) fn never_repeat<'a>(&self, keys: impl IntoIterator<Item = &'a PrivateKey>) {
+        for key in keys {
+            self.inner.redactor.add(key);
+        }
     }
 
     /// Logs retries at DEBUG instead of WARN: for the daemon, which logs a
@@ -632,8 +650,15 @@ impl Client {
             };
             let content_type = header(CONTENT_TYPE).unwrap_or_default();
             let retry_after = header(RETRY_AFTER).and_then(|v| parse_retry_after(&v));
-            let location = header(LOCATION);
+            let location =
+                header(LOCATION).map(|l| self.inner.redactor.redact_str(&l).into_owned());
             let body = self.read_body(response, status).await?;
+            // Before anything reads it: an answer that echoes a secret must
+            // not hand it to a parser, a message or a log.
+            let body = match self.inner.redactor.redact(&body) {
+                std::borrow::Cow::Borrowed(_) => body,
+                std::borrow::Cow::Owned(redacted) => redacted,
+            };
             Ok::<_, (Option<u16>, AttemptError)>(Answer {
                 status,
                 content_type,
@@ -684,7 +709,12 @@ impl Client {
                     url: self.inner.base.clone(),
                     status,
                     limit: MAX_BODY_BYTES,
-                    excerpt: excerpt_of_start(&start[..start.len().min(QUOTED_START_BYTES)]),
+                    excerpt: excerpt_of_start(
+                        &self
+                            .inner
+                            .redactor
+                            .redact(&start[..start.len().min(QUOTED_START_BYTES)]),
+                    ),
                 }),
             )
         };

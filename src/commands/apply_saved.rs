@@ -7,7 +7,6 @@
 //! refusal is a [`CommandError::PlanRefused`] (exit 4) before a single write.
 //! There is no confirmation prompt: the reviewed file is the confirmation.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -16,6 +15,7 @@ use anyhow::Result;
 use crate::cli::ApplyConfig;
 use crate::commands::apply::write;
 use crate::commands::{connect, load_desired, plan::render};
+use crate::confined;
 use crate::exit::{CommandError, Exit};
 use crate::output::Console;
 use crate::plan::saved::{self, Fresh, Refusal, SavedPlan, check};
@@ -102,19 +102,25 @@ enum ReadError {
 }
 
 /// Reads at most [`MAX_PLAN_FILE_BYTES`]; a larger or non-UTF-8 file is not
-/// a plan file stagesync wrote.
+/// a plan file stagesync wrote. Only a regular file is read: a FIFO or
+/// `/dev/stdin` on a pipe or a terminal is refused at once, not waited on.
 fn read_bounded(path: &Path) -> Result<String, ReadError> {
-    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PLAN_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(ReadError::Io)?;
-    if bytes.len() as u64 > MAX_PLAN_FILE_BYTES {
-        return Err(ReadError::Refused(Refusal::Corrupt(format!(
-            "larger than {} MiB",
-            MAX_PLAN_FILE_BYTES / 1024 / 1024
-        ))));
-    }
+    let bytes = match confined::read_regular(path, MAX_PLAN_FILE_BYTES) {
+        Ok(read) => read.bytes,
+        Err(confined::ReadError::Io(e)) => return Err(ReadError::Io(e)),
+        Err(confined::ReadError::TooLarge(_)) => {
+            return Err(ReadError::Refused(Refusal::Corrupt(format!(
+                "larger than {} MiB",
+                MAX_PLAN_FILE_BYTES / 1024 / 1024
+            ))));
+        }
+        // (A path the operator gives is not confined: only `NotRegular` is met here.)
+        Err(confined::ReadError::NotRegular | confined::ReadError::Outside) => {
+            return Err(ReadError::Io(std::io::Error::other(
+                "not a regular file (a pipe, a terminal or a device is refused: pass the file `plan --out` wrote)",
+            )));
+        }
+    };
     String::from_utf8(bytes)
         .map_err(|_| ReadError::Refused(Refusal::Corrupt("not UTF-8 text".into())))
 }

@@ -13,6 +13,12 @@
 //!   created with `create_new` (which does not follow a symlink planted after
 //!   the check); `--force` writes a temporary file and renames it over the
 //!   target, which replaces a link rather than writing through it.
+//! - All or nothing ([`write_all`]): every manifest is written to a
+//!   temporary file first (where a full disk fails), then each is moved into
+//!   place; a move that fails removes the files this export created.
+//! - A stage name may be 255 characters, more than many file systems take in
+//!   a file name: file names and key variables are cut to
+//!   [`MAX_STEM_CHARS`] (and made unique again).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -58,13 +64,20 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
     }
     std::fs::create_dir_all(&cfg.dir)
         .with_context(|| format!("cannot create {}", cfg.dir.display()))?;
-    let root = std::fs::canonicalize(&cfg.dir)
+    let scope = manifest::Scope::open(&cfg.dir, &cfg.policy)
         .with_context(|| format!("cannot read {}", cfg.dir.display()))?;
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| manifest_for(f.stage, &f.key_variable))
+        .collect();
+    let targets: Vec<(&Path, &str)> = files
+        .iter()
+        .zip(&texts)
+        .map(|(f, text)| (f.path.as_path(), text.as_str()))
+        .collect();
+    write_all(&targets, cfg.force)?;
     let mut unrepresentable = 0;
-    for file in &files {
-        let text = manifest_for(file.stage, &file.key_variable);
-        write_inside(&file.path, &text, cfg.force)
-            .with_context(|| format!("cannot write {}", file.path.display()))?;
+    for (file, text) in files.iter().zip(&texts) {
         console.out(&format!(
             "wrote {} ({})\n",
             escape(&file.path.display().to_string()),
@@ -75,7 +88,7 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
         let (_, diagnostics) = manifest::load_file(
             file.path.clone(),
             text.as_bytes(),
-            &root,
+            &scope,
             &cfg.policy,
             &|_| Some(std::ffi::OsString::from("exported")),
         );
@@ -104,28 +117,66 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
     Ok(Exit::Success)
 }
 
-/// Writes `text` to `path` without following a symlink at `path`: a new file
-/// with `create_new` (fails on any existing entry, a dangling link included);
-/// with `force`, a temporary file beside it renamed over it (a rename replaces
-/// the directory entry, whatever it is, and never writes through it).
-fn write_inside(path: &Path, text: &str, force: bool) -> std::io::Result<()> {
+/// Writes every `(path, text)` or none. Each text goes to a temporary file in
+/// its target's folder first (a full disk, a read-only folder fail here, before
+/// any target is touched); then each is moved into place without following a
+/// symlink at the target: a new file by a hard link that fails on any existing
+/// entry (a dangling link included), with `force` by a rename, which replaces
+/// the directory entry, whatever it is, and never writes through it. A move
+/// that fails removes the files moved into place before it, unless they
+/// replaced one (`force`): those are named in the error.
+fn write_all(targets: &[(&Path, &str)], force: bool) -> Result<()> {
     use std::io::Write as _;
-    if !force {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
-        return file.write_all(text.as_bytes());
+    let mut staged = Vec::with_capacity(targets.len());
+    for (path, text) in targets {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut temp = tempfile::Builder::new()
+            .prefix(".stagesync-export-")
+            .tempfile_in(dir)
+            .and_then(|mut temp| temp.write_all(text.as_bytes()).map(|()| temp))
+            .with_context(|| {
+                format!(
+                    "cannot write {}; nothing was written",
+                    escape(&path.display().to_string())
+                )
+            })?;
+        temp.as_file_mut().sync_all().ok();
+        staged.push((*path, temp));
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
-    temp.write_all(text.as_bytes())?;
-    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(std::io::Error::other(
-            "it became a symbolic link; not written through",
-        ));
+    let mut placed: Vec<(&Path, bool)> = Vec::new();
+    for (path, temp) in staged {
+        let replaced = force && std::fs::symlink_metadata(path).is_ok();
+        let moved = if !force {
+            temp.persist_noclobber(path).map(drop).map_err(|e| e.error)
+        } else if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+            Err(std::io::Error::other(
+                "it became a symbolic link; not written through",
+            ))
+        } else {
+            temp.persist(path).map(drop).map_err(|e| e.error)
+        };
+        if let Err(err) = moved {
+            let mut kept = Vec::new();
+            for (done, replaced) in placed {
+                if replaced {
+                    kept.push(escape(&done.display().to_string()).into_owned());
+                } else {
+                    let _ = std::fs::remove_file(done);
+                }
+            }
+            let undone = if kept.is_empty() {
+                "nothing was written".to_owned()
+            } else {
+                format!("already replaced: {}", kept.join(", "))
+            };
+            return Err(anyhow::Error::new(err).context(format!(
+                "cannot write {}; {undone}",
+                escape(&path.display().to_string())
+            )));
+        }
+        placed.push((path, replaced));
     }
-    temp.persist(path).map(|_| ()).map_err(|e| e.error)
+    Ok(())
 }
 
 /// One manifest to write.
@@ -147,11 +198,9 @@ fn plan_files<'a>(dir: &Path, live: &'a [LiveStage]) -> Vec<ExportFile<'a>> {
             let stem = unique(&mut stems, &file_stem(&stage.fields.name), |base, n| {
                 format!("{base}-{n}")
             });
-            let key_variable = unique(
-                &mut variables,
-                &variable_part(&stage.fields.name),
-                |base, n| format!("{base}_{n}"),
-            );
+            let variable = variable_part(&stage.fields.name);
+            let variable = cut(&variable, '_');
+            let key_variable = unique(&mut variables, variable, |base, n| format!("{base}_{n}"));
             ExportFile {
                 path: dir.join(format!("{stem}.yaml")),
                 key_variable: format!("CAPTCHA_{key_variable}_PRIVATE_KEY"),
@@ -176,7 +225,23 @@ fn unique(
     candidate
 }
 
-/// A safe file name: lower-case letters, digits, `-` and `_`; anything else becomes `-`.
+/// The most characters of a stage name kept in a file name or a key variable:
+/// file systems take 255 bytes per name, and a variable of a few dozen
+/// characters is as unique in practice. A suffix (`-2`) makes cut names unique.
+const MAX_STEM_CHARS: usize = 100;
+
+/// `s` (ASCII by then) cut to [`MAX_STEM_CHARS`], without a trailing `sep`
+/// where it was cut.
+fn cut(s: &str, sep: char) -> &str {
+    if s.len() <= MAX_STEM_CHARS {
+        s
+    } else {
+        s[..MAX_STEM_CHARS].trim_end_matches(sep)
+    }
+}
+
+/// A safe file name: lower-case letters, digits, `-` and `_`; anything else
+/// becomes `-`; at most [`MAX_STEM_CHARS`] characters.
 fn file_stem(name: &str) -> String {
     let stem: String = name
         .chars()
@@ -188,7 +253,7 @@ fn file_stem(name: &str) -> String {
             }
         })
         .collect();
-    let stem = stem.trim_matches('-').to_owned();
+    let stem = cut(stem.trim_matches('-'), '-').to_owned();
     if stem.is_empty() {
         "stage".to_owned()
     } else {
@@ -201,7 +266,7 @@ fn file_stem(name: &str) -> String {
 /// variable; `export` makes them unique with a suffix.
 #[cfg(test)]
 pub(crate) fn key_variable(name: &str) -> String {
-    format!("CAPTCHA_{}_PRIVATE_KEY", variable_part(name))
+    format!("CAPTCHA_{}_PRIVATE_KEY", cut(&variable_part(name), '_'))
 }
 
 fn variable_part(name: &str) -> String {
@@ -231,6 +296,32 @@ mod tests {
         );
         assert_eq!(file_stem("Sign up/../x"), "sign-up----x");
         assert_eq!(file_stem("///"), "stage");
+    }
+
+    #[test]
+    fn long_names_are_cut_and_stay_unique() {
+        let long = "x".repeat(299);
+        let stages: Vec<LiveStage> = [format!("{long}a"), format!("{long}b"), "ab cd".into()]
+            .into_iter()
+            .map(|name| LiveStage {
+                uuid: Uuid::nil(),
+                fields: StageFields::with_defaults(&name, "p"),
+            })
+            .collect();
+        let files = plan_files(Path::new("out"), &stages);
+        let x100 = "x".repeat(MAX_STEM_CHARS);
+        let x100_upper = "X".repeat(MAX_STEM_CHARS);
+        assert_eq!(files[0].path, PathBuf::from(format!("out/{x100}.yaml")));
+        assert_eq!(files[1].path, PathBuf::from(format!("out/{x100}-2.yaml")));
+        assert_eq!(
+            files[1].key_variable,
+            format!("CAPTCHA_{x100_upper}_2_PRIVATE_KEY")
+        );
+        assert_eq!(files[2].path, PathBuf::from("out/ab-cd.yaml"));
+        // A cut never leaves a separator at the end.
+        assert_eq!(file_stem(&format!("{}-y", "a".repeat(99))), "a".repeat(99));
+        assert_eq!(cut(&format!("{}__", "a".repeat(99)), '_'), "a".repeat(99));
+        assert_eq!(cut("ab__", '_'), "ab__");
     }
 
     #[test]

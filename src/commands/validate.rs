@@ -37,7 +37,7 @@ pub(crate) fn render(manifests: &Manifests, color: bool) -> String {
             "{}: {style}{}{style:#}: {}\n",
             diagnostic.place(),
             diagnostic.severity,
-            crate::text::escape(&diagnostic.message)
+            diagnostic.shown_message()
         ));
     }
     out.push_str(&summary(manifests));

@@ -66,7 +66,9 @@ pub(crate) const FACTOR: u32 = 2;
 pub(crate) const MAX_DELAY: Duration = Duration::from_secs(5 * 60);
 /// Each delay is shortened by up to this fraction at random, so stages (and
 /// daemons) that failed together do not all retry at the same instant. Jitter
-/// only shortens, so [`MAX_DELAY`] stays a true cap.
+/// only shortens, so [`MAX_DELAY`] stays a true cap; it is applied after the
+/// cap (a lower one too, [`Backoff::record_failure_capped`]), so capped delays
+/// are spread as well instead of all equal to the cap.
 pub const JITTER_FRACTION: f64 = 0.2;
 
 /// The delay after `failures` consecutive failures (1 = first failure), before
@@ -134,6 +136,22 @@ impl<K: Hash + Eq> Backoff<K> {
         self.record_failure_with_jitter(key, now, rand::random::<f64>())
     }
 
+    /// [`Backoff::record_failure`] with delays capped at `cap` (below
+    /// [`MAX_DELAY`]) before jitter: for a key worth retrying sooner
+    /// (authentik's reads), whose retries must still spread.
+    pub(crate) fn record_failure_capped<Q>(
+        &mut self,
+        key: &Q,
+        now: Instant,
+        cap: Duration,
+    ) -> Duration
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        self.record_failure_capped_with_jitter(key, now, cap, rand::random::<f64>())
+    }
+
     /// [`Backoff::record_failure`] with the jitter chosen by the caller (`unit`
     /// as in [`with_jitter`]).
     pub(crate) fn record_failure_with_jitter<Q>(
@@ -146,8 +164,23 @@ impl<K: Hash + Eq> Backoff<K> {
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
+        self.record_failure_capped_with_jitter(key, now, MAX_DELAY, unit)
+    }
+
+    /// [`Backoff::record_failure_capped`] with the jitter chosen by the caller.
+    pub(crate) fn record_failure_capped_with_jitter<Q>(
+        &mut self,
+        key: &Q,
+        now: Instant,
+        cap: Duration,
+        unit: f64,
+    ) -> Duration
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let failures = self.failing.get(key).map_or(0, |f| f.failures) + 1;
-        let delay = with_jitter(delay_for(failures), unit);
+        let delay = with_jitter(delay_for(failures).min(cap), unit);
         self.failing.insert(
             key.to_owned(),
             Failing {
@@ -364,7 +397,66 @@ mod tests {
         assert_eq!(backoff.next_attempt_in(t0), Some(S(10)));
     }
 
+    #[test]
+    fn a_lower_cap_is_applied_before_the_jitter_so_capped_retries_spread() {
+        let t0 = Instant::now();
+        let cap = S(30);
+        let mut early = Backoff::<String>::new();
+        let mut late = Backoff::<String>::new();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            let e = early.record_failure_capped_with_jitter("authentik", t0, cap, 0.0);
+            let l = late.record_failure_capped_with_jitter("authentik", t0, cap, 1.0);
+            delays.push((e, l));
+        }
+        assert_eq!(
+            delays,
+            [
+                (S(5), S(4)),
+                (S(10), S(8)),
+                (S(20), S(16)),
+                // Capped, then jittered: 30 s at most, 24 s at least.
+                (S(30), S(24)),
+                (S(30), S(24)),
+                (S(30), S(24)),
+            ]
+        );
+        // The stored retry time is the capped one, not the uncapped delay.
+        assert!(early.should_attempt("authentik", t0 + S(30)));
+        assert!(!late.should_attempt("authentik", t0 + S(23)));
+        assert!(late.should_attempt("authentik", t0 + S(24)));
+        assert_eq!(late.next_attempt_in(t0), Some(S(24)));
+        // With the jitter picked at random: within 80% of the cap and the cap.
+        let mut random = Backoff::<String>::new();
+        for failures in 1..=6 {
+            let d = random.record_failure_capped("authentik", t0, cap);
+            let base = delay_for(failures).min(cap);
+            assert!(d <= base && d >= base.mul_f64(0.8), "{failures}: {d:?}");
+        }
+        // Without a lower cap, MAX_DELAY is the cap.
+        let mut plain = Backoff::<String>::new();
+        for _ in 0..9 {
+            plain.record_failure_with_jitter("s", t0, 1.0);
+        }
+        assert_eq!(plain.record_failure_with_jitter("s", t0, 1.0), S(240));
+    }
+
     proptest! {
+        #[test]
+        fn capped_delays_stay_between_eighty_percent_of_the_cap_and_the_cap(
+            failures in 1_u32..20, unit in 0.0_f64..=1.0, cap_secs in 1_u64..600,
+        ) {
+            let cap = S(cap_secs).min(MAX_DELAY);
+            let mut backoff = Backoff::<u8>::new();
+            let mut last = Duration::ZERO;
+            for _ in 0..failures {
+                last = backoff.record_failure_capped_with_jitter(&0, Instant::now(), cap, unit);
+            }
+            let base = delay_for(failures).min(cap);
+            prop_assert!(last <= cap);
+            prop_assert_eq!(last, base.mul_f64(1.0 - JITTER_FRACTION * unit));
+        }
+
         #[test]
         fn jittered_delays_stay_between_eighty_percent_and_the_cap(
             failures in 0_u32..100, unit in -1.0_f64..2.0,

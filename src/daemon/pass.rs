@@ -825,11 +825,11 @@ impl Passes {
         debug!(elapsed = ?started.elapsed(), counts = ?report.counts, "reconcile finished");
 
         match &report.authentik {
-            Reading::Failed(_) => PassOutcome::retry_in(
-                self.backoff
-                    .record_failure(&Subject::Authentik, now)
-                    .min(AUTHENTIK_RETRY_CAP),
-            ),
+            Reading::Failed(_) => PassOutcome::retry_in(self.backoff.record_failure_capped(
+                &Subject::Authentik,
+                now,
+                AUTHENTIK_RETRY_CAP,
+            )),
             Reading::NotAsked => PassOutcome::done(),
             Reading::Read => self
                 .backoff

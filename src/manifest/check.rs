@@ -32,6 +32,13 @@ use crate::kinds::field::{self, FieldSpec, FieldType, ManifestSpec, Value};
 use crate::policy::Policy;
 use crate::secret::KeySource;
 
+/// The longest `!Env` variable name accepted, in characters, and the longest
+/// `!File` path, in bytes (Linux's `PATH_MAX`). Real ones are far shorter; a
+/// longer one is refused without being echoed, so a manifest cannot fill a
+/// terminal or a log with one error.
+pub(crate) const MAX_ENV_NAME_CHARS: usize = 255;
+pub(crate) const MAX_FILE_PATH_BYTES: usize = 4096;
+
 /// Problems reported per file before the rest of the file is skipped.
 pub(crate) const MAX_PROBLEMS_PER_FILE: usize = 100;
 
@@ -544,6 +551,28 @@ fn secret(node: &Node, key: &str, policy: &Policy, problems: &mut Problems<'_>) 
     };
     let value = s.trim();
     match tag {
+        Some("!Env") if value.chars().count() > MAX_ENV_NAME_CHARS => {
+            problems.error(
+                pos,
+                Some(key),
+                format!(
+                    "`!Env` names a variable of {} characters; at most {MAX_ENV_NAME_CHARS} are accepted",
+                    value.chars().count()
+                ),
+            );
+            None
+        }
+        Some("!File") if value.len() > MAX_FILE_PATH_BYTES => {
+            problems.error(
+                pos,
+                Some(key),
+                format!(
+                    "`!File` names a path of {} bytes; at most {MAX_FILE_PATH_BYTES} are accepted",
+                    value.len()
+                ),
+            );
+            None
+        }
         Some("!Env") => {
             if value.is_empty()
                 || value.contains(['=', '\0'])

@@ -18,14 +18,18 @@
 //!   `valid` is false: callers that act on manifests must not act on a partial file.
 //! - Key values are [`crate::secret::PrivateKey`]s from the moment they are read;
 //!   no message ever includes one.
-//! - The manifests are untrusted: a `!File` is read only once its path, with
-//!   every symlink resolved, lies inside the manifest directory or a
-//!   `--secrets-dir`; an `!Env` variable only once the policy allows its name;
-//!   `js_url` and `api_url` must name an allowed provider host. This is the one
-//!   place `validate`, `plan`, `apply` and `run` all pass through.
+//! - The manifests are untrusted: the directory is opened once and every file
+//!   (manifests and `!File` keys) is opened beneath it, or beneath a
+//!   `--secrets-dir` ([`Scope`]): no `..` and no symlink leads a read out, even
+//!   one swapped in while the directory is read; stagesync's own token and
+//!   state files are never a key. An `!Env` variable is read only once the
+//!   policy allows its name; `js_url` and `api_url` must name an allowed
+//!   provider host. This is the one place `validate`, `plan`, `apply` and
+//!   `run` all pass through.
 
 mod check;
 mod discover;
+mod scope;
 mod yaml;
 
 use std::collections::HashMap;
@@ -40,7 +44,8 @@ use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::text::escape;
 
-pub(crate) use discover::{MAX_FILE_BYTES, is_hidden_name, is_manifest_name, walk_reaches};
+pub(crate) use discover::{is_hidden_name, is_manifest_name, walk_reaches};
+pub(crate) use scope::Scope;
 
 /// The manifest directory itself cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +147,13 @@ impl Diagnostic {
     }
 }
 
-/// `path:line:column: error: message`, control characters escaped.
+/// The most characters of a message shown: a message quotes the manifest (an
+/// unknown tag, a URL's host), and no single value may flood a terminal or a
+/// log line.
+const MAX_MESSAGE_CHARS: usize = 1000;
+
+/// `path:line:column: error: message`, control characters escaped, the
+/// message cut after [`MAX_MESSAGE_CHARS`].
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -150,8 +161,24 @@ impl fmt::Display for Diagnostic {
             "{}: {}: {}",
             self.place(),
             self.severity,
-            escape(&self.message)
+            self.shown_message()
         )
+    }
+}
+
+impl Diagnostic {
+    /// The message as shown: cut after [`MAX_MESSAGE_CHARS`], control
+    /// characters escaped.
+    pub(crate) fn shown_message(&self) -> String {
+        let message = match self.message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            Some((at, _)) => format!(
+                "{}…({} more characters)",
+                &self.message[..at],
+                self.message[at..].chars().count()
+            ),
+            None => self.message.clone(),
+        };
+        escape(&message).into_owned()
     }
 }
 
@@ -167,26 +194,15 @@ pub fn load_with_env(
     policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<Manifests, SourceError> {
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(SourceError::NotADirectory(dir.to_path_buf())),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SourceError::Missing(dir.to_path_buf()));
-        }
-        Err(err) => return Err(SourceError::Unreadable(dir.to_path_buf(), err)),
-    }
-    if let Err(err) = std::fs::read_dir(dir) {
-        return Err(SourceError::Unreadable(dir.to_path_buf(), err));
-    }
-    // The directory `!File` paths must stay inside, symlinks resolved.
-    let root = std::fs::canonicalize(dir)
-        .map_err(|err| SourceError::Unreadable(dir.to_path_buf(), err))?;
+    // Opened once: the walk and every `!File` read happen beneath these
+    // handles, so nothing under the directory can lead a read out of it.
+    let scope = Scope::open(dir, policy)?;
 
     let mut manifests = Manifests::default();
-    for found in discover::walk(dir) {
+    for found in discover::walk(scope.root(), scope.shown_root()) {
         match found {
             discover::Found::File { path, bytes } => {
-                let (file, diagnostics) = load_file(path, &bytes, &root, policy, env);
+                let (file, diagnostics) = load_file(path, &bytes, &scope, policy, env);
                 manifests.files.push(file);
                 manifests.diagnostics.extend(diagnostics);
             }
@@ -235,13 +251,13 @@ pub fn load_with_env(
 }
 
 /// Parses, checks and resolves one file's documents (its content already read).
-/// `path` is used for messages and to resolve relative `!File` paths; `root` is
-/// the canonical manifest directory those paths must stay inside (unless the
-/// policy allows another directory).
+/// `path` (below `scope`'s manifest directory) is used for messages and to
+/// resolve relative `!File` paths, which are read beneath the directories of
+/// `scope` only.
 pub(crate) fn load_file(
     path: PathBuf,
     bytes: &[u8],
-    root: &Path,
+    scope: &Scope,
     policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> (ManifestFile, Vec<Diagnostic>) {
@@ -297,6 +313,7 @@ pub(crate) fn load_file(
     let path = file.path.clone();
     let mut problems = check::Problems::new(&path);
     let base = file.path.parent().unwrap_or(Path::new("")).to_path_buf();
+    let manifest = file.path.clone();
     for document in &documents {
         if problems.full() {
             break;
@@ -308,7 +325,7 @@ pub(crate) fn load_file(
         if let KeySource::File(p) = &spec.key.source {
             file.secret_files.push(base.join(p));
         }
-        match resolve_key(&spec.key, &base, root, policy, env) {
+        match resolve_key(&spec.key, &manifest, scope, policy, env) {
             Ok(private_key) => {
                 if let Some((u, pos)) = spec.uuid {
                     let origin = Origin {
@@ -376,12 +393,12 @@ pub(crate) fn load_file(
     (file, list)
 }
 
-/// Reads the key a manifest references, if the policy allows the reference.
-/// The error names the variable or the path, never a value.
+/// Reads the key the manifest at `manifest` references, if the policy allows
+/// the reference. The error names the variable or the path, never a value.
 fn resolve_key(
     key: &check::KeySpec,
-    base: &Path,
-    root: &Path,
+    manifest: &Path,
+    scope: &Scope,
     policy: &Policy,
     env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
 ) -> Result<SecretString, String> {
@@ -394,7 +411,7 @@ fn resolve_key(
             policy.secrets.check_env(var).map_err(|e| e.to_string())?;
             read_env(var, env)
         }
-        KeySource::File(p) => read_file(&base.join(p), root, policy),
+        KeySource::File(p) => scope.read_key(manifest, p, policy),
     }
 }
 
@@ -414,50 +431,6 @@ fn read_env(
             Ok(value) => Ok(SecretString::from(value.trim().to_owned())),
         },
     }
-}
-
-/// Reads a `!File` key once its real path (symlinks resolved) is allowed. The
-/// resolved path is what is read, so a symlink swapped after the check cannot
-/// redirect the read through the link.
-fn read_file(full: &Path, root: &Path, policy: &Policy) -> Result<SecretString, String> {
-    let shown = full.display().to_string();
-    let cannot_read =
-        |e: &std::io::Error| format!("cannot read `!File` {shown}: {}", discover::io_message(e));
-    let resolved = match std::fs::canonicalize(full) {
-        Ok(resolved) => resolved,
-        // Whether a file outside the allowed directories exists is none of
-        // the manifest's business: such a path is refused as outside.
-        Err(_) if !policy.secrets.lexically_allowed(root, &absolute(full)) => {
-            return Err(policy.secrets.refuse_file(full).to_string());
-        }
-        Err(e) => return Err(cannot_read(&e)),
-    };
-    // Refused under the path as written, not the resolved one: the answer must
-    // not tell whether the file exists, nor where a symlink leads.
-    policy
-        .secrets
-        .check_file(root, &resolved)
-        .map_err(|_| policy.secrets.refuse_file(full).to_string())?;
-    let meta = std::fs::metadata(&resolved).map_err(|e| cannot_read(&e))?;
-    if !meta.is_file() {
-        return Err(format!("`!File` {shown} is not a regular file"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("`!File` {shown} is larger than 1 MiB"));
-    }
-    let bytes = std::fs::read(&resolved).map_err(|e| cannot_read(&e))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| format!("`!File` {shown} is not valid UTF-8"))?;
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(format!("`!File` {shown} is empty"));
-    }
-    Ok(SecretString::from(trimmed.to_owned()))
-}
-
-/// `path` made absolute against the working directory, without resolving anything.
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 /// The first tab used for indentation, as an error (YAML allows only spaces).
@@ -577,6 +550,11 @@ mod tests {
         None
     }
 
+    /// A scope for documents without `!File` keys.
+    fn scope() -> Scope {
+        Scope::open(Path::new("/"), &Policy::default()).unwrap()
+    }
+
     #[test]
     fn diagnostics_display_with_escaped_control_characters() {
         let d = Diagnostic {
@@ -598,6 +576,15 @@ mod tests {
             ..d
         };
         assert_eq!(d.to_string(), "stages/a\\u{1b}.yaml: error: bad\\nthing");
+        let d = Diagnostic {
+            message: format!("unknown tag `!{}`", "é".repeat(5_000)),
+            ..d
+        };
+        let shown = d.to_string();
+        assert!(
+            shown.ends_with(&format!("{}…(4015 more characters)", "é".repeat(985))),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -611,13 +598,8 @@ mod tests {
     fn a_good_document_becomes_a_resolved_stage() {
         let env = |var: &str| (var == "K").then(|| " key \n".into());
         let text = b"# c\nname: a \npublic_key: p\nprivate_key: !Env K\nscore_max_threshold: 1\n";
-        let (file, diagnostics) = load_file(
-            "s/a.yaml".into(),
-            text,
-            Path::new("/s"),
-            &Policy::default(),
-            &env,
-        );
+        let (file, diagnostics) =
+            load_file("s/a.yaml".into(), text, &scope(), &Policy::default(), &env);
         assert!(diagnostics.is_empty(), "{diagnostics:?}");
         let stage = &file.stages[0];
         assert_eq!(stage.fields.name, "a");
@@ -634,13 +616,8 @@ mod tests {
     #[test]
     fn a_literal_key_never_appears_in_messages() {
         let text = b"name: a\npublic_key: p\nprivate_key: hunter2\njs_url: nope\n";
-        let (_, diagnostics) = load_file(
-            "a.yaml".into(),
-            text,
-            Path::new("/"),
-            &Policy::default(),
-            &no_env,
-        );
+        let (_, diagnostics) =
+            load_file("a.yaml".into(), text, &scope(), &Policy::default(), &no_env);
         assert_eq!(diagnostics.len(), 2);
         assert!(diagnostics.iter().all(|d| !d.message.contains("hunter2")));
     }
@@ -710,7 +687,7 @@ mod tests {
         let (_, diagnostics) = load_file(
             "a.yaml".into(),
             text.as_bytes(),
-            Path::new("/"),
+            &scope(),
             &Policy::default(),
             &env,
         );
@@ -763,7 +740,7 @@ mod tests {
         let (file, _) = load_file(
             "a.yaml".into(),
             text.as_bytes(),
-            Path::new("/"),
+            &scope(),
             &Policy::default(),
             &env,
         );
@@ -829,7 +806,7 @@ mod tests {
         let _ = load_file(
             "p.yaml".into(),
             bytes,
-            Path::new("/"),
+            &scope(),
             &Policy::default(),
             &no_env,
         );

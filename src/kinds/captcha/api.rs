@@ -151,6 +151,7 @@ impl Stages {
         &self,
         write: &StageWrite<'_>,
     ) -> Result<(LiveStage, bool), ApiError> {
+        self.client.never_repeat([write.private_key]);
         let body = write_body(write)?;
         let name = write.fields.name.trim();
         Ok(
@@ -164,6 +165,7 @@ impl Stages {
     /// `PUT` every managed field and the private key (PUT keeps omitted
     /// optional fields, so everything is sent to converge).
     pub async fn update(&self, uuid: Uuid, write: &StageWrite<'_>) -> Result<LiveStage, ApiError> {
+        self.client.never_repeat([write.private_key]);
         let body = write_body(write)?;
         let call = Call {
             method: Method::PUT,
