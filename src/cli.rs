@@ -691,6 +691,7 @@ impl ReconcileArgs {
             prune: PruneSettings {
                 enabled: self.prune.prune,
                 max_deletes: self.prune.max_deletes,
+                from_plan_file: false,
             },
         })
     }

@@ -40,6 +40,7 @@ const DEMO_TOKEN: &str = "demo-token";
 const DEMO_PRUNE: PruneSettings = PruneSettings {
     enabled: true,
     max_deletes: None,
+    from_plan_file: false,
 };
 /// A stage stagesync once created, whose manifest is gone, and which a login
 /// flow and an identification stage still use.
