@@ -240,6 +240,17 @@ async fn plan_and_apply_run_in_the_image_against_authentik_on_the_host() {
     );
     assert!(stdout3.contains("= in sync login"), "{stdout3}");
 
+    // Not root: the image's root is not writable, its user's HOME is.
+    let denied = run(with(&["plan", "--out", "/plan.json"]));
+    assert_eq!(denied.status.code(), Some(1), "{}", text(&denied.stdout));
+    assert!(
+        text(&denied.stderr).contains("cannot write the plan file /plan.json"),
+        "{}",
+        text(&denied.stderr)
+    );
+    let home = run(with(&["plan", "--out", "/home/stagesync/plan.json"]));
+    assert_eq!(home.status.code(), Some(0), "{}", text(&home.stderr));
+
     for output in [&stdout, &stderr, &stdout2, &stderr2, &stdout3] {
         assert!(!output.contains(key), "the key leaked: {output}");
         assert!(!output.contains(TOKEN), "the token leaked: {output}");
