@@ -25,6 +25,25 @@ fn container<'a>(spec: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
+/// A container's `args`.
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string"))
+        .collect()
+}
+
+/// The value of `--NAME=` in a container's `args`.
+fn flag<'a>(container: &'a Value, name: &str) -> &'a str {
+    let prefix = format!("--{name}=");
+    args(container)
+        .into_iter()
+        .find_map(|a| a.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix}"))
+}
+
 /// `128Mi` in bytes.
 fn mebibytes(quantity: &Value) -> u64 {
     let q = quantity.as_str().expect("a quantity");
@@ -114,33 +133,14 @@ fn the_deployment_command_line_parses_and_reads_the_git_sync_checkout() {
     let d = deployment();
     let spec = &d["spec"]["template"]["spec"];
     let c = container(spec, "stagesync");
-    let mut call = vec!["stagesync".to_owned()];
-    call.extend(
-        c["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .map(|a| a.as_str().expect("a string").to_owned()),
-    );
+    let mut call = vec!["stagesync"];
+    call.extend(args(c));
     if let Err(err) = Cli::try_parse_from(&call) {
         panic!("{call:?}: {err}");
     }
     assert_eq!(call[1], "run");
     let git_sync = container(spec, "git-sync");
-    let link = git_sync["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(|a| a.as_str()?.strip_prefix("--link="))
-        .next()
-        .expect("--link");
-    let root = git_sync["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(|a| a.as_str()?.strip_prefix("--root="))
-        .next()
-        .expect("--root");
+    let (root, link) = (flag(git_sync, "root"), flag(git_sync, "link"));
     let dir = call.last().expect("a directory");
     assert!(dir.starts_with(&format!("{root}/{link}/")), "{dir}");
 }
