@@ -595,6 +595,18 @@ fn markdown_cut_to_fit_keeps_the_summary_and_warnings_and_counts_what_is_left_ou
             ),
             "{cut}"
         );
+        // However long the plan file's path, the limit holds.
+        let deep = MarkdownFit {
+            plan_file: Some(format!("{}plan.json", "deep/".repeat(600))),
+            ..fit.clone()
+        };
+        let cut_deep = render_markdown_fit(&p, &deep);
+        assert!(cut_deep.chars().count() <= max_chars, "{cut_deep}");
+        assert!(
+            cut_deep
+                .trim_end()
+                .ends_with("the plan file `plan.json` (every entry).")
+        );
         // Whole entries only: every fence and fold that opens closes.
         assert_eq!(
             cut.matches("<details>").count(),

@@ -444,7 +444,12 @@ fn left_out(omitted: &[Part], all: &[Part], fit: &Fit) -> String {
         at.push(text(place));
     }
     if let Some(file) = &fit.plan_file {
-        at.push(format!("the plan file {} (every entry)", code(file)));
+        // A path too long for the smallest limit is named by its file name.
+        let file = match std::path::Path::new(file).file_name() {
+            Some(name) if file.chars().count() > 200 => name.to_string_lossy(),
+            _ => file.into(),
+        };
+        at.push(format!("the plan file {} (every entry)", code(&file)));
     }
     if at.is_empty() {
         at.push("`stagesync plan` prints every entry (in CI: the job's log)".to_owned());
