@@ -18,6 +18,7 @@
 //! happens while it is held.
 
 pub(crate) mod fault;
+mod guards;
 pub mod provider;
 pub(crate) mod routes;
 mod store;
@@ -168,6 +169,12 @@ impl SimHandle {
             name: name.trim().to_owned(),
             component: component.to_owned(),
             captcha_stage: captcha,
+            // authentik's default identification stage identifies by both.
+            user_fields: if component == "ak-stage-identification-form" {
+                vec!["email".into(), "username".into()]
+            } else {
+                Vec::new()
+            },
         });
         uuid
     }
@@ -188,13 +195,9 @@ impl SimHandle {
     /// Binds a stage into `flow` at `order`: fills the stage's `flow_set` and
     /// `used_by`. Returns the binding's uuid.
     pub fn bind(&self, flow: Uuid, stage: Uuid, order: i64) -> Uuid {
-        let binding_uuid = Uuid::new_v4();
-        lock(&self.shared.store).bindings.push(FlowBinding {
-            flow,
-            binding_uuid,
-            stage,
-            order,
-        });
+        let binding = FlowBinding::new(flow, stage, order);
+        let binding_uuid = binding.binding_uuid;
+        lock(&self.shared.store).bindings.push(binding);
         binding_uuid
     }
 
