@@ -1081,6 +1081,7 @@ mod tests {
             fields: StageFields::with_defaults(name, "site-key"),
             key_source: key,
             private_key: SecretString::from("k"),
+            guards: None,
         }
     }
 

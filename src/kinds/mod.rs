@@ -10,6 +10,8 @@
 //! `Resource`: each kind says only what is its own.
 //!
 //! - [`captcha`]: authentik's Captcha Stage, the first kind.
+//! - [`guard`]: what a captcha stage guards (flow bindings, identification
+//!   stages embedding it), declared inside the stage's manifest.
 //!
 //! Adding a kind is a recipe in `CONTRIBUTING.md` ("Adding a kind"): a
 //! variant of [`Kind`] and a folder beside [`captcha`]; the compiler then
@@ -17,6 +19,7 @@
 
 pub mod captcha;
 pub mod field;
+pub mod guard;
 
 use std::fmt;
 use std::path::PathBuf;

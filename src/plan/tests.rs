@@ -33,6 +33,7 @@ fn desired(name: &str, uuid: Option<u128>) -> DesiredStage {
         fields: StageFields::with_defaults(name, "site-key"),
         key_source: KeySource::Env("CAPTCHA_KEY".into()),
         private_key: SecretString::from("k"),
+        guards: None,
     }
 }
 
@@ -719,6 +720,7 @@ fn desired_stages() -> impl Strategy<Value = Vec<DesiredStage>> {
                 fields,
                 key_source: KeySource::Env("K".into()),
                 private_key: SecretString::from(key),
+                guards: None,
             })
             .collect()
     })

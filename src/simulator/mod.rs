@@ -18,7 +18,6 @@
 //! happens while it is held.
 
 pub(crate) mod fault;
-mod guards;
 pub mod provider;
 pub(crate) mod routes;
 mod store;

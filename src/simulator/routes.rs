@@ -9,8 +9,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::guards;
 use super::store::{NAME_INDEX_LIMIT, Store, WriteMode};
+
+mod guards;
 
 pub(crate) const ALLOW_LIST: &str = "GET, POST, HEAD, OPTIONS";
 pub(crate) const ALLOW_ONE: &str = "GET, PUT, PATCH, DELETE, HEAD, OPTIONS";

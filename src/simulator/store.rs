@@ -179,6 +179,7 @@ impl Store {
                 }
                 FieldType::Bool => boolean_field(raw).map(FieldValue::Bool),
                 FieldType::Fraction => float_field(raw).map(FieldValue::Num),
+                FieldType::Integer => integer_field(raw).map(FieldValue::Int),
                 FieldType::Choice(choices) => choice_field(raw, choices).map(FieldValue::Str),
             };
             match coerced {
@@ -267,6 +268,7 @@ impl Store {
                 FieldValue::Str(s) => json!(s),
                 FieldValue::Bool(b) => json!(b),
                 FieldValue::Num(n) => number(n),
+                FieldValue::Int(n) => json!(n),
                 FieldValue::Absent => Value::Null,
             };
             o.insert(spec.key.into(), value);
@@ -469,6 +471,19 @@ fn float_field(v: &Value) -> Result<f64, String> {
         Value::Bool(b) => Ok(if *b { 1.0 } else { 0.0 }),
         Value::String(s) if s.len() > FLOAT_STRING_LIMIT => Err("String value too large.".into()),
         Value::String(s) => s.trim().parse::<f64>().map_err(|_| INVALID.to_owned()),
+        _ => Err(INVALID.into()),
+    }
+}
+
+/// DRF `IntegerField`: integers, and strings or floats that are whole numbers.
+pub(crate) fn integer_field(v: &Value) -> Result<i64, String> {
+    const INVALID: &str = "A valid integer is required.";
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .ok_or_else(|| INVALID.to_owned()),
+        Value::String(s) => s.trim().parse::<i64>().map_err(|_| INVALID.to_owned()),
         _ => Err(INVALID.into()),
     }
 }

@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::routes::{Body, Incoming, Reply, Route, body_object, page};
-use super::store::{FlowBinding, FlowRecord, OtherRecord, Store, WriteMode};
-use super::store::{boolean_field, char_field, choice_field};
+use super::{Body, Incoming, Reply, Route, body_object, page};
+use crate::simulator::store::{FlowBinding, FlowRecord, OtherRecord, Store, WriteMode};
+use crate::simulator::store::{boolean_field, char_field, choice_field, integer_field};
 
 const IDENTIFICATION_COMPONENT: &str = "ak-stage-identification-form";
 const POLICY_ENGINE_MODES: [&str; 2] = ["all", "any"];
@@ -297,19 +297,6 @@ fn related(v: &Value, exists: impl Fn(Uuid) -> bool) -> Result<Uuid, String> {
         Ok(uuid)
     } else {
         Err(format!("Invalid pk \"{text}\" - object does not exist."))
-    }
-}
-
-/// DRF `IntegerField`: integers, and strings or floats that are whole numbers.
-fn integer_field(v: &Value) -> Result<i64, String> {
-    const INVALID: &str = "A valid integer is required.";
-    match v {
-        Value::Number(n) => n
-            .as_i64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .ok_or_else(|| INVALID.to_owned()),
-        Value::String(s) => s.trim().parse::<i64>().map_err(|_| INVALID.to_owned()),
-        _ => Err(INVALID.into()),
     }
 }
 
