@@ -156,24 +156,38 @@ pub(crate) struct SavedEntry {
 #[serde(untagged)]
 pub(crate) enum SavedFields {
     CaptchaStage(StageFields),
+    /// A guard's write as plans show it (flow slug and binding fields, or
+    /// identification stage and captcha): compared with the fresh plan's as
+    /// JSON, since the uuids it resolves to are looked up again.
+    Guard(serde_json::Value),
 }
 
 impl SavedFields {
     fn of(object: &Object) -> Self {
         match object {
             Object::CaptchaStage(fields) => SavedFields::CaptchaStage(fields.clone()),
+            Object::Guard(write) => {
+                SavedFields::Guard(serde_json::to_value(write).unwrap_or_default())
+            }
         }
     }
 
-    fn to_object(&self) -> Object {
-        match self {
-            SavedFields::CaptchaStage(fields) => Object::CaptchaStage(fields.clone()),
+    /// Whether `object` writes what these fields say.
+    fn same_as(&self, object: &Object) -> bool {
+        match (self, object) {
+            (SavedFields::CaptchaStage(fields), Object::CaptchaStage(other)) => fields == other,
+            (SavedFields::Guard(saved), Object::Guard(write)) => {
+                serde_json::to_value(write).is_ok_and(|fresh| &fresh == saved)
+            }
+            _ => false,
         }
     }
 
-    fn name(&self) -> &str {
+    /// The name of the object written, for a kind whose fields hold it.
+    fn name(&self) -> Option<&str> {
         match self {
-            SavedFields::CaptchaStage(fields) => fields.name.trim(),
+            SavedFields::CaptchaStage(fields) => Some(fields.name.trim()),
+            SavedFields::Guard(_) => None,
         }
     }
 }
@@ -973,7 +987,7 @@ fn compare(
         return Ok(());
     }
     if let (Some(fields), Some(write)) = (&entry.fields, fresh_entry.action.write())
-        && fields.to_object() != write.object
+        && !fields.same_as(&write.object)
     {
         // The manifest is as planned but the file would write something
         // else: a made-up file with a recomputed digest.
@@ -985,7 +999,8 @@ fn compare(
     if entry
         .fields
         .as_ref()
-        .is_some_and(|f| f.name() != entry.name)
+        .and_then(SavedFields::name)
+        .is_some_and(|name| name != entry.name)
     {
         return Err(Comparison::Corrupt(format!(
             "entry {} ({:?}) is named otherwise than the stage it writes",
@@ -996,7 +1011,7 @@ fn compare(
     let fresh_after = fresh_entry.after.iter().find_map(|d| match d {
         Dependency::Entry {
             on,
-            why: Why::FreesName,
+            why: Why::FreesName | Why::CreatesStage,
         } => Some(*on),
         Dependency::EveryWrite => None,
     });

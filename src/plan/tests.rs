@@ -592,7 +592,9 @@ fn apply_model(
             };
             match &stage.action {
                 Action::Create { write, .. } => {
-                    let Object::CaptchaStage(fields) = &write.object;
+                    let Object::CaptchaStage(fields) = &write.object else {
+                        panic!("a captcha stage write")
+                    };
                     let f = stored(fields, caps);
                     if taken(&f.name, None, live) {
                         return Err(format!("create of taken name {:?}", f.name));
@@ -603,7 +605,9 @@ fn apply_model(
                     keys.record(uuid, key);
                 }
                 Action::Update { uuid, write, .. } => {
-                    let Object::CaptchaStage(fields) = &write.object;
+                    let Object::CaptchaStage(fields) = &write.object else {
+                        panic!("a captcha stage write")
+                    };
                     let f = stored(fields, caps);
                     if taken(&f.name, Some(*uuid), live) {
                         return Err(format!("rename to taken name {:?}", f.name));

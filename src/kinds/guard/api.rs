@@ -20,9 +20,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::{BindingFields, FIELDS, LiveBinding, LiveFlow, LiveIdentificationStage};
+use super::{BindingFields, FIELDS, GuardWrite, LiveBinding, LiveFlow, LiveIdentificationStage};
 use crate::authentik::transport::{Call, List};
 use crate::authentik::{ApiError, Client};
+use crate::kinds::Written;
 use crate::kinds::field;
 
 /// Every flow stage binding.
@@ -52,9 +53,24 @@ impl<'de> Deserialize<'de> for WireBinding {
             _ => Err(D::Error::custom(format!("field `{key}` is not a uuid"))),
         };
         let fields: BindingFields = field::from_json(&FIELDS, &map).map_err(D::Error::custom)?;
+        let flow = uuid_of("target")?;
+        // The stage's flow_set names the flows it is bound into, with slugs.
+        let flow_slug = map
+            .get("stage_obj")
+            .and_then(|s| s.get("flow_set"))
+            .and_then(Value::as_array)
+            .and_then(|flows| {
+                flows.iter().find(|f| {
+                    f.get("pk").and_then(Value::as_str) == Some(flow.to_string().as_str())
+                })
+            })
+            .and_then(|f| f.get("slug"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         Ok(WireBinding(LiveBinding {
             uuid: uuid_of("pk")?,
-            flow: uuid_of("target")?,
+            flow,
+            flow_slug,
             stage: uuid_of("stage")?,
             fields,
         }))
@@ -101,6 +117,48 @@ fn binding_body(flow: Uuid, stage: Uuid, fields: &BindingFields) -> Result<Value
     body.insert("target".into(), json!(flow));
     body.insert("stage".into(), json!(stage));
     Ok(Value::Object(body))
+}
+
+/// A plan's write of a guard: a binding created (`uuid` `None`) or PATCHed,
+/// or an identification stage's embedded captcha set; what it made.
+pub(crate) async fn write(
+    client: &Client,
+    uuid: Option<Uuid>,
+    write: &GuardWrite,
+) -> Result<Written, ApiError> {
+    let guards = Guards::new(client);
+    let missing = || ApiError::ClientSetup {
+        reason: "the guard's captcha stage was not created".into(),
+    };
+    match (write, uuid) {
+        (GuardWrite::Binding(b), uuid) => {
+            let stage = b.stage.ok_or_else(missing)?;
+            let made = match uuid {
+                None => guards.bind(b.flow_uuid, stage, &b.fields).await?,
+                Some(uuid) => {
+                    guards
+                        .update_binding(uuid, b.flow_uuid, stage, &b.fields)
+                        .await?
+                }
+            };
+            Ok(Written {
+                uuid: made.uuid,
+                name: b.flow.clone(),
+                secret_confirmed: false,
+            })
+        }
+        (GuardWrite::Embedding(e), _) => {
+            if e.captcha_stage.is_some() && e.captcha_uuid.is_none() {
+                return Err(missing());
+            }
+            let made = guards.embed(&e.live, e.captcha_uuid).await?;
+            Ok(Written {
+                uuid: made.uuid,
+                name: made.name,
+                secret_confirmed: false,
+            })
+        }
+    }
 }
 
 /// The guard endpoints of one authentik. Cheap to make and to clone.

@@ -22,6 +22,7 @@
 //!   are always sent together.
 
 pub mod api;
+pub(crate) mod matching;
 
 use std::fmt;
 
@@ -327,6 +328,8 @@ pub struct LiveBinding {
     pub uuid: Uuid,
     /// The flow's uuid (`target`).
     pub flow: Uuid,
+    /// The flow's slug, as the binding's `stage_obj.flow_set` names it.
+    pub flow_slug: Option<String>,
     pub stage: Uuid,
     pub fields: BindingFields,
 }
@@ -341,4 +344,99 @@ pub struct LiveIdentificationStage {
     pub captcha_stage: Option<Uuid>,
     pub user_fields: Vec<String>,
     pub sources: Vec<serde_json::Value>,
+}
+
+/// What a guard's write sends: a binding (created, or PATCHed with every
+/// field), or the captcha an identification stage embeds. Serialised as the
+/// fields a saved plan shows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum GuardWrite {
+    Binding(BindingWrite),
+    Embedding(EmbeddingWrite),
+}
+
+/// A binding of the captcha into a flow.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BindingWrite {
+    /// The flow's slug, as the manifest names it.
+    pub flow: String,
+    #[serde(skip)]
+    pub flow_uuid: Uuid,
+    /// The captcha stage; `None` until the create of the stage in the same
+    /// apply has made it (the entry waits for it).
+    #[serde(skip)]
+    pub stage: Option<Uuid>,
+    #[serde(flatten)]
+    pub fields: BindingFields,
+}
+
+/// The captcha an identification stage embeds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EmbeddingWrite {
+    /// The identification stage's name.
+    pub identification_stage: String,
+    /// The captcha stage's name it will embed; `None` to embed none.
+    pub captcha_stage: Option<String>,
+    /// Its uuid; `None` while the stage waits to be created (or to embed none).
+    #[serde(skip)]
+    pub captcha_uuid: Option<Uuid>,
+    /// The identification stage as read: a write carries its `user_fields`
+    /// and `sources` along.
+    #[serde(skip)]
+    pub live: LiveIdentificationStage,
+}
+
+impl Serialize for LiveIdentificationStage {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
+}
+
+/// The keys plans show for a guard, in order (those a guard does not have
+/// are not shown).
+pub(crate) const SHOWN_KEYS: [&str; 8] = [
+    "flow",
+    "order",
+    "evaluate_on_plan",
+    "re_evaluate_policies",
+    "policy_engine_mode",
+    "invalid_response_action",
+    "identification_stage",
+    "captcha_stage",
+];
+
+/// What an identification stage embeds, as plans show it.
+pub(crate) const NO_CAPTCHA: &str = "(none)";
+
+impl GuardWrite {
+    /// The value of `key`, as plans show it; [`field::Value::Absent`] for a
+    /// key this guard does not have.
+    pub(crate) fn value(&self, key: &str) -> field::Value {
+        match self {
+            GuardWrite::Binding(b) if key == "flow" => field::Value::Str(b.flow.clone()),
+            GuardWrite::Binding(b) => FIELDS
+                .iter()
+                .find(|f| f.key == key)
+                .map_or(field::Value::Absent, |f| f.get(&b.fields)),
+            GuardWrite::Embedding(e) => match key {
+                "identification_stage" => field::Value::Str(e.identification_stage.clone()),
+                "captcha_stage" => {
+                    field::Value::Str(e.captcha_stage.clone().unwrap_or_else(|| NO_CAPTCHA.into()))
+                }
+                _ => field::Value::Absent,
+            },
+        }
+    }
+
+    /// Sets the captcha stage a write waited for, once its create made it.
+    pub(crate) fn fill_stage(&mut self, stage: Uuid) {
+        match self {
+            GuardWrite::Binding(b) if b.stage.is_none() => b.stage = Some(stage),
+            GuardWrite::Embedding(e) if e.captcha_stage.is_some() && e.captcha_uuid.is_none() => {
+                e.captcha_uuid = Some(stage)
+            }
+            _ => {}
+        }
+    }
 }

@@ -1,0 +1,270 @@
+//! What a captcha stage guards, end to end: the real binary's `plan` and
+//! `apply` against the simulator on loopback, with `guards:` in manifests.
+
+use stagesync::kinds::captcha::StageFields;
+use stagesync::simulator::SimHandle;
+use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
+use uuid::Uuid;
+
+const LOGIN_FLOW: &str = "default-authentication-flow";
+const IDENT: &str = "default-authentication-identification";
+
+/// Runs `stagesync <args>` with `$KEY` set; returns (exit code, stdout, stderr).
+async fn stagesync(ws: &Workspace, sim: &SimHandle, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = ws.cmd(sim);
+    cmd.env("KEY", "guards-test-key").args(args);
+    let out = run(cmd).await;
+    (out.status.code().unwrap_or(-1), stdout(&out), stderr(&out))
+}
+
+fn uuid_of(sim: &SimHandle, name: &str) -> Uuid {
+    sim.captcha_stages()
+        .into_iter()
+        .find(|s| s.fields.name == name)
+        .unwrap_or_else(|| panic!("{name} is live"))
+        .uuid
+}
+
+fn login(guards: &str) -> String {
+    manifest("login", "site", "KEY", &format!("guards:\n{guards}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_guard_is_planned_bound_after_its_stage_and_bound_again_when_removed_in_the_ui()
+{
+    let sim = start_sim().await;
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 15\n")),
+    );
+
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains("+ create login (stages/login.yaml:1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "+ create login in flow {LOGIN_FLOW} (stages/login.yaml:5)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("+flow: \"{LOGIN_FLOW}\"")), "{out}");
+    assert!(out.contains("+order: 15"), "{out}");
+    assert!(out.contains("+policy_engine_mode: \"any\""), "{out}");
+
+    // The binding needs the stage's uuid, which only its create gives.
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stage = uuid_of(&sim, "login");
+    let bound = sim.bindings_of_stage(stage);
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    assert_eq!((bound[0].1, bound[0].2), (flow, 15));
+
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("= in sync login in flow {LOGIN_FLOW}")),
+        "{out}"
+    );
+
+    // Unbound in the UI: the plan binds it again.
+    assert!(sim.unbind(bound[0].0));
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("+ create login in flow {LOGIN_FLOW}")),
+        "{out}"
+    );
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(sim.bindings_of_stage(stage).len(), 1);
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.writes(),
+        1,
+        "one write per changed guard: {counts:?}"
+    );
+    assert_eq!(counts.get("POST", "/api/v3/flows/bindings/"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_change_is_a_patch_of_the_same_binding() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let binding = sim.bind(flow, stage, 10);
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!(
+            "  - flow: {LOGIN_FLOW}\n    order: 20\n    evaluate_on_plan: true\n    re_evaluate_policies: false\n"
+        )),
+    );
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("~ update login in flow {LOGIN_FLOW}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("-order: 10\n") && out.contains("+order: 20\n"),
+        "{out}"
+    );
+    assert!(out.contains("+evaluate_on_plan: true"), "{out}");
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 20)]);
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.get("PATCH", "/api/v3/flows/bindings/{uuid}/"),
+        1,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("DELETE", "/api/v3/flows/bindings/{uuid}/"), 0);
+    assert_eq!(counts.get("POST", "/api/v3/flows/bindings/"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_guard_is_flagged_in_every_rendering_and_applied() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    sim.bind(flow, stage, 10);
+    let ident = sim.seed_identification_stage(IDENT, Some(stage));
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &manifest("login", "site", "KEY", "guards: []\n"),
+    );
+
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("- delete login in flow {LOGIN_FLOW}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "! a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "! a guard is removed: identification stage {IDENT} runs without this captcha (guards)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("-captcha_stage: \"login\""), "{out}");
+    assert!(out.contains("+captcha_stage: \"(none)\""), "{out}");
+    assert!(
+        out.contains("2 security warnings") || out.contains("2 warning"),
+        "{out}"
+    );
+
+    let (_, json, _) = stagesync(&ws, &sim, &["plan", "--format", "json", "stages"]).await;
+    let json: serde_json::Value = serde_json::from_str(&json).expect("JSON plan");
+    let warnings = json["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 2, "{json}");
+    assert!(warnings.iter().all(|w| w["field"] == "guards"), "{json}");
+
+    let (_, md, _) = stagesync(&ws, &sim, &["plan", "--format", "markdown", "stages"]).await;
+    assert!(
+        md.contains(&format!(
+            "a guard is removed: flow {LOGIN_FLOW} runs without this captcha"
+        )),
+        "{md}"
+    );
+
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(sim.bindings_of_stage(stage), vec![]);
+    assert_eq!(sim.captcha_of_identification_stage(ident), Some(None));
+    assert_eq!(
+        sim.user_fields_of(ident),
+        Some(vec!["email".to_owned(), "username".to_owned()]),
+        "the identification stage's user_fields were sent along and kept"
+    );
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identification_stage_embedding_another_captcha_shows_the_replacement() {
+    let sim = start_sim().await;
+    let other = sim.seed_captcha(StageFields::with_defaults("old-captcha", "site"), "k");
+    let ident = sim.seed_identification_stage(IDENT, Some(other));
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - identification_stage: {IDENT}\n")),
+    );
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains(&format!("~ update login in identification stage {IDENT}")),
+        "{out}"
+    );
+    assert!(out.contains("-captcha_stage: \"old-captcha\""), "{out}");
+    assert!(out.contains("+captcha_stage: \"login\""), "{out}");
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        sim.captcha_of_identification_stage(ident),
+        Some(Some(uuid_of(&sim, "login")))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_flow_and_a_stage_bound_twice_are_errors_and_nothing_is_touched() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    sim.bind(flow, stage, 10);
+    sim.bind(flow, stage, 30);
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!(
+            "  - flow: {LOGIN_FLOW}\n    order: 10\n  - flow: no-such-flow\n    order: 5\n"
+        )),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("flow \"no-such-flow\" not found"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "bound 2 times to flow {LOGIN_FLOW} (orders 10, 30): neither binding is touched"
+        )),
+        "{out}"
+    );
+    let (_, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(sim.bindings_of_stage(stage).len(), 2, "{out}\n{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_guards_key_nothing_about_flows_is_asked_or_touched() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    sim.bind(flow, stage, 10);
+    let ws = Workspace::new();
+    ws.write("login.yaml", &manifest("login", "site", "KEY", ""));
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.get("GET", "/api/v3/flows/bindings/"),
+        0,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("GET", "/api/v3/stages/identification/"), 0);
+    assert_eq!(sim.bindings_of_stage(stage).len(), 1);
+}
