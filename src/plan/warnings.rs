@@ -61,13 +61,7 @@ pub(crate) fn warnings(plan: &Plan) -> Vec<Warning> {
             _ => false,
         };
         if removed {
-            // `<stage> in flow <slug>` (a slug has no spaces) or
-            // `<stage> in identification stage <name>`.
-            let name = entry.name.as_str();
-            let what = name
-                .rfind(" in flow ")
-                .or_else(|| name.find(" in identification stage "))
-                .map_or(name, |at| &name[at + " in ".len()..]);
+            let (_, what) = guard::split_name(&entry.name);
             found.push(Warning {
                 stage: entry.name.clone(),
                 field: GUARD_REMOVED,

@@ -440,3 +440,12 @@ impl GuardWrite {
         }
     }
 }
+
+/// The stage and the target of a guard entry's name
+/// (`<stage> in flow <slug>`, `<stage> in identification stage <name>`).
+pub(crate) fn split_name(name: &str) -> (&str, &str) {
+    // A slug has no spaces: the last " in flow " is the one.
+    name.rfind(" in flow ")
+        .or_else(|| name.find(" in identification stage "))
+        .map_or((name, ""), |at| (&name[..at], &name[at + " in ".len()..]))
+}
