@@ -268,3 +268,53 @@ async fn without_a_guards_key_nothing_about_flows_is_asked_or_touched() {
     assert_eq!(counts.get("GET", "/api/v3/stages/identification/"), 0);
     assert_eq!(sim.bindings_of_stage(stage).len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_carries_guard_entries_and_refuses_one_the_world_moved_under() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let binding = sim.bind(flow, stage, 10);
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 20\n")),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "--out", "plan.json", "stages"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    let saved = std::fs::read_to_string(ws.root.path().join("plan.json")).unwrap();
+    let saved: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    let entry = saved["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "guard")
+        .unwrap_or_else(|| panic!("a guard entry in {saved}"));
+    assert_eq!(entry["action"], "update", "{entry}");
+    assert_eq!(entry["fields"]["flow"], LOGIN_FLOW, "{entry}");
+    assert_eq!(entry["fields"]["order"], 20, "{entry}");
+    let schema = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schema/plan-file.schema.json"),
+    )
+    .unwrap();
+    let schema = jsonschema::validator_for(&serde_json::from_str(&schema).unwrap()).unwrap();
+    let problems: Vec<String> = schema.iter_errors(&saved).map(|e| e.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+
+    // The binding moved in the UI after the plan was made: refused.
+    sim.set_binding_order(binding, 30);
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--plan", "plan.json"]).await;
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains(&format!("login in flow {LOGIN_FLOW}"))
+            && format!("{out}{err}").contains("live edited"),
+        "{out}\n{err}"
+    );
+    assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 30)]);
+
+    // Planned again as it is: applied as shown.
+    sim.set_binding_order(binding, 10);
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--plan", "plan.json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 20)]);
+}

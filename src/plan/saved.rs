@@ -466,6 +466,41 @@ fn desired_digest(desired: &DesiredStage) -> String {
     })
 }
 
+/// A guard entry's live side as planned: the object it matched and the live
+/// values its diff shows (a binding moved since shows another `old`).
+fn guard_live_digest(entry: &Entry) -> Option<String> {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        uuid: Uuid,
+        old: Vec<(&'a str, String)>,
+    }
+    let old = match &entry.action {
+        Action::Update { changes, .. } => changes
+            .iter()
+            .map(|c| (c.field, c.old.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(digest_of(&Pinned {
+        uuid: entry.uuid()?,
+        old,
+    }))
+}
+
+/// A guard entry's desired side: its name and what it writes (nothing for
+/// one in sync or an unbind).
+fn guard_desired_digest(entry: &Entry) -> String {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        name: &'a str,
+        fields: Option<SavedFields>,
+    }
+    digest_of(&Pinned {
+        name: &entry.name,
+        fields: entry.action.write().map(|w| SavedFields::of(&w.object)),
+    })
+}
+
 fn key_digest(salt: &[u8], entry: usize, key: &PrivateKey) -> String {
     let mut entry_salt = salt.to_vec();
     entry_salt.extend_from_slice(&(entry as u64).to_be_bytes());
@@ -508,7 +543,11 @@ impl SavedPlan {
             .map(|(id, entry)| {
                 // A manifest entry's plan id is its manifest's index (manifest
                 // entries come first, in input order).
-                let manifest = entry.origin.as_ref().and_then(|_| desired.get(entry.id.0));
+                let manifest = entry
+                    .origin
+                    .as_ref()
+                    .filter(|_| entry.kind == Kind::CaptchaStage)
+                    .and_then(|_| desired.get(entry.id.0));
                 let (action, uuid, write, changes, key) = match &entry.action {
                     Action::Create { write, key } => {
                         (SavedAction::Create, None, Some(write), &[][..], Some(*key))
@@ -558,12 +597,20 @@ impl SavedPlan {
                     private_key: key,
                     changes: changes.to_vec(),
                     fields: write.map(|w| SavedFields::of(&w.object)),
-                    digests: SavedDigests {
-                        live: uuid
-                            .and_then(|u| live_by_uuid.get(&u))
-                            .map(|l| live_digest(l, capabilities)),
-                        desired: manifest.map(desired_digest),
-                        key: manifest.map(|m| key_digest(&salt, id, &m.private_key)),
+                    digests: if entry.kind == Kind::Guard {
+                        SavedDigests {
+                            live: guard_live_digest(entry),
+                            desired: Some(guard_desired_digest(entry)),
+                            key: None,
+                        }
+                    } else {
+                        SavedDigests {
+                            live: uuid
+                                .and_then(|u| live_by_uuid.get(&u))
+                                .map(|l| live_digest(l, capabilities)),
+                            desired: manifest.map(desired_digest),
+                            key: manifest.map(|m| key_digest(&salt, id, &m.private_key)),
+                        }
                     },
                 }
             })
@@ -639,15 +686,36 @@ impl SavedPlan {
             if entry.id != position {
                 return Err(at("its id is not its position"));
             }
-            // Only a rename frees a name: `after` names another entry's update.
+            // Only a rename frees a name: `after` names another entry's
+            // update; a guard waits for its stage's create.
+            let waited_for = match entry.kind {
+                Kind::CaptchaStage => SavedAction::Update,
+                Kind::Guard => SavedAction::Create,
+            };
             if let Some(after) = entry.after
                 && (after == position
-                    || self.entries.get(after).map(|a| a.action) != Some(SavedAction::Update))
+                    || self.entries.get(after).map(|a| a.action) != Some(waited_for))
             {
                 return Err(at("`after` names no other entry's update"));
             }
             let d = &entry.digests;
             let needs = match entry.action {
+                // A guard has no key; its digests are its own.
+                SavedAction::Create | SavedAction::Update if entry.kind == Kind::Guard => {
+                    entry.fields.is_some()
+                        && entry.key_source.is_none()
+                        && d.desired.is_some()
+                        && d.key.is_none()
+                        && (entry.uuid.is_some() == (entry.action == SavedAction::Update))
+                        && (entry.uuid.is_some() == d.live.is_some())
+                }
+                SavedAction::InSync if entry.kind == Kind::Guard => {
+                    entry.uuid.is_some()
+                        && entry.fields.is_none()
+                        && d.live.is_some()
+                        && d.desired.is_some()
+                        && d.key.is_none()
+                }
                 SavedAction::Create => {
                     entry.uuid.is_none()
                         && entry.fields.is_some()
@@ -764,6 +832,13 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
     let mut paired: BTreeSet<EntryId> = BTreeSet::new();
     for entry in &saved.entries {
         let found = match entry.action {
+            // A guard: the fresh entry of the same guard (its name says
+            // stage and target).
+            _ if entry.kind == Kind::Guard => fresh
+                .plan
+                .manifest_entries()
+                .find(|e| e.kind == Kind::Guard && e.name == entry.name)
+                .map(|e| e.id),
             SavedAction::Delete => fresh
                 .plan
                 .prune_entries()
@@ -802,7 +877,22 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         };
         let mut changes = Vec::new();
 
-        if let Some(uuid) = entry.uuid {
+        if entry.kind == Kind::Guard {
+            match fresh_id.and_then(|id| fresh.plan.entry(id)) {
+                None => changes.push(Change::ManifestChanged {
+                    detail: Some("no manifest declares this guard any more".into()),
+                }),
+                Some(now) => {
+                    if entry.digests.live.is_some() && entry.digests.live != guard_live_digest(now)
+                    {
+                        changes.push(Change::LiveEdited);
+                    }
+                    if entry.digests.desired.as_deref() != Some(&guard_desired_digest(now)) {
+                        changes.push(Change::ManifestChanged { detail: None });
+                    }
+                }
+            }
+        } else if let Some(uuid) = entry.uuid {
             match live_by_uuid.get(&uuid) {
                 None => changes.push(Change::StageGone),
                 Some(live) => {
@@ -813,10 +903,16 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
             }
         }
         let manifest = match entry.action {
+            _ if entry.kind == Kind::Guard => None,
             SavedAction::Delete => None,
             _ => fresh_id.map(|id| &fresh.desired[id.0]),
         };
-        if let Some(desired_digest_then) = &entry.digests.desired {
+        if let Some(desired_digest_then) = entry
+            .digests
+            .desired
+            .as_ref()
+            .filter(|_| entry.kind != Kind::Guard)
+        {
             match manifest {
                 None => changes.push(Change::ManifestChanged {
                     detail: Some("no manifest declares this stage any more".into()),
