@@ -318,3 +318,54 @@ async fn a_saved_plan_carries_guard_entries_and_refuses_one_the_world_moved_unde
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 20)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_writes_guards_from_live_state_and_applying_it_back_changes_nothing() {
+    let sim = start_sim().await;
+    let login = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let plain = sim.seed_captcha(StageFields::with_defaults("unbound", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let enroll = sim.seed_flow("default-enrollment-flow", "Sign up");
+    sim.bind(flow, login, 15);
+    let binding = sim.bind(enroll, login, 5);
+    let ident = sim.seed_identification_stage(IDENT, Some(login));
+    let ws = Workspace::new();
+    // Options off authentik's defaults, set in the UI.
+    let http = reqwest::Client::new();
+    let r = http
+        .patch(format!("{}/api/v3/flows/bindings/{binding}/", sim.url()))
+        .bearer_auth(support::cli::TOKEN)
+        .json(&serde_json::json!({"policy_engine_mode": "all", "evaluate_on_plan": true, "re_evaluate_policies": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    let mut cmd = ws.cmd(&sim);
+    cmd.args(["export", "--dir"]).arg(ws.stages());
+    let out = run(cmd).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(ws.stages().join("login.yaml")).unwrap();
+    assert!(
+        text.contains(&format!(
+            "guards:\n  - flow: \"default-enrollment-flow\"\n    order: 5\n    evaluate_on_plan: true\n    re_evaluate_policies: false\n    policy_engine_mode: \"all\"\n  - flow: \"{LOGIN_FLOW}\"\n    order: 15\n  - identification_stage: \"{IDENT}\"\n"
+        )),
+        "{text}"
+    );
+    let unbound = std::fs::read_to_string(ws.stages().join("unbound.yaml")).unwrap();
+    assert!(!unbound.contains("guards"), "{unbound}");
+
+    let mut cmd = ws.cmd(&sim);
+    cmd.env("CAPTCHA_LOGIN_PRIVATE_KEY", "k")
+        .env("CAPTCHA_UNBOUND_PRIVATE_KEY", "k")
+        .args(["plan", "--ignore-unknown-keys", "stages"]);
+    let out = run(cmd).await;
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains(&format!("= in sync login in flow {LOGIN_FLOW}"))
+            && text.contains(&format!("= in sync login in identification stage {IDENT}")),
+        "{text}"
+    );
+    let _ = (plain, ident);
+}

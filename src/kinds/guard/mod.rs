@@ -449,3 +449,75 @@ pub(crate) fn split_name(name: &str) -> (&str, &str) {
         .or_else(|| name.find(" in identification stage "))
         .map_or((name, ""), |at| (&name[..at], &name[at + " in ".len()..]))
 }
+
+/// The `guards:` lines of an exported manifest for the captcha stage
+/// `stage`, from live state: each flow it is bound into (slug, order, the
+/// options not at authentik's defaults) and each identification stage
+/// embedding it. `None` when it guards nothing (the key is left out: where
+/// the stage is used stays unmanaged, as before) or cannot be written as a
+/// list (a stage bound twice to one flow: the reason is returned as a
+/// comment).
+pub(crate) fn export_lines(
+    stage: Uuid,
+    bindings: &[LiveBinding],
+    identification_stages: &[LiveIdentificationStage],
+) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut bound: Vec<&LiveBinding> = bindings.iter().filter(|b| b.stage == stage).collect();
+    bound.sort_by_key(|b| (b.fields.order, b.uuid));
+    let embedded: Vec<&LiveIdentificationStage> = identification_stages
+        .iter()
+        .filter(|s| s.captcha_stage == Some(stage))
+        .collect();
+    if bound.is_empty() && embedded.is_empty() {
+        return None;
+    }
+    let mut out = String::new();
+    for (i, b) in bound.iter().enumerate() {
+        if bound[..i].iter().any(|o| o.flow == b.flow) {
+            return Some(format!(
+                "# guards not exported: bound twice to flow {} (orders {} and {}); remove one in authentik, then export again\n",
+                b.flow_slug.as_deref().unwrap_or("?"),
+                bound[..i]
+                    .iter()
+                    .find(|o| o.flow == b.flow)
+                    .map_or(0, |o| o.fields.order),
+                b.fields.order,
+            ));
+        }
+    }
+    let defaults = BindingFields {
+        order: 0,
+        ..field::defaults(&FIELDS)
+    };
+    let _ = writeln!(out, "guards:");
+    for b in bound {
+        let Some(slug) = &b.flow_slug else {
+            return Some(format!(
+                "# guards not exported: the slug of flow {} is unknown\n",
+                b.flow
+            ));
+        };
+        let _ = writeln!(out, "  - flow: {}", yaml_text(slug));
+        let _ = writeln!(out, "    order: {}", b.fields.order);
+        for row in FIELDS.iter().skip(1) {
+            let value = row.get(&b.fields);
+            if !value.same_as(&row.get(&defaults)) {
+                let text = match value {
+                    field::Value::Str(s) => yaml_text(&s),
+                    other => other.to_string(),
+                };
+                let _ = writeln!(out, "    {}: {text}", row.key);
+            }
+        }
+    }
+    for s in embedded {
+        let _ = writeln!(out, "  - identification_stage: {}", yaml_text(&s.name));
+    }
+    Some(out)
+}
+
+/// A YAML scalar: always double-quoted (a JSON string is valid YAML).
+fn yaml_text(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
