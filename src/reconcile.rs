@@ -307,9 +307,9 @@ impl Session {
 }
 
 /// What the manifests' guards need, with the fewest calls: one paged list of
-/// every binding, one of identification stages, and one look-up per flow
-/// slug named (a flow's detail route takes its slug; a 404 means no such
-/// flow, which the plan reports).
+/// every binding, one of identification stages, and the flows named (a
+/// look-up per slug, or the flow list when that is fewer calls; a slug
+/// without a flow is a plan error).
 async fn fetch_guards(client: &Client, desired: &[DesiredStage]) -> Result<LiveGuards, ApiError> {
     let api = Guards::new(client);
     let bindings = api.bindings().await?;
@@ -324,12 +324,7 @@ async fn fetch_guards(client: &Client, desired: &[DesiredStage]) -> Result<LiveG
             Guard::IdentificationStage { .. } => None,
         })
         .collect();
-    let mut flows = BTreeMap::new();
-    for slug in slugs {
-        if let Some(flow) = api.flow(slug).await? {
-            flows.insert(slug.to_owned(), flow);
-        }
-    }
+    let flows = api.flows(&slugs).await?;
     Ok(LiveGuards {
         flows,
         bindings,

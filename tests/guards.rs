@@ -369,3 +369,48 @@ async fn export_writes_guards_from_live_state_and_applying_it_back_changes_nothi
     );
     let _ = (plain, ident);
 }
+
+/// The call bound of the guards benchmark, at a size a test affords: 250
+/// stages each guarding its own flow, 10% of the guards drifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifted_guards_cost_one_write_each_beyond_one_call_per_page_of_each_list() {
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    let n = 250;
+    let mut text = String::new();
+    for i in 0..n {
+        sim.seed_flow(&format!("flow-{i:05}"), "Flow");
+        text.push_str(&format!(
+            "---\nname: stage-{i:05}\npublic_key: site-{i}\nprivate_key: !Env KEY\nguards:\n  - flow: flow-{i:05}\n    order: 10\n"
+        ));
+    }
+    ws.write("guarded.yaml", &text);
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let live = sim.captcha_stages();
+    for (k, stage) in live.iter().step_by(10).take(n / 10).enumerate() {
+        let (binding, _, _) = sim.bindings_of_stage(stage.uuid)[0];
+        if k % 2 == 0 {
+            sim.unbind(binding);
+        } else {
+            sim.set_binding_order(binding, 99);
+        }
+    }
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let counts = sim.request_counts();
+    // The version, 3 pages each of captcha stages, bindings and flows, one
+    // of identification stages, and 25 writes.
+    let minimal = 1 + 3 * 3 + 1 + 25;
+    assert!(counts.total() <= minimal + 3, "{counts:?}");
+    assert_eq!(counts.writes(), 25, "{counts:?}");
+    assert_eq!(
+        counts.get("GET", "/api/v3/flows/instances/{slug}/"),
+        0,
+        "{counts:?}"
+    );
+    for stage in &live {
+        assert_eq!(sim.bindings_of_stage(stage.uuid).len(), 1);
+    }
+}

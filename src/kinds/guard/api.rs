@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::{BindingFields, FIELDS, GuardWrite, LiveBinding, LiveFlow, LiveIdentificationStage};
 use crate::authentik::transport::{Call, List};
+use crate::authentik::wire::Page;
 use crate::authentik::{ApiError, Client};
 use crate::kinds::Written;
 use crate::kinds::field;
@@ -39,6 +40,11 @@ pub(crate) const IDENTIFICATION_STAGES: List = List {
 };
 pub(crate) const ROUTE_IDENTIFICATION_STAGE: &str = "/api/v3/stages/identification/{uuid}/";
 pub(crate) const ROUTE_FLOW: &str = "/api/v3/flows/instances/{slug}/";
+/// Every flow.
+pub(crate) const FLOWS: List = List {
+    path: "flows/instances/",
+    route: "/api/v3/flows/instances/",
+};
 
 /// One binding as authentik's `FlowStageBinding` reports it.
 #[derive(Debug)]
@@ -78,7 +84,7 @@ impl<'de> Deserialize<'de> for WireBinding {
 }
 
 #[derive(Debug, Deserialize)]
-struct WireFlow {
+pub(crate) struct WireFlow {
     pk: Uuid,
     slug: String,
 }
@@ -194,6 +200,63 @@ impl Guards {
             )
             .await?;
         Ok(stages.into_iter().map(Into::into).collect())
+    }
+
+    /// The flows whose slugs are `slugs` (a slug missing from the answer has
+    /// no flow), with the fewest calls: the first page of the flow list
+    /// (which says how many pages there are), then either the other pages or
+    /// one look-up per slug not on it, whichever is fewer.
+    pub async fn flows(
+        &self,
+        slugs: &std::collections::BTreeSet<&str>,
+    ) -> Result<std::collections::BTreeMap<String, LiveFlow>, ApiError> {
+        let mut found = std::collections::BTreeMap::new();
+        if slugs.is_empty() {
+            return Ok(found);
+        }
+        if slugs.len() == 1 {
+            for slug in slugs {
+                if let Some(flow) = self.flow(slug).await? {
+                    found.insert(flow.slug.clone(), flow);
+                }
+            }
+            return Ok(found);
+        }
+        let first: Page<WireFlow> = self.client.list_page(FLOWS, 1).await?;
+        let pages = crate::authentik::transport::page_count(&first.pagination).unwrap_or(u64::MAX);
+        let keep = |found: &mut std::collections::BTreeMap<String, LiveFlow>,
+                    flows: Vec<WireFlow>| {
+            for f in flows
+                .into_iter()
+                .filter(|f| slugs.contains(f.slug.as_str()))
+            {
+                found.insert(
+                    f.slug.clone(),
+                    LiveFlow {
+                        uuid: f.pk,
+                        slug: f.slug,
+                    },
+                );
+            }
+        };
+        let on_first: std::collections::BTreeSet<String> =
+            first.results.iter().map(|f| f.slug.clone()).collect();
+        let missing = slugs.iter().filter(|s| !on_first.contains(**s)).count() as u64;
+        if pages.saturating_sub(1) <= missing {
+            let all: Vec<WireFlow> = self
+                .client
+                .list_every_page(FLOWS, Some(first), |f: &WireFlow| f.pk)
+                .await?;
+            keep(&mut found, all);
+        } else {
+            keep(&mut found, first.results);
+            for slug in slugs.iter().filter(|s| !on_first.contains(**s)) {
+                if let Some(flow) = self.flow(slug).await? {
+                    found.insert(flow.slug.clone(), flow);
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The flow whose slug is `slug`; `None` when there is none (authentik's
