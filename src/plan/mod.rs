@@ -335,6 +335,47 @@ impl Plan {
         self.entries.iter().filter(|e| e.is_manifest())
     }
 
+    /// The manifest entries in the order plans show them: each stage
+    /// followed by its guards (a guard entry is named `<stage> in ...` and
+    /// declared in its stage's file), then any guard whose stage has no entry.
+    pub(crate) fn shown_entries(&self) -> Vec<&Entry> {
+        let (guards, stages): (Vec<&Entry>, Vec<&Entry>) =
+            self.manifest_entries().partition(|e| e.kind == Kind::Guard);
+        let stage_of = |guard: &Entry| {
+            stages
+                .iter()
+                .filter(|s| {
+                    s.origin.as_ref().map(|o| &o.file) == guard.origin.as_ref().map(|o| &o.file)
+                        && guard
+                            .name
+                            .strip_prefix(s.name.as_str())
+                            .is_some_and(|rest| rest.starts_with(" in "))
+                })
+                .max_by_key(|s| s.name.len())
+                .map(|s| s.id)
+        };
+        let owners: Vec<Option<EntryId>> = guards.iter().map(|g| stage_of(g)).collect();
+        let mut out = Vec::with_capacity(guards.len() + stages.len());
+        for stage in &stages {
+            out.push(*stage);
+            out.extend(
+                guards
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(_, owner)| **owner == Some(stage.id))
+                    .map(|(g, _)| *g),
+            );
+        }
+        out.extend(
+            guards
+                .iter()
+                .zip(&owners)
+                .filter(|(_, owner)| owner.is_none())
+                .map(|(g, _)| *g),
+        );
+        out
+    }
+
     /// The entries for managed objects no manifest declares (deletes, made or
     /// held), sorted by name.
     pub(crate) fn prune_entries(&self) -> impl Iterator<Item = &Entry> {

@@ -104,7 +104,7 @@ pub fn render_markdown(plan: &Plan) -> String {
 
     if has_any(plan, |a| matches!(a, Action::Error { .. })) {
         out.push_str("#### Errors\n\n");
-        for stage in plan.manifest_entries() {
+        for stage in plan.shown_entries() {
             if let Action::Error { message, .. } = &stage.action {
                 let _ = writeln!(
                     out,
@@ -118,7 +118,7 @@ pub fn render_markdown(plan: &Plan) -> String {
         out.push('\n');
     }
 
-    for stage in plan.manifest_entries() {
+    for stage in plan.shown_entries() {
         let label = match stage.action {
             Action::Create { .. } => "+ create",
             Action::Update { .. } => "~ update",
@@ -186,7 +186,7 @@ pub fn render_markdown(plan: &Plan) -> String {
             "<details><summary>{} in sync</summary>\n",
             summary.in_sync
         );
-        for stage in plan.manifest_entries() {
+        for stage in plan.shown_entries() {
             if matches!(stage.action, Action::InSync { .. }) {
                 let _ = writeln!(out, "- {} ({})", code(&stage.name), code(&origin_of(stage)));
             }
