@@ -222,7 +222,7 @@ impl Session {
             for uuid in candidates {
                 match kinds::used_by(&self.client, Kind::CaptchaStage, uuid).await {
                     Ok(users) => {
-                        used_by.insert(uuid, users);
+                        used_by.insert(uuid, prune::without_removed_guards(users, &plan));
                     }
                     Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
                     Err(e) => return Err(e),

@@ -414,3 +414,51 @@ async fn drifted_guards_cost_one_write_each_beyond_one_call_per_page_of_each_lis
         assert_eq!(sim.bindings_of_stage(stage.uuid).len(), 1);
     }
 }
+
+/// A captcha replaced by another in the login form and pruned in one plan:
+/// the old stage's only user is the identification stage a guard of the new
+/// one takes over, so the prune is not blocked; the embedding is written
+/// first, then the old stage deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_replaced_in_its_identification_stage_is_pruned_in_the_same_plan() {
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    ws.write("old.yaml", &manifest("old-captcha", "site", "KEY", ""));
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let old = uuid_of(&sim, "old-captcha");
+    let ident = sim.seed_identification_stage(IDENT, Some(old));
+
+    std::fs::remove_file(ws.stages().join("old.yaml")).unwrap();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - identification_stage: {IDENT}\n")),
+    );
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("- delete old-captcha"), "{out}");
+    assert!(out.contains("-captcha_stage: \"old-captcha\""), "{out}");
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--prune", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        sim.captcha_of_identification_stage(ident),
+        Some(Some(uuid_of(&sim, "login")))
+    );
+    assert!(sim.captcha_stages().iter().all(|s| s.uuid != old));
+
+    // Without the replacement the same prune is blocked, as before.
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    ws.write("old.yaml", &manifest("old-captcha", "site", "KEY", ""));
+    let (code, ..) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0);
+    let old = uuid_of(&sim, "old-captcha");
+    sim.seed_identification_stage(IDENT, Some(old));
+    std::fs::remove_file(ws.stages().join("old.yaml")).unwrap();
+    ws.write(
+        "login.yaml",
+        &manifest("login", "site", "KEY", "guards: []\n"),
+    );
+    let (_, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert!(out.contains("! blocked old-captcha"), "{out}");
+}

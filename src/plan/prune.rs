@@ -109,6 +109,45 @@ pub(crate) fn candidates<'a>(
     out
 }
 
+/// `users` of a prune candidate without those the same plan removes first:
+/// a binding its guards unbind, an identification stage a guard makes embed
+/// another captcha (or none), and the flows when no binding is left. Such a
+/// stage may be pruned in the same plan: its delete waits for every write,
+/// and `apply` asks `used_by` again before it.
+pub(crate) fn without_removed_guards(users: Vec<UsedBy>, plan: &Plan) -> Vec<UsedBy> {
+    use crate::plan::Action;
+    let mut unbound = BTreeSet::new();
+    let mut reembedded = BTreeSet::new();
+    for entry in plan.manifest_entries().filter(|e| e.kind == Kind::Guard) {
+        match &entry.action {
+            Action::Delete { uuid, held: None } => {
+                unbound.insert(uuid.to_string());
+            }
+            Action::Update { uuid, write, .. }
+                if matches!(
+                    &write.object,
+                    crate::kinds::Object::Guard(crate::kinds::guard::GuardWrite::Embedding(_))
+                ) =>
+            {
+                reembedded.insert(uuid.to_string());
+            }
+            _ => {}
+        }
+    }
+    let mut left: Vec<UsedBy> = users
+        .into_iter()
+        .filter(|u| match u.model_name.as_str() {
+            "flowstagebinding" => !unbound.contains(&u.pk),
+            "identificationstage" => !reembedded.contains(&u.pk),
+            _ => true,
+        })
+        .collect();
+    if !left.iter().any(|u| u.model_name == "flowstagebinding") {
+        left.retain(|u| u.model_name != "flow");
+    }
+    left
+}
+
 /// Managed stages that are not live any more (deleted out of band): to be
 /// dropped from the inventory. Only meaningful with a complete live list.
 pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
