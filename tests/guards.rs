@@ -173,6 +173,21 @@ async fn removing_a_guard_is_flagged_in_every_rendering_and_applied() {
     let warnings = json["warnings"].as_array().expect("warnings");
     assert_eq!(warnings.len(), 2, "{json}");
     assert!(warnings.iter().all(|w| w["field"] == "guards"), "{json}");
+    let kinds: Vec<&serde_json::Value> = json["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .map(|s| &s["kind"])
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            &serde_json::Value::Null,
+            &serde_json::json!("guard"),
+            &serde_json::json!("guard")
+        ],
+        "a captcha stage has no kind, its guards follow it: {json}"
+    );
 
     let (_, md, _) = stagesync(&ws, &sim, &["plan", "--format", "markdown", "stages"]).await;
     assert!(

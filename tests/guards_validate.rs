@@ -33,7 +33,7 @@ fn flows_with_options_identification_stages_and_an_empty_list_are_valid() {
 #[test]
 fn each_broken_item_is_an_error_at_its_line() {
     let text = format!(
-        "{HEAD}guards:\n  - flow: default-authentication-flow\n  - identification_stage: ident\n    order: 3\n  - flow: f\n    identification_stage: i\n    order: 1\n  - {{}}\n  - flow: g\n    order: ten\n  - flow: h\n    order: 1\n    policy_engine_mode: most\n  - flw: typo\n  - just-a-string\n"
+        "{HEAD}guards:\n  - flow: default-authentication-flow\n  - identification_stage: ident\n    order: 3\n  - flow: f\n    identification_stage: i\n    order: 1\n  - {{}}\n  - flow: g\n    order: ten\n  - flow: h\n    order: 1\n    policy_engine_mode: most\n  - flw: typo\n  - just-a-string\n  - flow: Login Flow\n    order: 1\n"
     );
     let (code, stdout) = validate(&[("a.yaml", &text)]);
     assert_eq!(code, 3, "{stdout}");
@@ -46,6 +46,7 @@ fn each_broken_item_is_an_error_at_its_line() {
         "stages/a.yaml:16:25: error: `policy_engine_mode` must be one of `all`, `any`",
         "stages/a.yaml:17:5: error: unknown key `flw`; did you mean `flow`?",
         "stages/a.yaml:18:5: error: a guard must be a mapping (`flow:` with `order:`, or `identification_stage:`), found a string",
+        "stages/a.yaml:19:11: error: `flow` is a flow's slug: letters, digits, `-` and `_` only",
     ] {
         assert!(
             stdout.contains(expected),

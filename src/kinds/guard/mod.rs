@@ -214,9 +214,21 @@ fn item_schema() -> serde_json::Value {
 }
 
 /// A flow or an identification stage, never both; a flow's `order` given;
-/// the binding's options only with a flow.
+/// the binding's options only with a flow; a flow named by a slug (what
+/// authentik's slugs are made of: letters, digits, `-` and `_`).
 fn one_target(item: &ItemFields, given: &dyn Fn(&str) -> bool) -> Vec<Violation> {
     let mut out = Vec::new();
+    if let Some(flow) = &item.flow
+        && !flow
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        out.push(Violation {
+            field: "flow",
+            at: Some("flow"),
+            message: "`flow` is a flow's slug: letters, digits, `-` and `_` only".into(),
+        });
+    }
     match (&item.flow, &item.identification_stage) {
         (Some(_), Some(_)) => out.push(Violation {
             field: "identification_stage",
