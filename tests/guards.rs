@@ -477,3 +477,38 @@ async fn a_stage_replaced_in_its_identification_stage_is_pruned_in_the_same_plan
     let (_, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
     assert!(out.contains("! blocked old-captcha"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_removed_between_plan_and_apply_fails_in_authentiks_words_and_the_rest_applies() {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let binding = sim.bind(flow, stage, 10);
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 20\n")),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "stages"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    // Gone before the apply sends its PATCH: injected as a 404
+    // on the PATCH, as authentik answers for a binding deleted meanwhile.
+    sim.inject(
+        stagesync::simulator::Fault::new(stagesync::simulator::FaultKind::Status {
+            status: 404,
+            retry_after: None,
+            body: r#"{"detail": "No FlowStageBinding matches the given query."}"#.into(),
+        })
+        .on("PATCH", "/api/v3/flows/bindings/"),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains(&format!("login in flow {LOGIN_FLOW}"))
+            && text.contains("No FlowStageBinding matches the given query.")
+            && !text.contains("captcha stage"),
+        "{text}"
+    );
+    assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 10)]);
+}

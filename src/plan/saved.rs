@@ -594,7 +594,7 @@ impl SavedPlan {
                     pinned_uuid: manifest.and_then(|m| m.uuid),
                     after,
                     key_source: entry.key_source.as_ref().map(ToString::to_string),
-                    private_key: key,
+                    private_key: key.filter(|_| entry.key_source.is_some()),
                     changes: changes.to_vec(),
                     fields: write.map(|w| SavedFields::of(&w.object)),
                     digests: if entry.kind == Kind::Guard {

@@ -322,7 +322,9 @@ impl Guards {
             url: self.client.endpoint(&format!("flows/bindings/{uuid}/"))?,
             body: Some(&body),
         };
-        let binding: WireBinding = self.client.send(&call, Some(uuid)).await?;
+        // `None`: a 404 is authentik's own words about the binding, not a
+        // captcha stage's "does not exist".
+        let binding: WireBinding = self.client.send(&call, None).await?;
         Ok(binding.0)
     }
 
@@ -357,7 +359,7 @@ impl Guards {
                 .endpoint(&format!("stages/identification/{}/", stage.uuid))?,
             body: Some(&body),
         };
-        let answer: WireIdentificationStage = self.client.send(&call, Some(stage.uuid)).await?;
+        let answer: WireIdentificationStage = self.client.send(&call, None).await?;
         Ok(answer.into())
     }
 }
