@@ -424,6 +424,54 @@ async fn the_simulator_follows_the_contract_beyond_the_recording() {
     assert_eq!(r.status().as_u16(), 204);
 }
 
+/// Sends one recorded request (`body`: JSON text) to `sim` with the token,
+/// and asserts the recorded status, `content-type` and `allow`. Returns the
+/// status and the body's text.
+async fn send_recorded(
+    http: &reqwest::Client,
+    sim: &SimHandle,
+    case: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    rec: &Value,
+) -> (u16, String) {
+    let mut builder = http
+        .request(method.parse().unwrap(), format!("{}{path}", sim.url()))
+        .header("Authorization", format!("Bearer {TOKEN}"));
+    if let Some(body) = body {
+        builder = builder
+            .header("Content-Type", "application/json")
+            .body(body);
+    }
+    let response = builder.send().await.unwrap();
+    let status = response.status().as_u16();
+    let header = |n: &str| {
+        response
+            .headers()
+            .get(n)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (content_type, allow) = (header("content-type"), header("allow"));
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        u64::from(status),
+        rec["status"].as_u64().unwrap(),
+        "{case}: {text}"
+    );
+    assert_eq!(
+        content_type.as_deref(),
+        rec["headers"]["content-type"].as_str(),
+        "{case}: content-type"
+    );
+    assert_eq!(
+        allow.as_deref(),
+        rec["headers"]["allow"].as_str(),
+        "{case}: allow"
+    );
+    (status, text)
+}
+
 /// `used_by` and a delete of a stage that flows use, replayed from
 /// tests/fixtures/exchanges-2025.12.4-used-by.json. The simulator serves only
 /// the captcha stage API: the recording's flow, identification stage and
@@ -501,43 +549,18 @@ async fn used_by_and_delete_answer_as_recorded() {
         for (recorded, ours) in &uuids {
             path = path.replace(recorded, ours);
         }
-        let mut builder = http
-            .request(
-                req["method"].as_str().unwrap().parse().unwrap(),
-                format!("{}{path}", sim.url()),
-            )
-            .header("Authorization", format!("Bearer {TOKEN}"));
-        if !body.is_null() {
-            builder = builder
-                .header("Content-Type", "application/json")
-                .body(serde_json::to_vec(body).unwrap());
-        }
-        let response = builder.send().await.unwrap();
+        let body = (!body.is_null()).then(|| body.to_string());
+        let (status, text) = send_recorded(
+            &http,
+            &sim,
+            case,
+            req["method"].as_str().unwrap(),
+            &path,
+            body,
+            rec,
+        )
+        .await;
         sent += 1;
-        let status = response.status().as_u16();
-        let header = |n: &str| {
-            response
-                .headers()
-                .get(n)
-                .map(|v| v.to_str().unwrap().to_owned())
-        };
-        let (content_type, allow) = (header("content-type"), header("allow"));
-        let text = response.text().await.unwrap();
-        assert_eq!(
-            u64::from(status),
-            rec["status"].as_u64().unwrap(),
-            "{case}: {text}"
-        );
-        assert_eq!(
-            content_type.as_deref(),
-            rec["headers"]["content-type"].as_str(),
-            "{case}: content-type"
-        );
-        assert_eq!(
-            allow.as_deref(),
-            rec["headers"]["allow"].as_str(),
-            "{case}: allow"
-        );
         if rec["body"].is_null() {
             assert_eq!(text, "", "{case}: empty body");
             continue;
@@ -622,43 +645,9 @@ async fn guards_answer_as_recorded() {
             continue;
         }
         let method = req["method"].as_str().expect("method");
-        let mut builder = http
-            .request(
-                method.parse().unwrap(),
-                format!("{}{}", sim.url(), map(&uuids, path)),
-            )
-            .header("Authorization", format!("Bearer {TOKEN}"));
-        if !req["body"].is_null() {
-            let body = map(&uuids, &req["body"].to_string());
-            builder = builder
-                .header("Content-Type", "application/json")
-                .body(body);
-        }
-        let response = builder.send().await.unwrap();
-        let status = response.status().as_u16();
-        let header = |n: &str| {
-            response
-                .headers()
-                .get(n)
-                .map(|v| v.to_str().unwrap().to_owned())
-        };
-        let (content_type, allow) = (header("content-type"), header("allow"));
-        let text = response.text().await.unwrap();
-        assert_eq!(
-            u64::from(status),
-            rec["status"].as_u64().unwrap(),
-            "{case}: {text}"
-        );
-        assert_eq!(
-            content_type.as_deref(),
-            rec["headers"]["content-type"].as_str(),
-            "{case}: content-type"
-        );
-        assert_eq!(
-            allow.as_deref(),
-            rec["headers"]["allow"].as_str(),
-            "{case}: allow"
-        );
+        let body = (!req["body"].is_null()).then(|| map(&uuids, &req["body"].to_string()));
+        let (status, text) =
+            send_recorded(&http, &sim, case, method, &map(&uuids, path), body, rec).await;
         sent.push(case.to_owned());
         if rec["body"].is_null() {
             assert_eq!(text, "", "{case}: empty body");

@@ -465,23 +465,7 @@ fn list_all(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply 
         .map(|rec| Row {
             name: &rec.fields.name,
             public_key: None,
-            render: Box::new(move || {
-                let mut json = store.render(rec);
-                if let Some(o) = json.as_object_mut() {
-                    o.retain(|k, _| {
-                        matches!(
-                            k.as_str(),
-                            "pk" | "name"
-                                | "component"
-                                | "verbose_name"
-                                | "verbose_name_plural"
-                                | "meta_model_name"
-                                | "flow_set"
-                        )
-                    });
-                }
-                json
-            }),
+            render: Box::new(move || stage_fields_only(store.render(rec))),
         })
         .collect();
     rows.extend(store.others.iter().map(|rec| Row {
@@ -490,6 +474,25 @@ fn list_all(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply 
         render: Box::new(move || store.render_other(rec)),
     }));
     paginate(store, route, q, rows)
+}
+
+/// A stage with the fields of authentik's `Stage` only (what `/stages/all/`
+/// and a binding's `stage_obj` show).
+pub(crate) fn stage_fields_only(mut json: Value) -> Value {
+    if let Some(o) = json.as_object_mut() {
+        o.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "pk" | "name"
+                    | "component"
+                    | "verbose_name"
+                    | "verbose_name_plural"
+                    | "meta_model_name"
+                    | "flow_set"
+            )
+        });
+    }
+    json
 }
 
 /// Filters (`name`, `public_key` exact; `search` case-insensitive on the name),

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use super::{Body, Incoming, Reply, Route, body_object, page};
+use super::{Body, Incoming, Reply, Route, body_object, page, stage_fields_only};
 use crate::simulator::store::{FlowBinding, FlowRecord, OtherRecord, Store, WriteMode};
 use crate::simulator::store::{boolean_field, char_field, choice_field, integer_field};
 
@@ -211,21 +211,7 @@ pub(crate) fn render_binding(store: &Store, b: &FlowBinding, generic: bool) -> V
         let name = stage_name(store, b.stage).unwrap_or_default();
         store.stage_base(b.stage, &name, "", "stage", "authentik_flows.stage")
     } else if let Some(rec) = store.find(b.stage) {
-        let mut v = store.render(rec);
-        if let Some(o) = v.as_object_mut() {
-            o.retain(|k, _| {
-                matches!(
-                    k.as_str(),
-                    "pk" | "name"
-                        | "component"
-                        | "verbose_name"
-                        | "verbose_name_plural"
-                        | "meta_model_name"
-                        | "flow_set"
-                )
-            });
-        }
-        v
+        stage_fields_only(store.render(rec))
     } else if let Some(other) = store.others.iter().find(|o| o.uuid == b.stage) {
         store.render_other(other)
     } else {
