@@ -25,6 +25,16 @@ fn uuid_of(sim: &SimHandle, name: &str) -> Uuid {
         .uuid
 }
 
+/// The simulator holding stage `login` bound into the login flow at order
+/// 10: `(sim, stage, flow, binding)`.
+async fn bound_login() -> (SimHandle, Uuid, Uuid, Uuid) {
+    let sim = start_sim().await;
+    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let binding = sim.bind(flow, stage, 10);
+    (sim, stage, flow, binding)
+}
+
 fn login(guards: &str) -> String {
     manifest("login", "site", "KEY", &format!("guards:\n{guards}"))
 }
@@ -94,10 +104,7 @@ async fn a_declared_guard_is_planned_bound_after_its_stage_and_bound_again_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_change_is_a_patch_of_the_same_binding() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    let binding = sim.bind(flow, stage, 10);
+    let (sim, stage, flow, binding) = bound_login().await;
     let ws = Workspace::new();
     ws.write(
         "login.yaml",
@@ -132,10 +139,7 @@ async fn an_order_change_is_a_patch_of_the_same_binding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_guard_is_flagged_in_every_rendering_and_applied() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    sim.bind(flow, stage, 10);
+    let (sim, stage, _, _) = bound_login().await;
     let ident = sim.seed_identification_stage(IDENT, Some(stage));
     let ws = Workspace::new();
     ws.write(
@@ -238,10 +242,7 @@ async fn an_identification_stage_embedding_another_captcha_shows_the_replacement
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_flow_and_a_stage_bound_twice_are_errors_and_nothing_is_touched() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    sim.bind(flow, stage, 10);
+    let (sim, stage, flow, _) = bound_login().await;
     sim.bind(flow, stage, 30);
     let ws = Workspace::new();
     ws.write(
@@ -265,10 +266,7 @@ async fn a_missing_flow_and_a_stage_bound_twice_are_errors_and_nothing_is_touche
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_guards_key_nothing_about_flows_is_asked_or_touched() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    sim.bind(flow, stage, 10);
+    let (sim, stage, _, _) = bound_login().await;
     let ws = Workspace::new();
     ws.write("login.yaml", &manifest("login", "site", "KEY", ""));
     sim.reset_counts();
@@ -286,10 +284,7 @@ async fn without_a_guards_key_nothing_about_flows_is_asked_or_touched() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_plan_carries_guard_entries_and_refuses_one_the_world_moved_under() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    let binding = sim.bind(flow, stage, 10);
+    let (sim, stage, flow, binding) = bound_login().await;
     let ws = Workspace::new();
     ws.write(
         "login.yaml",
@@ -480,10 +475,7 @@ async fn a_stage_replaced_in_its_identification_stage_is_pruned_in_the_same_plan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_binding_removed_between_plan_and_apply_fails_in_authentiks_words_and_the_rest_applies() {
-    let sim = start_sim().await;
-    let stage = sim.seed_captcha(StageFields::with_defaults("login", "site"), "k");
-    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
-    let binding = sim.bind(flow, stage, 10);
+    let (sim, stage, flow, binding) = bound_login().await;
     let ws = Workspace::new();
     ws.write(
         "login.yaml",
