@@ -504,3 +504,27 @@ async fn a_binding_removed_between_plan_and_apply_fails_in_authentiks_words_and_
     );
     assert_eq!(sim.bindings_of_stage(stage), vec![(binding, flow, 10)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_of_a_stage_whose_create_failed_is_not_sent_and_says_why() {
+    let sim = start_sim().await;
+    sim.seed_flow(LOGIN_FLOW, "Welcome");
+    sim.inject(stagesync::simulator::Fault::status(400).on("POST", "/api/v3/stages/captcha/"));
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 15\n")),
+    );
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 1, "{out}\n{err}");
+    let text = format!("{out}{err}");
+    assert!(
+        text.contains("it guards with captcha stage login, whose create failed"),
+        "{text}"
+    );
+    assert_eq!(
+        sim.request_counts().get("POST", "/api/v3/flows/bindings/"),
+        0
+    );
+}
