@@ -260,7 +260,14 @@ pub(crate) fn describe_users(users: &[UsedBy]) -> Vec<String> {
             ),
             model => format!("used by {model} `{}`", u.name),
         })
-        .collect()
+        .fold(Vec::new(), |mut lines, line| {
+            // authentik lists a flow once per binding: a stage bound twice
+            // to one flow is said once.
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+            lines
+        })
 }
 
 /// authentik names a flow `Flow <name> (<slug>)`: the slug, as users know it.
@@ -279,6 +286,21 @@ mod tests {
     use crate::kinds::captcha::StageFields;
     use crate::plan::{PlanInputs, plan};
     use crate::state::{KeyState, ManagedAs};
+
+    #[test]
+    fn a_flow_listed_once_per_binding_is_said_once() {
+        let flow = |pk: &str| UsedBy {
+            app: "authentik_flows".into(),
+            model_name: "flow".into(),
+            pk: pk.into(),
+            name: "Flow login (login)".into(),
+            action: "cascade_many".into(),
+        };
+        assert_eq!(
+            describe_users(&[flow("1"), flow("1")]),
+            ["bound to flow `login`"]
+        );
+    }
 
     fn live(name: &str, n: u128) -> LiveStage {
         LiveStage {
