@@ -196,7 +196,13 @@ async fn removing_a_guard_is_flagged_in_every_rendering_and_applied() {
     let (_, md, _) = stagesync(&ws, &sim, &["plan", "--format", "markdown", "stages"]).await;
     assert!(
         md.contains(&format!(
-            "a guard is removed: flow {LOGIN_FLOW} runs without this captcha"
+            "- captcha \\`login\\`: a guard is removed: flow {LOGIN_FLOW} runs without this captcha"
+        )),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!(
+            "#### - delete `login in flow {LOGIN_FLOW}` (`stages/login.yaml:1`)\n\n> **Security:** a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"
         )),
         "{md}"
     );

@@ -41,6 +41,10 @@ impl Warning {
 /// `stage `name`: the key will be sent to a new host: a -> b (api_url)`.
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field == GUARD_REMOVED {
+            let (captcha, _) = guard::split_name(&self.stage);
+            return write!(f, "captcha `{captcha}`: {}", self.message());
+        }
         write!(f, "stage `{}`: {}", self.stage, self.message())
     }
 }

@@ -122,6 +122,9 @@ pub fn render_markdown(plan: &Plan) -> String {
         let label = match stage.action {
             Action::Create { .. } => "+ create",
             Action::Update { .. } => "~ update",
+            // A guard its stage's list no longer names (a stage's delete is
+            // a prune entry, below).
+            Action::Delete { held: None, .. } if stage.is_manifest() => "- delete",
             Action::InSync { .. } | Action::Error { .. } | Action::Delete { .. } => continue,
         };
         let _ = writeln!(
@@ -139,6 +142,9 @@ pub fn render_markdown(plan: &Plan) -> String {
         }
         for line in warning_lines(&warnings, &stage.name) {
             let _ = writeln!(out, "> **Security:** {}\n", text(&line[2..]));
+        }
+        if matches!(stage.action, Action::Delete { .. }) {
+            continue;
         }
         out.push_str(&fenced(
             "diff",
