@@ -534,3 +534,22 @@ async fn a_guard_of_a_stage_whose_create_failed_is_not_sent_and_says_why() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_binds_a_new_stage_after_creating_it() {
+    let sim = start_sim().await;
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 15\n")),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "--out", "plan.json", "stages"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--plan", "plan.json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let stage = uuid_of(&sim, "login");
+    let bound = sim.bindings_of_stage(stage);
+    assert_eq!(bound.len(), 1);
+    assert_eq!((bound[0].1, bound[0].2), (flow, 15));
+}
