@@ -21,6 +21,15 @@
 //! 100) + creates + 2), the measured time and that time divided by the scale,
 //! the estimate for a real server (the run is dominated by the injected waits).
 //! `BENCH_ONLY_CREATES=1` runs this table alone.
+//!
+//! A third table: N stages (100 and 1,000) each guarding its own flow
+//! (`guards:` with one binding), 10% of the bindings drifted in the UI (half
+//! removed, half moved to another order), at the injected latency. It
+//! reports the calls next to the minimal count (the version, one call per 100
+//! of each list: captcha stages, bindings, identification stages, flows, and
+//! one write per drifted guard), which they must stay within plus 3, and the
+//! stage-only figure of the same stages without `guards` keys.
+//! `BENCH_ONLY_GUARDS=1` runs this table alone.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,10 +51,103 @@ fn main() {
     let full = std::env::var_os("BENCH_FULL").is_some();
     let binary = env!("CARGO_BIN_EXE_stagesync");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::var_os("BENCH_ONLY_GUARDS").is_some() {
+        guards_table(&runtime, binary, latency);
+        return;
+    }
     if std::env::var_os("BENCH_ONLY_CREATES").is_none() {
         drift_table(&runtime, binary, latency, full);
     }
     creates_table(&runtime, binary);
+    guards_table(&runtime, binary, latency);
+}
+
+/// N stages each guarding one flow, 10% of the guards drifted.
+fn guards_table(runtime: &tokio::runtime::Runtime, binary: &str, latency: Duration) {
+    println!();
+    println!(
+        "guards: each stage guards its own flow, 10% of the bindings drifted, latency {} ms",
+        latency.as_millis()
+    );
+    println!(
+        "| stages | calls | minimal | bound (minimal + 3) | writes | wall | stage-only calls (no guards key) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for n in [100usize, 1_000] {
+        let work = tempfile::tempdir().expect("temp dir");
+        let stages = work.path().join("stages");
+        std::fs::create_dir_all(&stages).expect("stages dir");
+        let sim = runtime.block_on(async {
+            simulator::start(SimConfig {
+                token: TOKEN.to_owned(),
+                ..SimConfig::default()
+            })
+            .await
+            .expect("simulator")
+        });
+        let mut text = String::new();
+        for i in 0..n {
+            sim.seed_flow(&format!("flow-{i:05}"), "Flow");
+            text.push_str(&format!(
+                "---\nname: stage-{i:05}\npublic_key: site-{i}\nprivate_key: !Env BENCH_KEY\nguards:\n  - flow: flow-{i:05}\n    order: 10\n"
+            ));
+        }
+        std::fs::write(stages.join("guarded.yaml"), text).expect("manifest");
+        // Converged first: stages created and bound.
+        let status = stagesync(binary, &sim, work.path())
+            .status()
+            .expect("first apply");
+        assert_eq!(status.code(), Some(0), "first apply converged");
+        // 10% drifted in the UI: half unbound, half moved.
+        let live = sim.captcha_stages();
+        for (k, stage) in live.iter().step_by(10).take(n / 10).enumerate() {
+            let (binding, _, _) = sim.bindings_of_stage(stage.uuid)[0];
+            if k % 2 == 0 {
+                sim.unbind(binding);
+            } else {
+                sim.set_binding_order(binding, 99);
+            }
+        }
+        sim.set_latency(latency);
+        sim.reset_counts();
+        let started = Instant::now();
+        let status = stagesync(binary, &sim, work.path())
+            .status()
+            .expect("apply");
+        let wall = started.elapsed();
+        assert_eq!(status.code(), Some(0), "apply converged");
+        let counts = sim.request_counts();
+        let pages = |count: usize| count.div_ceil(100).max(1) as u64;
+        let minimal = 1 + pages(n) * 3 + 1 + (n / 10) as u64;
+        assert!(
+            counts.total() <= minimal + 3,
+            "{} calls, minimal {minimal}",
+            counts.total()
+        );
+        // The same stages without guards keys: today's stage-only figure.
+        let plain: String = (0..n)
+            .map(|i| {
+                format!(
+                    "---\nname: stage-{i:05}\npublic_key: site-{i}\nprivate_key: !Env BENCH_KEY\n"
+                )
+            })
+            .collect();
+        std::fs::write(stages.join("guarded.yaml"), plain).expect("manifest");
+        sim.reset_counts();
+        let status = stagesync(binary, &sim, work.path())
+            .status()
+            .expect("apply");
+        assert_eq!(status.code(), Some(0), "stage-only apply");
+        let stage_only = sim.request_counts().total();
+        println!(
+            "| {n} | {} | {minimal} | {} | {} | {:.2} s | {stage_only} |",
+            counts.total(),
+            minimal + 3,
+            counts.writes(),
+            wall.as_secs_f64(),
+        );
+        sim.shutdown();
+    }
 }
 
 /// Stages of other types on the install of the creates table.

@@ -51,7 +51,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client};
-use crate::kinds::{self, Kind, Origin, Written};
+use crate::kinds::{self, Kind, Object, Origin, Written};
 use crate::plan::{Action, Dependency, Entry, EntryId, Plan, Target, Why, prune};
 use crate::state::{KeyMark, KeyState, KeyStatus, KeyStore};
 
@@ -190,6 +190,18 @@ impl fmt::Display for SkipReason {
                     "it takes the name {taken:?}, which {name} is being renamed away from; that update {what}"
                 )
             }
+            SkipReason::Waited {
+                name,
+                why: Why::CreatesStage,
+                failed,
+                ..
+            } => {
+                let what = if *failed { "failed" } else { "was not sent" };
+                write!(
+                    f,
+                    "it guards with captcha stage {name}, whose create {what}"
+                )
+            }
             SkipReason::WritesIncomplete => f.write_str(
                 "a create or update of this run was not made; deletes wait for a run where every write succeeds",
             ),
@@ -325,7 +337,7 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
                 {
                     self.state.keys_mut().record(written.uuid, secret);
                 }
-                if pending.target == Target::Create {
+                if pending.target == Target::Create && pending.entry.kind.inventoried() {
                     self.state
                         .record_created(pending.entry.kind, written.uuid, &written.name);
                 }
@@ -360,6 +372,29 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
         {
             tracing::warn!(error = %err, "cannot save the state file; trying again at the end");
         }
+    }
+
+    /// The uuid of the captcha stage entry `index` waits to be created
+    /// ([`Why::CreatesStage`]), once that create is made.
+    fn created_stage_for(&self, index: usize) -> Option<Uuid> {
+        self.pending[index]
+            .entry
+            .after
+            .iter()
+            .find_map(|d| match d {
+                Dependency::Entry {
+                    on,
+                    why: Why::CreatesStage,
+                } => self
+                    .pending
+                    .iter()
+                    .find(|p| p.entry.id == *on)
+                    .and_then(|p| match p.result() {
+                        Some(Ended::Written(written)) => Some(written.uuid),
+                        _ => None,
+                    }),
+                _ => None,
+            })
     }
 
     fn unsettled(&self) -> Vec<usize> {
@@ -633,7 +668,15 @@ pub async fn apply(
                         continue;
                     };
                     let client = client.clone();
-                    let entry = run.pending[index].entry.clone();
+                    let mut entry = run.pending[index].entry.clone();
+                    // A guard of a stage created in this apply: the
+                    // create's answer gives the stage's uuid.
+                    if let Some(stage) = run.created_stage_for(index)
+                        && let Some(write) = entry.action.write_mut()
+                        && let Object::Guard(guard) = &mut write.object
+                    {
+                        guard.fill_stage(stage);
+                    }
                     let target = run.pending[index].target;
                     let task = tasks.spawn(async move {
                         let result = send(&client, &entry, target).await;

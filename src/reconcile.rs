@@ -34,6 +34,9 @@ use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
+use crate::kinds::guard::Guard;
+use crate::kinds::guard::api::Guards;
+use crate::kinds::guard::matching::LiveGuards;
 use crate::kinds::{self, Kind};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::plan::prune::{self, PruneInputs, PruneSettings};
@@ -48,6 +51,8 @@ pub struct Live {
     pub(crate) stages: Vec<LiveStage>,
     /// name -> kind for the names looked up that a stage of another type holds.
     pub(crate) foreign_names: BTreeMap<String, String>,
+    /// What captcha stages guard; fetched only when a manifest declares `guards`.
+    pub(crate) guards: Option<LiveGuards>,
 }
 
 /// A plan together with what it was made from, ready to show or to execute.
@@ -172,10 +177,16 @@ impl Session {
             .filter(|(_, holder)| !holder.is_captcha)
             .map(|(name, holder)| (name, holder.kind))
             .collect();
+        let guards = if desired.iter().any(|d| d.guards.is_some()) {
+            Some(fetch_guards(&self.client, desired).await?)
+        } else {
+            None
+        };
         Ok(Live {
             capabilities: Capabilities::for_version(version),
             stages,
             foreign_names,
+            guards,
         })
     }
 
@@ -198,6 +209,7 @@ impl Session {
             capabilities: live.capabilities,
             foreign_names: &live.foreign_names,
         });
+        plan.add_guards(&desired, live.guards.as_ref(), &live.stages);
         let mut live = live.stages;
         let inventory = self.state.inventory();
         let mut used_by = BTreeMap::new();
@@ -210,7 +222,7 @@ impl Session {
             for uuid in candidates {
                 match kinds::used_by(&self.client, Kind::CaptchaStage, uuid).await {
                     Ok(users) => {
-                        used_by.insert(uuid, users);
+                        used_by.insert(uuid, prune::without_removed_guards(users, &plan));
                     }
                     Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
                     Err(e) => return Err(e),
@@ -294,6 +306,32 @@ impl Session {
     }
 }
 
+/// What the manifests' guards need, with the fewest calls: one paged list of
+/// every binding, one of identification stages, and the flows named (a
+/// look-up per slug, or the flow list when that is fewer calls; a slug
+/// without a flow is a plan error).
+async fn fetch_guards(client: &Client, desired: &[DesiredStage]) -> Result<LiveGuards, ApiError> {
+    let api = Guards::new(client);
+    let bindings = api.bindings().await?;
+    // Listed even when no identification stage is declared: one that
+    // embeds a stage whose list does not name it is a guard to remove.
+    let identification_stages = api.identification_stages().await?;
+    let slugs: std::collections::BTreeSet<&str> = desired
+        .iter()
+        .flat_map(|d| d.guards.iter().flatten())
+        .filter_map(|g| match &g.guard {
+            Guard::Flow { slug, .. } => Some(slug.as_str()),
+            Guard::IdentificationStage { .. } => None,
+        })
+        .collect();
+    let flows = api.flows(&slugs).await?;
+    Ok(LiveGuards {
+        flows,
+        bindings,
+        identification_stages,
+    })
+}
+
 /// Fetches live state from authentik and plans `desired` against it, with
 /// `keys` as the record of keys and without prune: the library's short way to
 /// a plan (what the property tests drive).
@@ -338,12 +376,17 @@ pub(crate) fn record_inventory(
     let is_live = |uuid: Uuid| live.iter().any(|l| l.uuid == uuid);
     for entry in plan.manifest_entries() {
         if let Action::InSync { uuid } = entry.action
+            && entry.kind.inventoried()
             && is_live(uuid)
         {
             inventory.manage(entry.kind, uuid, &entry.name, ManagedAs::Adopted);
         }
     }
-    for outcome in report.into_iter().flat_map(|r| &r.outcomes) {
+    for outcome in report
+        .into_iter()
+        .flat_map(|r| &r.outcomes)
+        .filter(|o| o.kind.inventoried())
+    {
         match &outcome.result {
             Ended::Written(written) => {
                 let how = match outcome.operation {

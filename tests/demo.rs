@@ -47,13 +47,13 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     let first = stdout
-        .find("Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.")
+        .find("Plan: 2 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.")
         .expect(&stdout);
     let applied = stdout
-        .find("Apply: 1 created, 1 updated, 0 failed.")
+        .find("Apply: 2 created, 1 updated, 0 failed.")
         .expect(&stdout);
     let last = stdout
-        .find("Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged, 1 blocked.")
+        .find("Plan: 0 to create, 0 to update, 4 in sync, 1 unmanaged, 1 blocked.")
         .expect(&stdout);
     let verified = stdout
         .find("3 keys checked: 2 valid, 1 invalid, 0 mismatched, 0 unknown")
@@ -82,6 +82,13 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     for line in stdout.lines().filter(|l| l.contains("siteverify:")) {
         assert!(line.contains(&format!("{url}:")), "{line} is not {url}");
     }
+    // The shipped login captcha guards the login flow: bound after its create.
+    assert!(
+        stdout.contains(
+            "+ create login-recaptcha-v3 in flow default-authentication-flow (stages/recaptcha-v3.yaml:"
+        ) && stdout.contains("= in sync login-recaptcha-v3 in flow default-authentication-flow"),
+        "{stdout}"
+    );
     // The stage whose manifest is gone stays: a login flow still uses it.
     assert!(
         stdout.contains("! blocked old-login-captcha")
@@ -148,9 +155,9 @@ fn demo_works_from_an_empty_directory_with_its_own_manifests_and_leaves_nothing(
         "{stdout}"
     );
     for summary in [
-        "Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.",
-        "Apply: 1 created, 1 updated, 0 failed.",
-        "Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged, 1 blocked.",
+        "Plan: 2 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.",
+        "Apply: 2 created, 1 updated, 0 failed.",
+        "Plan: 0 to create, 0 to update, 4 in sync, 1 unmanaged, 1 blocked.",
         "3 keys checked: 2 valid, 1 invalid, 0 mismatched, 0 unknown",
     ] {
         assert!(stdout.contains(summary), "{summary}\n{stdout}");
@@ -259,4 +266,42 @@ fn wait_with_deadline(
     }
     let _ = child.kill();
     None
+}
+
+#[test]
+fn the_demo_shows_a_guard_removed_in_the_ui_and_bound_again() {
+    let ws = workspace();
+    let mut child = demo(ws.path())
+        .args(["demo", "--listen", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The UI change comes after 10 s, the resync every 15 s.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (mut unbound, mut restored) = (false, false);
+    while Instant::now() < deadline && !restored {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            unbound |= line.contains("demo: an admin unbound captcha login-recaptcha-v3");
+            restored |= unbound
+                && line.contains("WARN")
+                && line.contains(
+                    "captcha login-recaptcha-v3 was unbound from flow default-authentication-flow; bound again",
+                );
+        }
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
+    assert!(
+        unbound && restored,
+        "unbound: {unbound}, restored: {restored}"
+    );
 }

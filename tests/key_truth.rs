@@ -97,6 +97,7 @@ fn desired(stages: usize, keys: &[usize]) -> Vec<DesiredStage> {
             fields: StageFields::with_defaults(format!("stage-{i}"), "site"),
             key_source: KeySource::Env("KEY".into()),
             private_key: SecretString::from(KEYS[keys[i]]),
+            guards: None,
         })
         .collect()
 }

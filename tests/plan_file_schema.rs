@@ -36,6 +36,7 @@ fn desired(name: &str, pin: Option<Uuid>, key_source: KeySource) -> DesiredStage
         fields: StageFields::with_defaults(name, format!("site-{name}")),
         key_source,
         private_key: SecretString::from(format!("{name}-secret-value")),
+        guards: None,
     }
 }
 

@@ -274,7 +274,7 @@ pub(crate) async fn run(
         ));
     }
     intro.push_str(&format!(
-        "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n\n",
+        "In 10 s an admin will change a stage in the UI and unbind a captcha from its login flow; the next resync (every {} s) reverts both.\n\n",
         DEMO_INTERVAL.as_secs()
     ));
     console.out(&intro)?;
@@ -290,6 +290,19 @@ pub(crate) async fn run(
             {
                 sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
                 tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
+            }
+            // A guard removed in the UI: the login flow runs without its captcha.
+            if let Some((stage, binding)) = sim
+                .captcha_stages()
+                .into_iter()
+                .filter(|s| s.fields.name != DEMO_ORPHAN)
+                .find_map(|s| {
+                    let binding = sim.bindings_of_stage(s.uuid).first().map(|b| b.0)?;
+                    Some((s.fields.name, binding))
+                })
+            {
+                sim.unbind(binding);
+                tracing::warn!(stage = %stage, "demo: an admin unbound captcha {stage} from its login flow in the UI");
             }
         }
     });

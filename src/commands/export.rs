@@ -31,6 +31,7 @@ use crate::exit::{CommandError, Exit};
 use crate::kinds::captcha::LiveStage;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::export::manifest_for;
+use crate::kinds::guard::{self, api::Guards};
 use crate::manifest::{self, Severity};
 use crate::output::Console;
 use crate::text::escape;
@@ -39,6 +40,17 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
     let client = connect(&cfg.client)?;
     let mut live = Stages::new(&client).list().await?;
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
+    // What each stage guards: one paged list of bindings and one of
+    // identification stages, only when there is a stage to export.
+    let (bindings, identification_stages) = if live.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        let guards = Guards::new(&client);
+        (
+            guards.bindings().await?,
+            guards.identification_stages().await?,
+        )
+    };
 
     let files = plan_files(&cfg.dir, &live);
     // Checked before anything is written: an export is all or nothing. A
@@ -68,7 +80,15 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
         .with_context(|| format!("cannot read {}", cfg.dir.display()))?;
     let texts: Vec<String> = files
         .iter()
-        .map(|f| manifest_for(f.stage, &f.key_variable))
+        .map(|f| {
+            let mut text = manifest_for(f.stage, &f.key_variable);
+            if let Some(lines) =
+                guard::export_lines(f.stage.uuid, &bindings, &identification_stages)
+            {
+                text.push_str(&lines);
+            }
+            text
+        })
         .collect();
     let targets: Vec<(&Path, &str)> = files
         .iter()

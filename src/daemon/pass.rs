@@ -1018,6 +1018,12 @@ fn log_outcome(outcome: &apply::Outcome, change: &str) {
         .as_ref()
         .map(|o| o.file.display().to_string())
         .unwrap_or_default();
+    if outcome.kind == Kind::Guard {
+        if let Some(line) = guard_restored(&outcome.name, outcome.operation, &outcome.result) {
+            warn!(guard = %escape(&outcome.name), file, "{}", escape(&line));
+        }
+        return;
+    }
     match (&outcome.result, outcome.operation) {
         (Ended::Written(written), _) => {
             info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
@@ -1025,6 +1031,32 @@ fn log_outcome(outcome: &apply::Outcome, change: &str) {
         (result, Operation::Delete) => crate::daemon::prune::log_delete(outcome, result),
         _ => {}
     }
+}
+
+/// The daemon's WARN line when a guard was put back as its manifest says
+/// (someone changed it in the UI, or it was never there), `None` when
+/// nothing was made.
+fn guard_restored(name: &str, operation: Operation, result: &Ended) -> Option<String> {
+    let (stage, target) = crate::kinds::guard::split_name(name);
+    let is_flow = target.starts_with("flow ");
+    let line = match (result, operation) {
+        (Ended::Written(_), Operation::Create) => {
+            format!("captcha {stage} was unbound from {target}; bound again")
+        }
+        (Ended::Written(_), Operation::Update) if is_flow => {
+            format!("captcha {stage}'s binding to {target} was changed; set back")
+        }
+        (Ended::Written(_), Operation::Update) => {
+            format!("{target} does not embed captcha {stage} as its manifest says; set back")
+        }
+        (Ended::Deleted { .. }, Operation::Delete) => {
+            format!(
+                "captcha {stage} was bound to {target}, which its manifest does not list; unbound"
+            )
+        }
+        _ => return None,
+    };
+    Some(line)
 }
 
 #[cfg(test)]
@@ -1083,6 +1115,7 @@ mod tests {
             fields: StageFields::with_defaults(name, "site-key"),
             key_source: key,
             private_key: SecretString::from("k"),
+            guards: None,
         }
     }
 

@@ -30,6 +30,7 @@ pub enum Value {
     Str(String),
     Bool(bool),
     Num(f64),
+    Int(i64),
     /// The server did not report the field.
     Absent,
 }
@@ -57,6 +58,7 @@ impl fmt::Display for Value {
                     write!(f, "{n}")
                 }
             }
+            Value::Int(n) => write!(f, "{n}"),
             Value::Absent => f.write_str("(not reported)"),
         }
     }
@@ -68,6 +70,7 @@ pub enum Literal {
     Str(&'static str),
     Bool(bool),
     Num(f64),
+    Int(i64),
 }
 
 impl Literal {
@@ -76,6 +79,7 @@ impl Literal {
             Literal::Str(s) => Value::Str(s.to_owned()),
             Literal::Bool(b) => Value::Bool(b),
             Literal::Num(n) => Value::Num(n),
+            Literal::Int(n) => Value::Int(n),
         }
     }
 }
@@ -101,6 +105,8 @@ pub enum FieldType {
     Fraction,
     /// One of these strings.
     Choice(&'static [&'static str]),
+    /// A whole number that fits authentik's integer columns (32 bits).
+    Integer,
 }
 
 impl FieldType {
@@ -112,6 +118,7 @@ impl FieldType {
             }
             FieldType::Bool => "a boolean (true or false)",
             FieldType::Fraction => "a number",
+            FieldType::Integer => "an integer",
         }
     }
 }
@@ -123,6 +130,7 @@ pub enum Access<T> {
     OptStr(fn(&T) -> &Option<String>, fn(&mut T) -> &mut Option<String>),
     Bool(fn(&T) -> &bool, fn(&mut T) -> &mut bool),
     Num(fn(&T) -> &f64, fn(&mut T) -> &mut f64),
+    Int(fn(&T) -> &i64, fn(&mut T) -> &mut i64),
 }
 
 /// One row of a kind's field table.
@@ -152,6 +160,7 @@ impl<T> FieldSpec<T> {
             },
             Access::Bool(get, _) => Value::Bool(*get(object)),
             Access::Num(get, _) => Value::Num(*get(object)),
+            Access::Int(get, _) => Value::Int(*get(object)),
         }
     }
 
@@ -164,13 +173,15 @@ impl<T> FieldSpec<T> {
             (Access::OptStr(_, slot), Value::Absent) => *slot(object) = None,
             (Access::Bool(_, slot), Value::Bool(b)) => *slot(object) = b,
             (Access::Num(_, slot), Value::Num(n)) => *slot(object) = n,
+            (Access::Int(_, slot), Value::Int(n)) => *slot(object) = n,
             _ => {}
         }
     }
 
-    /// Whether a manifest must give the field.
+    /// Whether a manifest must give the field: one without a default,
+    /// unless the kind holds it as an `Option` (absent is a value then).
     pub(crate) fn required(&self) -> bool {
-        self.default.is_none()
+        self.default.is_none() && !matches!(self.access, Access::OptStr(..))
     }
 
     /// Whether the server knows the field (and so reports, accepts and compares it).
@@ -191,9 +202,15 @@ pub struct ManifestSpec<T: 'static> {
     pub secret: Option<KeyDoc>,
     /// A uuid that pins the document to a live object, optional.
     pub pin: Option<KeyDoc>,
+    /// A key whose value is a list of another kind's objects declared inside
+    /// this one (a captcha stage's `guards`), optional; the document check
+    /// hands its node on, to be checked item by item with that kind's spec.
+    pub list: Option<ListDoc>,
     /// Rules across fields, on the checked values; `given` says whether the
     /// manifest wrote a key (or left it at its default).
     pub rules: Rules<T>,
+    /// What a document must be, for the message when it is not a mapping.
+    pub what: &'static str,
 }
 
 /// A kind's rules across fields: the checked values, and whether the manifest
@@ -206,6 +223,15 @@ pub type Rules<T> = fn(&T, given: &dyn Fn(&str) -> bool) -> Vec<Violation>;
 pub struct KeyDoc {
     pub key: &'static str,
     pub doc: &'static str,
+}
+
+/// A manifest key whose value is a list of another kind's objects, with its
+/// sentence and the JSON schema of one item.
+#[derive(Clone, Copy, Debug)]
+pub struct ListDoc {
+    pub key: &'static str,
+    pub doc: &'static str,
+    pub items: fn() -> serde_json::Value,
 }
 
 /// A broken rule across fields.
@@ -229,6 +255,7 @@ impl<T> ManifestSpec<T> {
             .chain(self.secret.map(|s| s.key))
             .chain(self.pin.map(|p| p.key))
             .chain(rest.iter().map(|f| f.key))
+            .chain(self.list.map(|l| l.key))
             .collect()
     }
 }
@@ -275,7 +302,7 @@ pub(crate) fn normalise<T>(fields: &[FieldSpec<T>], object: &mut T) {
                 }
             }
             Access::Num(_, slot) => *slot(object) += 0.0,
-            Access::Bool(..) => {}
+            Access::Bool(..) | Access::Int(..) => {}
         }
     }
 }
@@ -339,6 +366,7 @@ pub(crate) fn to_json<T>(
             Value::Absent => continue,
             Value::Str(s) => json!(s),
             Value::Bool(b) => json!(b),
+            Value::Int(n) => json!(n),
             Value::Num(n) => match serde_json::Number::from_f64(n) {
                 Some(number) if n.is_finite() => serde_json::Value::Number(number),
                 _ => {
@@ -380,6 +408,9 @@ pub(crate) fn from_json<T: Default>(
             (Some(serde_json::Value::Number(n)), Access::Num(..)) => {
                 Value::Num(n.as_f64().unwrap_or(f64::NAN))
             }
+            (Some(serde_json::Value::Number(n)), Access::Int(..)) if n.is_i64() => {
+                Value::Int(n.as_i64().unwrap_or_default())
+            }
             (Some(other), _) => {
                 return Err(format!(
                     "field `{}` is {}, not {}",
@@ -419,6 +450,9 @@ pub(crate) fn schema_of(ty: FieldType) -> serde_json::Value {
         FieldType::Bool => json!({"type": "boolean"}),
         FieldType::Fraction => json!({"type": "number", "minimum": 0, "maximum": 1}),
         FieldType::Choice(choices) => json!({"type": "string", "enum": choices}),
+        FieldType::Integer => {
+            json!({"type": "integer", "minimum": i32::MIN, "maximum": i32::MAX})
+        }
     }
 }
 
@@ -467,6 +501,12 @@ pub(crate) fn manifest_schema<T>(spec: &ManifestSpec<T>, head: &[(&str, &str)]) 
         ));
     }
     properties.extend(rest.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    if let Some(list) = spec.list {
+        properties.push((
+            list.key.to_owned(),
+            json!({"description": list.doc, "type": "array", "items": (list.items)()}),
+        ));
+    }
     let required: Vec<&str> = spec
         .keys()
         .into_iter()
@@ -504,6 +544,7 @@ pub(crate) fn saved_fields_schema<T>(fields: &[FieldSpec<T>], description: &str)
     let json_type = |ty: FieldType| match ty {
         FieldType::Bool => "boolean",
         FieldType::Fraction => "number",
+        FieldType::Integer => "integer",
         FieldType::Name { .. } | FieldType::Text | FieldType::Url | FieldType::Choice(_) => {
             "string"
         }
@@ -791,7 +832,9 @@ mod tests {
                 key: "pin",
                 doc: "The pin.",
             }),
+            list: None,
             rules: |_, _| Vec::new(),
+            what: "a thing must be a mapping",
         }
     }
 

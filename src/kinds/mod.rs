@@ -10,6 +10,8 @@
 //! `Resource`: each kind says only what is its own.
 //!
 //! - [`captcha`]: authentik's Captcha Stage, the first kind.
+//! - [`guard`]: what a captcha stage guards (flow bindings, identification
+//!   stages embedding it), declared inside the stage's manifest.
 //!
 //! Adding a kind is a recipe in `CONTRIBUTING.md` ("Adding a kind"): a
 //! variant of [`Kind`] and a folder beside [`captcha`]; the compiler then
@@ -17,6 +19,7 @@
 
 pub mod captcha;
 pub mod field;
+pub mod guard;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -38,11 +41,14 @@ pub enum Kind {
     /// authentik's Captcha Stage (`/stages/captcha/`).
     #[default]
     CaptchaStage,
+    /// What a captcha stage guards: a flow stage binding
+    /// (`/flows/bindings/`) or an identification stage's embedded captcha.
+    Guard,
 }
 
 impl Kind {
     /// Every kind, in the order plans and metrics list them.
-    pub const ALL: [Kind; 1] = [Kind::CaptchaStage];
+    pub const ALL: [Kind; 2] = [Kind::CaptchaStage, Kind::Guard];
 
     /// The metric a pass counts this kind's objects in, by status, and its
     /// help text.
@@ -52,6 +58,10 @@ impl Kind {
                 "stagesync_stages",
                 "Managed stages after the last pass, by status",
             ),
+            Kind::Guard => (
+                "stagesync_guards",
+                "Declared guards (flow bindings and identification stage embeddings of captcha stages) after the last pass, by status",
+            ),
         }
     }
 
@@ -59,6 +69,16 @@ impl Kind {
     pub fn noun(self) -> &'static str {
         match self {
             Kind::CaptchaStage => "captcha stage",
+            Kind::Guard => "guard",
+        }
+    }
+
+    /// Whether the inventory records objects of this kind (what prune may
+    /// delete). Guards are not: a stage's `guards` list says which to remove.
+    pub(crate) fn inventoried(self) -> bool {
+        match self {
+            Kind::CaptchaStage => true,
+            Kind::Guard => false,
         }
     }
 }
@@ -69,12 +89,14 @@ impl Kind {
 #[serde(untagged)]
 pub enum Object {
     CaptchaStage(captcha::StageFields),
+    Guard(guard::GuardWrite),
 }
 
 impl Object {
     pub fn kind(&self) -> Kind {
         match self {
             Object::CaptchaStage(_) => Kind::CaptchaStage,
+            Object::Guard(_) => Kind::Guard,
         }
     }
 
@@ -82,6 +104,7 @@ impl Object {
     pub(crate) fn value(&self, key: &str) -> Value {
         match self {
             Object::CaptchaStage(fields) => fields.value(key),
+            Object::Guard(write) => write.value(key),
         }
     }
 }
@@ -105,6 +128,8 @@ impl Kind {
                 .iter()
                 .filter_map(|f| Some((f.key, f.since?)))
                 .collect(),
+            // Every binding and identification-stage field is known since 2025.12.
+            Kind::Guard => Vec::new(),
         }
     }
 
@@ -113,6 +138,7 @@ impl Kind {
     pub(crate) fn known_keys(self, capabilities: Capabilities) -> Vec<&'static str> {
         match self {
             Kind::CaptchaStage => captcha::StageFields::known_keys(capabilities),
+            Kind::Guard => guard::SHOWN_KEYS.to_vec(),
         }
     }
 }
@@ -125,6 +151,7 @@ pub(crate) async fn create(
 ) -> Result<Written, ApiError> {
     match object {
         Object::CaptchaStage(fields) => captcha::api::write(client, None, fields, secret).await,
+        Object::Guard(write) => guard::api::write(client, None, write).await,
     }
 }
 
@@ -139,6 +166,7 @@ pub(crate) async fn update(
         Object::CaptchaStage(fields) => {
             captcha::api::write(client, Some(uuid), fields, secret).await
         }
+        Object::Guard(write) => guard::api::write(client, Some(uuid), write).await,
     }
 }
 
@@ -150,6 +178,9 @@ pub(crate) async fn used_by(
 ) -> Result<Vec<UsedBy>, ApiError> {
     match kind {
         Kind::CaptchaStage => captcha::api::Stages::new(client).used_by(uuid).await,
+        // A binding's users are the policies bound to it, which go with it:
+        // a declared removal is not refused for them (and costs no call).
+        Kind::Guard => Ok(Vec::new()),
     }
 }
 
@@ -157,6 +188,7 @@ pub(crate) async fn used_by(
 pub(crate) async fn delete(client: &Client, kind: Kind, uuid: Uuid) -> Result<(), ApiError> {
     match kind {
         Kind::CaptchaStage => captcha::api::Stages::new(client).delete(uuid).await,
+        Kind::Guard => guard::api::Guards::new(client).unbind(uuid).await,
     }
 }
 

@@ -75,7 +75,10 @@ pub(crate) struct Spec<T> {
     pub(crate) origin: Pos,
     pub(crate) uuid: Option<(Uuid, Pos)>,
     pub(crate) fields: T,
-    pub(crate) key: KeySpec,
+    /// `None` for a kind without a secret.
+    pub(crate) key: Option<KeySpec>,
+    /// The value of the spec's list key, when the document gives it.
+    pub(crate) list: Option<Node>,
 }
 
 /// Collects the problems of one document.
@@ -125,6 +128,22 @@ impl<'a> Problems<'a> {
         });
     }
 
+    /// Errors found so far, those past the cap included.
+    pub(crate) fn error_count(&self) -> usize {
+        self.errors
+    }
+
+    /// An error at a line and column of the file.
+    pub(crate) fn error_at(
+        &mut self,
+        line: usize,
+        column: usize,
+        field: Option<&str>,
+        message: String,
+    ) {
+        self.error(Pos { line, column }, field, message);
+    }
+
     fn error(&mut self, pos: Pos, field: Option<&str>, message: String) {
         self.push(Severity::Error, pos, field, message);
     }
@@ -141,7 +160,7 @@ pub(crate) fn check_document<T: Default>(
     let errors_before = problems.errors;
     let keys = spec.keys();
     let secret_key = spec.secret.map(|s| s.key);
-    let seen = document_keys(doc, &keys, secret_key, problems)?;
+    let seen = document_keys(doc, spec.what, &keys, secret_key, problems)?;
     let get = |key: &str| seen.iter().find(|(k, _, _)| *k == key).map(|(_, _, v)| *v);
 
     let mut fields = field::defaults(spec.fields);
@@ -177,11 +196,15 @@ pub(crate) fn check_document<T: Default>(
         return None;
     }
     field::normalise(spec.fields, &mut fields);
+    if spec.secret.is_some() && key.is_none() {
+        return None;
+    }
     Some(Spec {
         origin: Pos::of(doc),
         uuid,
         fields,
-        key: key?,
+        key,
+        list: spec.list.and_then(|l| get(l.key)).cloned(),
     })
 }
 
@@ -190,6 +213,7 @@ pub(crate) fn check_document<T: Default>(
 /// unknown key with the closest known one); `None` when it is not a mapping.
 fn document_keys<'n>(
     doc: &'n Node,
+    what: &str,
     keys: &[&'static str],
     secret_key: Option<&str>,
     problems: &mut Problems<'_>,
@@ -199,10 +223,7 @@ fn document_keys<'n>(
         problems.error(
             Pos::of(doc),
             None,
-            format!(
-                "a manifest document must be a mapping of stage fields, found {}",
-                doc.kind.type_name()
-            ),
+            format!("{what}, found {}", doc.kind.type_name()),
         );
         return None;
     };
@@ -309,6 +330,25 @@ fn field_value<T>(
             }
         },
         FieldType::Fraction => fraction(node, key, problems).map(Value::Num),
+        FieldType::Integer => match node.kind {
+            Kind::Int(n) if i32::try_from(n).is_ok() => Some(Value::Int(n as i64)),
+            Kind::Int(_) => {
+                problems.error(
+                    Pos::of(node),
+                    Some(key),
+                    format!(
+                        "`{key}` must be from {} to {} (authentik stores a 32-bit integer)",
+                        i32::MIN,
+                        i32::MAX
+                    ),
+                );
+                None
+            }
+            _ => {
+                type_error(node, key, field.ty.expected(), problems);
+                None
+            }
+        },
         FieldType::Choice(choices) => {
             let s = non_empty_string(node, key, problems)?;
             if choices.contains(&s.as_str()) {

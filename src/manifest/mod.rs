@@ -40,6 +40,7 @@ use secrecy::SecretString;
 
 use crate::kinds::Origin;
 use crate::kinds::captcha::{self, DesiredStage};
+use crate::kinds::guard::{self, DesiredGuard, Guard};
 use crate::policy::Policy;
 use crate::secret::KeySource;
 use crate::text::escape;
@@ -322,10 +323,18 @@ pub(crate) fn load_file(
         else {
             continue;
         };
-        if let KeySource::File(p) = &spec.key.source {
+        let Some(key) = spec.key else { continue };
+        let guards = match &spec.list {
+            Some(list) => match check_guards(list, &file.path, policy, &mut problems) {
+                Some(guards) => Some(guards),
+                None => continue,
+            },
+            None => None,
+        };
+        if let KeySource::File(p) = &key.source {
             file.secret_files.push(base.join(p));
         }
-        match resolve_key(&spec.key, &manifest, scope, policy, env) {
+        match resolve_key(&key, &manifest, scope, policy, env) {
             Ok(private_key) => {
                 if let Some((u, pos)) = spec.uuid {
                     let origin = Origin {
@@ -343,15 +352,16 @@ pub(crate) fn load_file(
                     },
                     uuid: spec.uuid.map(|(u, _)| u),
                     fields: spec.fields,
-                    key_source: spec.key.source,
+                    key_source: key.source,
                     private_key,
+                    guards,
                 })
             }
             Err(message) => problems.list.push(Diagnostic {
                 severity: Severity::Error,
                 file: file.path.clone(),
-                line: Some(spec.key.pos.line),
-                column: Some(spec.key.pos.column),
+                line: Some(key.pos.line),
+                column: Some(key.pos.column),
                 field: Some("private_key".into()),
                 message: format!("stage `{}`: {message}", spec.fields.name),
             }),
@@ -391,6 +401,75 @@ pub(crate) fn load_file(
     }
     let list = problems.list;
     (file, list)
+}
+
+/// A stage's `guards:` list, item by item against the guard kind's spec:
+/// each item a flow or an identification stage, one flow or identification
+/// stage named once (a second time is an error naming the first). `None`
+/// when any item has an error (the stage is then not planned).
+fn check_guards(
+    list: &yaml::Node,
+    file: &Path,
+    policy: &Policy,
+    problems: &mut check::Problems<'_>,
+) -> Option<Vec<DesiredGuard>> {
+    let key = guard::GUARDS_KEY.key;
+    let errors_before = problems.error_count();
+    let yaml::Kind::Seq(items) = &list.kind else {
+        problems.error_at(
+            list.line,
+            list.column,
+            Some(key),
+            format!(
+                "`{key}` must be a list of guards, found {} (write `{key}: []` for a stage that guards nothing)",
+                list.kind.type_name()
+            ),
+        );
+        return None;
+    };
+    let mut guards: Vec<DesiredGuard> = Vec::new();
+    for item in items {
+        if problems.full() {
+            break;
+        }
+        let Some(spec) = check::check_document(item, &guard::ITEM, policy, problems) else {
+            continue;
+        };
+        let Some(declared) = spec.fields.guard() else {
+            continue;
+        };
+        let origin = Origin {
+            file: file.to_path_buf(),
+            line: spec.origin.line,
+            column: spec.origin.column,
+        };
+        if let Some(first) = guards
+            .iter()
+            .find(|g| g.guard.target() == declared.target())
+        {
+            let field = match declared {
+                Guard::Flow { .. } => "flow",
+                Guard::IdentificationStage { .. } => "identification_stage",
+            };
+            problems.error_at(
+                origin.line,
+                origin.column,
+                Some(field),
+                format!(
+                    "{} is guarded twice in this list (first at line {}, column {}); one binding per flow: merge them",
+                    declared.target(),
+                    first.origin.line,
+                    first.origin.column
+                ),
+            );
+            continue;
+        }
+        guards.push(DesiredGuard {
+            origin,
+            guard: declared,
+        });
+    }
+    (problems.error_count() == errors_before).then_some(guards)
 }
 
 /// Reads the key the manifest at `manifest` references, if the policy allows
@@ -481,6 +560,19 @@ fn check_duplicates(manifests: &mut Manifests) {
     for (u, origin) in manifests.files.iter().flat_map(|f| f.uuid_places.iter()) {
         by_uuid.entry(*u).or_default().push(origin);
     }
+    // An identification stage embeds one captcha: two stages claiming it
+    // would take it from each other at every apply.
+    let mut by_embedding: HashMap<&str, Vec<&Origin>> = HashMap::new();
+    for stage in manifests.stages() {
+        for g in stage.guards.iter().flatten() {
+            if let Guard::IdentificationStage { name } = &g.guard {
+                by_embedding
+                    .entry(name.as_str())
+                    .or_default()
+                    .push(&g.origin);
+            }
+        }
+    }
     let mut found = Vec::new();
     let mut report = |what: String, field: &str, origins: &[&Origin]| {
         // Each place names the others, the first three of them: ten thousand
@@ -518,6 +610,15 @@ fn check_duplicates(manifests: &mut Manifests) {
     for (u, origins) in &by_uuid {
         if origins.len() > 1 {
             report(format!("uuid {u}"), "uuid", origins);
+        }
+    }
+    for (name, origins) in &by_embedding {
+        if origins.len() > 1 {
+            report(
+                format!("identification stage `{name}` (it embeds one captcha)"),
+                "identification_stage",
+                origins,
+            );
         }
     }
     manifests.diagnostics.extend(found);

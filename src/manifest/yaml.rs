@@ -34,7 +34,8 @@ pub(crate) enum Kind {
     Int(i128),
     Float(f64),
     Str(String),
-    Seq,
+    /// A sequence's items (what a list key such as `guards` holds).
+    Seq(Vec<Node>),
     Map(Vec<(Node, Node)>),
 }
 
@@ -47,7 +48,7 @@ impl Kind {
             Kind::Int(_) => "an integer",
             Kind::Float(_) => "a number",
             Kind::Str(_) => "a string",
-            Kind::Seq => "a sequence",
+            Kind::Seq(_) => "a sequence",
             Kind::Map(_) => "a mapping",
         }
     }
@@ -181,8 +182,11 @@ impl<'de> Visitor<'de> for KindVisitor {
         Ok(Kind::Str(String::from_utf8_lossy(v).into_owned()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(Kind::Seq)
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<SpannedNode>()? {
+            items.push(item.0);
+        }
+        Ok(Kind::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
         let mut entries = Vec::new();

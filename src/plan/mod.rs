@@ -67,6 +67,10 @@ use crate::capabilities::Capabilities;
 use crate::kinds::captcha::matching::{self, Matched};
 use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::kinds::field::FieldChange;
+use crate::kinds::guard::{
+    self,
+    matching::{Change as GuardChange, LiveGuards},
+};
 use crate::kinds::{Kind, Object, Origin};
 use crate::secret::{ExposeSecret, KeySource, PrivateKey};
 use crate::state::KeyState;
@@ -195,6 +199,14 @@ impl Action {
         }
     }
 
+    /// What a create or an update sends, to complete it (a guard's stage).
+    pub(crate) fn write_mut(&mut self) -> Option<&mut Write> {
+        match self {
+            Action::Create { write, .. } | Action::Update { write, .. } => Some(write),
+            _ => None,
+        }
+    }
+
     /// What a create or an update sends.
     pub(crate) fn write(&self) -> Option<&Write> {
         match self {
@@ -259,6 +271,8 @@ pub(crate) enum Dependency {
 pub(crate) enum Why {
     /// The other renames its object away from the name this one takes.
     FreesName,
+    /// The other creates the captcha stage this guard binds or embeds.
+    CreatesStage,
 }
 
 /// A live object no manifest names (and that is not managed).
@@ -323,6 +337,47 @@ impl Plan {
         self.entries.iter().filter(|e| e.is_manifest())
     }
 
+    /// The manifest entries in the order plans show them: each stage
+    /// followed by its guards (a guard entry is named `<stage> in ...` and
+    /// declared in its stage's file), then any guard whose stage has no entry.
+    pub(crate) fn shown_entries(&self) -> Vec<&Entry> {
+        let (guards, stages): (Vec<&Entry>, Vec<&Entry>) =
+            self.manifest_entries().partition(|e| e.kind == Kind::Guard);
+        let stage_of = |guard: &Entry| {
+            stages
+                .iter()
+                .filter(|s| {
+                    s.origin.as_ref().map(|o| &o.file) == guard.origin.as_ref().map(|o| &o.file)
+                        && guard
+                            .name
+                            .strip_prefix(s.name.as_str())
+                            .is_some_and(|rest| rest.starts_with(" in "))
+                })
+                .max_by_key(|s| s.name.len())
+                .map(|s| s.id)
+        };
+        let owners: Vec<Option<EntryId>> = guards.iter().map(|g| stage_of(g)).collect();
+        let mut out = Vec::with_capacity(guards.len() + stages.len());
+        for stage in &stages {
+            out.push(*stage);
+            out.extend(
+                guards
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(_, owner)| **owner == Some(stage.id))
+                    .map(|(g, _)| *g),
+            );
+        }
+        out.extend(
+            guards
+                .iter()
+                .zip(&owners)
+                .filter(|(_, owner)| owner.is_none())
+                .map(|(g, _)| *g),
+        );
+        out
+    }
+
     /// The entries for managed objects no manifest declares (deletes, made or
     /// held), sorted by name.
     pub(crate) fn prune_entries(&self) -> impl Iterator<Item = &Entry> {
@@ -337,7 +392,11 @@ impl Plan {
                 on,
                 why: Why::FreesName,
             } => self.entry(*on)?.uuid(),
-            Dependency::EveryWrite => None,
+            Dependency::Entry {
+                why: Why::CreatesStage,
+                ..
+            }
+            | Dependency::EveryWrite => None,
         })
     }
 
@@ -384,7 +443,9 @@ impl Plan {
             .iter()
             .filter_map(|entry| {
                 let write = entry.action.write()?;
-                let Object::CaptchaStage(fields) = &write.object;
+                let Object::CaptchaStage(fields) = &write.object else {
+                    return None;
+                };
                 Some((entry.id, KeyProbe::new(fields, write.secret.as_ref()?)))
             })
             .collect()
@@ -439,6 +500,85 @@ impl Plan {
             }
         }
         self
+    }
+
+    /// Adds one entry per guard of each stage whose manifest has a `guards`
+    /// key ([`guard::matching`]), after the stages' entries and before any
+    /// delete: a guard of a stage to be created waits for that create; a
+    /// stage that cannot be planned plans no guards. `live` is `None` when no
+    /// manifest declares guards (nothing was fetched, nothing is added).
+    pub(crate) fn add_guards(
+        &mut self,
+        desired: &[DesiredStage],
+        live: Option<&LiveGuards>,
+        live_stages: &[LiveStage],
+    ) {
+        let Some(live) = live else { return };
+        let names: BTreeMap<Uuid, String> = live_stages
+            .iter()
+            .map(|l| (l.uuid, l.fields.name.trim().to_owned()))
+            .collect();
+        let stages: Vec<(EntryId, Option<Uuid>)> = self
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::CaptchaStage && e.is_manifest())
+            .map(|e| (e.id, e.uuid()))
+            .collect();
+        for (desired, (stage_entry, stage_uuid)) in desired.iter().zip(stages) {
+            let Some(guards) = &desired.guards else {
+                continue;
+            };
+            if matches!(self.entries[stage_entry.0].action, Action::Error { .. }) {
+                continue;
+            }
+            let name = desired.fields.name.trim();
+            for planned in
+                guard::matching::plan_stage(name, stage_uuid, &desired.origin, guards, live, &names)
+            {
+                let action = match planned.change {
+                    GuardChange::InSync { uuid } => Action::InSync { uuid },
+                    GuardChange::Bind { write } => Action::Create {
+                        write: Write {
+                            object: Object::Guard(write),
+                            secret: None,
+                        },
+                        key: KeyStatus::Unchanged,
+                    },
+                    GuardChange::Update {
+                        uuid,
+                        changes,
+                        write,
+                    } => Action::Update {
+                        uuid,
+                        changes,
+                        write: Write {
+                            object: Object::Guard(write),
+                            secret: None,
+                        },
+                        key: KeyStatus::Unchanged,
+                    },
+                    GuardChange::Unbind { uuid } => Action::Delete { uuid, held: None },
+                    GuardChange::Error { uuid, message } => Action::Error { uuid, message },
+                };
+                let after = if planned.waits_for_stage {
+                    vec![Dependency::Entry {
+                        on: stage_entry,
+                        why: Why::CreatesStage,
+                    }]
+                } else {
+                    Vec::new()
+                };
+                self.entries.push(Entry {
+                    id: EntryId(self.entries.len()),
+                    kind: Kind::Guard,
+                    name: planned.name,
+                    origin: Some(planned.origin),
+                    key_source: None,
+                    action,
+                    after,
+                });
+            }
+        }
     }
 
     /// Adds `deletes` ([`prune::decide`]) after the manifest entries, each
@@ -535,7 +675,9 @@ fn write(inputs: &PlanInputs, desired: &DesiredStage) -> Write {
 fn compare(inputs: &PlanInputs, desired: &DesiredStage, live: &LiveStage) -> Action {
     let caps = inputs.capabilities;
     let write = write(inputs, desired);
-    let Object::CaptchaStage(fields) = &write.object;
+    let Object::CaptchaStage(fields) = &write.object else {
+        unreachable!("a captcha stage's write holds its fields")
+    };
     let changes = live
         .fields
         .clone()

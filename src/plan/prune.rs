@@ -112,6 +112,45 @@ pub(crate) fn candidates<'a>(
     out
 }
 
+/// `users` of a prune candidate without those the same plan removes first:
+/// a binding its guards unbind, an identification stage a guard makes embed
+/// another captcha (or none), and the flows when no binding is left. Such a
+/// stage may be pruned in the same plan: its delete waits for every write,
+/// and `apply` asks `used_by` again before it.
+pub(crate) fn without_removed_guards(users: Vec<UsedBy>, plan: &Plan) -> Vec<UsedBy> {
+    use crate::plan::Action;
+    let mut unbound = BTreeSet::new();
+    let mut reembedded = BTreeSet::new();
+    for entry in plan.manifest_entries().filter(|e| e.kind == Kind::Guard) {
+        match &entry.action {
+            Action::Delete { uuid, held: None } => {
+                unbound.insert(uuid.to_string());
+            }
+            Action::Update { uuid, write, .. }
+                if matches!(
+                    &write.object,
+                    crate::kinds::Object::Guard(crate::kinds::guard::GuardWrite::Embedding(_))
+                ) =>
+            {
+                reembedded.insert(uuid.to_string());
+            }
+            _ => {}
+        }
+    }
+    let mut left: Vec<UsedBy> = users
+        .into_iter()
+        .filter(|u| match u.model_name.as_str() {
+            "flowstagebinding" => !unbound.contains(&u.pk),
+            "identificationstage" => !reembedded.contains(&u.pk),
+            _ => true,
+        })
+        .collect();
+    if !left.iter().any(|u| u.model_name == "flowstagebinding") {
+        left.retain(|u| u.model_name != "flow");
+    }
+    left
+}
+
 /// Managed stages that are not live any more (deleted out of band): to be
 /// dropped from the inventory. Only meaningful with a complete live list.
 pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
@@ -226,7 +265,14 @@ pub(crate) fn describe_users(users: &[UsedBy]) -> Vec<String> {
             ),
             model => format!("used by {model} `{}`", u.name),
         })
-        .collect()
+        .fold(Vec::new(), |mut lines, line| {
+            // authentik lists a flow once per binding: a stage bound twice
+            // to one flow is said once.
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+            lines
+        })
 }
 
 /// authentik names a flow `Flow <name> (<slug>)`: the slug, as users know it.
@@ -245,6 +291,21 @@ mod tests {
     use crate::kinds::captcha::StageFields;
     use crate::plan::{PlanInputs, plan};
     use crate::state::{KeyState, ManagedAs};
+
+    #[test]
+    fn a_flow_listed_once_per_binding_is_said_once() {
+        let flow = |pk: &str| UsedBy {
+            app: "authentik_flows".into(),
+            model_name: "flow".into(),
+            pk: pk.into(),
+            name: "Flow login (login)".into(),
+            action: "cascade_many".into(),
+        };
+        assert_eq!(
+            describe_users(&[flow("1"), flow("1")]),
+            ["bound to flow `login`"]
+        );
+    }
 
     fn live(name: &str, n: u128) -> LiveStage {
         LiveStage {

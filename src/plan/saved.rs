@@ -156,24 +156,38 @@ pub(crate) struct SavedEntry {
 #[serde(untagged)]
 pub(crate) enum SavedFields {
     CaptchaStage(StageFields),
+    /// A guard's write as plans show it (flow slug and binding fields, or
+    /// identification stage and captcha): compared with the fresh plan's as
+    /// JSON, since the uuids it resolves to are looked up again.
+    Guard(serde_json::Value),
 }
 
 impl SavedFields {
     fn of(object: &Object) -> Self {
         match object {
             Object::CaptchaStage(fields) => SavedFields::CaptchaStage(fields.clone()),
+            Object::Guard(write) => {
+                SavedFields::Guard(serde_json::to_value(write).unwrap_or_default())
+            }
         }
     }
 
-    fn to_object(&self) -> Object {
-        match self {
-            SavedFields::CaptchaStage(fields) => Object::CaptchaStage(fields.clone()),
+    /// Whether `object` writes what these fields say.
+    fn same_as(&self, object: &Object) -> bool {
+        match (self, object) {
+            (SavedFields::CaptchaStage(fields), Object::CaptchaStage(other)) => fields == other,
+            (SavedFields::Guard(saved), Object::Guard(write)) => {
+                serde_json::to_value(write).is_ok_and(|fresh| &fresh == saved)
+            }
+            _ => false,
         }
     }
 
-    fn name(&self) -> &str {
+    /// The name of the object written, for a kind whose fields hold it.
+    fn name(&self) -> Option<&str> {
         match self {
-            SavedFields::CaptchaStage(fields) => fields.name.trim(),
+            SavedFields::CaptchaStage(fields) => Some(fields.name.trim()),
+            SavedFields::Guard(_) => None,
         }
     }
 }
@@ -452,6 +466,41 @@ fn desired_digest(desired: &DesiredStage) -> String {
     })
 }
 
+/// A guard entry's live side as planned: the object it matched and the live
+/// values its diff shows (a binding moved since shows another `old`).
+fn guard_live_digest(entry: &Entry) -> Option<String> {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        uuid: Uuid,
+        old: Vec<(&'a str, String)>,
+    }
+    let old = match &entry.action {
+        Action::Update { changes, .. } => changes
+            .iter()
+            .map(|c| (c.field, c.old.to_string()))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(digest_of(&Pinned {
+        uuid: entry.uuid()?,
+        old,
+    }))
+}
+
+/// A guard entry's desired side: its name and what it writes (nothing for
+/// one in sync or an unbind).
+fn guard_desired_digest(entry: &Entry) -> String {
+    #[derive(Serialize)]
+    struct Pinned<'a> {
+        name: &'a str,
+        fields: Option<SavedFields>,
+    }
+    digest_of(&Pinned {
+        name: &entry.name,
+        fields: entry.action.write().map(|w| SavedFields::of(&w.object)),
+    })
+}
+
 fn key_digest(salt: &[u8], entry: usize, key: &PrivateKey) -> String {
     let mut entry_salt = salt.to_vec();
     entry_salt.extend_from_slice(&(entry as u64).to_be_bytes());
@@ -494,7 +543,11 @@ impl SavedPlan {
             .map(|(id, entry)| {
                 // A manifest entry's plan id is its manifest's index (manifest
                 // entries come first, in input order).
-                let manifest = entry.origin.as_ref().and_then(|_| desired.get(entry.id.0));
+                let manifest = entry
+                    .origin
+                    .as_ref()
+                    .filter(|_| entry.kind == Kind::CaptchaStage)
+                    .and_then(|_| desired.get(entry.id.0));
                 let (action, uuid, write, changes, key) = match &entry.action {
                     Action::Create { write, key } => {
                         (SavedAction::Create, None, Some(write), &[][..], Some(*key))
@@ -541,15 +594,23 @@ impl SavedPlan {
                     pinned_uuid: manifest.and_then(|m| m.uuid),
                     after,
                     key_source: entry.key_source.as_ref().map(ToString::to_string),
-                    private_key: key,
+                    private_key: key.filter(|_| entry.key_source.is_some()),
                     changes: changes.to_vec(),
                     fields: write.map(|w| SavedFields::of(&w.object)),
-                    digests: SavedDigests {
-                        live: uuid
-                            .and_then(|u| live_by_uuid.get(&u))
-                            .map(|l| live_digest(l, capabilities)),
-                        desired: manifest.map(desired_digest),
-                        key: manifest.map(|m| key_digest(&salt, id, &m.private_key)),
+                    digests: if entry.kind == Kind::Guard {
+                        SavedDigests {
+                            live: guard_live_digest(entry),
+                            desired: Some(guard_desired_digest(entry)),
+                            key: None,
+                        }
+                    } else {
+                        SavedDigests {
+                            live: uuid
+                                .and_then(|u| live_by_uuid.get(&u))
+                                .map(|l| live_digest(l, capabilities)),
+                            desired: manifest.map(desired_digest),
+                            key: manifest.map(|m| key_digest(&salt, id, &m.private_key)),
+                        }
                     },
                 }
             })
@@ -625,15 +686,36 @@ impl SavedPlan {
             if entry.id != position {
                 return Err(at("its id is not its position"));
             }
-            // Only a rename frees a name: `after` names another entry's update.
+            // Only a rename frees a name: `after` names another entry's
+            // update; a guard waits for its stage's create.
+            let waited_for = match entry.kind {
+                Kind::CaptchaStage => SavedAction::Update,
+                Kind::Guard => SavedAction::Create,
+            };
             if let Some(after) = entry.after
                 && (after == position
-                    || self.entries.get(after).map(|a| a.action) != Some(SavedAction::Update))
+                    || self.entries.get(after).map(|a| a.action) != Some(waited_for))
             {
                 return Err(at("`after` names no other entry's update"));
             }
             let d = &entry.digests;
             let needs = match entry.action {
+                // A guard has no key; its digests are its own.
+                SavedAction::Create | SavedAction::Update if entry.kind == Kind::Guard => {
+                    entry.fields.is_some()
+                        && entry.key_source.is_none()
+                        && d.desired.is_some()
+                        && d.key.is_none()
+                        && (entry.uuid.is_some() == (entry.action == SavedAction::Update))
+                        && (entry.uuid.is_some() == d.live.is_some())
+                }
+                SavedAction::InSync if entry.kind == Kind::Guard => {
+                    entry.uuid.is_some()
+                        && entry.fields.is_none()
+                        && d.live.is_some()
+                        && d.desired.is_some()
+                        && d.key.is_none()
+                }
                 SavedAction::Create => {
                     entry.uuid.is_none()
                         && entry.fields.is_some()
@@ -751,6 +833,13 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
     let mut paired: BTreeSet<EntryId> = BTreeSet::new();
     for entry in &saved.entries {
         let found = match entry.action {
+            // A guard: the fresh entry of the same guard (its name says
+            // stage and target).
+            _ if entry.kind == Kind::Guard => fresh
+                .plan
+                .manifest_entries()
+                .find(|e| e.kind == Kind::Guard && e.name == entry.name)
+                .map(|e| e.id),
             SavedAction::Delete => fresh
                 .plan
                 .prune_entries()
@@ -789,7 +878,22 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         };
         let mut changes = Vec::new();
 
-        if let Some(uuid) = entry.uuid {
+        if entry.kind == Kind::Guard {
+            match fresh_id.and_then(|id| fresh.plan.entry(id)) {
+                None => changes.push(Change::ManifestChanged {
+                    detail: Some("no manifest declares this guard any more".into()),
+                }),
+                Some(now) => {
+                    if entry.digests.live.is_some() && entry.digests.live != guard_live_digest(now)
+                    {
+                        changes.push(Change::LiveEdited);
+                    }
+                    if entry.digests.desired.as_deref() != Some(&guard_desired_digest(now)) {
+                        changes.push(Change::ManifestChanged { detail: None });
+                    }
+                }
+            }
+        } else if let Some(uuid) = entry.uuid {
             match live_by_uuid.get(&uuid) {
                 None => changes.push(Change::StageGone),
                 Some(live) => {
@@ -800,10 +904,16 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
             }
         }
         let manifest = match entry.action {
+            _ if entry.kind == Kind::Guard => None,
             SavedAction::Delete => None,
             _ => fresh_id.map(|id| &fresh.desired[id.0]),
         };
-        if let Some(desired_digest_then) = &entry.digests.desired {
+        if let Some(desired_digest_then) = entry
+            .digests
+            .desired
+            .as_ref()
+            .filter(|_| entry.kind != Kind::Guard)
+        {
             match manifest {
                 None => changes.push(Change::ManifestChanged {
                     detail: Some("no manifest declares this stage any more".into()),
@@ -974,7 +1084,7 @@ fn compare(
         return Ok(());
     }
     if let (Some(fields), Some(write)) = (&entry.fields, fresh_entry.action.write())
-        && fields.to_object() != write.object
+        && !fields.same_as(&write.object)
     {
         // The manifest is as planned but the file would write something
         // else: a made-up file with a recomputed digest.
@@ -986,7 +1096,8 @@ fn compare(
     if entry
         .fields
         .as_ref()
-        .is_some_and(|f| f.name() != entry.name)
+        .and_then(SavedFields::name)
+        .is_some_and(|name| name != entry.name)
     {
         return Err(Comparison::Corrupt(format!(
             "entry {} ({:?}) is named otherwise than the stage it writes",
@@ -997,7 +1108,7 @@ fn compare(
     let fresh_after = fresh_entry.after.iter().find_map(|d| match d {
         Dependency::Entry {
             on,
-            why: Why::FreesName,
+            why: Why::FreesName | Why::CreatesStage,
         } => Some(*on),
         Dependency::EveryWrite => None,
     });

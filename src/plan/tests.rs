@@ -33,6 +33,7 @@ fn desired(name: &str, uuid: Option<u128>) -> DesiredStage {
         fields: StageFields::with_defaults(name, "site-key"),
         key_source: KeySource::Env("CAPTCHA_KEY".into()),
         private_key: SecretString::from("k"),
+        guards: None,
     }
 }
 
@@ -692,7 +693,9 @@ fn apply_model(
             };
             match &stage.action {
                 Action::Create { write, .. } => {
-                    let Object::CaptchaStage(fields) = &write.object;
+                    let Object::CaptchaStage(fields) = &write.object else {
+                        panic!("a captcha stage write")
+                    };
                     let f = stored(fields, caps);
                     if taken(&f.name, None, live) {
                         return Err(format!("create of taken name {:?}", f.name));
@@ -703,7 +706,9 @@ fn apply_model(
                     keys.record(uuid, key);
                 }
                 Action::Update { uuid, write, .. } => {
-                    let Object::CaptchaStage(fields) = &write.object;
+                    let Object::CaptchaStage(fields) = &write.object else {
+                        panic!("a captcha stage write")
+                    };
                     let f = stored(fields, caps);
                     if taken(&f.name, Some(*uuid), live) {
                         return Err(format!("rename to taken name {:?}", f.name));
@@ -820,6 +825,7 @@ fn desired_stages() -> impl Strategy<Value = Vec<DesiredStage>> {
                 fields,
                 key_source: KeySource::Env("K".into()),
                 private_key: SecretString::from(key),
+                guards: None,
             })
             .collect()
     })

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{Action, Plan};
-use crate::kinds::captcha;
+use crate::kinds::{Kind, Object, captcha, guard};
 
 /// One security-relevant change of one stage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -27,6 +27,12 @@ pub(crate) struct Warning {
 impl Warning {
     /// What the change means, without the stage's name.
     pub(crate) fn message(&self) -> String {
+        if self.field == GUARD_REMOVED {
+            return format!(
+                "a guard is removed: {} runs without this captcha (guards)",
+                self.from
+            );
+        }
         let what = captcha::warnings::meaning(self.field);
         format!("{what}: {} -> {} ({})", self.from, self.to, self.field)
     }
@@ -35,13 +41,39 @@ impl Warning {
 /// `stage `name`: the key will be sent to a new host: a -> b (api_url)`.
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field == GUARD_REMOVED {
+            let (captcha, _) = guard::split_name(&self.stage);
+            return write!(f, "captcha `{captcha}`: {}", self.message());
+        }
         write!(f, "stage `{}`: {}", self.stage, self.message())
     }
 }
 
-/// Every security-relevant change in `plan`, in entry order.
+/// The `field` of a warning that a guard is removed.
+const GUARD_REMOVED: &str = "guards";
+
+/// Every security-relevant change in `plan`, in entry order: a key or a
+/// script moving host, a guard removed (a login flow loses its captcha).
 pub(crate) fn warnings(plan: &Plan) -> Vec<Warning> {
     let mut found = Vec::new();
+    for entry in plan.entries.iter().filter(|e| e.kind == Kind::Guard) {
+        let removed = match &entry.action {
+            Action::Delete { held: None, .. } => true,
+            Action::Update { write, .. } => {
+                matches!(&write.object, Object::Guard(w) if guard::matching::removes(w))
+            }
+            _ => false,
+        };
+        if removed {
+            let (_, what) = guard::split_name(&entry.name);
+            found.push(Warning {
+                stage: entry.name.clone(),
+                field: GUARD_REMOVED,
+                from: what.to_owned(),
+                to: String::new(),
+            });
+        }
+    }
     for stage in &plan.entries {
         let Action::Update { changes, .. } = &stage.action else {
             continue;

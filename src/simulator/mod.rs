@@ -168,6 +168,12 @@ impl SimHandle {
             name: name.trim().to_owned(),
             component: component.to_owned(),
             captcha_stage: captcha,
+            // authentik's default identification stage identifies by both.
+            user_fields: if component == "ak-stage-identification-form" {
+                vec!["email".into(), "username".into()]
+            } else {
+                Vec::new()
+            },
         });
         uuid
     }
@@ -188,13 +194,9 @@ impl SimHandle {
     /// Binds a stage into `flow` at `order`: fills the stage's `flow_set` and
     /// `used_by`. Returns the binding's uuid.
     pub fn bind(&self, flow: Uuid, stage: Uuid, order: i64) -> Uuid {
-        let binding_uuid = Uuid::new_v4();
-        lock(&self.shared.store).bindings.push(FlowBinding {
-            flow,
-            binding_uuid,
-            stage,
-            order,
-        });
+        let binding = FlowBinding::new(flow, stage, order);
+        let binding_uuid = binding.binding_uuid;
+        lock(&self.shared.store).bindings.push(binding);
         binding_uuid
     }
 
@@ -214,6 +216,57 @@ impl SimHandle {
             .filter(|b| b.flow == flow)
             .map(|b| (b.stage, b.order))
             .collect()
+    }
+
+    /// Every binding of `stage`, as `(binding, flow, order)`.
+    pub fn bindings_of_stage(&self, stage: Uuid) -> Vec<(Uuid, Uuid, i64)> {
+        lock(&self.shared.store)
+            .bindings
+            .iter()
+            .filter(|b| b.stage == stage)
+            .map(|b| (b.binding_uuid, b.flow, b.order))
+            .collect()
+    }
+
+    /// Removes a binding out of band, as someone in the UI would.
+    pub fn unbind(&self, binding: Uuid) -> bool {
+        let mut store = lock(&self.shared.store);
+        let before = store.bindings.len();
+        store.bindings.retain(|b| b.binding_uuid != binding);
+        before != store.bindings.len()
+    }
+
+    /// Moves a binding to another order out of band.
+    pub fn set_binding_order(&self, binding: Uuid, order: i64) {
+        let mut store = lock(&self.shared.store);
+        if let Some(b) = store
+            .bindings
+            .iter_mut()
+            .find(|b| b.binding_uuid == binding)
+        {
+            b.order = order;
+        }
+    }
+
+    /// Sets an identification stage's `captcha_stage` out of band.
+    pub fn embed(&self, identification_stage: Uuid, captcha: Option<Uuid>) {
+        let mut store = lock(&self.shared.store);
+        if let Some(o) = store
+            .others
+            .iter_mut()
+            .find(|o| o.uuid == identification_stage)
+        {
+            o.captcha_stage = captcha;
+        }
+    }
+
+    /// An identification stage's `user_fields`; `None` if no such stage.
+    pub fn user_fields_of(&self, identification_stage: Uuid) -> Option<Vec<String>> {
+        lock(&self.shared.store)
+            .others
+            .iter()
+            .find(|o| o.uuid == identification_stage)
+            .map(|o| o.user_fields.clone())
     }
 
     /// An identification stage's `captcha_stage`; `None` if no such stage.

@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::store::{NAME_INDEX_LIMIT, Store, WriteMode};
+
+mod guards;
 
 pub(crate) const ALLOW_LIST: &str = "GET, POST, HEAD, OPTIONS";
 pub(crate) const ALLOW_ONE: &str = "GET, PUT, PATCH, DELETE, HEAD, OPTIONS";
@@ -26,6 +28,16 @@ pub(crate) enum Route {
     CaptchaOne(String),
     CaptchaUsedBy(String),
     AllStages,
+    /// `/flows/instances/`, and one flow by its slug.
+    FlowList,
+    FlowOne(String),
+    /// `/flows/bindings/`, one binding, and its `used_by`.
+    BindingList,
+    BindingOne(String),
+    BindingUsedBy(String),
+    /// `/stages/identification/` and one identification stage.
+    IdentificationList,
+    IdentificationOne(String),
     Unknown,
 }
 
@@ -48,6 +60,17 @@ impl Route {
             ["stages", "captcha", id, "used_by"] if lookup(id) => {
                 Route::CaptchaUsedBy((*id).to_owned())
             }
+            ["flows", "instances"] => Route::FlowList,
+            ["flows", "instances", slug] if lookup(slug) => Route::FlowOne((*slug).to_owned()),
+            ["flows", "bindings"] => Route::BindingList,
+            ["flows", "bindings", id] if lookup(id) => Route::BindingOne((*id).to_owned()),
+            ["flows", "bindings", id, "used_by"] if lookup(id) => {
+                Route::BindingUsedBy((*id).to_owned())
+            }
+            ["stages", "identification"] => Route::IdentificationList,
+            ["stages", "identification", id] if lookup(id) => {
+                Route::IdentificationOne((*id).to_owned())
+            }
             _ => Route::Unknown,
         }
     }
@@ -60,21 +83,45 @@ impl Route {
             Route::CaptchaOne(_) => "/api/v3/stages/captcha/{uuid}/",
             Route::CaptchaUsedBy(_) => "/api/v3/stages/captcha/{uuid}/used_by/",
             Route::AllStages => "/api/v3/stages/all/",
+            Route::FlowList => "/api/v3/flows/instances/",
+            Route::FlowOne(_) => "/api/v3/flows/instances/{slug}/",
+            Route::BindingList => "/api/v3/flows/bindings/",
+            Route::BindingOne(_) => "/api/v3/flows/bindings/{uuid}/",
+            Route::BindingUsedBy(_) => "/api/v3/flows/bindings/{uuid}/used_by/",
+            Route::IdentificationList => "/api/v3/stages/identification/",
+            Route::IdentificationOne(_) => "/api/v3/stages/identification/{uuid}/",
             Route::Unknown => "(unknown route)",
         }
     }
 
-    fn allow(&self) -> Option<&'static str> {
+    pub(crate) fn allow(&self) -> Option<&'static str> {
         match self {
-            Route::CaptchaList => Some(ALLOW_LIST),
-            Route::CaptchaOne(_) => Some(ALLOW_ONE),
-            Route::Version | Route::CaptchaUsedBy(_) | Route::AllStages => Some(ALLOW_READ),
+            Route::CaptchaList
+            | Route::FlowList
+            | Route::BindingList
+            | Route::IdentificationList => Some(ALLOW_LIST),
+            Route::CaptchaOne(_)
+            | Route::FlowOne(_)
+            | Route::BindingOne(_)
+            | Route::IdentificationOne(_) => Some(ALLOW_ONE),
+            Route::Version
+            | Route::CaptchaUsedBy(_)
+            | Route::AllStages
+            | Route::BindingUsedBy(_) => Some(ALLOW_READ),
             Route::Unknown => None,
         }
     }
 
     fn is_detail(&self) -> bool {
-        matches!(self, Route::CaptchaOne(_) | Route::CaptchaUsedBy(_))
+        matches!(
+            self,
+            Route::CaptchaOne(_)
+                | Route::CaptchaUsedBy(_)
+                | Route::FlowOne(_)
+                | Route::BindingOne(_)
+                | Route::BindingUsedBy(_)
+                | Route::IdentificationOne(_)
+        )
     }
 }
 
@@ -97,7 +144,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn json(status: u16, route: &Route, value: Value) -> Reply {
+    pub(crate) fn json(status: u16, route: &Route, value: Value) -> Reply {
         Reply {
             status,
             allow: route.allow(),
@@ -105,7 +152,7 @@ impl Reply {
         }
     }
 
-    fn detail(status: u16, route: &Route, detail: &str) -> Reply {
+    pub(crate) fn detail(status: u16, route: &Route, detail: &str) -> Reply {
         Reply::json(status, route, json!({ "detail": detail }))
     }
 
@@ -202,6 +249,16 @@ pub(crate) fn answer(store: &mut Store, req: &Incoming<'_>) -> Reply {
             Ok(uuid) => Reply::json(200, &route, store.used_by(uuid)),
             Err(reply) => reply,
         },
+        (
+            Route::FlowList
+            | Route::FlowOne(_)
+            | Route::BindingList
+            | Route::BindingOne(_)
+            | Route::BindingUsedBy(_)
+            | Route::IdentificationList
+            | Route::IdentificationOne(_),
+            _,
+        ) => guards::answer(store, &route, req, &query),
         (_, method) => Reply::detail(405, &route, &format!("Method \"{method}\" not allowed.")),
     }
 }
@@ -322,30 +379,9 @@ fn write(
     uuid: Option<Uuid>,
     mode: WriteMode,
 ) -> Reply {
-    let body = match parse_body(route, req) {
-        Ok(v) => v,
+    let map = match body_object(route, req) {
+        Ok(map) => map,
         Err(reply) => return reply,
-    };
-    let Value::Object(map) = body else {
-        let got = match body {
-            Value::Array(_) => "list",
-            Value::String(_) => "str",
-            Value::Bool(_) => "bool",
-            Value::Number(n) if n.is_f64() => "float",
-            Value::Number(_) => "int",
-            _ => {
-                return Reply::json(
-                    400,
-                    route,
-                    json!({"non_field_errors": ["No data provided"]}),
-                );
-            }
-        };
-        return Reply::json(
-            400,
-            route,
-            json!({"non_field_errors": [format!("Invalid data. Expected a dictionary, but got {got}.")]}),
-        );
     };
     let validated = match store.validate(&map, mode, uuid) {
         Ok(v) => v,
@@ -364,6 +400,34 @@ fn write(
             Reply::json(200, route, render(store, uuid))
         }
     }
+}
+
+/// A write's body as DRF reads it: a JSON object, or the 400 (or 415, or
+/// the empty 405) authentik answers instead.
+pub(crate) fn body_object(route: &Route, req: &Incoming<'_>) -> Result<Map<String, Value>, Reply> {
+    let body = parse_body(route, req)?;
+    let Value::Object(map) = body else {
+        let got = match body {
+            Value::Array(_) => "list",
+            Value::String(_) => "str",
+            Value::Bool(_) => "bool",
+            Value::Number(n) if n.is_f64() => "float",
+            Value::Number(_) => "int",
+            _ => {
+                return Err(Reply::json(
+                    400,
+                    route,
+                    json!({"non_field_errors": ["No data provided"]}),
+                ));
+            }
+        };
+        return Err(Reply::json(
+            400,
+            route,
+            json!({"non_field_errors": [format!("Invalid data. Expected a dictionary, but got {got}.")]}),
+        ));
+    };
+    Ok(map)
 }
 
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
@@ -401,23 +465,7 @@ fn list_all(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply 
         .map(|rec| Row {
             name: &rec.fields.name,
             public_key: None,
-            render: Box::new(move || {
-                let mut json = store.render(rec);
-                if let Some(o) = json.as_object_mut() {
-                    o.retain(|k, _| {
-                        matches!(
-                            k.as_str(),
-                            "pk" | "name"
-                                | "component"
-                                | "verbose_name"
-                                | "verbose_name_plural"
-                                | "meta_model_name"
-                                | "flow_set"
-                        )
-                    });
-                }
-                json
-            }),
+            render: Box::new(move || stage_fields_only(store.render(rec))),
         })
         .collect();
     rows.extend(store.others.iter().map(|rec| Row {
@@ -428,13 +476,32 @@ fn list_all(store: &Store, route: &Route, q: &HashMap<String, String>) -> Reply 
     paginate(store, route, q, rows)
 }
 
+/// A stage with the fields of authentik's `Stage` only (what `/stages/all/`
+/// and a binding's `stage_obj` show).
+pub(crate) fn stage_fields_only(mut json: Value) -> Value {
+    if let Some(o) = json.as_object_mut() {
+        o.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "pk" | "name"
+                    | "component"
+                    | "verbose_name"
+                    | "verbose_name_plural"
+                    | "meta_model_name"
+                    | "flow_set"
+            )
+        });
+    }
+    json
+}
+
 /// Filters (`name`, `public_key` exact; `search` case-insensitive on the name),
 /// orders (`name` / `-name`, byte order; others ignored) and pages.
 fn paginate(
     store: &Store,
     route: &Route,
     q: &HashMap<String, String>,
-    mut rows: Vec<Row>,
+    mut rows: Vec<Row<'_>>,
 ) -> Reply {
     if let Some(name) = q.get("name") {
         rows.retain(|r| r.name == name.as_str());
@@ -462,7 +529,23 @@ fn paginate(
     if descending {
         rows.reverse();
     }
+    page(
+        store,
+        route,
+        q,
+        rows.into_iter().map(|r| r.render).collect(),
+    )
+}
 
+/// Pages rows already filtered and ordered (`page_size` capped, `page`
+/// a number or `last`, past the end 404 `Invalid page.`); only the rows on
+/// the page are rendered.
+pub(crate) fn page(
+    store: &Store,
+    route: &Route,
+    q: &HashMap<String, String>,
+    rows: Vec<Box<dyn Fn() -> Value + '_>>,
+) -> Reply {
     let size = q
         .get("page_size")
         .and_then(|s| s.trim().parse::<usize>().ok())
@@ -485,7 +568,7 @@ fn paginate(
         .into_iter()
         .skip(start)
         .take(size)
-        .map(|r| (r.render)())
+        .map(|render| render())
         .collect();
     let (start_index, end_index) = if count == 0 {
         (0, 0)

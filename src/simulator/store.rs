@@ -38,6 +38,8 @@ pub(crate) struct OtherRecord {
     pub(crate) component: String,
     /// An identification stage's embedded captcha stage.
     pub(crate) captcha_stage: Option<Uuid>,
+    /// An identification stage's `user_fields`.
+    pub(crate) user_fields: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -53,8 +55,31 @@ pub(crate) struct FlowRecord {
 pub(crate) struct FlowBinding {
     pub(crate) flow: Uuid,
     pub(crate) binding_uuid: Uuid,
+    /// `policybindingmodel_ptr_id`: what policies bound to the binding hang on.
+    pub(crate) ptr: Uuid,
     pub(crate) stage: Uuid,
     pub(crate) order: i64,
+    pub(crate) evaluate_on_plan: bool,
+    pub(crate) re_evaluate_policies: bool,
+    pub(crate) policy_engine_mode: String,
+    pub(crate) invalid_response_action: String,
+}
+
+impl FlowBinding {
+    /// A binding with authentik's defaults for its options.
+    pub(crate) fn new(flow: Uuid, stage: Uuid, order: i64) -> FlowBinding {
+        FlowBinding {
+            flow,
+            binding_uuid: Uuid::new_v4(),
+            ptr: Uuid::new_v4(),
+            stage,
+            order,
+            evaluate_on_plan: false,
+            re_evaluate_policies: true,
+            policy_engine_mode: "any".into(),
+            invalid_response_action: "retry".into(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -106,7 +131,7 @@ impl Store {
         )
     }
 
-    fn name_taken(&self, name: &str, except: Option<Uuid>) -> bool {
+    pub(crate) fn name_taken(&self, name: &str, except: Option<Uuid>) -> bool {
         self.captcha
             .iter()
             .any(|s| s.fields.name == name && Some(s.uuid) != except)
@@ -154,6 +179,7 @@ impl Store {
                 }
                 FieldType::Bool => boolean_field(raw).map(FieldValue::Bool),
                 FieldType::Fraction => float_field(raw).map(FieldValue::Num),
+                FieldType::Integer => integer_field(raw).map(FieldValue::Int),
                 FieldType::Choice(choices) => choice_field(raw, choices).map(FieldValue::Str),
             };
             match coerced {
@@ -242,6 +268,7 @@ impl Store {
                 FieldValue::Str(s) => json!(s),
                 FieldValue::Bool(b) => json!(b),
                 FieldValue::Num(n) => number(n),
+                FieldValue::Int(n) => json!(n),
                 FieldValue::Absent => Value::Null,
             };
             o.insert(spec.key.into(), value);
@@ -250,7 +277,7 @@ impl Store {
     }
 
     /// The fields every stage type shows (authentik's `Stage`).
-    fn stage_base(
+    pub(crate) fn stage_base(
         &self,
         uuid: Uuid,
         name: &str,
@@ -297,20 +324,17 @@ impl Store {
         )
     }
 
-    /// The flows `stage` is bound to, once each, in binding order.
+    /// The flows `stage` is bound to, once per binding (a stage bound twice
+    /// to one flow lists it twice, as recorded), in binding order.
     fn flows_of(&self, stage: Uuid) -> Vec<&FlowRecord> {
-        let mut flows: Vec<&FlowRecord> = Vec::new();
-        for b in self.bindings.iter().filter(|b| b.stage == stage) {
-            if let Some(flow) = self.flows.iter().find(|f| f.uuid == b.flow)
-                && !flows.iter().any(|f| f.uuid == flow.uuid)
-            {
-                flows.push(flow);
-            }
-        }
-        flows
+        self.bindings
+            .iter()
+            .filter(|b| b.stage == stage)
+            .filter_map(|b| self.flows.iter().find(|f| f.uuid == b.flow))
+            .collect()
     }
 
-    fn flow_set(&self, stage: Uuid) -> Value {
+    pub(crate) fn flow_set(&self, stage: Uuid) -> Value {
         Value::Array(
             self.flows_of(stage)
                 .into_iter()
@@ -394,7 +418,7 @@ fn number(n: f64) -> Value {
 
 /// DRF `CharField` (trim_whitespace, no blank): numbers are stringified, a
 /// boolean or a container is refused.
-fn char_field(v: &Value) -> Result<String, String> {
+pub(crate) fn char_field(v: &Value) -> Result<String, String> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => python_str(n),
@@ -421,7 +445,7 @@ fn python_str(n: &serde_json::Number) -> String {
 }
 
 /// DRF `BooleanField`: its TRUE_VALUES and FALSE_VALUES, nothing else.
-fn boolean_field(v: &Value) -> Result<bool, String> {
+pub(crate) fn boolean_field(v: &Value) -> Result<bool, String> {
     const TRUE: [&str; 14] = [
         "t", "T", "y", "Y", "yes", "Yes", "YES", "true", "True", "TRUE", "on", "On", "ON", "1",
     ];
@@ -451,8 +475,21 @@ fn float_field(v: &Value) -> Result<f64, String> {
     }
 }
 
+/// DRF `IntegerField`: integers, and strings or floats that are whole numbers.
+pub(crate) fn integer_field(v: &Value) -> Result<i64, String> {
+    const INVALID: &str = "A valid integer is required.";
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .ok_or_else(|| INVALID.to_owned()),
+        Value::String(s) => s.trim().parse::<i64>().map_err(|_| INVALID.to_owned()),
+        _ => Err(INVALID.into()),
+    }
+}
+
 /// DRF `ChoiceField` over `choices`.
-fn choice_field(v: &Value, choices: &[&str]) -> Result<String, String> {
+pub(crate) fn choice_field(v: &Value, choices: &[&str]) -> Result<String, String> {
     let s = match v {
         Value::String(s) => s.clone(),
         Value::Number(n) => python_str(n),
@@ -521,6 +558,7 @@ mod tests {
             name: "taken".into(),
             component: "ak-stage-identification-form".into(),
             captcha_stage: None,
+            user_fields: Vec::new(),
         });
         let errors = s
             .validate(
@@ -584,6 +622,7 @@ mod tests {
             name: "n".into(),
             component: "ak-stage-identification-form".into(),
             captcha_stage: None,
+            user_fields: Vec::new(),
         });
         assert_eq!(v["verbose_name"], "Identification Stage");
         assert_eq!(

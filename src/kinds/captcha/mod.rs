@@ -174,7 +174,9 @@ pub(crate) const MANIFEST: ManifestSpec<StageFields> = ManifestSpec {
         key: "uuid",
         doc: "Pins the manifest to an existing stage, so a rename is a rename.",
     }),
+    list: Some(crate::kinds::guard::GUARDS_KEY),
     rules: thresholds_in_order,
+    what: "a manifest document must be a mapping of stage fields",
 };
 
 /// `score_min_threshold <= score_max_threshold`, checked against authentik's
@@ -293,6 +295,9 @@ pub struct DesiredStage {
     pub fields: StageFields,
     pub key_source: KeySource,
     pub private_key: PrivateKey,
+    /// What it guards; `None` when the manifest has no `guards` key (where
+    /// the stage is used is then not managed).
+    pub guards: Option<Vec<crate::kinds::guard::DesiredGuard>>,
 }
 
 #[cfg(test)]
@@ -310,6 +315,7 @@ impl DesiredStage {
             fields: StageFields::with_defaults(name, "site"),
             key_source: crate::secret::KeySource::Env("KEY".into()),
             private_key: crate::secret::SecretString::from("k"),
+            guards: None,
         }
     }
 }

@@ -77,6 +77,10 @@ struct JsonOrigin {
 
 #[derive(Serialize)]
 struct JsonStage<'a> {
+    /// `guard` for what a stage guards; left out for a captcha stage, so
+    /// plans without guards read as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<crate::kinds::Kind>,
     action: &'static str,
     name: &'a str,
     origin: JsonOrigin,
@@ -105,7 +109,8 @@ struct JsonKeyCheck<'a> {
 /// The plan as one pretty-printed JSON document, with a trailing newline.
 pub fn render_json(plan: &Plan) -> String {
     let stages = plan
-        .manifest_entries()
+        .shown_entries()
+        .into_iter()
         .map(|s| {
             let (action, uuid, key, changes, fields, message): (_, _, _, &[FieldChange], _, _) =
                 match &s.action {
@@ -139,6 +144,7 @@ pub fn render_json(plan: &Plan) -> String {
                     Action::Delete { uuid, .. } => ("delete", Some(*uuid), None, &[], None, None),
                 };
             JsonStage {
+                kind: Some(s.kind).filter(|k| *k != crate::kinds::Kind::CaptchaStage),
                 action,
                 name: &s.name,
                 origin: JsonOrigin {

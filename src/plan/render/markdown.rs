@@ -265,7 +265,8 @@ fn sections(plan: &Plan) -> Vec<Section> {
     sections.push(Section {
         heading: "#### Errors\n\n".to_owned(),
         items: plan
-            .manifest_entries()
+            .shown_entries()
+            .into_iter()
             .filter_map(|stage| match &stage.action {
                 Action::Error { message, .. } => Some((
                     Part::Error,
@@ -299,6 +300,23 @@ fn sections(plan: &Plan) -> Vec<Section> {
         item.push('\n');
         prunes.push((Part::Delete, item));
     }
+    // A guard its stage's list no longer names: destructive, so with the
+    // deletes, never among what a cut leaves out first (a stage's own delete
+    // is a prune entry, above).
+    for entry in plan.shown_entries() {
+        if !(entry.is_manifest() && matches!(entry.action, Action::Delete { held: None, .. })) {
+            continue;
+        }
+        let mut item = format!(
+            "#### - delete {} ({})\n\n",
+            code(&entry.name),
+            code(&origin_of(entry))
+        );
+        for line in warning_lines(&warnings, &entry.name) {
+            let _ = writeln!(item, "> **Security:** {}\n", text(&line[2..]));
+        }
+        prunes.push((Part::Delete, item));
+    }
     sections.push(Section {
         heading: String::new(),
         items: prunes,
@@ -306,7 +324,7 @@ fn sections(plan: &Plan) -> Vec<Section> {
     });
 
     let mut writes = Vec::new();
-    for stage in plan.manifest_entries() {
+    for stage in plan.shown_entries() {
         let (part, label) = match stage.action {
             Action::Create { .. } => (Part::Create, "+ create"),
             Action::Update { .. } => (Part::Update, "~ update"),
@@ -358,7 +376,8 @@ fn sections(plan: &Plan) -> Vec<Section> {
     });
 
     let in_sync: Vec<_> = plan
-        .manifest_entries()
+        .shown_entries()
+        .into_iter()
         .filter(|stage| matches!(stage.action, Action::InSync { .. }))
         .collect();
     if !in_sync.is_empty() {

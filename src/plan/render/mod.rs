@@ -101,9 +101,13 @@ fn field_line(field: &str, value: &Value) -> String {
 
 /// One YAML-ish `field: value` line per known field.
 fn field_lines(object: &Object, known: &[&'static str]) -> Vec<String> {
+    // A key this object does not have (a guard's other kind of target) is
+    // not shown.
     known
         .iter()
-        .map(|&f| field_line(f, &object.value(f)))
+        .map(|&f| (f, object.value(f)))
+        .filter(|(_, value)| *value != Value::Absent)
+        .map(|(f, value)| field_line(f, &value))
         .collect()
 }
 
@@ -118,8 +122,13 @@ fn update_diff(desired: &Object, changes: &[FieldChange], known: &[&'static str]
             .unwrap_or_else(|| desired.value(f));
         field_line(f, &value) + "\n"
     };
-    let old: String = known.iter().map(|&f| line_of(f, true)).collect();
-    let new: String = known.iter().map(|&f| line_of(f, false)).collect();
+    let shown: Vec<&'static str> = known
+        .iter()
+        .copied()
+        .filter(|&f| desired.value(f) != Value::Absent || changes.iter().any(|c| c.field == f))
+        .collect();
+    let old: String = shown.iter().map(|&f| line_of(f, true)).collect();
+    let new: String = shown.iter().map(|&f| line_of(f, false)).collect();
     TextDiff::from_lines(&old, &new)
         .unified_diff()
         .context_radius(known.len())

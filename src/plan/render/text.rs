@@ -77,7 +77,7 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
     let warnings = crate::plan::warnings(plan);
     let mut out = String::new();
     let mut previous_in_sync = None;
-    for stage in plan.manifest_entries() {
+    for stage in plan.shown_entries() {
         let in_sync = matches!(stage.action, Action::InSync { .. });
         // A blank line between entries; consecutive in-sync entries stay compact.
         if previous_in_sync.is_some_and(|prev| !(prev && in_sync)) {

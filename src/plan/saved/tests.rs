@@ -29,6 +29,7 @@ fn desired(name: &str, pin: Option<u128>, key: &str) -> DesiredStage {
         fields: StageFields::with_defaults(name, format!("site-{name}")),
         key_source: KeySource::Env(format!("{}_KEY", name.to_uppercase())),
         private_key: SecretString::from(key),
+        guards: None,
     }
 }
 

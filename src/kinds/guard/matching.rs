@@ -1,0 +1,414 @@
+//! Which live binding or identification stage each declared guard means, and
+//! what must change: pure, a function of one stage's `guards:` list and what
+//! authentik has.
+//!
+//! - A binding is matched by (flow, stage); its order and options are its
+//!   fields, so a change is a PATCH of the same binding.
+//! - Two live bindings of the stage in one flow: an error entry that says so;
+//!   neither binding is touched (which one the manifest means is a guess).
+//! - A live binding or embedding the list does not name is removed (the stage
+//!   has a `guards` key, so the list is the whole truth): a removal, which
+//!   plans flag because a login flow loses its captcha.
+//! - A flow or identification stage that does not exist is an error entry
+//!   naming it: stagesync never creates them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use uuid::Uuid;
+
+use super::{
+    BindingWrite, DesiredGuard, EmbeddingWrite, FIELDS, Guard, GuardWrite, LiveBinding, LiveFlow,
+    LiveIdentificationStage,
+};
+use crate::kinds::Origin;
+use crate::kinds::field::{self, FieldChange, Value};
+
+/// What authentik has of what captcha stages guard, fetched only when a
+/// manifest declares `guards`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveGuards {
+    /// The flows the manifests name, by slug (a slug missing here does not exist).
+    pub flows: BTreeMap<String, LiveFlow>,
+    /// Every flow stage binding.
+    pub bindings: Vec<LiveBinding>,
+    /// Every identification stage.
+    pub identification_stages: Vec<LiveIdentificationStage>,
+}
+
+/// What one guard of a stage needs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Change {
+    /// Nothing: the binding or embedding `uuid` is as declared.
+    InSync { uuid: Uuid },
+    /// A new binding.
+    Bind { write: GuardWrite },
+    /// The binding or identification stage `uuid`, written with `write`.
+    Update {
+        uuid: Uuid,
+        changes: Vec<FieldChange>,
+        write: GuardWrite,
+    },
+    /// The binding `uuid` is removed.
+    Unbind { uuid: Uuid },
+    /// Nothing is written; `message` says why.
+    Error { uuid: Option<Uuid>, message: String },
+}
+
+/// One guard of a stage in a plan: its name (`login in flow default-authentication-flow`),
+/// where it is declared, and what it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Planned {
+    pub(crate) name: String,
+    pub(crate) origin: Origin,
+    pub(crate) change: Change,
+    /// Its write needs the stage's uuid, which the stage's create gives.
+    pub(crate) waits_for_stage: bool,
+}
+
+/// The guards of the captcha stage `stage_name` (`stage`: its uuid, `None`
+/// while it is to be created), declared by `guards` in the manifest at
+/// `stage_origin`, against `live`. `captcha_names` names the captcha stages
+/// by uuid (what an identification stage embeds now).
+pub(crate) fn plan_stage(
+    stage_name: &str,
+    stage: Option<Uuid>,
+    stage_origin: &Origin,
+    guards: &[DesiredGuard],
+    live: &LiveGuards,
+    captcha_names: &BTreeMap<Uuid, String>,
+) -> Vec<Planned> {
+    let mut out = Vec::new();
+    let bindings_in = |flow: Uuid| -> Vec<&LiveBinding> {
+        live.bindings
+            .iter()
+            .filter(|b| Some(b.stage) == stage && b.flow == flow)
+            .collect()
+    };
+    let twice = |slug: &str, bindings: &[&LiveBinding]| Change::Error {
+        uuid: None,
+        message: format!(
+            "bound {} times to flow {slug} (orders {}): neither binding is touched; remove all but one in authentik",
+            bindings.len(),
+            bindings
+                .iter()
+                .map(|b| b.fields.order.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut declared_flows = BTreeSet::new();
+    let mut declared_stages = BTreeSet::new();
+    for declared in guards {
+        let name = format!("{stage_name} in {}", declared.guard.target());
+        let (change, waits) = match &declared.guard {
+            Guard::Flow { slug, binding } => match live.flows.get(slug) {
+                None => (
+                    Change::Error {
+                        uuid: None,
+                        message: format!("flow \"{slug}\" not found"),
+                    },
+                    false,
+                ),
+                Some(flow) => {
+                    declared_flows.insert(flow.uuid);
+                    let write = GuardWrite::Binding(BindingWrite {
+                        flow: slug.clone(),
+                        flow_uuid: flow.uuid,
+                        stage,
+                        fields: binding.clone(),
+                    });
+                    match bindings_in(flow.uuid).as_slice() {
+                        [] => (Change::Bind { write }, stage.is_none()),
+                        [one] => {
+                            let changes = field::changes(&FIELDS, &one.fields, binding, |_| true);
+                            if changes.is_empty() {
+                                (Change::InSync { uuid: one.uuid }, false)
+                            } else {
+                                (
+                                    Change::Update {
+                                        uuid: one.uuid,
+                                        changes,
+                                        write,
+                                    },
+                                    false,
+                                )
+                            }
+                        }
+                        many => (twice(slug, many), false),
+                    }
+                }
+            },
+            Guard::IdentificationStage { name: ident } => {
+                match live.identification_stages.iter().find(|s| &s.name == ident) {
+                    None => (
+                        Change::Error {
+                            uuid: None,
+                            message: format!("identification stage \"{ident}\" not found"),
+                        },
+                        false,
+                    ),
+                    Some(live_ident) => {
+                        declared_stages.insert(live_ident.uuid);
+                        if stage.is_some() && live_ident.captcha_stage == stage {
+                            (
+                                Change::InSync {
+                                    uuid: live_ident.uuid,
+                                },
+                                false,
+                            )
+                        } else {
+                            let now = embedded_name(live_ident.captcha_stage, captcha_names);
+                            let write = GuardWrite::Embedding(EmbeddingWrite {
+                                identification_stage: ident.clone(),
+                                captcha_stage: Some(stage_name.to_owned()),
+                                captcha_uuid: stage,
+                                live: live_ident.clone(),
+                            });
+                            (
+                                Change::Update {
+                                    uuid: live_ident.uuid,
+                                    changes: vec![FieldChange {
+                                        field: "captcha_stage",
+                                        old: Value::Str(now),
+                                        new: Value::Str(stage_name.to_owned()),
+                                    }],
+                                    write,
+                                },
+                                stage.is_none(),
+                            )
+                        }
+                    }
+                }
+            }
+        };
+        out.push(Planned {
+            name,
+            origin: declared.origin.clone(),
+            change,
+            waits_for_stage: waits,
+        });
+    }
+
+    // What the list does not name: removed (a new stage has nothing yet).
+    let Some(stage) = stage else { return out };
+    let mut undeclared: BTreeMap<Uuid, Vec<&LiveBinding>> = BTreeMap::new();
+    for b in live
+        .bindings
+        .iter()
+        .filter(|b| b.stage == stage && !declared_flows.contains(&b.flow))
+    {
+        undeclared.entry(b.flow).or_default().push(b);
+    }
+    for bindings in undeclared.values() {
+        let slug = bindings[0]
+            .flow_slug
+            .clone()
+            .unwrap_or_else(|| bindings[0].flow.to_string());
+        let change = match bindings.as_slice() {
+            [one] => Change::Unbind { uuid: one.uuid },
+            many => twice(&slug, many),
+        };
+        out.push(Planned {
+            name: format!("{stage_name} in flow {slug}"),
+            origin: stage_origin.clone(),
+            change,
+            waits_for_stage: false,
+        });
+    }
+    for ident in live
+        .identification_stages
+        .iter()
+        .filter(|s| s.captcha_stage == Some(stage) && !declared_stages.contains(&s.uuid))
+    {
+        out.push(Planned {
+            name: format!("{stage_name} in identification stage {}", ident.name),
+            origin: stage_origin.clone(),
+            change: Change::Update {
+                uuid: ident.uuid,
+                changes: vec![FieldChange {
+                    field: "captcha_stage",
+                    old: Value::Str(stage_name.to_owned()),
+                    new: Value::Str(super::NO_CAPTCHA.into()),
+                }],
+                write: GuardWrite::Embedding(EmbeddingWrite {
+                    identification_stage: ident.name.clone(),
+                    captcha_stage: None,
+                    captcha_uuid: None,
+                    live: ident.clone(),
+                }),
+            },
+            waits_for_stage: false,
+        });
+    }
+    out
+}
+
+/// The name of the captcha an identification stage embeds now.
+fn embedded_name(captcha: Option<Uuid>, names: &BTreeMap<Uuid, String>) -> String {
+    match captcha {
+        None => super::NO_CAPTCHA.to_owned(),
+        Some(uuid) => names
+            .get(&uuid)
+            .cloned()
+            .unwrap_or_else(|| uuid.to_string()),
+    }
+}
+
+/// Whether a guard write removes a guard: an embedding of no captcha.
+pub(crate) fn removes(write: &GuardWrite) -> bool {
+    matches!(write, GuardWrite::Embedding(e) if e.captcha_stage.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::guard::BindingFields;
+    use std::path::PathBuf;
+
+    fn origin(line: usize) -> Origin {
+        Origin {
+            file: PathBuf::from("login.yaml"),
+            line,
+            column: 1,
+        }
+    }
+
+    fn binding(order: i64) -> BindingFields {
+        BindingFields {
+            order,
+            evaluate_on_plan: false,
+            re_evaluate_policies: true,
+            policy_engine_mode: "any".into(),
+            invalid_response_action: "retry".into(),
+        }
+    }
+
+    fn flow_guard(slug: &str, order: i64) -> DesiredGuard {
+        DesiredGuard {
+            origin: origin(5),
+            guard: Guard::Flow {
+                slug: slug.into(),
+                binding: binding(order),
+            },
+        }
+    }
+
+    fn live(stage: Uuid, bindings: &[(u128, i64)]) -> LiveGuards {
+        let flow = Uuid::from_u128(100);
+        LiveGuards {
+            flows: [(
+                "login-flow".to_owned(),
+                LiveFlow {
+                    uuid: flow,
+                    slug: "login-flow".into(),
+                },
+            )]
+            .into(),
+            bindings: bindings
+                .iter()
+                .map(|(id, order)| LiveBinding {
+                    uuid: Uuid::from_u128(*id),
+                    flow,
+                    flow_slug: Some("login-flow".into()),
+                    stage,
+                    fields: binding(*order),
+                })
+                .collect(),
+            identification_stages: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn in_sync_order_change_and_missing_flow() {
+        let stage = Uuid::from_u128(1);
+        let names = BTreeMap::new();
+        let l = live(stage, &[(7, 10)]);
+        let same = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[flow_guard("login-flow", 10)],
+            &l,
+            &names,
+        );
+        assert_eq!(
+            same[0].change,
+            Change::InSync {
+                uuid: Uuid::from_u128(7)
+            }
+        );
+        let moved = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[flow_guard("login-flow", 20)],
+            &l,
+            &names,
+        );
+        assert!(
+            matches!(&moved[0].change, Change::Update { uuid, changes, .. } if *uuid == Uuid::from_u128(7) && changes.len() == 1),
+            "{moved:?}"
+        );
+        let missing = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[flow_guard("nope", 1)],
+            &l,
+            &names,
+        );
+        assert!(
+            matches!(&missing[0].change, Change::Error { message, .. } if message == "flow \"nope\" not found")
+        );
+    }
+
+    #[test]
+    fn an_undeclared_binding_is_unbound_and_two_bindings_in_a_flow_are_left_alone() {
+        let stage = Uuid::from_u128(1);
+        let names = BTreeMap::new();
+        let removed = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[],
+            &live(stage, &[(7, 10)]),
+            &names,
+        );
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].name, "login in flow login-flow");
+        assert_eq!(
+            removed[0].change,
+            Change::Unbind {
+                uuid: Uuid::from_u128(7)
+            }
+        );
+        let twice = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[flow_guard("login-flow", 10)],
+            &live(stage, &[(7, 10), (8, 30)]),
+            &names,
+        );
+        assert!(
+            matches!(&twice[0].change, Change::Error { message, .. } if message.contains("bound 2 times to flow login-flow (orders 10, 30)")),
+            "{twice:?}"
+        );
+        assert_eq!(twice.len(), 1, "the second binding is not unbound either");
+    }
+
+    #[test]
+    fn a_new_stage_binds_after_its_create() {
+        let names = BTreeMap::new();
+        let planned = plan_stage(
+            "login",
+            None,
+            &origin(1),
+            &[flow_guard("login-flow", 10)],
+            &live(Uuid::from_u128(1), &[]),
+            &names,
+        );
+        assert!(planned[0].waits_for_stage);
+        assert!(matches!(planned[0].change, Change::Bind { .. }));
+    }
+}
