@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::events::{self, Change, ModelRef};
 use super::store::{NAME_INDEX_LIMIT, Store, WriteMode};
 
 pub(crate) const ALLOW_LIST: &str = "GET, POST, HEAD, OPTIONS";
@@ -26,6 +27,10 @@ pub(crate) enum Route {
     CaptchaOne(String),
     CaptchaUsedBy(String),
     AllStages,
+    /// `events/events/`: the event log.
+    Events,
+    /// `core/users/me/`: the token's user.
+    UsersMe,
     Unknown,
 }
 
@@ -44,6 +49,8 @@ impl Route {
             ["admin", "version"] => Route::Version,
             ["stages", "captcha"] => Route::CaptchaList,
             ["stages", "all"] => Route::AllStages,
+            ["events", "events"] => Route::Events,
+            ["core", "users", "me"] => Route::UsersMe,
             ["stages", "captcha", id] if lookup(id) => Route::CaptchaOne((*id).to_owned()),
             ["stages", "captcha", id, "used_by"] if lookup(id) => {
                 Route::CaptchaUsedBy((*id).to_owned())
@@ -60,15 +67,19 @@ impl Route {
             Route::CaptchaOne(_) => "/api/v3/stages/captcha/{uuid}/",
             Route::CaptchaUsedBy(_) => "/api/v3/stages/captcha/{uuid}/used_by/",
             Route::AllStages => "/api/v3/stages/all/",
+            Route::Events => "/api/v3/events/events/",
+            Route::UsersMe => "/api/v3/core/users/me/",
             Route::Unknown => "(unknown route)",
         }
     }
 
     fn allow(&self) -> Option<&'static str> {
         match self {
-            Route::CaptchaList => Some(ALLOW_LIST),
+            Route::CaptchaList | Route::Events => Some(ALLOW_LIST),
             Route::CaptchaOne(_) => Some(ALLOW_ONE),
-            Route::Version | Route::CaptchaUsedBy(_) | Route::AllStages => Some(ALLOW_READ),
+            Route::Version | Route::CaptchaUsedBy(_) | Route::AllStages | Route::UsersMe => {
+                Some(ALLOW_READ)
+            }
             Route::Unknown => None,
         }
     }
@@ -148,6 +159,9 @@ pub(crate) struct Incoming<'a> {
     pub(crate) authorization: Option<&'a str>,
     pub(crate) content_type: Option<&'a str>,
     pub(crate) body: &'a [u8],
+    /// For the event a write logs.
+    pub(crate) user_agent: &'a str,
+    pub(crate) client_ip: &'a str,
 }
 
 /// Answers one request against the store.
@@ -178,6 +192,20 @@ pub(crate) fn answer(store: &mut Store, req: &Incoming<'_>) -> Reply {
         ),
         (Route::CaptchaList, "GET") => list_captcha(store, &route, &query),
         (Route::AllStages, "GET") => list_all(store, &route, &query),
+        (Route::UsersMe, "GET") => Reply::json(200, &route, store.events.me()),
+        (Route::Events, "GET") if !store.events.readable => Reply::detail(
+            403,
+            &route,
+            "You do not have permission to perform this action.",
+        ),
+        (Route::Events, "GET") => {
+            let events = store.events.select(&query);
+            let rows = events.into_iter().map(|e| {
+                let render: Box<dyn Fn() -> Value> = Box::new(move || e.clone());
+                render
+            });
+            page(store, &route, &query, rows.collect::<Vec<_>>().into_iter())
+        }
         (Route::CaptchaList, "POST") => write(store, &route, req, None, WriteMode::Create),
         (Route::CaptchaOne(id), method @ ("GET" | "PUT" | "PATCH" | "DELETE")) => {
             let uuid = match find(store, &route, id) {
@@ -189,7 +217,11 @@ pub(crate) fn answer(store: &mut Store, req: &Incoming<'_>) -> Reply {
                 "PUT" => write(store, &route, req, Some(uuid), WriteMode::Replace),
                 "PATCH" => write(store, &route, req, Some(uuid), WriteMode::Partial),
                 _ => {
+                    let name = store.find(uuid).map(|r| r.fields.name.clone());
                     store.delete(uuid);
+                    if let Some(name) = name {
+                        log_change(store, req, Change::Deleted, uuid, &name);
+                    }
                     Reply {
                         status: 204,
                         allow: route.allow(),
@@ -357,13 +389,34 @@ fn write(
     match uuid {
         None => {
             let uuid = store.create(validated);
+            log_written(store, req, Change::Created, uuid);
             Reply::json(201, route, render(store, uuid))
         }
         Some(uuid) => {
             store.update(uuid, validated);
+            log_written(store, req, Change::Updated, uuid);
             Reply::json(200, route, render(store, uuid))
         }
     }
+}
+
+/// The event authentik writes in the same request as a change.
+fn log_written(store: &mut Store, req: &Incoming<'_>, change: Change, uuid: Uuid) {
+    if let Some(name) = store.find(uuid).map(|r| r.fields.name.clone()) {
+        log_change(store, req, change, uuid, &name);
+    }
+}
+
+fn log_change(store: &mut Store, req: &Incoming<'_>, change: Change, uuid: Uuid, name: &str) {
+    let request = events::Request {
+        method: req.method,
+        path: req.path,
+        user_agent: req.user_agent,
+        client_ip: req.client_ip,
+    };
+    store
+        .events
+        .record_api(change, ModelRef::captcha_stage(uuid, name), &request);
 }
 
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
@@ -462,7 +515,16 @@ fn paginate(
     if descending {
         rows.reverse();
     }
+    page(store, route, q, rows.into_iter().map(|r| r.render))
+}
 
+/// One page of `rows` (already filtered and ordered), as every list answers.
+fn page<'a>(
+    store: &Store,
+    route: &Route,
+    q: &HashMap<String, String>,
+    rows: impl ExactSizeIterator<Item = Box<dyn Fn() -> Value + 'a>>,
+) -> Reply {
     let size = q
         .get("page_size")
         .and_then(|s| s.trim().parse::<usize>().ok())
@@ -485,7 +547,7 @@ fn paginate(
         .into_iter()
         .skip(start)
         .take(size)
-        .map(|r| (r.render)())
+        .map(|render| render())
         .collect();
     let (start_index, end_index) = if count == 0 {
         (0, 0)
