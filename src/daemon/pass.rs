@@ -118,6 +118,9 @@ pub(crate) struct PlannedStage {
     pub(crate) name: String,
     pub(crate) file: PathBuf,
     pub(crate) wanted: Wanted,
+    /// Who made the drift, when the event log names someone other than
+    /// stagesync (`alice from 192.0.2.7 at ...`), escaped for a log.
+    pub(crate) changed_by: Option<String>,
 }
 
 impl PlannedStage {
@@ -133,8 +136,19 @@ impl PlannedStage {
                     .map(|o| o.file.clone())
                     .unwrap_or_default(),
                 wanted: Wanted::of(&entry.action),
+                changed_by: changed_by(plan, entry.id),
             })
             .collect()
+    }
+}
+
+/// Who made entry `id`'s drift, for a log line: the name, or `unknown` when
+/// the event log could not be read; `None` when nobody else is to be named.
+fn changed_by(plan: &Plan, id: EntryId) -> Option<String> {
+    match (plan.changed_by.get(&id), &plan.changed_by_unknown) {
+        (Some(by), _) => Some(escape(&by.who()).into_owned()),
+        (None, Some(_)) if plan.drifted().any(|(d, _, _)| d == id) => Some("unknown".to_owned()),
+        (None, _) => None,
     }
 }
 
@@ -534,6 +548,9 @@ pub(crate) struct Passes {
     /// in flight are abandoned (see [`apply::Stop`]).
     abandon: CancellationToken,
     prune: PruneMemory,
+    /// The event log could not be read at the last drift: said once, when
+    /// that starts and when it ends.
+    event_log_unreadable: bool,
 }
 
 /// What a load found: whether the source was available, how many manifest
@@ -569,6 +586,7 @@ impl Passes {
             key_checks: None,
             abandon: CancellationToken::new(),
             prune: PruneMemory::new(PruneSettings::default(), Duration::ZERO),
+            event_log_unreadable: false,
         }
     }
 
@@ -615,6 +633,7 @@ impl Passes {
             }
             None => return PassOutcome::done(),
         };
+        self.attribute(&mut planned, &ctx.cancel).await;
         let (decision, confirm_prune_in) = self.decide(&mut planned);
         let (writes, report) = self.execute(&planned, &decision, &ctx).await;
         self.record(&planned, report.as_ref());
@@ -701,6 +720,30 @@ impl Passes {
         }
     }
 
+    /// Attribute: who made each drift ([`Session::attribute`]); an event log
+    /// that cannot be read is logged when that starts and when it ends, and
+    /// the drift is still reverted. A stop signal abandons it (it only reads).
+    async fn attribute(&mut self, planned: &mut Planned, cancel: &CancellationToken) {
+        tokio::select! {
+            () = self.session.attribute(&mut planned.plan) => {}
+            () = cancel.cancelled() => return,
+        }
+        if planned.plan.drifted().next().is_none() {
+            return;
+        }
+        let unreadable = planned.plan.changed_by_unknown.is_some();
+        match &planned.plan.changed_by_unknown {
+            Some(why) if !self.event_log_unreadable => {
+                warn!(reason = %escape(why), "changed by: unknown (drift is still reverted)");
+            }
+            None if self.event_log_unreadable => {
+                info!("the event log can be read again: drift names who made it");
+            }
+            _ => {}
+        }
+        self.event_log_unreadable = unreadable;
+    }
+
     /// Decide: which writes to make (backoff, dry run) and which deletes
     /// (a dry run makes none; prune's two-pass guard). Returns when a pass
     /// should run to confirm a delete.
@@ -756,7 +799,8 @@ impl Passes {
         let report = self
             .session
             .execute(plan, self.concurrency, &stop, writes_held, |outcome| {
-                log_outcome(outcome, &change_of(outcome.entry));
+                let by = changed_by(plan, outcome.entry);
+                log_outcome(outcome, &change_of(outcome.entry), by.as_deref());
             })
             .await;
         let writes = report
@@ -874,7 +918,14 @@ impl Passes {
                     .failure(&subject, &format!("drift: {change}"))
                     .is_news()
                 {
-                    info!(stage = %name, file, drift = %change, "drift found (dry run: not written)");
+                    match &stage.changed_by {
+                        Some(by) => {
+                            info!(stage = %name, file, drift = %change, changed_by = %by, "drift found (dry run: not written)")
+                        }
+                        None => {
+                            info!(stage = %name, file, drift = %change, "drift found (dry run: not written)")
+                        }
+                    }
                 }
             }
             StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
@@ -1010,16 +1061,21 @@ fn describe(action: &Action, tense: Tense) -> String {
 
 /// The log line of one outcome, as soon as it is settled: a change made
 /// (INFO), a delete's end; failures are logged once the writes are done.
-fn log_outcome(outcome: &apply::Outcome, change: &str) {
+fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>) {
     let file = outcome
         .origin
         .as_ref()
         .map(|o| o.file.display().to_string())
         .unwrap_or_default();
     match (&outcome.result, outcome.operation) {
-        (Ended::Written(written), _) => {
-            info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
-        }
+        (Ended::Written(written), _) => match changed_by {
+            Some(by) => {
+                info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, changed_by = %by, "{} stage", outcome.operation.past_tense());
+            }
+            None => {
+                info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
+            }
+        },
         (result, Operation::Delete) => crate::daemon::prune::log_delete(outcome, result),
         _ => {}
     }
@@ -1061,6 +1117,7 @@ mod tests {
             name: name.to_owned(),
             file: PathBuf::from(format!("stages/{name}.yaml")),
             wanted,
+            changed_by: None,
         }
     }
 

@@ -55,6 +55,16 @@ impl Kind {
         }
     }
 
+    /// Where authentik's event log files changes of this kind's objects.
+    pub(crate) fn logged_as(self) -> crate::authentik::events::LoggedAs {
+        match self {
+            Kind::CaptchaStage => crate::authentik::events::LoggedAs {
+                app: "authentik_stages_captcha",
+                model_name: "captchastage",
+            },
+        }
+    }
+
     /// The kind in the user's words, for messages: `captcha stage`.
     pub fn noun(self) -> &'static str {
         match self {

@@ -1063,6 +1063,8 @@ pub(crate) fn to_plan(fresh: &Plan, verified: &Verified) -> Plan {
         unmanaged: fresh.unmanaged.clone(),
         capabilities: fresh.capabilities,
         key_checks: BTreeMap::new(),
+        changed_by: BTreeMap::new(),
+        changed_by_unknown: None,
     }
 }
 

@@ -137,6 +137,9 @@ pub fn render_markdown(plan: &Plan) -> String {
                 code(&after.to_string())
             );
         }
+        if let Some(by) = plan.changed_by.get(&stage.id) {
+            let _ = writeln!(out, "_{}_\n", text(&by.to_string()));
+        }
         for line in warning_lines(&warnings, &stage.name) {
             let _ = writeln!(out, "> **Security:** {}\n", text(&line[2..]));
         }
@@ -161,6 +164,10 @@ pub fn render_markdown(plan: &Plan) -> String {
                 text(&key_check_text(check))
             );
         }
+    }
+
+    if let Some(why) = &plan.changed_by_unknown {
+        let _ = writeln!(out, "Changed by: unknown ({}).\n", text(why));
     }
 
     for entry in plan.prune_entries() {

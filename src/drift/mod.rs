@@ -1,0 +1,12 @@
+//! Drift you can see: who made a change stagesync reverts or reports.
+//!
+//! - [`attribution`]: pure: from the newest event of an object in
+//!   authentik's event log to "changed by alice from 192.0.2.7 at ...",
+//!   recognising stagesync's own writes.
+//!
+//! The event log is read by [`crate::authentik::events`]; the pipeline asks it
+//! only about drifted objects ([`crate::reconcile::Session::attribute`]).
+
+pub mod attribution;
+
+pub use attribution::{Attribution, ChangedBy, Own};

@@ -1,0 +1,232 @@
+//! Drift you can see, through the real binary against the simulator: who made
+//! a drift (authentik's event log), in `plan`'s text, JSON and Markdown and in
+//! the daemon's revert line; stagesync's own writes never named; an in-sync
+//! plan asks nothing of the log; an unreadable log said once, never an error.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use stagesync::simulator::{Actor, SimHandle};
+use support::cli::{Workspace, manifest, run, start_sim, stderr, stdout};
+use support::daemon::Harness;
+
+const KEY_VAR: &str = "DRIFT_KEY";
+const KEY: &str = "drift-private-key-31c0";
+const EVENTS: &str = "/api/v3/events/events/";
+const ME: &str = "/api/v3/core/users/me/";
+
+fn event_queries(sim: &SimHandle) -> u64 {
+    sim.request_counts().get("GET", EVENTS)
+}
+
+/// A workspace with `login` and `signup` applied (stagesync's own writes).
+async fn applied() -> (Workspace, SimHandle) {
+    let sim = start_sim().await;
+    let ws = Workspace::new();
+    for name in ["login", "signup"] {
+        ws.write(
+            &format!("{name}.yaml"),
+            &manifest(
+                name,
+                &format!("site-{name}"),
+                KEY_VAR,
+                "score_min_threshold: 0.5\n",
+            ),
+        );
+    }
+    let out = run(apply(&ws, &sim)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    (ws, sim)
+}
+
+fn apply(ws: &Workspace, sim: &SimHandle) -> assert_cmd::Command {
+    let mut cmd = ws.cmd(sim);
+    cmd.env(KEY_VAR, KEY).args(["apply", "--yes"]);
+    cmd.arg(ws.stages());
+    cmd
+}
+
+fn plan(ws: &Workspace, sim: &SimHandle, format: &str) -> assert_cmd::Command {
+    let mut cmd = ws.cmd(sim);
+    cmd.env(KEY_VAR, KEY).args(["plan", "--format", format]);
+    cmd.arg(ws.stages());
+    cmd
+}
+
+fn uuid_of(sim: &SimHandle, name: &str) -> uuid::Uuid {
+    sim.captcha_stages()
+        .into_iter()
+        .find(|s| s.fields.name == name)
+        .expect("live")
+        .uuid
+}
+
+#[tokio::test]
+async fn a_ui_edit_names_its_user_address_and_time_in_every_plan_format() {
+    let (ws, sim) = applied().await;
+    sim.reset_counts();
+    // In sync: no question to the event log.
+    let out = run(plan(&ws, &sim, "text")).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(event_queries(&sim), 0, "an in-sync plan asks nothing");
+    assert_eq!(sim.request_counts().get("GET", ME), 0);
+
+    let alice = Actor::ui("alice", "192.0.2.7");
+    sim.edit_as(&alice, uuid_of(&sim, "login"), |f| {
+        f.score_min_threshold = 0.1
+    });
+    let out = run(plan(&ws, &sim, "text")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("changed by alice from 192.0.2.7 at "))
+        .unwrap_or_else(|| panic!("no attribution in:\n{text}"));
+    let at = line.rsplit(" at ").next().unwrap().trim();
+    assert!(
+        humantime::parse_rfc3339(at).is_ok() && at.ends_with('Z') && at.len() == 20,
+        "to the second, UTC: {at:?}"
+    );
+    // The stage stagesync wrote last is in sync, and nobody else is named.
+    assert_eq!(text.matches("changed by").count(), 1, "{text}");
+    assert_eq!(event_queries(&sim), 1, "one query per drifted object");
+    assert!(!stderr(&out).contains("error"), "{}", stderr(&out));
+
+    let out = run(plan(&ws, &sim, "json")).await;
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let login = doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "login")
+        .unwrap();
+    assert_eq!(login["changed_by"]["username"], "alice");
+    assert_eq!(login["changed_by"]["client_ip"], "192.0.2.7");
+    assert_eq!(login["changed_by"]["action"], "model_updated");
+    assert_eq!(login["changed_by"]["at"], at);
+    assert!(doc.get("changed_by_unknown").is_none());
+
+    let out = run(plan(&ws, &sim, "markdown")).await;
+    assert!(
+        stdout(&out).contains(&format!("_changed by alice from 192.0.2.7 at {at}_")),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn stagesyncs_own_writes_are_never_named() {
+    let (ws, sim) = applied().await;
+    // A manifest change: drift from the manifest, not from anyone's edit.
+    ws.write(
+        "login.yaml",
+        &manifest("login", "site-login", KEY_VAR, "score_min_threshold: 0.7\n"),
+    );
+    let out = run(plan(&ws, &sim, "text")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("changed by"), "{}", stdout(&out));
+    assert_eq!(
+        event_queries(&sim),
+        1,
+        "asked, and the answer was stagesync"
+    );
+    assert_eq!(sim.request_counts().get("GET", ME), 1);
+
+    // The token's user editing in a browser is someone to name.
+    sim.edit_as(
+        &Actor::ui("akadmin", "198.51.100.9"),
+        uuid_of(&sim, "signup"),
+        |f| f.interactive = true,
+    );
+    let out = run(plan(&ws, &sim, "text")).await;
+    let text = stdout(&out);
+    assert!(
+        text.contains("changed by akadmin from 198.51.100.9"),
+        "{text}"
+    );
+    assert_eq!(text.matches("changed by").count(), 1, "{text}");
+}
+
+#[tokio::test]
+async fn an_unreadable_event_log_says_unknown_once_and_still_plans_and_applies() {
+    let (ws, sim) = applied().await;
+    let bob = Actor::ui("bob", "192.0.2.8");
+    for name in ["login", "signup"] {
+        sim.edit_as(&bob, uuid_of(&sim, name), |f| f.score_min_threshold = 0.2);
+    }
+    sim.set_event_log_readable(false);
+    let out = run(plan(&ws, &sim, "text")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(text.matches("changed by: unknown").count(), 1, "{text}");
+    assert!(text.contains("HTTP 403"), "says why: {text}");
+    assert!(!text.contains("bob"), "{text}");
+    assert!(
+        event_queries(&sim) <= 2,
+        "at most one query per drifted object"
+    );
+
+    let out = run(plan(&ws, &sim, "json")).await;
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert!(
+        doc["changed_by_unknown"]
+            .as_str()
+            .is_some_and(|s| s.contains("event log cannot be read")),
+        "{doc}"
+    );
+
+    // Expired events: nobody to name, nothing to say, and the revert happens.
+    sim.set_event_log_readable(true);
+    sim.expire_events();
+    let out = run(apply(&ws, &sim)).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("changed by"), "{}", stdout(&out));
+    assert!(
+        sim.captcha_stages()
+            .iter()
+            .all(|s| s.fields.score_min_threshold == 0.5)
+    );
+}
+
+#[test]
+fn the_daemons_revert_line_names_who_changed_it() {
+    let h = Harness::new();
+    h.ws.write(
+        "login.yaml",
+        &manifest("login", "site-login", KEY_VAR, "score_min_threshold: 0.5\n"),
+    );
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &["--interval", "1h", "--debounce", "200ms"],
+        &[(KEY_VAR, KEY)],
+    );
+    h.wait_threshold(&mut d, "login", 0.5);
+    let uuid = h.live("login").unwrap().uuid;
+    h.sim
+        .edit_as(&Actor::ui("carol", "203.0.113.5"), uuid, |f| {
+            f.score_min_threshold = 0.1
+        });
+    d.signal(libc::SIGHUP);
+    let line = d.wait_for_log("changed_by=");
+    assert!(
+        line.contains("updated stage") && line.contains("carol from 203.0.113.5 at "),
+        "{line}"
+    );
+    assert!(line.contains("score_min_threshold: 0.1 -> 0.5"), "{line}");
+    h.wait_threshold(&mut d, "login", 0.5);
+
+    // The log turns unreadable: said once, reverts go on.
+    h.sim.set_event_log_readable(false);
+    for threshold in [0.2, 0.3] {
+        h.sim
+            .edit_as(&Actor::ui("carol", "203.0.113.5"), uuid, |f| {
+                f.score_min_threshold = threshold
+            });
+        d.signal(libc::SIGHUP);
+        d.wait_until("reverted", || h.threshold("login") == Some(0.5));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.wait_for_log("changed_by=unknown");
+    assert_eq!(d.count_lines("changed by: unknown"), 1, "{}", d.log());
+    assert!(!d.log().contains(support::cli::TOKEN));
+}
