@@ -321,6 +321,10 @@ struct DaemonArgs {
     /// Quiet time after a file change before reconciling; at least 100ms.
     #[arg(long, default_value = "500ms", value_parser = parse_debounce)]
     debounce: Duration,
+    /// Poll authentik's event log this often and revert a change made by someone else at once
+    /// (waits at least 50 times as long as a poll takes); at least 1s, or `off`.
+    #[arg(long, default_value = "5s", value_parser = parse_event_poll)]
+    event_poll: EventPollEvery,
     /// Report drift (logs and metrics) but never write.
     #[arg(long)]
     dry_run: bool,
@@ -430,6 +434,23 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     )
 }
 
+/// `--event-poll`: how often, or `off` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EventPollEvery(Option<Duration>);
+
+/// `--event-poll`: a duration of at least a second, or `off`.
+fn parse_event_poll(s: &str) -> Result<EventPollEvery, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(EventPollEvery(None));
+    }
+    at_least(
+        parse_duration(s)?,
+        crate::daemon::event_poll::MIN_EVERY,
+        "each poll is a request to authentik",
+    )
+    .map(|d| EventPollEvery(Some(d)))
+}
+
 fn parse_debounce(s: &str) -> Result<Duration, String> {
     at_least(
         parse_duration(s)?,
@@ -517,6 +538,8 @@ pub(crate) struct RunConfig {
     pub(crate) reconcile: ReconcileConfig,
     pub(crate) interval: Duration,
     pub(crate) debounce: Duration,
+    /// `--event-poll`; `None` when off.
+    pub(crate) event_poll: Option<Duration>,
     pub(crate) dry_run: bool,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) concurrency: usize,
@@ -626,6 +649,7 @@ impl Cli {
                 reconcile: reconcile.resolve(env)?,
                 interval: daemon.interval,
                 debounce: daemon.debounce,
+                event_poll: daemon.event_poll.0,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),

@@ -197,7 +197,14 @@ fn the_daemons_revert_line_names_who_changed_it() {
     );
     let mut d = h.start_daemon(
         h.ws.stages(),
-        &["--interval", "1h", "--debounce", "200ms"],
+        &[
+            "--interval",
+            "1h",
+            "--debounce",
+            "200ms",
+            "--event-poll",
+            "off",
+        ],
         &[(KEY_VAR, KEY)],
     );
     h.wait_threshold(&mut d, "login", 0.5);
@@ -229,4 +236,98 @@ fn the_daemons_revert_line_names_who_changed_it() {
     d.wait_for_log("changed_by=unknown");
     assert_eq!(d.count_lines("changed by: unknown"), 1, "{}", d.log());
     assert!(!d.log().contains(support::cli::TOKEN));
+}
+
+/// The daemon on `login` (0.5) with `--interval 1h` and `flags`, converged.
+fn converged(h: &Harness, flags: &[&str]) -> support::daemon::Daemon {
+    h.ws.write(
+        "login.yaml",
+        &manifest("login", "site-login", KEY_VAR, "score_min_threshold: 0.5\n"),
+    );
+    let mut all = vec!["--interval", "1h", "--debounce", "200ms"];
+    all.extend_from_slice(flags);
+    let mut d = h.start_daemon(h.ws.stages(), &all, &[(KEY_VAR, KEY)]);
+    h.wait_threshold(&mut d, "login", 0.5);
+    d
+}
+
+#[test]
+fn the_event_poll_reverts_a_ui_edit_within_seconds_at_one_request_per_idle_poll() {
+    let h = Harness::new();
+    let mut d = converged(&h, &["--event-poll", "1s"]);
+    // Idle: one request per poll, nothing else.
+    d.wait_for_metric("stagesync_event_polls_total{result=\"success\"}", 1.0);
+    h.sim.reset_counts();
+    std::thread::sleep(Duration::from_millis(3500));
+    let idle = h.sim.request_counts();
+    let polls = idle.get("GET", EVENTS);
+    assert!(
+        (2..=4).contains(&polls),
+        "about one poll a second: {idle:?}"
+    );
+    assert_eq!(
+        idle.total(),
+        polls,
+        "nothing but the poll while idle: {idle:?}"
+    );
+
+    let passes = d
+        .metric("stagesync_reconciles_total{result=\"success\"}")
+        .unwrap();
+    let uuid = h.live("login").unwrap().uuid;
+    h.sim.edit_as(&Actor::ui("dave", "192.0.2.44"), uuid, |f| {
+        f.score_min_threshold = 0.1
+    });
+    let took = h.wait_threshold(&mut d, "login", 0.5);
+    assert!(
+        took < Duration::from_secs(1 + 2),
+        "reverted within the poll + 2 s, with a resync an hour away: {took:?}"
+    );
+    let line = d.wait_for_log("changed_by=");
+    assert!(line.contains("dave from 192.0.2.44"), "{line}");
+    // The poll's own cost is on /metrics.
+    assert!(d.metric("stagesync_event_poll_duration_seconds").is_some());
+    assert_eq!(d.metric("stagesync_event_poll_interval_seconds"), Some(1.0));
+
+    // One pass for the edit; stagesync's own revert is no reason for another.
+    d.wait_for_metric(
+        "stagesync_reconciles_total{result=\"success\"}",
+        passes + 1.0,
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        d.metric("stagesync_reconciles_total{result=\"success\"}"),
+        Some(passes + 1.0),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn event_poll_off_asks_nothing_and_a_token_without_permission_still_reconciles() {
+    let h = Harness::new();
+    let d = converged(&h, &["--event-poll", "off"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(h.sim.request_counts().get("GET", EVENTS), 0);
+    drop(d);
+
+    let h = Harness::new();
+    h.sim.set_event_log_readable(false);
+    let mut d = converged(&h, &["--event-poll", "1s"]);
+    d.wait_for_log("cannot poll the event log");
+    d.wait_for_metric("stagesync_event_polls_total{result=\"failure\"}", 1.0);
+    assert_eq!(
+        d.metric("stagesync_event_poll_interval_seconds"),
+        Some(60.0),
+        "a refused poll waits a minute"
+    );
+    // A resync (here SIGHUP) still reverts, saying who is unknown.
+    let uuid = h.live("login").unwrap().uuid;
+    h.sim.edit_as(&Actor::ui("erin", "192.0.2.9"), uuid, |f| {
+        f.score_min_threshold = 0.3
+    });
+    d.signal(libc::SIGHUP);
+    h.wait_threshold(&mut d, "login", 0.5);
+    d.wait_for_log("changed_by=unknown");
+    assert_eq!(d.count_lines("cannot poll the event log"), 1, "{}", d.log());
 }

@@ -47,6 +47,8 @@ const DEMO_ORPHAN: &str = "old-login-captcha";
 /// A resync this short so the demo shows an out-of-band edit being reverted
 /// within seconds; a real deployment uses minutes.
 const DEMO_INTERVAL: Duration = Duration::from_secs(15);
+/// The event poll of the demo: a UI edit is reverted within this.
+const DEMO_EVENT_POLL: Duration = Duration::from_secs(2);
 
 /// Gives every `!Env` variable the manifests reference, and that is unset, a
 /// demo value, and says so on stderr.
@@ -218,8 +220,8 @@ pub(crate) async fn run(
         ));
     }
     intro.push_str(&format!(
-        "In 10 s an admin will change a stage in the UI; the next resync (every {} s) reverts it.\n\n",
-        DEMO_INTERVAL.as_secs()
+        "In 10 s an admin will change a stage in the UI; the event poll (every {} s) notices and reverts it, naming who.\n\n",
+        DEMO_EVENT_POLL.as_secs()
     ));
     console.out(&intro)?;
 
@@ -232,7 +234,8 @@ pub(crate) async fn run(
                 .into_iter()
                 .find(|s| !["legacy-signup-captcha", DEMO_ORPHAN].contains(&s.fields.name.as_str()))
             {
-                sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
+                let admin = crate::simulator::Actor::ui("admin", "192.0.2.7");
+                sim.edit_as(&admin, stage.uuid, |f| f.score_min_threshold = 0.05);
                 tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
             }
         }
@@ -247,6 +250,7 @@ pub(crate) async fn run(
         },
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
+        event_poll: Some(DEMO_EVENT_POLL),
         dry_run: false,
         listen,
         concurrency: 4,

@@ -9,6 +9,7 @@ use tokio::sync::Mutex;
 
 use crate::cli::RunConfig;
 use crate::commands::connect;
+use crate::daemon::event_poll::EventPoll;
 use crate::daemon::health::Health;
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
@@ -45,11 +46,13 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
+    let event_client = client.clone();
     let session = Session::new(client, state, cfg.reconcile.policy.clone());
     tracing::info!(
         dir = %cfg.reconcile.dir.display(),
         url = session.client.base_url(),
         interval = ?cfg.interval,
+        event_poll = %cfg.event_poll.map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
         prune = cfg.reconcile.prune.enabled,
@@ -76,6 +79,11 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         let hosts = cfg.reconcile.policy.hosts.clone();
         passes = passes.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
     }
+    let event_poll = cfg.event_poll.map(|every| EventPoll {
+        client: event_client.clone(),
+        every,
+        metrics: metrics.clone(),
+    });
     let passes = Arc::new(Mutex::new(passes));
     let settings = Settings {
         dir: cfg.reconcile.dir,
@@ -85,6 +93,7 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         health,
         metrics,
         hangup: true,
+        event_poll,
     };
     daemon::run(settings, shutdown.stop.cancel.clone(), move |ctx| {
         let passes = passes.clone();

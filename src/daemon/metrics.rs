@@ -10,6 +10,9 @@
 //! | `stagesync_last_successful_reconcile_timestamp_seconds` | gauge | |
 //! | `stagesync_manifest_errors` | gauge | |
 //! | `stagesync_source_available` | gauge | |
+//! | `stagesync_event_poll_duration_seconds` | gauge | |
+//! | `stagesync_event_poll_interval_seconds` | gauge | |
+//! | `stagesync_event_polls_total` | counter | `result` = `success`, `failure` |
 //! | `stagesync_key_check` | gauge (state set) | `stage`; `result` = `valid`, `invalid`, `mismatch`, `unknown` |
 //!
 //! Traps:
@@ -207,6 +210,9 @@ pub struct Metrics {
     manifest_errors: Gauge,
     source_available: Gauge,
     key_checks: Family<KeyCheckLabels, Gauge>,
+    event_poll_duration: Gauge<f64, AtomicU64>,
+    event_poll_interval: Gauge<f64, AtomicU64>,
+    event_polls: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -277,11 +283,32 @@ impl Metrics {
             "Result of the last check of each stage's private key with its captcha provider: 1 for the current result, 0 for the others",
             key_checks.clone(),
         );
+        let event_poll_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_event_poll_duration",
+            "How long the last poll of authentik's event log took",
+            Unit::Seconds,
+            event_poll_duration.clone(),
+        );
+        let event_poll_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_event_poll_interval",
+            "How long the event poll waits before its next request (at least 50 times its last duration)",
+            Unit::Seconds,
+            event_poll_interval.clone(),
+        );
+        let event_polls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "stagesync_event_polls",
+            "Polls of authentik's event log, by result",
+            event_polls.clone(),
+        );
 
         // `get_or_create` is how a series is created; the guard it returns is
         // dropped at once.
         for result in [ResultLabel::Success, ResultLabel::Failure] {
             let _ = reconciles.get_or_create(&ResultLabels { result });
+            let _ = event_polls.get_or_create(&ResultLabels { result });
             for operation in [WriteOperation::Create, WriteOperation::Update] {
                 let _ = writes.get_or_create(&WriteLabels { operation, result });
             }
@@ -322,7 +349,19 @@ impl Metrics {
             manifest_errors,
             source_available,
             key_checks,
+            event_poll_duration,
+            event_poll_interval,
+            event_polls,
         }
+    }
+
+    /// A poll of the event log ended after `took`; the next waits `next`.
+    pub(crate) fn record_event_poll(&self, result: ResultLabel, took: Duration, next: Duration) {
+        self.event_polls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.event_poll_duration.set(took.as_secs_f64());
+        self.event_poll_interval.set(next.as_secs_f64());
     }
 
     /// A pass ended. On success, `finished_at` becomes the last successful

@@ -3,10 +3,13 @@
 //! - [`attribution`]: pure: from the newest event of an object in
 //!   authentik's event log to "changed by alice from 192.0.2.7 at ...",
 //!   recognising stagesync's own writes.
+//! - [`poll`]: pure: the event poll's cursor, which new events are someone
+//!   else's change of a managed object, and how long to wait between polls.
 //!
 //! The event log is read by [`crate::authentik::events`]; the pipeline asks it
 //! only about drifted objects ([`crate::reconcile::Session::attribute`]).
 
 pub mod attribution;
+pub mod poll;
 
 pub use attribution::{Attribution, ChangedBy, Own};
