@@ -338,6 +338,23 @@ struct DaemonArgs {
     /// first seen and whenever it changes; see the stagesync_key_check metric.
     #[arg(long)]
     verify_keys: bool,
+    /// POST a JSON message to this webhook for each event worth attention (drift reverted or
+    /// found, a write failing or recovering, a prune done or blocked); repeatable. Also from
+    /// $STAGESYNC_NOTIFY (comma-separated). Never logged: webhook URLs carry tokens.
+    #[arg(
+        long = "notify",
+        value_name = "URL",
+        env = "STAGESYNC_NOTIFY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    notify: Vec<String>,
+    /// A file of webhook URLs, one per line (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "PATH")]
+    notify_file: Option<PathBuf>,
+    /// The notification body: `json` (the whole message) or `slack` (`{"text": ...}`, also Mattermost).
+    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = parse_notify_format)]
+    notify_format: NotifyFormat,
 }
 
 /// Output format of a plan.
@@ -432,6 +449,56 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         MIN_INTERVAL,
         "so as not to hammer authentik",
     )
+}
+
+/// `--notify-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NotifyFormat(crate::drift::notify::Format);
+
+fn parse_notify_format(s: &str) -> Result<NotifyFormat, String> {
+    use crate::drift::notify::Format;
+    match s {
+        "json" => Ok(NotifyFormat(Format::Json)),
+        "slack" => Ok(NotifyFormat(Format::Slack)),
+        _ => Err("expected `json` or `slack`".into()),
+    }
+}
+
+/// The webhook receivers of `--notify`, `$STAGESYNC_NOTIFY` and `--notify-file`,
+/// each an `http(s)` URL. A URL is never repeated in an error: it carries a token.
+fn resolve_notify(
+    given: Vec<String>,
+    file: Option<&Path>,
+) -> Result<Vec<SecretString>, ConfigError> {
+    let mut urls: Vec<(String, String)> = given
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (format!("--notify value {}", i + 1), u))
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::NotifyFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                urls.push((format!("{}:{}", path.display(), n + 1), line.to_owned()));
+            }
+        }
+    }
+    urls.into_iter()
+        .filter(|(_, u)| !u.trim().is_empty())
+        .map(|(at, u)| {
+            let u = u.trim().to_owned();
+            match url::Url::parse(&u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+                    Ok(SecretString::from(u))
+                }
+                _ => Err(ConfigError::NotifyUrl(at)),
+            }
+        })
+        .collect()
 }
 
 /// `--event-poll`: how often, or `off` (`None`).
@@ -540,6 +607,9 @@ pub(crate) struct RunConfig {
     pub(crate) debounce: Duration,
     /// `--event-poll`; `None` when off.
     pub(crate) event_poll: Option<Duration>,
+    /// `--notify`, `$STAGESYNC_NOTIFY`, `--notify-file`: secrets (tokens in URLs).
+    pub(crate) notify: Vec<SecretString>,
+    pub(crate) notify_format: crate::drift::notify::Format,
     pub(crate) dry_run: bool,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) concurrency: usize,
@@ -598,6 +668,15 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "{0}: not an http:// or https:// URL with a host (the value is not shown: webhook URLs carry tokens)"
+    )]
+    NotifyUrl(String),
+    #[error("cannot read the notification receivers file {}: {source}", .path.display())]
+    NotifyFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -650,6 +729,8 @@ impl Cli {
                 interval: daemon.interval,
                 debounce: daemon.debounce,
                 event_poll: daemon.event_poll.0,
+                notify: resolve_notify(daemon.notify, daemon.notify_file.as_deref())?,
+                notify_format: daemon.notify_format.0,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),

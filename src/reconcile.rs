@@ -298,11 +298,15 @@ impl Session {
             let (id, result) = joined
                 .unwrap_or_else(|e| crate::authentik::transport::raise_panic(e, "an event query"));
             match result {
-                Ok(newest) => {
-                    if let Attribution::By(by) = attribution::attribute(newest.as_ref(), &own) {
+                Ok(newest) => match attribution::attribute(newest.as_ref(), &own) {
+                    Attribution::By(by) => {
                         plan.changed_by.insert(id, by);
                     }
-                }
+                    Attribution::Ours => {
+                        plan.unchanged_since_written.insert(id);
+                    }
+                    Attribution::NoEvent => {}
+                },
                 Err(err) => {
                     // The same answer awaits every other query: stop asking.
                     tasks.abort_all();

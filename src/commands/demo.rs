@@ -251,6 +251,8 @@ pub(crate) async fn run(
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
         event_poll: Some(DEMO_EVENT_POLL),
+        notify: Vec::new(),
+        notify_format: crate::drift::notify::Format::default(),
         dry_run: false,
         listen,
         concurrency: 4,

@@ -13,6 +13,7 @@ use crate::daemon::event_poll::EventPoll;
 use crate::daemon::health::Health;
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
+use crate::daemon::notify::Notifier;
 use crate::daemon::pass::Passes;
 use crate::daemon::{self, Settings, http};
 use crate::exit::Exit;
@@ -55,6 +56,7 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         event_poll = %cfg.event_poll.map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
+        notify_receivers = cfg.notify.len(),
         prune = cfg.reconcile.prune.enabled,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
@@ -84,6 +86,10 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         every,
         metrics: metrics.clone(),
     });
+    if !cfg.notify.is_empty() {
+        let notifier = Notifier::start(cfg.notify, cfg.notify_format, metrics.clone())?;
+        passes = passes.with_notifier(notifier);
+    }
     let passes = Arc::new(Mutex::new(passes));
     let settings = Settings {
         dir: cfg.reconcile.dir,

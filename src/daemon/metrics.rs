@@ -13,6 +13,7 @@
 //! | `stagesync_event_poll_duration_seconds` | gauge | |
 //! | `stagesync_event_poll_interval_seconds` | gauge | |
 //! | `stagesync_event_polls_total` | counter | `result` = `success`, `failure` |
+//! | `stagesync_notifications_total` | counter | `result` = `delivered`, `failed`, `dropped` |
 //! | `stagesync_key_check` | gauge (state set) | `stage`; `result` = `valid`, `invalid`, `mismatch`, `unknown` |
 //!
 //! Traps:
@@ -213,6 +214,28 @@ pub struct Metrics {
     event_poll_duration: Gauge<f64, AtomicU64>,
     event_poll_interval: Gauge<f64, AtomicU64>,
     event_polls: Family<ResultLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+}
+
+/// How a notification ended, per receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotificationResult {
+    Delivered,
+    /// Every attempt failed, or the receiver refused it.
+    Failed,
+    /// The receiver's queue was full.
+    Dropped,
+}
+
+label_value!(NotificationResult {
+    Delivered => "delivered",
+    Failed => "failed",
+    Dropped => "dropped",
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    result: NotificationResult,
 }
 
 impl Default for Metrics {
@@ -303,6 +326,19 @@ impl Metrics {
             "Polls of authentik's event log, by result",
             event_polls.clone(),
         );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "stagesync_notifications",
+            "Notifications to --notify receivers, by result (per receiver)",
+            notifications.clone(),
+        );
+        for result in [
+            NotificationResult::Delivered,
+            NotificationResult::Failed,
+            NotificationResult::Dropped,
+        ] {
+            let _ = notifications.get_or_create(&NotificationLabels { result });
+        }
 
         // `get_or_create` is how a series is created; the guard it returns is
         // dropped at once.
@@ -352,7 +388,15 @@ impl Metrics {
             event_poll_duration,
             event_poll_interval,
             event_polls,
+            notifications,
         }
+    }
+
+    /// A notification ended so for one receiver.
+    pub fn record_notification(&self, result: NotificationResult) {
+        self.notifications
+            .get_or_create(&NotificationLabels { result })
+            .inc();
     }
 
     /// A poll of the event log ended after `took`; the next waits `next`.

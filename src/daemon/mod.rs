@@ -25,6 +25,8 @@
 //!   remembers between passes.
 //! - [`event_poll`]: polls authentik's event log and asks for a pass when
 //!   someone else changed a managed object (`--event-poll`).
+//! - [`notify`]: `--notify`: notifications delivered to webhooks from bounded
+//!   queues, never delaying a pass.
 //! - [`key_checks`]: `--verify-keys`, each stage's key checked with its captcha
 //!   provider when first seen and when it changes, beside the pass.
 //!
@@ -63,6 +65,7 @@ pub mod health;
 pub mod http;
 pub mod key_checks;
 pub mod metrics;
+pub mod notify;
 pub mod pass;
 pub mod prune;
 pub mod scheduler;

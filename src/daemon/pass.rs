@@ -72,8 +72,11 @@ use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::{Counts, Metrics, ResultLabel, WriteOperation};
+use crate::daemon::notify::Notifier;
 use crate::daemon::prune::PruneMemory;
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
+use crate::drift::ChangedBy;
+use crate::drift::notify::{Event, Notification};
 use crate::kinds::Kind;
 use crate::kinds::captcha::DesiredStage;
 use crate::manifest::{self, Manifests, SourceError};
@@ -119,8 +122,35 @@ pub(crate) struct PlannedStage {
     pub(crate) file: PathBuf,
     pub(crate) wanted: Wanted,
     /// Who made the drift, when the event log names someone other than
-    /// stagesync (`alice from 192.0.2.7 at ...`), escaped for a log.
-    pub(crate) changed_by: Option<String>,
+    /// stagesync, or could not be read.
+    pub(crate) changed_by: Option<ChangedByNote>,
+}
+
+/// Who made a drift, as logs and notifications say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChangedByNote {
+    Known(ChangedBy),
+    /// The event log could not be read.
+    Unknown,
+}
+
+impl ChangedByNote {
+    /// `alice from 192.0.2.7 at ...` or `unknown`, escaped for a log line.
+    fn log_text(&self) -> String {
+        match self {
+            ChangedByNote::Known(by) => escape(&by.who()).into_owned(),
+            ChangedByNote::Unknown => "unknown".to_owned(),
+        }
+    }
+
+    /// Fills a notification's `changed_by` / `changed_by_unknown`.
+    fn fill(note: Option<&ChangedByNote>, n: &mut Notification) {
+        match note {
+            Some(ChangedByNote::Known(by)) => n.changed_by = Some(by.clone()),
+            Some(ChangedByNote::Unknown) => n.changed_by_unknown = true,
+            None => {}
+        }
+    }
 }
 
 impl PlannedStage {
@@ -142,12 +172,12 @@ impl PlannedStage {
     }
 }
 
-/// Who made entry `id`'s drift, for a log line: the name, or `unknown` when
-/// the event log could not be read; `None` when nobody else is to be named.
-fn changed_by(plan: &Plan, id: EntryId) -> Option<String> {
+/// Who made entry `id`'s drift: someone named, or unknown when the event
+/// log could not be read; `None` when nobody else is to be named.
+fn changed_by(plan: &Plan, id: EntryId) -> Option<ChangedByNote> {
     match (plan.changed_by.get(&id), &plan.changed_by_unknown) {
-        (Some(by), _) => Some(escape(&by.who()).into_owned()),
-        (None, Some(_)) if plan.drifted().any(|(d, _, _)| d == id) => Some("unknown".to_owned()),
+        (Some(by), _) => Some(ChangedByNote::Known(by.clone())),
+        (None, Some(_)) if plan.drifted().any(|(d, _, _)| d == id) => Some(ChangedByNote::Unknown),
         (None, _) => None,
     }
 }
@@ -551,6 +581,12 @@ pub(crate) struct Passes {
     /// The event log could not be read at the last drift: said once, when
     /// that starts and when it ends.
     event_log_unreadable: bool,
+    /// `--notify`: where events worth attention go.
+    notifier: Option<Notifier>,
+    /// Stages whose write failed and was notified, to notify the recovery.
+    writes_failing: BTreeSet<String>,
+    /// Blocked deletes already notified, by uuid.
+    prune_blocked_notified: BTreeSet<uuid::Uuid>,
 }
 
 /// What a load found: whether the source was available, how many manifest
@@ -587,6 +623,9 @@ impl Passes {
             abandon: CancellationToken::new(),
             prune: PruneMemory::new(PruneSettings::default(), Duration::ZERO),
             event_log_unreadable: false,
+            notifier: None,
+            writes_failing: BTreeSet::new(),
+            prune_blocked_notified: BTreeSet::new(),
         }
     }
 
@@ -601,6 +640,66 @@ impl Passes {
     pub(crate) fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
         self.prune = PruneMemory::new(settings, debounce);
         self
+    }
+
+    /// Sends a notification of each event worth attention through `notifier`.
+    pub(crate) fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    fn notify(&self, n: &Notification) {
+        if let Some(notifier) = &self.notifier {
+            notifier.send(n);
+        }
+    }
+
+    /// A stage whose write failing was notified is written or in sync again.
+    fn write_recovered(&mut self, name: &str, file: &str) {
+        if self.writes_failing.remove(name) {
+            let mut n = Notification::new(Event::WriteRecovered, Kind::CaptchaStage, name);
+            n.file = Some(file.to_owned());
+            self.notify(&n);
+        }
+    }
+
+    /// Prune's events: a delete made, a delete blocked (once, until it is
+    /// no longer blocked).
+    fn notify_prune(&mut self, plan: &Plan, report: Option<&ApplyReport>) {
+        let mut blocked = BTreeSet::new();
+        for entry in plan.prune_entries() {
+            match &entry.action {
+                Action::Delete {
+                    uuid,
+                    held: Some(Held::InUse { users }),
+                } => {
+                    blocked.insert(*uuid);
+                    if !self.prune_blocked_notified.contains(uuid) {
+                        let mut n = Notification::new(Event::PruneBlocked, entry.kind, &entry.name);
+                        n.uuid = Some(*uuid);
+                        n.reason = Some(format!("in use: {}", users.join(", ")));
+                        self.notify(&n);
+                    }
+                }
+                Action::Delete { uuid, held: None } => {
+                    let deleted = report.and_then(|r| r.of(entry.id)).is_some_and(|o| {
+                        matches!(
+                            o.result,
+                            Ended::Deleted {
+                                already_gone: false
+                            }
+                        )
+                    });
+                    if deleted {
+                        let mut n = Notification::new(Event::PruneDone, entry.kind, &entry.name);
+                        n.uuid = Some(*uuid);
+                        self.notify(&n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.prune_blocked_notified = blocked;
     }
 
     /// Writes still in flight when `abandon` fires are given up, their keys
@@ -637,6 +736,7 @@ impl Passes {
         let (decision, confirm_prune_in) = self.decide(&mut planned);
         let (writes, report) = self.execute(&planned, &decision, &ctx).await;
         self.record(&planned, report.as_ref());
+        self.notify_prune(&planned.plan, report.as_ref());
         let summary = summarize(
             decision,
             writes,
@@ -792,6 +892,7 @@ impl Passes {
             cancel: ctx.cancel.clone(),
             abandon: self.abandon.clone(),
         };
+        let notifier = self.notifier.as_ref();
         let writes_held = |id: EntryId| {
             plan.entry(id)
                 .is_some_and(|e| e.is_manifest() && !to_write.contains(&id))
@@ -800,7 +901,15 @@ impl Passes {
             .session
             .execute(plan, self.concurrency, &stop, writes_held, |outcome| {
                 let by = changed_by(plan, outcome.entry);
-                log_outcome(outcome, &change_of(outcome.entry), by.as_deref());
+                log_outcome(
+                    outcome,
+                    &change_of(outcome.entry),
+                    by.as_ref().map(ChangedByNote::log_text).as_deref(),
+                );
+                if let (Some(notifier), Some(n)) = (notifier, reverted(plan, outcome, by.as_ref()))
+                {
+                    notifier.send(&n);
+                }
             })
             .await;
         let writes = report
@@ -891,6 +1000,7 @@ impl Passes {
                 if self.failures.success(&subject).is_news() {
                     info!(stage = %name, file, "stage is in sync again");
                 }
+                self.write_recovered(name, &file);
             }
             // Its line was logged when the write completed (see `execute`).
             StageEnd::Written { operation, .. } => {
@@ -898,6 +1008,7 @@ impl Passes {
                     .record_write(write_operation(*operation), ResultLabel::Success);
                 self.backoff.record_success(&subject);
                 self.failures.success(&subject);
+                self.write_recovered(name, &file);
             }
             StageEnd::PlanFailed(message) => {
                 if self.failures.failure(&subject, message).is_news() {
@@ -911,6 +1022,12 @@ impl Passes {
                 if self.failures.failure(&subject, message).is_news() {
                     warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
                 }
+                if self.writes_failing.insert(name.clone()) {
+                    let mut n = Notification::new(Event::WriteFailed, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.reason = Some(message.clone());
+                    self.notify(&n);
+                }
             }
             StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
                 if self
@@ -920,12 +1037,17 @@ impl Passes {
                 {
                     match &stage.changed_by {
                         Some(by) => {
-                            info!(stage = %name, file, drift = %change, changed_by = %by, "drift found (dry run: not written)")
+                            info!(stage = %name, file, drift = %change, changed_by = %by.log_text(), "drift found (dry run: not written)")
                         }
                         None => {
                             info!(stage = %name, file, drift = %change, "drift found (dry run: not written)")
                         }
                     }
+                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.change = Some(change.clone());
+                    ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
+                    self.notify(&n);
                 }
             }
             StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
@@ -1015,6 +1137,34 @@ impl Passes {
             }
         }
     }
+}
+
+/// The notification of a drift reverted: an update written whose live state
+/// someone other than stagesync made (or whose author is unknown); `None` for
+/// other outcomes, and for an update the manifests asked for (the newest
+/// event was stagesync's own write).
+fn reverted(
+    plan: &Plan,
+    outcome: &apply::Outcome,
+    by: Option<&ChangedByNote>,
+) -> Option<Notification> {
+    let Ended::Written(written) = &outcome.result else {
+        return None;
+    };
+    let entry = plan.entry(outcome.entry)?;
+    let Action::Update { changes, .. } = &entry.action else {
+        return None;
+    };
+    if plan.unchanged_since_written.contains(&entry.id) {
+        return None;
+    }
+    let mut n = Notification::new(Event::DriftReverted, entry.kind, &entry.name);
+    n.file = entry.origin.as_ref().map(|o| o.file.display().to_string());
+    n.uuid = Some(written.uuid);
+    n.changes = changes.clone();
+    n.change = Some(describe(&entry.action, Tense::Done));
+    ChangedByNote::fill(by, &mut n);
+    Some(n)
 }
 
 /// Whether a change was made or is only reported (dry run).

@@ -3,6 +3,8 @@
 //! - [`attribution`]: pure: from the newest event of an object in
 //!   authentik's event log to "changed by alice from 192.0.2.7 at ...",
 //!   recognising stagesync's own writes.
+//! - [`notify`]: pure: what a notification says, as JSON or as a Slack
+//!   `{"text": ...}` body.
 //! - [`poll`]: pure: the event poll's cursor, which new events are someone
 //!   else's change of a managed object, and how long to wait between polls.
 //!
@@ -10,6 +12,7 @@
 //! only about drifted objects ([`crate::reconcile::Session::attribute`]).
 
 pub mod attribution;
+pub mod notify;
 pub mod poll;
 
 pub use attribution::{Attribution, ChangedBy, Own};

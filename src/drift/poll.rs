@@ -31,6 +31,10 @@ pub const WAIT_FACTOR: u32 = 50;
 /// The event the poll saw last.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cursor {
+    /// Whether the log was looked at yet: the first look is the baseline
+    /// (what happened before the daemon started is the start-up pass's).
+    pub looked: bool,
+    /// The newest event seen; `None` while the log was empty.
     pub newest: Option<Uuid>,
 }
 
@@ -48,12 +52,13 @@ impl Cursor {
     /// Compares the newest event with the cursor, and moves the cursor there.
     pub fn observe(&mut self, newest: Option<&Event>) -> Head {
         let pk = newest.map(|e| e.pk);
-        let head = match (self.newest, pk) {
-            (None, None) => Head::Unchanged,
-            (None, Some(_)) => Head::First,
-            (Some(old), Some(new)) if old == new => Head::Unchanged,
-            (Some(_), _) => Head::Moved,
+        let head = match (self.looked, self.newest, pk) {
+            (false, _, _) => Head::First,
+            (true, None, None) => Head::Unchanged,
+            (true, Some(old), Some(new)) if old == new => Head::Unchanged,
+            (true, _, _) => Head::Moved,
         };
+        self.looked = true;
         if pk.is_some() {
             self.newest = pk;
         }
@@ -144,7 +149,6 @@ mod tests {
     #[test]
     fn the_cursor_moves_with_the_newest_event() {
         let mut cursor = Cursor::default();
-        assert_eq!(cursor.observe(None), Head::Unchanged);
         let e1 = event(1, "a", "x");
         assert_eq!(cursor.observe(Some(&e1)), Head::First);
         assert_eq!(cursor.observe(Some(&e1)), Head::Unchanged);
@@ -154,6 +158,23 @@ mod tests {
         // A log emptied (expired) keeps the cursor.
         assert_eq!(cursor.observe(None), Head::Moved);
         assert_eq!(cursor.newest, Some(e2.pk));
+    }
+
+    #[test]
+    fn events_after_a_first_look_at_an_empty_log_are_new() {
+        let mut cursor = Cursor::default();
+        assert_eq!(cursor.observe(None), Head::First);
+        assert_eq!(cursor.observe(None), Head::Unchanged);
+        assert_eq!(cursor.observe(Some(&event(1, "a", "x"))), Head::Moved);
+        assert_eq!(
+            classify(
+                &[event(1, "authentik_stages_captcha", "Mozilla")],
+                None,
+                &Own::default(),
+                &[CAPTCHA]
+            ),
+            NewEvents::Changed(vec![Uuid::from_u128(1001)])
+        );
     }
 
     #[test]

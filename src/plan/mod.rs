@@ -288,6 +288,9 @@ pub struct Plan {
     /// Why nobody could be named (the event log cannot be read): said once
     /// for the whole plan, as "changed by: unknown".
     pub(crate) changed_by_unknown: Option<String>,
+    /// Drifted entries whose newest event is stagesync's own write: nobody
+    /// changed them since; the difference comes from the manifests.
+    pub(crate) unchanged_since_written: BTreeSet<EntryId>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -596,6 +599,7 @@ impl Plan {
             key_checks: BTreeMap::new(),
             changed_by: BTreeMap::new(),
             changed_by_unknown: None,
+            unchanged_since_written: BTreeSet::new(),
         }
     }
 }

@@ -1065,6 +1065,7 @@ pub(crate) fn to_plan(fresh: &Plan, verified: &Verified) -> Plan {
         key_checks: BTreeMap::new(),
         changed_by: BTreeMap::new(),
         changed_by_unknown: None,
+        unchanged_since_written: BTreeSet::new(),
     }
 }
 
