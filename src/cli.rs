@@ -162,6 +162,24 @@ enum CommandArgs {
         after_help = "Example:\n  stagesync verify stages/\n\nSends each key, with a made-up response token, to its stage's api_url only.\n\nExit codes: 0 every key valid, 1 a key invalid or mismatched (or unknown with --strict),\n3 invalid manifests."
     )]
     Verify(VerifyArgs),
+    /// Hold the daemon's writes until a time (drift is still found, planned and notified), or lift the hold.
+    #[command(
+        after_help = "Examples:\n  stagesync freeze --for 2h\n  stagesync freeze --until 2026-12-24T08:00:00Z\n  stagesync freeze --off\n\nWrites STATE_FILE.freeze (owner-only, beside the state file); a `stagesync run` with the same\nstate file holds its writes from its next pass (send it SIGHUP to start at once) and writes the\nheld drift when the freeze ends.",
+        group(clap::ArgGroup::new("how").required(true).args(["for_", "until", "off"]))
+    )]
+    Freeze {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Freeze for this long from now.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        /// Freeze until this time (RFC 3339, e.g. 2026-12-24T08:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<std::time::SystemTime>,
+        /// Lift a freeze made with this command (scheduled windows stay).
+        #[arg(long)]
+        off: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  stagesync completions bash > /etc/bash_completion.d/stagesync"
@@ -349,6 +367,11 @@ struct DaemonArgs {
         hide_env_values = true
     )]
     notify: Vec<String>,
+    /// Hold writes from each time the cron expression (UTC) matches, for the duration
+    /// (e.g. "0 18 * * FRI for 62h"); repeatable. Drift is still reported and notified,
+    /// and written when the window ends.
+    #[arg(long, value_name = "CRON for DURATION", value_parser = parse_window)]
+    freeze_window: Vec<crate::drift::freeze::Window>,
     /// A file of webhook URLs, one per line (blank lines and `#` comments skipped).
     #[arg(long, value_name = "PATH")]
     notify_file: Option<PathBuf>,
@@ -555,7 +578,32 @@ pub(crate) enum Command {
     Demo(DemoConfig),
     Export(ExportConfig),
     Verify(VerifyConfig),
+    Freeze(FreezeConfig),
     Completions(clap_complete::Shell),
+}
+
+/// `stagesync freeze`: the freeze file, and until when (`None`: lift it).
+#[derive(Debug)]
+pub(crate) struct FreezeConfig {
+    pub(crate) file: PathBuf,
+    pub(crate) until: Option<std::time::SystemTime>,
+}
+
+/// Where `stagesync freeze` writes and `run` reads a requested freeze: the
+/// state file's path with `.freeze` appended.
+pub(crate) fn freeze_file(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".freeze");
+    PathBuf::from(name)
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z'))
+        .map_err(|e| format!("{e} (expected RFC 3339 in UTC, e.g. 2026-12-24T08:00:00Z)"))
+}
+
+fn parse_window(s: &str) -> Result<crate::drift::freeze::Window, String> {
+    crate::drift::freeze::Window::parse(s)
 }
 
 #[derive(Debug)]
@@ -610,6 +658,8 @@ pub(crate) struct RunConfig {
     /// `--notify`, `$STAGESYNC_NOTIFY`, `--notify-file`: secrets (tokens in URLs).
     pub(crate) notify: Vec<SecretString>,
     pub(crate) notify_format: crate::drift::notify::Format,
+    /// `--freeze-window`.
+    pub(crate) freeze_windows: Vec<crate::drift::freeze::Window>,
     pub(crate) dry_run: bool,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) concurrency: usize,
@@ -731,6 +781,7 @@ impl Cli {
                 event_poll: daemon.event_poll.0,
                 notify: resolve_notify(daemon.notify, daemon.notify_file.as_deref())?,
                 notify_format: daemon.notify_format.0,
+                freeze_windows: daemon.freeze_window,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),
@@ -766,6 +817,19 @@ impl Cli {
                 timeout: args.timeout,
                 concurrency: args.concurrency.into(),
                 strict: args.strict,
+            }),
+            CommandArgs::Freeze {
+                state,
+                for_,
+                until,
+                off,
+            } => Command::Freeze(FreezeConfig {
+                file: freeze_file(&state.resolve(env)?),
+                until: match (off, for_) {
+                    (true, _) => None,
+                    (false, Some(d)) => Some(std::time::SystemTime::now() + d),
+                    (false, None) => until,
+                },
             }),
             CommandArgs::Completions { shell } => Command::Completions(shell),
         };

@@ -253,6 +253,7 @@ pub(crate) async fn run(
         event_poll: Some(DEMO_EVENT_POLL),
         notify: Vec::new(),
         notify_format: crate::drift::notify::Format::default(),
+        freeze_windows: Vec::new(),
         dry_run: false,
         listen,
         concurrency: 4,

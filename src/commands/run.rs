@@ -14,7 +14,7 @@ use crate::daemon::health::Health;
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::notify::Notifier;
-use crate::daemon::pass::Passes;
+use crate::daemon::pass::{FreezeSettings, Passes};
 use crate::daemon::{self, Settings, http};
 use crate::exit::Exit;
 use crate::reconcile::{Session, State};
@@ -57,6 +57,7 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
         notify_receivers = cfg.notify.len(),
+        freeze_windows = cfg.freeze_windows.len(),
         prune = cfg.reconcile.prune.enabled,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
@@ -85,6 +86,10 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         client: event_client.clone(),
         every,
         metrics: metrics.clone(),
+    });
+    passes = passes.with_freeze(FreezeSettings {
+        windows: cfg.freeze_windows.clone(),
+        file: Some(crate::cli::freeze_file(&cfg.reconcile.state_file)),
     });
     if !cfg.notify.is_empty() {
         let notifier = Notifier::start(cfg.notify, cfg.notify_format, metrics.clone())?;

@@ -14,6 +14,8 @@
 //! | `stagesync_event_poll_interval_seconds` | gauge | |
 //! | `stagesync_event_polls_total` | counter | `result` = `success`, `failure` |
 //! | `stagesync_notifications_total` | counter | `result` = `delivered`, `failed`, `dropped` |
+//! | `stagesync_frozen` | gauge | |
+//! | `stagesync_freeze_end_timestamp_seconds` | gauge | |
 //! | `stagesync_key_check` | gauge (state set) | `stage`; `result` = `valid`, `invalid`, `mismatch`, `unknown` |
 //!
 //! Traps:
@@ -215,6 +217,8 @@ pub struct Metrics {
     event_poll_interval: Gauge<f64, AtomicU64>,
     event_polls: Family<ResultLabels, Counter>,
     notifications: Family<NotificationLabels, Counter>,
+    frozen: Gauge,
+    freeze_end: Gauge<f64, AtomicU64>,
 }
 
 /// How a notification ended, per receiver.
@@ -332,6 +336,19 @@ impl Metrics {
             "Notifications to --notify receivers, by result (per receiver)",
             notifications.clone(),
         );
+        let frozen = Gauge::default();
+        registry.register(
+            "stagesync_frozen",
+            "1 while a freeze holds writes (drift is reported, written when it ends), else 0",
+            frozen.clone(),
+        );
+        let freeze_end = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_freeze_end_timestamp",
+            "Unix time the freeze in force ends; 0 when none",
+            Unit::Seconds,
+            freeze_end.clone(),
+        );
         for result in [
             NotificationResult::Delivered,
             NotificationResult::Failed,
@@ -389,7 +406,18 @@ impl Metrics {
             event_poll_interval,
             event_polls,
             notifications,
+            frozen,
+            freeze_end,
         }
+    }
+
+    /// The freeze in force ends at `until`; `None`: no freeze.
+    pub(crate) fn set_frozen(&self, until: Option<SystemTime>) {
+        self.frozen.set(i64::from(until.is_some()));
+        let end = until
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.freeze_end.set(end);
     }
 
     /// A notification ended so for one receiver.

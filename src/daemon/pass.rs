@@ -76,6 +76,7 @@ use crate::daemon::notify::Notifier;
 use crate::daemon::prune::PruneMemory;
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
 use crate::drift::ChangedBy;
+use crate::drift::freeze::{self, Frozen, Window};
 use crate::drift::notify::{Event, Notification};
 use crate::kinds::Kind;
 use crate::kinds::captcha::DesiredStage;
@@ -189,6 +190,8 @@ pub(crate) enum Hold {
     BackedOff,
     /// `--dry-run`: drift is reported, never written. `change` says what.
     DryRun { change: String },
+    /// A freeze holds writes until it ends; then they are made.
+    Frozen { change: String },
 }
 
 /// What a pass does with each stage of the plan.
@@ -223,12 +226,14 @@ impl WriteDecision {
 }
 
 /// Decides what to write (pure): every stage the plan wants written, except
-/// those whose backoff has not passed at `now`, and nothing in a dry run.
+/// those whose backoff has not passed at `now`, and nothing in a dry run or
+/// while `frozen`.
 pub(crate) fn decide(
     stages: Vec<PlannedStage>,
     backoff: &Backoff,
     now: Instant,
     dry_run: bool,
+    frozen: bool,
 ) -> WriteDecision {
     let stages = stages
         .into_iter()
@@ -237,6 +242,9 @@ pub(crate) fn decide(
                 Wanted::InSync => Step::InSync,
                 Wanted::PlanError(message) => Step::PlanError(message.clone()),
                 Wanted::Write { change } if dry_run => Step::Hold(Hold::DryRun {
+                    change: change.clone(),
+                }),
+                Wanted::Write { change } if frozen => Step::Hold(Hold::Frozen {
                     change: change.clone(),
                 }),
                 Wanted::Write { .. } => {
@@ -587,6 +595,31 @@ pub(crate) struct Passes {
     writes_failing: BTreeSet<String>,
     /// Blocked deletes already notified, by uuid.
     prune_blocked_notified: BTreeSet<uuid::Uuid>,
+    /// Scheduled freeze windows and the requested-freeze file.
+    freeze: FreezeSettings,
+    /// The freeze in force at the last look, to log its start and end once.
+    frozen: Option<Frozen>,
+}
+
+/// Where freezes come from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FreezeSettings {
+    pub(crate) windows: Vec<Window>,
+    /// `stagesync freeze` writes the time it ends here; `None`: no file.
+    pub(crate) file: Option<PathBuf>,
+}
+
+impl FreezeSettings {
+    /// The end of a requested freeze, from the file (absent or unreadable:
+    /// none; an unreadable time is logged).
+    fn requested(&self) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
+        let until = freeze::parse_requested(&text);
+        if until.is_none() {
+            warn!(file = %self.file.as_ref()?.display(), "the freeze file does not hold a time (RFC 3339): ignored");
+        }
+        until
+    }
 }
 
 /// What a load found: whether the source was available, how many manifest
@@ -626,6 +659,8 @@ impl Passes {
             notifier: None,
             writes_failing: BTreeSet::new(),
             prune_blocked_notified: BTreeSet::new(),
+            freeze: FreezeSettings::default(),
+            frozen: None,
         }
     }
 
@@ -646,6 +681,43 @@ impl Passes {
     pub(crate) fn with_notifier(mut self, notifier: Notifier) -> Self {
         self.notifier = Some(notifier);
         self
+    }
+
+    /// Holds writes during `freeze`'s windows and requested freezes.
+    pub(crate) fn with_freeze(mut self, freeze: FreezeSettings) -> Self {
+        self.freeze = freeze;
+        self
+    }
+
+    /// The freeze in force now, its start and end logged once and shown in
+    /// the metrics.
+    fn frozen_now(&mut self) -> Option<Frozen> {
+        let frozen = freeze::frozen_at(
+            &self.freeze.windows,
+            self.freeze.requested(),
+            SystemTime::now(),
+        );
+        match (&self.frozen, &frozen) {
+            (None, Some(f)) => {
+                info!(until = %f.until_text(), reason = %f.reason, "freeze started: writes are held, drift is reported");
+            }
+            (Some(_), None) => info!("freeze ended: held drift is written now"),
+            (Some(old), Some(new)) if old != new => {
+                info!(until = %new.until_text(), reason = %new.reason, "freeze extended");
+            }
+            _ => {}
+        }
+        self.metrics.set_frozen(frozen.as_ref().map(|f| f.until));
+        self.frozen = frozen.clone();
+        frozen
+    }
+
+    /// How long until the freeze state may change (a freeze ends, a window
+    /// opens): a pass then writes what was held, or starts holding.
+    fn freeze_changes_in(&self) -> Option<Duration> {
+        let now = SystemTime::now();
+        freeze::next_change(&self.freeze.windows, self.freeze.requested(), now)
+            .map(|t| t.duration_since(now).unwrap_or_default())
     }
 
     fn notify(&self, n: &Notification) {
@@ -746,11 +818,11 @@ impl Passes {
             loaded.manifest_errors,
         );
         let outcome = self.publish(&summary, started);
-        match (outcome.retry_in, confirm_prune_in) {
-            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
-            (None, Some(b)) => PassOutcome::retry_in(b),
-            _ => outcome,
-        }
+        [outcome.retry_in, confirm_prune_in, self.freeze_changes_in()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or_else(PassOutcome::done, PassOutcome::retry_in)
     }
 
     /// Load: the manifests (off the async threads), taken into the last valid
@@ -849,15 +921,27 @@ impl Passes {
     /// should run to confirm a delete.
     fn decide(&mut self, planned: &mut Planned) -> (WriteDecision, Option<Duration>) {
         let stages = PlannedStage::of_plan(&planned.plan);
-        let decision = decide(stages, &self.backoff, Instant::now(), self.dry_run);
-        let confirm_prune_in = if self.dry_run {
+        let frozen = self.frozen_now();
+        let decision = decide(
+            stages,
+            &self.backoff,
+            Instant::now(),
+            self.dry_run,
+            frozen.is_some(),
+        );
+        let hold_deletes = if self.dry_run {
+            Some("dry run: would be deleted".to_owned())
+        } else {
+            frozen.map(|f| format!("frozen until {} ({})", f.until_text(), f.reason))
+        };
+        let confirm_prune_in = if let Some(reason) = hold_deletes {
             for entry in &mut planned.plan.entries {
                 if let Action::Delete {
                     held: held @ None, ..
                 } = &mut entry.action
                 {
                     *held = Some(Held::Guard {
-                        reason: "dry run: would be deleted".into(),
+                        reason: reason.clone(),
                     });
                 }
             }
@@ -1046,6 +1130,22 @@ impl Passes {
                     let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
                     n.file = Some(file.clone());
                     n.change = Some(change.clone());
+                    ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
+                    self.notify(&n);
+                }
+            }
+            StageEnd::Drifted(Drift::Held(Hold::Frozen { change })) => {
+                if self
+                    .failures
+                    .failure(&subject, &format!("drift: {change}"))
+                    .is_news()
+                {
+                    let by = stage.changed_by.as_ref().map(ChangedByNote::log_text);
+                    info!(stage = %name, file, drift = %change, changed_by = %by.as_deref().unwrap_or("none"), "drift found (frozen: written when the freeze ends)");
+                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.change = Some(change.clone());
+                    n.reason = Some("frozen: written when the freeze ends".into());
                     ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
                     self.notify(&n);
                 }
@@ -1331,7 +1431,7 @@ mod tests {
             planned("new", write()),
             planned("held", write()),
         ];
-        let decision = decide(stages.clone(), &backoff, now, false);
+        let decision = decide(stages.clone(), &backoff, now, false, false);
         let steps: Vec<_> = decision.stages.iter().map(|(_, s)| s.clone()).collect();
         assert_eq!(
             steps,
@@ -1349,17 +1449,31 @@ mod tests {
             &backoff,
             now + crate::daemon::backoff::BASE_DELAY,
             false,
+            false,
         );
         assert_eq!(later.writes(), ids(&["held", "new"]), "its delay passed");
     }
 
     #[test]
     fn a_dry_run_writes_nothing_and_says_what_it_would() {
+        let frozen = decide(
+            vec![planned("new", write())],
+            &Backoff::new(),
+            Instant::now(),
+            false,
+            true,
+        );
+        assert!(
+            matches!(frozen.stages[0].1, Step::Hold(Hold::Frozen { .. })),
+            "a freeze holds the write: {frozen:?}"
+        );
+        assert!(frozen.writes().is_empty());
         let decision = decide(
             vec![planned("new", write()), planned("ok", Wanted::InSync)],
             &Backoff::new(),
             Instant::now(),
             true,
+            false,
         );
         assert!(decision.writes().is_empty());
         assert_eq!(
@@ -1384,7 +1498,7 @@ mod tests {
         let mut backoff = Backoff::new();
         let now = Instant::now();
         backoff.record_failure_with_jitter(&Subject::stage("held"), now, 0.0);
-        let decision = decide(stages, &backoff, now, false);
+        let decision = decide(stages, &backoff, now, false, false);
         let writes = BTreeMap::from([
             (
                 id("new"),
@@ -1461,6 +1575,7 @@ mod tests {
                 vec![planned("ok", Wanted::InSync)],
                 &Backoff::new(),
                 Instant::now(),
+                false,
                 false,
             ),
             BTreeMap::new(),

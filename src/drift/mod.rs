@@ -3,6 +3,8 @@
 //! - [`attribution`]: pure: from the newest event of an object in
 //!   authentik's event log to "changed by alice from 192.0.2.7 at ...",
 //!   recognising stagesync's own writes.
+//! - [`freeze`]: pure: when writes are held (scheduled cron windows, a
+//!   requested freeze until a time).
 //! - [`notify`]: pure: what a notification says, as JSON or as a Slack
 //!   `{"text": ...}` body.
 //! - [`poll`]: pure: the event poll's cursor, which new events are someone
@@ -12,6 +14,7 @@
 //! only about drifted objects ([`crate::reconcile::Session::attribute`]).
 
 pub mod attribution;
+pub mod freeze;
 pub mod notify;
 pub mod poll;
 
