@@ -302,3 +302,80 @@ fn a_bad_notify_value_is_refused_without_showing_it() {
     assert!(err.contains("hooks:4: not an http"), "{err}");
     assert!(!err.contains(HOOK_TOKEN), "{err}");
 }
+
+#[test]
+fn a_key_check_changing_result_is_notified_once() {
+    use stagesync::simulator::provider;
+    const GOOD: &str = "provider-good-secret-41";
+    const SITE: &str = "site-key-notify";
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    let fake = h.block_on(provider::start(GOOD, SITE)).expect("provider");
+    let keys = h.ws.root.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key = keys.join("login.key");
+    std::fs::write(&key, "a-wrong-secret-99").unwrap();
+    h.ws.write(
+        "login.yaml",
+        &format!(
+            "name: login\npublic_key: {SITE}\nprivate_key: !File {}\napi_url: {}\n",
+            key.display(),
+            fake.siteverify_url()
+        ),
+    );
+    let allowed = format!("http://{}", fake.addr());
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--interval",
+            "1h",
+            "--event-poll",
+            "off",
+            "--verify-keys",
+            "--secrets-dir",
+            &keys.display().to_string(),
+            "--notify",
+            &hook.url,
+        ],
+        &[("STAGESYNC_PROVIDER_HOSTS", &allowed)],
+    );
+    d.wait_until("the key check's message", || {
+        hook.bodies()
+            .iter()
+            .any(|b| b.contains("key_check_changed"))
+    });
+    let m: Value = serde_json::from_str(
+        hook.bodies()
+            .iter()
+            .find(|b| b.contains("key_check_changed"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["name"], "login");
+    assert!(
+        m["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("key check: invalid (was not checked)"),
+        "{m}"
+    );
+    for body in hook.bodies() {
+        assert!(
+            !body.contains("a-wrong-secret-99") && !body.contains(GOOD),
+            "{body}"
+        );
+    }
+    // A resync with the same key: no new check, no new message.
+    let before = hook.bodies().len();
+    d.signal(libc::SIGHUP);
+    d.wait_for_log_count("SIGHUP received", 1);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        hook.bodies()
+            .iter()
+            .filter(|b| b.contains("key_check_changed"))
+            .count(),
+        1
+    );
+    assert!(hook.bodies().len() >= before);
+}

@@ -77,10 +77,21 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
     )
     .with_abandon(shutdown.stop.abandon.clone())
     .with_prune(cfg.reconcile.prune, cfg.debounce);
+    let notifier = if cfg.notify.is_empty() {
+        None
+    } else {
+        Some(Notifier::start(
+            cfg.notify,
+            cfg.notify_format,
+            metrics.clone(),
+        )?)
+    };
     if cfg.verify_keys {
         let prober = Prober::new(ProbeSettings::default())?;
         let hosts = cfg.reconcile.policy.hosts.clone();
-        passes = passes.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
+        passes = passes.with_key_checks(
+            KeyChecks::new(prober, hosts, metrics.clone()).with_notifier(notifier.clone()),
+        );
     }
     let event_poll = cfg.event_poll.map(|every| EventPoll {
         client: event_client.clone(),
@@ -91,8 +102,7 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         windows: cfg.freeze_windows.clone(),
         file: Some(crate::cli::freeze_file(&cfg.reconcile.state_file)),
     });
-    if !cfg.notify.is_empty() {
-        let notifier = Notifier::start(cfg.notify, cfg.notify_format, metrics.clone())?;
+    if let Some(notifier) = notifier {
         passes = passes.with_notifier(notifier);
     }
     let passes = Arc::new(Mutex::new(passes));

@@ -29,6 +29,8 @@ pub enum Event {
     PruneDone,
     /// A delete is blocked: something uses the object.
     PruneBlocked,
+    /// `--verify-keys`: a stage's key check has another result than before.
+    KeyCheckChanged,
 }
 
 /// The body's shape (`--notify-format`).
@@ -98,6 +100,7 @@ impl Notification {
             Event::WriteRecovered => "can write again",
             Event::PruneDone => "deleted (pruned)",
             Event::PruneBlocked => "cannot prune",
+            Event::KeyCheckChanged => "checked the key of",
         };
         let mut text = format!("stagesync {what} {} {}", self.kind.noun(), self.name);
         if let Some(file) = &self.file {
