@@ -535,7 +535,7 @@ fn parse_event_poll(s: &str) -> Result<EventPollEvery, String> {
     }
     at_least(
         parse_duration(s)?,
-        crate::daemon::event_poll::MIN_EVERY,
+        crate::drift::poll::MIN_EVERY,
         "each poll is a request to authentik",
     )
     .map(|d| EventPollEvery(Some(d)))

@@ -32,9 +32,6 @@ use crate::kinds::Kind;
 /// stays without it; once a minute notices a fix soon enough.
 pub const FAILURE_WAIT: Duration = Duration::from_secs(60);
 
-/// The shortest `--event-poll`.
-pub const MIN_EVERY: Duration = Duration::from_secs(1);
-
 /// What the poll needs.
 #[derive(Debug)]
 pub struct EventPoll {

@@ -19,6 +19,9 @@ use uuid::Uuid;
 use super::attribution::Own;
 use crate::authentik::events::{Event, LoggedAs};
 
+/// The shortest `--event-poll`: each poll is a request to authentik.
+pub const MIN_EVERY: Duration = Duration::from_secs(1);
+
 /// How many events are read when the newest one moved.
 pub const NEW_EVENTS_PAGE: u32 = 20;
 
