@@ -460,19 +460,7 @@ pub(crate) fn summarize(
                 held: Some(Held::InUse { .. }),
                 ..
             } => count.blocked += 1,
-            Action::Delete { held: None, .. } => {
-                let deleted = report.and_then(|r| r.of(entry.id)).is_some_and(|o| {
-                    matches!(
-                        o.result,
-                        Ended::Deleted {
-                            already_gone: false
-                        }
-                    )
-                });
-                if deleted {
-                    count.pruned += 1;
-                }
-            }
+            Action::Delete { held: None, .. } if pruned(report, entry.id) => count.pruned += 1,
             _ => {}
         }
     }
@@ -484,6 +472,18 @@ pub(crate) fn summarize(
         counts: Some(counts),
         stages,
     }
+}
+
+/// Whether `report` says entry `id`'s delete was made (not found gone).
+fn pruned(report: Option<&ApplyReport>, id: EntryId) -> bool {
+    report.and_then(|r| r.of(id)).is_some_and(|o| {
+        matches!(
+            o.result,
+            Ended::Deleted {
+                already_gone: false
+            }
+        )
+    })
 }
 
 /// The stages whose backoff a change forgets (pure but for `known_as`): those
@@ -753,20 +753,10 @@ impl Passes {
                         self.notify(&n);
                     }
                 }
-                Action::Delete { uuid, held: None } => {
-                    let deleted = report.and_then(|r| r.of(entry.id)).is_some_and(|o| {
-                        matches!(
-                            o.result,
-                            Ended::Deleted {
-                                already_gone: false
-                            }
-                        )
-                    });
-                    if deleted {
-                        let mut n = Notification::new(Event::PruneDone, entry.kind, &entry.name);
-                        n.uuid = Some(*uuid);
-                        self.notify(&n);
-                    }
+                Action::Delete { uuid, held: None } if pruned(report, entry.id) => {
+                    let mut n = Notification::new(Event::PruneDone, entry.kind, &entry.name);
+                    n.uuid = Some(*uuid);
+                    self.notify(&n);
                 }
                 _ => {}
             }
