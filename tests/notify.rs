@@ -379,3 +379,73 @@ fn a_key_check_changing_result_is_notified_once() {
     );
     assert!(hook.bodies().len() >= before);
 }
+
+#[test]
+fn prune_done_and_blocked_are_notified_once_each() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    for name in ["a", "b", "c", "d", "e"] {
+        h.ws.write(
+            &format!("{name}.yaml"),
+            &manifest(name, "site", KEY_VAR, ""),
+        );
+    }
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--prune",
+            "--debounce",
+            "200ms",
+            "--interval",
+            "1h",
+            "--event-poll",
+            "off",
+            "--notify",
+            &hook.url,
+        ],
+        &[(KEY_VAR, KEY)],
+    );
+    for name in ["a", "b", "c", "d", "e"] {
+        d.wait_until(&format!("{name} created"), || h.live(name).is_some());
+    }
+    // e is bound into a flow: its delete is blocked; d goes.
+    let e = h.live("e").unwrap().uuid;
+    h.sim.seed_flow_binding(e, "login-flow", "Login", 10);
+    std::fs::remove_file(h.ws.stages().join("d.yaml")).unwrap();
+    std::fs::remove_file(h.ws.stages().join("e.yaml")).unwrap();
+    d.wait_until("d deleted", || h.live("d").is_none());
+    d.wait_until("both messages", || {
+        let b = hook.bodies();
+        b.iter().any(|b| b.contains("prune_done")) && b.iter().any(|b| b.contains("prune_blocked"))
+    });
+    let messages = hook.messages();
+    let done: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["event"] == "prune_done")
+        .collect();
+    assert_eq!(done.len(), 1, "{messages:?}");
+    assert_eq!(done[0]["name"], "d");
+    let blocked: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["event"] == "prune_blocked")
+        .collect();
+    assert_eq!(blocked[0]["name"], "e");
+    assert!(
+        blocked[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("login-flow"),
+        "{}",
+        blocked[0]
+    );
+    // Another pass: still blocked, not notified again.
+    d.signal(libc::SIGHUP);
+    d.wait_for_log_count("SIGHUP received", 1);
+    std::thread::sleep(Duration::from_millis(800));
+    let blocked_now = hook
+        .bodies()
+        .iter()
+        .filter(|b| b.contains("prune_blocked"))
+        .count();
+    assert_eq!(blocked_now, 1);
+}
