@@ -264,7 +264,19 @@ impl Session {
     /// (no permission, authentik failing) leaves the plan's
     /// `changed_by_unknown` saying why, once; it is never an error.
     pub(crate) async fn attribute(&self, plan: &mut Plan) {
-        let drifted: Vec<(EntryId, Kind, Uuid)> = plan.drifted().collect();
+        let mut drifted: Vec<(EntryId, Kind, Uuid)> = plan.drifted().collect();
+        // A create of an object stagesync managed under that name: it was
+        // deleted (or renamed) since; its last event says by whom.
+        let inventory = self.state.inventory();
+        for entry in &plan.entries {
+            if let Action::Create { .. } = entry.action
+                && let Some((uuid, _)) = inventory
+                    .of_kind(entry.kind)
+                    .find(|(_, managed)| managed.name == entry.name)
+            {
+                drifted.push((entry.id, entry.kind, uuid));
+            }
+        }
         if drifted.is_empty() {
             return;
         }

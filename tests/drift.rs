@@ -331,3 +331,27 @@ fn event_poll_off_asks_nothing_and_a_token_without_permission_still_reconciles()
     d.wait_for_log("changed_by=unknown");
     assert_eq!(d.count_lines("cannot poll the event log"), 1, "{}", d.log());
 }
+
+#[tokio::test]
+async fn a_managed_stage_deleted_in_the_ui_names_who_deleted_it() {
+    let (ws, sim) = applied().await;
+    let login = uuid_of(&sim, "login");
+    assert!(sim.delete_as(&Actor::ui("judy", "192.0.2.10"), login));
+    let out = run(plan(&ws, &sim, "text")).await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("+ create"), "{text}");
+    assert!(
+        text.contains("deleted by judy from 192.0.2.10 at "),
+        "{text}"
+    );
+    let out = run(plan(&ws, &sim, "json")).await;
+    let doc: Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    let entry = doc["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "login")
+        .unwrap();
+    assert_eq!(entry["changed_by"]["action"], "model_deleted");
+}

@@ -449,3 +449,30 @@ fn prune_done_and_blocked_are_notified_once_each() {
         .count();
     assert_eq!(blocked_now, 1);
 }
+
+#[test]
+fn a_stage_deleted_in_the_ui_is_created_again_and_notified() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    let mut d = start(&h, &["--notify", &hook.url]);
+    let uuid = h.live("login").unwrap().uuid;
+    assert!(
+        h.sim
+            .delete_as(&Actor::ui("mallory", "198.51.100.66"), uuid)
+    );
+    d.wait_until("created again", || {
+        h.live("login").is_some_and(|s| s.uuid != uuid)
+    });
+    d.wait_until("the message", || !hook.bodies().is_empty());
+    let m = &hook.messages()[0];
+    assert_eq!(m["event"], "drift_reverted");
+    assert_eq!(m["change"], "create");
+    assert_eq!(m["changed_by"]["username"], "mallory");
+    assert!(
+        m["text"]
+            .as_str()
+            .unwrap()
+            .contains("deleted by mallory from 198.51.100.66"),
+        "{m}"
+    );
+}

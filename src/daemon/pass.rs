@@ -1242,8 +1242,11 @@ fn reverted(
         return None;
     };
     let entry = plan.entry(outcome.entry)?;
-    let Action::Update { changes, .. } = &entry.action else {
-        return None;
+    let changes = match &entry.action {
+        Action::Update { changes, .. } => changes.clone(),
+        // Created again after someone deleted (or renamed) the managed one.
+        Action::Create { .. } if plan.changed_by.contains_key(&entry.id) => Vec::new(),
+        _ => return None,
     };
     if plan.unchanged_since_written.contains(&entry.id) {
         return None;
@@ -1251,7 +1254,7 @@ fn reverted(
     let mut n = Notification::new(Event::DriftReverted, entry.kind, &entry.name);
     n.file = entry.origin.as_ref().map(|o| o.file.display().to_string());
     n.uuid = Some(written.uuid);
-    n.changes = changes.clone();
+    n.changes = changes;
     n.change = Some(describe(&entry.action, Tense::Done));
     ChangedByNote::fill(by, &mut n);
     Some(n)

@@ -79,9 +79,15 @@ impl ChangedBy {
 
 /// `changed by alice from 192.0.2.7 at 2026-12-04T14:02:11Z`. Not escaped:
 /// the names come from authentik, and each renderer escapes for its output.
+/// `deleted by ...` when the last change was a delete.
 impl fmt::Display for ChangedBy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "changed by {}", self.who())
+        let verb = if self.action == "model_deleted" {
+            "deleted"
+        } else {
+            "changed"
+        };
+        write!(f, "{verb} by {}", self.who())
     }
 }
 
