@@ -476,3 +476,49 @@ fn a_stage_deleted_in_the_ui_is_created_again_and_notified() {
         "{m}"
     );
 }
+
+#[test]
+fn a_write_failing_and_recovering_is_notified_once_each() {
+    use stagesync::simulator::Fault;
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    let mut d = start(&h, &["--notify", &hook.url]);
+    let path = format!("/api/v3/stages/captcha/{}/", h.live("login").unwrap().uuid);
+    // authentik refuses the next two PUTs (a 400 is not retried).
+    h.sim.inject(Fault::status(400).on("PUT", &path).times(2));
+    ui_edit(&h, "oscar", 0.1);
+    d.wait_until("write_failed", || {
+        hook.bodies().iter().any(|b| b.contains("write_failed"))
+    });
+    // The second failure (a later pass) is not news; the recovery is.
+    d.signal(libc::SIGHUP);
+    d.signal(libc::SIGHUP);
+    h.wait_threshold(&mut d, "login", 0.5);
+    d.wait_until("write_recovered", || {
+        hook.bodies().iter().any(|b| b.contains("write_recovered"))
+    });
+    let events: Vec<String> = hook
+        .messages()
+        .iter()
+        .map(|m| m["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| *e == "write_failed").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        events.iter().filter(|e| *e == "write_recovered").count(),
+        1,
+        "{events:?}"
+    );
+    let failed = hook
+        .messages()
+        .into_iter()
+        .find(|m| m["event"] == "write_failed")
+        .unwrap();
+    assert!(
+        failed["reason"].as_str().unwrap().contains("400"),
+        "{failed}"
+    );
+}
