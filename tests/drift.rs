@@ -355,3 +355,39 @@ async fn a_managed_stage_deleted_in_the_ui_names_who_deleted_it() {
         .unwrap();
     assert_eq!(entry["changed_by"]["action"], "model_deleted");
 }
+
+#[test]
+fn a_slow_event_log_stretches_the_poll_to_fifty_times_its_duration() {
+    let h = Harness::new();
+    let mut d = converged(&h, &["--event-poll", "1s"]);
+    // A large event table: every answer takes 120 ms.
+    h.sim.set_latency(Duration::from_millis(120));
+    wait_metric(&mut d, "stagesync_event_poll_interval_seconds", |s| {
+        s >= 6.0
+    });
+    let took = d.metric("stagesync_event_poll_duration_seconds").unwrap();
+    assert!(took >= 0.12, "{took}");
+    // Back to fast: back to the configured poll.
+    h.sim.set_latency(Duration::ZERO);
+    wait_metric(&mut d, "stagesync_event_poll_interval_seconds", |s| {
+        s == 1.0
+    });
+}
+
+/// Waits (15 s at most) until `series` satisfies `want`.
+fn wait_metric(d: &mut support::daemon::Daemon, series: &str, want: impl Fn(f64) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        d.assert_running();
+        if d.metric(series).is_some_and(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} is {:?}; log:\n{}",
+            d.metric(series),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
