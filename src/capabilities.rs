@@ -20,7 +20,16 @@ pub struct ServerVersion {
     pub(crate) patch: u32,
 }
 
+/// The oldest authentik release the client is written and tested for (the
+/// recorded exchanges are from 2025.12.4); `stagesync --version` names it.
+pub const OLDEST_KNOWN: ServerVersion = ServerVersion::new(2025, 12, 0);
+
 impl ServerVersion {
+    /// `2026.8`: the release without its patch, as releases are named.
+    pub fn short(&self) -> String {
+        format!("{}.{}", self.year, self.month)
+    }
+
     pub const fn new(year: u32, month: u32, patch: u32) -> Self {
         ServerVersion { year, month, patch }
     }

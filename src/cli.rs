@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::authentik::ClientSettings;
-use crate::plan::PruneSettings;
+use crate::plan::{MarkdownFit, PruneSettings};
 use crate::policy::{
     AllowedDir, OwnFile, Policy, PolicyError, ProviderHosts, SecretsPolicy, lexical_normal,
 };
@@ -39,8 +39,40 @@ Examples:
   stagesync apply --yes stages/          # converge authentik
   stagesync run --interval 5m stages/    # keep it converged";
 
+/// `--full-plan-at`: one line of text, short enough to always fit.
+fn parse_full_plan_at(s: &str) -> Result<String, String> {
+    if s.chars().count() > 300 || s.contains(['\n', '\r']) {
+        return Err("one line of at most 300 characters (a URL, or where to look)".to_owned());
+    }
+    Ok(s.to_owned())
+}
+
+/// What `stagesync --version` prints after the name: the version, the git
+/// commit the binary was built from (`build.rs`), and the authentik versions
+/// the client knows, with the fields only newer ones have (from the kinds'
+/// field tables).
+pub fn long_version() -> &'static str {
+    static TEXT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let commit = match option_env!("STAGESYNC_GIT_COMMIT") {
+            Some(commit) => format!("commit {commit}"),
+            None => "commit unknown (not built from a git checkout)".to_owned(),
+        };
+        let mut authentik = format!(
+            "authentik {} and later",
+            crate::capabilities::OLDEST_KNOWN.short()
+        );
+        for kind in crate::kinds::Kind::ALL {
+            for (key, since) in kind.fields_since() {
+                authentik.push_str(&format!("; {} {key} from {}", kind.noun(), since.short()));
+            }
+        }
+        format!("{}\n{commit}\n{authentik}", env!("CARGO_PKG_VERSION"))
+    });
+    &TEXT
+}
+
 #[derive(Debug, Parser)]
-#[command(name = "stagesync", version, about = "Keeps authentik's Captcha Stages exactly as a directory of YAML manifests says", after_help = AFTER_HELP)]
+#[command(name = "stagesync", version, long_version = long_version(), about = "Keeps authentik's Captcha Stages exactly as a directory of YAML manifests says", after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     command: CommandArgs,
@@ -85,6 +117,15 @@ enum CommandArgs {
         /// captcha provider (api_url), and show the result with the entry.
         #[arg(long)]
         verify_keys: bool,
+        /// With --format markdown: at most N characters (default 65536, GitHub's
+        /// comment limit; GitLab's is 1000000; at least 2000). Entries that do not
+        /// fit are left out, and the last paragraph says how many and where the full plan is.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(MarkdownFit::MIN_CHARS as i64..))]
+        max_chars: Option<u32>,
+        /// With --format markdown: where the full plan is, said when entries are
+        /// left out (e.g. the CI run's URL, with the job log and the plan file).
+        #[arg(long, value_name = "TEXT", value_parser = parse_full_plan_at)]
+        full_plan_at: Option<String>,
     },
     /// Converge authentik to the manifests: create what is missing, update what drifted.
     #[command(
@@ -126,12 +167,16 @@ enum CommandArgs {
     },
     /// Try stagesync without an authentik: a built-in simulator, plan, apply, then the daemon.
     #[command(
-        after_help = "Example:\n  stagesync demo\n  # then edit stages/recaptcha-login.yaml and watch it converge"
+        after_help = "Examples:\n  stagesync demo              # ./stages/ if there is one, else its own example manifests\n  stagesync demo --dir DIR    # your manifests (only read, never edited)\n  # then edit a manifest it names and watch it converge"
     )]
     Demo {
-        /// Manifests to demonstrate with.
-        #[arg(default_value = "stages")]
-        dir: PathBuf,
+        /// Manifests to demonstrate with (default: ./stages/ if it exists, else
+        /// the demo's own examples, written to a temporary directory removed at the end).
+        #[arg(value_name = "DIR", conflicts_with = "dir_flag")]
+        dir: Option<PathBuf>,
+        /// Same as the DIR argument.
+        #[arg(long = "dir", value_name = "DIR")]
+        dir_flag: Option<PathBuf>,
         /// Address for the daemon's health and metrics endpoints (`off` to disable).
         #[arg(long, default_value = "127.0.0.1:9810", value_parser = parse_listen)]
         listen: Listen,
@@ -633,6 +678,8 @@ pub(crate) struct PlanConfig {
     /// Where to save the plan file, if anywhere.
     pub(crate) out: Option<PathBuf>,
     pub(crate) verify_keys: bool,
+    /// How long the Markdown may get, and where the full plan is.
+    pub(crate) fit: MarkdownFit,
 }
 
 #[derive(Debug)]
@@ -670,6 +717,9 @@ pub(crate) struct RunConfig {
 #[derive(Debug)]
 pub(crate) struct DemoConfig {
     pub(crate) dir: PathBuf,
+    /// No directory was named: when `dir` (`stages`) does not exist, the demo
+    /// writes its embedded example manifests to a temporary directory.
+    pub(crate) embedded_if_missing: bool,
     pub(crate) policy: Policy,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) daemon: bool,
@@ -727,6 +777,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--max-chars and --full-plan-at shape a Markdown plan: they go with --format markdown")]
+    MarkdownOnly,
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -746,13 +798,25 @@ impl Cli {
                 ignore_unknown_keys,
                 out,
                 verify_keys,
-            } => Command::Plan(PlanConfig {
-                reconcile: reconcile.resolve(env)?,
-                format,
-                ignore_unknown_keys,
-                out,
-                verify_keys,
-            }),
+                max_chars,
+                full_plan_at,
+            } => {
+                if format != Format::Markdown && (full_plan_at.is_some() || max_chars.is_some()) {
+                    return Err(ConfigError::MarkdownOnly);
+                }
+                Command::Plan(PlanConfig {
+                    reconcile: reconcile.resolve(env)?,
+                    format,
+                    ignore_unknown_keys,
+                    fit: MarkdownFit {
+                        max_chars: max_chars.map_or(MarkdownFit::GITHUB_COMMENT, |n| n as usize),
+                        full_plan_at,
+                        plan_file: out.as_ref().map(|p| p.display().to_string()),
+                    },
+                    out,
+                    verify_keys,
+                })
+            }
             CommandArgs::Apply {
                 reconcile,
                 format,
@@ -790,11 +854,13 @@ impl Cli {
             }),
             CommandArgs::Demo {
                 dir,
+                dir_flag,
                 listen,
                 no_daemon,
                 policy,
             } => Command::Demo(DemoConfig {
-                dir,
+                embedded_if_missing: dir.is_none() && dir_flag.is_none(),
+                dir: dir_flag.or(dir).unwrap_or_else(|| PathBuf::from("stages")),
                 policy: policy.resolve()?,
                 listen: listen.addr(),
                 daemon: !no_daemon,
@@ -860,6 +926,7 @@ impl ReconcileArgs {
             prune: PruneSettings {
                 enabled: self.prune.prune,
                 max_deletes: self.prune.max_deletes,
+                from_plan_file: false,
             },
         })
     }

@@ -48,9 +48,17 @@ fn every_stagesync_call_in_the_ci_examples_parses() {
             }
         }
         let joined: Vec<String> = calls.iter().map(|c| c.join(" ")).collect();
+        // The comment fits where it is posted, and says where the rest is.
+        assert!(
+            joined.iter().any(
+                |c| c.starts_with("stagesync plan --format markdown --max-chars ")
+                    && c.contains(" --full-plan-at $")
+                    && c.ends_with(" --out $PLAN_FILE stages/")
+            ),
+            "{file}: no Markdown plan within a limit in {joined:#?}"
+        );
         for needed in [
             "stagesync validate stages/",
-            "stagesync plan --format markdown --out $PLAN_FILE stages/",
             "stagesync apply --plan $PLAN_FILE stages/",
         ] {
             assert!(

@@ -464,9 +464,10 @@ fn a_directory_that_does_not_exist_yet_is_waited_for() {
     std::fs::create_dir(&root).expect("mkdir");
     let link = root.join("current");
     let mut d = start_on(&h, link.clone(), &["--interval", "1h"], &[]);
+    // Before the first pass /readyz says "starting"; the reason is read after it.
+    d.wait_for_metric(FAILED_PASSES, 1.0);
     let reason = d.wait_for_status("/readyz", 503, DEADLINE);
     assert_eq!(reason, "not ready: manifest directory unavailable\n");
-    d.wait_for_metric(FAILED_PASSES, 1.0);
     // Nothing to do yet: no request but the event poll's.
     let counts = h.sim.request_counts();
     let poll =

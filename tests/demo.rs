@@ -101,10 +101,113 @@ fn demo_plans_applies_and_ends_in_sync_without_any_setup() {
     );
 }
 
+/// Names of what `dir` holds, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn demo_works_from_an_empty_directory_with_its_own_manifests_and_leaves_nothing() {
+    let cwd = tempfile::tempdir().expect("cwd");
+    let tmp = tempfile::tempdir().expect("TMPDIR");
+    let out = demo(cwd.path())
+        .env("TMPDIR", tmp.path())
+        .args(["demo", "--no-daemon"])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    // It says where its manifests are, and they are where it says.
+    let line = stderr
+        .lines()
+        .find(|l| {
+            l.starts_with(
+                "demo: no stages here: using the demo's own example manifests, written to ",
+            )
+        })
+        .expect(&stderr);
+    let written = line
+        .split("written to ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (removed").next())
+        .expect(line);
+    assert!(
+        written.starts_with(&tmp.path().display().to_string()) && written.ends_with("/stages"),
+        "{written}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "~ update login-recaptcha-v3 ({written}/recaptcha-v3.yaml:4)"
+        )),
+        "{stdout}"
+    );
+    for summary in [
+        "Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.",
+        "Apply: 1 created, 1 updated, 0 failed.",
+        "Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged, 1 blocked.",
+        "3 keys checked: 2 valid, 1 invalid, 0 mismatched, 0 unknown",
+    ] {
+        assert!(stdout.contains(summary), "{summary}\n{stdout}");
+    }
+    // Nothing written where it ran; its temporary files are gone.
+    assert!(listing(cwd.path()).is_empty(), "{:?}", listing(cwd.path()));
+    assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+}
+
+#[test]
+fn demo_dir_uses_the_given_manifests_and_leaves_them_as_they_were() {
+    let ws = workspace();
+    let mine = ws.path().join("mine");
+    std::fs::rename(ws.path().join("stages"), &mine).expect("rename");
+    let before: Vec<String> = listing(&mine)
+        .iter()
+        .map(|f| std::fs::read_to_string(mine.join(f)).expect("read"))
+        .collect();
+    let out = demo(ws.path())
+        .args(["demo", "--no-daemon", "--dir", "mine"])
+        .output()
+        .expect("demo runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("own example manifests"), "{stderr}");
+    assert!(
+        stdout.contains("~ update login-recaptcha-v3 (mine/recaptcha-v3.yaml:4)"),
+        "{stdout}"
+    );
+    let after: Vec<String> = listing(&mine)
+        .iter()
+        .map(|f| std::fs::read_to_string(mine.join(f)).expect("read"))
+        .collect();
+    assert_eq!(before, after, "the demo edits nothing of the user's");
+    assert_eq!(listing(ws.path()), ["mine"]);
+
+    // A directory that does not exist is an error, not the examples.
+    let out = demo(ws.path())
+        .args(["demo", "--no-daemon", "--dir", "absent"])
+        .output()
+        .expect("demo runs");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn demo_keeps_running_the_daemon_until_interrupted() {
-    let ws = workspace();
-    let mut child = demo(ws.path())
+    // From an empty directory: the temporary manifests go on Ctrl-C too.
+    let cwd = tempfile::tempdir().expect("cwd");
+    let tmp = tempfile::tempdir().expect("TMPDIR");
+    let mut child = demo(cwd.path())
+        .env("TMPDIR", tmp.path())
         .args(["demo", "--listen", "off"])
         // The first pass's DEBUG line says the daemon (and its signal handling) is up.
         .env("RUST_LOG", "stagesync=debug")
@@ -139,6 +242,8 @@ fn demo_keeps_running_the_daemon_until_interrupted() {
         Some(0),
         "Ctrl-C ends the demo cleanly"
     );
+    assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+    assert!(listing(cwd.path()).is_empty(), "{:?}", listing(cwd.path()));
 }
 
 fn wait_with_deadline(

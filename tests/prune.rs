@@ -424,3 +424,29 @@ mod daemon {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_plan_whose_deletes_grew_since_is_refused_without_naming_a_flag() {
+    // The saved plan deletes one stage; by apply time a second manifest is gone
+    // too. The file's single delete is the limit, and the refusal must not ask
+    // for a --max-deletes the operator never passed.
+    let (ws, sim) = applied(&["keep", "old", "older"]).await;
+    remove_manifest(&ws, "old");
+    let plan_file = ws.root.path().join("plan.json");
+    let plan_file = plan_file.to_str().unwrap();
+    let (code, out, err) = stagesync(
+        &ws,
+        &sim,
+        &["plan", "--prune", "--out", plan_file, "stages"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    remove_manifest(&ws, "older");
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--plan", plan_file, "stages"]).await;
+    assert_eq!(code, 4, "{out}\n{err}");
+    assert!(
+        !format!("{out}{err}").contains("--max-deletes"),
+        "{out}\n{err}"
+    );
+    assert_eq!(live_names(&sim), ["keep", "old", "older"]);
+}

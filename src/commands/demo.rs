@@ -9,6 +9,12 @@
 //! against DIR until Ctrl-C, so that editing a file shows convergence live.
 //! Secrets referenced with `!Env` that are not set get demo values, set before
 //! any thread starts (see [`set_demo_secrets`]).
+//!
+//! The demo carries its own example manifests (the repository's `stages/`,
+//! embedded at build time), so that it works from any directory: with no
+//! directory named and no `./stages/`, it writes them to a temporary directory,
+//! says where, and removes it when it ends. A directory it is given is only
+//! read, never edited.
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -36,10 +42,23 @@ use crate::text::escape;
 use crate::verify::{KeyCheck, KeyProbe, ProbeSettings, Prober, allowed_by};
 
 const DEMO_TOKEN: &str = "demo-token";
+/// The example manifests, as in the repository's `stages/`.
+const EMBEDDED_MANIFESTS: [(&str, &str); 3] = [
+    ("hcaptcha.yaml", include_str!("../../stages/hcaptcha.yaml")),
+    (
+        "recaptcha-v3.yaml",
+        include_str!("../../stages/recaptcha-v3.yaml"),
+    ),
+    (
+        "turnstile.yaml",
+        include_str!("../../stages/turnstile.yaml"),
+    ),
+];
 /// The demo prunes, to show a prune blocked by a login flow.
 const DEMO_PRUNE: PruneSettings = PruneSettings {
     enabled: true,
     max_deletes: None,
+    from_plan_file: false,
 };
 /// A stage stagesync once created, whose manifest is gone, and which a login
 /// flow and an identification stage still use.
@@ -49,6 +68,43 @@ const DEMO_ORPHAN: &str = "old-login-captcha";
 const DEMO_INTERVAL: Duration = Duration::from_secs(15);
 /// The event poll of the demo: a UI edit is reverted within this.
 const DEMO_EVENT_POLL: Duration = Duration::from_secs(2);
+
+/// When no directory was named and `./stages/` does not exist, writes the
+/// embedded example manifests to a new temporary directory, points `cfg.dir`
+/// at it and says so. The directory is removed when the returned guard drops.
+pub(crate) fn embedded_manifests_if_needed(
+    cfg: &mut DemoConfig,
+    console: &Console,
+) -> Result<Option<tempfile::TempDir>> {
+    if !cfg.embedded_if_missing || cfg.dir.is_dir() {
+        return Ok(None);
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("stagesync-demo-")
+        .tempdir()
+        .context("cannot create a temporary directory for the demo's manifests")?;
+    let dir = temp.path().join("stages");
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir(&dir)?;
+        for (name, content) in EMBEDDED_MANIFESTS {
+            std::fs::write(dir.join(name), content)?;
+        }
+        Ok(())
+    };
+    write().with_context(|| {
+        format!(
+            "cannot write the demo's manifests to {}",
+            escape(&dir.display().to_string())
+        )
+    })?;
+    console.errln(&format!(
+        "demo: no {} here: using the demo's own example manifests, written to {} (removed when the demo ends; `stagesync demo --dir DIR` uses yours)",
+        escape(&cfg.dir.display().to_string()),
+        escape(&dir.display().to_string())
+    ));
+    cfg.dir = dir;
+    Ok(Some(temp))
+}
 
 /// Gives every `!Env` variable the manifests reference, and that is unset, a
 /// demo value, and says so on stderr.

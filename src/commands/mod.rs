@@ -29,9 +29,13 @@ pub(crate) mod verify;
 /// streams. A forced end ([`Shutdown::forced`]: a third stop signal, the
 /// daemon's backstop) returns at once, without waiting for the work or the
 /// runtime's threads: `main` then exits.
-pub fn dispatch(config: Config) -> Result<Exit> {
+pub fn dispatch(mut config: Config) -> Result<Exit> {
     let console = Console::stdio();
-    if let Command::Demo(cfg) = &config.command {
+    // Held until the command has ended: dropping it removes the demo's
+    // temporary manifests, also after Ctrl-C or a forced end.
+    let mut _demo_manifests = None;
+    if let Command::Demo(cfg) = &mut config.command {
+        _demo_manifests = demo::embedded_manifests_if_needed(cfg, &console)?;
         demo::set_demo_secrets(&cfg.dir, &cfg.policy, &console);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +150,7 @@ mod tests {
             format: Format::Text,
             ignore_unknown_keys: false,
             out: None,
+            fit: Default::default(),
             verify_keys: false,
         };
         let (console, captured) = Console::captured();

@@ -47,7 +47,11 @@ pub(crate) async fn run(cfg: PlanConfig, console: &Console, color: bool) -> Resu
             .await;
         plan.key_checks = entries.into_iter().zip(checks).collect();
     }
-    console.out(&render(&plan, cfg.format, color))?;
+    let rendered = match cfg.format {
+        Format::Markdown => plan::render_markdown_fit(&plan, &cfg.fit),
+        format => render(&plan, format, color),
+    };
+    console.out(&rendered)?;
     if let Some(path) = &cfg.out {
         let mut salt = [0u8; 16];
         rand::rng().fill_bytes(&mut salt);

@@ -1040,6 +1040,9 @@ impl Passes {
             debug!("reconcile: everything in sync");
         }
 
+        // Readiness first: whoever sees the pass counted in /metrics then reads
+        // this pass's readiness too.
+        self.health.record_pass(&report.health());
         self.metrics.record_reconcile(
             ResultLabel::of(report.success()),
             started.elapsed(),
@@ -1048,7 +1051,6 @@ impl Passes {
         for (kind, counts) in report.counts.iter().flatten() {
             self.metrics.set_counts(*kind, *counts);
         }
-        self.health.record_pass(&report.health());
         debug!(elapsed = ?started.elapsed(), counts = ?report.counts, "reconcile finished");
 
         match &report.authentik {

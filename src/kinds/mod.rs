@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::authentik::{ApiError, Client};
-use crate::capabilities::Capabilities;
+use crate::capabilities::{Capabilities, ServerVersion};
 use crate::secret::PrivateKey;
 use field::Value;
 
@@ -107,6 +107,17 @@ pub struct Written {
 }
 
 impl Kind {
+    /// The fields of this kind that only newer authentik versions know, with
+    /// the first version that knows each, in table order.
+    pub(crate) fn fields_since(self) -> Vec<(&'static str, ServerVersion)> {
+        match self {
+            Kind::CaptchaStage => captcha::FIELDS
+                .iter()
+                .filter_map(|f| Some((f.key, f.since?)))
+                .collect(),
+        }
+    }
+
     /// The keys of the fields of this kind the server knows, in table order:
     /// what is compared, shown and sent.
     pub(crate) fn known_keys(self, capabilities: Capabilities) -> Vec<&'static str> {

@@ -52,7 +52,9 @@ mod warnings;
 pub(crate) use prune::PruneSettings;
 #[cfg(test)]
 use render::JSON_FORMAT_VERSION;
-pub(crate) use render::{render_json, render_markdown, render_text};
+pub(crate) use render::{
+    MarkdownFit, render_json, render_markdown, render_markdown_fit, render_text,
+};
 pub(crate) use warnings::{Warning, warnings};
 
 use std::collections::{BTreeMap, BTreeSet};

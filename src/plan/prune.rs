@@ -46,6 +46,9 @@ pub(crate) struct PruneSettings {
     pub(crate) enabled: bool,
     /// `--max-deletes N`; `None` = the default share.
     pub(crate) max_deletes: Option<usize>,
+    /// The limit is the number of deletes a saved plan holds (`apply --plan`),
+    /// not a flag the operator passed: a refusal says so.
+    pub(crate) from_plan_file: bool,
 }
 
 /// The default guard: a run deletes at most this share of the managed stages
@@ -187,15 +190,17 @@ pub(crate) fn decide(inputs: &PruneInputs) -> Vec<Decided> {
         .count();
     let limit = inputs.settings.limit(managed);
     if deletes > limit {
-        let allowed = match inputs.settings.max_deletes {
-            Some(n) => format!("--max-deletes {n}"),
+        let reason = match inputs.settings.max_deletes {
+            Some(n) if inputs.settings.from_plan_file => format!(
+                "this run would delete {deletes} stages, more than the {n} the plan file holds; nothing is deleted (make a new plan)"
+            ),
+            Some(n) => format!(
+                "this run would delete {deletes} stages, more than the --max-deletes {n} allowed; nothing is deleted (pass --max-deletes {deletes} to allow it)"
+            ),
             None => format!(
-                "{limit} ({DEFAULT_MAX_DELETE_PERCENT}% of {managed} managed stages, at least 1)"
+                "this run would delete {deletes} stages, more than the {limit} ({DEFAULT_MAX_DELETE_PERCENT}% of {managed} managed stages, at least 1) allowed; nothing is deleted (pass --max-deletes {deletes} to allow it)"
             ),
         };
-        let reason = format!(
-            "this run would delete {deletes} stages, more than the {allowed} allowed; nothing is deleted (pass --max-deletes {deletes} to allow it)"
-        );
         for e in entries.iter_mut().filter(|e| e.held.is_none()) {
             e.held = Some(Held::Guard {
                 reason: reason.clone(),
@@ -326,6 +331,7 @@ mod tests {
     const PRUNE: PruneSettings = PruneSettings {
         enabled: true,
         max_deletes: None,
+        from_plan_file: false,
     };
 
     fn held(d: &Option<Held>) -> &str {
@@ -431,6 +437,7 @@ mod tests {
         let allow = |n| PruneSettings {
             enabled: true,
             max_deletes: Some(n),
+            from_plan_file: false,
         };
         assert_eq!(allow(0).limit(100), 0);
 
@@ -457,6 +464,15 @@ mod tests {
         assert!(decided.iter().all(|(_, d)| held(d) == held(&decided[0].1)));
         assert!(w.decide(allow(3)).iter().all(|(_, d)| d.is_none()));
         assert!(held(&w.decide(allow(2))[0].1).contains("more than the --max-deletes 2 allowed"));
+        // Applying a saved plan: its own count is the limit, and no flag is named.
+        let from_file = PruneSettings {
+            from_plan_file: true,
+            ..allow(2)
+        };
+        assert_eq!(
+            held(&w.decide(from_file)[0].1),
+            "this run would delete 3 stages, more than the 2 the plan file holds; nothing is deleted (make a new plan)"
+        );
     }
 
     #[test]

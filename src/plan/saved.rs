@@ -689,6 +689,7 @@ impl SavedPlan {
         super::PruneSettings {
             enabled: deletes > 0,
             max_deletes: (deletes > 0).then_some(deletes),
+            from_plan_file: true,
         }
     }
 }

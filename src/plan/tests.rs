@@ -535,6 +535,107 @@ fn markdown_rendering_of_every_kind_of_entry() {
     insta::assert_snapshot!(render_markdown(&every_kind_of_entry()));
 }
 
+/// The numbers in the last paragraph of a cut Markdown plan: left out, of.
+fn left_out_counts(markdown: &str) -> (usize, usize) {
+    let last = markdown.lines().last().expect("a last line");
+    let counts = last
+        .strip_prefix("**")
+        .and_then(|rest| rest.split(" entries left out**").next())
+        .expect(last);
+    let (left, total) = counts.split_once(" of ").expect(counts);
+    (left.parse().expect(left), total.parse().expect(total))
+}
+
+#[test]
+fn markdown_folds_each_diff_and_shows_whole_plans_whole() {
+    let p = every_kind_of_entry();
+    let whole = render_markdown(&p);
+    assert_eq!(
+        whole.matches("<details><summary>+ create <code>").count(),
+        2
+    );
+    assert_eq!(
+        whole.matches("<details><summary>~ update <code>").count(),
+        5
+    );
+    assert!(!whole.contains("left out"), "{whole}");
+    let exactly = MarkdownFit {
+        max_chars: whole.chars().count(),
+        ..MarkdownFit::default()
+    };
+    assert_eq!(render_markdown_fit(&p, &exactly), whole);
+}
+
+#[test]
+fn markdown_cut_to_fit_keeps_the_summary_and_warnings_and_counts_what_is_left_out() {
+    let p = every_kind_of_entry();
+    let whole = render_markdown(&p);
+    for max_chars in [MarkdownFit::MIN_CHARS, 3_000, whole.chars().count() - 1] {
+        let fit = MarkdownFit {
+            max_chars,
+            full_plan_at: Some("https://ci.example/runs/7".to_owned()),
+            plan_file: Some("plan.json".to_owned()),
+        };
+        let cut = render_markdown_fit(&p, &fit);
+        assert!(cut.chars().count() <= max_chars, "{max_chars}: {cut}");
+        assert!(cut.starts_with("### stagesync plan\n\n**Plan: 2 to create, 5 to update"));
+        for warning in ["(api\\_url)", "(js\\_url)"] {
+            let first = cut.find(warning).expect(&cut);
+            assert!(first < cut.find("<details>").unwrap_or(cut.len()), "{cut}");
+        }
+        let shown = cut.matches("<details><summary>+ create").count()
+            + cut.matches("<details><summary>~ update").count()
+            + cut.matches("**! error**").count();
+        let (left, total) = left_out_counts(&cut);
+        assert_eq!(total, 9, "{cut}");
+        assert_eq!(shown + left, total, "{cut}");
+        assert!(
+            cut.ends_with(
+                "The full plan: https://ci.example/runs/7; the plan file `plan.json` (every entry).\n"
+            ),
+            "{cut}"
+        );
+        // However long the plan file's path, the limit holds.
+        let deep = MarkdownFit {
+            plan_file: Some(format!("{}plan.json", "deep/".repeat(600))),
+            ..fit.clone()
+        };
+        let cut_deep = render_markdown_fit(&p, &deep);
+        assert!(cut_deep.chars().count() <= max_chars, "{cut_deep}");
+        assert!(
+            cut_deep
+                .trim_end()
+                .ends_with("the plan file `plan.json` (every entry).")
+        );
+        // Whole entries only: every fence and fold that opens closes.
+        assert_eq!(
+            cut.matches("<details>").count(),
+            cut.matches("</details>").count()
+        );
+        assert_eq!(cut.matches("```").count() % 2, 0, "{cut}");
+    }
+}
+
+#[test]
+fn a_thousand_creates_fit_in_a_github_comment() {
+    let ds: Vec<DesiredStage> = (0..1000)
+        .map(|i| desired(&format!("stage-{i:04}"), None))
+        .collect();
+    let p = run(&ds, &[], &KeyState::default());
+    let markdown = render_markdown(&p);
+    assert!(markdown.chars().count() <= 65_536, "{}", markdown.len());
+    let (left, total) = left_out_counts(&markdown);
+    assert_eq!(total, 1000);
+    let shown = markdown.matches("<details><summary>+ create").count();
+    assert!(shown > 50, "{shown} shown");
+    assert_eq!(shown + left, 1000);
+    assert!(
+        markdown.contains(&format!("({left} creates)")),
+        "{markdown}"
+    );
+    assert!(markdown.contains("`stagesync plan` prints every entry"));
+}
+
 #[test]
 fn an_empty_plan_renders() {
     let p = run(&[], &[], &KeyState::default());

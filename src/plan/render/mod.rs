@@ -16,12 +16,12 @@ mod text;
 #[cfg(test)]
 pub use json::JSON_FORMAT_VERSION;
 pub use json::render_json;
-pub use markdown::render_markdown;
+pub use markdown::{Fit as MarkdownFit, render_markdown, render_markdown_fit};
 pub use text::render_text;
 
 use similar::TextDiff;
 
-use super::{Action, Held, KeyStatus, Plan, Summary, Warning};
+use super::{Action, Held, KeyStatus, Summary, Warning};
 use crate::kinds::Object;
 use crate::kinds::Origin;
 use crate::kinds::field::{FieldChange, Value};
@@ -167,10 +167,6 @@ fn key_check_text(check: &KeyCheck) -> String {
         text.push_str(&format!(" (error-codes: {})", check.error_codes.join(", ")));
     }
     escape(&text).into_owned()
-}
-
-fn has_any(plan: &Plan, pred: impl Fn(&Action) -> bool) -> bool {
-    plan.entries.iter().any(|s| pred(&s.action))
 }
 
 /// The header label of a delete entry, shared by the text and Markdown plans.

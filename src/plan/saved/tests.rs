@@ -514,6 +514,7 @@ fn with_prune(w: &World, users: Vec<crate::kinds::UsedBy>) -> Plan {
         settings: crate::plan::PruneSettings {
             enabled: true,
             max_deletes: Some(1),
+            from_plan_file: true,
         },
     });
     planned.add_deletes(decided);
@@ -533,7 +534,8 @@ fn a_saved_delete_is_made_while_it_is_still_the_delete_planned() {
         saved.prune_settings(),
         crate::plan::PruneSettings {
             enabled: true,
-            max_deletes: Some(1)
+            max_deletes: Some(1),
+            from_plan_file: true,
         }
     );
     let verified = check_against(&saved, &w, &with_prune(&w, Vec::new())).unwrap();
