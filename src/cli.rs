@@ -207,6 +207,24 @@ enum CommandArgs {
         after_help = "Example:\n  stagesync verify stages/\n\nSends each key, with a made-up response token, to its stage's api_url only.\n\nExit codes: 0 every key valid, 1 a key invalid or mismatched (or unknown with --strict),\n3 invalid manifests."
     )]
     Verify(VerifyArgs),
+    /// Hold the daemon's writes until a time (drift is still found, planned and notified), or lift the hold.
+    #[command(
+        after_help = "Examples:\n  stagesync freeze --for 2h\n  stagesync freeze --until 2026-12-24T08:00:00Z\n  stagesync freeze --off\n\nWrites STATE_FILE.freeze (owner-only, beside the state file); a `stagesync run` with the same\nstate file holds its writes from its next pass (send it SIGHUP to start at once) and writes the\nheld drift when the freeze ends.",
+        group(clap::ArgGroup::new("how").required(true).args(["for_", "until", "off"]))
+    )]
+    Freeze {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Freeze for this long from now.
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration)]
+        for_: Option<Duration>,
+        /// Freeze until this time (RFC 3339, e.g. 2026-12-24T08:00:00Z).
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        until: Option<std::time::SystemTime>,
+        /// Lift a freeze made with this command (scheduled windows stay).
+        #[arg(long)]
+        off: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example:\n  stagesync completions bash > /etc/bash_completion.d/stagesync"
@@ -366,6 +384,10 @@ struct DaemonArgs {
     /// Quiet time after a file change before reconciling; at least 100ms.
     #[arg(long, default_value = "500ms", value_parser = parse_debounce)]
     debounce: Duration,
+    /// Poll authentik's event log this often and revert a change made by someone else at once
+    /// (waits at least 50 times as long as a poll takes); at least 1s, or `off`.
+    #[arg(long, default_value = "5s", value_parser = parse_event_poll)]
+    event_poll: EventPollEvery,
     /// Report drift (logs and metrics) but never write.
     #[arg(long)]
     dry_run: bool,
@@ -379,6 +401,28 @@ struct DaemonArgs {
     /// first seen and whenever it changes; see the stagesync_key_check metric.
     #[arg(long)]
     verify_keys: bool,
+    /// POST a JSON message to this webhook for each event worth attention (drift reverted or
+    /// found, a write failing or recovering, a prune done or blocked); repeatable. Also from
+    /// $STAGESYNC_NOTIFY (comma-separated). Never logged: webhook URLs carry tokens.
+    #[arg(
+        long = "notify",
+        value_name = "URL",
+        env = "STAGESYNC_NOTIFY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    notify: Vec<String>,
+    /// Hold writes from each time the cron expression (UTC) matches, for the duration
+    /// (e.g. "0 18 * * FRI for 62h"); repeatable. Drift is still reported and notified,
+    /// and written when the window ends.
+    #[arg(long, value_name = "CRON for DURATION", value_parser = parse_window)]
+    freeze_window: Vec<crate::drift::freeze::Window>,
+    /// A file of webhook URLs, one per line (blank lines and `#` comments skipped).
+    #[arg(long, value_name = "PATH")]
+    notify_file: Option<PathBuf>,
+    /// The notification body: `json` (the whole message) or `slack` (`{"text": ...}`, also Mattermost).
+    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = parse_notify_format)]
+    notify_format: NotifyFormat,
 }
 
 /// Output format of a plan.
@@ -475,6 +519,73 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     )
 }
 
+/// `--notify-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NotifyFormat(crate::drift::notify::Format);
+
+fn parse_notify_format(s: &str) -> Result<NotifyFormat, String> {
+    use crate::drift::notify::Format;
+    match s {
+        "json" => Ok(NotifyFormat(Format::Json)),
+        "slack" => Ok(NotifyFormat(Format::Slack)),
+        _ => Err("expected `json` or `slack`".into()),
+    }
+}
+
+/// The webhook receivers of `--notify`, `$STAGESYNC_NOTIFY` and `--notify-file`,
+/// each an `http(s)` URL. A URL is never repeated in an error: it carries a token.
+fn resolve_notify(
+    given: Vec<String>,
+    file: Option<&Path>,
+) -> Result<Vec<SecretString>, ConfigError> {
+    let mut urls: Vec<(String, String)> = given
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (format!("--notify value {}", i + 1), u))
+        .collect();
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::NotifyFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                urls.push((format!("{}:{}", path.display(), n + 1), line.to_owned()));
+            }
+        }
+    }
+    urls.into_iter()
+        .filter(|(_, u)| !u.trim().is_empty())
+        .map(|(at, u)| {
+            let u = u.trim().to_owned();
+            match url::Url::parse(&u) {
+                Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.has_host() => {
+                    Ok(SecretString::from(u))
+                }
+                _ => Err(ConfigError::NotifyUrl(at)),
+            }
+        })
+        .collect()
+}
+
+/// `--event-poll`: how often, or `off` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct EventPollEvery(Option<Duration>);
+
+/// `--event-poll`: a duration of at least a second, or `off`.
+fn parse_event_poll(s: &str) -> Result<EventPollEvery, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(EventPollEvery(None));
+    }
+    at_least(
+        parse_duration(s)?,
+        crate::drift::poll::MIN_EVERY,
+        "each poll is a request to authentik",
+    )
+    .map(|d| EventPollEvery(Some(d)))
+}
+
 fn parse_debounce(s: &str) -> Result<Duration, String> {
     at_least(
         parse_duration(s)?,
@@ -512,7 +623,32 @@ pub(crate) enum Command {
     Demo(DemoConfig),
     Export(ExportConfig),
     Verify(VerifyConfig),
+    Freeze(FreezeConfig),
     Completions(clap_complete::Shell),
+}
+
+/// `stagesync freeze`: the freeze file, and until when (`None`: lift it).
+#[derive(Debug)]
+pub(crate) struct FreezeConfig {
+    pub(crate) file: PathBuf,
+    pub(crate) until: Option<std::time::SystemTime>,
+}
+
+/// Where `stagesync freeze` writes and `run` reads a requested freeze: the
+/// state file's path with `.freeze` appended.
+pub(crate) fn freeze_file(state_file: &Path) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".freeze");
+    PathBuf::from(name)
+}
+
+fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
+    humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z'))
+        .map_err(|e| format!("{e} (expected RFC 3339 in UTC, e.g. 2026-12-24T08:00:00Z)"))
+}
+
+fn parse_window(s: &str) -> Result<crate::drift::freeze::Window, String> {
+    crate::drift::freeze::Window::parse(s)
 }
 
 #[derive(Debug)]
@@ -564,6 +700,13 @@ pub(crate) struct RunConfig {
     pub(crate) reconcile: ReconcileConfig,
     pub(crate) interval: Duration,
     pub(crate) debounce: Duration,
+    /// `--event-poll`; `None` when off.
+    pub(crate) event_poll: Option<Duration>,
+    /// `--notify`, `$STAGESYNC_NOTIFY`, `--notify-file`: secrets (tokens in URLs).
+    pub(crate) notify: Vec<SecretString>,
+    pub(crate) notify_format: crate::drift::notify::Format,
+    /// `--freeze-window`.
+    pub(crate) freeze_windows: Vec<crate::drift::freeze::Window>,
     pub(crate) dry_run: bool,
     pub(crate) listen: Option<SocketAddr>,
     pub(crate) concurrency: usize,
@@ -622,6 +765,15 @@ pub enum ConfigError {
     NoStateDir,
     #[error("--secrets-dir {}: {source}", .path.display())]
     SecretsDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{0}: not an http:// or https:// URL with a host (the value is not shown: webhook URLs carry tokens)"
+    )]
+    NotifyUrl(String),
+    #[error("cannot read the notification receivers file {}: {source}", .path.display())]
+    NotifyFile {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -690,6 +842,10 @@ impl Cli {
                 reconcile: reconcile.resolve(env)?,
                 interval: daemon.interval,
                 debounce: daemon.debounce,
+                event_poll: daemon.event_poll.0,
+                notify: resolve_notify(daemon.notify, daemon.notify_file.as_deref())?,
+                notify_format: daemon.notify_format.0,
+                freeze_windows: daemon.freeze_window,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),
                 concurrency: daemon.concurrency.into(),
@@ -727,6 +883,19 @@ impl Cli {
                 timeout: args.timeout,
                 concurrency: args.concurrency.into(),
                 strict: args.strict,
+            }),
+            CommandArgs::Freeze {
+                state,
+                for_,
+                until,
+                off,
+            } => Command::Freeze(FreezeConfig {
+                file: freeze_file(&state.resolve(env)?),
+                until: match (off, for_) {
+                    (true, _) => None,
+                    (false, Some(d)) => Some(std::time::SystemTime::now() + d),
+                    (false, None) => until,
+                },
             }),
             CommandArgs::Completions { shell } => Command::Completions(shell),
         };

@@ -40,6 +40,8 @@
 //! - [`reconcile`]: the one pipeline of plan, apply, apply --plan, run and
 //!   demo: a [`reconcile::Session`] whose steps are load, fetch, plan,
 //!   execute, record, save.
+//! - [`drift`]: who made a drift: the newest event of a drifted object in
+//!   authentik's event log, stagesync's own writes recognised (pure).
 //! - [`verify`]: key checks: asks each stage's captcha provider whether its
 //!   private key works, with a made-up response token.
 //! - [`apply`]: executes a plan with bounded concurrency; it does not decide one.
@@ -64,6 +66,7 @@ pub mod cli;
 pub mod commands;
 pub(crate) mod confined;
 pub mod daemon;
+pub mod drift;
 pub mod exit;
 pub mod kinds;
 pub mod logging;

@@ -32,6 +32,7 @@ use uuid::Uuid;
 use crate::apply::{self, ApplyReport, Ended, Operation, Outcome};
 use crate::authentik::{ApiError, Client, name_check};
 use crate::capabilities::Capabilities;
+use crate::drift::{Attribution, Own, attribution};
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::kinds::guard::Guard;
@@ -43,6 +44,11 @@ use crate::plan::prune::{self, PruneInputs, PruneSettings};
 use crate::plan::{self, Action, EntryId, Plan, PlanInputs};
 use crate::policy::Policy;
 use crate::state::{Inventory, KeyState, KeyStore, ManagedAs, StateError, StateFile};
+
+/// How many event queries attribution makes at once: each is a few hundred
+/// milliseconds on a large log (CONTRACT.md), and a plan with many drifted
+/// objects should not flood authentik.
+const ATTRIBUTION_CONCURRENCY: usize = 4;
 
 /// What authentik has, as one fetch sees it.
 pub struct Live {
@@ -124,6 +130,9 @@ pub struct Session {
     pub(crate) client: Client,
     pub(crate) state: State,
     pub(crate) policy: Policy,
+    /// What marks stagesync's own writes in the event log: asked once
+    /// (`core/users/me/`), on the first drift.
+    own: tokio::sync::OnceCell<Own>,
 }
 
 impl Session {
@@ -132,6 +141,7 @@ impl Session {
             client,
             state,
             policy,
+            own: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -257,6 +267,78 @@ impl Session {
     ) -> Result<Planned, ApiError> {
         let live = self.fetch(&desired).await?;
         self.plan(desired, live, settings, manifests_complete).await
+    }
+
+    /// Attribute: for each drifted entry ([`Plan::drifted`]), who made its
+    /// object what it is, from its newest event in authentik's event log
+    /// ([`crate::drift::attribution`]). One query per drifted object, a few
+    /// at a time; none when nothing drifted. A log that cannot be read
+    /// (no permission, authentik failing) leaves the plan's
+    /// `changed_by_unknown` saying why, once; it is never an error.
+    pub(crate) async fn attribute(&self, plan: &mut Plan) {
+        let mut drifted: Vec<(EntryId, Kind, Uuid)> = plan.drifted().collect();
+        // A create of an object stagesync managed under that name: it was
+        // deleted (or renamed) since; its last event says by whom.
+        let inventory = self.state.inventory();
+        for entry in &plan.entries {
+            if let Action::Create { .. } = entry.action
+                && let Some((uuid, _)) = inventory
+                    .of_kind(entry.kind)
+                    .find(|(_, managed)| managed.name == entry.name)
+            {
+                drifted.push((entry.id, entry.kind, uuid));
+            }
+        }
+        if drifted.is_empty() {
+            return;
+        }
+        let own = *self
+            .own
+            .get_or_init(|| async {
+                match self.client.token_user().await {
+                    Ok(user) => Own { user_pk: user.pk },
+                    Err(err) => {
+                        tracing::debug!(error = %err, "the token's user is unknown: stagesync's writes are recognised by their user agent");
+                        Own::default()
+                    }
+                }
+            })
+            .await;
+        let mut wanted = drifted.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < ATTRIBUTION_CONCURRENCY {
+                let Some((id, kind, uuid)) = wanted.next() else {
+                    break;
+                };
+                let client = self.client.clone();
+                tasks.spawn(
+                    async move { (id, client.newest_event_of(kind.logged_as(), uuid).await) },
+                );
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
+            };
+            let (id, result) = joined
+                .unwrap_or_else(|e| crate::authentik::transport::raise_panic(e, "an event query"));
+            match result {
+                Ok(newest) => match attribution::attribute(newest.as_ref(), &own) {
+                    Attribution::By(by) => {
+                        plan.changed_by.insert(id, by);
+                    }
+                    Attribution::Ours => {
+                        plan.unchanged_since_written.insert(id);
+                    }
+                    Attribution::NoEvent => {}
+                },
+                Err(err) => {
+                    // The same answer awaits every other query: stop asking.
+                    tasks.abort_all();
+                    plan.changed_by_unknown = Some(format!("the event log cannot be read: {err}"));
+                    return;
+                }
+            }
+        }
     }
 
     /// Execute: the plan's entries that act, through [`apply::apply`]; in a

@@ -54,6 +54,7 @@ async fn file_changes_drive_passes_and_readiness() {
         health: health.clone(),
         metrics: metrics.clone(),
         hangup: false,
+        event_poll: None,
     };
     // The stand-in pass: a manifest is "invalid" when it contains "broken".
     let pass = {

@@ -95,7 +95,10 @@ async fn plan_shows_creates_updates_renames_and_unmanaged_then_apply_converges()
     assert_eq!(counts.get("GET", LIST), 1, "{counts:?}");
     assert_eq!(counts.writes(), 0, "plan never writes: {counts:?}");
     assert_eq!(counts.get("GET", "/api/v3/stages/all/"), 1, "{counts:?}");
-    assert_eq!(counts.total(), 3, "{counts:?}");
+    // Who made the drift: the token's user once, one event per update.
+    assert_eq!(counts.get("GET", "/api/v3/core/users/me/"), 1, "{counts:?}");
+    assert_eq!(counts.get("GET", "/api/v3/events/events/"), 2, "{counts:?}");
+    assert_eq!(counts.total(), 6, "{counts:?}");
 
     sim.reset_counts();
     let mut cmd = with_keys(ws.cmd(&sim));

@@ -8,9 +8,11 @@
 //!   a create whose answer was lost, errors in the user's words.
 //! - [`name_check`]: which stages (of any type) hold a set of names, by
 //!   look-ups or by listing every stage, whichever costs fewer calls.
+//! - [`events`]: the event log (who changed what) and the token's user.
 //! - `wire`: pages, the version, stages of every type, the shape of a 400.
 
 pub(crate) mod error;
+pub mod events;
 pub(crate) mod name_check;
 pub(crate) mod retry;
 pub(crate) mod transport;

@@ -33,9 +33,10 @@ pub(crate) async fn run(
     }
     let mut session = Session::new(client, state, cfg.reconcile.policy.clone());
     // The one-shot commands only get here with every manifest valid.
-    let planned = session
+    let mut planned = session
         .fetch_and_plan(desired, cfg.reconcile.prune, true)
         .await?;
+    session.attribute(&mut planned.plan).await;
     console.out(&render(&planned.plan, cfg.format, color))?;
 
     // A blocked or held-back prune is not converged: it fails, like an error.

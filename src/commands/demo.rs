@@ -66,6 +66,8 @@ const DEMO_ORPHAN: &str = "old-login-captcha";
 /// A resync this short so the demo shows an out-of-band edit being reverted
 /// within seconds; a real deployment uses minutes.
 const DEMO_INTERVAL: Duration = Duration::from_secs(15);
+/// The event poll of the demo: a UI edit is reverted within this.
+const DEMO_EVENT_POLL: Duration = Duration::from_secs(2);
 
 /// When no directory was named and `./stages/` does not exist, writes the
 /// embedded example manifests to a new temporary directory, points `cfg.dir`
@@ -274,7 +276,8 @@ pub(crate) async fn run(
         ));
     }
     intro.push_str(&format!(
-        "In 10 s an admin will change a stage in the UI and unbind a captcha from its login flow; the next resync (every {} s) reverts both.\n\n",
+        "In 10 s an admin will change a stage in the UI and unbind a captcha from its login flow; the event poll (every {} s) notices the change and reverts both, naming who changed the stage (the resync every {} s is the backstop).\n\n",
+        DEMO_EVENT_POLL.as_secs(),
         DEMO_INTERVAL.as_secs()
     ));
     console.out(&intro)?;
@@ -288,7 +291,8 @@ pub(crate) async fn run(
                 .into_iter()
                 .find(|s| !["legacy-signup-captcha", DEMO_ORPHAN].contains(&s.fields.name.as_str()))
             {
-                sim.edit(stage.uuid, |f| f.score_min_threshold = 0.05);
+                let admin = crate::simulator::Actor::ui("admin", "192.0.2.7");
+                sim.edit_as(&admin, stage.uuid, |f| f.score_min_threshold = 0.05);
                 tracing::warn!(stage = %stage.fields.name, "demo: an admin set score_min_threshold to 0.05 in the UI");
             }
             // A guard removed in the UI: the login flow runs without its captcha.
@@ -316,6 +320,10 @@ pub(crate) async fn run(
         },
         interval: DEMO_INTERVAL,
         debounce: Duration::from_millis(500),
+        event_poll: Some(DEMO_EVENT_POLL),
+        notify: Vec::new(),
+        notify_format: crate::drift::notify::Format::default(),
+        freeze_windows: Vec::new(),
         dry_run: false,
         listen,
         concurrency: 4,

@@ -19,6 +19,7 @@ pub(crate) mod apply;
 mod apply_saved;
 pub(crate) mod demo;
 pub(crate) mod export;
+pub(crate) mod freeze;
 pub(crate) mod plan;
 pub(crate) mod run;
 pub(crate) mod validate;
@@ -70,6 +71,7 @@ async fn run(config: Config, console: &Console, shutdown: &Shutdown) -> Result<E
         Command::Demo(cfg) => demo::run(cfg, console, shutdown, color).await,
         Command::Export(cfg) => export::run(cfg, console).await,
         Command::Verify(cfg) => verify::run(cfg, console, color).await,
+        Command::Freeze(cfg) => freeze::run(&cfg, console),
         Command::Completions(shell) => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "stagesync", &mut script);

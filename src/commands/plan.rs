@@ -38,6 +38,7 @@ pub(crate) async fn run(cfg: PlanConfig, console: &Console, color: bool) -> Resu
     if cfg.ignore_unknown_keys {
         plan = plan.ignoring_unknown_keys();
     }
+    session.attribute(&mut plan).await;
     if cfg.verify_keys {
         let (entries, probes): (Vec<_>, Vec<_>) = plan.key_probes().into_iter().unzip();
         let prober = Prober::new(ProbeSettings::default())?;

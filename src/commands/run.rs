@@ -9,10 +9,12 @@ use tokio::sync::Mutex;
 
 use crate::cli::RunConfig;
 use crate::commands::connect;
+use crate::daemon::event_poll::EventPoll;
 use crate::daemon::health::Health;
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::pass::Passes;
+use crate::daemon::notify::Notifier;
+use crate::daemon::pass::{FreezeSettings, Passes};
 use crate::daemon::{self, Settings, http};
 use crate::exit::Exit;
 use crate::reconcile::{Session, State};
@@ -45,13 +47,17 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         Some(addr) => Some(http::bind(addr).await?),
         None => None,
     };
+    let event_client = client.clone();
     let session = Session::new(client, state, cfg.reconcile.policy.clone());
     tracing::info!(
         dir = %cfg.reconcile.dir.display(),
         url = session.client.base_url(),
         interval = ?cfg.interval,
+        event_poll = %cfg.event_poll.map_or_else(|| "off".to_owned(), |d| humantime::format_duration(d).to_string()),
         dry_run = cfg.dry_run,
         verify_keys = cfg.verify_keys,
+        notify_receivers = cfg.notify.len(),
+        freeze_windows = cfg.freeze_windows.len(),
         prune = cfg.reconcile.prune.enabled,
         listen = %cfg.listen.map_or_else(|| "off".to_owned(), |addr| addr.to_string()),
         "stagesync run starting"
@@ -71,10 +77,33 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
     )
     .with_abandon(shutdown.stop.abandon.clone())
     .with_prune(cfg.reconcile.prune, cfg.debounce);
+    let notifier = if cfg.notify.is_empty() {
+        None
+    } else {
+        Some(Notifier::start(
+            cfg.notify,
+            cfg.notify_format,
+            metrics.clone(),
+        )?)
+    };
     if cfg.verify_keys {
         let prober = Prober::new(ProbeSettings::default())?;
         let hosts = cfg.reconcile.policy.hosts.clone();
-        passes = passes.with_key_checks(KeyChecks::new(prober, hosts, metrics.clone()));
+        passes = passes.with_key_checks(
+            KeyChecks::new(prober, hosts, metrics.clone()).with_notifier(notifier.clone()),
+        );
+    }
+    let event_poll = cfg.event_poll.map(|every| EventPoll {
+        client: event_client.clone(),
+        every,
+        metrics: metrics.clone(),
+    });
+    passes = passes.with_freeze(FreezeSettings {
+        windows: cfg.freeze_windows.clone(),
+        file: Some(crate::cli::freeze_file(&cfg.reconcile.state_file)),
+    });
+    if let Some(notifier) = notifier {
+        passes = passes.with_notifier(notifier);
     }
     let passes = Arc::new(Mutex::new(passes));
     let settings = Settings {
@@ -85,6 +114,7 @@ pub(crate) async fn run(cfg: RunConfig, shutdown: &Shutdown) -> Result<Exit> {
         health,
         metrics,
         hangup: true,
+        event_poll,
     };
     daemon::run(settings, shutdown.stop.cancel.clone(), move |ctx| {
         let passes = passes.clone();

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 use crate::daemon::metrics::Metrics;
+use crate::daemon::notify::Notifier;
+use crate::drift::notify::{Event, Notification};
+use crate::kinds::Kind;
 use crate::policy::ProviderHosts;
 use crate::secret::PrivateKey;
 use crate::state::Fingerprint;
@@ -146,6 +149,8 @@ pub(crate) struct KeyChecks {
     memory: Arc<Mutex<Memory>>,
     /// Held by the batch in flight: one batch at a time.
     batch: Arc<tokio::sync::Mutex<()>>,
+    /// `--notify`: a result that changes is worth a message.
+    notifier: Option<Notifier>,
 }
 
 fn lock(memory: &Mutex<Memory>) -> MutexGuard<'_, Memory> {
@@ -165,7 +170,14 @@ impl KeyChecks {
                 next_generation: 0,
             })),
             batch: Arc::new(tokio::sync::Mutex::new(())),
+            notifier: None,
         }
+    }
+
+    /// Sends a notification when a stage's result changes.
+    pub(crate) fn with_notifier(mut self, notifier: Option<Notifier>) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Starts checking the keys that are due among `stages` (name, fields and
@@ -212,38 +224,55 @@ impl KeyChecks {
         let metrics = self.metrics.clone();
         let memory = self.memory.clone();
         let batch = self.batch.clone();
+        let notifier = self.notifier.clone();
         tokio::spawn(async move {
             let _one_at_a_time = batch.lock().await;
             let checks = prober.verify(&due.check, &allowed_by(&hosts)).await;
-            let mut memory = lock(&memory);
-            for (check, generation) in checks.iter().zip(generations) {
-                record(&mut memory.stages, &metrics, check, generation);
+            let changed: Vec<Notification> = {
+                let mut memory = lock(&memory);
+                checks
+                    .iter()
+                    .zip(generations)
+                    .filter_map(|(check, generation)| {
+                        record(&mut memory.stages, &metrics, check, generation)
+                    })
+                    .collect()
+            };
+            if let Some(notifier) = &notifier {
+                for n in &changed {
+                    notifier.send(n);
+                }
             }
         });
     }
 }
 
 /// Records one result if its stage still wants what was checked, and logs it
-/// when the stage's result changed.
+/// when the stage's result changed; returns the notification of that change.
 fn record(
     stages: &mut BTreeMap<String, Remembered>,
     metrics: &Metrics,
     check: &KeyCheck,
     generation: u64,
-) {
-    let Some(remembered) = stages.get_mut(&check.stage) else {
-        return;
-    };
+) -> Option<Notification> {
+    let remembered = stages.get_mut(&check.stage)?;
     if remembered.generation != generation {
-        return;
+        return None;
     }
     let verdict = check.verdict();
     let previous = remembered.result.replace(verdict);
     metrics.set_key_check(&check.stage, verdict);
     if previous == Some(verdict) {
         tracing::debug!(stage = %escape(&check.stage), result = verdict.as_str(), "key check: result unchanged");
-        return;
+        return None;
     }
+    let mut n = Notification::new(Event::KeyCheckChanged, Kind::CaptchaStage, &check.stage);
+    n.reason = Some(format!(
+        "key check: {} (was {}): {}",
+        verdict.as_str(),
+        previous.map_or("not checked", Verdict::as_str),
+        check.reason.describe()
+    ));
     let stage = escape(&check.stage);
     let api_url = escape(&check.api_url);
     let reason = check.reason.describe();
@@ -263,6 +292,7 @@ fn record(
             error!(stage = %stage, api_url = %api_url, result = %result, previous = %previous, reason = %reason, error_codes = %codes, "key check: the key does not work; logins through this stage will fail (it is written anyway)");
         }
     }
+    Some(n)
 }
 
 #[cfg(test)]

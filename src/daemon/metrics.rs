@@ -10,6 +10,12 @@
 //! | `stagesync_last_successful_reconcile_timestamp_seconds` | gauge | |
 //! | `stagesync_manifest_errors` | gauge | |
 //! | `stagesync_source_available` | gauge | |
+//! | `stagesync_event_poll_duration_seconds` | gauge | |
+//! | `stagesync_event_poll_interval_seconds` | gauge | |
+//! | `stagesync_event_polls_total` | counter | `result` = `success`, `failure` |
+//! | `stagesync_notifications_total` | counter | `result` = `delivered`, `failed`, `dropped` |
+//! | `stagesync_frozen` | gauge | |
+//! | `stagesync_freeze_end_timestamp_seconds` | gauge | |
 //! | `stagesync_key_check` | gauge (state set) | `stage`; `result` = `valid`, `invalid`, `mismatch`, `unknown` |
 //!
 //! Traps:
@@ -207,6 +213,33 @@ pub struct Metrics {
     manifest_errors: Gauge,
     source_available: Gauge,
     key_checks: Family<KeyCheckLabels, Gauge>,
+    event_poll_duration: Gauge<f64, AtomicU64>,
+    event_poll_interval: Gauge<f64, AtomicU64>,
+    event_polls: Family<ResultLabels, Counter>,
+    notifications: Family<NotificationLabels, Counter>,
+    frozen: Gauge,
+    freeze_end: Gauge<f64, AtomicU64>,
+}
+
+/// How a notification ended, per receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NotificationResult {
+    Delivered,
+    /// Every attempt failed, or the receiver refused it.
+    Failed,
+    /// The receiver's queue was full.
+    Dropped,
+}
+
+label_value!(NotificationResult {
+    Delivered => "delivered",
+    Failed => "failed",
+    Dropped => "dropped",
+});
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotificationLabels {
+    result: NotificationResult,
 }
 
 impl Default for Metrics {
@@ -277,11 +310,58 @@ impl Metrics {
             "Result of the last check of each stage's private key with its captcha provider: 1 for the current result, 0 for the others",
             key_checks.clone(),
         );
+        let event_poll_duration = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_event_poll_duration",
+            "How long the last poll of authentik's event log took",
+            Unit::Seconds,
+            event_poll_duration.clone(),
+        );
+        let event_poll_interval = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_event_poll_interval",
+            "How long the event poll waits before its next request (at least 50 times its last duration)",
+            Unit::Seconds,
+            event_poll_interval.clone(),
+        );
+        let event_polls = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "stagesync_event_polls",
+            "Polls of authentik's event log, by result",
+            event_polls.clone(),
+        );
+        let notifications = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "stagesync_notifications",
+            "Notifications to --notify receivers, by result (per receiver)",
+            notifications.clone(),
+        );
+        let frozen = Gauge::default();
+        registry.register(
+            "stagesync_frozen",
+            "1 while a freeze holds writes (drift is reported, written when it ends), else 0",
+            frozen.clone(),
+        );
+        let freeze_end = Gauge::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "stagesync_freeze_end_timestamp",
+            "Unix time the freeze in force ends; 0 when none",
+            Unit::Seconds,
+            freeze_end.clone(),
+        );
+        for result in [
+            NotificationResult::Delivered,
+            NotificationResult::Failed,
+            NotificationResult::Dropped,
+        ] {
+            let _ = notifications.get_or_create(&NotificationLabels { result });
+        }
 
         // `get_or_create` is how a series is created; the guard it returns is
         // dropped at once.
         for result in [ResultLabel::Success, ResultLabel::Failure] {
             let _ = reconciles.get_or_create(&ResultLabels { result });
+            let _ = event_polls.get_or_create(&ResultLabels { result });
             for operation in [WriteOperation::Create, WriteOperation::Update] {
                 let _ = writes.get_or_create(&WriteLabels { operation, result });
             }
@@ -322,7 +402,38 @@ impl Metrics {
             manifest_errors,
             source_available,
             key_checks,
+            event_poll_duration,
+            event_poll_interval,
+            event_polls,
+            notifications,
+            frozen,
+            freeze_end,
         }
+    }
+
+    /// The freeze in force ends at `until`; `None`: no freeze.
+    pub(crate) fn set_frozen(&self, until: Option<SystemTime>) {
+        self.frozen.set(i64::from(until.is_some()));
+        let end = until
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.freeze_end.set(end);
+    }
+
+    /// A notification ended so for one receiver.
+    pub fn record_notification(&self, result: NotificationResult) {
+        self.notifications
+            .get_or_create(&NotificationLabels { result })
+            .inc();
+    }
+
+    /// A poll of the event log ended after `took`; the next waits `next`.
+    pub(crate) fn record_event_poll(&self, result: ResultLabel, took: Duration, next: Duration) {
+        self.event_polls
+            .get_or_create(&ResultLabels { result })
+            .inc();
+        self.event_poll_duration.set(took.as_secs_f64());
+        self.event_poll_interval.set(next.as_secs_f64());
     }
 
     /// A pass ended. On success, `finished_at` becomes the last successful

@@ -23,6 +23,10 @@
 //! - [`pass`]: the reconcile pass itself (the pipeline of
 //!   [`crate::reconcile::Session`] plus decide and summarize), with what it
 //!   remembers between passes.
+//! - [`event_poll`]: polls authentik's event log and asks for a pass when
+//!   someone else changed a managed object (`--event-poll`).
+//! - [`notify`]: `--notify`: notifications delivered to webhooks from bounded
+//!   queues, never delaying a pass.
 //! - [`key_checks`]: `--verify-keys`, each stage's key checked with its captcha
 //!   provider when first seen and when it changes, beside the pass.
 //!
@@ -56,10 +60,12 @@
 //!   so backed-off stages are retried on time rather than at the next interval.
 
 pub mod backoff;
+pub mod event_poll;
 pub mod health;
 pub mod http;
 pub mod key_checks;
 pub mod metrics;
+pub mod notify;
 pub mod pass;
 pub mod prune;
 pub mod scheduler;
@@ -92,6 +98,9 @@ pub struct Settings {
     pub metrics: Arc<Metrics>,
     /// Install the SIGHUP handler (off in tests that share a process).
     pub hangup: bool,
+    /// Poll authentik's event log for changes made by others; `None` for
+    /// `--event-poll off`.
+    pub event_poll: Option<event_poll::EventPoll>,
 }
 
 /// What a pass gets besides its closure's captures.
@@ -148,6 +157,9 @@ where
         settings.debounce,
         triggers.clone(),
     )?);
+    let poll_task = settings
+        .event_poll
+        .map(|poll| tokio::spawn(event_poll::run(poll, triggers.clone(), cancel.clone())));
     drop(triggers);
     let server = settings.listener.map(|listener| {
         let state = http::AppState {
@@ -182,6 +194,9 @@ where
         }
     }
     if let Some(task) = hangup_task {
+        task.abort();
+    }
+    if let Some(task) = poll_task {
         task.abort();
     }
     Ok(())

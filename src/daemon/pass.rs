@@ -72,8 +72,12 @@ use crate::daemon::backoff::{Backoff, FailureLog, Subject};
 use crate::daemon::health::{Health, PassHealth};
 use crate::daemon::key_checks::KeyChecks;
 use crate::daemon::metrics::{Counts, Metrics, ResultLabel, WriteOperation};
+use crate::daemon::notify::Notifier;
 use crate::daemon::prune::PruneMemory;
 use crate::daemon::scheduler::{ChangedFiles, PassOutcome, Trigger};
+use crate::drift::ChangedBy;
+use crate::drift::freeze::{self, Frozen, Window};
+use crate::drift::notify::{Event, Notification};
 use crate::kinds::Kind;
 use crate::kinds::captcha::DesiredStage;
 use crate::manifest::{self, Manifests, SourceError};
@@ -118,6 +122,36 @@ pub(crate) struct PlannedStage {
     pub(crate) name: String,
     pub(crate) file: PathBuf,
     pub(crate) wanted: Wanted,
+    /// Who made the drift, when the event log names someone other than
+    /// stagesync, or could not be read.
+    pub(crate) changed_by: Option<ChangedByNote>,
+}
+
+/// Who made a drift, as logs and notifications say it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ChangedByNote {
+    Known(ChangedBy),
+    /// The event log could not be read.
+    Unknown,
+}
+
+impl ChangedByNote {
+    /// `alice from 192.0.2.7 at ...` or `unknown`, escaped for a log line.
+    fn log_text(&self) -> String {
+        match self {
+            ChangedByNote::Known(by) => escape(&by.who()).into_owned(),
+            ChangedByNote::Unknown => "unknown".to_owned(),
+        }
+    }
+
+    /// Fills a notification's `changed_by` / `changed_by_unknown`.
+    fn fill(note: Option<&ChangedByNote>, n: &mut Notification) {
+        match note {
+            Some(ChangedByNote::Known(by)) => n.changed_by = Some(by.clone()),
+            Some(ChangedByNote::Unknown) => n.changed_by_unknown = true,
+            None => {}
+        }
+    }
 }
 
 impl PlannedStage {
@@ -133,8 +167,19 @@ impl PlannedStage {
                     .map(|o| o.file.clone())
                     .unwrap_or_default(),
                 wanted: Wanted::of(&entry.action),
+                changed_by: changed_by(plan, entry.id),
             })
             .collect()
+    }
+}
+
+/// Who made entry `id`'s drift: someone named, or unknown when the event
+/// log could not be read; `None` when nobody else is to be named.
+fn changed_by(plan: &Plan, id: EntryId) -> Option<ChangedByNote> {
+    match (plan.changed_by.get(&id), &plan.changed_by_unknown) {
+        (Some(by), _) => Some(ChangedByNote::Known(by.clone())),
+        (None, Some(_)) if plan.drifted().any(|(d, _, _)| d == id) => Some(ChangedByNote::Unknown),
+        (None, _) => None,
     }
 }
 
@@ -145,6 +190,8 @@ pub(crate) enum Hold {
     BackedOff,
     /// `--dry-run`: drift is reported, never written. `change` says what.
     DryRun { change: String },
+    /// A freeze holds writes until it ends; then they are made.
+    Frozen { change: String },
 }
 
 /// What a pass does with each stage of the plan.
@@ -179,12 +226,14 @@ impl WriteDecision {
 }
 
 /// Decides what to write (pure): every stage the plan wants written, except
-/// those whose backoff has not passed at `now`, and nothing in a dry run.
+/// those whose backoff has not passed at `now`, and nothing in a dry run or
+/// while `frozen`.
 pub(crate) fn decide(
     stages: Vec<PlannedStage>,
     backoff: &Backoff,
     now: Instant,
     dry_run: bool,
+    frozen: bool,
 ) -> WriteDecision {
     let stages = stages
         .into_iter()
@@ -193,6 +242,9 @@ pub(crate) fn decide(
                 Wanted::InSync => Step::InSync,
                 Wanted::PlanError(message) => Step::PlanError(message.clone()),
                 Wanted::Write { change } if dry_run => Step::Hold(Hold::DryRun {
+                    change: change.clone(),
+                }),
+                Wanted::Write { change } if frozen => Step::Hold(Hold::Frozen {
                     change: change.clone(),
                 }),
                 Wanted::Write { .. } => {
@@ -408,19 +460,7 @@ pub(crate) fn summarize(
                 held: Some(Held::InUse { .. }),
                 ..
             } => count.blocked += 1,
-            Action::Delete { held: None, .. } => {
-                let deleted = report.and_then(|r| r.of(entry.id)).is_some_and(|o| {
-                    matches!(
-                        o.result,
-                        Ended::Deleted {
-                            already_gone: false
-                        }
-                    )
-                });
-                if deleted {
-                    count.pruned += 1;
-                }
-            }
+            Action::Delete { held: None, .. } if pruned(report, entry.id) => count.pruned += 1,
             _ => {}
         }
     }
@@ -432,6 +472,18 @@ pub(crate) fn summarize(
         counts: Some(counts),
         stages,
     }
+}
+
+/// Whether `report` says entry `id`'s delete was made (not found gone).
+fn pruned(report: Option<&ApplyReport>, id: EntryId) -> bool {
+    report.and_then(|r| r.of(id)).is_some_and(|o| {
+        matches!(
+            o.result,
+            Ended::Deleted {
+                already_gone: false
+            }
+        )
+    })
 }
 
 /// The stages whose backoff a change forgets (pure but for `known_as`): those
@@ -534,6 +586,40 @@ pub(crate) struct Passes {
     /// in flight are abandoned (see [`apply::Stop`]).
     abandon: CancellationToken,
     prune: PruneMemory,
+    /// The event log could not be read at the last drift: said once, when
+    /// that starts and when it ends.
+    event_log_unreadable: bool,
+    /// `--notify`: where events worth attention go.
+    notifier: Option<Notifier>,
+    /// Stages whose write failed and was notified, to notify the recovery.
+    writes_failing: BTreeSet<String>,
+    /// Blocked deletes already notified, by uuid.
+    prune_blocked_notified: BTreeSet<uuid::Uuid>,
+    /// Scheduled freeze windows and the requested-freeze file.
+    freeze: FreezeSettings,
+    /// The freeze in force at the last look, to log its start and end once.
+    frozen: Option<Frozen>,
+}
+
+/// Where freezes come from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct FreezeSettings {
+    pub(crate) windows: Vec<Window>,
+    /// `stagesync freeze` writes the time it ends here; `None`: no file.
+    pub(crate) file: Option<PathBuf>,
+}
+
+impl FreezeSettings {
+    /// The end of a requested freeze, from the file (absent or unreadable:
+    /// none; an unreadable time is logged).
+    fn requested(&self) -> Option<SystemTime> {
+        let text = std::fs::read_to_string(self.file.as_ref()?).ok()?;
+        let until = freeze::parse_requested(&text);
+        if until.is_none() {
+            warn!(file = %self.file.as_ref()?.display(), "the freeze file does not hold a time (RFC 3339): ignored");
+        }
+        until
+    }
 }
 
 /// What a load found: whether the source was available, how many manifest
@@ -569,6 +655,12 @@ impl Passes {
             key_checks: None,
             abandon: CancellationToken::new(),
             prune: PruneMemory::new(PruneSettings::default(), Duration::ZERO),
+            event_log_unreadable: false,
+            notifier: None,
+            writes_failing: BTreeSet::new(),
+            prune_blocked_notified: BTreeSet::new(),
+            freeze: FreezeSettings::default(),
+            frozen: None,
         }
     }
 
@@ -583,6 +675,93 @@ impl Passes {
     pub(crate) fn with_prune(mut self, settings: PruneSettings, debounce: Duration) -> Self {
         self.prune = PruneMemory::new(settings, debounce);
         self
+    }
+
+    /// Sends a notification of each event worth attention through `notifier`.
+    pub(crate) fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Holds writes during `freeze`'s windows and requested freezes.
+    pub(crate) fn with_freeze(mut self, freeze: FreezeSettings) -> Self {
+        self.freeze = freeze;
+        self
+    }
+
+    /// The freeze in force now, its start and end logged once and shown in
+    /// the metrics.
+    fn frozen_now(&mut self) -> Option<Frozen> {
+        let frozen = freeze::frozen_at(
+            &self.freeze.windows,
+            self.freeze.requested(),
+            SystemTime::now(),
+        );
+        match (&self.frozen, &frozen) {
+            (None, Some(f)) => {
+                info!(until = %f.until_text(), reason = %f.reason, "freeze started: writes are held, drift is reported");
+            }
+            (Some(_), None) => info!("freeze ended: held drift is written now"),
+            (Some(old), Some(new)) if old != new => {
+                info!(until = %new.until_text(), reason = %new.reason, "freeze extended");
+            }
+            _ => {}
+        }
+        self.metrics.set_frozen(frozen.as_ref().map(|f| f.until));
+        self.frozen = frozen.clone();
+        frozen
+    }
+
+    /// How long until the freeze state may change (a freeze ends, a window
+    /// opens): a pass then writes what was held, or starts holding.
+    fn freeze_changes_in(&self) -> Option<Duration> {
+        let now = SystemTime::now();
+        freeze::next_change(&self.freeze.windows, self.freeze.requested(), now)
+            .map(|t| t.duration_since(now).unwrap_or_default())
+    }
+
+    fn notify(&self, n: &Notification) {
+        if let Some(notifier) = &self.notifier {
+            notifier.send(n);
+        }
+    }
+
+    /// A stage whose write failing was notified is written or in sync again.
+    fn write_recovered(&mut self, name: &str, file: &str) {
+        if self.writes_failing.remove(name) {
+            let mut n = Notification::new(Event::WriteRecovered, Kind::CaptchaStage, name);
+            n.file = Some(file.to_owned());
+            self.notify(&n);
+        }
+    }
+
+    /// Prune's events: a delete made, a delete blocked (once, until it is
+    /// no longer blocked).
+    fn notify_prune(&mut self, plan: &Plan, report: Option<&ApplyReport>) {
+        let mut blocked = BTreeSet::new();
+        for entry in plan.prune_entries() {
+            match &entry.action {
+                Action::Delete {
+                    uuid,
+                    held: Some(Held::InUse { users }),
+                } => {
+                    blocked.insert(*uuid);
+                    if !self.prune_blocked_notified.contains(uuid) {
+                        let mut n = Notification::new(Event::PruneBlocked, entry.kind, &entry.name);
+                        n.uuid = Some(*uuid);
+                        n.reason = Some(format!("in use: {}", users.join(", ")));
+                        self.notify(&n);
+                    }
+                }
+                Action::Delete { uuid, held: None } if pruned(report, entry.id) => {
+                    let mut n = Notification::new(Event::PruneDone, entry.kind, &entry.name);
+                    n.uuid = Some(*uuid);
+                    self.notify(&n);
+                }
+                _ => {}
+            }
+        }
+        self.prune_blocked_notified = blocked;
     }
 
     /// Writes still in flight when `abandon` fires are given up, their keys
@@ -615,9 +794,11 @@ impl Passes {
             }
             None => return PassOutcome::done(),
         };
+        self.attribute(&mut planned, &ctx.cancel).await;
         let (decision, confirm_prune_in) = self.decide(&mut planned);
         let (writes, report) = self.execute(&planned, &decision, &ctx).await;
         self.record(&planned, report.as_ref());
+        self.notify_prune(&planned.plan, report.as_ref());
         let summary = summarize(
             decision,
             writes,
@@ -627,11 +808,11 @@ impl Passes {
             loaded.manifest_errors,
         );
         let outcome = self.publish(&summary, started);
-        match (outcome.retry_in, confirm_prune_in) {
-            (Some(a), Some(b)) => PassOutcome::retry_in(a.min(b)),
-            (None, Some(b)) => PassOutcome::retry_in(b),
-            _ => outcome,
-        }
+        [outcome.retry_in, confirm_prune_in, self.freeze_changes_in()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map_or_else(PassOutcome::done, PassOutcome::retry_in)
     }
 
     /// Load: the manifests (off the async threads), taken into the last valid
@@ -701,20 +882,56 @@ impl Passes {
         }
     }
 
+    /// Attribute: who made each drift ([`Session::attribute`]); an event log
+    /// that cannot be read is logged when that starts and when it ends, and
+    /// the drift is still reverted. A stop signal abandons it (it only reads).
+    async fn attribute(&mut self, planned: &mut Planned, cancel: &CancellationToken) {
+        tokio::select! {
+            () = self.session.attribute(&mut planned.plan) => {}
+            () = cancel.cancelled() => return,
+        }
+        if planned.plan.drifted().next().is_none() {
+            return;
+        }
+        let unreadable = planned.plan.changed_by_unknown.is_some();
+        match &planned.plan.changed_by_unknown {
+            Some(why) if !self.event_log_unreadable => {
+                warn!(reason = %escape(why), "changed by: unknown (drift is still reverted)");
+            }
+            None if self.event_log_unreadable => {
+                info!("the event log can be read again: drift names who made it");
+            }
+            _ => {}
+        }
+        self.event_log_unreadable = unreadable;
+    }
+
     /// Decide: which writes to make (backoff, dry run) and which deletes
     /// (a dry run makes none; prune's two-pass guard). Returns when a pass
     /// should run to confirm a delete.
     fn decide(&mut self, planned: &mut Planned) -> (WriteDecision, Option<Duration>) {
         let stages = PlannedStage::of_plan(&planned.plan);
-        let decision = decide(stages, &self.backoff, Instant::now(), self.dry_run);
-        let confirm_prune_in = if self.dry_run {
+        let frozen = self.frozen_now();
+        let decision = decide(
+            stages,
+            &self.backoff,
+            Instant::now(),
+            self.dry_run,
+            frozen.is_some(),
+        );
+        let hold_deletes = if self.dry_run {
+            Some("dry run: would be deleted".to_owned())
+        } else {
+            frozen.map(|f| format!("frozen until {} ({})", f.until_text(), f.reason))
+        };
+        let confirm_prune_in = if let Some(reason) = hold_deletes {
             for entry in &mut planned.plan.entries {
                 if let Action::Delete {
                     held: held @ None, ..
                 } = &mut entry.action
                 {
                     *held = Some(Held::Guard {
-                        reason: "dry run: would be deleted".into(),
+                        reason: reason.clone(),
                     });
                 }
             }
@@ -749,6 +966,7 @@ impl Passes {
             cancel: ctx.cancel.clone(),
             abandon: self.abandon.clone(),
         };
+        let notifier = self.notifier.as_ref();
         let writes_held = |id: EntryId| {
             plan.entry(id)
                 .is_some_and(|e| e.is_manifest() && !to_write.contains(&id))
@@ -756,7 +974,16 @@ impl Passes {
         let report = self
             .session
             .execute(plan, self.concurrency, &stop, writes_held, |outcome| {
-                log_outcome(outcome, &change_of(outcome.entry));
+                let by = changed_by(plan, outcome.entry);
+                log_outcome(
+                    outcome,
+                    &change_of(outcome.entry),
+                    by.as_ref().map(ChangedByNote::log_text).as_deref(),
+                );
+                if let (Some(notifier), Some(n)) = (notifier, reverted(plan, outcome, by.as_ref()))
+                {
+                    notifier.send(&n);
+                }
             })
             .await;
         let writes = report
@@ -849,6 +1076,7 @@ impl Passes {
                 if self.failures.success(&subject).is_news() {
                     info!(stage = %name, file, "stage is in sync again");
                 }
+                self.write_recovered(name, &file);
             }
             // Its line was logged when the write completed (see `execute`).
             StageEnd::Written { operation, .. } => {
@@ -856,6 +1084,7 @@ impl Passes {
                     .record_write(write_operation(*operation), ResultLabel::Success);
                 self.backoff.record_success(&subject);
                 self.failures.success(&subject);
+                self.write_recovered(name, &file);
             }
             StageEnd::PlanFailed(message) => {
                 if self.failures.failure(&subject, message).is_news() {
@@ -869,6 +1098,12 @@ impl Passes {
                 if self.failures.failure(&subject, message).is_news() {
                     warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
                 }
+                if self.writes_failing.insert(name.clone()) {
+                    let mut n = Notification::new(Event::WriteFailed, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.reason = Some(message.clone());
+                    self.notify(&n);
+                }
             }
             StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
                 if self
@@ -876,7 +1111,35 @@ impl Passes {
                     .failure(&subject, &format!("drift: {change}"))
                     .is_news()
                 {
-                    info!(stage = %name, file, drift = %change, "drift found (dry run: not written)");
+                    match &stage.changed_by {
+                        Some(by) => {
+                            info!(stage = %name, file, drift = %change, changed_by = %by.log_text(), "drift found (dry run: not written)")
+                        }
+                        None => {
+                            info!(stage = %name, file, drift = %change, "drift found (dry run: not written)")
+                        }
+                    }
+                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.change = Some(change.clone());
+                    ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
+                    self.notify(&n);
+                }
+            }
+            StageEnd::Drifted(Drift::Held(Hold::Frozen { change })) => {
+                if self
+                    .failures
+                    .failure(&subject, &format!("drift: {change}"))
+                    .is_news()
+                {
+                    let by = stage.changed_by.as_ref().map(ChangedByNote::log_text);
+                    info!(stage = %name, file, drift = %change, changed_by = %by.as_deref().unwrap_or("none"), "drift found (frozen: written when the freeze ends)");
+                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    n.file = Some(file.clone());
+                    n.change = Some(change.clone());
+                    n.reason = Some("frozen: written when the freeze ends".into());
+                    ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
+                    self.notify(&n);
                 }
             }
             StageEnd::Drifted(Drift::Held(Hold::BackedOff)) => {
@@ -968,6 +1231,37 @@ impl Passes {
     }
 }
 
+/// The notification of a drift reverted: an update written whose live state
+/// someone other than stagesync made (or whose author is unknown); `None` for
+/// other outcomes, and for an update the manifests asked for (the newest
+/// event was stagesync's own write).
+fn reverted(
+    plan: &Plan,
+    outcome: &apply::Outcome,
+    by: Option<&ChangedByNote>,
+) -> Option<Notification> {
+    let Ended::Written(written) = &outcome.result else {
+        return None;
+    };
+    let entry = plan.entry(outcome.entry)?;
+    let changes = match &entry.action {
+        Action::Update { changes, .. } => changes.clone(),
+        // Created again after someone deleted (or renamed) the managed one.
+        Action::Create { .. } if plan.changed_by.contains_key(&entry.id) => Vec::new(),
+        _ => return None,
+    };
+    if plan.unchanged_since_written.contains(&entry.id) {
+        return None;
+    }
+    let mut n = Notification::new(Event::DriftReverted, entry.kind, &entry.name);
+    n.file = entry.origin.as_ref().map(|o| o.file.display().to_string());
+    n.uuid = Some(written.uuid);
+    n.changes = changes;
+    n.change = Some(describe(&entry.action, Tense::Done));
+    ChangedByNote::fill(by, &mut n);
+    Some(n)
+}
+
 /// Whether a change was made or is only reported (dry run).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tense {
@@ -1012,7 +1306,7 @@ fn describe(action: &Action, tense: Tense) -> String {
 
 /// The log line of one outcome, as soon as it is settled: a change made
 /// (INFO), a delete's end; failures are logged once the writes are done.
-fn log_outcome(outcome: &apply::Outcome, change: &str) {
+fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>) {
     let file = outcome
         .origin
         .as_ref()
@@ -1025,9 +1319,14 @@ fn log_outcome(outcome: &apply::Outcome, change: &str) {
         return;
     }
     match (&outcome.result, outcome.operation) {
-        (Ended::Written(written), _) => {
-            info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
-        }
+        (Ended::Written(written), _) => match changed_by {
+            Some(by) => {
+                info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, changed_by = %by, "{} stage", outcome.operation.past_tense());
+            }
+            None => {
+                info!(stage = %outcome.name, file, uuid = %written.uuid, change = %change, "{} stage", outcome.operation.past_tense());
+            }
+        },
         (result, Operation::Delete) => crate::daemon::prune::log_delete(outcome, result),
         _ => {}
     }
@@ -1095,6 +1394,7 @@ mod tests {
             name: name.to_owned(),
             file: PathBuf::from(format!("stages/{name}.yaml")),
             wanted,
+            changed_by: None,
         }
     }
 
@@ -1159,7 +1459,7 @@ mod tests {
             planned("new", write()),
             planned("held", write()),
         ];
-        let decision = decide(stages.clone(), &backoff, now, false);
+        let decision = decide(stages.clone(), &backoff, now, false, false);
         let steps: Vec<_> = decision.stages.iter().map(|(_, s)| s.clone()).collect();
         assert_eq!(
             steps,
@@ -1177,17 +1477,31 @@ mod tests {
             &backoff,
             now + crate::daemon::backoff::BASE_DELAY,
             false,
+            false,
         );
         assert_eq!(later.writes(), ids(&["held", "new"]), "its delay passed");
     }
 
     #[test]
     fn a_dry_run_writes_nothing_and_says_what_it_would() {
+        let frozen = decide(
+            vec![planned("new", write())],
+            &Backoff::new(),
+            Instant::now(),
+            false,
+            true,
+        );
+        assert!(
+            matches!(frozen.stages[0].1, Step::Hold(Hold::Frozen { .. })),
+            "a freeze holds the write: {frozen:?}"
+        );
+        assert!(frozen.writes().is_empty());
         let decision = decide(
             vec![planned("new", write()), planned("ok", Wanted::InSync)],
             &Backoff::new(),
             Instant::now(),
             true,
+            false,
         );
         assert!(decision.writes().is_empty());
         assert_eq!(
@@ -1212,7 +1526,7 @@ mod tests {
         let mut backoff = Backoff::new();
         let now = Instant::now();
         backoff.record_failure_with_jitter(&Subject::stage("held"), now, 0.0);
-        let decision = decide(stages, &backoff, now, false);
+        let decision = decide(stages, &backoff, now, false, false);
         let writes = BTreeMap::from([
             (
                 id("new"),
@@ -1289,6 +1603,7 @@ mod tests {
                 vec![planned("ok", Wanted::InSync)],
                 &Backoff::new(),
                 Instant::now(),
+                false,
                 false,
             ),
             BTreeMap::new(),

@@ -72,6 +72,8 @@ pub enum Trigger {
     Retry,
     /// The periodic resync.
     Interval,
+    /// The event poll saw someone else change a managed object.
+    EventLog,
 }
 
 impl Trigger {
@@ -90,8 +92,9 @@ impl Trigger {
             Trigger::Startup => 0,
             Trigger::Interval => 1,
             Trigger::Retry => 2,
-            Trigger::FilesChanged => 3,
-            Trigger::Signal => 4,
+            Trigger::EventLog => 3,
+            Trigger::FilesChanged => 4,
+            Trigger::Signal => 5,
         }
     }
 
@@ -103,6 +106,7 @@ impl Trigger {
             Trigger::Signal => "SIGHUP",
             Trigger::Retry => "retry",
             Trigger::Interval => "interval",
+            Trigger::EventLog => "event log",
         }
     }
 }

@@ -65,6 +65,25 @@ impl Kind {
         }
     }
 
+    /// Where authentik's event log files changes of this kind's objects.
+    pub(crate) fn logged_as(self) -> crate::authentik::events::LoggedAs {
+        match self {
+            Kind::CaptchaStage => crate::authentik::events::LoggedAs {
+                app: "authentik_stages_captcha",
+                model_name: "captchastage",
+            },
+            // A guard's object is a flow stage binding, or (for an embedding)
+            // an identification stage. One model per kind keeps attribution to
+            // one query per drifted object: bindings, the common case, are
+            // named and polled; a replaced embedding reads "changed by:
+            // unknown" and is restored at the resync.
+            Kind::Guard => crate::authentik::events::LoggedAs {
+                app: "authentik_flows",
+                model_name: "flowstagebinding",
+            },
+        }
+    }
+
     /// The kind in the user's words, for messages: `captcha stage`.
     pub fn noun(self) -> &'static str {
         match self {

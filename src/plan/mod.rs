@@ -64,6 +64,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::capabilities::Capabilities;
+use crate::drift::ChangedBy;
 use crate::kinds::captcha::matching::{self, Matched};
 use crate::kinds::captcha::{DesiredStage, LiveStage};
 use crate::kinds::field::FieldChange;
@@ -296,6 +297,16 @@ pub struct Plan {
     /// (see [`Plan::key_probes`]). Empty when keys were not checked; the
     /// renderings then show nothing about them.
     pub(crate) key_checks: BTreeMap<EntryId, KeyCheck>,
+    /// Who made each drifted entry's object what it is, when the event log
+    /// names someone other than stagesync ([`crate::drift`]). Filled after
+    /// planning, by [`crate::reconcile::Session::attribute`]; empty otherwise.
+    pub(crate) changed_by: BTreeMap<EntryId, ChangedBy>,
+    /// Why nobody could be named (the event log cannot be read): said once
+    /// for the whole plan, as "changed by: unknown".
+    pub(crate) changed_by_unknown: Option<String>,
+    /// Drifted entries whose newest event is stagesync's own write: nobody
+    /// changed them since; the difference comes from the manifests.
+    pub(crate) unchanged_since_written: BTreeSet<EntryId>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -330,6 +341,16 @@ impl Plan {
     /// The entry with this id.
     pub(crate) fn entry(&self, id: EntryId) -> Option<&Entry> {
         self.entries.get(id.0)
+    }
+
+    /// The entries whose object drifted: an update of a live object, whose
+    /// live state differs from the manifest or from what stagesync last
+    /// wrote. The ones [`crate::reconcile::Session::attribute`] asks about.
+    pub(crate) fn drifted(&self) -> impl Iterator<Item = (EntryId, Kind, Uuid)> + '_ {
+        self.entries.iter().filter_map(|e| match &e.action {
+            Action::Update { uuid, .. } => Some((e.id, e.kind, *uuid)),
+            _ => None,
+        })
     }
 
     /// The entries a manifest declares (every entry but the deletes), in order.
@@ -720,6 +741,9 @@ impl Plan {
             unmanaged,
             capabilities,
             key_checks: BTreeMap::new(),
+            changed_by: BTreeMap::new(),
+            changed_by_unknown: None,
+            unchanged_since_written: BTreeSet::new(),
         }
     }
 }

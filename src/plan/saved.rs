@@ -1175,6 +1175,9 @@ pub(crate) fn to_plan(fresh: &Plan, verified: &Verified) -> Plan {
         unmanaged: fresh.unmanaged.clone(),
         capabilities: fresh.capabilities,
         key_checks: BTreeMap::new(),
+        changed_by: BTreeMap::new(),
+        changed_by_unknown: None,
+        unchanged_since_written: BTreeSet::new(),
     }
 }
 

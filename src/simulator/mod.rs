@@ -17,6 +17,7 @@
 //! The state sits behind a `std::sync::Mutex`, not a tokio one: no `.await`
 //! happens while it is held.
 
+mod events;
 pub(crate) mod fault;
 pub mod provider;
 pub(crate) mod routes;
@@ -39,10 +40,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use events::Actor;
 pub use fault::{Fault, FaultKind, LatencyProfile, RequestCounts};
 
 use crate::kinds::captcha::{FIELDS, LiveStage, StageFields};
 use crate::kinds::field;
+use events::{Change, EventLog, ModelRef};
 use store::{CaptchaRecord, FlowBinding, FlowRecord, OtherRecord, Store};
 
 /// How the simulator starts.
@@ -107,6 +110,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
             others: Vec::new(),
             flows: Vec::new(),
             bindings: Vec::new(),
+            events: EventLog::default(),
         }),
         counts: Mutex::new(RequestCounts::default()),
         faults: Mutex::new(Vec::new()),
@@ -304,6 +308,49 @@ impl SimHandle {
         lock(&self.shared.store).delete(uuid)
     }
 
+    /// An edit in authentik's UI by `actor`: the change, and the event
+    /// authentik logs for it (`model_updated` with the user, address, user
+    /// agent and time). [`SimHandle::edit`] changes a stage and logs nothing,
+    /// as if the event had expired.
+    pub fn edit_as(&self, actor: &Actor, uuid: Uuid, f: impl FnOnce(&mut StageFields)) {
+        let mut store = lock(&self.shared.store);
+        let Some(rec) = store.captcha.iter_mut().find(|r| r.uuid == uuid) else {
+            return;
+        };
+        f(&mut rec.fields);
+        field::fill_absent(&FIELDS, &mut rec.fields);
+        let model = ModelRef::captcha_stage(uuid, &rec.fields.name);
+        store.events.record_ui(actor, Change::Updated, model);
+    }
+
+    /// A delete in authentik's UI by `actor`, logged as `model_deleted`.
+    pub fn delete_as(&self, actor: &Actor, uuid: Uuid) -> bool {
+        let mut store = lock(&self.shared.store);
+        let Some(name) = store.find(uuid).map(|r| r.fields.name.clone()) else {
+            return false;
+        };
+        store.delete(uuid);
+        let model = ModelRef::captcha_stage(uuid, &name);
+        store.events.record_ui(actor, Change::Deleted, model);
+        true
+    }
+
+    /// Whether the token may read the event log; when not, `events/events/`
+    /// answers 403 as authentik does for a token without `view_event`.
+    pub fn set_event_log_readable(&self, readable: bool) {
+        lock(&self.shared.store).events.readable = readable;
+    }
+
+    /// Forgets every event, as authentik does when they expire.
+    pub fn expire_events(&self) {
+        lock(&self.shared.store).events.clear();
+    }
+
+    /// How many events the log holds.
+    pub fn event_count(&self) -> usize {
+        lock(&self.shared.store).events.len()
+    }
+
     pub fn request_counts(&self) -> RequestCounts {
         lock(&self.shared.counts).clone()
     }
@@ -341,16 +388,20 @@ impl SimHandle {
     }
 }
 
+/// The address a request came from.
+#[derive(Clone, Copy)]
+struct Peer(SocketAddr);
+
 /// Marks a response the connection driver must replace by closing the socket.
 #[derive(Clone, Copy)]
 struct ResetConnection;
 
 async fn accept_loop(listener: TcpListener, router: Router, cancel: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!(error = %e, "simulator accept failed");
                     continue;
@@ -360,22 +411,25 @@ async fn accept_loop(listener: TcpListener, router: Router, cancel: Cancellation
         let service = TowerToHyperService::new(router.clone());
         let cancel = cancel.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let service = service.clone();
-                async move {
-                    let response = match hyper::service::Service::call(&service, req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    };
-                    if response.extensions().get::<ResetConnection>().is_some() {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            "injected connection reset",
-                        ));
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    let service = service.clone();
+                    // The client's address, for the events writes log.
+                    req.extensions_mut().insert(Peer(peer));
+                    async move {
+                        let response = match hyper::service::Service::call(&service, req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        };
+                        if response.extensions().get::<ResetConnection>().is_some() {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::ConnectionReset,
+                                "injected connection reset",
+                            ));
+                        }
+                        Ok::<_, std::io::Error>(response)
                     }
-                    Ok::<_, std::io::Error>(response)
-                }
-            });
+                });
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -439,6 +493,12 @@ async fn handle(
     let accept = header(header::ACCEPT);
     let authorization = header(header::AUTHORIZATION);
     let content_type = header(header::CONTENT_TYPE);
+    let user_agent = header(header::USER_AGENT).unwrap_or_default();
+    let client_ip = parts
+        .extensions
+        .get::<Peer>()
+        .map(|p| p.0.ip().to_string())
+        .unwrap_or_default();
     let incoming = routes::Incoming {
         method: &method,
         path: &path,
@@ -447,6 +507,8 @@ async fn handle(
         authorization: authorization.as_deref(),
         content_type: content_type.as_deref(),
         body: &body,
+        user_agent: &user_agent,
+        client_ip: &client_ip,
     };
     let reply = routes::answer(&mut lock(&shared.store), &incoming);
     match fault {

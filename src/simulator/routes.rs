@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::events::{self, Change, ModelRef};
 use super::store::{NAME_INDEX_LIMIT, Store, WriteMode};
 
 mod guards;
@@ -38,6 +39,10 @@ pub(crate) enum Route {
     /// `/stages/identification/` and one identification stage.
     IdentificationList,
     IdentificationOne(String),
+    /// `events/events/`: the event log.
+    Events,
+    /// `core/users/me/`: the token's user.
+    UsersMe,
     Unknown,
 }
 
@@ -56,6 +61,8 @@ impl Route {
             ["admin", "version"] => Route::Version,
             ["stages", "captcha"] => Route::CaptchaList,
             ["stages", "all"] => Route::AllStages,
+            ["events", "events"] => Route::Events,
+            ["core", "users", "me"] => Route::UsersMe,
             ["stages", "captcha", id] if lookup(id) => Route::CaptchaOne((*id).to_owned()),
             ["stages", "captcha", id, "used_by"] if lookup(id) => {
                 Route::CaptchaUsedBy((*id).to_owned())
@@ -90,6 +97,8 @@ impl Route {
             Route::BindingUsedBy(_) => "/api/v3/flows/bindings/{uuid}/used_by/",
             Route::IdentificationList => "/api/v3/stages/identification/",
             Route::IdentificationOne(_) => "/api/v3/stages/identification/{uuid}/",
+            Route::Events => "/api/v3/events/events/",
+            Route::UsersMe => "/api/v3/core/users/me/",
             Route::Unknown => "(unknown route)",
         }
     }
@@ -99,7 +108,8 @@ impl Route {
             Route::CaptchaList
             | Route::FlowList
             | Route::BindingList
-            | Route::IdentificationList => Some(ALLOW_LIST),
+            | Route::IdentificationList
+            | Route::Events => Some(ALLOW_LIST),
             Route::CaptchaOne(_)
             | Route::FlowOne(_)
             | Route::BindingOne(_)
@@ -107,7 +117,8 @@ impl Route {
             Route::Version
             | Route::CaptchaUsedBy(_)
             | Route::AllStages
-            | Route::BindingUsedBy(_) => Some(ALLOW_READ),
+            | Route::BindingUsedBy(_)
+            | Route::UsersMe => Some(ALLOW_READ),
             Route::Unknown => None,
         }
     }
@@ -195,6 +206,9 @@ pub(crate) struct Incoming<'a> {
     pub(crate) authorization: Option<&'a str>,
     pub(crate) content_type: Option<&'a str>,
     pub(crate) body: &'a [u8],
+    /// For the event a write logs.
+    pub(crate) user_agent: &'a str,
+    pub(crate) client_ip: &'a str,
 }
 
 /// Answers one request against the store.
@@ -225,6 +239,20 @@ pub(crate) fn answer(store: &mut Store, req: &Incoming<'_>) -> Reply {
         ),
         (Route::CaptchaList, "GET") => list_captcha(store, &route, &query),
         (Route::AllStages, "GET") => list_all(store, &route, &query),
+        (Route::UsersMe, "GET") => Reply::json(200, &route, store.events.me()),
+        (Route::Events, "GET") if !store.events.readable => Reply::detail(
+            403,
+            &route,
+            "You do not have permission to perform this action.",
+        ),
+        (Route::Events, "GET") => {
+            let events = store.events.select(&query);
+            let rows = events.into_iter().map(|e| {
+                let render: Box<dyn Fn() -> Value> = Box::new(move || e.clone());
+                render
+            });
+            page(store, &route, &query, rows.collect::<Vec<_>>())
+        }
         (Route::CaptchaList, "POST") => write(store, &route, req, None, WriteMode::Create),
         (Route::CaptchaOne(id), method @ ("GET" | "PUT" | "PATCH" | "DELETE")) => {
             let uuid = match find(store, &route, id) {
@@ -236,7 +264,11 @@ pub(crate) fn answer(store: &mut Store, req: &Incoming<'_>) -> Reply {
                 "PUT" => write(store, &route, req, Some(uuid), WriteMode::Replace),
                 "PATCH" => write(store, &route, req, Some(uuid), WriteMode::Partial),
                 _ => {
+                    let name = store.find(uuid).map(|r| r.fields.name.clone());
                     store.delete(uuid);
+                    if let Some(name) = name {
+                        log_change(store, req, Change::Deleted, uuid, &name);
+                    }
                     Reply {
                         status: 204,
                         allow: route.allow(),
@@ -393,10 +425,12 @@ fn write(
     match uuid {
         None => {
             let uuid = store.create(validated);
+            log_written(store, req, Change::Created, uuid);
             Reply::json(201, route, render(store, uuid))
         }
         Some(uuid) => {
             store.update(uuid, validated);
+            log_written(store, req, Change::Updated, uuid);
             Reply::json(200, route, render(store, uuid))
         }
     }
@@ -428,6 +462,25 @@ pub(crate) fn body_object(route: &Route, req: &Incoming<'_>) -> Result<Map<Strin
         ));
     };
     Ok(map)
+}
+
+/// The event authentik writes in the same request as a change.
+fn log_written(store: &mut Store, req: &Incoming<'_>, change: Change, uuid: Uuid) {
+    if let Some(name) = store.find(uuid).map(|r| r.fields.name.clone()) {
+        log_change(store, req, change, uuid, &name);
+    }
+}
+
+fn log_change(store: &mut Store, req: &Incoming<'_>, change: Change, uuid: Uuid, name: &str) {
+    let request = events::Request {
+        method: req.method,
+        path: req.path,
+        user_agent: req.user_agent,
+        client_ip: req.client_ip,
+    };
+    store
+        .events
+        .record_api(change, ModelRef::captcha_stage(uuid, name), &request);
 }
 
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {

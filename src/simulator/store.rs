@@ -13,6 +13,7 @@
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
+use super::events::EventLog;
 use crate::authentik::{Capabilities, ServerVersion};
 use crate::kinds::captcha::{FIELDS, LiveStage, StageFields};
 use crate::kinds::field::{self, FieldType, Value as FieldValue};
@@ -92,6 +93,8 @@ pub(crate) struct Store {
     pub(crate) others: Vec<OtherRecord>,
     pub(crate) flows: Vec<FlowRecord>,
     pub(crate) bindings: Vec<FlowBinding>,
+    /// Who changed what (`events/events/`), and the token's user.
+    pub(crate) events: EventLog,
 }
 
 /// How a write validates its body.
@@ -517,6 +520,7 @@ mod tests {
             others: vec![],
             flows: vec![],
             bindings: vec![],
+            events: EventLog::default(),
         }
     }
 

@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::drift::ChangedBy;
 use crate::kinds::Object;
 use crate::kinds::field::FieldChange;
 use crate::plan::key_check::Verdict;
@@ -30,6 +31,10 @@ struct JsonPlan<'a> {
     /// `users` (blocked) or `reason` (held back). Left out when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     prune: Vec<JsonPrune<'a>>,
+    /// Why nobody could be named for a drift (the event log cannot be
+    /// read). Left out when the log was read or nothing drifted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_by_unknown: Option<&'a str>,
 }
 
 /// A delete entry, as the `prune` array shows it.
@@ -93,6 +98,10 @@ struct JsonStage<'a> {
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     key_check: Option<JsonKeyCheck<'a>>,
+    /// Who made a drifted stage what it is (`username`, `client_ip`, `at`,
+    /// `action`), when the event log names someone other than stagesync.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changed_by: Option<&'a ChangedBy>,
 }
 
 /// The shape of one check in `stagesync verify --format json`, without what
@@ -174,6 +183,7 @@ pub fn render_json(plan: &Plan) -> String {
                     http_status: c.status,
                     contacted: c.reason.contacted(),
                 }),
+                changed_by: plan.changed_by.get(&s.id),
             }
         })
         .collect();
@@ -202,6 +212,7 @@ pub fn render_json(plan: &Plan) -> String {
                 _ => None,
             })
             .collect(),
+        changed_by_unknown: plan.changed_by_unknown.as_deref(),
     };
     match serde_json::to_string_pretty(&doc) {
         Ok(mut s) => {

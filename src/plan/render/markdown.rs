@@ -342,6 +342,9 @@ fn sections(plan: &Plan) -> Vec<Section> {
                 code(&after.to_string())
             );
         }
+        if let Some(by) = plan.changed_by.get(&stage.id) {
+            let _ = writeln!(item, "_{}_\n", text(&by.to_string()));
+        }
         for line in warning_lines(&warnings, &stage.name) {
             let _ = writeln!(item, "> **Security:** {}\n", text(&line[2..]));
         }
@@ -372,7 +375,12 @@ fn sections(plan: &Plan) -> Vec<Section> {
     sections.push(Section {
         heading: String::new(),
         items: writes,
-        trailer: String::new(),
+        // Said once, whatever is left out.
+        trailer: plan
+            .changed_by_unknown
+            .as_ref()
+            .map(|why| format!("Changed by: unknown ({}).\n\n", text(why)))
+            .unwrap_or_default(),
     });
 
     let in_sync: Vec<_> = plan

@@ -98,6 +98,14 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
                 "{INDENT}waits for stage {after} to be renamed away from this name"
             );
         }
+        if let Some(by) = plan.changed_by.get(&stage.id) {
+            let line = escape(&by.to_string()).into_owned();
+            let _ = writeln!(
+                out,
+                "{INDENT}{}",
+                painter.paint(AnsiColor::Yellow.on_default(), &line)
+            );
+        }
         if let Action::Error { message, .. } = &stage.action {
             let _ = writeln!(
                 out,
@@ -163,6 +171,9 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
             let _ = writeln!(out, "{INDENT}? {} ({})", escape(&u.name), u.uuid);
         }
         out.push('\n');
+    }
+    if let Some(why) = &plan.changed_by_unknown {
+        let _ = writeln!(out, "changed by: unknown ({})\n", escape(why));
     }
     let _ = writeln!(
         out,
