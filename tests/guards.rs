@@ -422,8 +422,8 @@ async fn drifted_guards_cost_one_write_each_beyond_one_call_per_page_of_each_lis
     // Who changed them is asked apart: the token's user once, and one event
     // query per changed binding (12 of the 25; an unbound one has no live
     // object to ask about).
-    let attribution = counts.get("GET", "/api/v3/core/users/me/")
-        + counts.get("GET", "/api/v3/events/events/");
+    let attribution =
+        counts.get("GET", "/api/v3/core/users/me/") + counts.get("GET", "/api/v3/events/events/");
     assert_eq!(attribution, 1 + 12, "{counts:?}");
     assert!(counts.total() - attribution <= minimal + 3, "{counts:?}");
     assert_eq!(counts.writes(), 25, "{counts:?}");
