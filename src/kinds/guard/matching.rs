@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
 use super::{
-    BindingWrite, DesiredGuard, EmbeddingWrite, FIELDS, Guard, GuardWrite, LiveBinding, LiveFlow,
-    LiveIdentificationStage,
+    BindingWrite, DesiredGuard, EmbeddingWrite, FIELDS, Guard, GuardTarget, GuardWrite,
+    LiveBinding, LiveFlow, LiveIdentificationStage, entry_name,
 };
 use crate::kinds::Origin;
 use crate::kinds::field::{self, FieldChange, Value};
@@ -99,7 +99,7 @@ pub(crate) fn plan_stage(
     let mut declared_flows = BTreeSet::new();
     let mut declared_stages = BTreeSet::new();
     for declared in guards {
-        let name = format!("{stage_name} in {}", declared.guard.target());
+        let name = entry_name(stage_name, declared.guard.target());
         let (change, waits) = match &declared.guard {
             Guard::Flow { slug, binding } => match live.flows.get(slug) {
                 None => (
@@ -209,7 +209,7 @@ pub(crate) fn plan_stage(
             many => twice(&slug, many),
         };
         out.push(Planned {
-            name: format!("{stage_name} in flow {slug}"),
+            name: entry_name(stage_name, GuardTarget::Flow(&slug)),
             origin: stage_origin.clone(),
             change,
             waits_for_stage: false,
@@ -221,7 +221,7 @@ pub(crate) fn plan_stage(
         .filter(|s| s.captcha_stage == Some(stage) && !declared_stages.contains(&s.uuid))
     {
         out.push(Planned {
-            name: format!("{stage_name} in identification stage {}", ident.name),
+            name: entry_name(stage_name, GuardTarget::IdentificationStage(&ident.name)),
             origin: stage_origin.clone(),
             change: Change::Update {
                 uuid: ident.uuid,

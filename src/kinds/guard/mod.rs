@@ -453,12 +453,19 @@ impl GuardWrite {
     }
 }
 
-/// The stage and the target of a guard entry's name
-/// (`<stage> in flow <slug>`, `<stage> in identification stage <name>`).
+/// A guard entry's name: `<stage> in flow <slug>`,
+/// `<stage> in identification stage <name>`; [`split_name`] reads it back.
+pub(crate) fn entry_name(stage: &str, target: GuardTarget<'_>) -> String {
+    format!("{stage} in {target}")
+}
+
+/// The stage and the target of a guard entry's name ([`entry_name`]).
 pub(crate) fn split_name(name: &str) -> (&str, &str) {
-    // A slug has no spaces: the last " in flow " is the one.
-    name.rfind(" in flow ")
-        .or_else(|| name.find(" in identification stage "))
+    // An identification stage's name may hold " in flow ", so that target is
+    // looked for first; a slug has no spaces, so the last " in flow " is the
+    // one (a stage's own name may hold it too).
+    name.find(" in identification stage ")
+        .or_else(|| name.rfind(" in flow "))
         .map_or((name, ""), |at| (&name[..at], &name[at + " in ".len()..]))
 }
 
@@ -532,4 +539,26 @@ pub(crate) fn export_lines(
 /// A YAML scalar: always double-quoted (a JSON string is valid YAML).
 fn yaml_text(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_name_reads_back_whatever_the_target_is_called() {
+        for (stage, target) in [
+            ("login", GuardTarget::Flow("default-authentication-flow")),
+            ("login in flow x", GuardTarget::Flow("f")),
+            ("login", GuardTarget::IdentificationStage("Step in flow A")),
+            ("login", GuardTarget::IdentificationStage("identify")),
+        ] {
+            let name = entry_name(stage, target);
+            assert_eq!(
+                split_name(&name),
+                (stage, target.to_string().as_str()),
+                "{name}"
+            );
+        }
+    }
 }
