@@ -522,3 +522,49 @@ fn a_write_failing_and_recovering_is_notified_once_each() {
         "{failed}"
     );
 }
+
+#[test]
+fn a_guard_found_missing_in_a_dry_run_is_notified_as_a_guard() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    h.sim.seed_flow("login-flow", "Welcome");
+    h.ws.write(
+        "login.yaml",
+        &manifest(
+            "login",
+            "site-login",
+            KEY_VAR,
+            "score_min_threshold: 0.5\nguards:\n  - flow: login-flow\n    order: 10\n",
+        ),
+    );
+    h.sim.seed_captcha(
+        stagesync::kinds::captcha::StageFields {
+            score_min_threshold: 0.5,
+            ..stagesync::kinds::captcha::StageFields::with_defaults("login", "site-login")
+        },
+        KEY,
+    );
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--interval",
+            "1h",
+            "--event-poll",
+            "off",
+            "--dry-run",
+            "--notify",
+            &hook.url,
+        ],
+        &[(KEY_VAR, KEY)],
+    );
+    d.wait_until("the message", || {
+        hook.bodies().iter().any(|b| b.contains("login-flow"))
+    });
+    let message = hook
+        .messages()
+        .into_iter()
+        .find(|m| m.to_string().contains("login-flow"))
+        .unwrap();
+    assert_eq!(message["kind"], "guard", "{message}");
+    assert_eq!(message["event"], "drift_detected", "{message}");
+}

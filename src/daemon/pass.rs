@@ -119,6 +119,8 @@ impl Wanted {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PlannedStage {
     pub(crate) entry: EntryId,
+    /// A captcha stage, or one of its guards: what notifications say it is.
+    pub(crate) kind: Kind,
     pub(crate) name: String,
     pub(crate) file: PathBuf,
     pub(crate) wanted: Wanted,
@@ -160,6 +162,7 @@ impl PlannedStage {
         plan.manifest_entries()
             .map(|entry| PlannedStage {
                 entry: entry.id,
+                kind: entry.kind,
                 name: entry.name.clone(),
                 file: entry
                     .origin
@@ -178,7 +181,14 @@ impl PlannedStage {
 fn changed_by(plan: &Plan, id: EntryId) -> Option<ChangedByNote> {
     match (plan.changed_by.get(&id), &plan.changed_by_unknown) {
         (Some(by), _) => Some(ChangedByNote::Known(by.clone())),
-        (None, Some(_)) if plan.drifted().any(|(d, _, _)| d == id) => Some(ChangedByNote::Unknown),
+        (None, Some(_))
+            if matches!(
+                plan.entry(id).map(|e| &e.action),
+                Some(Action::Update { .. })
+            ) =>
+        {
+            Some(ChangedByNote::Unknown)
+        }
         (None, _) => None,
     }
 }
@@ -727,9 +737,9 @@ impl Passes {
     }
 
     /// A stage whose write failing was notified is written or in sync again.
-    fn write_recovered(&mut self, name: &str, file: &str) {
-        if self.writes_failing.remove(name) {
-            let mut n = Notification::new(Event::WriteRecovered, Kind::CaptchaStage, name);
+    fn write_recovered(&mut self, stage: &PlannedStage, file: &str) {
+        if self.writes_failing.remove(&stage.name) {
+            let mut n = Notification::new(Event::WriteRecovered, stage.kind, &stage.name);
             n.file = Some(file.to_owned());
             self.notify(&n);
         }
@@ -1076,7 +1086,7 @@ impl Passes {
                 if self.failures.success(&subject).is_news() {
                     info!(stage = %name, file, "stage is in sync again");
                 }
-                self.write_recovered(name, &file);
+                self.write_recovered(stage, &file);
             }
             // Its line was logged when the write completed (see `execute`).
             StageEnd::Written { operation, .. } => {
@@ -1084,7 +1094,7 @@ impl Passes {
                     .record_write(write_operation(*operation), ResultLabel::Success);
                 self.backoff.record_success(&subject);
                 self.failures.success(&subject);
-                self.write_recovered(name, &file);
+                self.write_recovered(stage, &file);
             }
             StageEnd::PlanFailed(message) => {
                 if self.failures.failure(&subject, message).is_news() {
@@ -1099,7 +1109,7 @@ impl Passes {
                     warn!(stage = %name, file, error = %message, retry_in = ?delay, "write failed");
                 }
                 if self.writes_failing.insert(name.clone()) {
-                    let mut n = Notification::new(Event::WriteFailed, Kind::CaptchaStage, name);
+                    let mut n = Notification::new(Event::WriteFailed, stage.kind, name);
                     n.file = Some(file.clone());
                     n.reason = Some(message.clone());
                     self.notify(&n);
@@ -1119,7 +1129,7 @@ impl Passes {
                             info!(stage = %name, file, drift = %change, "drift found (dry run: not written)")
                         }
                     }
-                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    let mut n = Notification::new(Event::DriftDetected, stage.kind, name);
                     n.file = Some(file.clone());
                     n.change = Some(change.clone());
                     ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
@@ -1134,7 +1144,7 @@ impl Passes {
                 {
                     let by = stage.changed_by.as_ref().map(ChangedByNote::log_text);
                     info!(stage = %name, file, drift = %change, changed_by = %by.as_deref().unwrap_or("none"), "drift found (frozen: written when the freeze ends)");
-                    let mut n = Notification::new(Event::DriftDetected, Kind::CaptchaStage, name);
+                    let mut n = Notification::new(Event::DriftDetected, stage.kind, name);
                     n.file = Some(file.clone());
                     n.change = Some(change.clone());
                     n.reason = Some("frozen: written when the freeze ends".into());
@@ -1391,6 +1401,7 @@ mod tests {
     fn planned(name: &str, wanted: Wanted) -> PlannedStage {
         PlannedStage {
             entry: id(name),
+            kind: Kind::CaptchaStage,
             name: name.to_owned(),
             file: PathBuf::from(format!("stages/{name}.yaml")),
             wanted,
