@@ -294,15 +294,7 @@ impl Session {
         }
         let own = *self
             .own
-            .get_or_init(|| async {
-                match self.client.token_user().await {
-                    Ok(user) => Own { user_pk: user.pk },
-                    Err(err) => {
-                        tracing::debug!(error = %err, "the token's user is unknown: stagesync's writes are recognised by their user agent");
-                        Own::default()
-                    }
-                }
-            })
+            .get_or_init(|| crate::drift::own_writes(&self.client))
             .await;
         let mut wanted = drifted.into_iter();
         let mut tasks = tokio::task::JoinSet::new();

@@ -42,13 +42,7 @@ pub struct EventPoll {
 
 /// Polls until `cancel` fires, sending [`Trigger::EventLog`] on `triggers`.
 pub(crate) async fn run(poll: EventPoll, triggers: TriggerSender, cancel: CancellationToken) {
-    let own = match poll.client.token_user().await {
-        Ok(user) => Own { user_pk: user.pk },
-        Err(err) => {
-            debug!(error = %err, "the token's user is unknown: stagesync's writes are recognised by their user agent");
-            Own::default()
-        }
-    };
+    let own = crate::drift::own_writes(&poll.client).await;
     let kinds: Vec<LoggedAs> = Kind::ALL.iter().map(|k| k.logged_as()).collect();
     let mut cursor = Cursor::default();
     let mut failing = false;
@@ -111,7 +105,14 @@ async fn look(
     match cursor.observe(newest.first()) {
         Head::First | Head::Unchanged => Ok(NewEvents::Nothing),
         Head::Moved => {
-            let page = client.newest_events(poll::NEW_EVENTS_PAGE).await?;
+            let page = match client.newest_events(poll::NEW_EVENTS_PAGE).await {
+                Ok(page) => page,
+                Err(err) => {
+                    // The new events are still unread: the next poll looks again.
+                    cursor.newest = since;
+                    return Err(err);
+                }
+            };
             if let Some(first) = page.first() {
                 cursor.newest = Some(first.pk);
             }

@@ -19,3 +19,15 @@ pub mod notify;
 pub mod poll;
 
 pub use attribution::{Attribution, ChangedBy, Own};
+
+/// How stagesync's own writes are recognised: the token's user
+/// (`core/users/me/`), or, when it cannot be read, the user agent alone.
+pub(crate) async fn own_writes(client: &crate::authentik::Client) -> Own {
+    match client.token_user().await {
+        Ok(user) => Own { user_pk: user.pk },
+        Err(err) => {
+            tracing::debug!(error = %err, "the token's user is unknown: stagesync's writes are recognised by their user agent");
+            Own::default()
+        }
+    }
+}
