@@ -409,9 +409,10 @@ struct DaemonArgs {
         value_name = "URL",
         env = "STAGESYNC_NOTIFY",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret_arg
     )]
-    notify: Vec<String>,
+    notify: Vec<SecretString>,
     /// Hold writes from each time the cron expression (UTC) matches, for the duration
     /// (e.g. "0 18 * * FRI for 62h"); repeatable. Drift is still reported and notified,
     /// and written when the window ends.
@@ -534,14 +535,25 @@ fn parse_notify_format(s: &str) -> Result<NotifyFormat, String> {
 
 /// The webhook receivers of `--notify`, `$STAGESYNC_NOTIFY` and `--notify-file`,
 /// each an `http(s)` URL. A URL is never repeated in an error: it carries a token.
+/// A flag's value held as a secret from the start, so no `Debug` of the
+/// parsed flags can show it (webhook URLs carry tokens).
+fn secret_arg(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
+}
+
 fn resolve_notify(
-    given: Vec<String>,
+    given: Vec<SecretString>,
     file: Option<&Path>,
 ) -> Result<Vec<SecretString>, ConfigError> {
     let mut urls: Vec<(String, String)> = given
         .into_iter()
         .enumerate()
-        .map(|(i, u)| (format!("--notify value {}", i + 1), u))
+        .map(|(i, u)| {
+            (
+                format!("--notify value {}", i + 1),
+                secrecy::ExposeSecret::expose_secret(&u).to_owned(),
+            )
+        })
         .collect();
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::NotifyFile {
@@ -1132,5 +1144,12 @@ mod tests {
             Cli::try_parse_from(["stagesync", "apply", "--plan", "p.json", "--prune"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
         assert!(Cli::try_parse_from(["stagesync", "apply", "--plan", "p.json"]).is_ok());
+    }
+
+    #[test]
+    fn a_webhook_url_is_never_in_the_parsed_flags_debug() {
+        let url = "https://hooks.example/services/T0/B0/hook-token-91c2";
+        let cli = Cli::try_parse_from(["stagesync", "run", "--notify", url]).unwrap();
+        assert!(!format!("{cli:?}").contains("hook-token-91c2"), "{cli:?}");
     }
 }
