@@ -726,7 +726,12 @@ impl Passes {
     /// opens): a pass then writes what was held, or starts holding.
     fn freeze_changes_in(&self) -> Option<Duration> {
         let now = SystemTime::now();
-        freeze::next_change(&self.freeze.windows, self.freeze.requested(), now)
+        // The freeze this pass saw (its file read once, by `frozen_now`)
+        // ends, or the next window opens.
+        self.frozen
+            .as_ref()
+            .map(|f| f.until)
+            .or_else(|| freeze::next_change(&self.freeze.windows, None, now))
             .map(|t| t.duration_since(now).unwrap_or_default())
     }
 

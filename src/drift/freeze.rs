@@ -129,8 +129,8 @@ pub fn next_change(
         Some(frozen) => Some(frozen.until),
         None => windows
             .iter()
+            // A requested freeze still to come is in force already (above).
             .filter_map(|w| w.next_start(now))
-            .chain(requested.filter(|t| *t > now))
             .min(),
     }
 }
