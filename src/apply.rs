@@ -377,24 +377,13 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
     /// The uuid of the captcha stage entry `index` waits to be created
     /// ([`Why::CreatesStage`]), once that create is made.
     fn created_stage_for(&self, index: usize) -> Option<Uuid> {
-        self.pending[index]
-            .entry
-            .after
-            .iter()
-            .find_map(|d| match d {
-                Dependency::Entry {
-                    on,
-                    why: Why::CreatesStage,
-                } => self
-                    .pending
-                    .iter()
-                    .find(|p| p.entry.id == *on)
-                    .and_then(|p| match p.result() {
-                        Some(Ended::Written(written)) => Some(written.uuid),
-                        _ => None,
-                    }),
+        self.pending[index].waits.iter().find_map(|w| match w {
+            Waits::On(Ok(on), Why::CreatesStage) => match self.pending[*on].result() {
+                Some(Ended::Written(written)) => Some(written.uuid),
                 _ => None,
-            })
+            },
+            _ => None,
+        })
     }
 
     fn unsettled(&self) -> Vec<usize> {

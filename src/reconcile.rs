@@ -384,7 +384,10 @@ impl Session {
 /// every binding, one of identification stages, and the flows named (a
 /// look-up per slug, or the flow list when that is fewer calls; a slug
 /// without a flow is a plan error).
-async fn fetch_guards(client: &Client, desired: &[DesiredStage]) -> Result<LiveGuards, ApiError> {
+pub(crate) async fn fetch_guards(
+    client: &Client,
+    desired: &[DesiredStage],
+) -> Result<LiveGuards, ApiError> {
     let api = Guards::new(client);
     let bindings = api.bindings().await?;
     // Listed even when no identification stage is declared: one that

@@ -31,9 +31,10 @@ use crate::exit::{CommandError, Exit};
 use crate::kinds::captcha::LiveStage;
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::export::manifest_for;
-use crate::kinds::guard::{self, api::Guards};
+use crate::kinds::guard::{self, matching::LiveGuards};
 use crate::manifest::{self, Severity};
 use crate::output::Console;
+use crate::reconcile::fetch_guards;
 use crate::text::escape;
 
 pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
@@ -42,14 +43,11 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
     live.sort_by(|a, b| a.fields.name.cmp(&b.fields.name));
     // What each stage guards: one paged list of bindings and one of
     // identification stages, only when there is a stage to export.
-    let (bindings, identification_stages) = if live.is_empty() {
-        (Vec::new(), Vec::new())
+    // (`fetch_guards` with nothing declared asks for no flow.)
+    let guards = if live.is_empty() {
+        LiveGuards::default()
     } else {
-        let guards = Guards::new(&client);
-        (
-            guards.bindings().await?,
-            guards.identification_stages().await?,
-        )
+        fetch_guards(&client, &[]).await?
     };
 
     let files = plan_files(&cfg.dir, &live);
@@ -82,9 +80,11 @@ pub(crate) async fn run(cfg: ExportConfig, console: &Console) -> Result<Exit> {
         .iter()
         .map(|f| {
             let mut text = manifest_for(f.stage, &f.key_variable);
-            if let Some(lines) =
-                guard::export_lines(f.stage.uuid, &bindings, &identification_stages)
-            {
+            if let Some(lines) = guard::export_lines(
+                f.stage.uuid,
+                &guards.bindings,
+                &guards.identification_stages,
+            ) {
                 text.push_str(&lines);
             }
             text

@@ -162,7 +162,7 @@ impl SimHandle {
     /// (its `captcha_stage`): `used_by` lists it (`set_null`), and deleting
     /// the captcha sets it to null.
     pub fn seed_identification_stage(&self, name: &str, captcha: Option<Uuid>) -> Uuid {
-        self.seed_stage_of_type(name, "ak-stage-identification-form", captcha)
+        self.seed_stage_of_type(name, store::IDENTIFICATION_COMPONENT, captcha)
     }
 
     fn seed_stage_of_type(&self, name: &str, component: &str, captcha: Option<Uuid>) -> Uuid {
@@ -173,7 +173,7 @@ impl SimHandle {
             component: component.to_owned(),
             captcha_stage: captcha,
             // authentik's default identification stage identifies by both.
-            user_fields: if component == "ak-stage-identification-form" {
+            user_fields: if component == store::IDENTIFICATION_COMPONENT {
                 vec!["email".into(), "username".into()]
             } else {
                 Vec::new()

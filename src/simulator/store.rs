@@ -18,6 +18,9 @@ use crate::authentik::{Capabilities, ServerVersion};
 use crate::kinds::captcha::{FIELDS, LiveStage, StageFields};
 use crate::kinds::field::{self, FieldType, Value as FieldValue};
 
+/// The component of authentik's identification stages.
+pub(crate) const IDENTIFICATION_COMPONENT: &str = "ak-stage-identification-form";
+
 /// Names longer than this (bytes) overflow authentik's unique index: the real
 /// server answers with its empty 405 internal error.
 pub(crate) const NAME_INDEX_LIMIT: usize = 2700;
@@ -560,7 +563,7 @@ mod tests {
         s.others.push(OtherRecord {
             uuid: Uuid::new_v4(),
             name: "taken".into(),
-            component: "ak-stage-identification-form".into(),
+            component: IDENTIFICATION_COMPONENT.into(),
             captcha_stage: None,
             user_fields: Vec::new(),
         });
@@ -624,7 +627,7 @@ mod tests {
         let v = s.render_other(&OtherRecord {
             uuid: Uuid::nil(),
             name: "n".into(),
-            component: "ak-stage-identification-form".into(),
+            component: IDENTIFICATION_COMPONENT.into(),
             captcha_stage: None,
             user_fields: Vec::new(),
         });

@@ -101,6 +101,15 @@ struct WireIdentificationStage {
     sources: Vec<Value>,
 }
 
+impl From<WireFlow> for LiveFlow {
+    fn from(w: WireFlow) -> Self {
+        LiveFlow {
+            uuid: w.pk,
+            slug: w.slug,
+        }
+    }
+}
+
 impl From<WireIdentificationStage> for LiveIdentificationStage {
     fn from(w: WireIdentificationStage) -> Self {
         LiveIdentificationStage {
@@ -215,11 +224,7 @@ impl Guards {
             return Ok(found);
         }
         if slugs.len() == 1 {
-            for slug in slugs {
-                if let Some(flow) = self.flow(slug).await? {
-                    found.insert(flow.slug.clone(), flow);
-                }
-            }
+            self.look_up(slugs.iter().copied(), &mut found).await?;
             return Ok(found);
         }
         let first: Page<WireFlow> = self.client.list_page(FLOWS, 1).await?;
@@ -230,13 +235,7 @@ impl Guards {
                 .into_iter()
                 .filter(|f| slugs.contains(f.slug.as_str()))
             {
-                found.insert(
-                    f.slug.clone(),
-                    LiveFlow {
-                        uuid: f.pk,
-                        slug: f.slug,
-                    },
-                );
+                found.insert(f.slug.clone(), f.into());
             }
         };
         let on_first: std::collections::BTreeSet<String> =
@@ -250,13 +249,24 @@ impl Guards {
             keep(&mut found, all);
         } else {
             keep(&mut found, first.results);
-            for slug in slugs.iter().filter(|s| !on_first.contains(**s)) {
-                if let Some(flow) = self.flow(slug).await? {
-                    found.insert(flow.slug.clone(), flow);
-                }
-            }
+            let not_on_first = slugs.iter().copied().filter(|s| !on_first.contains(*s));
+            self.look_up(not_on_first, &mut found).await?;
         }
         Ok(found)
+    }
+
+    /// One look-up per slug, each flow found kept in `found`.
+    async fn look_up<'s>(
+        &self,
+        slugs: impl Iterator<Item = &'s str>,
+        found: &mut std::collections::BTreeMap<String, LiveFlow>,
+    ) -> Result<(), ApiError> {
+        for slug in slugs {
+            if let Some(flow) = self.flow(slug).await? {
+                found.insert(flow.slug.clone(), flow);
+            }
+        }
+        Ok(())
     }
 
     /// The flow whose slug is `slug`; `None` when there is none (authentik's
@@ -270,17 +280,8 @@ impl Guards {
             .pop_if_empty()
             .push(slug)
             .push("");
-        let call = Call {
-            method: Method::GET,
-            route: ROUTE_FLOW,
-            url,
-            body: None,
-        };
-        match self.client.send::<WireFlow>(&call, None).await {
-            Ok(flow) => Ok(Some(LiveFlow {
-                uuid: flow.pk,
-                slug: flow.slug,
-            })),
+        match self.client.get_json::<WireFlow>(url, ROUTE_FLOW).await {
+            Ok(flow) => Ok(Some(flow.into())),
             // A JSON 404 on a route that is not a stage's: no such flow (an
             // HTML 404 would be a wrong URL, and stays an error).
             Err(ApiError::UnexpectedResponse { status: 404, .. }) => Ok(None),

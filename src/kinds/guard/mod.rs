@@ -493,22 +493,16 @@ pub(crate) fn export_lines(
     }
     let mut out = String::new();
     for (i, b) in bound.iter().enumerate() {
-        if bound[..i].iter().any(|o| o.flow == b.flow) {
+        if let Some(first) = bound[..i].iter().find(|o| o.flow == b.flow) {
             return Some(format!(
                 "# guards not exported: bound twice to flow {} (orders {} and {}); remove one in authentik, then export again\n",
                 b.flow_slug.as_deref().unwrap_or("?"),
-                bound[..i]
-                    .iter()
-                    .find(|o| o.flow == b.flow)
-                    .map_or(0, |o| o.fields.order),
+                first.fields.order,
                 b.fields.order,
             ));
         }
     }
-    let defaults = BindingFields {
-        order: 0,
-        ..field::defaults(&FIELDS)
-    };
+    let defaults: BindingFields = field::defaults(&FIELDS);
     let _ = writeln!(out, "guards:");
     for b in bound {
         let Some(slug) = &b.flow_slug else {

@@ -24,12 +24,12 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::{Body, Incoming, Reply, Route, body_object, page, stage_fields_only};
-use crate::simulator::store::{FlowBinding, FlowRecord, OtherRecord, Store, WriteMode};
+use crate::kinds::guard::{INVALID_RESPONSE_ACTIONS, POLICY_ENGINE_MODES};
+use crate::simulator::store::{
+    FlowBinding, FlowRecord, IDENTIFICATION_COMPONENT, OtherRecord, Store, WriteMode,
+};
 use crate::simulator::store::{boolean_field, char_field, choice_field, integer_field};
 
-const IDENTIFICATION_COMPONENT: &str = "ak-stage-identification-form";
-const POLICY_ENGINE_MODES: [&str; 2] = ["all", "any"];
-const INVALID_RESPONSE_ACTIONS: [&str; 3] = ["retry", "restart", "restart_with_context"];
 const USER_FIELDS: [&str; 3] = ["email", "username", "upn"];
 const EVALUATION_NEEDED: &str = "Either evaluation on plan or evaluation on run must be enabled";
 const UNIQUE_BINDING: &str = "The fields target, stage, order must make a unique set.";
