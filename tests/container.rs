@@ -135,9 +135,9 @@ fn the_demo_runs_in_the_image_with_a_tmpfs_tmp() {
         "{stderr}"
     );
     for line in [
-        "Plan: 1 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.",
-        "Apply: 1 created, 1 updated, 0 failed.",
-        "Plan: 0 to create, 0 to update, 3 in sync, 1 unmanaged, 1 blocked.",
+        "Plan: 2 to create, 1 to update, 1 in sync, 1 unmanaged, 1 blocked.",
+        "Apply: 2 created, 1 updated, 0 failed.",
+        "Plan: 0 to create, 0 to update, 4 in sync, 1 unmanaged, 1 blocked.",
     ] {
         assert!(stdout.contains(line), "{line}\n{stdout}");
     }
