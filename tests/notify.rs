@@ -366,7 +366,6 @@ fn a_key_check_changing_result_is_notified_once() {
         );
     }
     // A resync with the same key: no new check, no new message.
-    let before = hook.bodies().len();
     d.signal(libc::SIGHUP);
     d.wait_for_log_count("SIGHUP received", 1);
     std::thread::sleep(Duration::from_millis(1000));
@@ -377,7 +376,6 @@ fn a_key_check_changing_result_is_notified_once() {
             .count(),
         1
     );
-    assert!(hook.bodies().len() >= before);
 }
 
 #[test]
