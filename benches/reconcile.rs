@@ -120,7 +120,7 @@ fn guards_table(runtime: &tokio::runtime::Runtime, binary: &str, latency: Durati
         let pages = |count: usize| count.div_ceil(100).max(1) as u64;
         let minimal = 1 + pages(n) * 3 + 1 + (n / 10) as u64;
         // Who changed the drifted guards is asked apart (the token's user,
-        // one event query per changed binding): not part of the guards' bound.
+        // one event query per drifted binding): not part of the guards' bound.
         let attribution = counts.get("GET", "/api/v3/core/users/me/")
             + counts.get("GET", "/api/v3/events/events/");
         assert!(

@@ -202,6 +202,18 @@ impl fmt::Display for SkipReason {
                     "it guards with captcha stage {name}, whose create {what}"
                 )
             }
+            SkipReason::Waited {
+                name,
+                why: Why::RemovesGuard,
+                failed,
+                ..
+            } => {
+                let what = if *failed { "failed" } else { "was not made" };
+                write!(
+                    f,
+                    "its guard {name} is removed first; that removal {what}"
+                )
+            }
             SkipReason::WritesIncomplete => f.write_str(
                 "a create or update of this run was not made; deletes wait for a run where every write succeeds",
             ),
@@ -294,8 +306,12 @@ impl Pending<'_> {
         self.outcome.as_ref().map(|o| &o.result)
     }
 
+    /// A create or update that deletes wait for: one that waits for every
+    /// write itself (a pruned stage's guard made to embed no captcha) is
+    /// part of the deletes, not a write they wait for.
     fn is_write(&self) -> bool {
         !matches!(self.target, Target::Delete(_))
+            && !self.waits.iter().any(|w| matches!(w, Waits::EveryWrite))
     }
 
     /// The object whose key this write changes, when stagesync does not
@@ -338,8 +354,11 @@ impl<F: FnMut(&Outcome)> Run<'_, F> {
                     self.state.keys_mut().record(written.uuid, secret);
                 }
                 if pending.target == Target::Create && pending.entry.kind.inventoried() {
-                    self.state
-                        .record_created(pending.entry.kind, written.uuid, &written.name);
+                    self.state.record_created(
+                        pending.entry.kind,
+                        written.uuid,
+                        &pending.entry.name,
+                    );
                 }
             }
             Ended::Deleted { .. } => {
@@ -480,6 +499,7 @@ pub async fn apply(
     let acting: Vec<(&Entry, Target)> = plan
         .entries
         .iter()
+        .filter(|entry| !plan.removal_of_a_held_delete(entry))
         .filter_map(|entry| entry.action.target().map(|t| (entry, t)))
         .collect();
     // Every key of this apply, before the first is sent: an answer to one
@@ -764,7 +784,7 @@ mod tests {
     use crate::authentik::{ClientSettings, RetryPolicy, ServerVersion};
     use crate::capabilities::Capabilities;
     use crate::kinds::captcha::{DesiredStage, LiveStage, StageFields};
-    use crate::plan::{self, PlanInputs};
+    use crate::plan::{self, Held, PlanInputs};
     use crate::secret::SecretString;
     use crate::simulator::{self, Fault, FaultKind, SimConfig, SimHandle};
 
@@ -1056,10 +1076,67 @@ mod tests {
                     uuid: *uuid,
                     name: (*name).to_owned(),
                     held: None,
+                    guards: Vec::new(),
                 })
                 .collect(),
         );
         plan
+    }
+
+    /// `plan` with the delete of `stage` (made, or `held`) whose own
+    /// binding `binding` is unbound first.
+    fn with_pruned_guard(mut plan: Plan, stage: Uuid, binding: Uuid, held: Option<Held>) -> Plan {
+        plan.add_deletes(vec![crate::plan::prune::Decided {
+            kind: Kind::CaptchaStage,
+            uuid: stage,
+            name: "old".to_owned(),
+            held,
+            guards: vec![crate::plan::prune::Removal {
+                name: "old in flow login".to_owned(),
+                change: crate::kinds::guard::matching::Change::Unbind { uuid: binding },
+            }],
+        }]);
+        plan
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pruned_stage_is_deleted_after_its_own_guard_is_removed_and_never_without() {
+        let (sim, client) = sim().await;
+        let old = sim.seed_captcha(StageFields::with_defaults("old", "site"), "k");
+        let flow = sim.seed_flow("login", "Welcome");
+        let binding = sim.bind(flow, old, 10);
+
+        // The unbind fails: the stage stays, and says why.
+        sim.inject(Fault::status(400).on("DELETE", "/api/v3/flows/bindings/"));
+        let plan = with_pruned_guard(plan_for(&[], &[]), old, binding, None);
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
+        let got = summary(&report);
+        assert!(got[0].2.starts_with("failed: "), "{got:?}");
+        assert_eq!(
+            got[1].2,
+            "skipped: its guard old in flow login is removed first; that removal failed"
+        );
+        assert_eq!(sim.captcha_stages().len(), 1);
+
+        // Held back after planning (a freeze, the daemon's second look): the
+        // unbind is not sent either.
+        sim.reset_counts();
+        let held = Some(Held::Guard {
+            reason: "frozen".into(),
+        });
+        let plan = with_pruned_guard(plan_for(&[], &[]), old, binding, held);
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
+        assert!(report.outcomes.is_empty(), "{:?}", summary(&report));
+        assert_eq!(sim.request_counts().total(), 0);
+        assert_eq!(sim.bindings_of_stage(old).len(), 1);
+
+        // Made: the unbind first, then used_by is empty and the stage goes.
+        let plan = with_pruned_guard(plan_for(&[], &[]), old, binding, None);
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
+        let got = summary(&report);
+        assert_eq!(got[0].2, "deleted", "{got:?}");
+        assert_eq!(got[1].2, "deleted", "{got:?}");
+        assert!(sim.captcha_stages().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

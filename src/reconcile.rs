@@ -35,10 +35,10 @@ use crate::capabilities::Capabilities;
 use crate::drift::{Attribution, Own, attribution};
 use crate::kinds::captcha::api::Stages;
 use crate::kinds::captcha::{DesiredStage, LiveStage};
-use crate::kinds::guard::Guard;
 use crate::kinds::guard::api::Guards;
 use crate::kinds::guard::matching::LiveGuards;
-use crate::kinds::{self, Kind};
+use crate::kinds::guard::{self, Guard};
+use crate::kinds::{self, Kind, Object};
 use crate::manifest::{self, Manifests, SourceError};
 use crate::plan::prune::{self, PruneInputs, PruneSettings};
 use crate::plan::{self, Action, EntryId, Plan, PlanInputs};
@@ -57,7 +57,8 @@ pub struct Live {
     pub(crate) stages: Vec<LiveStage>,
     /// name -> kind for the names looked up that a stage of another type holds.
     pub(crate) foreign_names: BTreeMap<String, String>,
-    /// What captcha stages guard; fetched only when a manifest declares `guards`.
+    /// What captcha stages guard; fetched only when a manifest declares
+    /// `guards` (or, at plan time, when a stage to prune may have some).
     pub(crate) guards: Option<LiveGuards>,
 }
 
@@ -66,6 +67,8 @@ pub struct Planned {
     pub plan: Plan,
     pub(crate) desired: Vec<DesiredStage>,
     pub(crate) live: Vec<LiveStage>,
+    /// What captcha stages guard, when it was fetched.
+    pub(crate) guards: Option<LiveGuards>,
 }
 
 /// The state a session keeps the keys and the inventory in.
@@ -204,7 +207,9 @@ impl Session {
     /// asked for each candidate only when prune may delete at all (`--prune`,
     /// a complete and valid manifest set that declares something); the live
     /// list is complete here, or fetching it would have failed. A candidate
-    /// that vanished meanwhile is left out (it is gone).
+    /// that vanished meanwhile is left out (it is gone). A candidate's own
+    /// guards (the inventory's bindings and embeddings of it) are removed
+    /// with it: the guards are fetched for them when no manifest needed them.
     pub(crate) async fn plan(
         &self,
         desired: Vec<DesiredStage>,
@@ -220,21 +225,34 @@ impl Session {
             foreign_names: &live.foreign_names,
         });
         plan.add_guards(&desired, live.guards.as_ref(), &live.stages);
+        let mut guards = live.guards;
         let mut live = live.stages;
         let inventory = self.state.inventory();
         let mut used_by = BTreeMap::new();
+        let mut own_guards = BTreeMap::new();
         let mut vanished = Vec::new();
         if settings.enabled && manifests_complete && !desired.is_empty() {
-            let candidates: Vec<Uuid> = prune::candidates(inventory, &live, &desired, &plan)
-                .into_iter()
-                .map(|l| l.uuid)
-                .collect();
-            for uuid in candidates {
-                match kinds::used_by(&self.client, Kind::CaptchaStage, uuid).await {
+            let candidates: Vec<&LiveStage> = prune::candidates(inventory, &live, &desired, &plan);
+            if guards.is_none()
+                && !candidates.is_empty()
+                && inventory.of_kind(Kind::Guard).next().is_some()
+            {
+                guards = Some(fetch_guards(&self.client, &desired).await?);
+            }
+            for stage in candidates {
+                let own = guards
+                    .as_ref()
+                    .map(|g| prune::own_guards(inventory, stage, g))
+                    .unwrap_or_default();
+                match kinds::used_by(&self.client, Kind::CaptchaStage, stage.uuid).await {
                     Ok(users) => {
-                        used_by.insert(uuid, prune::without_removed_guards(users, &plan));
+                        used_by.insert(
+                            stage.uuid,
+                            prune::without_removed_guards(users, &plan, &own),
+                        );
+                        own_guards.insert(stage.uuid, own);
                     }
-                    Err(ApiError::StageNotFound { .. }) => vanished.push(uuid),
+                    Err(ApiError::StageNotFound { .. }) => vanished.push(stage.uuid),
                     Err(e) => return Err(e),
                 }
             }
@@ -246,6 +264,7 @@ impl Session {
             desired: &desired,
             plan: &plan,
             used_by: &used_by,
+            guards: &own_guards,
             manifests_complete,
             live_complete: true,
             settings,
@@ -255,6 +274,7 @@ impl Session {
             plan,
             desired,
             live,
+            guards,
         })
     }
 
@@ -364,9 +384,13 @@ impl Session {
     /// execution made ([`record_inventory`]). Returns whether it changed.
     pub(crate) fn record(&mut self, planned: &Planned, report: Option<&ApplyReport>) -> bool {
         match &mut self.state {
-            State::Locked(file) => {
-                record_inventory(file.inventory_mut(), &planned.plan, &planned.live, report)
-            }
+            State::Locked(file) => record_inventory(
+                file.inventory_mut(),
+                &planned.plan,
+                &planned.live,
+                planned.guards.as_ref(),
+                report,
+            ),
             State::ReadOnly { .. } => false,
         }
     }
@@ -437,24 +461,35 @@ pub async fn fetch_and_plan(
 /// abandoned or was held back does not make it managed: removing its manifest
 /// must not propose deleting a stage stagesync never got to write); every
 /// stage created is recorded as such; every deleted (or found gone) stage is
-/// dropped. Returns whether anything changed.
+/// dropped. Guards alike: one in sync or written is managed, one removed
+/// (unbound, or made to embed no captcha) or no longer live is dropped.
+/// Returns whether anything changed.
 pub(crate) fn record_inventory(
     inventory: &mut Inventory,
     plan: &Plan,
     live: &[LiveStage],
+    guards: Option<&LiveGuards>,
     report: Option<&ApplyReport>,
 ) -> bool {
     let before = inventory.clone();
     for uuid in prune::gone(inventory, live) {
         inventory.forget(uuid);
     }
+    if let Some(guards) = guards {
+        for uuid in prune::guards_gone(inventory, guards) {
+            inventory.forget(uuid);
+        }
+    }
     // Only stages that are live now: a saved plan's in-sync entry may name a
     // stage deleted since (it is left alone, not adopted again).
-    let is_live = |uuid: Uuid| live.iter().any(|l| l.uuid == uuid);
+    let is_live = |kind: Kind, uuid: Uuid| match kind {
+        Kind::CaptchaStage => live.iter().any(|l| l.uuid == uuid),
+        Kind::Guard => guards.is_some_and(|g| prune::guard_is_live(g, uuid)),
+    };
     for entry in plan.manifest_entries() {
         if let Action::InSync { uuid } = entry.action
             && entry.kind.inventoried()
-            && is_live(uuid)
+            && is_live(entry.kind, uuid)
         {
             inventory.manage(entry.kind, uuid, &entry.name, ManagedAs::Adopted);
         }
@@ -464,13 +499,18 @@ pub(crate) fn record_inventory(
         .flat_map(|r| &r.outcomes)
         .filter(|o| o.kind.inventoried())
     {
+        let removes = plan
+            .entry(outcome.entry)
+            .and_then(|e| e.action.write())
+            .is_some_and(|w| matches!(&w.object, Object::Guard(g) if guard::matching::removes(g)));
         match &outcome.result {
+            Ended::Written(written) if removes => inventory.forget(written.uuid),
             Ended::Written(written) => {
                 let how = match outcome.operation {
                     Operation::Create => ManagedAs::Created,
                     Operation::Update | Operation::Delete => ManagedAs::Adopted,
                 };
-                inventory.manage(outcome.kind, written.uuid, &written.name, how);
+                inventory.manage(outcome.kind, written.uuid, &outcome.name, how);
             }
             Ended::Deleted { .. } => {
                 if let Some(uuid) = plan.entry(outcome.entry).and_then(|e| e.uuid()) {

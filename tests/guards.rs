@@ -420,11 +420,11 @@ async fn drifted_guards_cost_one_write_each_beyond_one_call_per_page_of_each_lis
     // of identification stages, and 25 writes.
     let minimal = 1 + 3 * 3 + 1 + 25;
     // Who changed them is asked apart: the token's user once, and one event
-    // query per changed binding (12 of the 25; an unbound one has no live
-    // object to ask about).
+    // query per drifted binding (25: a changed one by its pk, an unbound one
+    // by the pk stagesync last kept, whose delete the event log names).
     let attribution =
         counts.get("GET", "/api/v3/core/users/me/") + counts.get("GET", "/api/v3/events/events/");
-    assert_eq!(attribution, 1 + 12, "{counts:?}");
+    assert_eq!(attribution, 1 + 25, "{counts:?}");
     assert!(counts.total() - attribution <= minimal + 3, "{counts:?}");
     assert_eq!(counts.writes(), 25, "{counts:?}");
     assert_eq!(
@@ -558,4 +558,199 @@ async fn a_saved_plan_binds_a_new_stage_after_creating_it() {
     let bound = sim.bindings_of_stage(stage);
     assert_eq!(bound.len(), 1);
     assert_eq!((bound[0].1, bound[0].2), (flow, 15));
+}
+
+/// A stage's manifest deleted in a pull request: `--prune` removes its own
+/// guards first (the binding and the embedding stagesync made), flagged as
+/// guards removed in every rendering, then deletes the stage; a saved plan
+/// does the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_whose_manifest_is_deleted_is_pruned_together_with_its_own_guards() {
+    let sim = start_sim().await;
+    let flow = sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let ident = sim.seed_identification_stage(IDENT, None);
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!(
+            "  - flow: {LOGIN_FLOW}\n    order: 15\n  - identification_stage: {IDENT}\n"
+        )),
+    );
+    ws.write("keep.yaml", &manifest("keep", "site", "KEY", ""));
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let login = uuid_of(&sim, "login");
+    let binding = sim.bindings_of_stage(login)[0].0;
+    assert_eq!(
+        sim.captcha_of_identification_stage(ident),
+        Some(Some(login))
+    );
+
+    std::fs::remove_file(ws.stages().join("login.yaml")).unwrap();
+    let (code, out, err) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    for line in [
+        format!("- delete login ({login})"),
+        format!("first unbound from flow {LOGIN_FLOW}"),
+        format!("first removed from identification stage {IDENT} (which then embeds no captcha)"),
+        format!("! a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"),
+        format!(
+            "! a guard is removed: identification stage {IDENT} runs without this captcha (guards)"
+        ),
+    ] {
+        assert!(out.contains(&line), "{line:?} in\n{out}");
+    }
+    let (_, out, _) = stagesync(
+        &ws,
+        &sim,
+        &["plan", "--prune", "--format", "json", "stages"],
+    )
+    .await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["prune"][0]["decision"], "delete", "{json}");
+    assert_eq!(
+        json["prune"][0]["guards"],
+        serde_json::json!([
+            {"name": format!("login in flow {LOGIN_FLOW}"), "uuid": binding, "action": "unbind"},
+            {"name": format!("login in identification stage {IDENT}"), "uuid": ident, "action": "update"},
+        ]),
+        "{json}"
+    );
+    assert_eq!(json["summary"]["warnings"], 2, "{json}");
+    let (_, out, _) = stagesync(
+        &ws,
+        &sim,
+        &["plan", "--prune", "--format", "markdown", "stages"],
+    )
+    .await;
+    assert!(
+        out.contains(&format!(
+            "> **Security:** a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"
+        )),
+        "{out}"
+    );
+
+    let (code, out, err) = stagesync(
+        &ws,
+        &sim,
+        &["plan", "--prune", "--out", "plan.json", "stages"],
+    )
+    .await;
+    assert_eq!(code, 2, "{out}\n{err}");
+    sim.reset_counts();
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--plan", "plan.json"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let counts = sim.request_counts();
+    assert_eq!(
+        counts.get("DELETE", "/api/v3/flows/bindings/{uuid}/"),
+        1,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("PATCH", "/api/v3/stages/identification/{uuid}/"),
+        1,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("DELETE", "/api/v3/stages/captcha/{uuid}/"),
+        1,
+        "{counts:?}"
+    );
+    assert!(sim.captcha_stages().iter().all(|s| s.uuid != login));
+    assert_eq!(sim.captcha_of_identification_stage(ident), Some(None));
+    assert!(sim.bindings_of_stage(login).is_empty());
+    let _ = flow;
+
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Only the guards stagesync made or kept go with a pruned stage: a binding
+/// made in the UI still blocks the prune, and then the stage's own binding
+/// stays too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_made_in_the_ui_blocks_the_prune_and_keeps_the_stages_own_guards() {
+    let sim = start_sim().await;
+    sim.seed_flow(LOGIN_FLOW, "Welcome");
+    let enroll = sim.seed_flow("default-enrollment-flow", "Sign up");
+    let ws = Workspace::new();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 15\n")),
+    );
+    ws.write("keep.yaml", &manifest("keep", "site", "KEY", ""));
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let login = uuid_of(&sim, "login");
+    // Bound elsewhere in the UI, with the manifest no longer listing guards:
+    // not stagesync's to remove.
+    ws.write("login.yaml", &manifest("login", "site", "KEY", ""));
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    sim.bind(enroll, login, 30);
+    let before = sim.bindings_of_stage(login);
+    assert_eq!(before.len(), 2);
+
+    std::fs::remove_file(ws.stages().join("login.yaml")).unwrap();
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("! blocked login"), "{out}");
+    assert!(
+        out.contains("bound to flow `default-enrollment-flow`"),
+        "{out}"
+    );
+    assert!(!out.contains("first unbound"), "{out}");
+    let (code, out, _) = stagesync(&ws, &sim, &["apply", "--prune", "--yes", "stages"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(sim.bindings_of_stage(login), before);
+    assert!(sim.captcha_stages().iter().any(|s| s.uuid == login));
+}
+
+/// A guard that existed before stagesync and that a manifest declares is
+/// kept, so it goes with its stage too; one its manifest stopped listing
+/// (removed) and that someone made again in the UI is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_guard_found_in_sync_goes_with_its_stage_and_one_removed_then_remade_does_not() {
+    let (sim, stage, _flow, binding) = bound_login().await;
+    let ident = sim.seed_identification_stage(IDENT, Some(stage));
+    let ws = Workspace::new();
+    ws.write("keep.yaml", &manifest("keep", "site", "KEY", ""));
+    ws.write(
+        "login.yaml",
+        &login(&format!(
+            "  - flow: {LOGIN_FLOW}\n    order: 10\n  - identification_stage: {IDENT}\n"
+        )),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The list drops the identification stage: removed; then the UI puts
+    // the captcha back into it.
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - flow: {LOGIN_FLOW}\n    order: 10\n")),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(sim.captcha_of_identification_stage(ident), Some(None));
+    sim.embed(ident, Some(stage));
+
+    std::fs::remove_file(ws.stages().join("login.yaml")).unwrap();
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("! blocked login"), "{out}");
+    assert!(
+        out.contains(&format!("captcha of identification stage `{IDENT}`")),
+        "{out}"
+    );
+    assert!(!out.contains("bound to flow"), "{out}");
+
+    // Given back to the manifests' care: the prune takes both.
+    sim.embed(ident, None);
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--prune", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(sim.captcha_stages().iter().all(|s| s.uuid != stage));
+    assert!(
+        sim.bindings_of_stage(stage).is_empty(),
+        "binding {binding} removed"
+    );
 }

@@ -74,6 +74,7 @@ pub(crate) async fn run(
         plan: saved::to_plan(&fresh.plan, &verified),
         desired: fresh.desired,
         live: fresh.live,
+        guards: fresh.guards,
     };
 
     console.out(&render(&planned.plan, cfg.format, color))?;

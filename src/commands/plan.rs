@@ -32,6 +32,7 @@ pub(crate) async fn run(cfg: PlanConfig, console: &Console, color: bool) -> Resu
         mut plan,
         desired,
         live,
+        ..
     } = session
         .fetch_and_plan(desired, cfg.reconcile.prune, true)
         .await?;

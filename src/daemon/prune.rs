@@ -46,13 +46,16 @@ impl PruneMemory {
         }
     }
 
-    /// Holds back every delete first seen less than a debounce ago (pure but
-    /// for the memory). Returns when the next pass should run to confirm them.
+    /// Holds back every delete of a stage whose manifest is gone (and of
+    /// the guards it removes) first seen less than a debounce ago (pure but
+    /// for the memory); a guard its present manifest no longer lists is not
+    /// about a manifest gone. Returns when the next pass should run to
+    /// confirm them.
     pub(crate) fn confirm(&mut self, plan: &mut Plan, now: Instant) -> Option<Duration> {
         let deletes: Vec<Uuid> = plan.deletes().filter_map(|e| e.uuid()).collect();
         self.first_seen.retain(|uuid, _| deletes.contains(uuid));
         let mut wait: Option<Duration> = None;
-        for entry in &mut plan.entries {
+        for entry in plan.entries.iter_mut().filter(|e| !e.is_manifest()) {
             let Action::Delete {
                 uuid,
                 held: held @ None,
@@ -148,10 +151,40 @@ mod tests {
                     uuid: Uuid::from_u128(*n),
                     name: format!("s{n}"),
                     held: None,
+                    guards: Vec::new(),
                 })
                 .collect(),
         );
         plan
+    }
+
+    #[test]
+    fn a_guard_its_present_manifest_no_longer_lists_is_not_held_for_a_second_look() {
+        let unbind = crate::plan::Entry {
+            id: crate::plan::EntryId(0),
+            kind: Kind::Guard,
+            name: "a in flow login".into(),
+            origin: Some(crate::kinds::Origin {
+                file: "a.yaml".into(),
+                line: 1,
+                column: 1,
+            }),
+            key_source: None,
+            action: Action::Delete {
+                uuid: Uuid::from_u128(9),
+                held: None,
+            },
+            after: Vec::new(),
+        };
+        let mut plan = Plan::assemble(
+            vec![unbind],
+            &[],
+            &Default::default(),
+            Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+        );
+        let mut memory = PruneMemory::new(PruneSettings::default(), Duration::from_secs(1));
+        assert_eq!(memory.confirm(&mut plan, Instant::now()), None);
+        assert_eq!(plan.deletes().count(), 1);
     }
 
     #[test]

@@ -92,12 +92,14 @@ impl Kind {
         }
     }
 
-    /// Whether the inventory records objects of this kind (what prune may
-    /// delete). Guards are not: a stage's `guards` list says which to remove.
+    /// Whether the inventory records objects of this kind. Captcha stages:
+    /// what prune may delete. Guards: the bindings and embeddings stagesync
+    /// made or kept, which prune removes with their stage (any other holds
+    /// the stage back); while the stage has a manifest, its `guards` list
+    /// says which to remove.
     pub(crate) fn inventoried(self) -> bool {
         match self {
-            Kind::CaptchaStage => true,
-            Kind::Guard => false,
+            Kind::CaptchaStage | Kind::Guard => true,
         }
     }
 }

@@ -25,7 +25,10 @@
 //!   rename ([`Why::FreesName`]);
 //! - a delete waits for every create and update ([`Dependency::EveryWrite`]):
 //!   a manifest renamed without a pin is a create plus a delete, and deleting
-//!   the old object when the new one failed would leave neither.
+//!   the old object when the new one failed would leave neither;
+//! - a pruned stage's delete also waits for the removal of each of its own
+//!   guards ([`Why::RemovesGuard`]); those removals wait for every write, and
+//!   are made only when the delete is (a delete held back holds them too).
 //!
 //! If an entry it waits for is not made (failed, held back, cancelled),
 //! `apply` skips it and says why.
@@ -274,6 +277,9 @@ pub(crate) enum Why {
     FreesName,
     /// The other creates the captcha stage this guard binds or embeds.
     CreatesStage,
+    /// The other removes a guard of the stage this entry deletes (prune):
+    /// the stage is deleted once nothing of its own uses it.
+    RemovesGuard,
 }
 
 /// A live object no manifest names (and that is not managed).
@@ -347,7 +353,7 @@ impl Plan {
     /// live state differs from the manifest or from what stagesync last
     /// wrote. The ones [`crate::reconcile::Session::attribute`] asks about.
     pub(crate) fn drifted(&self) -> impl Iterator<Item = (EntryId, Kind, Uuid)> + '_ {
-        self.entries.iter().filter_map(|e| match &e.action {
+        self.manifest_entries().filter_map(|e| match &e.action {
             Action::Update { uuid, .. } => Some((e.id, e.kind, *uuid)),
             _ => None,
         })
@@ -400,9 +406,48 @@ impl Plan {
     }
 
     /// The entries for managed objects no manifest declares (deletes, made or
-    /// held), sorted by name.
+    /// held), sorted by name; the guards a delete removes first are its own
+    /// ([`Plan::removed_with`]), not listed here.
     pub(crate) fn prune_entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| !e.is_manifest())
+        self.entries
+            .iter()
+            .filter(|e| !e.is_manifest() && !self.removes_guard_for_a_delete(e.id))
+    }
+
+    /// The entries that remove the guards of the stage `delete` deletes,
+    /// before it (prune), in order.
+    pub(crate) fn removed_with<'a>(&'a self, delete: &'a Entry) -> impl Iterator<Item = &'a Entry> {
+        delete.after.iter().filter_map(|d| match d {
+            Dependency::Entry {
+                on,
+                why: Why::RemovesGuard,
+            } => self.entry(*on),
+            _ => None,
+        })
+    }
+
+    /// Whether entry `id` removes a guard of a stage a delete of this plan
+    /// deletes.
+    fn removes_guard_for_a_delete(&self, id: EntryId) -> bool {
+        self.deletes_removing(id).next().is_some()
+    }
+
+    /// The deletes that wait for entry `id` to remove a guard of their stage.
+    fn deletes_removing(&self, id: EntryId) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().filter(move |e| {
+            e.after.contains(&Dependency::Entry {
+                on: id,
+                why: Why::RemovesGuard,
+            })
+        })
+    }
+
+    /// Whether `entry` removes a guard only for deletes that are not made
+    /// (held back after planning: a dry run, a freeze, the daemon's second
+    /// look): then it is not made either, and the guard stays.
+    pub(crate) fn removal_of_a_held_delete(&self, entry: &Entry) -> bool {
+        let mut deletes = self.deletes_removing(entry.id).peekable();
+        deletes.peek().is_some() && deletes.all(|d| d.action.target().is_none())
     }
 
     /// The live object `entry` waits for (it is renamed away from the name
@@ -414,7 +459,7 @@ impl Plan {
                 why: Why::FreesName,
             } => self.entry(*on)?.uuid(),
             Dependency::Entry {
-                why: Why::CreatesStage,
+                why: Why::CreatesStage | Why::RemovesGuard,
                 ..
             }
             | Dependency::EveryWrite => None,
@@ -556,31 +601,7 @@ impl Plan {
             for planned in
                 guard::matching::plan_stage(name, stage_uuid, &desired.origin, guards, live, &names)
             {
-                let action = match planned.change {
-                    GuardChange::InSync { uuid } => Action::InSync { uuid },
-                    GuardChange::Bind { write } => Action::Create {
-                        write: Write {
-                            object: Object::Guard(write),
-                            secret: None,
-                        },
-                        key: KeyStatus::Unchanged,
-                    },
-                    GuardChange::Update {
-                        uuid,
-                        changes,
-                        write,
-                    } => Action::Update {
-                        uuid,
-                        changes,
-                        write: Write {
-                            object: Object::Guard(write),
-                            secret: None,
-                        },
-                        key: KeyStatus::Unchanged,
-                    },
-                    GuardChange::Unbind { uuid } => Action::Delete { uuid, held: None },
-                    GuardChange::Error { uuid, message } => Action::Error { uuid, message },
-                };
+                let action = guard_action(planned.change);
                 let after = if planned.waits_for_stage {
                     vec![Dependency::Entry {
                         on: stage_entry,
@@ -605,10 +626,35 @@ impl Plan {
     /// Adds `deletes` ([`prune::decide`]) after the manifest entries, each
     /// with the next id and waiting for every write; their objects leave
     /// [`Plan::unmanaged`] (they are managed, only their manifests are gone).
+    /// A delete's own guards come just before it, each removal waiting for
+    /// every write, and the delete waiting for each removal.
     pub(crate) fn add_deletes(&mut self, deletes: Vec<prune::Decided>) {
         let pruned: BTreeSet<Uuid> = deletes.iter().map(|d| d.uuid).collect();
         self.unmanaged.retain(|u| !pruned.contains(&u.uuid));
         for decided in deletes {
+            let mut after = vec![Dependency::EveryWrite];
+            for removal in decided.guards {
+                // Removals are unbinds and updates only.
+                let action @ (Action::Delete { .. } | Action::Update { .. }) =
+                    guard_action(removal.change)
+                else {
+                    continue;
+                };
+                let id = EntryId(self.entries.len());
+                self.entries.push(Entry {
+                    id,
+                    kind: Kind::Guard,
+                    name: removal.name,
+                    origin: None,
+                    key_source: None,
+                    action,
+                    after: vec![Dependency::EveryWrite],
+                });
+                after.push(Dependency::Entry {
+                    on: id,
+                    why: Why::RemovesGuard,
+                });
+            }
             let id = EntryId(self.entries.len());
             self.entries.push(Entry {
                 id,
@@ -620,9 +666,36 @@ impl Plan {
                     uuid: decided.uuid,
                     held: decided.held,
                 },
-                after: vec![Dependency::EveryWrite],
+                after,
             });
         }
+    }
+}
+
+/// The plan action of what one guard needs.
+fn guard_action(change: GuardChange) -> Action {
+    let write = |write| Write {
+        object: Object::Guard(write),
+        secret: None,
+    };
+    match change {
+        GuardChange::InSync { uuid } => Action::InSync { uuid },
+        GuardChange::Bind { write: w } => Action::Create {
+            write: write(w),
+            key: KeyStatus::Unchanged,
+        },
+        GuardChange::Update {
+            uuid,
+            changes,
+            write: w,
+        } => Action::Update {
+            uuid,
+            changes,
+            write: write(w),
+            key: KeyStatus::Unchanged,
+        },
+        GuardChange::Unbind { uuid } => Action::Delete { uuid, held: None },
+        GuardChange::Error { uuid, message } => Action::Error { uuid, message },
     }
 }
 

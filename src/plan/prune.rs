@@ -21,7 +21,10 @@
 //!    identification stage embedding it, ...) is [`Held::InUse`],
 //!    naming the users: authentik's delete would silently unbind it or strip
 //!    the captcha from a login form. A candidate whose `used_by` answer is
-//!    missing is held back: no delete without asking.
+//!    missing is held back: no delete without asking. Its own guards do not
+//!    count ([`own_guards`]): the bindings and embeddings of it that
+//!    stagesync made or kept (they are in the inventory), which the plan
+//!    removes first when the stage is deleted. Any other user holds it.
 //! 6. The delete guard: at most [`PruneSettings::limit`] deletes per run
 //!    (`--max-deletes N`, or 25% of the managed stages, at least 1). Beyond
 //!    it, nothing is deleted and every would-be delete is held back, saying
@@ -36,6 +39,7 @@ use uuid::Uuid;
 
 use super::{Held, Plan};
 use crate::kinds::captcha::{DesiredStage, LiveStage};
+use crate::kinds::guard::{self, matching::Change as GuardChange, matching::LiveGuards};
 use crate::kinds::{Kind, UsedBy};
 use crate::state::Inventory;
 
@@ -71,8 +75,12 @@ pub(crate) struct PruneInputs<'a> {
     pub(crate) desired: &'a [DesiredStage],
     /// The plan of `desired` against `live` (its matched stages are kept).
     pub(crate) plan: &'a Plan,
-    /// `used_by` per candidate, as authentik answered.
+    /// `used_by` per candidate, as authentik answered, without its own
+    /// guards ([`without_removed_guards`]).
     pub(crate) used_by: &'a BTreeMap<Uuid, Vec<UsedBy>>,
+    /// The own guards of each candidate ([`own_guards`]): removed first
+    /// when it is deleted.
+    pub(crate) guards: &'a BTreeMap<Uuid, Vec<Removal>>,
     /// Every manifest was read and is valid.
     pub(crate) manifests_complete: bool,
     /// The live list was read to its last page.
@@ -82,13 +90,58 @@ pub(crate) struct PruneInputs<'a> {
 
 /// What happens to one managed object whose manifest is gone: deleted, or
 /// `held` and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Decided {
     pub(crate) kind: Kind,
     pub(crate) uuid: Uuid,
     /// Its live name.
     pub(crate) name: String,
     pub(crate) held: Option<Held>,
+    /// What removes its own guards before it is deleted (only when it is).
+    pub(crate) guards: Vec<Removal>,
+}
+
+/// One guard of a pruned stage and what removes it: an unbind, or an
+/// identification stage made to embed no captcha.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Removal {
+    /// The guard's entry name: `<stage> in flow <slug>`.
+    pub(crate) name: String,
+    pub(crate) change: GuardChange,
+}
+
+impl Removal {
+    /// The binding or identification stage it writes to.
+    pub(crate) fn uuid(&self) -> Option<Uuid> {
+        match &self.change {
+            GuardChange::Unbind { uuid } | GuardChange::Update { uuid, .. } => Some(*uuid),
+            _ => None,
+        }
+    }
+}
+
+/// The guards of the candidate `stage` that stagesync made or kept: each
+/// live binding and embedding of it that the inventory records, under a name
+/// that says this stage (a binding moved to this stage in the UI, or an
+/// identification stage made to embed it, is someone else's). What its delete
+/// removes first; any other user keeps the stage.
+pub(crate) fn own_guards(
+    inventory: &Inventory,
+    stage: &LiveStage,
+    live: &LiveGuards,
+) -> Vec<Removal> {
+    let name = stage.fields.name.trim();
+    guard::matching::removals(name, stage.uuid, live)
+        .into_iter()
+        .map(|(name, change)| Removal { name, change })
+        .filter(|r| {
+            r.uuid().is_some_and(|uuid| {
+                inventory
+                    .get(uuid)
+                    .is_some_and(|m| m.kind == Kind::Guard && guard::split_name(&m.name).0 == name)
+            })
+        })
+        .collect()
 }
 
 /// Managed, live stages that no manifest matches, names or pins: the only
@@ -114,13 +167,29 @@ pub(crate) fn candidates<'a>(
 
 /// `users` of a prune candidate without those the same plan removes first:
 /// a binding its guards unbind, an identification stage a guard makes embed
-/// another captcha (or none), and the flows when no binding is left. Such a
-/// stage may be pruned in the same plan: its delete waits for every write,
-/// and `apply` asks `used_by` again before it.
-pub(crate) fn without_removed_guards(users: Vec<UsedBy>, plan: &Plan) -> Vec<UsedBy> {
+/// another captcha (or none), its `own` guards (removed with it), and the
+/// flows when no binding is left. Such a stage may be pruned in the same
+/// plan: its delete waits for those writes, and `apply` asks `used_by` again
+/// before it.
+pub(crate) fn without_removed_guards(
+    users: Vec<UsedBy>,
+    plan: &Plan,
+    own: &[Removal],
+) -> Vec<UsedBy> {
     use crate::plan::Action;
     let mut unbound = BTreeSet::new();
     let mut reembedded = BTreeSet::new();
+    for removal in own {
+        match &removal.change {
+            GuardChange::Unbind { uuid } => {
+                unbound.insert(uuid.to_string());
+            }
+            GuardChange::Update { uuid, .. } => {
+                reembedded.insert(uuid.to_string());
+            }
+            _ => {}
+        }
+    }
     for entry in plan.manifest_entries().filter(|e| e.kind == Kind::Guard) {
         match &entry.action {
             Action::Delete { uuid, held: None } => {
@@ -162,13 +231,38 @@ pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
         .collect()
 }
 
+/// Whether `uuid` is a live binding, or a live identification stage that
+/// embeds a captcha: a guard that exists.
+pub(crate) fn guard_is_live(live: &LiveGuards, uuid: Uuid) -> bool {
+    live.bindings.iter().any(|b| b.uuid == uuid)
+        || live
+            .identification_stages
+            .iter()
+            .any(|s| s.uuid == uuid && s.captcha_stage.is_some())
+}
+
+/// Managed guards that are not live any more (unbound or replaced out of
+/// band, or gone with their stage): to be dropped from the inventory, so that
+/// a guard made again by someone else is never taken for stagesync's.
+pub(crate) fn guards_gone(inventory: &Inventory, live: &LiveGuards) -> Vec<Uuid> {
+    inventory
+        .of_kind(Kind::Guard)
+        .map(|(uuid, _)| uuid)
+        .filter(|u| !guard_is_live(live, *u))
+        .collect()
+}
+
 /// Decides every candidate; see the module docs for the rules.
 pub(crate) fn decide(inputs: &PruneInputs) -> Vec<Decided> {
     let candidates = candidates(inputs.inventory, inputs.live, inputs.desired, inputs.plan);
-    let entry = |stage: &LiveStage, held| Decided {
+    let entry = |stage: &LiveStage, held: Option<Held>| Decided {
         kind: Kind::CaptchaStage,
         uuid: stage.uuid,
         name: stage.fields.name.trim().to_owned(),
+        guards: match held {
+            None => inputs.guards.get(&stage.uuid).cloned().unwrap_or_default(),
+            Some(_) => Vec::new(),
+        },
         held,
     };
     if !inputs.settings.enabled {
@@ -244,6 +338,7 @@ pub(crate) fn decide(inputs: &PruneInputs) -> Vec<Decided> {
             e.held = Some(Held::Guard {
                 reason: reason.clone(),
             });
+            e.guards.clear();
         }
     }
     entries
@@ -379,6 +474,7 @@ mod tests {
                 desired: &self.desired,
                 plan: &plan,
                 used_by: &self.used_by,
+                guards: &BTreeMap::new(),
                 manifests_complete: self.manifests_complete,
                 live_complete: self.live_complete,
                 settings,
@@ -400,6 +496,173 @@ mod tests {
             Some(Held::Guard { reason }) => reason,
             other => panic!("expected held back, got {other:?}"),
         }
+    }
+
+    /// Stage 2 (`b`) bound into flow 100 by binding 7 and embedded by
+    /// identification stage 8; `managed` guards are in the inventory under
+    /// the names `b in ...` (or another stage's name, `other`).
+    fn guarded_world(managed: &[(u128, &str)]) -> (World, LiveGuards) {
+        let mut world = World::new(vec![live("a", 1), live("b", 2)], &["a"], &[]);
+        for (uuid, name) in managed {
+            world.inventory.manage(
+                Kind::Guard,
+                Uuid::from_u128(*uuid),
+                name,
+                ManagedAs::Created,
+            );
+        }
+        let binding = |uuid: u128, stage: u128| guard::LiveBinding {
+            uuid: Uuid::from_u128(uuid),
+            flow: Uuid::from_u128(100),
+            flow_slug: Some("login".into()),
+            stage: Uuid::from_u128(stage),
+            fields: guard::BindingFields::default(),
+        };
+        let live = LiveGuards {
+            flows: BTreeMap::new(),
+            bindings: vec![binding(7, 2), binding(9, 1)],
+            identification_stages: vec![guard::LiveIdentificationStage {
+                uuid: Uuid::from_u128(8),
+                name: "ident".into(),
+                captcha_stage: Some(Uuid::from_u128(2)),
+                user_fields: vec!["username".into()],
+                sources: Vec::new(),
+            }],
+        };
+        (world, live)
+    }
+
+    fn binding_user(pk: u128) -> UsedBy {
+        UsedBy {
+            pk: Uuid::from_u128(pk).to_string(),
+            ..user("flowstagebinding", "Flow-stage binding #10", "cascade")
+        }
+    }
+
+    fn ident_user(pk: u128) -> UsedBy {
+        UsedBy {
+            pk: Uuid::from_u128(pk).to_string(),
+            ..user("identificationstage", "Stage ident", "set_null")
+        }
+    }
+
+    #[test]
+    fn own_guards_are_the_inventorys_bindings_and_embeddings_of_the_stage_under_its_name() {
+        let (world, live) = guarded_world(&[
+            (7, "b in flow login"),
+            (8, "b in identification stage ident"),
+            (9, "a in flow login"),
+        ]);
+        let own = own_guards(&world.inventory, &world.live[1], &live);
+        let names: Vec<(&str, Option<Uuid>)> =
+            own.iter().map(|r| (r.name.as_str(), r.uuid())).collect();
+        assert_eq!(
+            names,
+            [
+                ("b in flow login", Some(Uuid::from_u128(7))),
+                ("b in identification stage ident", Some(Uuid::from_u128(8))),
+            ]
+        );
+        assert!(matches!(own[0].change, GuardChange::Unbind { .. }));
+        assert!(
+            matches!(&own[1].change, GuardChange::Update { write, .. } if guard::matching::removes(write))
+        );
+
+        // Not in the inventory, or recorded for another stage: someone else's.
+        let (world, live) = guarded_world(&[(7, "other in flow login")]);
+        assert!(own_guards(&world.inventory, &world.live[1], &live).is_empty());
+        let (world, live) = guarded_world(&[(8, "b in identification stage ident")]);
+        let own = own_guards(&world.inventory, &world.live[1], &live);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].uuid(), Some(Uuid::from_u128(8)));
+    }
+
+    #[test]
+    fn a_stage_used_only_by_its_own_guards_is_deleted_with_them_and_anything_else_blocks_it() {
+        let flow = user("flow", "Flow login (login)", "cascade_many");
+        let (mut world, live) = guarded_world(&[
+            (7, "b in flow login"),
+            (8, "b in identification stage ident"),
+        ]);
+        let own = own_guards(&world.inventory, &world.live[1], &live);
+        let empty = Plan::assemble(
+            Vec::new(),
+            &[],
+            &BTreeSet::new(),
+            Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+        );
+        let users = vec![flow.clone(), binding_user(7), ident_user(8)];
+        assert!(without_removed_guards(users, &empty, &own).is_empty());
+        // A second binding of the stage (made in the UI): it and the flows stay.
+        let users = vec![
+            flow.clone(),
+            binding_user(7),
+            binding_user(11),
+            ident_user(8),
+        ];
+        assert_eq!(
+            without_removed_guards(users, &empty, &own),
+            [flow, binding_user(11)]
+        );
+
+        let guards = BTreeMap::from([(Uuid::from_u128(2), own.clone())]);
+        let decide = |world: &World, settings| {
+            let keys = KeyState::default();
+            let plan = plan(&PlanInputs {
+                desired: &world.desired,
+                live: &world.live,
+                keys: &keys,
+                capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+                foreign_names: &BTreeMap::new(),
+            });
+            decide(&PruneInputs {
+                inventory: &world.inventory,
+                live: &world.live,
+                desired: &world.desired,
+                plan: &plan,
+                used_by: &world.used_by,
+                guards: &guards,
+                manifests_complete: true,
+                live_complete: true,
+                settings,
+            })
+        };
+        let decided = decide(&world, PRUNE);
+        assert_eq!(
+            (decided[0].held.as_ref(), decided[0].guards.len()),
+            (None, 2)
+        );
+        // Held back (the delete limit, no --prune, in use): its guards stay.
+        let limited = PruneSettings {
+            max_deletes: Some(0),
+            ..PRUNE
+        };
+        assert!(decide(&world, limited)[0].guards.is_empty());
+        assert!(
+            decide(&world, PruneSettings::default())[0]
+                .guards
+                .is_empty()
+        );
+        world
+            .used_by
+            .insert(Uuid::from_u128(2), vec![binding_user(11)]);
+        assert!(decide(&world, PRUNE)[0].guards.is_empty());
+    }
+
+    #[test]
+    fn managed_guards_no_longer_live_are_gone() {
+        let (world, live) = guarded_world(&[
+            (7, "b in flow login"),
+            (8, "b in identification stage ident"),
+            (12, "b in flow old"),
+        ]);
+        assert_eq!(guards_gone(&world.inventory, &live), [Uuid::from_u128(12)]);
+        let mut unembedded = live.clone();
+        unembedded.identification_stages[0].captcha_stage = None;
+        assert_eq!(
+            guards_gone(&world.inventory, &unembedded),
+            [Uuid::from_u128(8), Uuid::from_u128(12)]
+        );
     }
 
     #[test]

@@ -576,9 +576,18 @@ impl SavedPlan {
                     }
                     Action::Error { .. } => unreachable!("plans with errors are refused above"),
                 };
+                // A rename or a stage's create; a pruned stage's own guards
+                // are found again with it (the fresh plan says them).
                 let after = entry.after.iter().find_map(|d| match d {
-                    Dependency::Entry { on, .. } => position.get(on).copied(),
-                    Dependency::EveryWrite => None,
+                    Dependency::Entry {
+                        on,
+                        why: Why::FreesName | Why::CreatesStage,
+                    } => position.get(on).copied(),
+                    Dependency::Entry {
+                        why: Why::RemovesGuard,
+                        ..
+                    }
+                    | Dependency::EveryWrite => None,
                 });
                 SavedEntry {
                     id,
@@ -760,13 +769,14 @@ impl SavedPlan {
         self.entries.iter().any(|e| e.action.writes())
     }
 
-    /// How the fresh plan prunes: as `--prune` with the deletes this file
-    /// holds as the limit (the reviewer saw exactly these), or not at all.
+    /// How the fresh plan prunes: as `--prune` with the stage deletes this
+    /// file holds as the limit (the reviewer saw exactly these), or not at
+    /// all. A guard's unbind is no prune.
     pub(crate) fn prune_settings(&self) -> super::PruneSettings {
         let deletes = self
             .entries
             .iter()
-            .filter(|e| e.action == SavedAction::Delete)
+            .filter(|e| e.action == SavedAction::Delete && e.kind == Kind::CaptchaStage)
             .count();
         super::PruneSettings {
             enabled: deletes > 0,
@@ -834,10 +844,11 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
     for entry in &saved.entries {
         let found = match entry.action {
             // A guard: the fresh entry of the same guard (its name says
-            // stage and target).
+            // stage and target), declared or removed with its pruned stage.
             _ if entry.kind == Kind::Guard => fresh
                 .plan
-                .manifest_entries()
+                .entries
+                .iter()
                 .find(|e| e.kind == Kind::Guard && e.name == entry.name)
                 .map(|e| e.id),
             SavedAction::Delete => fresh
@@ -881,7 +892,9 @@ pub(crate) fn check(saved: &SavedPlan, fresh: &Fresh) -> Result<Verified, Refusa
         if entry.kind == Kind::Guard {
             match fresh_id.and_then(|id| fresh.plan.entry(id)) {
                 None => changes.push(Change::ManifestChanged {
-                    detail: Some("no manifest declares this guard any more".into()),
+                    detail: Some(
+                        "no manifest declares this guard any more, nor is its stage pruned".into(),
+                    ),
                 }),
                 Some(now) => {
                     if entry.digests.live.is_some() && entry.digests.live != guard_live_digest(now)
@@ -1110,7 +1123,11 @@ fn compare(
             on,
             why: Why::FreesName | Why::CreatesStage,
         } => Some(*on),
-        Dependency::EveryWrite => None,
+        Dependency::Entry {
+            why: Why::RemovesGuard,
+            ..
+        }
+        | Dependency::EveryWrite => None,
     });
     if saved_after != fresh_after {
         let name = |id: Option<EntryId>| {

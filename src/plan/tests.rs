@@ -912,6 +912,7 @@ fn every_kind_of_prune_entry() -> Plan {
         uuid: Uuid::from_u128(n),
         name: name.to_owned(),
         held,
+        guards: Vec::new(),
     };
     let mut p = run(&[d], &l, &known_keys(&l));
     p.add_deletes(vec![
@@ -969,6 +970,7 @@ fn pruned_stages_leave_the_unmanaged_list() {
         uuid: Uuid::from_u128(2),
         name: "gone".into(),
         held: Some(Held::NotPruned),
+        guards: Vec::new(),
     }]);
     assert_eq!(
         p.unmanaged

@@ -63,7 +63,7 @@ impl Inventory {
         self.objects.remove(&uuid);
     }
 
-    #[cfg(test)]
+    /// The managed object `uuid`, if it is managed.
     pub(crate) fn get(&self, uuid: Uuid) -> Option<&Managed> {
         self.objects.get(&uuid)
     }

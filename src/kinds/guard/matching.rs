@@ -223,24 +223,54 @@ pub(crate) fn plan_stage(
         out.push(Planned {
             name: entry_name(stage_name, GuardTarget::IdentificationStage(&ident.name)),
             origin: stage_origin.clone(),
-            change: Change::Update {
-                uuid: ident.uuid,
-                changes: vec![FieldChange {
-                    field: "captcha_stage",
-                    old: Value::Str(stage_name.to_owned()),
-                    new: Value::Str(super::NO_CAPTCHA.into()),
-                }],
-                write: GuardWrite::Embedding(EmbeddingWrite {
-                    identification_stage: ident.name.clone(),
-                    captcha_stage: None,
-                    captcha_uuid: None,
-                    live: ident.clone(),
-                }),
-            },
+            change: unembed(stage_name, ident),
             waits_for_stage: false,
         });
     }
     out
+}
+
+/// What removes every guard of the live captcha stage `stage` (named
+/// `stage_name`) that authentik has: an unbind per binding, an update per
+/// identification stage that embeds it (to embed no captcha), each with its
+/// entry name. What prune removes before it deletes the stage.
+pub(crate) fn removals(stage_name: &str, stage: Uuid, live: &LiveGuards) -> Vec<(String, Change)> {
+    let bindings = live.bindings.iter().filter(|b| b.stage == stage).map(|b| {
+        let slug = b.flow_slug.clone().unwrap_or_else(|| b.flow.to_string());
+        (
+            entry_name(stage_name, GuardTarget::Flow(&slug)),
+            Change::Unbind { uuid: b.uuid },
+        )
+    });
+    let embeddings = live
+        .identification_stages
+        .iter()
+        .filter(|s| s.captcha_stage == Some(stage))
+        .map(|ident| {
+            (
+                entry_name(stage_name, GuardTarget::IdentificationStage(&ident.name)),
+                unembed(stage_name, ident),
+            )
+        });
+    bindings.chain(embeddings).collect()
+}
+
+/// The update that makes `ident` embed no captcha instead of `stage_name`.
+fn unembed(stage_name: &str, ident: &LiveIdentificationStage) -> Change {
+    Change::Update {
+        uuid: ident.uuid,
+        changes: vec![FieldChange {
+            field: "captcha_stage",
+            old: Value::Str(stage_name.to_owned()),
+            new: Value::Str(super::NO_CAPTCHA.into()),
+        }],
+        write: GuardWrite::Embedding(EmbeddingWrite {
+            identification_stage: ident.name.clone(),
+            captcha_stage: None,
+            captcha_uuid: None,
+            live: ident.clone(),
+        }),
+    }
 }
 
 /// The name of the captcha an identification stage embeds now.

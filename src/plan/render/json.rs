@@ -44,6 +44,18 @@ struct JsonPrune<'a> {
     name: &'a str,
     #[serde(flatten)]
     decision: JsonDecision<'a>,
+    /// Its own guards, removed first (each also in `warnings`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    guards: Vec<JsonRemovedGuard<'a>>,
+}
+
+/// A guard a pruned stage's delete removes first: `unbind` (a binding's
+/// delete) or `update` (an identification stage made to embed no captcha).
+#[derive(Serialize)]
+struct JsonRemovedGuard<'a> {
+    name: &'a str,
+    uuid: Option<uuid::Uuid>,
+    action: &'static str,
 }
 
 #[derive(Serialize)]
@@ -208,6 +220,17 @@ pub fn render_json(plan: &Plan) -> String {
                     uuid: *uuid,
                     name: &entry.name,
                     decision: JsonDecision::of(held.as_ref()),
+                    guards: plan
+                        .removed_with(entry)
+                        .map(|guard| JsonRemovedGuard {
+                            name: &guard.name,
+                            uuid: guard.uuid(),
+                            action: match guard.action {
+                                Action::Delete { .. } => "unbind",
+                                _ => "update",
+                            },
+                        })
+                        .collect(),
                 }),
                 _ => None,
             })

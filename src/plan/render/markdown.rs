@@ -16,8 +16,8 @@
 use std::fmt::Write as _;
 
 use super::{
-    body_lines, delete_of, key_check_text, origin_short, prune_label, prune_lines, summary_line,
-    warning_lines,
+    body_lines, delete_of, key_check_text, origin_short, prune_label, prune_lines, removal_lines,
+    summary_line, warning_lines,
 };
 use crate::plan::key_check::Verdict;
 use crate::plan::{Action, Plan};
@@ -296,6 +296,12 @@ fn sections(plan: &Plan) -> Vec<Section> {
         );
         for line in prune_lines(held) {
             let _ = writeln!(item, "- {}", text(&line));
+        }
+        for (line, guard) in removal_lines(plan, entry) {
+            let _ = writeln!(item, "- {}", text(&line));
+            for line in warning_lines(&warnings, guard) {
+                let _ = writeln!(item, "\n> **Security:** {}", text(&line[2..]));
+            }
         }
         item.push('\n');
         prunes.push((Part::Delete, item));

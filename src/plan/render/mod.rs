@@ -21,7 +21,7 @@ pub use text::render_text;
 
 use similar::TextDiff;
 
-use super::{Action, Held, KeyStatus, Summary, Warning};
+use super::{Action, Entry, Held, KeyStatus, Plan, Summary, Warning};
 use crate::kinds::Object;
 use crate::kinds::Origin;
 use crate::kinds::field::{FieldChange, Value};
@@ -209,6 +209,21 @@ fn prune_lines(held: Option<&Held>) -> Vec<String> {
             vec!["no longer in the manifests (not pruned; --prune would delete it)".to_owned()]
         }
     }
+}
+
+/// What a pruned stage's delete removes first, one line per own guard
+/// (unescaped), each with the guard's entry name for its warnings.
+fn removal_lines<'p>(plan: &'p Plan, delete: &'p Entry) -> Vec<(String, &'p str)> {
+    plan.removed_with(delete)
+        .map(|guard| {
+            let (_, target) = crate::kinds::guard::split_name(&guard.name);
+            let line = match guard.action {
+                Action::Delete { .. } => format!("first unbound from {target}"),
+                _ => format!("first removed from {target} (which then embeds no captcha)"),
+            };
+            (line, guard.name.as_str())
+        })
+        .collect()
 }
 
 /// A delete entry's live object and why it is not deleted, if it is not.

@@ -23,8 +23,8 @@ use std::fmt::Write as _;
 use anstyle::{AnsiColor, Style};
 
 use super::{
-    body_lines, delete_of, key_check_text, origin_short, prune_label, prune_lines, summary_line,
-    warning_lines,
+    body_lines, delete_of, key_check_text, origin_short, prune_label, prune_lines, removal_lines,
+    summary_line, warning_lines,
 };
 use crate::plan::key_check::Verdict;
 use crate::plan::{Action, Entry, Held, Plan};
@@ -155,6 +155,13 @@ pub fn render_text(plan: &Plan, color: bool) -> String {
         );
         for line in prune_lines(held) {
             let _ = writeln!(out, "{INDENT}{}", escape(&line));
+        }
+        for (line, guard) in removal_lines(plan, entry) {
+            let _ = writeln!(out, "{INDENT}{}", escape(&line));
+            for line in warning_lines(&warnings, guard) {
+                let style = AnsiColor::Red.on_default().bold();
+                let _ = writeln!(out, "{INDENT}{}", painter.paint(style, &line));
+            }
         }
         out.push('\n');
     }

@@ -510,6 +510,7 @@ fn with_prune(w: &World, users: Vec<crate::kinds::UsedBy>) -> Plan {
         desired: &w.desired,
         plan: &planned,
         used_by: &BTreeMap::from([(Uuid::from_u128(8), users)]),
+        guards: &BTreeMap::new(),
         manifests_complete: true,
         live_complete: true,
         settings: crate::plan::PruneSettings {
