@@ -566,3 +566,79 @@ fn a_guard_found_missing_in_a_dry_run_is_notified_as_a_guard() {
     assert_eq!(message["kind"], "guard", "{message}");
     assert_eq!(message["event"], "drift_detected", "{message}");
 }
+
+#[test]
+fn a_guard_removed_by_its_manifest_or_with_its_pruned_stage_is_notified() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    h.sim.seed_flow("login-flow", "Welcome");
+    let guarded = |order: u32| format!("guards:\n  - flow: login-flow\n    order: {order}\n");
+    h.ws.write("a.yaml", &manifest("a", "site", KEY_VAR, &guarded(10)));
+    h.ws.write("b.yaml", &manifest("b", "site", KEY_VAR, &guarded(20)));
+    h.ws.write("keep.yaml", &manifest("keep", "site", KEY_VAR, ""));
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--prune",
+            "--debounce",
+            "200ms",
+            "--interval",
+            "1h",
+            "--event-poll",
+            "off",
+            "--notify",
+            &hook.url,
+        ],
+        &[(KEY_VAR, KEY)],
+    );
+    let bound = |name: &str| {
+        h.live(name)
+            .is_some_and(|s| h.sim.bindings_of_stage(s.uuid).len() == 1)
+    };
+    d.wait_until("a and b bound", || bound("a") && bound("b"));
+    let b = h.live("b").unwrap().uuid;
+
+    // A pull request takes a's guard away.
+    h.ws.write("a.yaml", &manifest("a", "site", KEY_VAR, "guards: []\n"));
+    d.wait_until("a unbound", || !bound("a"));
+    // Another deletes b's manifest: b goes, with its binding first.
+    std::fs::remove_file(h.ws.stages().join("b.yaml")).unwrap();
+    d.wait_until("b deleted", || h.live("b").is_none());
+    d.wait_until("the messages", || {
+        hook.bodies()
+            .iter()
+            .filter(|b| b.contains("guard_removed"))
+            .count()
+            == 2
+    });
+    let messages = hook.messages();
+    let removed: Vec<&Value> = messages
+        .iter()
+        .filter(|m| m["event"] == "guard_removed")
+        .collect();
+    assert_eq!(removed[0]["kind"], "guard", "{messages:?}");
+    assert_eq!(removed[0]["name"], "a in flow login-flow");
+    assert_eq!(
+        removed[0]["text"],
+        format!(
+            "stagesync removed guard a in flow login-flow ({}): captcha a was bound to flow login-flow, which its manifest does not list; unbound",
+            h.ws.stages().join("a.yaml").display()
+        )
+    );
+    assert_eq!(removed[1]["name"], "b in flow login-flow");
+    assert_eq!(
+        removed[1]["text"],
+        "stagesync removed guard b in flow login-flow: captcha b is pruned: unbound from flow login-flow first"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["event"] == "prune_done" && m["name"] == "b"),
+        "{messages:?}"
+    );
+    assert!(
+        !messages.iter().any(|m| m["event"] == "drift_reverted"),
+        "{messages:?}"
+    );
+    assert!(h.sim.bindings_of_stage(b).is_empty());
+}

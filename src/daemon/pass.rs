@@ -106,11 +106,16 @@ pub(crate) enum Wanted {
 impl Wanted {
     fn of(action: &Action) -> Self {
         match action {
-            Action::InSync { .. } | Action::Delete { .. } => Wanted::InSync,
+            // A held delete does nothing. A manifest's delete (a guard its
+            // list no longer names) is a write like any other: held by a dry
+            // run, a freeze or a backoff.
+            Action::InSync { .. } | Action::Delete { held: Some(_), .. } => Wanted::InSync,
             Action::Error { message, .. } => Wanted::PlanError(message.clone()),
-            Action::Create { .. } | Action::Update { .. } => Wanted::Write {
-                change: describe(action, Tense::Pending),
-            },
+            Action::Create { .. } | Action::Update { .. } | Action::Delete { held: None, .. } => {
+                Wanted::Write {
+                    change: describe(action, Tense::Pending),
+                }
+            }
         }
     }
 }
@@ -302,7 +307,13 @@ impl WriteEnd {
                 message: err.to_string(),
             },
             Ended::Skipped(why) => WriteEnd::Skipped(why.to_string()),
-            Ended::Deleted { .. } | Ended::InUse(_) => return None,
+            // A guard its list no longer names, unbound.
+            Ended::Deleted { .. } => WriteEnd::Written {
+                operation: outcome.operation,
+                uuid: outcome.uuid.map(|u| u.to_string()).unwrap_or_default(),
+                change,
+            },
+            Ended::InUse(_) => return None,
         })
     }
 }
@@ -990,13 +1001,19 @@ impl Passes {
             .session
             .execute(plan, self.concurrency, &stop, writes_held, |outcome| {
                 let by = changed_by(plan, outcome.entry);
+                let removes = removes_guard(plan, outcome.entry);
                 log_outcome(
                     outcome,
                     &change_of(outcome.entry),
                     by.as_ref().map(ChangedByNote::log_text).as_deref(),
+                    removes,
                 );
-                if let (Some(notifier), Some(n)) = (notifier, reverted(plan, outcome, by.as_ref()))
-                {
+                let notification = if removes {
+                    guard_removed(outcome)
+                } else {
+                    reverted(plan, outcome, by.as_ref())
+                };
+                if let (Some(notifier), Some(n)) = (notifier, notification) {
                     notifier.send(&n);
                 }
             })
@@ -1277,6 +1294,39 @@ fn reverted(
     Some(n)
 }
 
+/// Whether entry `id` removes a guard: an unbind, or an identification
+/// stage made to embed no captcha (declared, or with a pruned stage).
+fn removes_guard(plan: &Plan, id: EntryId) -> bool {
+    plan.entry(id).is_some_and(|e| {
+        e.kind == Kind::Guard
+            && match &e.action {
+                Action::Delete { .. } => true,
+                Action::Update { write, .. } => matches!(
+                    &write.object,
+                    crate::kinds::Object::Guard(g) if crate::kinds::guard::matching::removes(g)
+                ),
+                _ => false,
+            }
+    })
+}
+
+/// The notification of a guard removed: a login flow runs without this
+/// captcha from now on. `None` when nothing was removed.
+fn guard_removed(outcome: &apply::Outcome) -> Option<Notification> {
+    if matches!(outcome.result, Ended::Deleted { already_gone: true }) {
+        return None;
+    }
+    let line = guard_line(outcome, true)?;
+    let mut n = Notification::new(Event::GuardRemoved, outcome.kind, &outcome.name);
+    n.file = outcome
+        .origin
+        .as_ref()
+        .map(|o| o.file.display().to_string());
+    n.uuid = outcome.uuid;
+    n.change = Some(line);
+    Some(n)
+}
+
 /// Whether a change was made or is only reported (dry run).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Tense {
@@ -1321,14 +1371,15 @@ fn describe(action: &Action, tense: Tense) -> String {
 
 /// The log line of one outcome, as soon as it is settled: a change made
 /// (INFO), a delete's end; failures are logged once the writes are done.
-fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>) {
+/// `removes`: the outcome's entry removes a guard.
+fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>, removes: bool) {
     let file = outcome
         .origin
         .as_ref()
         .map(|o| o.file.display().to_string())
         .unwrap_or_default();
     if outcome.kind == Kind::Guard {
-        if let Some(line) = guard_restored(&outcome.name, outcome.operation, &outcome.result) {
+        if let Some(line) = guard_line(outcome, removes) {
             warn!(guard = %escape(&outcome.name), file, "{}", escape(&line));
         }
         return;
@@ -1348,12 +1399,23 @@ fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>)
 }
 
 /// The daemon's WARN line when a guard was put back as its manifest says
-/// (someone changed it in the UI, or it was never there), `None` when
-/// nothing was made.
-fn guard_restored(name: &str, operation: Operation, result: &Ended) -> Option<String> {
-    let (stage, target) = crate::kinds::guard::split_name(name);
+/// (someone changed it in the UI, or it was never there) or removed (its
+/// manifest no longer lists it, or its stage is pruned: `removes`), `None`
+/// when nothing was made.
+fn guard_line(outcome: &apply::Outcome, removes: bool) -> Option<String> {
+    let (stage, target) = crate::kinds::guard::split_name(&outcome.name);
     let is_flow = target.starts_with("flow ");
-    let line = match (result, operation) {
+    let pruned = outcome.origin.is_none();
+    let line = match (&outcome.result, outcome.operation) {
+        (Ended::Deleted { .. }, Operation::Delete) if pruned => {
+            format!("captcha {stage} is pruned: unbound from {target} first")
+        }
+        (Ended::Written(_), Operation::Update) if removes && pruned => {
+            format!("captcha {stage} is pruned: removed from {target} first")
+        }
+        (Ended::Written(_), Operation::Update) if removes => {
+            format!("{target} embedded captcha {stage}, which its manifest does not list; removed")
+        }
         (Ended::Written(_), Operation::Create) => {
             format!("captcha {stage} was unbound from {target}; bound again")
         }

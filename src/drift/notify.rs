@@ -29,6 +29,9 @@ pub enum Event {
     PruneDone,
     /// A delete is blocked: something uses the object.
     PruneBlocked,
+    /// A guard was removed (its manifest no longer lists it, or its stage
+    /// was pruned): a login flow runs without that captcha from now on.
+    GuardRemoved,
     /// `--verify-keys`: a stage's key check has another result than before.
     KeyCheckChanged,
 }
@@ -100,6 +103,7 @@ impl Notification {
             Event::WriteRecovered => "can write again",
             Event::PruneDone => "deleted (pruned)",
             Event::PruneBlocked => "cannot prune",
+            Event::GuardRemoved => "removed",
             Event::KeyCheckChanged => "checked the key of",
         };
         let mut text = format!("stagesync {what} {} {}", self.kind.noun(), self.name);
