@@ -642,3 +642,55 @@ fn a_guard_removed_by_its_manifest_or_with_its_pruned_stage_is_notified() {
     );
     assert!(h.sim.bindings_of_stage(b).is_empty());
 }
+
+#[test]
+fn a_guard_unbound_in_the_ui_is_bound_again_at_the_next_poll_and_names_who_unbound_it() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    h.sim.seed_flow("login-flow", "Welcome");
+    h.ws.write(
+        "login.yaml",
+        &manifest(
+            "login",
+            "site-login",
+            KEY_VAR,
+            "guards:\n  - flow: login-flow\n    order: 10\n",
+        ),
+    );
+    let mut d = h.start_daemon(
+        h.ws.stages(),
+        &[
+            "--interval",
+            "1h",
+            "--event-poll",
+            "1s",
+            "--notify",
+            &hook.url,
+        ],
+        &[(KEY_VAR, KEY)],
+    );
+    let bound = || {
+        h.live("login")
+            .map(|s| h.sim.bindings_of_stage(s.uuid))
+            .unwrap_or_default()
+    };
+    d.wait_until("bound", || bound().len() == 1);
+    let binding = bound()[0].0;
+    assert!(h.sim.unbind_as(&Actor::ui("carol", "192.0.2.9"), binding));
+    // Not the hourly resync: the poll sees carol's unbind.
+    d.wait_until("bound again", || {
+        bound().first().is_some_and(|b| b.0 != binding)
+    });
+    d.wait_until("the message", || {
+        hook.bodies().iter().any(|b| b.contains("drift_reverted"))
+    });
+    let message = hook
+        .messages()
+        .into_iter()
+        .find(|m| m["event"] == "drift_reverted")
+        .unwrap();
+    assert_eq!(message["kind"], "guard", "{message}");
+    assert_eq!(message["name"], "login in flow login-flow", "{message}");
+    assert_eq!(message["changed_by"]["username"], "carol", "{message}");
+    assert_eq!(message["changed_by"]["client_ip"], "192.0.2.9", "{message}");
+}

@@ -66,6 +66,23 @@ impl ModelRef {
             name: name.to_owned(),
         }
     }
+
+    pub(crate) fn flow_stage_binding(pk: Uuid, name: &str) -> ModelRef {
+        ModelRef {
+            pk,
+            app: "authentik_flows",
+            model_name: "flowstagebinding",
+            name: name.to_owned(),
+        }
+    }
+
+    /// The API path a change of this model goes to.
+    fn path(&self) -> String {
+        match self.model_name {
+            "flowstagebinding" => format!("/api/v3/flows/bindings/{}/", self.pk),
+            _ => format!("/api/v3/stages/captcha/{}/", self.pk),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -158,7 +175,7 @@ impl EventLog {
     /// A change made by `actor` in the UI; its path is the API path the UI calls.
     pub(crate) fn record_ui(&mut self, actor: &Actor, change: Change, model: ModelRef) {
         let user = self.user(&actor.username);
-        let path = format!("/api/v3/stages/captcha/{}/", model.pk);
+        let path = model.path();
         let method = match change {
             Change::Created => "POST",
             Change::Updated => "PATCH",

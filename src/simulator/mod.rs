@@ -240,6 +240,24 @@ impl SimHandle {
         before != store.bindings.len()
     }
 
+    /// An unbind in authentik's UI by `actor`, logged as `model_deleted` of
+    /// the binding.
+    pub fn unbind_as(&self, actor: &Actor, binding: Uuid) -> bool {
+        let mut store = lock(&self.shared.store);
+        let Some(order) = store
+            .bindings
+            .iter()
+            .find(|b| b.binding_uuid == binding)
+            .map(|b| b.order)
+        else {
+            return false;
+        };
+        store.bindings.retain(|b| b.binding_uuid != binding);
+        let model = ModelRef::flow_stage_binding(binding, &format!("Flow-stage binding #{order}"));
+        store.events.record_ui(actor, Change::Deleted, model);
+        true
+    }
+
     /// Moves a binding to another order out of band.
     pub fn set_binding_order(&self, binding: Uuid, order: i64) {
         let mut store = lock(&self.shared.store);
