@@ -496,10 +496,12 @@ pub async fn apply(
     hold_back: impl Fn(EntryId) -> bool,
     on_outcome: impl FnMut(&Outcome),
 ) -> ApplyReport {
+    let without_delete = plan.removals_without_their_delete();
+    let own_guards = own_guards_of(plan);
     let acting: Vec<(&Entry, Target)> = plan
         .entries
         .iter()
-        .filter(|entry| !plan.removal_of_a_held_delete(entry))
+        .filter(|entry| !without_delete.contains(&entry.id))
         .filter_map(|entry| entry.action.target().map(|t| (entry, t)))
         .collect();
     // Every key of this apply, before the first is sent: an answer to one
@@ -687,8 +689,12 @@ pub async fn apply(
                         guard.fill_stage(stage);
                     }
                     let target = run.pending[index].target;
+                    let own = own_guards.get(&entry.id).cloned();
                     let task = tasks.spawn(async move {
-                        let result = send(&client, &entry, target).await;
+                        let result = match own {
+                            Some(own) => remove_own_guard(&client, &entry, target, &own).await,
+                            None => send(&client, &entry, target).await,
+                        };
                         drop(permit);
                         result
                     });
@@ -715,6 +721,54 @@ pub async fn apply(
         })
         .collect();
     ApplyReport { outcomes }
+}
+
+/// For each removal of a pruned stage's own guard: the stage, and all the
+/// guards removed with it.
+fn own_guards_of(plan: &Plan) -> HashMap<EntryId, Arc<(Uuid, prune::Removed)>> {
+    let mut out = HashMap::new();
+    for delete in plan.entries.iter().filter(|e| e.kind == Kind::CaptchaStage) {
+        let Some(Target::Delete(stage)) = delete.action.target() else {
+            continue;
+        };
+        let mut removed = prune::Removed::default();
+        for guard in plan.removed_with(delete) {
+            match guard.action {
+                Action::Delete { uuid, .. } => removed.unbind(uuid),
+                Action::Update { uuid, .. } => removed.reembed(uuid),
+                _ => {}
+            }
+        }
+        let own = Arc::new((stage, removed));
+        for guard in plan.removed_with(delete) {
+            out.insert(guard.id, Arc::clone(&own));
+        }
+    }
+    out
+}
+
+/// One removal of a pruned stage's own guard, once the stage's `used_by`
+/// (asked again: someone may have bound it since the plan) lists nothing
+/// but its own guards: otherwise the stage is kept, so its guards stay.
+async fn remove_own_guard(
+    client: &Client,
+    entry: &Entry,
+    target: Target,
+    own: &(Uuid, prune::Removed),
+) -> Ended {
+    let (stage, removed) = own;
+    match kinds::used_by(client, Kind::CaptchaStage, *stage).await {
+        Ok(users) => {
+            let left = removed.left_of(users);
+            if !left.is_empty() {
+                return Ended::InUse(prune::describe_users(&left));
+            }
+        }
+        // Gone with its stage (authentik's delete removes both).
+        Err(ApiError::StageNotFound { .. }) => return Ended::Deleted { already_gone: true },
+        Err(e) => return Ended::Failed(WriteError::Api(e)),
+    }
+    send(client, entry, target).await
 }
 
 /// The requests of one entry: its write, or its delete once `used_by` (asked
@@ -1129,6 +1183,20 @@ mod tests {
         assert!(report.outcomes.is_empty(), "{:?}", summary(&report));
         assert_eq!(sim.request_counts().total(), 0);
         assert_eq!(sim.bindings_of_stage(old).len(), 1);
+
+        // Bound in the UI since the plan: nothing is removed, the stage stays.
+        let ui = sim.seed_flow("signup", "Sign up");
+        let ui_binding = sim.bind(ui, old, 20);
+        let plan = with_pruned_guard(plan_for(&[], &[]), old, binding, None);
+        let (report, _) = run(&client, &plan, 4, &Stop::new(), |_| false).await;
+        let got = summary(&report);
+        assert_eq!(got[0].2, "in use: bound to flow `signup`", "{got:?}");
+        assert!(
+            got[1].2.starts_with("skipped: its guard old in flow login"),
+            "{got:?}"
+        );
+        assert_eq!(sim.bindings_of_stage(old).len(), 2);
+        assert!(sim.unbind(ui_binding));
 
         // Made: the unbind first, then used_by is empty and the stage goes.
         let plan = with_pruned_guard(plan_for(&[], &[]), old, binding, None);

@@ -242,7 +242,7 @@ impl Session {
             for stage in candidates {
                 let own = guards
                     .as_ref()
-                    .map(|g| prune::own_guards(inventory, stage, g))
+                    .map(|g| prune::own_guards(inventory, stage, g, &plan))
                     .unwrap_or_default();
                 match kinds::used_by(&self.client, Kind::CaptchaStage, stage.uuid).await {
                     Ok(users) => {
@@ -482,9 +482,10 @@ pub(crate) fn record_inventory(
     }
     // Only stages that are live now: a saved plan's in-sync entry may name a
     // stage deleted since (it is left alone, not adopted again).
+    let live_guards = guards.map(prune::live_guards).unwrap_or_default();
     let is_live = |kind: Kind, uuid: Uuid| match kind {
         Kind::CaptchaStage => live.iter().any(|l| l.uuid == uuid),
-        Kind::Guard => guards.is_some_and(|g| prune::guard_is_live(g, uuid)),
+        Kind::Guard => live_guards.contains(&uuid),
     };
     for entry in plan.manifest_entries() {
         if let Action::InSync { uuid } = entry.action

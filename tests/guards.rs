@@ -625,7 +625,7 @@ async fn a_stage_whose_manifest_is_deleted_is_pruned_together_with_its_own_guard
     .await;
     assert!(
         out.contains(&format!(
-            "> **Security:** a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"
+            "  - **Security:** a guard is removed: flow {LOGIN_FLOW} runs without this captcha (guards)"
         )),
         "{out}"
     );
@@ -752,5 +752,45 @@ async fn a_declared_guard_found_in_sync_goes_with_its_stage_and_one_removed_then
     assert!(
         sim.bindings_of_stage(stage).is_empty(),
         "binding {binding} removed"
+    );
+}
+
+/// The captcha swap of the login form, when the old stage's manifest itself
+/// declared the identification stage: the new stage's guard takes it over,
+/// so the prune of the old one leaves it embedding the new captcha.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swapped_captcha_keeps_the_login_form_its_old_stage_declared() {
+    let sim = start_sim().await;
+    let ident = sim.seed_identification_stage(IDENT, None);
+    let ws = Workspace::new();
+    ws.write(
+        "old.yaml",
+        &manifest(
+            "old-captcha",
+            "site",
+            "KEY",
+            &format!("guards:\n  - identification_stage: {IDENT}\n"),
+        ),
+    );
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let old = uuid_of(&sim, "old-captcha");
+    assert_eq!(sim.captcha_of_identification_stage(ident), Some(Some(old)));
+
+    std::fs::remove_file(ws.stages().join("old.yaml")).unwrap();
+    ws.write(
+        "login.yaml",
+        &login(&format!("  - identification_stage: {IDENT}\n")),
+    );
+    let (code, out, _) = stagesync(&ws, &sim, &["plan", "--prune", "stages"]).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("- delete old-captcha"), "{out}");
+    assert!(!out.contains("first removed from"), "{out}");
+    let (code, out, err) = stagesync(&ws, &sim, &["apply", "--prune", "--yes", "stages"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(sim.captcha_stages().iter().all(|s| s.uuid != old));
+    assert_eq!(
+        sim.captcha_of_identification_stage(ident),
+        Some(Some(uuid_of(&sim, "login")))
     );
 }

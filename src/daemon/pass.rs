@@ -951,7 +951,13 @@ impl Passes {
             frozen.map(|f| format!("frozen until {} ({})", f.until_text(), f.reason))
         };
         let confirm_prune_in = if let Some(reason) = hold_deletes {
-            for entry in &mut planned.plan.entries {
+            // A pruned stage's guard removals are held with its delete.
+            for entry in planned
+                .plan
+                .entries
+                .iter_mut()
+                .filter(|e| !e.is_guard_removal())
+            {
                 if let Action::Delete {
                     held: held @ None, ..
                 } = &mut entry.action
@@ -1382,6 +1388,19 @@ fn log_outcome(outcome: &apply::Outcome, change: &str, changed_by: Option<&str>,
         if let Some(line) = guard_line(outcome, removes) {
             warn!(guard = %escape(&outcome.name), file, "{}", escape(&line));
         }
+        // A pruned stage's guard that could not be removed keeps the stage:
+        // said here, as it has no manifest to report it under.
+        if outcome.origin.is_none() {
+            match &outcome.result {
+                Ended::InUse(users) => {
+                    warn!(guard = %escape(&outcome.name), users = %escape(&users.join(", ")), "not pruned: the stage is in use now; its guards stay");
+                }
+                Ended::Failed(err) => {
+                    warn!(guard = %escape(&outcome.name), error = %escape(&err.to_string()), "not pruned: its guard could not be removed");
+                }
+                _ => {}
+            }
+        }
         return;
     }
     match (&outcome.result, outcome.operation) {
@@ -1407,6 +1426,7 @@ fn guard_line(outcome: &apply::Outcome, removes: bool) -> Option<String> {
     let is_flow = target.starts_with("flow ");
     let pruned = outcome.origin.is_none();
     let line = match (&outcome.result, outcome.operation) {
+        (Ended::Deleted { already_gone: true }, _) => return None,
         (Ended::Deleted { .. }, Operation::Delete) if pruned => {
             format!("captcha {stage} is pruned: unbound from {target} first")
         }

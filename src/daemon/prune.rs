@@ -55,7 +55,13 @@ impl PruneMemory {
         let deletes: Vec<Uuid> = plan.deletes().filter_map(|e| e.uuid()).collect();
         self.first_seen.retain(|uuid, _| deletes.contains(uuid));
         let mut wait: Option<Duration> = None;
-        for entry in plan.entries.iter_mut().filter(|e| !e.is_manifest()) {
+        // A removal of a pruned stage's guard is held with its delete
+        // (`Plan::removals_without_their_delete`), never on its own.
+        for entry in plan
+            .entries
+            .iter_mut()
+            .filter(|e| !e.is_manifest() && !e.is_guard_removal())
+        {
             let Action::Delete {
                 uuid,
                 held: held @ None,

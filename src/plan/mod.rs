@@ -147,6 +147,13 @@ impl Entry {
     pub(crate) fn is_manifest(&self) -> bool {
         self.origin.is_some()
     }
+
+    /// Whether this entry removes a guard of a pruned stage, before its
+    /// delete ([`Plan::add_deletes`]): the only guard entries no manifest
+    /// declares.
+    pub(crate) fn is_guard_removal(&self) -> bool {
+        self.kind == Kind::Guard && !self.is_manifest()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -411,7 +418,7 @@ impl Plan {
     pub(crate) fn prune_entries(&self) -> impl Iterator<Item = &Entry> {
         self.entries
             .iter()
-            .filter(|e| !e.is_manifest() && !self.removes_guard_for_a_delete(e.id))
+            .filter(|e| !e.is_manifest() && !e.is_guard_removal())
     }
 
     /// The entries that remove the guards of the stage `delete` deletes,
@@ -426,28 +433,22 @@ impl Plan {
         })
     }
 
-    /// Whether entry `id` removes a guard of a stage a delete of this plan
-    /// deletes.
-    fn removes_guard_for_a_delete(&self, id: EntryId) -> bool {
-        self.deletes_removing(id).next().is_some()
-    }
-
-    /// The deletes that wait for entry `id` to remove a guard of their stage.
-    fn deletes_removing(&self, id: EntryId) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(move |e| {
-            e.after.contains(&Dependency::Entry {
-                on: id,
-                why: Why::RemovesGuard,
-            })
-        })
-    }
-
-    /// Whether `entry` removes a guard only for deletes that are not made
-    /// (held back after planning: a dry run, a freeze, the daemon's second
-    /// look): then it is not made either, and the guard stays.
-    pub(crate) fn removal_of_a_held_delete(&self, entry: &Entry) -> bool {
-        let mut deletes = self.deletes_removing(entry.id).peekable();
-        deletes.peek().is_some() && deletes.all(|d| d.action.target().is_none())
+    /// The guard removals that are not to be made: their stage's delete is
+    /// not made (held back after planning: a dry run, a freeze, the daemon's
+    /// second look) or not in the plan at all (a saved plan's file without
+    /// it). A guard is never removed without its stage going.
+    pub(crate) fn removals_without_their_delete(&self) -> BTreeSet<EntryId> {
+        let acting: BTreeSet<EntryId> = self
+            .entries
+            .iter()
+            .filter(|d| d.action.target().is_some())
+            .flat_map(|d| self.removed_with(d).map(|r| r.id))
+            .collect();
+        self.entries
+            .iter()
+            .filter(|e| e.is_guard_removal() && !acting.contains(&e.id))
+            .map(|e| e.id)
+            .collect()
     }
 
     /// The live object `entry` waits for (it is renamed away from the name

@@ -121,24 +121,32 @@ impl Removal {
 }
 
 /// The guards of the candidate `stage` that stagesync made or kept: each
-/// live binding and embedding of it that the inventory records, under a name
-/// that says this stage (a binding moved to this stage in the UI, or an
-/// identification stage made to embed it, is someone else's). What its delete
+/// live binding and embedding of it that the inventory records under the
+/// same name, stage and target (a binding moved to this stage or to another
+/// flow in the UI, or an identification stage made to embed it, is someone
+/// else's), and that no manifest entry of `plan` writes (an identification
+/// stage another captcha now takes over is that one's). What its delete
 /// removes first; any other user keeps the stage.
 pub(crate) fn own_guards(
     inventory: &Inventory,
     stage: &LiveStage,
     live: &LiveGuards,
+    plan: &Plan,
 ) -> Vec<Removal> {
-    let name = stage.fields.name.trim();
-    guard::matching::removals(name, stage.uuid, live)
+    let declared: BTreeSet<Uuid> = plan
+        .manifest_entries()
+        .filter(|e| e.kind == Kind::Guard)
+        .filter_map(|e| e.uuid())
+        .collect();
+    guard::matching::removals(stage.fields.name.trim(), stage.uuid, live)
         .into_iter()
         .map(|(name, change)| Removal { name, change })
         .filter(|r| {
             r.uuid().is_some_and(|uuid| {
-                inventory
-                    .get(uuid)
-                    .is_some_and(|m| m.kind == Kind::Guard && guard::split_name(&m.name).0 == name)
+                !declared.contains(&uuid)
+                    && inventory
+                        .get(uuid)
+                        .is_some_and(|m| m.kind == Kind::Guard && m.name == r.name)
             })
         })
         .collect()
@@ -165,6 +173,61 @@ pub(crate) fn candidates<'a>(
     out
 }
 
+/// Bindings and identification stages that are removed (unbound, or made
+/// to embed another captcha or none), by the pk `used_by` names them with.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Removed {
+    unbound: BTreeSet<String>,
+    reembedded: BTreeSet<String>,
+}
+
+impl Removed {
+    /// The own guards `own` of a stage.
+    pub(crate) fn of(own: &[Removal]) -> Removed {
+        let mut removed = Removed::default();
+        for removal in own {
+            match &removal.change {
+                GuardChange::Unbind { uuid } => removed.unbind(*uuid),
+                GuardChange::Update { uuid, .. } => removed.reembed(*uuid),
+                _ => {}
+            }
+        }
+        removed
+    }
+
+    pub(crate) fn unbind(&mut self, binding: Uuid) {
+        self.unbound.insert(binding.to_string());
+    }
+
+    pub(crate) fn reembed(&mut self, identification_stage: Uuid) {
+        self.reembedded.insert(identification_stage.to_string());
+    }
+
+    /// `users` without the removed ones, and without the flows no binding
+    /// left is in (authentik lists a flow beside each binding, and names a
+    /// binding `Flow-stage binding #<order> to <flow uuid>`; a binding named
+    /// otherwise keeps every flow).
+    pub(crate) fn left_of(&self, users: Vec<UsedBy>) -> Vec<UsedBy> {
+        let mut left: Vec<UsedBy> = users
+            .into_iter()
+            .filter(|u| match u.model_name.as_str() {
+                "flowstagebinding" => !self.unbound.contains(&u.pk),
+                "identificationstage" => !self.reembedded.contains(&u.pk),
+                _ => true,
+            })
+            .collect();
+        let flows_left: Option<BTreeSet<String>> = left
+            .iter()
+            .filter(|u| u.model_name == "flowstagebinding")
+            .map(|u| u.name.rsplit_once(" to ").map(|(_, flow)| flow.to_owned()))
+            .collect();
+        if let Some(flows_left) = flows_left {
+            left.retain(|u| u.model_name != "flow" || flows_left.contains(&u.pk));
+        }
+        left
+    }
+}
+
 /// `users` of a prune candidate without those the same plan removes first:
 /// a binding its guards unbind, an identification stage a guard makes embed
 /// another captcha (or none), its `own` guards (removed with it), and the
@@ -177,47 +240,22 @@ pub(crate) fn without_removed_guards(
     own: &[Removal],
 ) -> Vec<UsedBy> {
     use crate::plan::Action;
-    let mut unbound = BTreeSet::new();
-    let mut reembedded = BTreeSet::new();
-    for removal in own {
-        match &removal.change {
-            GuardChange::Unbind { uuid } => {
-                unbound.insert(uuid.to_string());
-            }
-            GuardChange::Update { uuid, .. } => {
-                reembedded.insert(uuid.to_string());
-            }
-            _ => {}
-        }
-    }
+    let mut removed = Removed::of(own);
     for entry in plan.manifest_entries().filter(|e| e.kind == Kind::Guard) {
         match &entry.action {
-            Action::Delete { uuid, held: None } => {
-                unbound.insert(uuid.to_string());
-            }
+            Action::Delete { uuid, held: None } => removed.unbind(*uuid),
             Action::Update { uuid, write, .. }
                 if matches!(
                     &write.object,
                     crate::kinds::Object::Guard(crate::kinds::guard::GuardWrite::Embedding(_))
                 ) =>
             {
-                reembedded.insert(uuid.to_string());
+                removed.reembed(*uuid)
             }
             _ => {}
         }
     }
-    let mut left: Vec<UsedBy> = users
-        .into_iter()
-        .filter(|u| match u.model_name.as_str() {
-            "flowstagebinding" => !unbound.contains(&u.pk),
-            "identificationstage" => !reembedded.contains(&u.pk),
-            _ => true,
-        })
-        .collect();
-    if !left.iter().any(|u| u.model_name == "flowstagebinding") {
-        left.retain(|u| u.model_name != "flow");
-    }
-    left
+    removed.left_of(users)
 }
 
 /// Managed stages that are not live any more (deleted out of band): to be
@@ -231,24 +269,30 @@ pub(crate) fn gone(inventory: &Inventory, live: &[LiveStage]) -> Vec<Uuid> {
         .collect()
 }
 
-/// Whether `uuid` is a live binding, or a live identification stage that
-/// embeds a captcha: a guard that exists.
-pub(crate) fn guard_is_live(live: &LiveGuards, uuid: Uuid) -> bool {
-    live.bindings.iter().any(|b| b.uuid == uuid)
-        || live
-            .identification_stages
-            .iter()
-            .any(|s| s.uuid == uuid && s.captcha_stage.is_some())
+/// The guards that exist: every live binding, and every live
+/// identification stage that embeds a captcha.
+pub(crate) fn live_guards(live: &LiveGuards) -> BTreeSet<Uuid> {
+    live.bindings
+        .iter()
+        .map(|b| b.uuid)
+        .chain(
+            live.identification_stages
+                .iter()
+                .filter(|s| s.captcha_stage.is_some())
+                .map(|s| s.uuid),
+        )
+        .collect()
 }
 
 /// Managed guards that are not live any more (unbound or replaced out of
 /// band, or gone with their stage): to be dropped from the inventory, so that
 /// a guard made again by someone else is never taken for stagesync's.
 pub(crate) fn guards_gone(inventory: &Inventory, live: &LiveGuards) -> Vec<Uuid> {
+    let live = live_guards(live);
     inventory
         .of_kind(Kind::Guard)
         .map(|(uuid, _)| uuid)
-        .filter(|u| !guard_is_live(live, *u))
+        .filter(|u| !live.contains(u))
         .collect()
 }
 
@@ -532,6 +576,39 @@ mod tests {
         (world, live)
     }
 
+    /// A plan without entries, or with a manifest's guard entry in sync
+    /// with the object `declared`.
+    fn no_plan() -> Plan {
+        plan_declaring(None)
+    }
+
+    fn plan_declaring(declared: Option<u128>) -> Plan {
+        let entries = declared
+            .map(|uuid| crate::plan::Entry {
+                id: crate::plan::EntryId(0),
+                kind: Kind::Guard,
+                name: "c in identification stage ident".into(),
+                origin: Some(crate::kinds::Origin {
+                    file: "c.yaml".into(),
+                    line: 1,
+                    column: 1,
+                }),
+                key_source: None,
+                action: crate::plan::Action::InSync {
+                    uuid: Uuid::from_u128(uuid),
+                },
+                after: Vec::new(),
+            })
+            .into_iter()
+            .collect();
+        Plan::assemble(
+            entries,
+            &[],
+            &BTreeSet::new(),
+            Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+        )
+    }
+
     fn binding_user(pk: u128) -> UsedBy {
         UsedBy {
             pk: Uuid::from_u128(pk).to_string(),
@@ -553,7 +630,7 @@ mod tests {
             (8, "b in identification stage ident"),
             (9, "a in flow login"),
         ]);
-        let own = own_guards(&world.inventory, &world.live[1], &live);
+        let own = own_guards(&world.inventory, &world.live[1], &live, &no_plan());
         let names: Vec<(&str, Option<Uuid>)> =
             own.iter().map(|r| (r.name.as_str(), r.uuid())).collect();
         assert_eq!(
@@ -568,11 +645,25 @@ mod tests {
             matches!(&own[1].change, GuardChange::Update { write, .. } if guard::matching::removes(write))
         );
 
+        // Recorded in another flow (moved there in the UI), or taken over by
+        // another manifest's guard in the same plan: not its own.
+        let (world, live) = guarded_world(&[
+            (7, "b in flow elsewhere"),
+            (8, "b in identification stage ident"),
+        ]);
+        let own = own_guards(
+            &world.inventory,
+            &world.live[1],
+            &live,
+            &plan_declaring(Some(8)),
+        );
+        assert!(own.is_empty(), "{own:?}");
+
         // Not in the inventory, or recorded for another stage: someone else's.
         let (world, live) = guarded_world(&[(7, "other in flow login")]);
-        assert!(own_guards(&world.inventory, &world.live[1], &live).is_empty());
+        assert!(own_guards(&world.inventory, &world.live[1], &live, &no_plan()).is_empty());
         let (world, live) = guarded_world(&[(8, "b in identification stage ident")]);
-        let own = own_guards(&world.inventory, &world.live[1], &live);
+        let own = own_guards(&world.inventory, &world.live[1], &live, &no_plan());
         assert_eq!(own.len(), 1);
         assert_eq!(own[0].uuid(), Some(Uuid::from_u128(8)));
     }
@@ -584,7 +675,7 @@ mod tests {
             (7, "b in flow login"),
             (8, "b in identification stage ident"),
         ]);
-        let own = own_guards(&world.inventory, &world.live[1], &live);
+        let own = own_guards(&world.inventory, &world.live[1], &live, &no_plan());
         let empty = Plan::assemble(
             Vec::new(),
             &[],

@@ -1033,7 +1033,23 @@ fn compare(
         ))
     };
     match (&entry.action, &fresh_entry.action) {
-        (SavedAction::Delete, Action::Delete { held: None, .. }) => return Ok(()),
+        (SavedAction::Delete, Action::Delete { held: None, .. }) => {
+            // A pruned stage's guards removed first: the file must hold each
+            // one the manifests plan now (one bound since would otherwise
+            // keep the stage while the others go).
+            return match plan
+                .removed_with(fresh_entry)
+                .find(|guard| !fresh_of.contains(&Some(guard.id)))
+            {
+                Some(guard) => Err(Comparison::Changed(Change::NotDeleted {
+                    reason: format!(
+                        "its guard {} is to be removed with it now, which the plan did not say",
+                        guard.name
+                    ),
+                })),
+                None => Ok(()),
+            };
+        }
         (
             SavedAction::Delete,
             Action::Delete {

@@ -300,7 +300,7 @@ fn sections(plan: &Plan) -> Vec<Section> {
         for (line, guard) in removal_lines(plan, entry) {
             let _ = writeln!(item, "- {}", text(&line));
             for line in warning_lines(&warnings, guard) {
-                let _ = writeln!(item, "\n> **Security:** {}", text(&line[2..]));
+                let _ = writeln!(item, "  - **Security:** {}", text(&line[2..]));
             }
         }
         item.push('\n');
