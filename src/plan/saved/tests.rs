@@ -496,6 +496,15 @@ fn a_forged_file_cannot_write_what_the_manifests_do_not_say() {
 /// `w` with `stray` (live 8) managed and declared by no manifest, planned
 /// with `--prune`; `users` is what `used_by` says of it.
 fn with_prune(w: &World, users: Vec<crate::kinds::UsedBy>) -> Plan {
+    with_pruned_guards(w, users, Vec::new())
+}
+
+/// [`with_prune`], `stray` having `guards` of its own to remove first.
+fn with_pruned_guards(
+    w: &World,
+    users: Vec<crate::kinds::UsedBy>,
+    guards: Vec<crate::plan::prune::Removal>,
+) -> Plan {
     let mut inventory = crate::state::Inventory::default();
     inventory.manage(
         crate::kinds::Kind::CaptchaStage,
@@ -510,7 +519,7 @@ fn with_prune(w: &World, users: Vec<crate::kinds::UsedBy>) -> Plan {
         desired: &w.desired,
         plan: &planned,
         used_by: &BTreeMap::from([(Uuid::from_u128(8), users)]),
-        guards: &BTreeMap::new(),
+        guards: &BTreeMap::from([(Uuid::from_u128(8), guards)]),
         manifests_complete: true,
         live_complete: true,
         settings: crate::plan::PruneSettings {
@@ -567,6 +576,40 @@ fn a_saved_delete_is_made_while_it_is_still_the_delete_planned() {
     assert_eq!(
         stale(check_against(&saved, &w, &with_prune(&w, Vec::new()))),
         [("stray".to_owned(), vec!["live_edited"])]
+    );
+}
+
+#[test]
+fn a_pruned_stages_guards_are_saved_with_it_and_one_more_since_refuses_the_delete() {
+    let mut w = world();
+    w.live.push(live(8, "stray"));
+    let unbind = |binding: u128, flow: &str| crate::plan::prune::Removal {
+        name: format!("stray in flow {flow}"),
+        change: crate::kinds::guard::matching::Change::Unbind {
+            uuid: Uuid::from_u128(binding),
+        },
+    };
+    let planned = with_pruned_guards(&w, Vec::new(), vec![unbind(9, "login")]);
+    let saved =
+        reparsed(&SavedPlan::from_plan(&planned, &w.desired, &w.live, URL, t0(), SALT).unwrap());
+    // Its guard's unbind is saved, and is no prune of its own.
+    assert_eq!(saved.prune_settings().max_deletes, Some(1));
+    let fresh = with_pruned_guards(&w, Vec::new(), vec![unbind(9, "login")]);
+    let verified = check_against(&saved, &w, &fresh).unwrap();
+    let plan = to_plan(&fresh, &verified);
+    assert_eq!(plan.deletes().count(), 2, "the unbind and the delete");
+    assert!(plan.removals_without_their_delete().is_empty());
+
+    // A second guard of its own since: the file does not say it goes.
+    let grown = with_pruned_guards(
+        &w,
+        Vec::new(),
+        vec![unbind(9, "login"), unbind(10, "signup")],
+    );
+    let reports = refused(check_against(&saved, &w, &grown));
+    assert_eq!(
+        reports[0].to_string(),
+        "stray: not a delete now: its guard stray in flow signup is to be removed with it now, which the plan did not say"
     );
 }
 
