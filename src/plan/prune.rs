@@ -917,6 +917,45 @@ mod tests {
     }
 
     #[test]
+    fn a_stage_the_plan_matches_or_a_manifest_pins_is_each_on_its_own_never_a_candidate() {
+        let w = World::new(vec![live("a", 1), live("b", 2)], &["a", "b"], &[]);
+        let keys = KeyState::default();
+        let foreign = BTreeMap::new();
+        let matched_b = plan(&PlanInputs {
+            desired: &w.desired,
+            live: &w.live,
+            keys: &keys,
+            capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+            foreign_names: &foreign,
+        });
+        let names = |c: Vec<&LiveStage>| -> Vec<String> {
+            c.iter().map(|l| l.fields.name.clone()).collect()
+        };
+        // Matched by the plan, though no manifest names or pins it.
+        assert_eq!(
+            names(candidates(
+                &w.inventory,
+                &w.live,
+                &[desired("a")],
+                &matched_b
+            )),
+            Vec::<String>::new()
+        );
+        // Pinned by a manifest the plan does not match (it is in error).
+        let mut pin = desired("renamed-b");
+        pin.uuid = Some(Uuid::from_u128(2));
+        assert_eq!(
+            names(candidates(&w.inventory, &w.live, &[pin], &no_plan())),
+            ["a"]
+        );
+        // Neither: a candidate.
+        assert_eq!(
+            names(candidates(&w.inventory, &w.live, &[], &no_plan())),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
     fn gone_lists_managed_stages_no_longer_live() {
         let w = World::new(vec![live("a", 1)], &["a"], &[]);
         let mut inventory = w.inventory.clone();
