@@ -108,11 +108,20 @@ fn a_scheduled_window_holds_writes_while_plans_go_on() {
 #[test]
 fn bad_freeze_settings_are_refused() {
     let h = Harness::new();
-    for args in [
-        vec!["run", "--freeze-window", "0 18 * * FRI", "stages"],
-        vec!["run", "--freeze-window", "never for 2h", "stages"],
-        vec!["freeze", "--until", "tomorrow"],
-        vec!["freeze"],
+    for (args, says) in [
+        (
+            vec!["run", "--freeze-window", "0 18 * * FRI", "stages"],
+            "expected \"CRON for DURATION\", e.g. \"0 18 * * FRI for 62h\"",
+        ),
+        (
+            vec!["run", "--freeze-window", "never for 2h", "stages"],
+            "\"never\" is not a cron expression",
+        ),
+        (
+            vec!["freeze", "--until", "tomorrow"],
+            "expected RFC 3339 in UTC",
+        ),
+        (vec!["freeze"], "--for <DURATION>|--until <TIME>|--off"),
     ] {
         let out = std::process::Command::new(support::daemon::binary())
             .current_dir(h.ws.root.path())
@@ -128,5 +137,11 @@ fn bad_freeze_settings_are_refused() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(says),
+            "{args:?} should say {says:?}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
