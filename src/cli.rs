@@ -422,8 +422,8 @@ struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     notify_file: Option<PathBuf>,
     /// The notification body: `json` (the whole message) or `slack` (`{"text": ...}`, also Mattermost).
-    #[arg(long, value_name = "FORMAT", default_value = "json", value_parser = parse_notify_format)]
-    notify_format: NotifyFormat,
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t)]
+    notify_format: crate::drift::notify::Format,
 }
 
 /// Output format of a plan.
@@ -518,19 +518,6 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         MIN_INTERVAL,
         "so as not to hammer authentik",
     )
-}
-
-/// `--notify-format`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct NotifyFormat(crate::drift::notify::Format);
-
-fn parse_notify_format(s: &str) -> Result<NotifyFormat, String> {
-    use crate::drift::notify::Format;
-    match s {
-        "json" => Ok(NotifyFormat(Format::Json)),
-        "slack" => Ok(NotifyFormat(Format::Slack)),
-        _ => Err("expected `json` or `slack`".into()),
-    }
 }
 
 /// The webhook receivers of `--notify`, `$STAGESYNC_NOTIFY` and `--notify-file`,
@@ -856,7 +843,7 @@ impl Cli {
                 debounce: daemon.debounce,
                 event_poll: daemon.event_poll.0,
                 notify: resolve_notify(daemon.notify, daemon.notify_file.as_deref())?,
-                notify_format: daemon.notify_format.0,
+                notify_format: daemon.notify_format,
                 freeze_windows: daemon.freeze_window,
                 dry_run: daemon.dry_run,
                 listen: daemon.listen.addr(),

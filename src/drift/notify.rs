@@ -37,7 +37,7 @@ pub enum Event {
 }
 
 /// The body's shape (`--notify-format`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// The whole message as JSON.
     #[default]
