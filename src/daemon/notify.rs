@@ -18,6 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -31,7 +32,8 @@ pub const QUEUE: usize = 100;
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per message: the first and two retries.
 pub const ATTEMPTS: u32 = 3;
-/// The pause before the first retry; doubled before the next.
+/// The pause before the first retry; doubled before the next, with jitter
+/// (so receivers that come back are not hit by every stagesync in step).
 pub const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// How much of an answer is read (it is only drained, never used).
 pub const ANSWER_CAP: usize = 4096;
@@ -100,6 +102,16 @@ impl Notifier {
     }
 }
 
+/// The pauses between a message's attempts: `ATTEMPTS - 1` of them.
+fn retry_pauses() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(FIRST_RETRY)
+        .with_factor(2.0)
+        .with_jitter()
+        .with_max_times(ATTEMPTS as usize - 1)
+        .build()
+}
+
 struct Receiver {
     http: reqwest::Client,
     url: SecretString,
@@ -120,27 +132,17 @@ impl Receiver {
     async fn run(self, mut rx: mpsc::Receiver<Arc<Vec<u8>>>) {
         let mut failing = false;
         while let Some(body) = rx.recv().await {
-            let mut pause = FIRST_RETRY;
-            let mut outcome = Err(String::new());
-            for attempt in 1..=ATTEMPTS {
+            let mut pauses = retry_pauses();
+            let outcome = loop {
                 match self.attempt(&body).await {
-                    Attempt::Delivered => {
-                        outcome = Ok(());
-                        break;
-                    }
-                    Attempt::Refused(why) => {
-                        outcome = Err(why);
-                        break;
-                    }
-                    Attempt::Retry(why) => {
-                        outcome = Err(why);
-                        if attempt < ATTEMPTS {
-                            tokio::time::sleep(pause).await;
-                            pause *= 2;
-                        }
-                    }
+                    Attempt::Delivered => break Ok(()),
+                    Attempt::Refused(why) => break Err(why),
+                    Attempt::Retry(why) => match pauses.next() {
+                        Some(pause) => tokio::time::sleep(pause).await,
+                        None => break Err(why),
+                    },
                 }
-            }
+            };
             match outcome {
                 Ok(()) => {
                     self.metrics
@@ -193,6 +195,27 @@ impl Receiver {
             ))
         } else {
             Attempt::Refused(format!("HTTP {}", status.as_u16()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_retried_twice_after_about_one_then_two_seconds() {
+        for _ in 0..50 {
+            let pauses: Vec<Duration> = retry_pauses().collect();
+            assert_eq!(pauses.len(), ATTEMPTS as usize - 1);
+            assert!(
+                pauses[0] >= FIRST_RETRY && pauses[0] <= FIRST_RETRY * 2,
+                "{pauses:?}"
+            );
+            assert!(
+                pauses[1] >= FIRST_RETRY * 2 && pauses[1] <= FIRST_RETRY * 4,
+                "{pauses:?}"
+            );
         }
     }
 }
