@@ -642,7 +642,7 @@ pub(crate) fn freeze_file(state_file: &Path) -> PathBuf {
 }
 
 fn parse_time(s: &str) -> Result<std::time::SystemTime, String> {
-    humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z'))
+    crate::drift::freeze::parse_until(s)
         .map_err(|e| format!("{e} (expected RFC 3339 in UTC, e.g. 2026-12-24T08:00:00Z)"))
 }
 

@@ -145,9 +145,15 @@ fn system_time(t: DateTime<Utc>) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, t.timestamp_subsec_nanos()))
 }
 
+/// A time the freeze ends, RFC 3339 in UTC (`freeze --until`, and the freeze
+/// file's content).
+pub fn parse_until(text: &str) -> Result<SystemTime, humantime::TimestampError> {
+    humantime::parse_rfc3339_weak(text.trim().trim_end_matches('Z'))
+}
+
 /// The freeze file's content: the time the freeze ends, RFC 3339.
 pub fn parse_requested(text: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(text.trim().trim_end_matches('Z')).ok()
+    parse_until(text).ok()
 }
 
 #[cfg(test)]
