@@ -565,6 +565,7 @@ fn a_guard_found_missing_in_a_dry_run_is_notified_as_a_guard() {
         .unwrap();
     assert_eq!(message["kind"], "guard", "{message}");
     assert_eq!(message["event"], "drift_detected", "{message}");
+    assert_eq!(message["reason"], "dry run: not written", "{message}");
 }
 
 #[test]
@@ -693,4 +694,40 @@ fn a_guard_unbound_in_the_ui_is_bound_again_at_the_next_poll_and_names_who_unbou
     assert_eq!(message["name"], "login in flow login-flow", "{message}");
     assert_eq!(message["changed_by"]["username"], "carol", "{message}");
     assert_eq!(message["changed_by"]["client_ip"], "192.0.2.9", "{message}");
+}
+
+#[test]
+fn drift_found_during_a_freeze_is_notified_as_held_and_its_revert_when_the_freeze_ends() {
+    let h = Harness::new();
+    let hook = Hook::start(&h, Answer::Ok);
+    let mut d = start(&h, &["--notify", &hook.url]);
+    let froze = std::process::Command::new(support::daemon::binary())
+        .env("STAGESYNC_STATE_FILE", h.ws.state_file())
+        .args(["freeze", "--for", "1h"])
+        .output()
+        .unwrap();
+    assert!(froze.status.success(), "{froze:?}");
+    ui_edit(&h, "ivan", 0.1);
+    d.wait_until("the held drift's message", || !hook.bodies().is_empty());
+    let messages = hook.messages();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    let m = &messages[0];
+    assert_eq!(m["event"], "drift_detected", "{m}");
+    assert_eq!(m["reason"], "frozen: written when the freeze ends", "{m}");
+    assert_eq!(m["changed_by"]["username"], "ivan", "{m}");
+    assert!(m["change"].as_str().unwrap().contains("0.1"), "{m}");
+    assert_eq!(h.threshold("login"), Some(0.1), "held while frozen");
+
+    let lifted = std::process::Command::new(support::daemon::binary())
+        .env("STAGESYNC_STATE_FILE", h.ws.state_file())
+        .args(["freeze", "--off"])
+        .output()
+        .unwrap();
+    assert!(lifted.status.success(), "{lifted:?}");
+    d.signal(libc::SIGHUP);
+    h.wait_threshold(&mut d, "login", 0.5);
+    d.wait_until("the revert's message", || hook.bodies().len() == 2);
+    let reverted = &hook.messages()[1];
+    assert_eq!(reverted["event"], "drift_reverted", "{reverted}");
+    assert_eq!(reverted["changed_by"]["username"], "ivan", "{reverted}");
 }

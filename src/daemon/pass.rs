@@ -1143,39 +1143,28 @@ impl Passes {
                     self.notify(&n);
                 }
             }
-            StageEnd::Drifted(Drift::Held(Hold::DryRun { change })) => {
+            StageEnd::Drifted(Drift::Held(
+                hold @ (Hold::DryRun { change } | Hold::Frozen { change }),
+            )) => {
                 if self
                     .failures
                     .failure(&subject, &format!("drift: {change}"))
                     .is_news()
                 {
+                    let held = match hold {
+                        Hold::Frozen { .. } => "frozen: written when the freeze ends",
+                        _ => "dry run: not written",
+                    };
                     match &stage.changed_by {
                         Some(by) => {
-                            info!(stage = %name, file, drift = %change, changed_by = %by.log_text(), "drift found (dry run: not written)")
+                            info!(stage = %name, file, drift = %change, changed_by = %by.log_text(), "drift found ({held})")
                         }
-                        None => {
-                            info!(stage = %name, file, drift = %change, "drift found (dry run: not written)")
-                        }
+                        None => info!(stage = %name, file, drift = %change, "drift found ({held})"),
                     }
                     let mut n = Notification::new(Event::DriftDetected, stage.kind, name);
                     n.file = Some(file.clone());
                     n.change = Some(change.clone());
-                    ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
-                    self.notify(&n);
-                }
-            }
-            StageEnd::Drifted(Drift::Held(Hold::Frozen { change })) => {
-                if self
-                    .failures
-                    .failure(&subject, &format!("drift: {change}"))
-                    .is_news()
-                {
-                    let by = stage.changed_by.as_ref().map(ChangedByNote::log_text);
-                    info!(stage = %name, file, drift = %change, changed_by = %by.as_deref().unwrap_or("none"), "drift found (frozen: written when the freeze ends)");
-                    let mut n = Notification::new(Event::DriftDetected, stage.kind, name);
-                    n.file = Some(file.clone());
-                    n.change = Some(change.clone());
-                    n.reason = Some("frozen: written when the freeze ends".into());
+                    n.reason = Some(held.into());
                     ChangedByNote::fill(stage.changed_by.as_ref(), &mut n);
                     self.notify(&n);
                 }
