@@ -669,6 +669,65 @@ mod tests {
     }
 
     #[test]
+    fn a_manifests_own_unbind_or_replaced_embedding_counts_as_removed_and_nothing_else_does() {
+        let (world, live) = guarded_world(&[
+            (7, "b in flow login"),
+            (8, "b in identification stage ident"),
+        ]);
+        // The same unbind and replaced embedding, as a guards list plans them.
+        let own = own_guards(&world.inventory, &world.live[1], &live, &no_plan());
+        let plan_of = |entries: Vec<(Kind, crate::plan::Action)>| {
+            let entries = entries
+                .into_iter()
+                .enumerate()
+                .map(|(i, (kind, action))| crate::plan::Entry {
+                    id: crate::plan::EntryId(i),
+                    kind,
+                    name: format!("entry {i}"),
+                    origin: Some(crate::kinds::Origin {
+                        file: "b.yaml".into(),
+                        line: 1,
+                        column: 1,
+                    }),
+                    key_source: None,
+                    action,
+                    after: Vec::new(),
+                })
+                .collect();
+            Plan::assemble(
+                entries,
+                &[],
+                &BTreeSet::new(),
+                Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
+            )
+        };
+        let as_entries = |kind: Kind| {
+            own.iter()
+                .map(|r| (kind, crate::plan::guard_action(r.change.clone())))
+                .collect::<Vec<_>>()
+        };
+        let users = vec![binding_user(7), ident_user(8), binding_user(11)];
+
+        let guards = plan_of(as_entries(Kind::Guard));
+        assert_eq!(
+            without_removed_guards(users.clone(), &guards, &[]),
+            [binding_user(11)]
+        );
+        // The same actions on stage entries remove no guard.
+        let stages = plan_of(as_entries(Kind::CaptchaStage));
+        assert_eq!(without_removed_guards(users.clone(), &stages, &[]), users);
+        // Nor does an unbind held back.
+        let held = plan_of(vec![(
+            Kind::Guard,
+            crate::plan::Action::Delete {
+                uuid: Uuid::from_u128(7),
+                held: Some(Held::NotPruned),
+            },
+        )]);
+        assert_eq!(without_removed_guards(users.clone(), &held, &[]), users);
+    }
+
+    #[test]
     fn a_stage_used_only_by_its_own_guards_is_deleted_with_them_and_anything_else_blocks_it() {
         let flow = user("flow", "Flow login (login)", "cascade_many");
         let (mut world, live) = guarded_world(&[
