@@ -716,6 +716,24 @@ mod tests {
         // The same actions on stage entries remove no guard.
         let stages = plan_of(as_entries(Kind::CaptchaStage));
         assert_eq!(without_removed_guards(users.clone(), &stages, &[]), users);
+        // Nor does a binding's order change (the binding stays).
+        let reordered = plan_of(vec![(
+            Kind::Guard,
+            crate::plan::guard_action(GuardChange::Update {
+                uuid: Uuid::from_u128(7),
+                changes: Vec::new(),
+                write: guard::GuardWrite::Binding(guard::BindingWrite {
+                    flow: "login".into(),
+                    flow_uuid: Uuid::from_u128(100),
+                    stage: Some(Uuid::from_u128(2)),
+                    fields: guard::BindingFields::default(),
+                }),
+            }),
+        )]);
+        assert_eq!(
+            without_removed_guards(users.clone(), &reordered, &[]),
+            users
+        );
         // Nor does an unbind held back.
         let held = plan_of(vec![(
             Kind::Guard,
