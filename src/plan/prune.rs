@@ -502,16 +502,19 @@ mod tests {
             }
         }
 
-        fn decide(&self, settings: PruneSettings) -> Vec<(String, Option<Held>)> {
-            let keys = KeyState::default();
-            let foreign = BTreeMap::new();
-            let plan = plan(&PlanInputs {
+        /// The plan of the world's manifests against its live stages.
+        fn plan(&self) -> Plan {
+            plan(&PlanInputs {
                 desired: &self.desired,
                 live: &self.live,
-                keys: &keys,
+                keys: &KeyState::default(),
                 capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
-                foreign_names: &foreign,
-            });
+                foreign_names: &BTreeMap::new(),
+            })
+        }
+
+        fn decide(&self, settings: PruneSettings) -> Vec<(String, Option<Held>)> {
+            let plan = self.plan();
             decide(&PruneInputs {
                 inventory: &self.inventory,
                 live: &self.live,
@@ -775,14 +778,7 @@ mod tests {
 
         let guards = BTreeMap::from([(Uuid::from_u128(2), own.clone())]);
         let decide = |world: &World, settings| {
-            let keys = KeyState::default();
-            let plan = plan(&PlanInputs {
-                desired: &world.desired,
-                live: &world.live,
-                keys: &keys,
-                capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
-                foreign_names: &BTreeMap::new(),
-            });
+            let plan = world.plan();
             decide(&PruneInputs {
                 inventory: &world.inventory,
                 live: &world.live,
@@ -996,15 +992,7 @@ mod tests {
     #[test]
     fn a_stage_the_plan_matches_or_a_manifest_pins_is_each_on_its_own_never_a_candidate() {
         let w = World::new(vec![live("a", 1), live("b", 2)], &["a", "b"], &[]);
-        let keys = KeyState::default();
-        let foreign = BTreeMap::new();
-        let matched_b = plan(&PlanInputs {
-            desired: &w.desired,
-            live: &w.live,
-            keys: &keys,
-            capabilities: Capabilities::for_version(ServerVersion::new(2025, 12, 4)),
-            foreign_names: &foreign,
-        });
+        let matched_b = w.plan();
         let names = |c: Vec<&LiveStage>| -> Vec<String> {
             c.iter().map(|l| l.fields.name.clone()).collect()
         };
