@@ -25,12 +25,6 @@ pub struct Window {
     pub duration: Duration,
 }
 
-impl PartialEq for Window {
-    fn eq(&self, other: &Self) -> bool {
-        self.expression == other.expression && self.duration == other.duration
-    }
-}
-
 impl Window {
     /// `"0 18 * * FRI for 62h"`: a cron expression (5 or 6 fields, UTC),
     /// `for`, and a duration.
@@ -175,6 +169,7 @@ mod tests {
         assert_eq!(frozen.until, at("2026-12-07T08:00:00Z"));
         assert_eq!(frozen.reason, Reason::Window("0 18 * * FRI".into()));
         assert_eq!(frozen.until_text(), "2026-12-07T08:00:00Z");
+        assert_eq!(frozen.reason.to_string(), "freeze window \"0 18 * * FRI\"");
         assert_eq!(frozen_at(&windows, None, at("2026-12-07T08:00:00Z")), None);
         assert_eq!(
             next_change(&windows, None, at("2026-12-08T00:00:00Z")),
@@ -188,10 +183,16 @@ mod tests {
         let now = at("2026-12-05T09:00:00Z");
         let frozen = frozen_at(&windows, Some(at("2026-12-08T00:00:00Z")), now).unwrap();
         assert_eq!(frozen.reason, Reason::Requested);
+        assert_eq!(frozen.reason.to_string(), "stagesync freeze");
         assert_eq!(
             frozen_at(&[], Some(at("2026-12-05T08:00:00Z")), now),
             None,
             "a requested freeze that ended"
+        );
+        assert_eq!(
+            frozen_at(&[], Some(now), now),
+            None,
+            "a requested freeze ends at its time, as a window does"
         );
         assert_eq!(
             next_change(&[], Some(at("2026-12-05T10:00:00Z")), now),

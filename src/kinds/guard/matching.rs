@@ -441,4 +441,138 @@ mod tests {
         assert!(planned[0].waits_for_stage);
         assert!(matches!(planned[0].change, Change::Bind { .. }));
     }
+
+    fn ident(id: u128, name: &str, captcha: Option<Uuid>) -> LiveIdentificationStage {
+        LiveIdentificationStage {
+            uuid: Uuid::from_u128(id),
+            name: name.into(),
+            captcha_stage: captcha,
+            user_fields: vec!["username".into()],
+            sources: Vec::new(),
+        }
+    }
+
+    fn ident_guard(name: &str) -> DesiredGuard {
+        DesiredGuard {
+            origin: origin(8),
+            guard: Guard::IdentificationStage { name: name.into() },
+        }
+    }
+
+    #[test]
+    fn another_stages_binding_and_this_stages_binding_in_another_flow_are_not_its_own() {
+        let stage = Uuid::from_u128(1);
+        let other = Uuid::from_u128(2);
+        let mut l = live(stage, &[(7, 10)]);
+        // Another captcha in the login flow, and this one in a flow the list
+        // does not name.
+        let mut others = live(other, &[(8, 20)]).bindings;
+        let mut elsewhere = live(stage, &[(9, 30)]).bindings;
+        elsewhere[0].flow = Uuid::from_u128(101);
+        elsewhere[0].flow_slug = Some("enrollment".into());
+        l.bindings.append(&mut others);
+        l.bindings.append(&mut elsewhere);
+        let planned = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[flow_guard("login-flow", 10)],
+            &l,
+            &BTreeMap::new(),
+        );
+        let changes: Vec<_> = planned.iter().map(|p| (&p.name[..], &p.change)).collect();
+        assert_eq!(
+            changes,
+            [
+                (
+                    "login in flow login-flow",
+                    &Change::InSync {
+                        uuid: Uuid::from_u128(7)
+                    }
+                ),
+                (
+                    "login in flow enrollment",
+                    &Change::Unbind {
+                        uuid: Uuid::from_u128(9)
+                    }
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_identification_stage_is_matched_by_name_and_only_its_own_embedding_is_removed() {
+        let stage = Uuid::from_u128(1);
+        let other = Uuid::from_u128(2);
+        let names: BTreeMap<_, _> = [(other, "old-captcha".to_owned())].into();
+        let mut l = live(stage, &[]);
+        l.identification_stages = vec![
+            ident(50, "signup-identification", Some(other)),
+            ident(51, "login-identification", Some(stage)),
+            ident(52, "recovery-identification", Some(stage)),
+            ident(53, "plain-identification", None),
+        ];
+        let planned = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[ident_guard("login-identification")],
+            &l,
+            &names,
+        );
+        assert_eq!(planned.len(), 2, "{planned:?}");
+        assert_eq!(
+            planned[0].name,
+            "login in identification stage login-identification"
+        );
+        assert_eq!(
+            planned[0].change,
+            Change::InSync {
+                uuid: Uuid::from_u128(51)
+            }
+        );
+        // The one embedding it that the list does not name: unembedded. The
+        // one embedding another captcha and the one embedding none: not its own.
+        assert_eq!(
+            planned[1].change,
+            unembed("login", &l.identification_stages[2])
+        );
+
+        // Declared where another captcha is embedded: replaced, naming it.
+        let replaced = plan_stage(
+            "login",
+            Some(stage),
+            &origin(1),
+            &[ident_guard("signup-identification")],
+            &l,
+            &names,
+        );
+        assert!(
+            matches!(&replaced[0].change, Change::Update { uuid, changes, .. }
+                if *uuid == Uuid::from_u128(50)
+                && changes[0].old == Value::Str("old-captcha".into())
+                && changes[0].new == Value::Str("login".into())),
+            "{replaced:?}"
+        );
+        assert!(!replaced[0].waits_for_stage);
+    }
+
+    #[test]
+    fn a_new_stage_embeds_after_its_create_even_where_no_captcha_is_embedded() {
+        let mut l = live(Uuid::from_u128(1), &[]);
+        l.identification_stages = vec![ident(53, "plain-identification", None)];
+        let planned = plan_stage(
+            "login",
+            None,
+            &origin(1),
+            &[ident_guard("plain-identification")],
+            &l,
+            &BTreeMap::new(),
+        );
+        assert!(planned[0].waits_for_stage);
+        assert!(
+            matches!(&planned[0].change, Change::Update { uuid, .. } if *uuid == Uuid::from_u128(53)),
+            "{planned:?}"
+        );
+    }
 }
