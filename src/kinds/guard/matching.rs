@@ -303,6 +303,16 @@ mod tests {
         }
     }
 
+    /// The guards of the captcha stage "login", declared at line 1.
+    fn plan_login(
+        stage: Option<Uuid>,
+        guards: &[DesiredGuard],
+        live: &LiveGuards,
+        names: &BTreeMap<Uuid, String>,
+    ) -> Vec<Planned> {
+        plan_stage("login", stage, &origin(1), guards, live, names)
+    }
+
     fn binding(order: i64) -> BindingFields {
         BindingFields {
             order,
@@ -353,40 +363,19 @@ mod tests {
         let stage = Uuid::from_u128(1);
         let names = BTreeMap::new();
         let l = live(stage, &[(7, 10)]);
-        let same = plan_stage(
-            "login",
-            Some(stage),
-            &origin(1),
-            &[flow_guard("login-flow", 10)],
-            &l,
-            &names,
-        );
+        let same = plan_login(Some(stage), &[flow_guard("login-flow", 10)], &l, &names);
         assert_eq!(
             same[0].change,
             Change::InSync {
                 uuid: Uuid::from_u128(7)
             }
         );
-        let moved = plan_stage(
-            "login",
-            Some(stage),
-            &origin(1),
-            &[flow_guard("login-flow", 20)],
-            &l,
-            &names,
-        );
+        let moved = plan_login(Some(stage), &[flow_guard("login-flow", 20)], &l, &names);
         assert!(
             matches!(&moved[0].change, Change::Update { uuid, changes, .. } if *uuid == Uuid::from_u128(7) && changes.len() == 1),
             "{moved:?}"
         );
-        let missing = plan_stage(
-            "login",
-            Some(stage),
-            &origin(1),
-            &[flow_guard("nope", 1)],
-            &l,
-            &names,
-        );
+        let missing = plan_login(Some(stage), &[flow_guard("nope", 1)], &l, &names);
         assert!(
             matches!(&missing[0].change, Change::Error { message, .. } if message == "flow \"nope\" not found")
         );
@@ -396,14 +385,7 @@ mod tests {
     fn an_undeclared_binding_is_unbound_and_two_bindings_in_a_flow_are_left_alone() {
         let stage = Uuid::from_u128(1);
         let names = BTreeMap::new();
-        let removed = plan_stage(
-            "login",
-            Some(stage),
-            &origin(1),
-            &[],
-            &live(stage, &[(7, 10)]),
-            &names,
-        );
+        let removed = plan_login(Some(stage), &[], &live(stage, &[(7, 10)]), &names);
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].name, "login in flow login-flow");
         assert_eq!(
@@ -412,10 +394,8 @@ mod tests {
                 uuid: Uuid::from_u128(7)
             }
         );
-        let twice = plan_stage(
-            "login",
+        let twice = plan_login(
             Some(stage),
-            &origin(1),
             &[flow_guard("login-flow", 10)],
             &live(stage, &[(7, 10), (8, 30)]),
             &names,
@@ -430,10 +410,8 @@ mod tests {
     #[test]
     fn a_new_stage_binds_after_its_create() {
         let names = BTreeMap::new();
-        let planned = plan_stage(
-            "login",
+        let planned = plan_login(
             None,
-            &origin(1),
             &[flow_guard("login-flow", 10)],
             &live(Uuid::from_u128(1), &[]),
             &names,
@@ -472,10 +450,8 @@ mod tests {
         elsewhere[0].flow_slug = Some("enrollment".into());
         l.bindings.append(&mut others);
         l.bindings.append(&mut elsewhere);
-        let planned = plan_stage(
-            "login",
+        let planned = plan_login(
             Some(stage),
-            &origin(1),
             &[flow_guard("login-flow", 10)],
             &l,
             &BTreeMap::new(),
@@ -512,10 +488,8 @@ mod tests {
             ident(52, "recovery-identification", Some(stage)),
             ident(53, "plain-identification", None),
         ];
-        let planned = plan_stage(
-            "login",
+        let planned = plan_login(
             Some(stage),
-            &origin(1),
             &[ident_guard("login-identification")],
             &l,
             &names,
@@ -539,10 +513,8 @@ mod tests {
         );
 
         // Declared where another captcha is embedded: replaced, naming it.
-        let replaced = plan_stage(
-            "login",
+        let replaced = plan_login(
             Some(stage),
-            &origin(1),
             &[ident_guard("signup-identification")],
             &l,
             &names,
@@ -561,10 +533,8 @@ mod tests {
     fn a_new_stage_embeds_after_its_create_even_where_no_captcha_is_embedded() {
         let mut l = live(Uuid::from_u128(1), &[]);
         l.identification_stages = vec![ident(53, "plain-identification", None)];
-        let planned = plan_stage(
-            "login",
+        let planned = plan_login(
             None,
-            &origin(1),
             &[ident_guard("plain-identification")],
             &l,
             &BTreeMap::new(),
